@@ -1,0 +1,334 @@
+"""`BlockLayout`: the lowered form of every pattern, consumed by every backend.
+
+A layout cuts the (query, key) plane into tiles of ``block_m`` query rows by ``block_n`` key columns.
+For each (batch, head, query block) it lists, in ascending order, the key blocks to compute without
+any mask (FULL) and the key blocks to compute through a bitmap (PARTIAL). Optionally it also lists key
+columns to gather one by one (vertical lines that no computed tile covers); gathered columns are kept
+only where ``k <= q_pos`` (causal), the only way they are ever produced.
+
+Field names follow FlexAttention's ``BlockMask``. Leading batch and head dimensions are 1 when the
+layout does not depend on them and broadcast. Partial-tile bitmaps are deduplicated: ``tile_masks``
+holds one packed bitmap per distinct partial tile and ``kv_mask_ids`` points each partial tile at its
+bitmap (every causal diagonal tile of a layout shares one).
+
+Bit packing: ``tile_masks[t, i, w]`` is an int32 word whose bit ``b`` is the mask of row ``i`` and
+column ``32 * w + b`` of the tile. Bits outside the sequence (tail tiles) are zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_WORD = 32
+
+
+def _pack_bits(bits: Tensor) -> Tensor:
+    """[T, M, N] bool -> [T, M, N // 32] int32, bit b of word w is column 32 * w + b."""
+    t, m, n = bits.shape
+    weights = torch.tensor([1 << b for b in range(_WORD)], dtype=torch.int64, device=bits.device)
+    words = (bits.reshape(t, m, n // _WORD, _WORD).to(torch.int64) * weights).sum(-1)
+    # Reinterpret the unsigned 32-bit value as two's-complement int32.
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32)
+
+
+def unpack_bits(words: Tensor, block_n: int) -> Tensor:
+    """[T, M, N // 32] int32 -> [T, M, N] bool (inverse of the packing described in the module)."""
+    shifts = torch.arange(_WORD, dtype=torch.int64, device=words.device)
+    bits = (words.to(torch.int64).unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*words.shape[:-1], block_n).bool()
+
+
+@dataclass(frozen=True, eq=False)
+class BlockLayout:
+    """Block-sparse description of one attention mask; see the module docstring for the format.
+
+    Shapes (``B`` and ``H`` are 1 where the layout broadcasts, ``QB = ceil(q_len / block_m)``):
+
+    - ``full_kv_num_blocks`` [B, H, QB] int32, ``full_kv_indices`` [B, H, QB, F] int32
+    - ``kv_num_blocks`` [B, H, QB] int32, ``kv_indices`` [B, H, QB, P] int32,
+      ``kv_mask_ids`` [B, H, QB, P] int32 (row of ``tile_masks`` for each partial tile)
+    - ``tile_masks`` [T, block_m, block_n // 32] int32
+    - ``col_num`` [B, H, QB] int32 and ``col_indices`` [B, H, QB, C] int32 (ascending key positions),
+      both ``None`` when nothing is gathered.
+
+    Entries past a row's count are padding (0) and are never read.
+    """
+
+    q_len: int
+    kv_len: int
+    block_m: int
+    block_n: int
+    full_kv_num_blocks: Tensor
+    full_kv_indices: Tensor
+    kv_num_blocks: Tensor
+    kv_indices: Tensor
+    kv_mask_ids: Tensor
+    tile_masks: Tensor
+    col_num: Tensor | None = None
+    col_indices: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_m <= 0 or self.block_n <= 0 or self.block_n % _WORD:
+            raise ValueError(
+                f"block_size: expected block_m > 0 and block_n a positive multiple of {_WORD}, "
+                f"got ({self.block_m}, {self.block_n})"
+            )
+        if not 0 < self.q_len <= self.kv_len:
+            raise ValueError(f"lengths: expected 0 < q_len <= kv_len, got q_len={self.q_len}, kv_len={self.kv_len}")
+        lead = self.full_kv_num_blocks.shape
+        if len(lead) != 3 or lead[2] != self.num_q_blocks:
+            raise ValueError(f"full_kv_num_blocks: expected shape [B, H, {self.num_q_blocks}], got {tuple(lead)}")
+        for name in ("kv_num_blocks", "col_num"):
+            value = getattr(self, name)
+            if value is not None and value.shape != lead:
+                raise ValueError(f"{name}: expected shape {tuple(lead)}, got {tuple(value.shape)}")
+        for name in ("full_kv_indices", "kv_indices", "kv_mask_ids", "col_indices"):
+            value = getattr(self, name)
+            if value is not None and (value.dim() != 4 or value.shape[:3] != lead):
+                raise ValueError(f"{name}: expected shape [{', '.join(map(str, lead))}, *], got {tuple(value.shape)}")
+        if self.kv_mask_ids.shape != self.kv_indices.shape:
+            raise ValueError("kv_mask_ids: expected the shape of kv_indices")
+        if self.tile_masks.shape[1:] != (self.block_m, self.block_n // _WORD):
+            raise ValueError(
+                f"tile_masks: expected shape [T, {self.block_m}, {self.block_n // _WORD}], got {tuple(self.tile_masks.shape)}"
+            )
+        if (self.col_num is None) != (self.col_indices is None):
+            raise ValueError("col_num and col_indices: give both or neither")
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def block_size(self) -> tuple[int, int]:
+        return (self.block_m, self.block_n)
+
+    @property
+    def num_q_blocks(self) -> int:
+        return -(-self.q_len // self.block_m)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return -(-self.kv_len // self.block_n)
+
+    @property
+    def batch_size(self) -> int:
+        """1 when the layout broadcasts over batch."""
+        return int(self.full_kv_num_blocks.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        """1 when the layout broadcasts over heads."""
+        return int(self.full_kv_num_blocks.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.full_kv_num_blocks.device
+
+    @property
+    def has_columns(self) -> bool:
+        return self.col_num is not None
+
+    def to(self, device: torch.device | str) -> BlockLayout:
+        moved: dict[str, Any] = {}
+        for name in ("full_kv_num_blocks", "full_kv_indices", "kv_num_blocks", "kv_indices", "kv_mask_ids",
+                     "tile_masks", "col_num", "col_indices"):
+            value = getattr(self, name)
+            moved[name] = None if value is None else value.to(device)
+        return replace(self, **moved)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_tiles(
+        cls,
+        *,
+        q_len: int,
+        kv_len: int,
+        block_size: tuple[int, int],
+        lead_shape: tuple[int, int],
+        batch: Tensor,
+        head: Tensor,
+        q_block: Tensor,
+        kv_block: Tensor,
+        is_full: Tensor,
+        mask_id: Tensor,
+        tile_masks: Tensor,
+        columns: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    ) -> BlockLayout:
+        """Assemble a layout from a flat list of non-empty tiles (any order, no duplicates).
+
+        ``batch, head, q_block, kv_block`` are int tensors of one length; ``is_full`` says which tiles are
+        FULL; ``mask_id`` gives each PARTIAL tile its row of ``tile_masks`` (ignored for FULL tiles).
+        ``columns`` is ``(batch, head, q_block, key_position)`` of gathered columns, or ``None``.
+        """
+        bm, bn = block_size
+        b_dim, h_dim = lead_shape
+        qb_dim = -(-q_len // bm)
+        device = tile_masks.device
+
+        def padded(b: Tensor, h: Tensor, qb: Tensor, *values: Tensor) -> tuple[Tensor, list[Tensor]]:
+            row = (b.long() * h_dim + h.long()) * qb_dim + qb.long()
+            # Two stable sorts give (row, key block or column) order: ascending within each row.
+            order = torch.argsort(values[0], stable=True)
+            order = order[torch.argsort(row[order], stable=True)]
+            row = row[order]
+            counts = torch.bincount(row, minlength=b_dim * h_dim * qb_dim)
+            width = int(counts.max()) if counts.numel() and row.numel() else 0
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(row.numel(), device=device) - starts[row]
+            outs = []
+            for value in values:
+                out = torch.zeros(b_dim * h_dim * qb_dim, max(width, 1), dtype=torch.int32, device=device)
+                out[row, slot] = value[order].to(torch.int32)
+                outs.append(out.reshape(b_dim, h_dim, qb_dim, -1))
+            return counts.to(torch.int32).reshape(b_dim, h_dim, qb_dim), outs
+
+        full = is_full.bool()
+        f_num, (f_idx,) = padded(batch[full], head[full], q_block[full], kv_block[full])
+        part = ~full
+        p_num, (p_idx, p_mid) = padded(batch[part], head[part], q_block[part], kv_block[part], mask_id[part])
+        c_num = c_idx = None
+        if columns is not None:
+            cb, ch, cq, ck = columns
+            c_num, (c_idx,) = padded(cb, ch, cq, ck)
+        return cls(
+            q_len=q_len, kv_len=kv_len, block_m=bm, block_n=bn,
+            full_kv_num_blocks=f_num, full_kv_indices=f_idx,
+            kv_num_blocks=p_num, kv_indices=p_idx, kv_mask_ids=p_mid,
+            tile_masks=tile_masks, col_num=c_num, col_indices=c_idx,
+        )
+
+    @classmethod
+    def from_dense(cls, mask: Tensor, block_size: tuple[int, int] = (64, 64)) -> BlockLayout:
+        """Exact layout of a dense boolean mask ``[B|1, H|1, q_len, kv_len]`` (or ``[H|1, q, kv]``).
+
+        O(q_len * kv_len): for tests and small cases; patterns lower analytically instead.
+        """
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(0)
+        if mask.dim() != 4 or mask.dtype != torch.bool:
+            raise ValueError(f"mask: expected a bool tensor [B|1, H|1, q_len, kv_len], got {mask.dtype} {tuple(mask.shape)}")
+        bm, bn = block_size
+        b_dim, h_dim, q_len, kv_len = mask.shape
+        qb_dim, kb_dim = -(-q_len // bm), -(-kv_len // bn)
+        padded = torch.zeros(b_dim, h_dim, qb_dim * bm, kb_dim * bn, dtype=torch.bool, device=mask.device)
+        padded[:, :, :q_len, :kv_len] = mask
+        tiles = padded.reshape(b_dim, h_dim, qb_dim, bm, kb_dim, bn).permute(0, 1, 2, 4, 3, 5)
+        inside = torch.zeros_like(padded)
+        inside[:, :, :q_len, :kv_len] = True
+        inside_tiles = inside.reshape(b_dim, h_dim, qb_dim, bm, kb_dim, bn).permute(0, 1, 2, 4, 3, 5)
+        count = tiles.sum((-1, -2))
+        capacity = inside_tiles.sum((-1, -2))
+        b, h, qb, kb = torch.nonzero(count > 0, as_tuple=True)
+        is_full = count[b, h, qb, kb] == capacity[b, h, qb, kb]
+        bitmaps = tiles[b, h, qb, kb]
+        words = _pack_bits(bitmaps[~is_full]) if bitmaps.numel() else torch.zeros(0, bm, bn // _WORD, dtype=torch.int32)
+        mask_id = torch.zeros_like(b)
+        if words.shape[0]:
+            uniq, inverse = torch.unique(words.reshape(words.shape[0], -1), dim=0, return_inverse=True)
+            mask_id[~is_full] = inverse
+            words = uniq.reshape(-1, bm, bn // _WORD)
+        return cls.from_tiles(
+            q_len=q_len, kv_len=kv_len, block_size=block_size, lead_shape=(b_dim, h_dim),
+            batch=b, head=h, q_block=qb, kv_block=kb, is_full=is_full, mask_id=mask_id,
+            tile_masks=words.to(mask.device),
+        )
+
+    # ------------------------------------------------------------------ meaning
+    def _tile_grid(self) -> tuple[Tensor, Tensor]:
+        """(class grid [B, H, QB, KB] with 0 empty / 1 partial / 2 full, mask-id grid or -1)."""
+        b_dim, h_dim, qb_dim = self.full_kv_num_blocks.shape
+        kb_dim = self.num_kv_blocks
+        grid = torch.zeros(b_dim, h_dim, qb_dim, kb_dim, dtype=torch.int8, device=self.device)
+        mask_ids = torch.full((b_dim, h_dim, qb_dim, kb_dim), -1, dtype=torch.int64, device=self.device)
+        for num, idx, value in ((self.full_kv_num_blocks, self.full_kv_indices, 2),
+                                (self.kv_num_blocks, self.kv_indices, 1)):
+            valid = torch.arange(idx.shape[-1], device=self.device) < num.unsqueeze(-1).long()
+            b, h, qb, slot = torch.nonzero(valid, as_tuple=True)
+            kb = idx[b, h, qb, slot].long()
+            grid[b, h, qb, kb] = value
+            if value == 1:
+                mask_ids[b, h, qb, kb] = self.kv_mask_ids[b, h, qb, slot].long()
+        return grid, mask_ids
+
+    def to_dense(self) -> Tensor:
+        """The exact token mask this layout computes: bool ``[B|1, H|1, q_len, kv_len]``."""
+        bm, bn = self.block_size
+        grid, mask_ids = self._tile_grid()
+        b_dim, h_dim, qb_dim, kb_dim = grid.shape
+        bits = unpack_bits(self.tile_masks, bn) if self.tile_masks.shape[0] else None
+        tiles = (grid == 2).view(b_dim, h_dim, qb_dim, kb_dim, 1, 1).expand(-1, -1, -1, -1, bm, bn).clone()
+        part = grid == 1
+        if bits is not None and part.any():
+            tiles[part] = bits[mask_ids[part]]
+        dense = tiles.permute(0, 1, 2, 4, 3, 5).reshape(b_dim, h_dim, qb_dim * bm, kb_dim * bn)
+        dense = dense[:, :, : self.q_len, : self.kv_len].clone()
+        if self.col_num is not None and self.col_indices is not None:
+            valid = torch.arange(self.col_indices.shape[-1], device=self.device) < self.col_num.unsqueeze(-1).long()
+            b, h, qb, slot = torch.nonzero(valid, as_tuple=True)
+            col = self.col_indices[b, h, qb, slot].long()
+            rows = torch.arange(bm, device=self.device)
+            q = qb.unsqueeze(-1) * bm + rows  # [n, bm]
+            q_pos = q + (self.kv_len - self.q_len)
+            keep = (q < self.q_len) & (col.unsqueeze(-1) <= q_pos)
+            n_idx = torch.nonzero(keep, as_tuple=True)
+            dense[b[n_idx[0]], h[n_idx[0]], q[n_idx], col[n_idx[0]]] = True
+        return dense
+
+    def computed_pairs(self) -> int:
+        """Query-key pairs the kernel evaluates: whole tiles (tails clipped) plus gathered columns."""
+        bm, bn = self.block_size
+        total = 0
+        for num, idx in ((self.full_kv_num_blocks, self.full_kv_indices), (self.kv_num_blocks, self.kv_indices)):
+            valid = torch.arange(idx.shape[-1], device=self.device) < num.unsqueeze(-1).long()
+            qb = torch.arange(self.num_q_blocks, device=self.device).view(1, 1, -1, 1).expand_as(idx)
+            rows = (self.q_len - qb * bm).clamp(max=bm)
+            cols = (self.kv_len - idx.long() * bn).clamp(max=bn)
+            total += int((rows * cols * valid).sum())
+        if self.col_num is not None:
+            qb = torch.arange(self.num_q_blocks, device=self.device).view(1, 1, -1)
+            rows = (self.q_len - qb * bm).clamp(max=bm)
+            total += int((rows * self.col_num.long()).sum())
+        return total
+
+    def density(self) -> float:
+        """Fraction of the q_len x kv_len plane (per batch and head entry) that the kernel computes."""
+        entries = self.batch_size * self.num_heads
+        return self.computed_pairs() / (entries * self.q_len * self.kv_len)
+
+    def num_tiles(self) -> tuple[int, int]:
+        """(FULL tiles, PARTIAL tiles) over all batch and head entries."""
+        return int(self.full_kv_num_blocks.sum()), int(self.kv_num_blocks.sum())
+
+    def __repr__(self) -> str:
+        full, partial = self.num_tiles()
+        cols = int(self.col_num.sum()) if self.col_num is not None else 0
+        return (
+            f"BlockLayout(q_len={self.q_len}, kv_len={self.kv_len}, block_size={self.block_size}, "
+            f"batch={self.batch_size}, heads={self.num_heads}, full_tiles={full}, partial_tiles={partial}, "
+            f"distinct_bitmaps={self.tile_masks.shape[0]}, gathered_columns={cols}, density={self.density():.4f})"
+        )
+
+    def summary(self) -> str:
+        """Printable multi-line summary: sizes, tile counts, row-length spread and memory."""
+        full, partial = self.num_tiles()
+        per_row = self.full_kv_num_blocks.long() + self.kv_num_blocks.long()
+        nbytes = sum(
+            t.numel() * t.element_size()
+            for t in (self.full_kv_num_blocks, self.full_kv_indices, self.kv_num_blocks, self.kv_indices,
+                      self.kv_mask_ids, self.tile_masks, self.col_num, self.col_indices)
+            if t is not None
+        )
+        lines = [
+            f"BlockLayout  q_len={self.q_len}  kv_len={self.kv_len}  block={self.block_m}x{self.block_n}",
+            f"  broadcast   batch={self.batch_size}  heads={self.num_heads}  q_blocks={self.num_q_blocks}  kv_blocks={self.num_kv_blocks}",
+            f"  tiles       full={full}  partial={partial}  distinct bitmaps={self.tile_masks.shape[0]}",
+            f"  tiles/row   min={int(per_row.min())}  mean={float(per_row.float().mean()):.1f}  max={int(per_row.max())}",
+            f"  density     {self.density():.5f} of the q x kv plane",
+            f"  memory      {nbytes / 2**20:.2f} MiB",
+        ]
+        if self.col_num is not None:
+            lines.insert(3, f"  columns     gathered={int(self.col_num.sum())}  max/row={int(self.col_num.max())}")
+        return "\n".join(lines)
