@@ -1,0 +1,313 @@
+"""THE block-sparse attention forward kernel: one kernel for every pattern, driven by a `BlockLayout`.
+
+Each program takes one work item (``triton_schedule.py``): a (batch, query head, query block) row and a
+contiguous chunk of its kv work. It streams, in order,
+
+1. FULL tiles: no mask at all (only a bounds mask on the last key block when ``kv_len`` is ragged),
+2. PARTIAL tiles: the tile's packed bitmap, one int32 word per 32 columns, expanded to bits in registers,
+3. gathered key columns (last chunk of a row only): K/V rows gathered by position, kept where k <= q_pos,
+
+through an online softmax in fp32 (exp2, with log2(e) folded into the scale), and writes the output and
+the natural-log lse, or, for a chunk of a split row, fp32 partials that ``triton_merge.py`` combines.
+
+GQA is native: query head ``h`` reads kv head ``h // group``; K/V are never repeated. Layouts broadcast
+over batch and heads through the work list's layout-row index. Rows that attend to nothing give output 0
+and lse -inf. Addresses are computed in int64.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from sparseattn.kernels.triton_merge import merge_partials
+from sparseattn.kernels.triton_schedule import WORK_FIELDS, WorkList, build_work_list, default_max_chunk
+from sparseattn.layout import BlockLayout
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+SUPPORTED_BLOCKS = (32, 64, 128)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+@triton.jit
+def _update(acc, l_i, m_i, qk, v, SAFE: tl.constexpr):
+    """One online-softmax step. ``qk`` [BLOCK_M, BLOCK_N] is in log2 units, masked entries -inf.
+
+    SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
+    always hold a finite score per row and skip it.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, 1))  # [BLOCK_M]
+    if SAFE:
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_ref = m_new
+    alpha = tl.math.exp2(m_i - m_ref)  # [BLOCK_M]
+    p = tl.math.exp2(qk - m_ref[:, None])  # [BLOCK_M, BLOCK_N]
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)  # [BLOCK_M, HEAD_DIM]
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED: tl.constexpr):
+    """K and V rows at positions ``keys`` [BLOCK_N] -> two [BLOCK_N, HEAD_DIM] tiles (zeros out of range)."""
+    k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
+    v_ptrs = v_base + keys[:, None].to(tl.int64) * stride_vs + offs_d[None, :]
+    if BOUNDED:
+        inside = keys[:, None] < kv_len
+        k = tl.load(k_ptrs, mask=inside, other=0.0)
+        v = tl.load(v_ptrs, mask=inside, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
+def _sparse_fwd_kernel(
+    Q, K, V, O, LSE, O_PART, LSE_PART, WORK,
+    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_MID, TILE_MASKS, COL_NUM, COL_IDX,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    full_width, part_width, col_width,
+    q_len, kv_len, group, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    WORDS: tl.constexpr = BLOCK_N // 32
+    item = WORK + tl.program_id(0).to(tl.int64) * 7
+    b = tl.load(item + 0).to(tl.int64)
+    h = tl.load(item + 1).to(tl.int64)
+    qb = tl.load(item + 2).to(tl.int64)
+    lrow = tl.load(item + 3).to(tl.int64)
+    t0 = tl.load(item + 4)
+    t1 = tl.load(item + 5)
+    slot = tl.load(item + 6).to(tl.int64)
+    n_full = tl.load(FULL_NUM + lrow)
+    n_total = n_full + tl.load(PART_NUM + lrow)
+
+    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query index
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] column within a tile
+    offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
+    in_q = offs_m < q_len
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=in_q[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+    kv_head = h // group
+    k_base = K + b * stride_kb + kv_head * stride_kh
+    v_base = V + b * stride_vb + kv_head * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    # FULL tiles: every in-range pair counts.
+    full_row = FULL_IDX + lrow * full_width
+    for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES):
+        keys = tl.load(full_row + i) * BLOCK_N + offs_n  # [BLOCK_N]
+        k, v = _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, not EVEN_KV)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if not EVEN_KV:
+            qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
+        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, False)
+
+    # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
+    part_row = PART_IDX + lrow * part_width
+    mid_row = PART_MID + lrow * part_width
+    rows = tl.arange(0, BLOCK_M)  # [BLOCK_M] row within the tile
+    words_offs = rows[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [BLOCK_M, WORDS]
+    shifts = offs_n % 32  # [BLOCK_N]
+    for i in tl.range(tl.maximum(t0, n_full), t1, num_stages=NUM_STAGES):
+        j = i - n_full
+        keys = tl.load(part_row + j) * BLOCK_N + offs_n
+        mask_id = tl.load(mid_row + j).to(tl.int64)
+        words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [BLOCK_M, WORDS]
+        bits = tl.reshape(tl.broadcast_to(words[:, :, None], [BLOCK_M, WORDS, 32]), [BLOCK_M, BLOCK_N])
+        keep = ((bits >> shifts[None, :]) & 1) != 0  # [BLOCK_M, BLOCK_N]
+        k, v = _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, True)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        qk = tl.where(keep, qk, float("-inf"))
+        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, True)
+
+    # Gathered columns, done once per row by the chunk that ends it.
+    if HAS_COLS:
+        if t1 == n_total:
+            n_cols = tl.load(COL_NUM + lrow)
+            q_pos = offs_m + (kv_len - q_len)  # [BLOCK_M] bottom-right aligned positions
+            for c0 in range(0, n_cols, BLOCK_N):
+                slots = c0 + offs_n  # [BLOCK_N]
+                valid = slots < n_cols
+                cols = tl.load(COL_IDX + lrow * col_width + slots, mask=valid, other=0)  # [BLOCK_N]
+                keep = valid[None, :] & (cols[None, :] <= q_pos[:, None])  # [BLOCK_M, BLOCK_N]
+                cols = tl.where(valid, cols, kv_len)  # padding reads nothing
+                k, v = _load_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len, True)
+                qk = tl.dot(q, tl.trans(k)) * qk_scale
+                qk = tl.where(keep, qk, float("-inf"))
+                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, True)
+
+    nonempty = l_i > 0
+    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]  # [BLOCK_M, HEAD_DIM]
+    lse = tl.where(nonempty, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, float("-inf"))  # [BLOCK_M]
+    if slot < 0:
+        o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_q[:, None])
+        tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, lse, mask=in_q)
+    else:
+        local = tl.arange(0, BLOCK_M)
+        tl.store(O_PART + slot * (BLOCK_M * HEAD_DIM) + local[:, None] * HEAD_DIM + offs_d[None, :], out)
+        tl.store(LSE_PART + slot * BLOCK_M + local, lse)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch knobs: warps per program and software-pipelining depth of the kv loops."""
+
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+def preferred_block_size(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
+    """The (block_m, block_n) to lower patterns with for the Triton path.
+
+    128 x 128 tiles fill Hopper's tensor cores and keep the per-tile bookkeeping (index loads, bitmap
+    expansion) small against two 128-deep matmuls; 256-wide heads would spill, so they take 64 x 64.
+    fp32 inputs (interpreter tests) work with any supported size.
+    """
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim: expected one of {SUPPORTED_HEAD_DIMS}, got {head_dim}")
+    if head_dim > 128 or dtype == torch.float32:
+        return (64, 64)
+    return (128, 128)
+
+
+def default_config(layout: BlockLayout, head_dim: int) -> KernelConfig:
+    if layout.block_m >= 128 and head_dim >= 64:
+        return KernelConfig(num_warps=8, num_stages=3)
+    return KernelConfig(num_warps=4, num_stages=2)
+
+
+_WORK_CACHE: weakref.WeakKeyDictionary[BlockLayout, dict[tuple, WorkList]] = weakref.WeakKeyDictionary()
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def work_list(
+    layout: BlockLayout, batch: int, heads: int, *, max_chunk: int | None = None, heavy_first: bool = True
+) -> WorkList:
+    """The (cached) work list of ``layout`` for ``batch`` x ``heads`` query heads; see triton_schedule."""
+    if max_chunk is None:
+        max_chunk = default_max_chunk(layout, batch, heads, _num_sms(layout.device))
+    key = (batch, heads, max_chunk, heavy_first)
+    per_layout = _WORK_CACHE.setdefault(layout, {})
+    if key not in per_layout:
+        per_layout[key] = build_work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
+    return per_layout[key]
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, layout: BlockLayout) -> None:
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.device.type != "cuda" and not interpreting:
+            raise ValueError(f"{name}: the Triton kernel needs CUDA tensors, got device {t.device} "
+                             "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected [B, H, S, D], got shape {tuple(t.shape)}")
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"{name}: expected float16, bfloat16 or float32, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if layout.device != q.device:
+        raise ValueError(f"layout: expected it on {q.device}, got {layout.device} (use layout.to(device))")
+    batch, heads, q_len, dim = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != dim or heads % k.shape[1]:
+        raise ValueError(f"k, v: expected [{batch}, Hkv, kv_len, {dim}] with Hkv dividing {heads}, "
+                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
+    if dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"q: head dim expected one of {SUPPORTED_HEAD_DIMS}, got {dim}")
+    if layout.block_m not in SUPPORTED_BLOCKS or layout.block_n not in SUPPORTED_BLOCKS:
+        raise ValueError(f"layout: block_size expected (block_m, block_n) each in {SUPPORTED_BLOCKS}, "
+                         f"got {layout.block_size}; lower with preferred_block_size({dim}, {q.dtype})")
+    if (layout.q_len, layout.kv_len) != (q_len, k.shape[2]):
+        raise ValueError(f"layout: built for q_len={layout.q_len}, kv_len={layout.kv_len}, "
+                         f"inputs have q_len={q_len}, kv_len={k.shape[2]}")
+    if layout.batch_size not in (1, batch) or layout.num_heads not in (1, heads):
+        raise ValueError(f"layout: expected batch 1 or {batch} and heads 1 or {heads}, "
+                         f"got batch {layout.batch_size} and heads {layout.num_heads}")
+
+
+def triton_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: BlockLayout,
+    *,
+    scale: float | None = None,
+    max_chunk: int | None = None,
+    heavy_first: bool = True,
+    config: KernelConfig | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Block-sparse attention of ``q`` [B, Hq, q_len, D] over ``k, v`` [B, Hkv, kv_len, D] on ``layout``.
+
+    Returns ``(out [B, Hq, q_len, D] in q.dtype, lse [B, Hq, q_len] float32)``, lse in natural log.
+    ``max_chunk`` caps the tiles one program runs for a row (``None``: from the work size and the number
+    of multiprocessors; ``0``: never split); ``heavy_first=False`` and ``max_chunk=0`` give the plain,
+    unbalanced grid (for measuring the balancing). ``config`` overrides warps and stages.
+    """
+    _check(q, k, v, layout)
+    batch, heads, q_len, dim = q.shape
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    config = config or default_config(layout, dim)
+    work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
+
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
+    slots = max(work.num_slots, 1)
+    out_part = torch.empty(slots, layout.block_m, dim, dtype=torch.float32, device=q.device)
+    lse_part = torch.empty(slots, layout.block_m, dtype=torch.float32, device=q.device)
+
+    def flat(t: Tensor) -> Tensor:
+        return t.reshape(-1, t.shape[-1]).contiguous()
+
+    full_idx, part_idx, part_mid = flat(layout.full_kv_indices), flat(layout.kv_indices), flat(layout.kv_mask_ids)
+    has_cols = layout.col_num is not None
+    col_num = layout.col_num.reshape(-1).contiguous() if has_cols else layout.full_kv_num_blocks
+    col_idx = flat(layout.col_indices) if has_cols else full_idx
+    tile_masks = layout.tile_masks if layout.tile_masks.shape[0] else torch.zeros(
+        1, layout.block_m, layout.block_n // 32, dtype=torch.int32, device=q.device)
+
+    assert work.items.shape[1] == WORK_FIELDS
+    _sparse_fwd_kernel[(work.items.shape[0],)](
+        q, k, v, out, lse, out_part, lse_part, work.items,
+        layout.full_kv_num_blocks.reshape(-1).contiguous(), full_idx,
+        layout.kv_num_blocks.reshape(-1).contiguous(), part_idx, part_mid, tile_masks, col_num, col_idx,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        full_idx.shape[1], part_idx.shape[1], col_idx.shape[1],
+        q_len, k.shape[2], heads // k.shape[1], scale * LOG2E,
+        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, HEAD_DIM=dim,
+        EVEN_KV=k.shape[2] % layout.block_n == 0, HAS_COLS=has_cols, NUM_STAGES=config.num_stages,
+        num_warps=config.num_warps,
+    )
+    merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
+    return out, lse

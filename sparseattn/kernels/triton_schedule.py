@@ -1,0 +1,100 @@
+"""Work list for the block-sparse forward kernel: which program computes which slice of which row.
+
+A *row* is one (batch, query head, query block). Its kv work is the concatenation of its FULL tiles and
+then its PARTIAL tiles, ``n = full + partial`` tiles, followed by its gathered columns. Rows are very
+unequal (a triangle's last query block spans the whole prompt while other blocks touch a handful of
+tiles), so the list is built to keep every multiprocessor busy until the end:
+
+- a row longer than ``max_chunk`` tiles is cut into near-equal chunks, each run by its own program;
+  each chunk writes a normalised partial output and its lse to fp32 scratch, and a small merge kernel
+  combines them (``triton_merge.py``). The chunk that ends the row also does the gathered columns.
+- items are ordered heaviest first, so long items start early and short ones fill the tail; ties keep
+  (batch, query block, head) order, so the query heads that share a kv head run side by side and reuse
+  its K/V through L2.
+
+Everything is built with torch ops on the layout's device; the only host syncs are the sizes of the
+list and of the scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseattn.layout import BlockLayout
+
+# Columns for a work item (int32): batch, query head, query block, layout row (flat index into the
+# layout's [B|1, H|1, QB] lead), first and end tile of the chunk, scratch slot (-1: write the output).
+WORK_FIELDS = 7
+# Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
+MIN_CHUNK_TILES = 16
+# Aim for about this many chunk-lengths of work per multiprocessor.
+WAVES = 4
+
+
+@dataclass(frozen=True)
+class WorkList:
+    """``items`` [W, 7] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
+    first scratch slot, number of chunks) for the rows that were split; ``num_slots`` scratch slots."""
+
+    items: Tensor
+    merges: Tensor
+    num_slots: int
+    max_chunk: int
+
+
+def default_max_chunk(layout: BlockLayout, batch: int, heads: int, num_sms: int) -> int:
+    """Longest chunk, in tiles: about 1 / (WAVES * num_sms) of all the work, at least MIN_CHUNK_TILES."""
+    per_entry = (layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()).sum()
+    repeats = (batch // layout.batch_size) * (heads // layout.num_heads)
+    total = int(per_entry) * repeats
+    return max(MIN_CHUNK_TILES, -(-total // (WAVES * max(num_sms, 1))))
+
+
+def build_work_list(
+    layout: BlockLayout, batch: int, heads: int, *, max_chunk: int, heavy_first: bool = True
+) -> WorkList:
+    """Work list for ``batch`` x ``heads`` query heads over ``layout``; ``max_chunk <= 0`` never splits."""
+    lb, lh, qb_dim = layout.full_kv_num_blocks.shape
+    dev = layout.device
+    n_tiles = (layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()).expand(batch, heads, qb_dim)
+    lrow = torch.arange(lb * lh * qb_dim, device=dev).view(lb, lh, qb_dim).expand(batch, heads, qb_dim)
+    col_cost = torch.zeros_like(n_tiles)
+    if layout.col_num is not None:
+        col_cost = (-(-layout.col_num.long() // layout.block_n)).expand(batch, heads, qb_dim)
+    b = torch.arange(batch, device=dev).view(-1, 1, 1).expand(batch, heads, qb_dim)
+    h = torch.arange(heads, device=dev).view(1, -1, 1).expand(batch, heads, qb_dim)
+    qb = torch.arange(qb_dim, device=dev).view(1, 1, -1).expand(batch, heads, qb_dim)
+
+    # Row order (batch, query block, head): heads innermost so GQA siblings sit next to each other.
+    def rows(x: Tensor) -> Tensor:
+        return x.permute(0, 2, 1).reshape(-1)
+
+    n_tiles, lrow, col_cost, b, h, qb = map(rows, (n_tiles, lrow, col_cost, b, h, qb))
+    if max_chunk > 0:
+        chunks = (-(-n_tiles // max_chunk)).clamp(min=1)
+    else:
+        chunks = torch.ones_like(n_tiles)
+    size = -(-n_tiles // chunks)  # near-equal chunks
+    row_of = torch.repeat_interleave(torch.arange(n_tiles.numel(), device=dev), chunks)
+    first_item = torch.cumsum(chunks, 0) - chunks
+    part = torch.arange(row_of.numel(), device=dev) - first_item[row_of]
+    t0 = part * size[row_of]
+    t1 = torch.minimum(t0 + size[row_of], n_tiles[row_of])
+
+    split = chunks[row_of] > 1
+    slot = torch.where(split, torch.cumsum(split.long(), 0) - 1, torch.full_like(part, -1))
+    items = torch.stack([b[row_of], h[row_of], qb[row_of], lrow[row_of], t0, t1, slot], dim=1)
+
+    if heavy_first:
+        # +1 per item: even an empty row costs a launch and a store.
+        cost = (t1 - t0) + torch.where(t1 == n_tiles[row_of], col_cost[row_of], 0) + 1
+        items = items[torch.argsort(cost, descending=True, stable=True)]
+
+    split_rows = chunks > 1
+    slot_start = torch.cumsum(torch.where(split_rows, chunks, 0), 0) - torch.where(split_rows, chunks, 0)
+    merges = torch.stack([b, h, qb, slot_start, chunks], dim=1)[split_rows]
+    num_slots = int(split.sum())
+    return WorkList(items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk)
