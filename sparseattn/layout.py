@@ -11,6 +11,11 @@ layout does not depend on them and broadcast. Partial-tile bitmaps are deduplica
 holds one packed bitmap per distinct partial tile and ``kv_mask_ids`` points each partial tile at its
 bitmap (every causal diagonal tile of a layout shares one).
 
+Storage is compressed sparse rows, not FlexAttention's padding: each list lives in one flat tensor
+and ``*_start`` gives each row's offset into it. Padding every row to the longest one costs
+O(rows x longest row), and a triangle's last rows are as long as the prompt (1 GiB of indices for
+``Triangle()`` at 1M tokens, against 2.5 MiB here).
+
 Bit packing: ``tile_masks[t, i, w]`` is an int32 word whose bit ``b`` is the mask of row ``i`` and
 column ``32 * w + b`` of the tile. Bits outside the sequence (tail tiles) are zero.
 """
@@ -43,20 +48,26 @@ def unpack_bits(words: Tensor, block_n: int) -> Tensor:
     return bits.reshape(*words.shape[:-1], block_n).bool()
 
 
+_TENSOR_FIELDS = ("full_kv_num_blocks", "full_kv_start", "full_kv_indices", "kv_num_blocks", "kv_start",
+                  "kv_indices", "kv_mask_ids", "tile_masks", "col_num", "col_start", "col_indices")
+
+
 @dataclass(frozen=True, eq=False)
 class BlockLayout:
     """Block-sparse description of one attention mask; see the module docstring for the format.
 
     Shapes (``B`` and ``H`` are 1 where the layout broadcasts, ``QB = ceil(q_len / block_m)``):
 
-    - ``full_kv_num_blocks`` [B, H, QB] int32, ``full_kv_indices`` [B, H, QB, F] int32
-    - ``kv_num_blocks`` [B, H, QB] int32, ``kv_indices`` [B, H, QB, P] int32,
-      ``kv_mask_ids`` [B, H, QB, P] int32 (row of ``tile_masks`` for each partial tile)
-    - ``tile_masks`` [T, block_m, block_n // 32] int32
-    - ``col_num`` [B, H, QB] int32 and ``col_indices`` [B, H, QB, C] int32 (ascending key positions),
-      both ``None`` when nothing is gathered.
+    - ``full_kv_num_blocks`` [B, H, QB] int32: FULL tiles per row; ``full_kv_start`` [B, H, QB] int64:
+      offset of the row in ``full_kv_indices`` [nnz_full] int32 (ascending kv-block ids per row)
+    - ``kv_num_blocks``, ``kv_start``, ``kv_indices`` [nnz_partial]: the same for PARTIAL tiles, and
+      ``kv_mask_ids`` [nnz_partial] int32: row of ``tile_masks`` for each partial tile
+    - ``tile_masks`` [T, block_m, block_n // 32] int32 packed bitmaps
+    - ``col_num``, ``col_start``, ``col_indices`` [nnz_cols] int32 (ascending key positions per row):
+      gathered columns, all three ``None`` when nothing is gathered.
 
-    Entries past a row's count are padding (0) and are never read.
+    Rows are stored in (batch, head, q_block) order, so ``*_start`` is the exclusive prefix sum of
+    the counts; it is kept so that a kernel or a sliced view need not recompute it.
     """
 
     q_len: int
@@ -64,12 +75,15 @@ class BlockLayout:
     block_m: int
     block_n: int
     full_kv_num_blocks: Tensor
+    full_kv_start: Tensor
     full_kv_indices: Tensor
     kv_num_blocks: Tensor
+    kv_start: Tensor
     kv_indices: Tensor
     kv_mask_ids: Tensor
     tile_masks: Tensor
     col_num: Tensor | None = None
+    col_start: Tensor | None = None
     col_indices: Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -83,22 +97,22 @@ class BlockLayout:
         lead = self.full_kv_num_blocks.shape
         if len(lead) != 3 or lead[2] != self.num_q_blocks:
             raise ValueError(f"full_kv_num_blocks: expected shape [B, H, {self.num_q_blocks}], got {tuple(lead)}")
-        for name in ("kv_num_blocks", "col_num"):
+        for name in ("full_kv_start", "kv_num_blocks", "kv_start", "col_num", "col_start"):
             value = getattr(self, name)
             if value is not None and value.shape != lead:
                 raise ValueError(f"{name}: expected shape {tuple(lead)}, got {tuple(value.shape)}")
         for name in ("full_kv_indices", "kv_indices", "kv_mask_ids", "col_indices"):
             value = getattr(self, name)
-            if value is not None and (value.dim() != 4 or value.shape[:3] != lead):
-                raise ValueError(f"{name}: expected shape [{', '.join(map(str, lead))}, *], got {tuple(value.shape)}")
+            if value is not None and value.dim() != 1:
+                raise ValueError(f"{name}: expected a flat tensor (rows found through *_start), got {tuple(value.shape)}")
         if self.kv_mask_ids.shape != self.kv_indices.shape:
             raise ValueError("kv_mask_ids: expected the shape of kv_indices")
-        if self.tile_masks.shape[1:] != (self.block_m, self.block_n // _WORD):
+        if self.tile_masks.dim() != 3 or self.tile_masks.shape[1:] != (self.block_m, self.block_n // _WORD):
             raise ValueError(
                 f"tile_masks: expected shape [T, {self.block_m}, {self.block_n // _WORD}], got {tuple(self.tile_masks.shape)}"
             )
-        if (self.col_num is None) != (self.col_indices is None):
-            raise ValueError("col_num and col_indices: give both or neither")
+        if len({self.col_num is None, self.col_start is None, self.col_indices is None}) != 1:
+            raise ValueError("col_num, col_start and col_indices: give all three or none")
 
     # ------------------------------------------------------------------ shape facts
     @property
@@ -133,8 +147,7 @@ class BlockLayout:
 
     def to(self, device: torch.device | str) -> BlockLayout:
         moved: dict[str, Any] = {}
-        for name in ("full_kv_num_blocks", "full_kv_indices", "kv_num_blocks", "kv_indices", "kv_mask_ids",
-                     "tile_masks", "col_num", "col_indices"):
+        for name in _TENSOR_FIELDS:
             value = getattr(self, name)
             moved[name] = None if value is None else value.to(device)
         return replace(self, **moved)
@@ -166,38 +179,31 @@ class BlockLayout:
         bm, bn = block_size
         b_dim, h_dim = lead_shape
         qb_dim = -(-q_len // bm)
-        device = tile_masks.device
 
-        def padded(b: Tensor, h: Tensor, qb: Tensor, *values: Tensor) -> tuple[Tensor, list[Tensor]]:
+        def rows(b: Tensor, h: Tensor, qb: Tensor, *values: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
             row = (b.long() * h_dim + h.long()) * qb_dim + qb.long()
             # Two stable sorts give (row, key block or column) order: ascending within each row.
             order = torch.argsort(values[0], stable=True)
             order = order[torch.argsort(row[order], stable=True)]
-            row = row[order]
             counts = torch.bincount(row, minlength=b_dim * h_dim * qb_dim)
-            width = int(counts.max()) if counts.numel() and row.numel() else 0
             starts = torch.cumsum(counts, 0) - counts
-            slot = torch.arange(row.numel(), device=device) - starts[row]
-            outs = []
-            for value in values:
-                out = torch.zeros(b_dim * h_dim * qb_dim, max(width, 1), dtype=torch.int32, device=device)
-                out[row, slot] = value[order].to(torch.int32)
-                outs.append(out.reshape(b_dim, h_dim, qb_dim, -1))
-            return counts.to(torch.int32).reshape(b_dim, h_dim, qb_dim), outs
+            shape = (b_dim, h_dim, qb_dim)
+            return (counts.to(torch.int32).reshape(shape), starts.reshape(shape),
+                    [value[order].to(torch.int32).contiguous() for value in values])
 
         full = is_full.bool()
-        f_num, (f_idx,) = padded(batch[full], head[full], q_block[full], kv_block[full])
+        f_num, f_start, (f_idx,) = rows(batch[full], head[full], q_block[full], kv_block[full])
         part = ~full
-        p_num, (p_idx, p_mid) = padded(batch[part], head[part], q_block[part], kv_block[part], mask_id[part])
-        c_num = c_idx = None
+        p_num, p_start, (p_idx, p_mid) = rows(batch[part], head[part], q_block[part], kv_block[part], mask_id[part])
+        c_num = c_start = c_idx = None
         if columns is not None:
             cb, ch, cq, ck = columns
-            c_num, (c_idx,) = padded(cb, ch, cq, ck)
+            c_num, c_start, (c_idx,) = rows(cb, ch, cq, ck)
         return cls(
             q_len=q_len, kv_len=kv_len, block_m=bm, block_n=bn,
-            full_kv_num_blocks=f_num, full_kv_indices=f_idx,
-            kv_num_blocks=p_num, kv_indices=p_idx, kv_mask_ids=p_mid,
-            tile_masks=tile_masks, col_num=c_num, col_indices=c_idx,
+            full_kv_num_blocks=f_num, full_kv_start=f_start, full_kv_indices=f_idx,
+            kv_num_blocks=p_num, kv_start=p_start, kv_indices=p_idx, kv_mask_ids=p_mid,
+            tile_masks=tile_masks, col_num=c_num, col_start=c_start, col_indices=c_idx,
         )
 
     @classmethod
@@ -237,20 +243,30 @@ class BlockLayout:
         )
 
     # ------------------------------------------------------------------ meaning
+    def entries(self, which: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(batch, head, q_block, slot)`` of every stored entry of ``which`` ("full_kv", "kv" or "col").
+
+        ``slot`` indexes the flat ``*_indices`` tensor. Useful to scatter a layout into other forms.
+        """
+        num = getattr(self, f"{which}_num_blocks" if which != "col" else "col_num")
+        start = getattr(self, f"{which}_start")
+        row = torch.repeat_interleave(torch.arange(num.numel(), device=self.device), num.reshape(-1).long())
+        slot = torch.arange(row.numel(), device=self.device) - (torch.cumsum(num.reshape(-1).long(), 0) - num.reshape(-1).long())[row]
+        slot = slot + start.reshape(-1)[row]
+        _, h_dim, qb_dim = num.shape
+        return row // (h_dim * qb_dim), (row // qb_dim) % h_dim, row % qb_dim, slot
+
     def _tile_grid(self) -> tuple[Tensor, Tensor]:
         """(class grid [B, H, QB, KB] with 0 empty / 1 partial / 2 full, mask-id grid or -1)."""
         b_dim, h_dim, qb_dim = self.full_kv_num_blocks.shape
-        kb_dim = self.num_kv_blocks
-        grid = torch.zeros(b_dim, h_dim, qb_dim, kb_dim, dtype=torch.int8, device=self.device)
-        mask_ids = torch.full((b_dim, h_dim, qb_dim, kb_dim), -1, dtype=torch.int64, device=self.device)
-        for num, idx, value in ((self.full_kv_num_blocks, self.full_kv_indices, 2),
-                                (self.kv_num_blocks, self.kv_indices, 1)):
-            valid = torch.arange(idx.shape[-1], device=self.device) < num.unsqueeze(-1).long()
-            b, h, qb, slot = torch.nonzero(valid, as_tuple=True)
-            kb = idx[b, h, qb, slot].long()
-            grid[b, h, qb, kb] = value
-            if value == 1:
-                mask_ids[b, h, qb, kb] = self.kv_mask_ids[b, h, qb, slot].long()
+        grid = torch.zeros(b_dim, h_dim, qb_dim, self.num_kv_blocks, dtype=torch.int8, device=self.device)
+        mask_ids = torch.full(grid.shape, -1, dtype=torch.int64, device=self.device)
+        b, h, qb, slot = self.entries("full_kv")
+        grid[b, h, qb, self.full_kv_indices[slot].long()] = 2
+        b, h, qb, slot = self.entries("kv")
+        kb = self.kv_indices[slot].long()
+        grid[b, h, qb, kb] = 1
+        mask_ids[b, h, qb, kb] = self.kv_mask_ids[slot].long()
         return grid, mask_ids
 
     def to_dense(self) -> Tensor:
@@ -265,14 +281,11 @@ class BlockLayout:
             tiles[part] = bits[mask_ids[part]]
         dense = tiles.permute(0, 1, 2, 4, 3, 5).reshape(b_dim, h_dim, qb_dim * bm, kb_dim * bn)
         dense = dense[:, :, : self.q_len, : self.kv_len].clone()
-        if self.col_num is not None and self.col_indices is not None:
-            valid = torch.arange(self.col_indices.shape[-1], device=self.device) < self.col_num.unsqueeze(-1).long()
-            b, h, qb, slot = torch.nonzero(valid, as_tuple=True)
-            col = self.col_indices[b, h, qb, slot].long()
-            rows = torch.arange(bm, device=self.device)
-            q = qb.unsqueeze(-1) * bm + rows  # [n, bm]
-            q_pos = q + (self.kv_len - self.q_len)
-            keep = (q < self.q_len) & (col.unsqueeze(-1) <= q_pos)
+        if self.col_indices is not None:
+            b, h, qb, slot = self.entries("col")
+            col = self.col_indices[slot].long()
+            q = qb.unsqueeze(-1) * bm + torch.arange(bm, device=self.device)  # [n, bm]
+            keep = (q < self.q_len) & (col.unsqueeze(-1) <= q + (self.kv_len - self.q_len))
             n_idx = torch.nonzero(keep, as_tuple=True)
             dense[b[n_idx[0]], h[n_idx[0]], q[n_idx], col[n_idx[0]]] = True
         return dense
@@ -281,12 +294,11 @@ class BlockLayout:
         """Query-key pairs the kernel evaluates: whole tiles (tails clipped) plus gathered columns."""
         bm, bn = self.block_size
         total = 0
-        for num, idx in ((self.full_kv_num_blocks, self.full_kv_indices), (self.kv_num_blocks, self.kv_indices)):
-            valid = torch.arange(idx.shape[-1], device=self.device) < num.unsqueeze(-1).long()
-            qb = torch.arange(self.num_q_blocks, device=self.device).view(1, 1, -1, 1).expand_as(idx)
+        for which, indices in (("full_kv", self.full_kv_indices), ("kv", self.kv_indices)):
+            _, _, qb, slot = self.entries(which)
             rows = (self.q_len - qb * bm).clamp(max=bm)
-            cols = (self.kv_len - idx.long() * bn).clamp(max=bn)
-            total += int((rows * cols * valid).sum())
+            cols = (self.kv_len - indices[slot].long() * bn).clamp(max=bn)
+            total += int((rows * cols).sum())
         if self.col_num is not None:
             qb = torch.arange(self.num_q_blocks, device=self.device).view(1, 1, -1)
             rows = (self.q_len - qb * bm).clamp(max=bm)
@@ -315,12 +327,7 @@ class BlockLayout:
         """Printable multi-line summary: sizes, tile counts, row-length spread and memory."""
         full, partial = self.num_tiles()
         per_row = self.full_kv_num_blocks.long() + self.kv_num_blocks.long()
-        nbytes = sum(
-            t.numel() * t.element_size()
-            for t in (self.full_kv_num_blocks, self.full_kv_indices, self.kv_num_blocks, self.kv_indices,
-                      self.kv_mask_ids, self.tile_masks, self.col_num, self.col_indices)
-            if t is not None
-        )
+        nbytes = sum(t.numel() * t.element_size() for name in _TENSOR_FIELDS if (t := getattr(self, name)) is not None)
         lines = [
             f"BlockLayout  q_len={self.q_len}  kv_len={self.kv_len}  block={self.block_m}x{self.block_n}",
             f"  broadcast   batch={self.batch_size}  heads={self.num_heads}  q_blocks={self.num_q_blocks}  kv_blocks={self.num_kv_blocks}",

@@ -1,0 +1,14 @@
+"""Attention patterns: token-level truth, a mask algebra, and analytic tile classification."""
+
+from sparseattn.patterns.algebra import And, Not, Or
+from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, TileClass, Tiles
+from sparseattn.patterns.columns import Columns, Diagonals
+from sparseattn.patterns.per_head import PerHead
+from sparseattn.patterns.primitives import BlockBand, Causal, Full, LastQueries, Sink, Window
+from sparseattn.patterns.shapes import AShape, Composite, Streaming, Triangle
+
+__all__ = [
+    "EMPTY", "FULL", "PARTIAL", "AShape", "And", "BlockBand", "Causal", "Columns", "Composite", "Diagonals",
+    "Full", "LastQueries", "MaskContext", "Not", "Or", "PerHead", "Pattern", "Sink", "Streaming", "TileClass",
+    "Tiles", "Triangle", "Window",
+]

@@ -1,0 +1,282 @@
+"""The `Pattern` base class: token-level truth, tile classification and the algebra operators.
+
+A pattern answers three questions, from the most exact to the cheapest:
+
+- ``mask(h, q_idx, kv_idx, ctx)``: is the pair kept? (the truth; broadcasting tensors)
+- ``classify(ctx, tiles)``: is each tile EMPTY, PARTIAL or FULL? (sound: never a wrong EMPTY or FULL)
+- ``support(ctx)``: which tiles can possibly be non-empty? (a superset, so lowering never scans the
+  whole q x kv plane)
+
+Subclasses of primitives answer all three analytically from their parameters. A user subclass only
+has to implement ``mask``: the defaults classify by evaluating ``mask`` on each tile, which is exact
+and O(tile area).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from sparseattn.layout import BlockLayout
+
+
+class TileClass(IntEnum):
+    """Tile classes ordered so that Kleene logic is ``min`` / ``max`` / ``2 - x``."""
+
+    EMPTY = 0
+    PARTIAL = 1
+    FULL = 2
+
+
+EMPTY, PARTIAL, FULL = TileClass.EMPTY, TileClass.PARTIAL, TileClass.FULL
+
+
+@dataclass(frozen=True)
+class MaskContext:
+    """Lengths, heads and tiling a pattern is evaluated under.
+
+    Queries are aligned bottom-right: query row ``i`` sits at key position ``q_pos = i + kv_len - q_len``,
+    so a chunk of a prompt attends as its rows would in the whole prompt.
+    """
+
+    q_len: int
+    kv_len: int
+    num_heads: int = 1
+    block_m: int = 64
+    block_n: int = 64
+    device: torch.device = torch.device("cpu")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.q_len <= self.kv_len:
+            raise ValueError(f"lengths: expected 0 < q_len <= kv_len, got q_len={self.q_len}, kv_len={self.kv_len}")
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads: expected >= 1, got {self.num_heads}")
+        if self.block_m < 1 or self.block_n < 1:
+            raise ValueError(f"block_size: expected positive sizes, got ({self.block_m}, {self.block_n})")
+
+    @property
+    def offset(self) -> int:
+        """``q_pos - q_idx``."""
+        return self.kv_len - self.q_len
+
+    @property
+    def num_q_blocks(self) -> int:
+        return -(-self.q_len // self.block_m)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return -(-self.kv_len // self.block_n)
+
+
+@dataclass(frozen=True, eq=False)
+class Tiles:
+    """A flat set of tiles ``(head, q_block, kv_block)`` with the token ranges they cover.
+
+    ``head`` is 0 for every tile when the set does not depend on the head. Ranges are clipped to the
+    sequence, so tail tiles are described by their in-bounds tokens only.
+    """
+
+    ctx: MaskContext
+    head: Tensor
+    q_block: Tensor
+    kv_block: Tensor
+
+    @property
+    def q_start(self) -> Tensor:
+        """First query position (``q_pos``) in the tile."""
+        return self.q_block * self.ctx.block_m + self.ctx.offset
+
+    @property
+    def q_stop(self) -> Tensor:
+        """One past the last in-bounds query position."""
+        return torch.clamp((self.q_block + 1) * self.ctx.block_m, max=self.ctx.q_len) + self.ctx.offset
+
+    @property
+    def k_start(self) -> Tensor:
+        return self.kv_block * self.ctx.block_n
+
+    @property
+    def k_stop(self) -> Tensor:
+        return torch.clamp((self.kv_block + 1) * self.ctx.block_n, max=self.ctx.kv_len)
+
+    def __len__(self) -> int:
+        return int(self.head.numel())
+
+    def select(self, keep: Tensor) -> Tiles:
+        return Tiles(self.ctx, self.head[keep], self.q_block[keep], self.kv_block[keep])
+
+    @staticmethod
+    def grid(ctx: MaskContext, heads: int = 1) -> Tiles:
+        """Every tile of the plane, for ``heads`` head entries (the fallback when nothing bounds the support)."""
+        h, qb, kb = torch.meshgrid(
+            torch.arange(heads, device=ctx.device),
+            torch.arange(ctx.num_q_blocks, device=ctx.device),
+            torch.arange(ctx.num_kv_blocks, device=ctx.device),
+            indexing="ij",
+        )
+        return Tiles(ctx, h.reshape(-1), qb.reshape(-1), kb.reshape(-1))
+
+    @staticmethod
+    def from_ranges(ctx: MaskContext, lo: Tensor, hi: Tensor, head: Tensor | None = None) -> Tiles:
+        """Tiles ``[lo[i], hi[i])`` of kv blocks for query block ``i`` (of head ``head[i]`` if given).
+
+        ``lo`` and ``hi`` have one entry per (head, q block) row; rows with ``hi <= lo`` contribute nothing.
+        """
+        count = (hi - lo).clamp(min=0)
+        rows = torch.arange(lo.numel(), device=lo.device)
+        row = torch.repeat_interleave(rows, count)
+        start = torch.cumsum(count, 0) - count
+        kv_block = lo[row] + (torch.arange(row.numel(), device=lo.device) - start[row])
+        q_block = row % ctx.num_q_blocks
+        heads = torch.zeros_like(row) if head is None else head[row]
+        return Tiles(ctx, heads, q_block, kv_block)
+
+    def union(self, other: Tiles) -> Tiles:
+        """Set union; a head-independent side (all heads 0) must be expanded by the caller first."""
+        key = torch.cat([self.key(), other.key()]).unique()
+        return Tiles.from_key(self.ctx, key)
+
+    def key(self) -> Tensor:
+        """One int64 per tile, ordered by (head, q_block, kv_block)."""
+        return (self.head * self.ctx.num_q_blocks + self.q_block) * self.ctx.num_kv_blocks + self.kv_block
+
+    @staticmethod
+    def from_key(ctx: MaskContext, key: Tensor) -> Tiles:
+        kv_block = key % ctx.num_kv_blocks
+        rest = key // ctx.num_kv_blocks
+        return Tiles(ctx, rest // ctx.num_q_blocks, rest % ctx.num_q_blocks, kv_block)
+
+    def for_heads(self, heads: int) -> Tiles:
+        """Repeat a head-independent tile set once per head."""
+        n = len(self)
+        head = torch.arange(heads, device=self.head.device).repeat_interleave(n)
+        return Tiles(self.ctx, head, self.q_block.repeat(heads), self.kv_block.repeat(heads))
+
+
+def interval_class(lo: Tensor, hi: Tensor, keep_lo: Tensor | int, keep_hi: Tensor | int) -> Tensor:
+    """Class of a predicate ``keep_lo <= x < keep_hi`` over a tile whose ``x`` spans every integer in ``[lo, hi]``.
+
+    Exact when ``x`` takes every integer value in the range over the tile, which holds for ``q_pos``,
+    ``k``, ``q_pos - k`` and block-index differences over a rectangle.
+    """
+    inside = (lo >= keep_lo) & (hi < keep_hi)
+    outside = (hi < keep_lo) | (lo >= keep_hi)
+    return torch.where(inside, FULL, torch.where(outside, EMPTY, PARTIAL)).to(torch.int8)
+
+
+class Pattern:
+    """Base class of every attention pattern.
+
+    Subclasses are frozen dataclasses. ``mask`` is required; ``classify``, ``support`` and ``tile_key``
+    have exact but slow defaults that analytic subclasses override.
+    """
+
+    # ----------------------------------------------------------------- truth
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        """Keep (True) or drop each pair; arguments broadcast against each other."""
+        raise NotImplementedError(f"{type(self).__name__} must implement mask(h, q_idx, kv_idx, ctx)")
+
+    @property
+    def num_heads(self) -> int | None:
+        """Number of heads the pattern is written for, or None if it does not depend on the head."""
+        return None
+
+    def to_dense(self, q_len: int, kv_len: int | None = None, num_heads: int | None = None) -> Tensor:
+        """The token truth: bool ``[H|1, q_len, kv_len]`` (``H`` only when the pattern depends on heads)."""
+        kv_len = q_len if kv_len is None else kv_len
+        heads = self._resolve_heads(num_heads)
+        ctx = MaskContext(q_len, kv_len, heads or 1)
+        h = torch.arange(heads or 1).view(-1, 1, 1)
+        q = torch.arange(q_len).view(1, -1, 1)
+        k = torch.arange(kv_len).view(1, 1, -1)
+        return self.mask(h, q, k, ctx).expand(heads or 1, q_len, kv_len).clone()
+
+    def render(self, q_len: int = 8, kv_len: int | None = None, head: int = 0) -> str:
+        """ASCII picture of one head: ``#`` kept, ``-`` dropped, one line per query row."""
+        dense = self.to_dense(q_len, kv_len, num_heads=self.num_heads)
+        rows = dense[head if dense.shape[0] > 1 else 0]
+        return "\n".join("".join("#" if kept else "-" for kept in row.tolist()) for row in rows)
+
+    def _resolve_heads(self, num_heads: int | None) -> int | None:
+        own = self.num_heads
+        if own is not None and num_heads is not None and own != num_heads:
+            raise ValueError(f"num_heads: {type(self).__name__} is written for {own} heads, got num_heads={num_heads}")
+        return own if own is not None else num_heads
+
+    # ----------------------------------------------------------------- tiles
+    def classify(self, tiles: Tiles) -> Tensor:
+        """EMPTY / PARTIAL / FULL (int8) for each tile; the default evaluates ``mask`` on the tile."""
+        ctx = tiles.ctx
+        rows = torch.arange(ctx.block_m, device=ctx.device)
+        cols = torch.arange(ctx.block_n, device=ctx.device)
+        out = torch.empty(len(tiles), dtype=torch.int8, device=ctx.device)
+        chunk = max(1, 2**22 // (ctx.block_m * ctx.block_n))
+        for start in range(0, len(tiles), chunk):
+            part = tiles.select(slice(start, start + chunk))
+            bits, inside = tile_bits(self, part, rows, cols)
+            kept = (bits & inside).sum((-1, -2))
+            out[start:start + chunk] = torch.where(
+                kept == 0, EMPTY, torch.where(kept == inside.sum((-1, -2)), FULL, PARTIAL)
+            ).to(torch.int8)
+        return out
+
+    def support(self, ctx: MaskContext) -> Tiles | None:
+        """Tiles that may be non-empty (a superset), or None for "any tile"."""
+        return None
+
+    def support_size(self, ctx: MaskContext) -> int | None:
+        """Cheap upper bound on ``len(support(ctx))``, or None exactly when ``support`` is None."""
+        return None
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        """int64 ``[len(tiles), K]`` such that PARTIAL tiles with equal rows (and equal extents) have equal bitmaps.
+
+        The default makes every tile its own key, which is always correct; analytic patterns return
+        keys that collapse the many identical tiles of a structured pattern into a few.
+        """
+        return torch.stack([tiles.head, tiles.q_block, tiles.kv_block], dim=1)
+
+    # ----------------------------------------------------------------- lowering
+    def lower(
+        self,
+        q_len: int,
+        kv_len: int | None = None,
+        block_size: tuple[int, int] = (64, 64),
+        num_heads: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> BlockLayout:
+        """Lower to a `BlockLayout` analytically, in O(non-empty tiles); see `sparseattn.lowering`."""
+        from sparseattn.lowering import lower
+
+        return lower(self, q_len, kv_len, block_size=block_size, num_heads=num_heads, device=device)
+
+    # ----------------------------------------------------------------- algebra
+    def __and__(self, other: Pattern) -> Pattern:
+        from sparseattn.patterns.algebra import And
+
+        return And.of(self, other)
+
+    def __or__(self, other: Pattern) -> Pattern:
+        from sparseattn.patterns.algebra import Or
+
+        return Or.of(self, other)
+
+    def __invert__(self) -> Pattern:
+        from sparseattn.patterns.algebra import Not
+
+        return Not.of(self)
+
+
+def tile_bits(pattern: Pattern, tiles: Tiles, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """(mask bits, in-bounds bits) of each tile: bool ``[n, block_m, block_n]`` each."""
+    ctx = tiles.ctx
+    q_idx = (tiles.q_block * ctx.block_m).view(-1, 1, 1) + rows.view(1, -1, 1)
+    k_idx = (tiles.kv_block * ctx.block_n).view(-1, 1, 1) + cols.view(1, 1, -1)
+    inside = (q_idx < ctx.q_len) & (k_idx < ctx.kv_len)
+    bits = pattern.mask(tiles.head.view(-1, 1, 1), q_idx, k_idx, ctx) & inside
+    return bits, inside

@@ -1,0 +1,91 @@
+"""`PerHead`: a different pattern for each attention head, as MInference assigns them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseattn.patterns.base import MaskContext, Pattern, Tiles
+
+
+@dataclass(frozen=True)
+class PerHead(Pattern):
+    """Head ``h`` uses ``patterns[h]``: ``mask(h, q, k) = patterns[h].mask(h, q, k)``.
+
+    Each member sees the global head index, so a member that is itself per head (a per-head
+    `Columns`, say) must be written for the same number of heads.
+
+    >>> from sparseattn.patterns import Causal, Window
+    >>> mixed = PerHead((Causal(), Window(2)))
+    >>> print(mixed.render(4, head=1))
+    #---
+    ##--
+    -##-
+    --##
+    """
+
+    patterns: tuple[Pattern, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patterns", tuple(self.patterns))
+        if not self.patterns:
+            raise ValueError("patterns: expected one pattern per head, got none")
+        for h, p in enumerate(self.patterns):
+            if not isinstance(p, Pattern):
+                raise ValueError(f"patterns[{h}]: expected a Pattern, got {type(p).__name__}")
+            if p.num_heads is not None and p.num_heads != len(self.patterns):
+                raise ValueError(
+                    f"patterns[{h}]: written for {p.num_heads} heads, but PerHead has {len(self.patterns)}"
+                )
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.patterns)
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        shape = torch.broadcast_shapes(h.shape, q_idx.shape, kv_idx.shape)
+        out = torch.zeros(shape, dtype=torch.bool, device=q_idx.device)
+        for i, p in enumerate(self.patterns):
+            out = torch.where(h == i, p.mask(h, q_idx, kv_idx, ctx), out)
+        return out
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        out = torch.zeros(len(tiles), dtype=torch.int8, device=tiles.head.device)
+        for i, p in enumerate(self.patterns):
+            mine = tiles.head == i
+            if mine.any():
+                out[mine] = p.classify(tiles.select(mine))
+        return out
+
+    def support(self, ctx: MaskContext) -> Tiles | None:
+        if self.support_size(ctx) is None:
+            return None
+        keys = []
+        for i, p in enumerate(self.patterns):
+            tiles = p.support(ctx)
+            assert tiles is not None
+            tiles = tiles.select(tiles.head == i) if p.num_heads is not None else tiles
+            keys.append(Tiles(ctx, torch.full_like(tiles.head, i), tiles.q_block, tiles.kv_block).key())
+        return Tiles.from_key(ctx, torch.cat(keys).unique())
+
+    def support_size(self, ctx: MaskContext) -> int | None:
+        sizes = [p.support_size(ctx) for p in self.patterns]
+        return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        keys = [None] * len(self.patterns)
+        width = 0
+        for i, p in enumerate(self.patterns):
+            mine = tiles.head == i
+            if mine.any():
+                keys[i] = (mine, p.tile_key(tiles.select(mine)))
+                width = max(width, keys[i][1].shape[1])
+        out = torch.zeros(len(tiles), width + 1, dtype=torch.long, device=tiles.head.device)
+        out[:, 0] = tiles.head
+        for entry in keys:
+            if entry is not None:
+                mine, key = entry
+                out[mine, 1 : 1 + key.shape[1]] = key
+        return out

@@ -1,0 +1,261 @@
+"""Token-exact primitive patterns whose tile classes follow analytically from their parameters.
+
+Every primitive here depends on at most one of ``q_pos``, ``k``, ``q_pos - k`` (or block-index
+differences), each of which takes every integer value in a range over a rectangular tile; so
+`interval_class` gives the exact class of every tile and the keys below identify equal bitmaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseattn.patterns.base import PARTIAL, MaskContext, Pattern, Tiles, interval_class
+
+# Keys of tiles on which a pattern is FULL or EMPTY: the bitmap is constant there, whatever the tile.
+_CONSTANT_KEY = -(1 << 40)
+_UNBOUNDED = 1 << 62
+
+
+def partial_key(cls: Tensor, *values: Tensor) -> Tensor:
+    """``[n, len(values)]`` key: the values on PARTIAL tiles, a per-class constant elsewhere."""
+    constant = (_CONSTANT_KEY + cls.long()).unsqueeze(1)
+    stacked = torch.stack([v.long() for v in values], dim=1)
+    return torch.where((cls == PARTIAL).unsqueeze(1), stacked, constant)
+
+
+def diagonal_span(tiles: Tiles) -> tuple[Tensor, Tensor]:
+    """Smallest and largest ``q_pos - k`` over each tile."""
+    return tiles.q_start - (tiles.k_stop - 1), (tiles.q_stop - 1) - tiles.k_start
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+
+
+def _all_q_blocks(ctx: MaskContext, lo: Tensor, hi: Tensor) -> Tiles:
+    return Tiles.from_ranges(ctx, lo.clamp(0, ctx.num_kv_blocks), hi.clamp(0, ctx.num_kv_blocks))
+
+
+def _q_block_positions(ctx: MaskContext) -> tuple[Tensor, Tensor]:
+    """(first, last) query position of every query block."""
+    qb = torch.arange(ctx.num_q_blocks, device=ctx.device)
+    first = qb * ctx.block_m + ctx.offset
+    last = torch.clamp((qb + 1) * ctx.block_m, max=ctx.q_len) - 1 + ctx.offset
+    return first, last
+
+
+@dataclass(frozen=True)
+class Full(Pattern):
+    """Every pair: ``True``.
+
+    >>> print(Full().render(4))
+    ####
+    ####
+    ####
+    ####
+    """
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        return torch.ones(torch.broadcast_shapes(h.shape, q_idx.shape, kv_idx.shape), dtype=torch.bool,
+                          device=q_idx.device)
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        return torch.full((len(tiles),), 2, dtype=torch.int8, device=tiles.head.device)
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return partial_key(self.classify(tiles), tiles.kv_block)
+
+
+@dataclass(frozen=True)
+class Causal(Pattern):
+    """Keys at or before the query: ``k <= q_pos``.
+
+    >>> print(Causal().render(8))
+    #-------
+    ##------
+    ###-----
+    ####----
+    #####---
+    ######--
+    #######-
+    ########
+    """
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        return kv_idx <= q_idx + ctx.offset
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        lo, hi = diagonal_span(tiles)
+        return interval_class(lo, hi, 0, _UNBOUNDED)
+
+    def support(self, ctx: MaskContext) -> Tiles:
+        _, last = _q_block_positions(ctx)
+        return _all_q_blocks(ctx, torch.zeros_like(last), last // ctx.block_n + 1)
+
+    def support_size(self, ctx: MaskContext) -> int:
+        _, last = _q_block_positions(ctx)
+        return int((last // ctx.block_n + 1).clamp(max=ctx.num_kv_blocks).sum())
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return partial_key(self.classify(tiles), tiles.q_start - tiles.k_start)
+
+
+@dataclass(frozen=True)
+class Sink(Pattern):
+    """The first ``size`` keys (attention sinks): ``k < size``.
+
+    >>> print(Sink(2).render(4))
+    ##--
+    ##--
+    ##--
+    ##--
+    """
+
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_int("size", self.size, 0)
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        return (kv_idx < self.size) & (q_idx >= 0)
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        return interval_class(tiles.k_start, tiles.k_stop - 1, 0, self.size)
+
+    def support(self, ctx: MaskContext) -> Tiles:
+        lo = torch.zeros(ctx.num_q_blocks, dtype=torch.long, device=ctx.device)
+        return _all_q_blocks(ctx, lo, lo + -(-self.size // ctx.block_n))
+
+    def support_size(self, ctx: MaskContext) -> int:
+        return ctx.num_q_blocks * min(-(-self.size // ctx.block_n), ctx.num_kv_blocks)
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return partial_key(self.classify(tiles), self.size - tiles.k_start)
+
+
+@dataclass(frozen=True)
+class Window(Pattern):
+    """A causal sliding window of ``size`` keys, the query itself included: ``0 <= q_pos - k < size``.
+
+    >>> print(Window(3).render(6))
+    #-----
+    ##----
+    ###---
+    -###--
+    --###-
+    ---###
+    """
+
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_int("size", self.size, 1)
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        d = q_idx + ctx.offset - kv_idx
+        return (d >= 0) & (d < self.size)
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        lo, hi = diagonal_span(tiles)
+        return interval_class(lo, hi, 0, self.size)
+
+    def support(self, ctx: MaskContext) -> Tiles:
+        first, last = _q_block_positions(ctx)
+        lo = (first - self.size + 1).clamp(min=0) // ctx.block_n
+        return _all_q_blocks(ctx, lo, last // ctx.block_n + 1)
+
+    def support_size(self, ctx: MaskContext) -> int:
+        return ctx.num_q_blocks * min(ctx.num_kv_blocks, -(-(self.size + ctx.block_m) // ctx.block_n) + 1)
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return partial_key(self.classify(tiles), tiles.q_start - tiles.k_start)
+
+
+@dataclass(frozen=True)
+class LastQueries(Pattern):
+    """The last ``n`` query positions of the whole prompt see every key: ``q_pos >= kv_len - n``.
+
+    >>> print(LastQueries(2).render(4))
+    ----
+    ----
+    ####
+    ####
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        _check_int("n", self.n, 0)
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        return (q_idx + ctx.offset >= ctx.kv_len - self.n) & (kv_idx >= 0)
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        return interval_class(tiles.q_start, tiles.q_stop - 1, tiles.ctx.kv_len - self.n, _UNBOUNDED)
+
+    def support(self, ctx: MaskContext) -> Tiles:
+        _, last = _q_block_positions(ctx)
+        hit = last >= ctx.kv_len - self.n
+        return _all_q_blocks(ctx, torch.zeros_like(last), torch.where(hit, ctx.num_kv_blocks, 0))
+
+    def support_size(self, ctx: MaskContext) -> int:
+        rows = min(ctx.q_len, self.n)
+        return (-(-rows // ctx.block_m) + 1) * ctx.num_kv_blocks if rows else 0
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return partial_key(self.classify(tiles), tiles.q_start)
+
+
+@dataclass(frozen=True)
+class BlockBand(Pattern):
+    """A band of whole key blocks: ``0 <= q_pos // block_size - k // block_size < blocks``.
+
+    Block-granular local attention, as MInference's A-shape heads use: the query's own key block and
+    the ``blocks - 1`` before it (not causal inside the query's block; combine with `Causal`).
+
+    >>> print(BlockBand(2, block_size=2).render(8))
+    ##------
+    ##------
+    ####----
+    ####----
+    --####--
+    --####--
+    ----####
+    ----####
+    """
+
+    blocks: int
+    block_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_int("blocks", self.blocks, 1)
+        _check_int("block_size", self.block_size, 1)
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        d = (q_idx + ctx.offset) // self.block_size - kv_idx // self.block_size
+        return (d >= 0) & (d < self.blocks)
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        bs = self.block_size
+        lo = tiles.q_start // bs - (tiles.k_stop - 1) // bs
+        hi = (tiles.q_stop - 1) // bs - tiles.k_start // bs
+        return interval_class(lo, hi, 0, self.blocks)
+
+    def support(self, ctx: MaskContext) -> Tiles:
+        first, last = _q_block_positions(ctx)
+        bs = self.block_size
+        lo = ((first // bs - self.blocks + 1) * bs).clamp(min=0) // ctx.block_n
+        hi = ((last // bs + 1) * bs - 1) // ctx.block_n + 1
+        return _all_q_blocks(ctx, lo, hi)
+
+    def support_size(self, ctx: MaskContext) -> int:
+        span = self.blocks * self.block_size + ctx.block_m + self.block_size
+        return ctx.num_q_blocks * min(ctx.num_kv_blocks, -(-span // ctx.block_n) + 1)
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        cls = self.classify(tiles)
+        return partial_key(cls, tiles.q_start - tiles.k_start, tiles.q_start % self.block_size)
