@@ -182,14 +182,16 @@ class BlockLayout:
 
         def rows(b: Tensor, h: Tensor, qb: Tensor, *values: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
             row = (b.long() * h_dim + h.long()) * qb_dim + qb.long()
-            # Two stable sorts give (row, key block or column) order: ascending within each row.
-            order = torch.argsort(values[0], stable=True)
-            order = order[torch.argsort(row[order], stable=True)]
+            # Entries must be in (row, key block or column) order; lowering already produces them so.
+            composite = row * (kv_len + 1) + values[0].long()
+            if composite.numel() > 1 and not bool((composite[1:] >= composite[:-1]).all()):
+                order = torch.argsort(composite)
+                row, values = row[order], tuple(value[order] for value in values)
             counts = torch.bincount(row, minlength=b_dim * h_dim * qb_dim)
             starts = torch.cumsum(counts, 0) - counts
             shape = (b_dim, h_dim, qb_dim)
             return (counts.to(torch.int32).reshape(shape), starts.reshape(shape),
-                    [value[order].to(torch.int32).contiguous() for value in values])
+                    [value.to(torch.int32).contiguous() for value in values])
 
         full = is_full.bool()
         f_num, f_start, (f_idx,) = rows(batch[full], head[full], q_block[full], kv_block[full])
@@ -289,6 +291,48 @@ class BlockLayout:
             n_idx = torch.nonzero(keep, as_tuple=True)
             dense[b[n_idx[0]], h[n_idx[0]], q[n_idx], col[n_idx[0]]] = True
         return dense
+
+    def to_flex(self) -> Any:
+        """The same mask as a FlexAttention ``BlockMask`` (block size ``block_size``).
+
+        FULL tiles stay FULL; PARTIAL tiles and the tiles that hold gathered columns become partial
+        blocks whose ``mask_mod`` reads this layout's bitmaps and column set. Flex stores every row
+        padded to the full kv-block count, so this costs O(q blocks x kv blocks) memory.
+        """
+        from torch.nn.attention.flex_attention import BlockMask
+
+        bm, bn = self.block_size
+        grid, mask_ids = self._tile_grid()
+        b_dim, h_dim, qb_dim, kb_dim = grid.shape
+        columns = torch.zeros(b_dim, h_dim, self.kv_len, dtype=torch.bool, device=self.device)
+        if self.col_indices is not None:
+            b, h, qb, slot = self.entries("col")
+            col = self.col_indices[slot].long()
+            columns[b, h, col] = True
+            grid[b, h, qb, col // bn] = torch.maximum(grid[b, h, qb, col // bn], torch.ones_like(col, dtype=torch.int8))
+        tile_masks, offset, kv_len = self.tile_masks, self.kv_len - self.q_len, self.kv_len
+        # FlexAttention may apply mask_mod inside FULL blocks too (its eager path does), so they answer True.
+        mask_ids = torch.where(grid == 2, -2, mask_ids)
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            b, h = b.clamp(max=b_dim - 1), h.clamp(max=h_dim - 1)
+            kv = kv_idx.clamp(max=kv_len - 1)
+            tile = mask_ids[b, h, q_idx // bm, kv // bn]
+            word = tile_masks[tile.clamp(min=0), q_idx % bm, (kv % bn) // _WORD]
+            bit = ((word >> (kv % _WORD)) & 1) == 1
+            return (bit & (tile >= 0)) | (tile == -2) | (columns[b, h, kv] & (kv_idx <= q_idx + offset))
+
+        def as_flex(selected: Tensor) -> tuple[Tensor, Tensor]:
+            # Stable sort puts the selected kv blocks first, in ascending order.
+            order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True)
+            return selected.sum(-1).to(torch.int32), order.to(torch.int32)
+
+        kv_num, kv_idx = as_flex(grid == 1)
+        full_num, full_idx = as_flex(grid == 2)
+        return BlockMask.from_kv_blocks(
+            kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
+            seq_lengths=(self.q_len, self.kv_len),
+        )
 
     def computed_pairs(self) -> int:
         """Query-key pairs the kernel evaluates: whole tiles (tails clipped) plus gathered columns."""

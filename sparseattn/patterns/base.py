@@ -15,6 +15,7 @@ and O(tile area).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -86,21 +87,21 @@ class Tiles:
     q_block: Tensor
     kv_block: Tensor
 
-    @property
+    @cached_property
     def q_start(self) -> Tensor:
         """First query position (``q_pos``) in the tile."""
         return self.q_block * self.ctx.block_m + self.ctx.offset
 
-    @property
+    @cached_property
     def q_stop(self) -> Tensor:
         """One past the last in-bounds query position."""
         return torch.clamp((self.q_block + 1) * self.ctx.block_m, max=self.ctx.q_len) + self.ctx.offset
 
-    @property
+    @cached_property
     def k_start(self) -> Tensor:
         return self.kv_block * self.ctx.block_n
 
-    @property
+    @cached_property
     def k_stop(self) -> Tensor:
         return torch.clamp((self.kv_block + 1) * self.ctx.block_n, max=self.ctx.kv_len)
 

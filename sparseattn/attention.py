@@ -1,0 +1,128 @@
+"""`sparse_attention`: validation and explicit dispatch to one backend, never a silent fallback."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sparseattn.layout import BlockLayout
+from sparseattn.patterns import Pattern
+
+Impl = Literal["triton", "flex", "reference"]
+IMPLS: tuple[str, ...] = ("triton", "flex", "reference")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def validate_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Raise ValueError naming the argument when q, k, v do not form a valid attention problem."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected shape [batch, heads, seq_len, head_dim], got {tuple(t.shape)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{name}: expected dtype float16, bfloat16 or float32, got {t.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"k, v: expected the dtype of q ({q.dtype}), got k {k.dtype} and v {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"k, v: expected the device of q ({q.device}), got k on {k.device} and v on {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(f"k: expected batch {q.shape[0]} like q, got {k.shape[0]}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k: expected head_dim {q.shape[-1]} like q, got {k.shape[-1]}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(
+            f"k: its {k.shape[1]} kv heads must divide the {q.shape[1]} query heads (GQA ratio an integer)"
+        )
+    if q.shape[2] == 0 or q.shape[2] > k.shape[2]:
+        raise ValueError(f"q: expected 0 < q_len <= kv_len, got q_len={q.shape[2]}, kv_len={k.shape[2]}")
+
+
+def validate_layout(layout: BlockLayout, q: Tensor, k: Tensor) -> None:
+    """Raise ValueError when ``layout`` was built for other lengths, batch or heads than q and k."""
+    if (layout.q_len, layout.kv_len) != (q.shape[2], k.shape[2]):
+        raise ValueError(
+            f"layout: built for q_len={layout.q_len}, kv_len={layout.kv_len}, "
+            f"but q_len={q.shape[2]}, kv_len={k.shape[2]}"
+        )
+    if layout.batch_size not in (1, q.shape[0]):
+        raise ValueError(f"layout: batch {layout.batch_size} does not broadcast to batch {q.shape[0]}")
+    if layout.num_heads not in (1, q.shape[1]):
+        raise ValueError(f"layout: {layout.num_heads} heads do not broadcast to {q.shape[1]} query heads")
+
+
+def default_block_size(impl: str, head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
+    """The tile shape a pattern is lowered to when ``sparse_attention`` receives a pattern."""
+    if impl == "triton":
+        from sparseattn.kernels.triton_fwd import preferred_block_size
+
+        return preferred_block_size(head_dim, dtype)
+    return (128, 128) if impl == "flex" else (64, 64)
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern_or_layout: Pattern | BlockLayout,
+    *,
+    scale: float | None = None,
+    impl: Impl = "triton",
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention of ``q`` over ``k, v`` restricted to a pattern (lowered here) or a ready `BlockLayout`.
+
+    Shapes follow SDPA: q ``[B, Hq, q_len, D]``, k and v ``[B, Hkv, kv_len, D]`` with ``Hkv`` dividing
+    ``Hq`` (GQA) and ``q_len <= kv_len``; queries are aligned to the end of the keys (chunked prefill).
+    ``impl`` picks the backend explicitly: ``"triton"`` (the block-sparse kernel; CUDA), ``"flex"``
+    (FlexAttention on the identical layout) or ``"reference"`` (dense, fp32, the oracle). Rows with
+    nothing to attend give 0 and, with ``return_lse``, an lse of ``-inf``.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    validate_qkv(q, k, v)
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: expected a positive finite float, got {scale!r}")
+    heads = q.shape[1]
+    if isinstance(pattern_or_layout, Pattern):
+        own = pattern_or_layout.num_heads
+        if own is not None and own != heads:
+            raise ValueError(f"pattern_or_layout: pattern written for {own} heads, but q has {heads}")
+        if impl == "reference":
+            mask = pattern_or_layout.to_dense(q.shape[2], k.shape[2], num_heads=own).unsqueeze(0)
+            out, lse = _reference(q, k, v, mask, scale)
+            return (out, lse) if return_lse else out
+        block = default_block_size(impl, q.shape[-1], q.dtype)
+        layout = pattern_or_layout.lower(q.shape[2], k.shape[2], block_size=block, device=q.device)
+    elif isinstance(pattern_or_layout, BlockLayout):
+        layout = pattern_or_layout
+        validate_layout(layout, q, k)
+    else:
+        raise ValueError(
+            f"pattern_or_layout: expected a Pattern or a BlockLayout, got {type(pattern_or_layout).__name__}"
+        )
+    if layout.device != q.device:
+        raise ValueError(f"pattern_or_layout: layout is on {layout.device} but q is on {q.device}; use layout.to()")
+
+    if impl == "reference":
+        out, lse = _reference(q, k, v, layout.to_dense(), scale)
+    elif impl == "flex":
+        from sparseattn.kernels.flex import flex_sparse_attention
+
+        out, lse = flex_sparse_attention(q, k, v, layout, scale=scale)
+    else:
+        from sparseattn.kernels.triton_fwd import triton_sparse_attention
+
+        out, lse = triton_sparse_attention(q, k, v, layout, scale=scale)
+    return (out, lse) if return_lse else out
+
+
+def _reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float | None) -> tuple[Tensor, Tensor]:
+    from sparseattn.kernels.reference import reference_attention
+
+    return reference_attention(q, k, v, mask, scale=scale)

@@ -1,0 +1,50 @@
+"""FlexAttention on a `BlockLayout`: a second oracle and the baseline every speed claim is held against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparseattn.layout import BlockLayout
+
+
+def flex_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: BlockLayout | Any,
+    *,
+    scale: float | None = None,
+    compiled: bool | None = None,
+    kernel_options: dict[str, Any] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run ``torch.nn.attention.flex_attention`` with ``layout.to_flex()`` (or a ready ``BlockMask``).
+
+    ``compiled`` defaults to True on CUDA (FlexAttention's fast path) and False on the CPU, where the
+    eager path is the portable one. Returns ``(out, lse)`` like every backend; rows with nothing to
+    attend give 0 and ``-inf``.
+    """
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+    block_mask = layout.to_flex() if isinstance(layout, BlockLayout) else layout
+    compiled = q.is_cuda if compiled is None else compiled
+    fn = _compiled_flex() if compiled else flex_attention
+    gqa = q.shape[1] != k.shape[1]
+    out, aux = fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa,
+                  return_aux=AuxRequest(lse=True), kernel_options=kernel_options)
+    # Flex leaves fully masked rows at lse = -inf already; its output there is 0.
+    return out, aux.lse.float()
+
+
+_COMPILED: Any = None
+
+
+def _compiled_flex() -> Any:
+    global _COMPILED
+    if _COMPILED is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED
