@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from sparseattn.kernels.triton_merge import merge_partials
-from sparseattn.kernels.triton_schedule import WORK_FIELDS, WorkList, build_work_list, default_max_chunk
+from sparseattn.kernels.triton_schedule import WorkList, build_work_list, default_max_chunk
 from sparseattn.layout import BlockLayout
 
 LOG2E = 1.4426950408889634
@@ -74,20 +74,20 @@ def _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED
 
 @triton.jit
 def _sparse_fwd_kernel(
-    Q, K, V, O, LSE, O_PART, LSE_PART, WORK,
-    FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_MID, TILE_MASKS, COL_NUM, COL_IDX,
+    Q, K, V, O, LSE, O_PART, LSE_PART, WORK, stride_work,
+    FULL_NUM, FULL_START, FULL_IDX, PART_NUM, PART_START, PART_IDX, PART_MID, TILE_MASKS,
+    COL_NUM, COL_START, COL_IDX,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
-    full_width, part_width, col_width,
     q_len, kv_len, group, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
-    item = WORK + tl.program_id(0).to(tl.int64) * 7
+    item = WORK + tl.program_id(0).to(tl.int64) * stride_work
     b = tl.load(item + 0).to(tl.int64)
     h = tl.load(item + 1).to(tl.int64)
     qb = tl.load(item + 2).to(tl.int64)
@@ -114,7 +114,7 @@ def _sparse_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
     # FULL tiles: every in-range pair counts.
-    full_row = FULL_IDX + lrow * full_width
+    full_row = FULL_IDX + tl.load(FULL_START + lrow)
     for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES):
         keys = tl.load(full_row + i) * BLOCK_N + offs_n  # [BLOCK_N]
         k, v = _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, not EVEN_KV)
@@ -124,8 +124,9 @@ def _sparse_fwd_kernel(
         acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, False)
 
     # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
-    part_row = PART_IDX + lrow * part_width
-    mid_row = PART_MID + lrow * part_width
+    part_start = tl.load(PART_START + lrow)
+    part_row = PART_IDX + part_start
+    mid_row = PART_MID + part_start
     rows = tl.arange(0, BLOCK_M)  # [BLOCK_M] row within the tile
     words_offs = rows[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [BLOCK_M, WORDS]
     shifts = offs_n % 32  # [BLOCK_N]
@@ -145,11 +146,12 @@ def _sparse_fwd_kernel(
     if HAS_COLS:
         if t1 == n_total:
             n_cols = tl.load(COL_NUM + lrow)
+            col_row = COL_IDX + tl.load(COL_START + lrow)
             q_pos = offs_m + (kv_len - q_len)  # [BLOCK_M] bottom-right aligned positions
             for c0 in range(0, n_cols, BLOCK_N):
                 slots = c0 + offs_n  # [BLOCK_N]
                 valid = slots < n_cols
-                cols = tl.load(COL_IDX + lrow * col_width + slots, mask=valid, other=0)  # [BLOCK_N]
+                cols = tl.load(col_row + slots, mask=valid, other=0)  # [BLOCK_N]
                 keep = valid[None, :] & (cols[None, :] <= q_pos[:, None])  # [BLOCK_M, BLOCK_N]
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
                 k, v = _load_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len, True)
@@ -158,8 +160,9 @@ def _sparse_fwd_kernel(
                 acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, True)
 
     nonempty = l_i > 0
-    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]  # [BLOCK_M, HEAD_DIM]
-    lse = tl.where(nonempty, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, float("-inf"))  # [BLOCK_M]
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    out = acc / l_safe[:, None]  # [BLOCK_M, HEAD_DIM]
+    lse = tl.where(nonempty, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # [BLOCK_M]
     if slot < 0:
         o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_q[:, None])
@@ -251,6 +254,17 @@ def _check(q: Tensor, k: Tensor, v: Tensor, layout: BlockLayout) -> None:
                          f"got batch {layout.batch_size} and heads {layout.num_heads}")
 
 
+def _new_outputs(q: Tensor, slots: int, block_m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Uninitialised out, lse and split-row scratch (tests replace this to poison them with NaN)."""
+    batch, heads, q_len, dim = q.shape
+    return (
+        torch.empty_like(q),
+        torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device),
+        torch.empty(slots, block_m, dim, dtype=torch.float32, device=q.device),
+        torch.empty(slots, block_m, dtype=torch.float32, device=q.device),
+    )
+
+
 def triton_sparse_attention(
     q: Tensor,
     k: Tensor,
@@ -277,33 +291,25 @@ def triton_sparse_attention(
     config = config or default_config(layout, dim)
     work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
 
-    out = torch.empty_like(q)
-    lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
-    slots = max(work.num_slots, 1)
-    out_part = torch.empty(slots, layout.block_m, dim, dtype=torch.float32, device=q.device)
-    lse_part = torch.empty(slots, layout.block_m, dtype=torch.float32, device=q.device)
+    out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
 
-    def flat(t: Tensor) -> Tensor:
-        return t.reshape(-1, t.shape[-1]).contiguous()
-
-    full_idx, part_idx, part_mid = flat(layout.full_kv_indices), flat(layout.kv_indices), flat(layout.kv_mask_ids)
     has_cols = layout.col_num is not None
-    col_num = layout.col_num.reshape(-1).contiguous() if has_cols else layout.full_kv_num_blocks
-    col_idx = flat(layout.col_indices) if has_cols else full_idx
-    tile_masks = layout.tile_masks if layout.tile_masks.shape[0] else torch.zeros(
-        1, layout.block_m, layout.block_n // 32, dtype=torch.int32, device=q.device)
+    # Empty or absent lists are never read, but the kernel still wants a real pointer for them.
+    unused = torch.zeros(1, dtype=torch.int32, device=q.device)
 
-    assert work.items.shape[1] == WORK_FIELDS
+    def arg(t: Tensor | None) -> Tensor:
+        return unused if t is None or t.numel() == 0 else t.contiguous()
+
     _sparse_fwd_kernel[(work.items.shape[0],)](
-        q, k, v, out, lse, out_part, lse_part, work.items,
-        layout.full_kv_num_blocks.reshape(-1).contiguous(), full_idx,
-        layout.kv_num_blocks.reshape(-1).contiguous(), part_idx, part_mid, tile_masks, col_num, col_idx,
+        q, k, v, out, lse, out_part, lse_part, work.items, work.items.stride(0),
+        arg(layout.full_kv_num_blocks), arg(layout.full_kv_start), arg(layout.full_kv_indices),
+        arg(layout.kv_num_blocks), arg(layout.kv_start), arg(layout.kv_indices), arg(layout.kv_mask_ids),
+        arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
-        full_idx.shape[1], part_idx.shape[1], col_idx.shape[1],
         q_len, k.shape[2], heads // k.shape[1], scale * LOG2E,
         BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, HEAD_DIM=dim,
         EVEN_KV=k.shape[2] % layout.block_n == 0, HAS_COLS=has_cols, NUM_STAGES=config.num_stages,

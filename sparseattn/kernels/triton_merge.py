@@ -48,8 +48,9 @@ def _merge_kernel(
         total += weight
 
     nonempty = total > 0
-    out = acc / tl.where(nonempty, total, 1.0)[:, None]
-    lse = tl.where(nonempty, shift + tl.log(total), neg_inf)
+    total_safe = tl.where(nonempty, total, 1.0)
+    out = acc / total_safe[:, None]
+    lse = tl.where(nonempty, shift + tl.log(total_safe), neg_inf)
 
     rows = qb * BLOCK_M + offs_m  # [BLOCK_M]
     in_q = rows < q_len

@@ -1,0 +1,182 @@
+"""The block-sparse Triton kernel equals the fp64 oracle (CPU: Triton's interpreter, small sizes).
+
+bf16 is not tested here: the interpreter's bf16 ``tl.dot`` is wrong; the GPU tests cover it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparseattn.kernels import triton_fwd
+from sparseattn.kernels.triton_fwd import preferred_block_size, triton_sparse_attention, work_list
+from sparseattn.layout import BlockLayout
+from sparseattn.testing.tolerance import assert_close_to_oracle
+
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Fill every output and scratch buffer with NaN, so an unwritten row cannot pass as correct."""
+    original = triton_fwd._new_outputs
+    monkeypatch.setattr(triton_fwd, "_new_outputs", lambda *a: tuple(t.fill_(math.nan) for t in original(*a)))
+
+
+def positions(q_len: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q_pos = torch.arange(q_len).view(-1, 1) + (kv_len - q_len)
+    return q_pos, torch.arange(kv_len).view(1, -1)
+
+
+def random_mask(draw, lead: tuple[int, int], q_len: int, kv_len: int) -> torch.Tensor:
+    """A mask mixing structure (causal, window, sink, last rows) with random tiles and empty rows."""
+    q_pos, k = positions(q_len, kv_len)
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    kind = draw(st.sampled_from(["causal", "triangle", "random", "blocky"]))
+    causal = k <= q_pos
+    if kind == "causal":
+        base = causal.expand(*lead, q_len, kv_len)
+    elif kind == "triangle":
+        sink, window, last = draw(st.integers(0, 40)), draw(st.integers(1, 100)), draw(st.integers(0, 64))
+        tri = causal & ((k < sink) | (q_pos - k < window) | (q_pos >= kv_len - last))
+        base = tri.expand(*lead, q_len, kv_len)
+    elif kind == "random":
+        base = torch.rand(*lead, q_len, kv_len, generator=gen) < draw(st.sampled_from([0.05, 0.3, 0.9]))
+    else:
+        coarse = torch.rand(*lead, -(-q_len // 16), -(-kv_len // 16), generator=gen) < 0.4
+        base = coarse.repeat_interleave(16, -2).repeat_interleave(16, -1)[..., :q_len, :kv_len] & causal
+    mask = base.clone()
+    empty_rows = torch.rand(*lead, q_len, generator=gen) < draw(st.sampled_from([0.0, 0.1]))
+    mask[empty_rows] = False
+    return mask
+
+
+def with_columns(layout: BlockLayout, gen: torch.Generator, per_row: int) -> BlockLayout:
+    """Add gathered key columns in key blocks that no tile of the row covers (as lowering produces them)."""
+    dense = layout.to_dense()
+    lb, lh, q_len, kv_len = dense.shape
+    bm, bn = layout.block_size
+    qb_dim, kb_dim = layout.num_q_blocks, layout.num_kv_blocks
+    padded = torch.zeros(lb, lh, qb_dim * bm, kb_dim * bn, dtype=torch.bool)
+    padded[..., :q_len, :kv_len] = dense
+    covered = padded.view(lb, lh, qb_dim, bm, kb_dim, bn).any(3).any(-1)  # [lb, lh, QB, KB]
+    free = ~covered.repeat_interleave(bn, -1)[..., :kv_len]  # [lb, lh, QB, kv_len]
+    score = torch.rand(free.shape, generator=gen).masked_fill(~free, -1.0)
+    top = score.topk(min(per_row, kv_len), dim=-1)
+    chosen = top.values > 0
+    cols = torch.where(chosen, top.indices, kv_len).sort(-1).values  # ascending, unchosen last
+    col_num = chosen.sum(-1)
+    return replace(
+        layout,
+        col_num=col_num.to(torch.int32),
+        col_start=(torch.cumsum(col_num.view(-1), 0) - col_num.view(-1)).view(col_num.shape),
+        col_indices=cols[cols < kv_len].to(torch.int32),
+    )
+
+def random_inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, q_len, dim, generator=gen).to(dtype)
+    k = torch.randn(batch, kv_heads, kv_len, dim, generator=gen).to(dtype)
+    v = torch.randn(batch, kv_heads, kv_len, dim, generator=gen).to(dtype)
+    return q, k, v
+
+
+@SETTINGS
+@given(data=st.data())
+def test_kernel_matches_oracle(data):
+    batch = data.draw(st.sampled_from([1, 2]), "batch")
+    kv_heads = data.draw(st.sampled_from([1, 2]), "kv_heads")
+    heads = kv_heads * data.draw(st.sampled_from([1, 2, 4]), "group")
+    kv_len = data.draw(st.integers(1, 320), "kv_len")
+    q_len = data.draw(st.one_of(st.just(kv_len), st.integers(1, kv_len)), "q_len")
+    dim = data.draw(st.sampled_from([16, 32, 64]), "dim")
+    dtype = data.draw(st.sampled_from([torch.float16, torch.float32]), "dtype")
+    block = (data.draw(st.sampled_from([32, 64]), "block_m"), data.draw(st.sampled_from([32, 64]), "block_n"))
+    lead = data.draw(st.sampled_from([(1, 1), (1, heads), (batch, heads), (batch, 1)]), "layout lead")
+    mask = random_mask(data.draw, lead, q_len, kv_len)
+    layout = BlockLayout.from_dense(mask, block)
+    if data.draw(st.booleans(), "gathered columns"):
+        layout = with_columns(layout, torch.Generator().manual_seed(data.draw(st.integers(0, 999))), 24)
+        mask = layout.to_dense()
+    max_chunk = data.draw(st.sampled_from([None, 0, 1, 2, 3]), "max_chunk")
+    heavy_first = data.draw(st.booleans(), "heavy_first")
+    scale = data.draw(st.sampled_from([None, 0.3]), "scale")
+    q, k, v = random_inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype, data.draw(st.integers(0, 999)))
+
+    out, lse = triton_sparse_attention(q, k, v, layout, scale=scale, max_chunk=max_chunk, heavy_first=heavy_first)
+
+    assert out.dtype == dtype and out.shape == q.shape and lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    assert_close_to_oracle(out, lse, q, k, v, mask, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_causal_gqa_ragged_chunked_prefill(dtype):
+    """Chunked prefill: 200 queries at the end of 448 keys, GQA 4:1, ragged tails, split rows."""
+    q_len, kv_len = 200, 448
+    q_pos, k = positions(q_len, kv_len)
+    mask = (k <= q_pos)[None, None]
+    layout = BlockLayout.from_dense(mask, (64, 64))
+    q, k, v = random_inputs(2, 8, 2, q_len, kv_len, 64, dtype, 0)
+    out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=2)
+    assert_close_to_oracle(out, lse, q, k, v, mask)
+
+
+def test_all_empty_layout_gives_zeros_and_neg_inf():
+    mask = torch.zeros(1, 1, 64, 96, dtype=torch.bool)
+    layout = BlockLayout.from_dense(mask, (32, 32))
+    q, k, v = random_inputs(1, 2, 1, 64, 96, 32, torch.float16, 1)
+    out, lse = triton_sparse_attention(q, k, v, layout)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isneginf(lse).all()
+
+
+def test_work_list_covers_every_tile_once_heaviest_first():
+    q_pos, k = positions(256, 256)
+    mask = ((k <= q_pos) & ((q_pos - k < 40) | (q_pos >= 200)))[None, None]
+    layout = BlockLayout.from_dense(mask, (32, 32))
+    work = work_list(layout, 2, 3, max_chunk=3)
+    items = work.items.long()
+    n_tiles = (layout.full_kv_num_blocks + layout.kv_num_blocks).view(-1).long()
+    covered = torch.zeros(2, 3, layout.num_q_blocks, dtype=torch.long)
+    for b, h, qb, lrow, t0, t1, slot in items.tolist():
+        assert 0 <= t0 <= t1 <= n_tiles[lrow] and t1 - t0 <= 3
+        covered[b, h, qb] += t1 - t0
+    assert torch.equal(covered, n_tiles.view(1, 1, -1).expand(2, 3, -1))
+    sizes = items[:, 5] - items[:, 4]
+    assert (sizes[:-1] >= sizes[1:]).all()
+    assert work.num_slots == int((items[:, 6] >= 0).sum()) == int(work.merges[:, 4].sum())
+
+
+def test_rejects_cpu_tensors_outside_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    layout = BlockLayout.from_dense(torch.ones(1, 1, 32, 32, dtype=torch.bool), (32, 32))
+    q, k, v = random_inputs(1, 1, 1, 32, 32, 32, torch.float16, 0)
+    with pytest.raises(ValueError, match="CUDA"):
+        triton_sparse_attention(q, k, v, layout)
+
+
+def test_rejects_unsupported_block_size():
+    layout = BlockLayout.from_dense(torch.ones(1, 1, 48, 64, dtype=torch.bool), (48, 64))
+    q, k, v = random_inputs(1, 1, 1, 48, 64, 32, torch.float16, 0)
+    with pytest.raises(ValueError, match="block_size"):
+        triton_sparse_attention(q, k, v, layout)
+
+
+def test_rejects_layout_of_other_lengths():
+    layout = BlockLayout.from_dense(torch.ones(1, 1, 32, 64, dtype=torch.bool), (32, 32))
+    q, k, v = random_inputs(1, 1, 1, 32, 96, 32, torch.float16, 0)
+    with pytest.raises(ValueError, match="kv_len"):
+        triton_sparse_attention(q, k, v, layout)
+
+
+def test_preferred_block_size():
+    assert preferred_block_size(128, torch.bfloat16) == (128, 128)
+    assert preferred_block_size(64, torch.float16) == (128, 128)
+    with pytest.raises(ValueError, match="head_dim"):
+        preferred_block_size(96, torch.float16)
