@@ -72,12 +72,18 @@ def _first_of_each(inverse: Tensor, groups: int) -> Tensor:
     return first.scatter_reduce(0, inverse, torch.arange(n, device=inverse.device), reduce="amin")
 
 
-def _bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor]:
-    """(packed distinct bitmaps [T, bm, bn/32], id of each tile's bitmap)."""
+def _bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Tensor]:
+    """(packed distinct bitmaps [T, bm, bn/32], each tile's bitmap id, each tile's true class).
+
+    Kleene logic may call a tile PARTIAL that is in fact empty or full (``Causal() & ~Causal()``);
+    its bitmap says so, and the true class lets lowering drop or promote it. Ids of such tiles are
+    meaningless.
+    """
     ctx = tiles.ctx
     if len(tiles) == 0:
         empty = torch.zeros(0, ctx.block_m, ctx.block_n // 32, dtype=torch.int32, device=ctx.device)
-        return empty, torch.zeros(0, dtype=torch.long, device=ctx.device)
+        none = torch.zeros(0, dtype=torch.long, device=ctx.device)
+        return empty, none, none
     extents = torch.stack([tiles.q_stop - tiles.q_start, tiles.k_stop - tiles.k_start], dim=1)
     keys = torch.cat([pattern.tile_key(tiles), extents], dim=1)
     _, by_key = torch.unique(keys, dim=0, return_inverse=True)
@@ -85,12 +91,18 @@ def _bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor]:
     reps = tiles.select(_first_of_each(by_key, groups))
     rows = torch.arange(ctx.block_m, device=ctx.device)
     cols = torch.arange(ctx.block_n, device=ctx.device)
-    words = torch.cat([
-        _pack_bits(tile_bits(pattern, reps.select(slice(s, s + _BITMAP_CHUNK)), rows, cols)[0])
-        for s in range(0, groups, _BITMAP_CHUNK)
-    ])
-    distinct, by_content = torch.unique(words.reshape(groups, -1), dim=0, return_inverse=True)
-    return distinct.reshape(-1, ctx.block_m, ctx.block_n // 32), by_content[by_key]
+    words, classes = [], []
+    for s in range(0, groups, _BITMAP_CHUNK):
+        bits, inside = tile_bits(pattern, reps.select(slice(s, s + _BITMAP_CHUNK)), rows, cols)
+        kept = bits.sum((-1, -2))
+        classes.append(torch.where(kept == 0, 0, torch.where(kept == inside.sum((-1, -2)), 2, 1)))
+        words.append(_pack_bits(bits))
+    packed, true_class = torch.cat(words), torch.cat(classes)
+    partial = true_class == 1
+    distinct, by_content = torch.unique(packed[partial].flatten(1), dim=0, return_inverse=True)
+    group_id = torch.zeros(groups, dtype=torch.long, device=ctx.device)
+    group_id[partial] = by_content
+    return distinct.reshape(-1, ctx.block_m, ctx.block_n // 32), group_id[by_key], true_class[by_key]
 
 
 def _gathered(ctx: MaskContext, heads: int, columns: list[Columns], computed: Tiles) -> tuple[Tensor, ...]:
@@ -153,11 +165,15 @@ def lower(
         if heads is not None and tiled.num_heads is None:
             candidates = candidates.for_heads(heads)
         computed = candidates.select(tiled.classify(candidates) != EMPTY)
-    cls = pattern.classify(computed)
+    cls = pattern.classify(computed).long()
     partial = cls != FULL
-    tile_masks, partial_ids = _bitmaps(pattern, computed.select(partial))
+    tile_masks, partial_ids, partial_class = _bitmaps(pattern, computed.select(partial))
+    cls[partial] = partial_class
     mask_id = torch.zeros(len(computed), dtype=torch.long, device=ctx.device)
     mask_id[partial] = partial_ids
+    nonempty = cls != EMPTY
+    computed, cls, mask_id = computed.select(nonempty), cls[nonempty], mask_id[nonempty]
+    partial = cls != FULL
     gathered = _gathered(ctx, heads or 1, columns, computed) if columns else None
     return BlockLayout.from_tiles(
         q_len=q_len, kv_len=kv_len, block_size=(bm, bn), lead_shape=(1, heads or 1),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates .venv beside the repo (once) and installs sparseattn with its test and Hugging Face extras.
+# torch is pinned to a CPU build unless a CUDA-capable torch is already importable by python3;
+# an unpinned torch would pull a multi-GB CUDA build onto machines that cannot use it.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$root/.venv"
+stamp="$venv/.sparseattn-installed"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    # A GPU machine with its own CUDA torch: reuse its packages instead of reinstalling torch.
+    python3 -m venv --system-site-packages "$venv"
+    "$venv/bin/pip" install -q -e "$root[test,hf]"
+  else
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q "torch==2.13.0" "triton==3.7.1"
+    "$venv/bin/pip" install -q -e "$root[test,hf,dev]"
+  fi
+  touch "$stamp"
+fi
