@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sparseattn.kernels import triton_fwd
 from sparseattn.kernels.triton_fwd import preferred_block_size, triton_sparse_attention, work_list
 from sparseattn.layout import BlockLayout
+from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -180,3 +181,24 @@ def test_preferred_block_size():
     assert preferred_block_size(64, torch.float16) == (128, 128)
     with pytest.raises(ValueError, match="head_dim"):
         preferred_block_size(96, torch.float16)
+
+
+@SETTINGS
+@given(
+    pattern=st.one_of(patterns(max_len=200, max_leaves=4), per_head_patterns(max_len=200)),
+    lens=lengths(max_len=200),
+    block=st.tuples(st.sampled_from([32, 64]), st.sampled_from([32, 64])),
+    group=st.sampled_from([1, 2]),
+    dtype=st.sampled_from([torch.float16, torch.float32]),
+    seed=st.integers(0, 999),
+)
+def test_lowered_patterns_match_oracle(pattern, lens, block, group, dtype, seed):
+    """Random composed patterns, lowered as `sparse_attention` lowers them, against their token truth."""
+    q_len, kv_len = lens
+    heads = pattern.num_heads or 2
+    kv_heads = heads // group if heads % group == 0 else heads
+    layout = pattern.lower(q_len, kv_len, block_size=block, num_heads=pattern.num_heads)
+    q, k, v = random_inputs(1, heads, kv_heads, q_len, kv_len, 32, dtype, seed)
+    out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=2)
+    mask = pattern.to_dense(q_len, kv_len, num_heads=pattern.num_heads).unsqueeze(0)
+    assert_close_to_oracle(out, lse, q, k, v, mask)
