@@ -310,7 +310,10 @@ class BlockLayout:
             col = self.col_indices[slot].long()
             columns[b, h, col] = True
             grid[b, h, qb, col // bn] = torch.maximum(grid[b, h, qb, col // bn], torch.ones_like(col, dtype=torch.int8))
-        tile_masks, offset, kv_len = self.tile_masks, self.kv_len - self.q_len, self.kv_len
+        offset, kv_len = self.kv_len - self.q_len, self.kv_len
+        # mask_mod indexes the bitmaps unconditionally, so give it one (never selected) when there are none.
+        tile_masks = self.tile_masks if self.tile_masks.shape[0] else torch.zeros(
+            1, bm, bn // _WORD, dtype=torch.int32, device=self.device)
         # FlexAttention may apply mask_mod inside FULL blocks too (its eager path does), so they answer True.
         mask_ids = torch.where(grid == 2, -2, mask_ids)
 
