@@ -1,0 +1,315 @@
+"""Benchmark the block-sparse Triton kernel (Hydra app; config: conf/bench_kernel.yaml).
+
+For each pattern and length: lower the pattern on the GPU (timed), check the kernel against an fp32
+reference on two blocks of query rows, then time with ``triton.testing.do_bench`` (median) the kernel
+with and without load balancing, FlexAttention compiled on the identical layout (its mask build timed
+separately), and, once per length, cuDNN SDPA and the SDPA flash backend on dense causal attention.
+
+    python experiments/bench_kernel.py                       # everything, writes experiments/results/
+    python experiments/bench_kernel.py lengths=[8192] long_lengths=[] 'sweep.configs=[[8,2],[8,3]]'
+    python experiments/bench_kernel.py render_only=true      # re-render the table and plot from the JSON
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig
+
+from sparseattn.patterns import PerHead
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_patterns(cfg: DictConfig) -> dict:
+    pats = {name: instantiate(spec) for name, spec in cfg.patterns.items()}
+    if cfg.mixture:
+        members = [pats[name] for name in cfg.mixture]
+        pats["mixture"] = PerHead(tuple(members[h % len(members)] for h in range(cfg.heads)))
+    return pats
+
+
+def inputs(cfg: DictConfig, length: int):
+    dtype = getattr(torch, cfg.dtype)
+    gen = torch.Generator(device="cuda").manual_seed(length)
+    q = torch.randn(cfg.batch, cfg.heads, length, cfg.head_dim, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(cfg.batch, cfg.kv_heads, length, cfg.head_dim, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(cfg.batch, cfg.kv_heads, length, cfg.head_dim, device="cuda", dtype=dtype, generator=gen)
+    return q, k, v
+
+
+def bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, return_mode="median"))
+
+
+def timed(fn, repeats: int = 3) -> tuple[float, object]:
+    """Median wall time in ms of a host+device step (lowering, mask build), with its last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2], result
+
+
+def check_rows(cfg, pattern, q, k, v, out) -> float:
+    """Max |out - fp32 reference| over one block of rows from the middle and the last block."""
+    from sparseattn.patterns import MaskContext
+
+    length, rows = q.shape[2], cfg.check_rows
+    group = cfg.heads // cfg.kv_heads
+    ctx = MaskContext(length, length, cfg.heads, device=q.device)
+    heads = torch.arange(cfg.heads, device=q.device).view(-1, 1, 1)
+    keys = torch.arange(length, device=q.device).view(1, 1, -1)
+    kf, vf = k.float(), v.float()
+    worst = 0.0
+    for start in (length // 2 - rows // 2, length - rows):
+        idx = torch.arange(start, start + rows, device=q.device)
+        mask = pattern.mask(heads, idx.view(1, -1, 1), keys, ctx)  # [H|1, rows, L]
+        scores = torch.einsum("bhgrd,bhkd->bhgrk", q[:, :, start:start + rows].float().unflatten(1, (cfg.kv_heads, group)), kf)
+        scores = scores.flatten(1, 2) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~mask.unsqueeze(0), -math.inf)
+        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        ref = torch.einsum("bhgrk,bhkd->bhgrd", probs.unflatten(1, (cfg.kv_heads, group)), vf).flatten(1, 2)
+        worst = max(worst, float((out[:, :, start:start + rows].float() - ref).abs().max()))
+        del scores, probs
+    return worst
+
+
+def dense_baselines(q, k, v) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    res = {}
+    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+        try:
+            with sdpa_kernel(backend):
+                sdpa(q, k, v, is_causal=True, enable_gqa=True)
+                res[f"{name}_ms"] = bench(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True))
+            res[f"{name}_gqa"] = "enable_gqa"
+        except RuntimeError:
+            group = q.shape[1] // k.shape[1]
+            kr, vr = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+            with sdpa_kernel(backend):
+                res[f"{name}_ms"] = bench(lambda: sdpa(q, kr, vr, is_causal=True))
+            res[f"{name}_gqa"] = "repeated"
+            del kr, vr
+    return res
+
+
+def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
+    from sparseattn.kernels.flex import flex_sparse_attention
+    from sparseattn.kernels.triton_fwd import preferred_block_size, triton_sparse_attention, work_list
+
+    rec: dict = {"pattern": name, "length": length}
+    block = preferred_block_size(cfg.head_dim, q.dtype)
+    rec["lower_ms"], layout = timed(
+        lambda: pattern.lower(length, length, block_size=block, num_heads=pattern.num_heads, device="cuda"))
+    entries = layout.batch_size * layout.num_heads
+    pairs = layout.computed_pairs() * (cfg.batch * cfg.heads) // entries
+    rec["pairs_fraction_of_causal"] = pairs / (cfg.batch * cfg.heads * length * (length + 1) / 2)
+    rec["schedule_ms"], _ = timed(lambda: work_list(layout, cfg.batch, cfg.heads, max_chunk=None), repeats=1)
+
+    out, _ = triton_sparse_attention(q, k, v, layout, config=config)
+    rec["max_err"] = check_rows(cfg, pattern, q, k, v, out)
+    rec["ok"] = rec["max_err"] <= cfg.check_atol
+    del out
+    rec["triton_ms"] = bench(lambda: triton_sparse_attention(q, k, v, layout, config=config))
+    rec["triton_plain_ms"] = bench(
+        lambda: triton_sparse_attention(q, k, v, layout, max_chunk=0, heavy_first=False, config=config))
+    rec["tflops"] = 4 * pairs * cfg.head_dim / rec["triton_ms"] / 1e9
+    for base in ("cudnn", "flash"):
+        if f"{base}_ms" in dense:
+            rec[f"speedup_vs_{base}_dense"] = dense[f"{base}_ms"] / rec["triton_ms"]
+    if length <= cfg.flex_max_len:
+        try:
+            rec["flex_mask_ms"], block_mask = timed(layout.to_flex, repeats=1)
+            start = time.perf_counter()
+            flex_sparse_attention(q, k, v, block_mask)
+            torch.cuda.synchronize()
+            rec["flex_first_call_s"] = time.perf_counter() - start
+            rec["flex_ms"] = bench(lambda: flex_sparse_attention(q, k, v, block_mask))
+            rec["speedup_vs_flex"] = rec["flex_ms"] / rec["triton_ms"]
+            del block_mask
+        except Exception as exc:  # a baseline failing (OOM, compile error) must not end the run
+            rec["flex_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    torch.cuda.empty_cache()
+    return rec
+
+
+def run_sweep(cfg, pats) -> list[dict]:
+    from sparseattn.kernels.triton_fwd import KernelConfig, preferred_block_size, triton_sparse_attention
+
+    rows = []
+    length = cfg.sweep.length
+    q, k, v = inputs(cfg, length)
+    block = preferred_block_size(cfg.head_dim, q.dtype)
+    for name in cfg.sweep.patterns:
+        layout = pats[name].lower(length, length, block_size=block, num_heads=pats[name].num_heads, device="cuda")
+        for warps, stages in cfg.sweep.configs:
+            config = KernelConfig(num_warps=warps, num_stages=stages)
+            try:
+                ms = bench(lambda: triton_sparse_attention(q, k, v, layout, config=config))
+            except Exception as exc:
+                ms = float("nan")
+                log(f"sweep {name} {warps}w{stages}s failed: {type(exc).__name__}: {str(exc)[:200]}")
+            rows.append({"pattern": name, "length": length, "num_warps": warps, "num_stages": stages, "ms": ms})
+            log(f"sweep {name:10s} L={length} warps={warps} stages={stages}: {ms:.3f} ms")
+    return rows
+
+
+def environment(command: str) -> dict:
+    import triton
+
+    return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
+
+
+def render(data: dict, out_dir: Path) -> None:
+    """Markdown table and plot from the JSON document."""
+    env, records, dense = data["env"], data["records"], data["dense"]
+    lines = [
+        "# Block-sparse Triton kernel benchmark",
+        "",
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}; GPU: {env['gpu']}; torch {env['torch']}, triton {env['triton']}, "
+        f"CUDA {env['cuda']}, cuDNN {env['cudnn']}",
+        f"- shape: B={data['shape']['batch']}, {data['shape']['heads']} query heads, {data['shape']['kv_heads']} kv heads, "
+        f"head dim {data['shape']['head_dim']}, {data['shape']['dtype']}; times are do_bench medians in ms",
+        "- speedups are against cuDNN SDPA dense causal at the same length, same run; TFLOP/s count "
+        "4·D flops per computed query-key pair (tiles actually computed); `plain` is the kernel without "
+        "load balancing (grid order, no row splitting)",
+        "",
+        "## Dense baselines (causal)",
+        "",
+        "| length | cuDNN ms | cuDNN TFLOP/s | flash ms |",
+        "|---|---|---|---|",
+    ]
+    for length, d in sorted(dense.items(), key=lambda kv: int(kv[0])):
+        n = int(length)
+        flops = 4 * data["shape"]["batch"] * data["shape"]["heads"] * n * (n + 1) / 2 * data["shape"]["head_dim"]
+        lines.append(f"| {n} | {d.get('cudnn_ms', float('nan')):.3f} | {flops / d.get('cudnn_ms', float('nan')) / 1e9:.0f} "
+                     f"| {d.get('flash_ms', float('nan')):.3f} |")
+    lines += [
+        "",
+        "## Patterns",
+        "",
+        "| pattern | length | pairs/causal | ok (max err) | ours ms | plain ms | balance gain | TFLOP/s "
+        "| vs cuDNN dense | Flex ms | vs Flex | Flex mask ms | lower ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        def f(key, fmt="{:.3f}"):
+            return fmt.format(r[key]) if key in r else "—"
+        lines.append(
+            f"| {r['pattern']} | {r['length']} | {r['pairs_fraction_of_causal']:.4f} | {'yes' if r['ok'] else 'NO'} "
+            f"({r['max_err']:.1e}) | {r['triton_ms']:.3f} | {r['triton_plain_ms']:.3f} | "
+            f"{r['triton_plain_ms'] / r['triton_ms']:.2f}x | {r['tflops']:.0f} | {f('speedup_vs_cudnn_dense', '{:.2f}x')} | "
+            f"{f('flex_ms')} | {f('speedup_vs_flex', '{:.2f}x')} | {f('flex_mask_ms', '{:.1f}')} | {r['lower_ms']:.1f} |")
+    if data.get("sweep"):
+        lines += ["", "## Launch-config sweep", "", "| pattern | length | num_warps | num_stages | ms |", "|---|---|---|---|---|"]
+        lines += [f"| {s['pattern']} | {s['length']} | {s['num_warps']} | {s['num_stages']} | {s['ms']:.3f} |"
+                  for s in data["sweep"]]
+    (out_dir / "kernel_bench.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in dict.fromkeys(r["pattern"] for r in records):
+        rs = [r for r in records if r["pattern"] == name and "speedup_vs_cudnn_dense" in r]
+        ax1.plot([r["length"] for r in rs], [r["speedup_vs_cudnn_dense"] for r in rs], marker="o", label=name)
+        rs = [r for r in records if r["pattern"] == name]
+        ax2.plot([r["length"] for r in rs], [r["tflops"] for r in rs], marker="o", label=name)
+    ax1.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="speedup vs cuDNN dense causal",
+            title="Triton block-sparse kernel")
+    ax2.set(xscale="log", xlabel="sequence length", ylabel="TFLOP/s on computed tiles", title="Effective throughput")
+    for ax in (ax1, ax2):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{env['gpu']}, B=1, 32q/8kv heads, D=128, bf16", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_dir / "kernel_bench.png", dpi=120)
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="bench_kernel")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(to_absolute_path(cfg.out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.render_only:
+        render(json.loads((out_dir / "kernel_bench.json").read_text()), out_dir)
+        return
+    command = "python experiments/bench_kernel.py " + " ".join(sys.argv[1:])
+    shape = {key: cfg[key] for key in ("batch", "heads", "kv_heads", "head_dim", "dtype")}
+    data = {"env": environment(command.strip()), "shape": shape, "records": [], "dense": {}}
+    pats = build_patterns(cfg)
+
+    def save() -> None:
+        (out_dir / "kernel_bench.json").write_text(json.dumps(data, indent=1))
+
+    config = None
+    if cfg.sweep.configs:
+        from sparseattn.kernels.triton_fwd import KernelConfig
+
+        data["sweep"] = run_sweep(cfg, pats)
+        # The rest of the run uses the config fastest on the sweep's first pattern.
+        first = [s for s in data["sweep"] if s["pattern"] == cfg.sweep.patterns[0] and s["ms"] == s["ms"]]
+        best = min(first, key=lambda s: s["ms"])
+        config = KernelConfig(num_warps=best["num_warps"], num_stages=best["num_stages"])
+        data["config"] = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        save()
+    for length in list(cfg.lengths) + list(cfg.long_lengths):
+        q, k, v = inputs(cfg, length)
+        dense = {}
+        if length in cfg.lengths:
+            dense = dense_baselines(q, k, v)
+            data["dense"][str(length)] = dense
+            log(f"L={length}: cuDNN {dense['cudnn_ms']:.3f} ms, flash {dense['flash_ms']:.3f} ms")
+        for name, pattern in pats.items():
+            if name == "causal" and length not in cfg.lengths:
+                continue
+            try:
+                rec = run_pattern(cfg, name, pattern, length, q, k, v, dense, config)
+            except torch.OutOfMemoryError as exc:
+                log(f"{name} L={length}: out of memory ({str(exc)[:120]})")
+                torch.cuda.empty_cache()
+                continue
+            data["records"].append(rec)
+            save()
+            log(f"{name:10s} L={length:7d} ok={rec['ok']} err={rec['max_err']:.1e} ours={rec['triton_ms']:.3f} "
+                f"plain={rec['triton_plain_ms']:.3f} tflops={rec['tflops']:.0f} "
+                f"x_cudnn={rec.get('speedup_vs_cudnn_dense', float('nan')):.2f} flex={rec.get('flex_ms', float('nan')):.3f} "
+                f"x_flex={rec.get('speedup_vs_flex', float('nan')):.2f} lower={rec['lower_ms']:.1f}ms "
+                f"flexmask={rec.get('flex_mask_ms', float('nan')):.1f}ms {rec.get('flex_error', '')}")
+        del q, k, v
+        torch.cuda.empty_cache()
+    render(data, out_dir)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
