@@ -32,7 +32,7 @@ from sparseattn.kernels.triton_schedule import WorkList, build_work_list, defaul
 from sparseattn.layout import BlockLayout
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)  # a constexpr: kernels may read it
 SUPPORTED_BLOCKS = (32, 64, 128)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
