@@ -1,0 +1,211 @@
+"""Hugging Face transformers: prefill through a `LayerSchedule`, as a registered attention implementation.
+
+`use_schedule(model, schedule)` registers a `ScheduledAttention` under a name of its own in
+``transformers.AttentionInterface`` (with transformers' SDPA mask builder in ``AttentionMaskInterface``)
+and switches the model to it; no forward is patched. Every attention call then takes one of these
+paths, counted in ``ScheduledAttention.calls``:
+
+- ``"sparse_prefill"``: a prompt from an empty cache (``q_len == kv_len``) in a layer whose pattern is
+  not plain causal: the schedule's layout through `sparse_attention`.
+- ``"dense_prefill"``: the same in a plain `Causal()` layer, served by PyTorch SDPA (``causal_backend="sdpa"``,
+  the default) — a dense kernel is the fastest way to compute dense attention. With
+  ``causal_backend="sparse"`` such layers take the sparse path too (to check our kernel on dense work).
+- ``"dense_cache"``: queries that continue a cache (``q_len < kv_len``: decode steps, chunked-prefill
+  continuations, static caches) attend densely to everything cached, through transformers' own SDPA
+  function, exactly as the unmodified model would.
+
+Padded batches take the sparse path one sequence at a time over their real tokens (left or right
+padding); a mask that is not padding (packed sequences, custom masks) is refused with a ValueError.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor
+
+from sparseattn.attention import IMPLS, default_block_size, sparse_attention
+from sparseattn.integrations.padding import sequence_spans
+from sparseattn.integrations.timing import LayerTimer
+from sparseattn.schedule import LayerSchedule
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+CAUSAL_BACKENDS = ("sdpa", "sparse")
+SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
+_names = itertools.count()
+
+
+class ScheduledAttention:
+    """The attention function transformers calls in every layer; routes each call and counts the routes."""
+
+    def __init__(
+        self,
+        schedule: LayerSchedule,
+        *,
+        impl: str = "triton",
+        causal_backend: str = "sdpa",
+        sdpa_backend: str | None = None,
+        timer: LayerTimer | None = None,
+    ) -> None:
+        if not schedule.bound:
+            raise ValueError("schedule: bind it to the model first (use_schedule does)")
+        if impl not in IMPLS:
+            raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+        if causal_backend not in CAUSAL_BACKENDS:
+            raise ValueError(f"causal_backend: expected one of {CAUSAL_BACKENDS}, got {causal_backend!r}")
+        if sdpa_backend is not None and sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend: expected None or one of {SDPA_BACKENDS}, got {sdpa_backend!r}")
+        self.schedule = schedule
+        self.impl = impl
+        self.causal_backend = causal_backend
+        self.sdpa_backend = sdpa_backend
+        self.timer = timer
+        self.calls: Counter[str] = Counter()
+        self.name: str | None = None
+
+    def __call__(
+        self,
+        module: torch.nn.Module,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs,
+    ) -> tuple[Tensor, None]:
+        if dropout and module.training:
+            raise ValueError("dropout: sparse prefill is for inference; set model.eval() or attention_dropout=0")
+        layer = module.layer_idx
+        if query.shape[2] < key.shape[2]:
+            path = "dense_cache"
+        elif self.causal_backend == "sdpa" and self.schedule.is_causal(layer):
+            path = "dense_prefill"
+        else:
+            path = "sparse_prefill"
+        self.calls[path] += 1
+        token = self.timer.start(query.device) if self.timer else None
+        if path == "dense_cache":
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            with self._sdpa_context():
+                out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        elif path == "dense_prefill":
+            out = self._dense_prefill(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
+        else:
+            out = self._sparse_prefill(layer, query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
+        if token is not None:
+            self.timer.stop(token, query.device, layer, path)
+        return out, None
+
+    # ----------------------------------------------------------------- paths
+    def _sparse_prefill(
+        self, layer: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None
+    ) -> Tensor:
+        spans = None if mask is None else sequence_spans(mask)
+        size = q.shape[2]
+        if spans is not None and all(span == (0, size) for span in spans):
+            spans = None
+        if spans is None and not (self.schedule.is_dynamic(layer) and q.shape[0] > 1):
+            return self._attend(layer, q, k, v, scale)
+        # One sequence at a time: dynamic patterns are estimated per sequence, padding is cut off.
+        spans = spans or [(0, size)] * q.shape[0]
+        out = torch.zeros_like(q)
+        for b, (start, stop) in enumerate(spans):
+            row = (slice(b, b + 1), slice(None), slice(start, stop))
+            out[row] = self._attend(layer, q[row], k[row], v[row], scale)
+        return out
+
+    def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+        block = default_block_size(self.impl, q.shape[-1], q.dtype)
+        layout = self.schedule.layout(layer, q, k, block)
+        return sparse_attention(q, k, v, layout, scale=scale, impl=self.impl)
+
+    def _dense_prefill(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+        # K/V are repeated rather than passed with enable_gqa: cuDNN, the fastest dense backend on Hopper,
+        # is the baseline we report, and repeating costs one copy of K and V against a quadratic kernel.
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        with self._sdpa_context():
+            if mask is None:
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    def _sdpa_context(self):
+        if self.sdpa_backend is None:
+            return nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = {
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH,
+        }[self.sdpa_backend]
+        return sdpa_kernel(backend)
+
+    def __repr__(self) -> str:
+        return (
+            f"ScheduledAttention(impl={self.impl!r}, causal_backend={self.causal_backend!r}, "
+            f"sdpa_backend={self.sdpa_backend!r}, calls={dict(self.calls)})"
+        )
+
+
+def check_model(model: torch.nn.Module) -> tuple[int, int]:
+    """(layers, query heads) of a supported causal LM; ValueError naming what is unsupported."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model: expected a Llama, Qwen2 or Mistral causal LM (model_type in {SUPPORTED_MODEL_TYPES}), "
+            f"got {type(model).__name__} with model_type {model_type!r}"
+        )
+    sliding = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or ()
+    if sliding is not None or any(t != "full_attention" for t in layer_types):
+        raise ValueError(
+            f"model: its config asks for sliding-window attention (sliding_window={sliding}); a schedule replaces "
+            "the whole attention pattern, so set config.sliding_window = None or put a Window into the schedule"
+        )
+    return config.num_hidden_layers, config.num_attention_heads
+
+
+def use_schedule(
+    model: torch.nn.Module,
+    schedule: LayerSchedule,
+    *,
+    impl: str = "triton",
+    causal_backend: str = "sdpa",
+    sdpa_backend: str | None = None,
+    timer: LayerTimer | None = None,
+) -> ScheduledAttention:
+    """Make ``model`` prefill with ``schedule`` (in place); returns the attention function with its counters.
+
+    The schedule is bound (validated) against the model's layers and query heads first. Calling this
+    again on the same model replaces the previous schedule; `use_dense` switches back to plain SDPA.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    num_layers, num_heads = check_model(model)
+    attention = ScheduledAttention(
+        schedule.bind(num_layers, num_heads),
+        impl=impl,
+        causal_backend=causal_backend,
+        sdpa_backend=sdpa_backend,
+        timer=timer,
+    )
+    attention.name = f"sparseattn_{next(_names)}"
+    AttentionInterface.register(attention.name, attention)
+    # Without a mask function of its own, transformers would build no mask at all and padding would be lost.
+    AttentionMaskInterface.register(attention.name, sdpa_mask)
+    model.set_attn_implementation(attention.name)
+    return attention
+
+
+def use_dense(model: torch.nn.Module) -> None:
+    """Back to transformers' own SDPA attention."""
+    model.set_attn_implementation("sdpa")

