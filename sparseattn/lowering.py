@@ -20,6 +20,7 @@ from sparseattn.layout import BlockLayout, _pack_bits
 from sparseattn.patterns.algebra import And, Or
 from sparseattn.patterns.base import EMPTY, FULL, MaskContext, Pattern, Tiles, tile_bits
 from sparseattn.patterns.columns import Columns
+from sparseattn.patterns.per_head import PerHead
 from sparseattn.patterns.primitives import Causal
 from sparseattn.patterns.shapes import Composite
 
@@ -153,6 +154,13 @@ def lower(
     if bm < 1 or bn < 32 or bn % 32:
         raise ValueError(f"block_size: expected (block_m >= 1, block_n a positive multiple of 32), got {block_size}")
     pattern._resolve_heads(num_heads)
+    if isinstance(pattern, PerHead) and all(p.num_heads is None for p in pattern.patterns):
+        # Heads with equal patterns share one lowering and one copy of its rows.
+        distinct: dict[Pattern, int] = {}
+        group = [distinct.setdefault(p, len(distinct)) for p in pattern.patterns]
+        layouts = [lower(p, q_len, kv_len, block_size=block_size, device=device, gather_columns=gather_columns)
+                   for p in distinct]
+        return BlockLayout.share_rows(layouts, group)
     heads = pattern.num_heads
     ctx = MaskContext(q_len, kv_len, heads or 1, bm, bn, torch.device(device or "cpu"))
     tiled, columns = split_gathered(pattern) if gather_columns else (pattern, [])
