@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns import FULL, PARTIAL, EMPTY, MaskContext, Pattern, Tiles
+from sparseattn.patterns import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
 
 
 @dataclass(frozen=True)

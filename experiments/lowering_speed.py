@@ -1,6 +1,6 @@
 """Lowering cost on the CPU: wall time (median of repeats), tiles, distinct bitmaps and layout memory.
 
-    .venv/bin/python experiments/lowering_speed.py            # writes experiments/results/lowering_cpu.{json,md}
+.venv/bin/python experiments/lowering_speed.py            # writes experiments/results/lowering_cpu.{json,md}
 """
 
 from __future__ import annotations
@@ -23,9 +23,19 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def layout_bytes(layout: BlockLayout) -> int:
-    tensors = (layout.full_kv_num_blocks, layout.full_kv_start, layout.full_kv_indices, layout.kv_num_blocks,
-               layout.kv_start, layout.kv_indices, layout.kv_mask_ids, layout.tile_masks,
-               layout.col_num, layout.col_start, layout.col_indices)
+    tensors = (
+        layout.full_kv_num_blocks,
+        layout.full_kv_start,
+        layout.full_kv_indices,
+        layout.kv_num_blocks,
+        layout.kv_start,
+        layout.kv_indices,
+        layout.kv_mask_ids,
+        layout.tile_masks,
+        layout.col_num,
+        layout.col_start,
+        layout.col_indices,
+    )
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
@@ -37,10 +47,17 @@ def measure(pattern: Pattern, n: int, block: tuple[int, int], repeats: int) -> d
         times.append(time.perf_counter() - start)
     full, partial = layout.num_tiles()
     return {
-        "pattern": repr(pattern) if len(repr(pattern)) < 60 else type(pattern).__name__ + f"({pattern.num_heads} heads)",
-        "tokens": n, "block": f"{block[0]}x{block[1]}", "median_s": statistics.median(times),
-        "full_tiles": full, "partial_tiles": partial, "distinct_bitmaps": int(layout.tile_masks.shape[0]),
-        "layout_MiB": layout_bytes(layout) / 2**20, "density": layout.density(),
+        "pattern": repr(pattern)
+        if len(repr(pattern)) < 60
+        else type(pattern).__name__ + f"({pattern.num_heads} heads)",
+        "tokens": n,
+        "block": f"{block[0]}x{block[1]}",
+        "median_s": statistics.median(times),
+        "full_tiles": full,
+        "partial_tiles": partial,
+        "distinct_bitmaps": int(layout.tile_masks.shape[0]),
+        "layout_MiB": layout_bytes(layout) / 2**20,
+        "density": layout.density(),
     }
 
 
@@ -61,17 +78,28 @@ def main() -> None:
         (mixed, 1 << 17, (128, 128)),
     ]
     rows = [measure(p, n, b, args.repeats) for p, n, b in tqdm(cases, desc="lowering")]
-    meta = {"date": date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": 1, "repeats": args.repeats,
-            "command": "python experiments/lowering_speed.py"}
+    meta = {
+        "date": date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": 1,
+        "repeats": args.repeats,
+        "command": "python experiments/lowering_speed.py",
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lowering_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     header = "| pattern | tokens | block | median s | full tiles | partial tiles | bitmaps | layout MiB | density |"
-    lines = [f"# Lowering on the CPU\n\n`{meta['command']}` — {meta['date']}, torch {meta['torch']}, "
-             f"1 thread, median of {args.repeats}.\n", header, "|" + "---|" * 9]
+    lines = [
+        f"# Lowering on the CPU\n\n`{meta['command']}` — {meta['date']}, torch {meta['torch']}, "
+        f"1 thread, median of {args.repeats}.\n",
+        header,
+        "|" + "---|" * 9,
+    ]
     for r in rows:
-        lines.append(f"| {r['pattern']} | {r['tokens']:,} | {r['block']} | {r['median_s']:.3f} | {r['full_tiles']:,} | "
-                     f"{r['partial_tiles']:,} | {r['distinct_bitmaps']} | {r['layout_MiB']:.2f} | {r['density']:.5f} |")
+        lines.append(
+            f"| {r['pattern']} | {r['tokens']:,} | {r['block']} | {r['median_s']:.3f} | {r['full_tiles']:,} | "
+            f"{r['partial_tiles']:,} | {r['distinct_bitmaps']} | {r['layout_MiB']:.2f} | {r['density']:.5f} |"
+        )
     (args.out / "lowering_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[1:]))
 

@@ -16,10 +16,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from sparseattn import AShape, Causal, Columns, PerHead, Streaming, Triangle, Window, sparse_attention  # noqa: E402
-from sparseattn.attention import default_block_size  # noqa: E402
-from sparseattn.patterns import Pattern  # noqa: E402
-from sparseattn.testing import oracle_and_tolerance  # noqa: E402
+from sparseattn import AShape, Causal, Columns, PerHead, Streaming, Triangle, Window, sparse_attention
+from sparseattn.attention import default_block_size
+from sparseattn.patterns import Pattern
+from sparseattn.testing import oracle_and_tolerance
 
 
 def show_patterns() -> None:
@@ -56,7 +56,9 @@ def check_backends() -> bool:
         Causal(),
         Triangle(sink=8, window=small, last=small // 2),
         Streaming(sink=4, window=small),
-        PerHead(tuple([Causal(), Triangle(window=small, last=8), Streaming(4, small), AShape(1, 2, 32)] * (heads // 4))),
+        PerHead(
+            tuple([Causal(), Triangle(window=small, last=8), Streaming(4, small), AShape(1, 2, 32)] * (heads // 4))
+        ),
     ]
     impls = ["reference", "flex", "triton"]
     all_ok = True

@@ -24,7 +24,21 @@ from sparseattn.patterns import (
 )
 
 __all__ = [
-    "AShape", "BlockBand", "BlockLayout", "Causal", "Columns", "Diagonals", "Full", "LastQueries", "Pattern",
-    "PerHead", "Sink", "Streaming", "Triangle", "Window", "lower", "sparse_attention",
+    "AShape",
+    "BlockBand",
+    "BlockLayout",
+    "Causal",
+    "Columns",
+    "Diagonals",
+    "Full",
+    "LastQueries",
+    "Pattern",
+    "PerHead",
+    "Sink",
+    "Streaming",
+    "Triangle",
+    "Window",
+    "lower",
+    "sparse_attention",
 ]
 __version__ = "0.1.0"

@@ -48,8 +48,19 @@ def unpack_bits(words: Tensor, block_n: int) -> Tensor:
     return bits.reshape(*words.shape[:-1], block_n).bool()
 
 
-_TENSOR_FIELDS = ("full_kv_num_blocks", "full_kv_start", "full_kv_indices", "kv_num_blocks", "kv_start",
-                  "kv_indices", "kv_mask_ids", "tile_masks", "col_num", "col_start", "col_indices")
+_TENSOR_FIELDS = (
+    "full_kv_num_blocks",
+    "full_kv_start",
+    "full_kv_indices",
+    "kv_num_blocks",
+    "kv_start",
+    "kv_indices",
+    "kv_mask_ids",
+    "tile_masks",
+    "col_num",
+    "col_start",
+    "col_indices",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,7 +115,9 @@ class BlockLayout:
         for name in ("full_kv_indices", "kv_indices", "kv_mask_ids", "col_indices"):
             value = getattr(self, name)
             if value is not None and value.dim() != 1:
-                raise ValueError(f"{name}: expected a flat tensor (rows found through *_start), got {tuple(value.shape)}")
+                raise ValueError(
+                    f"{name}: expected a flat tensor (rows found through *_start), got {tuple(value.shape)}"
+                )
         if self.kv_mask_ids.shape != self.kv_indices.shape:
             raise ValueError("kv_mask_ids: expected the shape of kv_indices")
         if self.tile_masks.dim() != 3 or self.tile_masks.shape[1:] != (self.block_m, self.block_n // _WORD):
@@ -190,8 +203,11 @@ class BlockLayout:
             counts = torch.bincount(row, minlength=b_dim * h_dim * qb_dim)
             starts = torch.cumsum(counts, 0) - counts
             shape = (b_dim, h_dim, qb_dim)
-            return (counts.to(torch.int32).reshape(shape), starts.reshape(shape),
-                    [value.to(torch.int32).contiguous() for value in values])
+            return (
+                counts.to(torch.int32).reshape(shape),
+                starts.reshape(shape),
+                [value.to(torch.int32).contiguous() for value in values],
+            )
 
         full = is_full.bool()
         f_num, f_start, (f_idx,) = rows(batch[full], head[full], q_block[full], kv_block[full])
@@ -202,10 +218,21 @@ class BlockLayout:
             cb, ch, cq, ck = columns
             c_num, c_start, (c_idx,) = rows(cb, ch, cq, ck)
         return cls(
-            q_len=q_len, kv_len=kv_len, block_m=bm, block_n=bn,
-            full_kv_num_blocks=f_num, full_kv_start=f_start, full_kv_indices=f_idx,
-            kv_num_blocks=p_num, kv_start=p_start, kv_indices=p_idx, kv_mask_ids=p_mid,
-            tile_masks=tile_masks, col_num=c_num, col_start=c_start, col_indices=c_idx,
+            q_len=q_len,
+            kv_len=kv_len,
+            block_m=bm,
+            block_n=bn,
+            full_kv_num_blocks=f_num,
+            full_kv_start=f_start,
+            full_kv_indices=f_idx,
+            kv_num_blocks=p_num,
+            kv_start=p_start,
+            kv_indices=p_idx,
+            kv_mask_ids=p_mid,
+            tile_masks=tile_masks,
+            col_num=c_num,
+            col_start=c_start,
+            col_indices=c_idx,
         )
 
     @classmethod
@@ -220,8 +247,9 @@ class BlockLayout:
                 raise ValueError(f"layouts[{i}]: expected a layout broadcast over batch and heads")
             if (lay.q_len, lay.kv_len, lay.block_size) != (first.q_len, first.kv_len, first.block_size):
                 raise ValueError(f"layouts[{i}]: lengths and block size differ from layouts[0]")
-        distinct, mask_map = torch.unique(torch.cat([lay.tile_masks for lay in layouts]).flatten(1), dim=0,
-                                          return_inverse=True)
+        distinct, mask_map = torch.unique(
+            torch.cat([lay.tile_masks for lay in layouts]).flatten(1), dim=0, return_inverse=True
+        )
         mask_base = [0]
         for lay in layouts:
             mask_base.append(mask_base[-1] + lay.tile_masks.shape[0])
@@ -237,7 +265,7 @@ class BlockLayout:
                     continue
                 counts.append(count[0, 0])
                 starts.append(getattr(lay, start_name)[0, 0] + base)
-                for flat, name in zip(flats, index_names):
+                for flat, name in zip(flats, index_names, strict=False):
                     flat.append(getattr(lay, name))
                 base += getattr(lay, index_names[0]).numel()
             empty = torch.zeros(0, dtype=torch.int32, device=first.device)
@@ -253,11 +281,21 @@ class BlockLayout:
         if any(lay.has_columns for lay in layouts):
             cols = list(stacked("col_num", "col_start", ("col_indices",)))
         return cls(
-            q_len=first.q_len, kv_len=first.kv_len, block_m=first.block_m, block_n=first.block_n,
-            full_kv_num_blocks=f_num, full_kv_start=f_start, full_kv_indices=f_idx,
-            kv_num_blocks=p_num, kv_start=p_start, kv_indices=p_idx, kv_mask_ids=p_mid,
+            q_len=first.q_len,
+            kv_len=first.kv_len,
+            block_m=first.block_m,
+            block_n=first.block_n,
+            full_kv_num_blocks=f_num,
+            full_kv_start=f_start,
+            full_kv_indices=f_idx,
+            kv_num_blocks=p_num,
+            kv_start=p_start,
+            kv_indices=p_idx,
+            kv_mask_ids=p_mid,
             tile_masks=distinct.reshape(-1, first.block_m, first.block_n // _WORD).to(torch.int32),
-            col_num=cols[0], col_start=cols[1], col_indices=cols[2],
+            col_num=cols[0],
+            col_start=cols[1],
+            col_indices=cols[2],
         )
 
     @classmethod
@@ -269,7 +307,9 @@ class BlockLayout:
         if mask.dim() == 3:
             mask = mask.unsqueeze(0)
         if mask.dim() != 4 or mask.dtype != torch.bool:
-            raise ValueError(f"mask: expected a bool tensor [B|1, H|1, q_len, kv_len], got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask: expected a bool tensor [B|1, H|1, q_len, kv_len], got {mask.dtype} {tuple(mask.shape)}"
+            )
         bm, bn = block_size
         b_dim, h_dim, q_len, kv_len = mask.shape
         qb_dim, kb_dim = -(-q_len // bm), -(-kv_len // bn)
@@ -291,8 +331,16 @@ class BlockLayout:
             mask_id[~is_full] = inverse
             words = uniq.reshape(-1, bm, bn // _WORD)
         return cls.from_tiles(
-            q_len=q_len, kv_len=kv_len, block_size=block_size, lead_shape=(b_dim, h_dim),
-            batch=b, head=h, q_block=qb, kv_block=kb, is_full=is_full, mask_id=mask_id,
+            q_len=q_len,
+            kv_len=kv_len,
+            block_size=block_size,
+            lead_shape=(b_dim, h_dim),
+            batch=b,
+            head=h,
+            q_block=qb,
+            kv_block=kb,
+            is_full=is_full,
+            mask_id=mask_id,
             tile_masks=words.to(mask.device),
         )
 
@@ -305,7 +353,10 @@ class BlockLayout:
         num = getattr(self, f"{which}_num_blocks" if which != "col" else "col_num")
         start = getattr(self, f"{which}_start")
         row = torch.repeat_interleave(torch.arange(num.numel(), device=self.device), num.reshape(-1).long())
-        slot = torch.arange(row.numel(), device=self.device) - (torch.cumsum(num.reshape(-1).long(), 0) - num.reshape(-1).long())[row]
+        slot = (
+            torch.arange(row.numel(), device=self.device)
+            - (torch.cumsum(num.reshape(-1).long(), 0) - num.reshape(-1).long())[row]
+        )
         slot = slot + start.reshape(-1)[row]
         _, h_dim, qb_dim = num.shape
         return row // (h_dim * qb_dim), (row // qb_dim) % h_dim, row % qb_dim, slot
@@ -355,7 +406,7 @@ class BlockLayout:
 
         bm, bn = self.block_size
         grid, mask_ids = self._tile_grid()
-        b_dim, h_dim, qb_dim, kb_dim = grid.shape
+        b_dim, h_dim, _qb_dim, _kb_dim = grid.shape
         columns = torch.zeros(b_dim, h_dim, self.kv_len, dtype=torch.bool, device=self.device)
         if self.col_indices is not None:
             b, h, qb, slot = self.entries("col")
@@ -364,8 +415,11 @@ class BlockLayout:
             grid[b, h, qb, col // bn] = torch.maximum(grid[b, h, qb, col // bn], torch.ones_like(col, dtype=torch.int8))
         offset, kv_len = self.kv_len - self.q_len, self.kv_len
         # mask_mod indexes the bitmaps unconditionally, so give it one (never selected) when there are none.
-        tile_masks = self.tile_masks if self.tile_masks.shape[0] else torch.zeros(
-            1, bm, bn // _WORD, dtype=torch.int32, device=self.device)
+        tile_masks = (
+            self.tile_masks
+            if self.tile_masks.shape[0]
+            else torch.zeros(1, bm, bn // _WORD, dtype=torch.int32, device=self.device)
+        )
         # FlexAttention may apply mask_mod inside FULL blocks too (its eager path does), so they answer True.
         mask_ids = torch.where(grid == 2, -2, mask_ids)
 
@@ -385,7 +439,12 @@ class BlockLayout:
         kv_num, kv_idx = as_flex(grid == 1)
         full_num, full_idx = as_flex(grid == 2)
         return BlockMask.from_kv_blocks(
-            kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
+            kv_num,
+            kv_idx,
+            full_num,
+            full_idx,
+            BLOCK_SIZE=(bm, bn),
+            mask_mod=mask_mod,
             seq_lengths=(self.q_len, self.kv_len),
         )
 

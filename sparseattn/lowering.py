@@ -158,8 +158,10 @@ def lower(
         # Heads with equal patterns share one lowering and one copy of its rows.
         distinct: dict[Pattern, int] = {}
         group = [distinct.setdefault(p, len(distinct)) for p in pattern.patterns]
-        layouts = [lower(p, q_len, kv_len, block_size=block_size, device=device, gather_columns=gather_columns)
-                   for p in distinct]
+        layouts = [
+            lower(p, q_len, kv_len, block_size=block_size, device=device, gather_columns=gather_columns)
+            for p in distinct
+        ]
         return BlockLayout.share_rows(layouts, group)
     heads = pattern.num_heads
     ctx = MaskContext(q_len, kv_len, heads or 1, bm, bn, torch.device(device or "cpu"))
@@ -184,8 +186,16 @@ def lower(
     partial = cls != FULL
     gathered = _gathered(ctx, heads or 1, columns, computed) if columns else None
     return BlockLayout.from_tiles(
-        q_len=q_len, kv_len=kv_len, block_size=(bm, bn), lead_shape=(1, heads or 1),
-        batch=torch.zeros_like(computed.head), head=computed.head, q_block=computed.q_block,
-        kv_block=computed.kv_block, is_full=~partial, mask_id=mask_id, tile_masks=tile_masks,
+        q_len=q_len,
+        kv_len=kv_len,
+        block_size=(bm, bn),
+        lead_shape=(1, heads or 1),
+        batch=torch.zeros_like(computed.head),
+        head=computed.head,
+        q_block=computed.q_block,
+        kv_block=computed.kv_block,
+        is_full=~partial,
+        mask_id=mask_id,
+        tile_masks=tile_masks,
         columns=gathered,
     )

@@ -101,6 +101,6 @@ def test_bad_pattern_layout_and_impl_are_named():
         sparse_attention(q, k, v, "causal", impl="reference")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="scale"):
         sparse_attention(q, k, v, Window(3), impl="reference", scale=-1.0)
+    layout = BlockLayout.from_dense(torch.ones(1, 3, 16, 32, dtype=torch.bool), (32, 32))
     with pytest.raises(ValueError, match="broadcast"):
-        layout = BlockLayout.from_dense(torch.ones(1, 3, 16, 32, dtype=torch.bool), (32, 32))
         sparse_attention(q, k, v, layout, impl="reference")

@@ -1,5 +1,7 @@
 """Hand-written expectations for the named shapes and validation of every pattern's parameters."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -26,12 +28,7 @@ def kept(pattern, q_len, kv_len=None):
 
 def test_triangle_by_hand():
     n = 12
-    expected = {
-        (q, k)
-        for q in range(n)
-        for k in range(q + 1)
-        if k < 2 or q - k < 3 or q >= n - 2
-    }
+    expected = {(q, k) for q in range(n) for k in range(q + 1) if k < 2 or q - k < 3 or q >= n - 2}
     assert kept(Triangle(sink=2, window=3, last=2), n) == expected
 
 
@@ -53,9 +50,7 @@ def test_streaming_by_hand():
 
 def test_ashape_by_hand():
     bs = 4
-    expected = {
-        (q, k) for q in range(16) for k in range(q + 1) if k < bs or 0 <= q // bs - k // bs < 2
-    }
+    expected = {(q, k) for q in range(16) for k in range(q + 1) if k < bs or 0 <= q // bs - k // bs < 2}
     assert kept(AShape(sink_blocks=1, local_blocks=2, block_size=bs), 16) == expected
 
 
@@ -115,5 +110,5 @@ def test_head_count_mismatch_is_an_error():
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Triangle().sink = 3  # type: ignore[misc]

@@ -21,7 +21,9 @@ test_per_head_patterns = pattern_property_test(per_head_patterns(), max_examples
 
 
 @settings(max_examples=40, deadline=None)
-@given(p=patterns(max_leaves=3), sizes=lengths(max_len=300), block_size=st.sampled_from([(32, 32), (64, 64), (128, 64)]))
+@given(
+    p=patterns(max_leaves=3), sizes=lengths(max_len=300), block_size=st.sampled_from([(32, 32), (64, 64), (128, 64)])
+)
 def test_larger_lengths_and_blocks(p, sizes, block_size):
     check_pattern(p, *sizes, block_size)
 

@@ -151,7 +151,7 @@ class Or(Pattern):
         if any(s is None for s in sizes):
             return None
         heads = self.num_heads or 1
-        return sum(s * (heads if t.num_heads is None else 1) for s, t in zip(sizes, self.terms))  # type: ignore[operator]
+        return sum(s * (heads if t.num_heads is None else 1) for s, t in zip(sizes, self.terms, strict=False))  # type: ignore[operator]
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         return _concat_keys(self.terms, tiles)

@@ -14,9 +14,9 @@ and O(tile area).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,7 +50,7 @@ class MaskContext:
     num_heads: int = 1
     block_m: int = 64
     block_n: int = 64
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
         if not 0 < self.q_len <= self.kv_len:
@@ -221,7 +221,7 @@ class Pattern:
             part = tiles.select(slice(start, start + chunk))
             bits, inside = tile_bits(self, part, rows, cols)
             kept = (bits & inside).sum((-1, -2))
-            out[start:start + chunk] = torch.where(
+            out[start : start + chunk] = torch.where(
                 kept == 0, EMPTY, torch.where(kept == inside.sum((-1, -2)), FULL, PARTIAL)
             ).to(torch.int8)
         return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -16,7 +15,7 @@ from torch import Tensor
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
 from sparseattn.patterns.primitives import diagonal_span, partial_key
 
-IndexSet = Union[tuple[int, ...], tuple[tuple[int, ...], ...]]
+IndexSet = tuple[int, ...] | tuple[tuple[int, ...], ...]
 
 
 def _normalise(name: str, indices: object, minimum: int | None) -> IndexSet:
@@ -197,8 +196,9 @@ class Diagonals(Pattern):
 
     def support_size(self, ctx: MaskContext) -> int:
         per_run = -(-(ctx.block_m + ctx.block_n) // ctx.block_n) + 1
-        return min(len(self._runs()) * ctx.num_q_blocks * per_run,
-                   ctx.num_q_blocks * ctx.num_kv_blocks * (self.num_heads or 1))
+        return min(
+            len(self._runs()) * ctx.num_q_blocks * per_run, ctx.num_q_blocks * ctx.num_kv_blocks * (self.num_heads or 1)
+        )
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         head = tiles.head if self.per_head else torch.zeros_like(tiles.head)

@@ -60,8 +60,9 @@ class Full(Pattern):
     """
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
-        return torch.ones(torch.broadcast_shapes(h.shape, q_idx.shape, kv_idx.shape), dtype=torch.bool,
-                          device=q_idx.device)
+        return torch.ones(
+            torch.broadcast_shapes(h.shape, q_idx.shape, kv_idx.shape), dtype=torch.bool, device=q_idx.device
+        )
 
     def classify(self, tiles: Tiles) -> Tensor:
         return torch.full((len(tiles),), 2, dtype=torch.int8, device=tiles.head.device)

@@ -18,7 +18,18 @@ from sparseattn.testing.strategies import block_sizes, lengths, patterns, per_he
 from sparseattn.testing.tolerance import assert_close_to_oracle, oracle_and_tolerance
 
 __all__ = [
-    "assert_close_to_oracle", "block_sizes", "check_classify", "check_layout_invariants", "check_lowering",
-    "check_pattern", "check_support", "exact_tile_classes", "lengths", "oracle_and_tolerance",
-    "pattern_property_test", "patterns", "per_head_patterns", "primitives",
+    "assert_close_to_oracle",
+    "block_sizes",
+    "check_classify",
+    "check_layout_invariants",
+    "check_lowering",
+    "check_pattern",
+    "check_support",
+    "exact_tile_classes",
+    "lengths",
+    "oracle_and_tolerance",
+    "pattern_property_test",
+    "patterns",
+    "per_head_patterns",
+    "primitives",
 ]

@@ -36,7 +36,9 @@ def _all_tiles(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int,
     return Tiles.grid(MaskContext(q_len, kv_len, heads, *block_size), heads)
 
 
-def check_classify(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], *, exact: bool = False) -> None:
+def check_classify(
+    pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], *, exact: bool = False
+) -> None:
     """``classify`` is sound (never a wrong EMPTY or FULL), and equal to the truth when ``exact``."""
     tiles = _all_tiles(pattern, q_len, kv_len, block_size)
     got = pattern.classify(tiles).view(-1, tiles.ctx.num_q_blocks, tiles.ctx.num_kv_blocks)
@@ -111,7 +113,9 @@ def check_lowering(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[
     return layout
 
 
-def check_pattern(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], *, exact: bool = False) -> None:
+def check_pattern(
+    pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], *, exact: bool = False
+) -> None:
     """Every check above, for one pattern at one size."""
     check_classify(pattern, q_len, kv_len, block_size, exact=exact)
     check_support(pattern, q_len, kv_len, block_size)

@@ -1,0 +1,50 @@
+"""MInference's vertical-slash statistics of the last queries, on whatever device q and k live on.
+
+One batched matmul, one fp32 softmax and two reductions; no host synchronisation, no loop over heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> Tensor:
+    """fp32 softmax of the last ``n = min(last_q, q_len)`` query rows over all keys: ``[Hq, n, kv_len]``.
+
+    Causal inside the last rows: row ``r`` sits at ``q_pos = kv_len - n + r`` and sees keys ``<= q_pos``.
+    Query head ``h`` reads kv head ``h // (Hq // Hkv)`` (GQA without repeating K).
+    """
+    heads, kv_heads, dim = q.shape[1], k.shape[1], q.shape[-1]
+    n, kv_len = min(last_q, q.shape[2]), k.shape[2]
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    group = heads // kv_heads
+    last = q[0, :, -n:].float().reshape(kv_heads, group * n, dim)
+    logits = torch.matmul(last, k[0].float().transpose(-1, -2)).view(heads, n, kv_len) * scale
+    rows = torch.arange(kv_len - n, kv_len, device=q.device).view(n, 1)
+    cols = torch.arange(kv_len - n, kv_len, device=q.device).view(1, n)
+    logits[:, :, kv_len - n:].masked_fill_(cols > rows, -math.inf)
+    return torch.softmax(logits, dim=-1)
+
+
+def column_sums(probs: Tensor) -> Tensor:
+    """``[H, kv_len]``: attention mass each key column receives from the last rows."""
+    return probs.sum(1)
+
+
+def diagonal_sums(probs: Tensor) -> Tensor:
+    """``[H, kv_len]``: entry ``d`` is the mass on the diagonal ``q_pos - k = d`` over the last rows.
+
+    Each row is shifted by its index through a strided view of a zero-padded copy, so summing the
+    view's rows adds up diagonals; masked (future) entries are exact zeros and add nothing.
+    """
+    heads, n, kv_len = probs.shape
+    padded = F.pad(probs, (n, n))  # [H, n, kv_len + 2n]
+    width = kv_len + 2 * n
+    # view[h, r, c] = padded[h, r, c + r] = probs[h, r, c + r - n]: key k = c - n + r, so d = kv_len - c.
+    view = padded.as_strided((heads, n, kv_len + n), (n * width, width + 1, 1))
+    by_c = view.sum(1)
+    return by_c[:, 1 : kv_len + 1].flip(-1)
