@@ -256,7 +256,10 @@ class BlockLayout:
         index = torch.tensor(head_to_layout, dtype=torch.long, device=first.device)
 
         def stacked(count_name: str, start_name: str, index_names: tuple[str, ...]) -> list[Tensor]:
-            counts, starts, flats, base = [], [], [[] for _ in index_names], 0
+            counts: list[Tensor] = []
+            starts: list[Tensor] = []
+            flats: list[list[Tensor]] = [[] for _ in index_names]
+            base = 0
             for lay in layouts:
                 count = getattr(lay, count_name)
                 if count is None:

@@ -106,7 +106,9 @@ def _bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Tensor]:
     return distinct.reshape(-1, ctx.block_m, ctx.block_n // 32), group_id[by_key], true_class[by_key]
 
 
-def _gathered(ctx: MaskContext, heads: int, columns: list[Columns], computed: Tiles) -> tuple[Tensor, ...]:
+def _gathered(
+    ctx: MaskContext, heads: int, columns: list[Columns], computed: Tiles
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(batch, head, q_block, key) of every column a q block reaches causally and no computed tile covers."""
     sets: list[set[int]] = [set() for _ in range(heads)]
     for c in columns:

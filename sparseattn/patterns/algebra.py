@@ -147,11 +147,14 @@ class Or(Pattern):
         return Tiles.from_key(ctx, torch.cat(keys).unique())
 
     def support_size(self, ctx: MaskContext) -> int | None:
-        sizes = [t.support_size(ctx) for t in self.terms]
-        if any(s is None for s in sizes):
-            return None
         heads = self.num_heads or 1
-        return sum(s * (heads if t.num_heads is None else 1) for s, t in zip(sizes, self.terms, strict=False))  # type: ignore[operator]
+        total = 0
+        for t in self.terms:
+            size = t.support_size(ctx)
+            if size is None:
+                return None
+            total += size * (heads if t.num_heads is None else 1)
+        return total
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         return _concat_keys(self.terms, tiles)

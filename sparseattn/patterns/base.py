@@ -108,7 +108,7 @@ class Tiles:
     def __len__(self) -> int:
         return int(self.head.numel())
 
-    def select(self, keep: Tensor) -> Tiles:
+    def select(self, keep: Tensor | slice) -> Tiles:
         return Tiles(self.ctx, self.head[keep], self.q_block[keep], self.kv_block[keep])
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -44,9 +45,16 @@ def _per_head(indices: IndexSet) -> bool:
     return bool(indices) and isinstance(indices[0], tuple)
 
 
+def _sets(indices: IndexSet) -> tuple[tuple[int, ...], ...]:
+    """The index sets as one tuple per head (a single tuple when shared by every head)."""
+    if _per_head(indices):
+        return cast(tuple[tuple[int, ...], ...], indices)
+    return (cast(tuple[int, ...], indices),)
+
+
 def _membership(indices: IndexSet, size: int, shift: int, ctx: MaskContext) -> Tensor:
     """bool ``[H|1, size]``: entry ``[h, x + shift]`` says whether ``x`` is in head ``h``'s set."""
-    sets = indices if _per_head(indices) else (indices,)
+    sets = _sets(indices)
     table = torch.zeros(len(sets), size, dtype=torch.bool, device=ctx.device)
     for h, values in enumerate(sets):
         idx = torch.tensor(values, dtype=torch.long, device=ctx.device) + shift
@@ -96,9 +104,8 @@ class Columns(Pattern):
 
     def head_sets(self, heads: int) -> tuple[tuple[int, ...], ...]:
         """One sorted column tuple per head."""
-        if self.per_head:
-            return self.indices  # type: ignore[return-value]
-        return (self.indices,) * heads  # type: ignore[return-value]
+        sets = _sets(self.indices)
+        return sets if self.per_head else sets * heads
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         table = _membership(self.indices, ctx.kv_len, 0, ctx)
@@ -119,8 +126,7 @@ class Columns(Pattern):
         return Tiles(ctx, head.repeat(ctx.num_q_blocks), q_block, kv_block.repeat(ctx.num_q_blocks))
 
     def support_size(self, ctx: MaskContext) -> int:
-        sets = self.indices if self.per_head else (self.indices,)
-        blocks = sum(len({c // ctx.block_n for c in s if c < ctx.kv_len}) for s in sets)  # type: ignore[union-attr]
+        blocks = sum(len({c // ctx.block_n for c in s if c < ctx.kv_len}) for s in _sets(self.indices))
         return blocks * ctx.num_q_blocks
 
     def tile_key(self, tiles: Tiles) -> Tensor:
@@ -168,10 +174,9 @@ class Diagonals(Pattern):
 
     def _runs(self) -> list[tuple[int, int, int]]:
         """Maximal runs of consecutive offsets as ``(head, first, last)``."""
-        sets = self.offsets if self.per_head else (self.offsets,)
-        runs = []
-        for h, values in enumerate(sets):
-            for v in values:  # type: ignore[union-attr]
+        runs: list[tuple[int, int, int]] = []
+        for h, values in enumerate(_sets(self.offsets)):
+            for v in values:
                 if runs and runs[-1][0] == h and runs[-1][2] == v - 1:
                     runs[-1] = (h, runs[-1][1], v)
                 else:

@@ -71,21 +71,23 @@ class PerHead(Pattern):
         return Tiles.from_key(ctx, torch.cat(keys).unique())
 
     def support_size(self, ctx: MaskContext) -> int | None:
-        sizes = [p.support_size(ctx) for p in self.patterns]
-        return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+        total = 0
+        for p in self.patterns:
+            size = p.support_size(ctx)
+            if size is None:
+                return None
+            total += size
+        return total
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        keys = [None] * len(self.patterns)
-        width = 0
+        keys: list[tuple[Tensor, Tensor]] = []
         for i, p in enumerate(self.patterns):
             mine = tiles.head == i
             if mine.any():
-                keys[i] = (mine, p.tile_key(tiles.select(mine)))
-                width = max(width, keys[i][1].shape[1])
+                keys.append((mine, p.tile_key(tiles.select(mine))))
+        width = max((key.shape[1] for _, key in keys), default=0)
         out = torch.zeros(len(tiles), width + 1, dtype=torch.long, device=tiles.head.device)
         out[:, 0] = tiles.head
-        for entry in keys:
-            if entry is not None:
-                mine, key = entry
-                out[mine, 1 : 1 + key.shape[1]] = key
+        for mine, key in keys:
+            out[mine, 1 : 1 + key.shape[1]] = key
         return out

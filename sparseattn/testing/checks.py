@@ -93,7 +93,7 @@ def check_layout_invariants(layout: BlockLayout) -> None:
         assert torch.unique(distinct, dim=0).shape[0] == distinct.shape[0], "tile_masks are not deduplicated"
         bits = unpack_bits(layout.tile_masks, layout.block_n)
         assert not bool((bits.sum((-1, -2)) == 0).any()), "a PARTIAL tile's bitmap is empty"
-    if layout.col_indices is not None:
+    if layout.col_indices is not None and layout.col_start is not None and layout.col_num is not None:
         b, h, qb, slot = layout.entries("col")
         assert bool((layout.col_start + layout.col_num <= layout.col_indices.numel()).all()), "col rows out of range"
         col = layout.col_indices[slot].long()

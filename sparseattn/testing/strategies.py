@@ -83,5 +83,6 @@ def per_head_patterns(draw: st.DrawFn, max_len: int = MAX_LEN, max_heads: int = 
     if kind == "per_head":
         return PerHead(tuple(draw(st.lists(patterns(max_len, 3), min_size=heads, max_size=heads))))
     sets = draw(st.lists(_index_sets(0, max_len), min_size=heads, max_size=heads))
-    lines = Columns(sets) if kind == "columns" else Diagonals(sets)
+    index_sets = tuple(tuple(s) for s in sets)
+    lines = Columns(index_sets) if kind == "columns" else Diagonals(index_sets)
     return draw(st.sampled_from([Causal() & lines, (Causal() & lines) | Window(draw(st.integers(1, 40))), lines]))
