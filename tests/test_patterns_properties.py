@@ -7,6 +7,7 @@ from sparseattn.testing import (
     block_sizes,
     check_pattern,
     lengths,
+    named_shapes,
     pattern_property_test,
     patterns,
     per_head_patterns,
@@ -14,6 +15,8 @@ from sparseattn.testing import (
 )
 
 test_primitives_are_exact = pattern_property_test(primitives(), exact=True, max_examples=150)
+
+test_named_shapes_are_sound = pattern_property_test(named_shapes(), max_examples=80)
 
 test_random_expressions = pattern_property_test(patterns(), max_examples=150)
 

@@ -14,7 +14,14 @@ from sparseattn.testing.checks import (
     exact_tile_classes,
     pattern_property_test,
 )
-from sparseattn.testing.strategies import block_sizes, lengths, patterns, per_head_patterns, primitives
+from sparseattn.testing.strategies import (
+    block_sizes,
+    lengths,
+    named_shapes,
+    patterns,
+    per_head_patterns,
+    primitives,
+)
 from sparseattn.testing.tolerance import assert_close_to_oracle, oracle_and_tolerance
 
 __all__ = [
@@ -27,6 +34,7 @@ __all__ = [
     "check_support",
     "exact_tile_classes",
     "lengths",
+    "named_shapes",
     "oracle_and_tolerance",
     "pattern_property_test",
     "patterns",
