@@ -38,19 +38,20 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 @triton.jit
-def _update(acc, l_i, m_i, qk, v, SAFE: tl.constexpr):
-    """One online-softmax step. ``qk`` [BLOCK_M, BLOCK_N] is in log2 units, masked entries -inf.
+def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
+    """One online-softmax step on raw scores ``qk`` [BLOCK_M, BLOCK_N] (masked entries -inf).
 
+    ``qk_scale`` includes log2(e), so exp2 gives exp and the scaling folds into one FMA with the max.
     SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
     always hold a finite score per row and skip it.
     """
-    m_new = tl.maximum(m_i, tl.max(qk, 1))  # [BLOCK_M]
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [BLOCK_M]
     if SAFE:
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_ref = m_new
     alpha = tl.math.exp2(m_i - m_ref)  # [BLOCK_M]
-    p = tl.math.exp2(qk - m_ref[:, None])  # [BLOCK_M, BLOCK_N]
+    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [BLOCK_M, BLOCK_N]
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc)  # [BLOCK_M, HEAD_DIM]
@@ -58,10 +59,14 @@ def _update(acc, l_i, m_i, qk, v, SAFE: tl.constexpr):
 
 
 @triton.jit
-def _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED: tl.constexpr):
-    """K and V rows at positions ``keys`` [BLOCK_N] -> two [BLOCK_N, HEAD_DIM] tiles (zeros out of range)."""
-    k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
-    v_ptrs = v_base + keys[:, None].to(tl.int64) * stride_vs + offs_d[None, :]
+def _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, BOUNDED: tl.constexpr):
+    """K and V of the key block starting at ``start`` -> two [BLOCK_N, HEAD_DIM] tiles (zeros past kv_len).
+
+    Only the block's base is int64; the in-tile offsets ``k_offs, v_offs`` are precomputed int32, which
+    keeps the per-tile address math off the critical path.
+    """
+    k_ptrs = k_base + start.to(tl.int64) * stride_ks + k_offs
+    v_ptrs = v_base + start.to(tl.int64) * stride_vs + v_offs
     if BOUNDED:
         inside = keys[:, None] < kv_len
         k = tl.load(k_ptrs, mask=inside, other=0.0)
@@ -69,6 +74,17 @@ def _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED
     else:
         k = tl.load(k_ptrs)
         v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
+def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
+    """K and V rows at arbitrary positions ``keys`` [BLOCK_N] (gathered columns), zeros out of range."""
+    k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
+    v_ptrs = v_base + keys[:, None].to(tl.int64) * stride_vs + offs_d[None, :]
+    inside = keys[:, None] < kv_len
+    k = tl.load(k_ptrs, mask=inside, other=0.0)
+    v = tl.load(v_ptrs, mask=inside, other=0.0)
     return k, v
 
 
@@ -109,6 +125,9 @@ def _sparse_fwd_kernel(
     k_base = K + b * stride_kb + kv_head * stride_kh
     v_base = V + b * stride_vb + kv_head * stride_vh
 
+    k_offs = offs_n[:, None] * stride_ks + offs_d[None, :]  # [BLOCK_N, HEAD_DIM] int32, within a block
+    v_offs = offs_n[:, None] * stride_vs + offs_d[None, :]
+
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -116,12 +135,13 @@ def _sparse_fwd_kernel(
     # FULL tiles: every in-range pair counts.
     full_row = FULL_IDX + tl.load(FULL_START + lrow)
     for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES):
-        keys = tl.load(full_row + i) * BLOCK_N + offs_n  # [BLOCK_N]
-        k, v = _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, not EVEN_KV)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N]
+        start = tl.load(full_row + i) * BLOCK_N
+        keys = start + offs_n  # [BLOCK_N]
+        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
+        qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         if not EVEN_KV:
             qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, False)
+        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
 
     # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
     part_start = tl.load(PART_START + lrow)
@@ -132,15 +152,15 @@ def _sparse_fwd_kernel(
     shifts = offs_n % 32  # [BLOCK_N]
     for i in tl.range(tl.maximum(t0, n_full), t1, num_stages=NUM_STAGES):
         j = i - n_full
-        keys = tl.load(part_row + j) * BLOCK_N + offs_n
+        start = tl.load(part_row + j) * BLOCK_N
+        keys = start + offs_n
         mask_id = tl.load(mid_row + j).to(tl.int64)
         words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [BLOCK_M, WORDS]
         bits = tl.reshape(tl.broadcast_to(words[:, :, None], [BLOCK_M, WORDS, 32]), [BLOCK_M, BLOCK_N])
         keep = ((bits >> shifts[None, :]) & 1) != 0  # [BLOCK_M, BLOCK_N]
-        k, v = _load_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, True)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
-        qk = tl.where(keep, qk, float("-inf"))
-        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, True)
+        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
+        qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
+        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
     # Gathered columns, done once per row by the chunk that ends it.
     if HAS_COLS:
@@ -154,10 +174,9 @@ def _sparse_fwd_kernel(
                 cols = tl.load(col_row + slots, mask=valid, other=0)  # [BLOCK_N]
                 keep = valid[None, :] & (cols[None, :] <= q_pos[:, None])  # [BLOCK_M, BLOCK_N]
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
-                k, v = _load_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len, True)
-                qk = tl.dot(q, tl.trans(k)) * qk_scale
-                qk = tl.where(keep, qk, float("-inf"))
-                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, True)
+                k, v = _gather_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len)
+                qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
+                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
@@ -178,7 +197,7 @@ class KernelConfig:
     """Launch knobs: warps per program and software-pipelining depth of the kv loops."""
 
     num_warps: int = 8
-    num_stages: int = 3
+    num_stages: int = 4
 
 
 def preferred_block_size(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
@@ -197,7 +216,7 @@ def preferred_block_size(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
 
 def default_config(layout: BlockLayout, head_dim: int) -> KernelConfig:
     if layout.block_m >= 128 and head_dim >= 64:
-        return KernelConfig(num_warps=8, num_stages=3)
+        return KernelConfig(num_warps=8, num_stages=4)
     return KernelConfig(num_warps=4, num_stages=2)
 
 
@@ -288,6 +307,8 @@ def triton_sparse_attention(
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale: expected a positive float (the kernel folds it into the running max), got {scale}")
     config = config or default_config(layout, dim)
     work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
 
