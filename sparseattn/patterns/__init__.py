@@ -6,6 +6,7 @@ from sparseattn.patterns.columns import Columns, Diagonals
 from sparseattn.patterns.per_head import PerHead
 from sparseattn.patterns.primitives import BlockBand, Causal, Full, LastQueries, Sink, Window
 from sparseattn.patterns.shapes import AShape, Composite, Streaming, Triangle
+from sparseattn.patterns.dynamic import BlockTopK, BlockTopKTiles, MixedHeads, VerticalSlash, VerticalSlashIndices
 
 __all__ = [
     "EMPTY",
@@ -31,4 +32,9 @@ __all__ = [
     "Tiles",
     "Triangle",
     "Window",
+    "BlockTopK",
+    "BlockTopKTiles",
+    "MixedHeads",
+    "VerticalSlash",
+    "VerticalSlashIndices",
 ]

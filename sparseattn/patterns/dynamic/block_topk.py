@@ -1,0 +1,146 @@
+"""`BlockTopK`: MInference's block-sparse head, and `BlockTopKTiles`, the concrete pattern it estimates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseattn.layout import BlockLayout
+from sparseattn.patterns.base import MaskContext, Pattern
+from sparseattn.patterns.dynamic.budgets import Budget, budget_heads, budget_max, budget_tensor, check_budget, check_int, check_qk
+from sparseattn.patterns.dynamic.tile_grid import layout_from_tile_grid, tile_bounds
+from sparseattn.patterns.dynamic.topk import select_top
+
+
+def block_means(x: Tensor, block: int) -> Tensor:
+    """``[H, S, D]`` -> ``[H, ceil(S / block), D]`` fp32 means over each block's in-bounds rows."""
+    heads, length, dim = x.shape
+    blocks = -(-length // block)
+    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, blocks * block - length))
+    sums = padded.view(heads, blocks, block, dim).sum(2)
+    rows = torch.clamp(length - torch.arange(blocks, device=x.device) * block, max=block)
+    return sums / rows.view(1, -1, 1)
+
+
+def reachable_blocks(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(reachable [QB, KB]: some pair is causal, forced [QB, KB]: key block 0 or one holding the block's own positions)."""
+    first, last, k_lo, k_hi = tile_bounds(q_len, kv_len, block, device)
+    reach = k_lo.view(1, -1) <= last.view(-1, 1)
+    own = reach & (k_hi.view(1, -1) >= first.view(-1, 1))
+    sink = (torch.arange(k_lo.numel(), device=device) == 0).view(1, -1)
+    return reach, own | sink
+
+
+@dataclass(frozen=True)
+class BlockTopK:
+    """MInference's block-sparse head, dynamic: each query block keeps its ``topk`` best key blocks.
+
+    Queries and keys are mean-pooled per ``block_size`` rows (in-bounds rows only); query block ``g``
+    scores key block ``b`` by the dot product of the pooled vectors (fp32), among the key blocks it
+    reaches causally. The sink block (key block 0) and the blocks holding the query block's own
+    positions are always kept and count toward ``topk``; ties go to the lower key block. The mask of
+    the estimate is ``k <= q_pos`` and ``(q // B, k // B)`` selected (see `BlockTopKTiles`).
+
+    >>> BlockTopK(topk=16)
+    BlockTopK(topk=16, block_size=64)
+    """
+
+    topk: Budget
+    block_size: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "topk", check_budget("topk", self.topk))
+        check_int("block_size", self.block_size, 32)
+        if self.block_size % 32:
+            raise ValueError(f"block_size: expected a multiple of 32, got {self.block_size}")
+
+    @property
+    def num_heads(self) -> int | None:
+        return budget_heads(self.topk)
+
+    def scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """``[Hq, QB, KB]`` pooled scores, ``-inf`` where a key block is out of causal reach, ``+inf`` where forced."""
+        check_qk(q, k)
+        heads, kv_heads = q.shape[1], k.shape[1]
+        q_pool = block_means(q[0], self.block_size)  # [Hq, QB, D]
+        k_pool = block_means(k[0], self.block_size).repeat_interleave(heads // kv_heads, 0)  # [Hq, KB, D]
+        scores = torch.matmul(q_pool, k_pool.transpose(-1, -2))
+        reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
+        scores = scores.masked_fill(~reach, -math.inf)
+        return scores.masked_fill(forced, math.inf)
+
+    def estimate(self, q: Tensor, k: Tensor) -> BlockTopKTiles:
+        scores = self.scores(q, k)
+        heads, _, kb_dim = scores.shape
+        k_max = min(budget_max(self.topk), kb_dim)
+        counts = budget_tensor("topk", self.topk, heads, q.device).clamp(max=kb_dim).view(-1, 1)
+        reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
+        keep = (select_top(scores, counts, k_max) & reach) | forced
+        return BlockTopKTiles(keep, self.block_size, q.shape[2], k.shape[2])
+
+
+@dataclass(frozen=True, eq=False)
+class BlockTopKTiles(Pattern):
+    """Selected ``block_size`` tiles per head, causal: keep ``(q, k)`` iff ``k <= q_pos`` and ``tiles[h, q // B, k // B]``.
+
+    ``tiles`` is bool ``[H, QB, KB]`` for the ``q_len`` x ``kv_len`` problem it was estimated on.
+
+    >>> tiles = torch.tensor([[[True, False], [True, True]]])
+    >>> print(BlockTopKTiles(tiles, block_size=2, q_len=4, kv_len=4).render(4))
+    #---
+    ##--
+    ###-
+    ####
+    """
+
+    tiles: Tensor
+    block_size: int
+    q_len: int
+    kv_len: int
+
+    def __post_init__(self) -> None:
+        qb, kb = -(-self.q_len // self.block_size), -(-self.kv_len // self.block_size)
+        if not isinstance(self.tiles, Tensor) or self.tiles.dim() != 3 or self.tiles.shape[1:] != (qb, kb):
+            raise ValueError(f"tiles: expected a bool tensor [heads, {qb}, {kb}], got {getattr(self.tiles, 'shape', self.tiles)!r}")
+
+    def __repr__(self) -> str:
+        return (f"BlockTopKTiles(heads={self.num_heads}, block_size={self.block_size}, "
+                f"q_len={self.q_len}, kv_len={self.kv_len})")
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.tiles.shape[0])
+
+    def _check_lengths(self, q_len: int, kv_len: int) -> None:
+        if (q_len, kv_len) != (self.q_len, self.kv_len):
+            raise ValueError(f"q_len, kv_len: estimated for ({self.q_len}, {self.kv_len}), got ({q_len}, {kv_len})")
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        self._check_lengths(ctx.q_len, ctx.kv_len)
+        dev = self.tiles.device
+        h, q_idx, kv_idx = h.to(dev), q_idx.to(dev), kv_idx.to(dev)
+        g = q_idx.clamp(0, ctx.q_len - 1) // self.block_size
+        b = kv_idx.clamp(0, ctx.kv_len - 1) // self.block_size
+        return (kv_idx <= q_idx + ctx.offset) & self.tiles[h, g, b]
+
+    def lower(
+        self,
+        q_len: int,
+        kv_len: int | None = None,
+        block_size: tuple[int, int] | None = None,
+        num_heads: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> BlockLayout:
+        """Selected tiles as FULL (below the diagonal) or causal PARTIAL tiles, on the GPU, without host sync."""
+        kv_len = q_len if kv_len is None else kv_len
+        self._check_lengths(q_len, kv_len)
+        self._resolve_heads(num_heads)
+        native = (self.block_size, self.block_size)
+        if block_size is not None and tuple(block_size) != native:
+            raise ValueError(f"block_size: BlockTopK selects {native} tiles, got {tuple(block_size)}; "
+                             f"lower with block_size={native} or None")
+        tiles = self.tiles if device is None else self.tiles.to(device)
+        return layout_from_tile_grid(tiles, q_len=q_len, kv_len=kv_len, block=self.block_size)

@@ -1,0 +1,74 @@
+"""`MixedHeads`: a layer whose heads use different MInference head types, estimated together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.dynamic.block_topk import BlockTopK
+from sparseattn.patterns.dynamic.budgets import check_qk
+from sparseattn.patterns.dynamic.vertical_slash import VerticalSlash
+from sparseattn.patterns.per_head import PerHead
+
+HeadPattern = VerticalSlash | BlockTopK | Pattern
+
+
+@dataclass(frozen=True)
+class MixedHeads:
+    """Head ``h`` follows ``heads[h]``: a `VerticalSlash`, a `BlockTopK` or a static `Pattern`.
+
+    ``estimate`` runs each dynamic kind once over all heads (per-head budgets taken from the heads of
+    that kind, no loop over heads) and returns a `PerHead` of the concrete patterns. That `PerHead`
+    lowers through the generic analytic lowering (exact, host side): use a uniform layer (one
+    `VerticalSlash` with per-head budgets) for the GPU-fast path.
+
+    >>> from sparseattn.patterns import AShape
+    >>> MixedHeads((VerticalSlash(100, 800), AShape(1, 4))).num_heads
+    2
+    """
+
+    heads: tuple[HeadPattern, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
+        if not self.heads:
+            raise ValueError("heads: expected one pattern per head, got none")
+        for h, p in enumerate(self.heads):
+            if not isinstance(p, (VerticalSlash, BlockTopK, Pattern)):
+                raise ValueError(f"heads[{h}]: expected VerticalSlash, BlockTopK or a Pattern, got {type(p).__name__}")
+            if getattr(p, "num_heads", None) is not None:
+                raise ValueError(f"heads[{h}]: expected a pattern for one head (scalar budgets), got {p!r}")
+        vs = [p for p in self.heads if isinstance(p, VerticalSlash)]
+        if len({(p.last_q, p.sink_columns, p.local_diagonals, p.form, p.block_size, p.scale) for p in vs}) > 1:
+            raise ValueError("heads: VerticalSlash heads of one layer must share every setting but the budgets")
+        if len({p.block_size for p in self.heads if isinstance(p, BlockTopK)}) > 1:
+            raise ValueError("heads: BlockTopK heads of one layer must share block_size")
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    def estimate(self, q: Tensor, k: Tensor) -> PerHead:
+        check_qk(q, k)
+        if q.shape[1] != self.num_heads:
+            raise ValueError(f"q: MixedHeads is written for {self.num_heads} heads, got {q.shape[1]}")
+        concrete = {}
+        for kind in (VerticalSlash, BlockTopK):
+            members = [p for p in self.heads if isinstance(p, kind)]
+            if members:
+                # Every head gets some budget so the estimate covers all heads; only heads of this kind use it.
+                template = members[0]
+                if kind is VerticalSlash:
+                    joint = VerticalSlash(
+                        tuple(p.vertical if isinstance(p, kind) else 1 for p in self.heads),
+                        tuple(p.slash if isinstance(p, kind) else 1 for p in self.heads),
+                        template.last_q, template.sink_columns, template.local_diagonals, template.form,
+                        template.block_size, template.scale,
+                    )
+                else:
+                    joint = BlockTopK(tuple(p.topk if isinstance(p, kind) else 1 for p in self.heads),
+                                      template.block_size)
+                concrete[kind] = joint.estimate(q, k)
+        return PerHead(tuple(concrete.get(type(p), p) for p in self.heads))

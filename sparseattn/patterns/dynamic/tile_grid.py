@@ -1,0 +1,119 @@
+"""`BlockLayout` from a dense per-head grid of kept tiles, on the GPU, without host synchronisation.
+
+Dynamic patterns decide, per (head, query block, key block), whether a tile is computed; causality then
+splits kept tiles into FULL ones and PARTIAL ones on the diagonal. Every output is allocated at a size
+known from the shapes alone (an upper bound), so nothing waits for the device:
+
+- CSR lists are filled with ``torch.nonzero_static``; slots past a list's real end hold ``0`` and no
+  row points at them (``*_start`` is still the exclusive prefix sum of the counts);
+- ``tile_masks`` is the small table of distinct causal bitmaps the lengths allow (at most 8), built on
+  the host from the lengths alone; a layout may leave some of them unreferenced.
+
+Cost is O(heads x query blocks x key blocks) elementwise work, with small constants.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from sparseattn.layout import BlockLayout, _pack_bits
+
+
+@lru_cache(maxsize=64)
+def _causal_table(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
+    """(distinct non-empty bitmaps [T, block, block // 32], id of each of the 8 diagonal-tile kinds).
+
+    A PARTIAL tile crosses the causal diagonal, so its first query sits ``c = q_start - k_start``
+    positions after its first key with ``c`` in ``[-(block - 1), block - 2]`` and ``c = kv_len - q_len``
+    modulo ``block``: two shifts at most. With a short last query block and a short last key block
+    that makes 8 kinds, ``(shift, q tail, k tail)``; they depend on the lengths only, so the table is
+    built on the host once per shape and no device value is ever read back.
+    """
+    c0 = (kv_len - q_len) % block
+    rows = torch.arange(block).view(-1, 1)
+    cols = torch.arange(block).view(1, -1)
+    tail_rows, tail_cols = q_len - (-(-q_len // block) - 1) * block, kv_len - (-(-kv_len // block) - 1) * block
+    kinds = []
+    for shift in (c0, c0 - block):
+        for row_limit in (block, tail_rows):
+            for col_limit in (block, tail_cols):
+                kinds.append((shift + rows - cols >= 0) & (rows < row_limit) & (cols < col_limit))
+    words = _pack_bits(torch.stack(kinds)).reshape(len(kinds), -1)
+    nonempty = torch.stack(kinds).flatten(1).any(1)
+    distinct, ids = torch.unique(words[nonempty], dim=0, return_inverse=True)
+    kind_ids = torch.zeros(len(kinds), dtype=torch.long)
+    kind_ids[nonempty] = ids
+    return distinct.reshape(-1, block, block // 32), kind_ids
+
+
+def _csr(select: Tensor, values: list[Tensor], bound: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """(counts [1, H, QB] int32, starts [1, H, QB] int64, flat values [bound] int32) of ``select [H, QB, X]``."""
+    counts = select.sum(-1, dtype=torch.int32)
+    starts = torch.cumsum(counts.reshape(-1), 0, dtype=torch.int64) - counts.reshape(-1)
+    where = torch.nonzero_static(select.reshape(-1), size=bound, fill_value=-1).view(-1)
+    safe = where.clamp(min=0)
+    flat = [torch.where(where >= 0, v.expand(select.shape).reshape(-1)[safe], 0).to(torch.int32) for v in values]
+    return counts.unsqueeze(0), starts.view(counts.shape).unsqueeze(0), flat
+
+
+def layout_from_tile_grid(
+    keep: Tensor,
+    *,
+    q_len: int,
+    kv_len: int,
+    block: int,
+    columns: tuple[Tensor, Tensor] | None = None,
+) -> BlockLayout:
+    """Layout computing ``keep [H, QB, KB]`` tiles (each intersected with ``k <= q_pos``) plus gathered columns.
+
+    ``columns`` is ``(keys [H, QB, C] ascending per row, valid [H, QB, C] bool)``: key positions to gather
+    for each query block; the caller keeps only columns no kept tile covers (a key gathered inside a
+    computed tile would count twice).
+    """
+    heads, qb_dim, kb_dim = keep.shape
+    device = keep.device
+    offset = kv_len - q_len
+    qb = torch.arange(qb_dim, device=device)
+    kb = torch.arange(kb_dim, device=device)
+    first = (qb * block + offset).view(-1, 1)
+    last = (torch.clamp((qb + 1) * block, max=q_len) - 1 + offset).view(-1, 1)
+    k_lo = (kb * block).view(1, -1)
+    k_hi = (torch.clamp((kb + 1) * block, max=kv_len) - 1).view(1, -1)
+    below = k_hi <= first  # every in-bounds pair of the tile is causal
+    reach = k_lo <= last  # some pair is
+    full = keep & below
+    partial = keep & reach & ~below
+
+    tile_masks, kind_ids = _causal_table(block, q_len, kv_len)
+    tile_masks, kind_ids = tile_masks.to(device, non_blocking=True), kind_ids.to(device, non_blocking=True)
+    second_shift = ((first - k_lo) < 0).long()  # c0 - block rather than c0
+    q_tail = (last - first + 1 < block).long()
+    k_tail = (k_hi - k_lo + 1 < block).long()
+    mask_id = kind_ids[(second_shift * 2 + q_tail) * 2 + k_tail]
+
+    kb_grid = kb.view(1, 1, -1)
+    f_num, f_start, (f_idx,) = _csr(full, [kb_grid], heads * qb_dim * kb_dim)
+    # A query block crosses the causal diagonal in at most ceil(block / block) + 1 key blocks.
+    p_num, p_start, (p_idx, p_mid) = _csr(partial, [kb_grid, mask_id.unsqueeze(0)], heads * qb_dim * 2)
+    c_num = c_start = c_idx = None
+    if columns is not None:
+        keys, valid = columns
+        c_num, c_start, (c_idx,) = _csr(valid, [keys], valid.numel())
+    return BlockLayout(
+        q_len=q_len, kv_len=kv_len, block_m=block, block_n=block,
+        full_kv_num_blocks=f_num, full_kv_start=f_start, full_kv_indices=f_idx,
+        kv_num_blocks=p_num, kv_start=p_start, kv_indices=p_idx, kv_mask_ids=p_mid,
+        tile_masks=tile_masks, col_num=c_num, col_start=c_start, col_indices=c_idx,
+    )
+
+
+def tile_bounds(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(first, last) in-bounds query position of each query block and (first, last) key of each key block."""
+    qb = torch.arange(-(-q_len // block), device=device)
+    kb = torch.arange(-(-kv_len // block), device=device)
+    offset = kv_len - q_len
+    return (qb * block + offset, torch.clamp((qb + 1) * block, max=q_len) - 1 + offset,
+            kb * block, torch.clamp((kb + 1) * block, max=kv_len) - 1)

@@ -1,0 +1,162 @@
+"""`VerticalSlashIndices`: the concrete per-head pattern a `VerticalSlash` estimate returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseattn.layout import BlockLayout
+from sparseattn.patterns.base import MaskContext, Pattern
+from sparseattn.patterns.columns import Columns, Diagonals
+from sparseattn.patterns.dynamic.tile_grid import layout_from_tile_grid, tile_bounds
+from sparseattn.patterns.dynamic.topk import PAD
+from sparseattn.patterns.primitives import Causal
+
+FORMS = ("block", "token")
+
+
+def _table(indices: Tensor, size: int) -> Tensor:
+    """bool ``[H, size]``: which positions each head's index row holds (padding and overflow dropped)."""
+    heads = indices.shape[0]
+    table = torch.zeros(heads, size + 1, dtype=torch.bool, device=indices.device)
+    table.scatter_(1, indices.clamp(max=size), True)
+    return table[:, :size]
+
+
+def _prefix(table: Tensor) -> Tensor:
+    """``[H, size + 1]`` counts: entry ``x`` is the number of set positions below ``x``."""
+    return torch.nn.functional.pad(table.long().cumsum(1), (1, 0))
+
+
+def _count(prefix: Tensor, head: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Set positions in ``[lo, hi]`` for each head (empty ranges count 0)."""
+    size = prefix.shape[1] - 1
+    hi_c, lo_c = (hi + 1).clamp(0, size), lo.clamp(0, size)
+    return (prefix[head, hi_c] - prefix[head, lo_c]).clamp(min=0)
+
+
+@dataclass(frozen=True, eq=False)
+class VerticalSlashIndices(Pattern):
+    """Estimated vertical and slash lines, per head, and the token mask they stand for.
+
+    ``vertical`` ``[H, V]``: key columns of each head, ascending; ``slash`` ``[H, S]``: diagonals
+    ``d = q_pos - k`` of each head, ascending; both padded with `PAD` where a head keeps fewer. With
+    ``Vh``/``Sh`` the sets of head ``h`` and ``B = block_size``:
+
+    - ``form="block"``: keep ``(q, k)`` iff ``k <= q_pos`` and (``k in Vh`` or some ``d in Sh`` crosses the
+      tile of query rows ``[B*(q//B), B*(q//B)+B)`` by keys ``[B*(k//B), B*(k//B)+B)``, in bounds). This
+      holds every 64-wide key window MInference's kernel computes around a slash (for ``B = 64``), and
+      MInference's gathered verticals; its index builder may also extend a merged run of windows by up
+      to 63 further keys, which this mask leaves out.
+    - ``form="token"``: keep ``(q, k)`` iff ``k <= q_pos`` and (``k in Vh`` or ``q_pos - k in Sh``).
+
+    >>> lines = VerticalSlashIndices(torch.tensor([[0]]), torch.tensor([[0, 3]]), form="token", block_size=32)
+    >>> print(lines.render(6))
+    #-----
+    ##----
+    #-#---
+    #--#--
+    ##--#-
+    #-#--#
+    """
+
+    vertical: Tensor
+    slash: Tensor
+    form: str = "block"
+    block_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"form: expected one of {FORMS}, got {self.form!r}")
+        for name in ("vertical", "slash"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor) or t.dim() != 2 or t.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"{name}: expected an integer tensor [heads, count], got {getattr(t, 'shape', t)!r}")
+            object.__setattr__(self, name, t.long())
+        if self.vertical.shape[0] != self.slash.shape[0]:
+            raise ValueError(f"slash: expected {self.vertical.shape[0]} heads like vertical, got {self.slash.shape[0]}")
+
+    def __repr__(self) -> str:
+        return (f"VerticalSlashIndices(heads={self.num_heads}, vertical={self.vertical.shape[1]}, "
+                f"slash={self.slash.shape[1]}, form={self.form!r}, block_size={self.block_size})")
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.vertical.shape[0])
+
+    # ----------------------------------------------------------------- truth
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        dev = self.vertical.device
+        h, q_idx, kv_idx = h.to(dev), q_idx.to(dev), kv_idx.to(dev)
+        kv = kv_idx.clamp(0, ctx.kv_len - 1)
+        q_pos = q_idx + ctx.offset
+        columns = _table(self.vertical, ctx.kv_len)[h, kv]
+        slashes = _table(self.slash, ctx.kv_len)
+        if self.form == "token":
+            d = q_pos - kv_idx
+            lines = slashes[h, d.clamp(0, ctx.kv_len - 1)] & (d >= 0)
+        else:
+            first, last, k_lo, k_hi = tile_bounds(ctx.q_len, ctx.kv_len, self.block_size, dev)
+            g, b = q_idx.clamp(0, ctx.q_len - 1) // self.block_size, kv // self.block_size
+            lines = _count(_prefix(slashes), h, first[g] - k_hi[b], last[g] - k_lo[b]) > 0
+        return (kv_idx <= q_pos) & (columns | lines)
+
+    # ----------------------------------------------------------------- lowering
+    def tile_grid(self, q_len: int, kv_len: int) -> Tensor:
+        """bool ``[H, QB, KB]`` (block form): tiles of ``block_size`` some slash crosses."""
+        first, last, k_lo, k_hi = tile_bounds(q_len, kv_len, self.block_size, self.slash.device)
+        prefix = _prefix(_table(self.slash, kv_len))
+        lo = (first.view(-1, 1) - k_hi.view(1, -1)).unsqueeze(0)
+        hi = (last.view(-1, 1) - k_lo.view(1, -1)).unsqueeze(0)
+        head = torch.arange(self.num_heads, device=prefix.device).view(-1, 1, 1)
+        return _count(prefix, head, lo, hi) > 0
+
+    def lower(
+        self,
+        q_len: int,
+        kv_len: int | None = None,
+        block_size: tuple[int, int] | None = None,
+        num_heads: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> BlockLayout:
+        """Slash tiles plus gathered verticals the tiles miss.
+
+        ``form="block"`` builds the layout on the GPU without host synchronisation, with square tiles of
+        ``block_size`` (the mask is defined on them; asking for other tiles is an error). ``form="token"``
+        goes through the analytic lowering of ``Causal() & (Columns | Diagonals)`` (host side, any tiles).
+        """
+        kv_len = q_len if kv_len is None else kv_len
+        self._resolve_heads(num_heads)
+        if device is not None and torch.device(device) != self.vertical.device:
+            return self.to(device).lower(q_len, kv_len, block_size)
+        if self.form == "token":
+            return self.expression().lower(q_len, kv_len, block_size=block_size or (64, 64), device=device)
+        native = (self.block_size, self.block_size)
+        if block_size is not None and tuple(block_size) != native:
+            raise ValueError(f"block_size: the block form is defined on {native} tiles, got {tuple(block_size)}; "
+                             f"lower with block_size={native} or None")
+        keep = self.tile_grid(q_len, kv_len)
+        return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size,
+                                     columns=self._gathered(keep, q_len, kv_len))
+
+    def _gathered(self, keep: Tensor, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
+        """Verticals each query block reaches (``k <= last q_pos``) that no kept tile of it covers."""
+        _, last, _, _ = tile_bounds(q_len, kv_len, self.block_size, keep.device)
+        keys = self.vertical.unsqueeze(1).expand(-1, last.numel(), -1)  # [H, QB, V]
+        inside = keys < kv_len
+        kb = keys.clamp(max=kv_len - 1) // self.block_size
+        covered = keep.gather(2, kb)
+        valid = inside & (keys <= last.view(1, -1, 1)) & ~covered
+        return keys, valid
+
+    def to(self, device: torch.device | str) -> VerticalSlashIndices:
+        return VerticalSlashIndices(self.vertical.to(device), self.slash.to(device), self.form, self.block_size)
+
+    def expression(self) -> Pattern:
+        """The token form in the mask algebra: ``Causal() & (Columns(per head) | Diagonals(per head))``."""
+        def sets(t: Tensor) -> tuple[tuple[int, ...], ...]:
+            return tuple(tuple(v for v in row if v != PAD) for row in t.tolist())
+
+        return Causal() & (Columns(sets(self.vertical)) | Diagonals(sets(self.slash)))

@@ -1,0 +1,70 @@
+"""Slow, obvious reference implementations of the dynamic estimators (loops over heads and rows, fp64).
+
+They define the algorithms the fast paths in `sparseattn.patterns.dynamic` must reproduce index for
+index; the ranking rule is "higher score first, then lower index", forced entries first of all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _rank(scores: list[float], forced: set[int], count: int) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: (i not in forced, -scores[i], i))
+    return sorted(order[:count])
+
+
+def _budget(budget: int | tuple[int, ...], h: int) -> int:
+    return budget[h] if isinstance(budget, tuple) else budget
+
+
+def reference_vertical_slash(q: Tensor, k: Tensor, vertical, slash, *, last_q: int = 64, sink_columns: int = 30,
+                             local_diagonals: int = 100, scale: float | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """(verticals, slashes) per head, both ascending lists, for ``q [1, Hq, q_len, D]`` and ``k [1, Hkv, kv_len, D]``."""
+    heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
+    kv_len, group = k.shape[2], q.shape[1] // k.shape[1]
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    n = min(last_q, q_len)
+    verticals, slashes = [], []
+    for h in range(heads):
+        keys = k[0, h // group].double()
+        column = [0.0] * kv_len
+        diagonal = [0.0] * kv_len
+        for r in range(n):
+            q_pos = kv_len - n + r
+            logits = (keys[: q_pos + 1] @ q[0, h, q_len - n + r].double()) * scale
+            probs = torch.softmax(logits, 0).tolist()
+            for key, p in enumerate(probs):
+                column[key] += p
+                diagonal[q_pos - key] += p
+        nv = min(kv_len, max(_budget(vertical, h), sink_columns))
+        ns = min(kv_len, max(_budget(slash, h), local_diagonals))
+        verticals.append(_rank(column, set(range(min(sink_columns, kv_len))), nv))
+        slashes.append(_rank(diagonal, set(range(min(local_diagonals, kv_len))), ns))
+    return verticals, slashes
+
+
+def reference_block_topk(q: Tensor, k: Tensor, topk, *, block_size: int = 64) -> list[list[list[int]]]:
+    """Selected key blocks per head and query block (ascending lists)."""
+    heads, q_len = q.shape[1], q.shape[2]
+    kv_len, group = k.shape[2], q.shape[1] // k.shape[1]
+    offset = kv_len - q_len
+    q_blocks, k_blocks = -(-q_len // block_size), -(-kv_len // block_size)
+    out = []
+    for h in range(heads):
+        k_pool = [k[0, h // group, b * block_size:(b + 1) * block_size].double().mean(0) for b in range(k_blocks)]
+        rows = []
+        for g in range(q_blocks):
+            q_pool = q[0, h, g * block_size:(g + 1) * block_size].double().mean(0)
+            first = g * block_size + offset
+            last = min((g + 1) * block_size, q_len) - 1 + offset
+            reach = [b for b in range(k_blocks) if b * block_size <= last]
+            forced = {b for b in reach if b == 0 or min((b + 1) * block_size, kv_len) - 1 >= first}
+            scores = [float(q_pool @ k_pool[b]) if b in reach else -math.inf for b in range(k_blocks)]
+            chosen = set(_rank(scores, forced, min(_budget(topk, h), k_blocks))) & set(reach)
+            rows.append(sorted(chosen | forced))
+        out.append(rows)
+    return out
