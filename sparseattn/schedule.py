@@ -250,7 +250,7 @@ class LayerSchedule:
                 lines[-1][0].append(layer)
             else:
                 lines.append(([layer], p))
-        return "\n".join(f"layers {_ranges(layers)}: {p!r}" for layers, p in lines)
+        return "\n".join(f"layer{'s' if len(ls) > 1 else ''} {_ranges(ls)}: {p!r}" for ls, p in lines)
 
     def _require_bound(self) -> tuple[object, ...]:
         if self._patterns is None:

@@ -1,0 +1,125 @@
+"""Every file under conf/ that this test owns is composed and instantiated, so none can rot; the TTFT app
+runs end to end on the CPU through Hydra's basic launcher (and joblib's, when installed), and the report
+gathers its outputs.
+
+The SmolLM2 model config loads real weights (seconds to dequantise): it is instantiated once, in
+tests/test_integration_hf.py::test_smollm2_gguf_prefills_with_a_schedule, and only composed here.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from sparseattn import Pattern
+from sparseattn.schedule import LayerSchedule, is_dynamic
+
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+SCHEDULES = sorted(p.stem for p in (CONF / "schedule").glob("*.yaml"))
+PATTERNS = sorted(p.stem for p in (CONF / "pattern").glob("*.yaml"))
+DYNAMIC_READY = importlib.util.find_spec("sparseattn.patterns.dynamic") is not None
+LOADS_REAL_WEIGHTS = {"smollm2"}
+PRESETS = {"trianglemix_llama31_8b": "llama31_8b", "trianglemix_qwen25_7b": "qwen25_7b"}  # schedule -> its model
+
+
+def ttft_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="ttft", overrides=list(overrides))
+
+
+def needs_dynamic(node) -> bool:
+    return "dynamic" in str(node)
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_pattern_configs_instantiate(name):
+    cfg = ttft_config(f"pattern={name}")
+    if needs_dynamic(cfg.pattern) and not DYNAMIC_READY:
+        pytest.skip("sparseattn.patterns.dynamic (issue 4) not in this tree yet")
+    pattern = instantiate(cfg.pattern)
+    assert isinstance(pattern, Pattern) or is_dynamic(pattern)
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [(s, m) for s in SCHEDULES for m in ("llama31_8b", "qwen25_7b") if PRESETS.get(s, m) == m],
+)
+def test_schedule_configs_instantiate_and_bind(name, model):
+    cfg = ttft_config(f"schedule={name}", f"model={model}")
+    if needs_dynamic(cfg.schedule) and not DYNAMIC_READY:
+        pytest.skip("sparseattn.patterns.dynamic (issue 4) not in this tree yet")
+    layers, heads = cfg.model.load.config.num_hidden_layers, cfg.model.load.config.num_attention_heads
+    schedule = instantiate(cfg.schedule).bind(layers, heads)
+    assert isinstance(schedule, LayerSchedule)
+    patterns = [schedule.pattern(i) for i in range(layers)]
+    if name.startswith("trianglemix") or name in ("streaming", "a_shape"):
+        split = cfg.model.trianglemix_from
+        assert patterns[split - 1] != patterns[split] and len(set(patterns[split:])) == 1
+
+
+def test_paper_presets_match_the_generic_trianglemix():
+    for model, preset in (("llama31_8b", "trianglemix_llama31_8b"), ("qwen25_7b", "trianglemix_qwen25_7b")):
+        cfg = ttft_config(f"model={model}")
+        layers = cfg.model.load.config.num_hidden_layers
+        generic = instantiate(cfg.schedule).bind(layers)
+        explicit = instantiate(ttft_config(f"model={model}", f"schedule={preset}").schedule).bind(layers)
+        assert generic.describe() == explicit.describe()
+    with pytest.raises(Exception, match=r"rules\[1\]\.layers: 28-31 out of range"):
+        instantiate(ttft_config("schedule=trianglemix_llama31_8b").schedule).bind(28)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_configs_instantiate(name):
+    cfg = ttft_config(f"model={name}")
+    if name in LOADS_REAL_WEIGHTS:
+        assert cfg.model.load._target_ == "sparseattn.integrations.models.gguf_model"
+        return
+    # The 8B shapes are built on the meta device: the config is fully checked, no memory is used.
+    device = "cpu" if name.startswith("tiny") else "meta"
+    model = instantiate(cfg.model.load, device=device)
+    config = cfg.model.load.config
+    assert model.config.num_hidden_layers == config.num_hidden_layers
+    assert model.config.num_key_value_heads == config.num_key_value_heads
+    assert next(model.parameters()).device.type == device
+    assert 0 < cfg.model.trianglemix_from < config.num_hidden_layers
+
+
+def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_ttft_sweep_and_report_on_cpu(tmp_path, launcher):
+    if launcher == "joblib" and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+        pytest.skip("hydra-joblib-launcher not installed")
+    sweep = tmp_path / "sweep"
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    done = run_app(
+        str(ROOT / "experiments/ttft.py"), "-m", "model=tiny_llama", "impl=reference", "sdpa_backend=null",
+        "schedule=dense,trianglemix", "length=96,160", "warmup_length=32", "repeats=1",
+        f"hydra.sweep.dir={sweep}", *extra, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sweep.rglob("ttft.json")]
+    assert len(records) == 4
+    mix = next(r for r in records if r["label"] == "trianglemix" and r["length"] == 160)
+    assert mix["paths"] == {"dense_prefill": 1, "sparse_prefill": 2} and mix["lowerings_per_prefill"] == 1
+    assert [e["layer"] for e in mix["layers"]] == [0, 1, 2] and mix["logits_finite"]
+    out = tmp_path / "report" / "ttft_cpu"
+    done = run_app(str(ROOT / "experiments/report.py"), str(sweep), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.with_suffix(".md").read_text()
+    assert "| tiny_llama | 160 |" in table and "trianglemix" in table
+    assert out.with_suffix(".png").stat().st_size > 0 and len(json.loads(out.with_suffix(".json").read_text())) == 4
+
