@@ -197,7 +197,7 @@ class KernelConfig:
     """Launch knobs: warps per program and software-pipelining depth of the kv loops."""
 
     num_warps: int = 8
-    num_stages: int = 4
+    num_stages: int = 3
 
 
 def preferred_block_size(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
@@ -216,7 +216,7 @@ def preferred_block_size(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
 
 def default_config(layout: BlockLayout, head_dim: int) -> KernelConfig:
     if layout.block_m >= 128 and head_dim >= 64:
-        return KernelConfig(num_warps=8, num_stages=4)
+        return KernelConfig(num_warps=8, num_stages=3)
     return KernelConfig(num_warps=4, num_stages=2)
 
 
