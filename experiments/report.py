@@ -128,8 +128,10 @@ def plot(records: list[dict], path: Path) -> None:
         for label in labels:
             points = sorted((r["length"], r["ttft_ms"] / 1e3) for r in mine if r["label"] == label)
             if points:
-                ax.plot(*zip(*points), marker="o", label=label)
-        ax.set(title=f"{model}: time to first token", xlabel="prompt tokens", ylabel="TTFT (s)", xscale="log", yscale="log")
+                ax.plot(*zip(*points, strict=False), marker="o", label=label)
+        ax.set(
+            title=f"{model}: time to first token", xlabel="prompt tokens", ylabel="TTFT (s)", xscale="log", yscale="log"
+        )
         ax.legend(fontsize="small")
         longest = max(r["length"] for r in mine)
         ax = axes[1][col]
@@ -137,7 +139,7 @@ def plot(records: list[dict], path: Path) -> None:
             r = next((r for r in mine if r["label"] == label and r["length"] == longest and r["layers"]), None)
             if r:
                 per_layer = sorted(_per_layer(r).items())
-                ax.plot(*zip(*per_layer), marker=".", label=label)
+                ax.plot(*zip(*per_layer, strict=False), marker=".", label=label)
         ax.set(title=f"{model} at {_length(longest)}: attention per layer", xlabel="layer", ylabel="ms")
         ax.legend(fontsize="small")
     fig.tight_layout()

@@ -67,14 +67,20 @@ def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
     device = model.get_input_embeddings().weight.device
     timer = LayerTimer() if cfg.layer_timing else None
     attention = use_schedule(
-        model, instantiate(cfg.schedule), impl=cfg.impl, causal_backend=cfg.causal_backend,
-        sdpa_backend=cfg.sdpa_backend, timer=timer,
+        model,
+        instantiate(cfg.schedule),
+        impl=cfg.impl,
+        causal_backend=cfg.causal_backend,
+        sdpa_backend=cfg.sdpa_backend,
+        timer=timer,
     )
     schedule = attention.schedule
     generator = torch.Generator().manual_seed(cfg.seed)
     ids = torch.randint(model.config.vocab_size, (cfg.batch, cfg.length), generator=generator).to(device)
 
-    bar = tqdm(total=1 + cfg.repeats, desc=f"{cfg.model.name} {attention_label(cfg)} {cfg.length}", disable=not progress)
+    bar = tqdm(
+        total=1 + cfg.repeats, desc=f"{cfg.model.name} {attention_label(cfg)} {cfg.length}", disable=not progress
+    )
     prefill(model, ids[:, : min(cfg.warmup_length, cfg.length)], cfg.use_cache)
     bar.update()
     if device.type == "cuda":
@@ -122,7 +128,9 @@ def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
 
 def attention_label(cfg: DictConfig) -> str:
     """The schedule's name, marked when dense layers run through our kernel instead of SDPA."""
-    name = HydraConfig.get().runtime.choices.get("schedule", "?") if HydraConfig.initialized() else cfg.get("label", "?")
+    name = (
+        HydraConfig.get().runtime.choices.get("schedule", "?") if HydraConfig.initialized() else cfg.get("label", "?")
+    )
     return f"{name}[kernel]" if cfg.causal_backend == "sparse" else name
 
 
@@ -136,8 +144,11 @@ def environment(device: torch.device) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "versions": {
-            "python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-            "transformers": transformers.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "transformers": transformers.__version__,
+            "cuda": torch.version.cuda,
         },
     }
 

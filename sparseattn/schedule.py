@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeGuard
 
 from torch import Tensor
 
@@ -33,7 +34,16 @@ from sparseattn.layout import BlockLayout
 from sparseattn.patterns import Causal, Pattern, PerHead
 
 
-def is_dynamic(pattern: object) -> bool:
+class DynamicPattern(Protocol):
+    """A pattern known only once q and k are: ``estimate`` returns the concrete per-head pattern."""
+
+    def estimate(self, q: Tensor, k: Tensor) -> Pattern: ...
+
+
+LayerPattern = Pattern | DynamicPattern
+
+
+def is_dynamic(pattern: object) -> TypeGuard[DynamicPattern]:
     """True for patterns that must be estimated from q and k before they can be lowered."""
     return callable(getattr(pattern, "estimate", None))
 
@@ -94,7 +104,7 @@ class Rule:
     """``pattern`` for ``layers`` (and only ``heads`` of them, if given)."""
 
     layers: object
-    pattern: Pattern
+    pattern: LayerPattern
     heads: object = None
 
 
@@ -108,9 +118,9 @@ class LayerSchedule:
 
     def __init__(
         self,
-        rules: Sequence[Rule | Mapping] = (),
+        rules: Sequence[Rule | Mapping[str, Any]] = (),
         *,
-        default: Pattern | None = None,
+        default: LayerPattern | None = None,
         num_layers: int | None = None,
         num_heads: int | None = None,
         cache_size: int = 64,
@@ -124,8 +134,8 @@ class LayerSchedule:
         self.cache_size = cache_size
         self.num_layers = num_layers
         self.num_heads = num_heads
-        self._patterns: tuple[object, ...] | None = None
-        self._layouts: OrderedDict[tuple, BlockLayout] = OrderedDict()
+        self._patterns: tuple[LayerPattern, ...] | None = None
+        self._layouts: OrderedDict[tuple[object, ...], BlockLayout] = OrderedDict()
         self.lowerings = 0  # static lowerings done (cache misses); tests and logs read it
         self.estimates = 0  # dynamic estimations done
         if num_layers is not None:
@@ -137,13 +147,32 @@ class LayerSchedule:
         """Every layer uses ``pattern``."""
         return cls(default=pattern, num_layers=num_layers, num_heads=num_heads)
 
+    @classmethod
+    def per_layer(
+        cls,
+        layers: Sequence[LayerPattern],
+        *,
+        num_layers: int | None = None,
+        num_heads: int | None = None,
+        model: str | None = None,
+    ) -> LayerSchedule:
+        """Layer ``i`` uses ``layers[i]`` (lists such as ``sparseattn.patterns.dynamic.load_yaml`` returns).
+
+        ``num_layers`` and ``num_heads``, if given, are what the list was written for; ``model`` names that
+        model (informational: MInference's per-head configs are fitted to one model).
+        """
+        if num_layers is not None and num_layers != len(layers):
+            raise ValueError(f"num_layers: {num_layers} given, but the per-layer list{_for(model)} has {len(layers)}")
+        rules = [Rule(layers=i, pattern=p) for i, p in enumerate(layers)]
+        return cls(rules, num_layers=num_layers, num_heads=num_heads)
+
     def bind(self, num_layers: int, num_heads: int | None = None) -> LayerSchedule:
         """A copy validated for a model with ``num_layers`` layers and ``num_heads`` query heads."""
         return LayerSchedule(
             self.rules, default=self.default, num_layers=num_layers, num_heads=num_heads, cache_size=self.cache_size
         )
 
-    def _resolve(self, num_layers: int, num_heads: int | None) -> tuple[object, ...]:
+    def _resolve(self, num_layers: int, num_heads: int | None) -> tuple[LayerPattern, ...]:
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers: expected a positive int, got {num_layers!r}")
         if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1):
@@ -178,25 +207,27 @@ class LayerSchedule:
             raise ValueError(f"layers {_ranges(uncovered)} have no pattern: no rule names them and there is no default")
         return tuple(self._layer_pattern(layer, owner[layer], num_heads) for layer in range(num_layers))
 
-    def _layer_pattern(self, layer: int, owner: dict[int | None, int], num_heads: int | None) -> object:
+    def _layer_pattern(self, layer: int, owner: dict[int | None, int], num_heads: int | None) -> LayerPattern:
         if None in owner:
             return self.rules[owner[None]].pattern
         if not owner:
+            assert self.default is not None  # _resolve reported uncovered layers already
             return self.default
         assert num_heads is not None
+        default = self.default
         missing = [h for h in range(num_heads) if h not in owner]
-        if missing and (self.default is None or is_dynamic(self.default)):
-            raise ValueError(
-                f"layer {layer}: heads {_ranges(missing)} have no pattern: add a rule or a static default"
-            )
-        return PerHead(tuple(self.rules[owner[h]].pattern if h in owner else self.default for h in range(num_heads)))
+        if missing and not isinstance(default, Pattern):
+            raise ValueError(f"layer {layer}: heads {_ranges(missing)} have no pattern: add a rule or a static default")
+        # Head rules never hold dynamic patterns (_resolve refuses them), so every member is a Pattern.
+        members = [self.rules[owner[h]].pattern if h in owner else default for h in range(num_heads)]
+        return PerHead(tuple(m for m in members if isinstance(m, Pattern)))
 
     # ----------------------------------------------------------------- queries
     @property
     def bound(self) -> bool:
         return self._patterns is not None
 
-    def pattern(self, layer: int) -> object:
+    def pattern(self, layer: int) -> LayerPattern:
         """The pattern of ``layer`` (a `PerHead` where head rules apply; possibly dynamic)."""
         patterns = self._require_bound()
         if not 0 <= layer < len(patterns):
@@ -225,12 +256,13 @@ class LayerSchedule:
                 raise ValueError(f"q: dynamic patterns are estimated per sequence; expected batch 1, got {q.shape[0]}")
             self.estimates += 1
             concrete = pattern.estimate(q, k)
-            return concrete.lower(q_len, kv_len, block_size=tuple(block_size), num_heads=heads, device=q.device)
+            return concrete.lower(q_len, kv_len, block_size=block_size, num_heads=heads, device=q.device)
         key = (_pattern_key(pattern), q_len, kv_len, tuple(block_size), str(q.device), heads)
         layout = self._layouts.get(key)
         if layout is None:
             self.lowerings += 1
-            layout = pattern.lower(q_len, kv_len, block_size=tuple(block_size), num_heads=heads, device=q.device)
+            assert isinstance(pattern, Pattern)
+            layout = pattern.lower(q_len, kv_len, block_size=block_size, num_heads=heads, device=q.device)
             self._layouts[key] = layout
             if len(self._layouts) > self.cache_size:
                 self._layouts.popitem(last=False)
@@ -244,7 +276,7 @@ class LayerSchedule:
     def describe(self) -> str:
         """One line per run of layers sharing a pattern, e.g. ``layers 16-31: Triangle(...)``."""
         patterns = self._require_bound()
-        lines: list[tuple[list[int], object]] = []
+        lines: list[tuple[list[int], LayerPattern]] = []
         for layer, p in enumerate(patterns):
             if lines and lines[-1][1] == p:
                 lines[-1][0].append(layer)
@@ -252,7 +284,7 @@ class LayerSchedule:
                 lines.append(([layer], p))
         return "\n".join(f"layer{'s' if len(ls) > 1 else ''} {_ranges(ls)}: {p!r}" for ls, p in lines)
 
-    def _require_bound(self) -> tuple[object, ...]:
+    def _require_bound(self) -> tuple[LayerPattern, ...]:
         if self._patterns is None:
             raise ValueError("schedule: not bound to a model yet; call bind(num_layers, num_heads) first")
         return self._patterns
@@ -262,7 +294,11 @@ class LayerSchedule:
         return f"LayerSchedule(rules={list(self.rules)!r}, default={self.default!r}{shape})"
 
 
-def _as_rule(rule: Rule | Mapping, index: int) -> Rule:
+def _for(model: str | None) -> str:
+    return f" for {model}" if model else ""
+
+
+def _as_rule(rule: Rule | Mapping[str, Any], index: int) -> Rule:
     if isinstance(rule, Rule):
         out = rule
     elif isinstance(rule, Mapping):

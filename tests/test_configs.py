@@ -29,7 +29,11 @@ SCHEDULES = sorted(p.stem for p in (CONF / "schedule").glob("*.yaml"))
 PATTERNS = sorted(p.stem for p in (CONF / "pattern").glob("*.yaml"))
 DYNAMIC_READY = importlib.util.find_spec("sparseattn.patterns.dynamic") is not None
 LOADS_REAL_WEIGHTS = {"smollm2"}
-PRESETS = {"trianglemix_llama31_8b": "llama31_8b", "trianglemix_qwen25_7b": "qwen25_7b"}  # schedule -> its model
+PRESETS = {
+    "trianglemix_llama31_8b": "llama31_8b",
+    "trianglemix_qwen25_7b": "qwen25_7b",
+    "minference_llama31_8b": "llama31_8b",
+}  # schedule -> its model
 
 
 def ttft_config(*overrides: str):
@@ -106,9 +110,18 @@ def test_ttft_sweep_and_report_on_cpu(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     done = run_app(
-        str(ROOT / "experiments/ttft.py"), "-m", "model=tiny_llama", "impl=reference", "sdpa_backend=null",
-        "schedule=dense,trianglemix", "length=96,160", "warmup_length=32", "repeats=1",
-        f"hydra.sweep.dir={sweep}", *extra, cwd=tmp_path,
+        str(ROOT / "experiments/ttft.py"),
+        "-m",
+        "model=tiny_llama",
+        "impl=reference",
+        "sdpa_backend=null",
+        "schedule=dense,trianglemix",
+        "length=96,160",
+        "warmup_length=32",
+        "repeats=1",
+        f"hydra.sweep.dir={sweep}",
+        *extra,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in sweep.rglob("ttft.json")]
@@ -122,4 +135,3 @@ def test_ttft_sweep_and_report_on_cpu(tmp_path, launcher):
     table = out.with_suffix(".md").read_text()
     assert "| tiny_llama | 160 |" in table and "trianglemix" in table
     assert out.with_suffix(".png").stat().st_size > 0 and len(json.loads(out.with_suffix(".json").read_text())) == 4
-

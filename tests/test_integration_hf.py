@@ -10,8 +10,13 @@ transformers = pytest.importorskip("transformers")
 from sparseattn.integrations import LayerTimer, random_model, use_dense, use_schedule  # noqa: E402
 
 TINY = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=97, max_position_embeddings=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=97,
+    max_position_embeddings=256,
 )
 TRIANGLE = Triangle(sink=2, window=5, last=3)
 
@@ -155,3 +160,19 @@ def test_smollm2_gguf_prefills_with_a_schedule():
     attention = use_schedule(model, LayerSchedule.uniform(Triangle(sink=4, window=64, last=4)), impl="reference")
     torch.testing.assert_close(model(ids).logits[0, -1], dense, atol=1e-3, rtol=1e-3)
     assert attention.calls == {"sparse_prefill": 30}
+
+
+def test_vertical_slash_layers_are_estimated_per_layer_and_per_sequence():
+    from sparseattn.patterns import VerticalSlash
+
+    model = tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 40))
+    expected = model(ids).logits
+    # Budgets above the prompt length keep every causal pair: the dynamic path must give the dense answer.
+    schedule = LayerSchedule(
+        [{"layers": "1-", "pattern": VerticalSlash(vertical=64, slash=64, last_q=8)}], default=Causal()
+    )
+    attention = use_schedule(model, schedule, impl="reference")
+    torch.testing.assert_close(model(ids).logits, expected, atol=2e-5, rtol=1e-5)
+    assert attention.schedule.estimates == 2 * 2  # two dynamic layers, each estimated for each sequence
+    assert attention.calls == {"dense_prefill": 1, "sparse_prefill": 2}

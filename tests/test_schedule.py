@@ -14,7 +14,8 @@ TRIANGLE = Triangle(sink=4, window=16, last=8)
 def trianglemix(num_layers=4, split=2, **kw):
     return LayerSchedule(
         [{"layers": f"0-{split - 1}", "pattern": Causal()}, {"layers": f"{split}-", "pattern": TRIANGLE}],
-        num_layers=num_layers, **kw,
+        num_layers=num_layers,
+        **kw,
     )
 
 
@@ -81,7 +82,9 @@ def test_head_rules_build_per_head_patterns():
     stream = Streaming(sink=4, window=8)
     schedule = LayerSchedule(
         [{"layers": "all", "heads": "0-1", "pattern": stream}, {"layers": "1", "heads": "2-3", "pattern": TRIANGLE}],
-        default=Causal(), num_layers=2, num_heads=4,
+        default=Causal(),
+        num_layers=2,
+        num_heads=4,
     )
     assert schedule.pattern(0) == PerHead((stream, stream, Causal(), Causal()))
     assert schedule.pattern(1) == PerHead((stream, stream, TRIANGLE, TRIANGLE))
@@ -92,9 +95,9 @@ def test_head_rule_errors():
     with pytest.raises(ValueError, match=r"layer 0: heads 2-3 have no pattern"):
         LayerSchedule(heads, num_layers=1, num_heads=4)
     with pytest.raises(ValueError, match=r"rules\[1\] overlaps rules\[0\] at layer 0, head 1"):
-        LayerSchedule(heads + [{"layers": "0", "heads": "1-3", "pattern": TRIANGLE}], num_layers=1, num_heads=4)
+        LayerSchedule([*heads, {"layers": "0", "heads": "1-3", "pattern": TRIANGLE}], num_layers=1, num_heads=4)
     with pytest.raises(ValueError, match=r"rules\[1\] overlaps rules\[0\] at layer 0"):
-        LayerSchedule(heads + [{"layers": "0", "pattern": TRIANGLE}], num_layers=1, num_heads=4)
+        LayerSchedule([*heads, {"layers": "0", "pattern": TRIANGLE}], num_layers=1, num_heads=4)
     with pytest.raises(ValueError, match=r"rules\[0\]\.heads: 4-5 out of range; valid are 0-3"):
         LayerSchedule([{"layers": "0", "heads": "2-5", "pattern": Causal()}], num_layers=1, num_heads=4)
     with pytest.raises(ValueError, match=r"rules\[0\]\.heads: per-head rules need num_heads"):
@@ -149,3 +152,13 @@ def test_layout_checks_heads_against_the_bound_model():
     schedule = trianglemix(4, 2, num_heads=8)
     with pytest.raises(ValueError, match="bound to 8 query heads, got 4"):
         schedule.layout(3, *qk(64), (32, 32))
+
+
+def test_per_layer_lists_become_one_rule_per_layer():
+    layers = [Causal(), TRIANGLE, TRIANGLE]
+    schedule = LayerSchedule.per_layer(layers, num_layers=3, model="toy")
+    assert [schedule.pattern(i) for i in range(3)] == layers
+    with pytest.raises(ValueError, match="num_layers: 4 given, but the per-layer list for toy has 3"):
+        LayerSchedule.per_layer(layers, num_layers=4, model="toy")
+    with pytest.raises(ValueError, match=r"layers 3 have no pattern"):
+        LayerSchedule.per_layer(layers).bind(4)

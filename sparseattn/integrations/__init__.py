@@ -5,6 +5,13 @@ from sparseattn.integrations.models import gguf_model, gguf_tokenizer, random_mo
 from sparseattn.integrations.timing import LayerTimer
 
 __all__ = [
-    "LayerTimer", "ScheduledAttention", "check_model", "gguf_model", "gguf_tokenizer", "random_model",
-    "smollm2_gguf", "use_dense", "use_schedule",
+    "LayerTimer",
+    "ScheduledAttention",
+    "check_model",
+    "gguf_model",
+    "gguf_tokenizer",
+    "random_model",
+    "smollm2_gguf",
+    "use_dense",
+    "use_schedule",
 ]

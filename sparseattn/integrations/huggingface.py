@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -75,11 +76,11 @@ class ScheduledAttention:
         attention_mask: Tensor | None,
         scaling: float | None = None,
         dropout: float = 0.0,
-        **kwargs,
+        **kwargs: Any,
     ) -> tuple[Tensor, None]:
         if dropout and module.training:
             raise ValueError("dropout: sparse prefill is for inference; set model.eval() or attention_dropout=0")
-        layer = module.layer_idx
+        layer = int(cast(int, module.layer_idx))
         if query.shape[2] < key.shape[2]:
             path = "dense_cache"
         elif self.causal_backend == "sdpa" and self.schedule.is_causal(layer):
@@ -97,7 +98,7 @@ class ScheduledAttention:
             out = self._dense_prefill(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
         else:
             out = self._sparse_prefill(layer, query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
-        if token is not None:
+        if self.timer is not None:
             self.timer.stop(token, query.device, layer, path)
         return out, None
 
@@ -122,7 +123,7 @@ class ScheduledAttention:
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
         block = default_block_size(self.impl, q.shape[-1], q.dtype)
         layout = self.schedule.layout(layer, q, k, block)
-        return sparse_attention(q, k, v, layout, scale=scale, impl=self.impl)
+        return cast(Tensor, sparse_attention(q, k, v, layout, scale=scale, impl=self.impl))  # type: ignore[arg-type]
 
     def _dense_prefill(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
         # K/V are repeated rather than passed with enable_gqa: cuDNN, the fastest dense backend on Hopper,
@@ -134,7 +135,7 @@ class ScheduledAttention:
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
-    def _sdpa_context(self):
+    def _sdpa_context(self) -> AbstractContextManager[None]:
         if self.sdpa_backend is None:
             return nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -170,6 +171,7 @@ def check_model(model: torch.nn.Module) -> tuple[int, int]:
             f"model: its config asks for sliding-window attention (sliding_window={sliding}); a schedule replaces "
             "the whole attention pattern, so set config.sliding_window = None or put a Window into the schedule"
         )
+    assert config is not None  # model_type was read from it
     return config.num_hidden_layers, config.num_attention_heads
 
 
@@ -202,10 +204,10 @@ def use_schedule(
     AttentionInterface.register(attention.name, attention)
     # Without a mask function of its own, transformers would build no mask at all and padding would be lost.
     AttentionMaskInterface.register(attention.name, sdpa_mask)
-    model.set_attn_implementation(attention.name)
+    cast(Any, model).set_attn_implementation(attention.name)
     return attention
 
 
 def use_dense(model: torch.nn.Module) -> None:
     """Back to transformers' own SDPA attention."""
-    model.set_attn_implementation("sdpa")
+    cast(Any, model).set_attn_implementation("sdpa")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -33,7 +34,7 @@ def resolve_device(device: str) -> torch.device:
 
 def random_model(
     architecture: str,
-    config: Mapping,
+    config: Mapping[str, Any],
     *,
     dtype: str | torch.dtype = "bfloat16",
     device: str = "auto",
@@ -52,9 +53,11 @@ def random_model(
     hf_config = AutoConfig.for_model(architecture, **dict(config))
     torch.manual_seed(seed)
     with torch.device(resolve_device(device)):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype, attn_implementation="sdpa")
+        model: Any = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            hf_config, dtype=torch_dtype, attn_implementation="sdpa"
+        )
     model.name_or_path = name or f"random-{architecture}"
-    return model.eval()
+    return cast(torch.nn.Module, model.eval())
 
 
 def smollm2_gguf() -> Path:
@@ -92,16 +95,20 @@ def gguf_model(
 
     file = find_gguf(gguf_path)
     placement = {"device_map": device_map} if device_map else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        str(file.parent), gguf_file=file.name, dtype=resolve_dtype(dtype), local_files_only=True,
-        attn_implementation="sdpa", **placement,
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(file.parent),
+        gguf_file=file.name,
+        dtype=resolve_dtype(dtype),
+        local_files_only=True,
+        attn_implementation="sdpa",
+        **placement,
     )
     if not device_map:
         model = model.to(resolve_device(device))
-    return model.eval()
+    return cast(torch.nn.Module, model.eval())
 
 
-def gguf_tokenizer(gguf_path: str | None = None):
+def gguf_tokenizer(gguf_path: str | None = None) -> Any:
     """The tokenizer stored in the same GGUF file."""
     from transformers import AutoTokenizer
 

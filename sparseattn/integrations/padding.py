@@ -13,7 +13,11 @@ from torch import Tensor
 
 def sequence_spans(attention_mask: Tensor) -> list[tuple[int, int]]:
     """``[(start, stop)]`` of real tokens per batch row, from a ``[B, 1|H, S, S]`` bool mask (True = attend)."""
-    if attention_mask.dtype != torch.bool or attention_mask.dim() != 4 or attention_mask.shape[-1] != attention_mask.shape[-2]:
+    if (
+        attention_mask.dtype != torch.bool
+        or attention_mask.dim() != 4
+        or attention_mask.shape[-1] != attention_mask.shape[-2]
+    ):
         raise ValueError(
             "attention_mask: sparse prefill expects the square 4-D boolean mask transformers builds for SDPA, got "
             f"dtype {attention_mask.dtype} and shape {tuple(attention_mask.shape)}"

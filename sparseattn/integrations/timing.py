@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -18,18 +19,18 @@ class LayerTimer:
     """Collects (layer, path, milliseconds) for every attention call while ``enabled``."""
 
     enabled: bool = True
-    _open: list = field(default_factory=list)
+    _open: list[tuple[int, str, Any, Any]] = field(default_factory=list)
 
     def start(self, device: torch.device) -> object:
         if device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
+            event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             event.record(torch.cuda.current_stream(device))
             return event
         return time.perf_counter()
 
     def stop(self, token: object, device: torch.device, layer: int, path: str) -> None:
         if device.type == "cuda":
-            end = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             end.record(torch.cuda.current_stream(device))
             self._open.append((layer, path, token, end))
         else:
