@@ -14,6 +14,7 @@ Cost is O(heads x query blocks x key blocks) elementwise work, with small consta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -49,13 +50,16 @@ def _causal_table(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
     return distinct.reshape(-1, block, block // 32), kind_ids
 
 
-def _csr(select: Tensor, values: list[Tensor], bound: int) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """(counts [1, H, QB] int32, starts [1, H, QB] int64, flat values [bound] int32) of ``select [H, QB, X]``."""
+def _csr(select: Tensor, value: Callable[[Tensor], Tensor], bound: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(counts [1, H, QB] int32, starts [1, H, QB] int64, flat [bound] int32) of ``select [H, QB, X]``.
+
+    ``value`` maps flat positions of selected entries to the stored values (computed, not gathered from
+    an expanded grid, so no grid-sized value tensor is ever built).
+    """
     counts = select.sum(-1, dtype=torch.int32)
     starts = torch.cumsum(counts.reshape(-1), 0, dtype=torch.int64) - counts.reshape(-1)
     where = torch.nonzero_static(select.reshape(-1), size=bound, fill_value=-1).view(-1)
-    safe = where.clamp(min=0)
-    flat = [torch.where(where >= 0, v.expand(select.shape).reshape(-1)[safe], 0).to(torch.int32) for v in values]
+    flat = torch.where(where >= 0, value(where.clamp(min=0)), 0).to(torch.int32)
     return counts.unsqueeze(0), starts.view(counts.shape).unsqueeze(0), flat
 
 
@@ -69,7 +73,7 @@ def layout_from_tile_grid(
 ) -> BlockLayout:
     """Layout computing ``keep [H, QB, KB]`` tiles (each intersected with ``k <= q_pos``) plus gathered columns.
 
-    ``columns`` is ``(keys [H, QB, C] ascending per row, valid [H, QB, C] bool)``: key positions to gather
+    ``columns`` is ``(keys [H, C] ascending per head, valid [H, QB, C] bool)``: key positions to gather
     for each query block; the caller keeps only columns no kept tile covers (a key gathered inside a
     computed tile would count twice).
     """
@@ -94,14 +98,16 @@ def layout_from_tile_grid(
     k_tail = (k_hi - k_lo + 1 < block).long()
     mask_id = kind_ids[(second_shift * 2 + q_tail) * 2 + k_tail]
 
-    kb_grid = kb.view(1, 1, -1)
-    f_num, f_start, (f_idx,) = _csr(full, [kb_grid], heads * qb_dim * kb_dim)
-    # A query block crosses the causal diagonal in at most ceil(block / block) + 1 key blocks.
-    p_num, p_start, (p_idx, p_mid) = _csr(partial, [kb_grid, mask_id.unsqueeze(0)], heads * qb_dim * 2)
+    plane = qb_dim * kb_dim
+    f_num, f_start, f_idx = _csr(full, lambda w: w % kb_dim, heads * plane)
+    # A query block crosses the causal diagonal in at most two key blocks.
+    p_num, p_start, p_idx = _csr(partial, lambda w: w % kb_dim, heads * qb_dim * 2)
+    p_mid = _csr(partial, lambda w: mask_id.reshape(-1)[w % plane], heads * qb_dim * 2)[2]
     c_num = c_start = c_idx = None
     if columns is not None:
-        keys, valid = columns
-        c_num, c_start, (c_idx,) = _csr(valid, [keys], valid.numel())
+        keys, valid = columns  # keys [H, V] per head, valid [H, QB, V]
+        per_row = valid.shape[-1]
+        c_num, c_start, c_idx = _csr(valid, lambda w: keys[w // (qb_dim * per_row), w % per_row], valid.numel())
     return BlockLayout(
         q_len=q_len, kv_len=kv_len, block_m=block, block_n=block,
         full_kv_num_blocks=f_num, full_kv_start=f_start, full_kv_indices=f_idx,

@@ -22,8 +22,8 @@ def select_top(scores: Tensor, k: Tensor, k_max: int) -> Tensor:
     threshold = values.gather(-1, (k - 1).unsqueeze(-1))
     above = scores > threshold
     at = scores == threshold
-    need = k.unsqueeze(-1) - above.sum(-1, keepdim=True)
-    return above | (at & (torch.cumsum(at, -1) <= need))
+    need = k.unsqueeze(-1) - above.sum(-1, keepdim=True, dtype=torch.int32)
+    return above | (at & (torch.cumsum(at, -1, dtype=torch.int32) <= need))
 
 
 def top_indices(scores: Tensor, k: Tensor, k_max: int) -> Tensor:

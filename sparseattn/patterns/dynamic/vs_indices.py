@@ -108,10 +108,18 @@ class VerticalSlashIndices(Pattern):
         """bool ``[H, QB, KB]`` (block form): tiles of ``block_size`` some slash crosses."""
         first, last, k_lo, k_hi = tile_bounds(q_len, kv_len, self.block_size, self.slash.device)
         prefix = _prefix(_table(self.slash, kv_len))
-        lo = (first.view(-1, 1) - k_hi.view(1, -1)).unsqueeze(0)
-        hi = (last.view(-1, 1) - k_lo.view(1, -1)).unsqueeze(0)
-        head = torch.arange(self.num_heads, device=prefix.device).view(-1, 1, 1)
-        return _count(prefix, head, lo, hi) > 0
+        head = torch.arange(self.num_heads, device=prefix.device).view(-1, 1)
+        qb_dim, kb_dim, b = first.numel(), k_lo.numel(), self.block_size
+        # Away from the short last blocks a tile's diagonal span depends on j = qb - kb only: decide each
+        # (head, j) once, spread it over the grid, then redo the last query row and key column exactly.
+        j = torch.arange(-(kb_dim - 1), qb_dim, device=prefix.device).view(1, -1)
+        by_j = _count(prefix, head, j * b + first[0] - (b - 1), j * b + first[0] + (b - 1)) > 0  # [H, J]
+        grid = by_j[:, (torch.arange(qb_dim, device=j.device).view(-1, 1) - torch.arange(kb_dim, device=j.device)
+                        + kb_dim - 1)]
+        head3 = head.view(-1, 1, 1)
+        grid[:, -1:, :] = _count(prefix, head3, first[-1] - k_hi.view(1, 1, -1), last[-1] - k_lo.view(1, 1, -1)) > 0
+        grid[:, :, -1:] = _count(prefix, head3, first.view(1, -1, 1) - k_hi[-1], last.view(1, -1, 1) - k_lo[-1]) > 0
+        return grid
 
     def lower(
         self,
@@ -144,11 +152,11 @@ class VerticalSlashIndices(Pattern):
     def _gathered(self, keep: Tensor, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
         """Verticals each query block reaches (``k <= last q_pos``) that no kept tile of it covers."""
         _, last, _, _ = tile_bounds(q_len, kv_len, self.block_size, keep.device)
-        keys = self.vertical.unsqueeze(1).expand(-1, last.numel(), -1)  # [H, QB, V]
-        inside = keys < kv_len
-        kb = keys.clamp(max=kv_len - 1) // self.block_size
+        keys = self.vertical  # [H, V]
+        inside = (keys < kv_len).unsqueeze(1)
+        kb = (keys.clamp(max=kv_len - 1) // self.block_size).unsqueeze(1).expand(-1, last.numel(), -1)
         covered = keep.gather(2, kb)
-        valid = inside & (keys <= last.view(1, -1, 1)) & ~covered
+        valid = inside & (keys.unsqueeze(1) <= last.view(1, -1, 1)) & ~covered
         return keys, valid
 
     def to(self, device: torch.device | str) -> VerticalSlashIndices:
