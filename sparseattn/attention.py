@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -65,6 +66,24 @@ def default_block_size(impl: str, head_dim: int, dtype: torch.dtype) -> tuple[in
     return (128, 128) if impl == "flex" else (64, 64)
 
 
+def lowered(
+    pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device
+) -> BlockLayout:
+    """``pattern.lower(...)``, memoised for patterns compared by value: a frozen pattern called again at
+    the same lengths (every layer of a model, every step of a benchmark) reuses its layout. Patterns
+    compared by identity (estimated ones, new at every call) are lowered afresh and not kept."""
+    if type(pattern).__hash__ is object.__hash__:
+        return pattern.lower(q_len, kv_len, block_size=block_size, device=device)
+    return _lowered_by_value(pattern, q_len, kv_len, block_size, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _lowered_by_value(
+    pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device
+) -> BlockLayout:
+    return pattern.lower(q_len, kv_len, block_size=block_size, device=device)
+
+
 def sparse_attention(
     q: Tensor,
     k: Tensor,
@@ -79,7 +98,7 @@ def sparse_attention(
 
     Shapes follow SDPA: q ``[B, Hq, q_len, D]``, k and v ``[B, Hkv, kv_len, D]`` with ``Hkv`` dividing
     ``Hq`` (GQA) and ``q_len <= kv_len``; queries are aligned to the end of the keys (chunked prefill).
-    ``impl`` picks the backend explicitly: ``"triton"`` (the block-sparse kernel; CUDA), ``"flex"``
+    A pattern is lowered on q's device and the layout memoised (`lowered`). ``impl`` picks the backend explicitly: ``"triton"`` (the block-sparse kernel; CUDA), ``"flex"``
     (FlexAttention on the identical layout) or ``"reference"`` (dense, fp32, the oracle). Rows with
     nothing to attend give 0 and, with ``return_lse``, an lse of ``-inf``.
     """
@@ -98,7 +117,7 @@ def sparse_attention(
             out, lse = _reference(q, k, v, mask, scale)
             return (out, lse) if return_lse else out
         block = default_block_size(impl, q.shape[-1], q.dtype)
-        layout = pattern_or_layout.lower(q.shape[2], k.shape[2], block_size=block, device=q.device)
+        layout = lowered(pattern_or_layout, q.shape[2], k.shape[2], block, q.device)
     elif isinstance(pattern_or_layout, BlockLayout):
         layout = pattern_or_layout
         validate_layout(layout, q, k)
