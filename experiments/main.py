@@ -99,13 +99,23 @@ def prefill_comparison() -> bool:
     records = []
     for schedule in ("dense", "trianglemix", "triangle"):
         with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
-            cfg = compose("ttft", overrides=[f"model={model}", f"length={length}", f"schedule={schedule}",
-                                             f"+label={schedule}", *settings])
+            cfg = compose(
+                "ttft",
+                overrides=[
+                    f"model={model}",
+                    f"length={length}",
+                    f"schedule={schedule}",
+                    f"+label={schedule}",
+                    *settings,
+                ],
+            )
         records.append(run_ttft(cfg, progress=gpu))
     dense = records[0]["ttft_ms"]
     for r in records:
-        print(f"  {r['label']:12s} TTFT {r['ttft_ms']:9.1f} ms ({100 * (r['ttft_ms'] / dense - 1):+4.0f}% vs dense), "
-              f"attention {r['attention_ms']:8.1f} ms, paths {r['paths']}")
+        print(
+            f"  {r['label']:12s} TTFT {r['ttft_ms']:9.1f} ms ({100 * (r['ttft_ms'] / dense - 1):+4.0f}% vs dense), "
+            f"attention {r['attention_ms']:8.1f} ms, paths {r['paths']}"
+        )
     return all(r["logits_finite"] for r in records)
 
 
