@@ -28,7 +28,7 @@ from sparseattn.patterns import Causal, Pattern, Triangle
 
 BLOCKS = [(128, 128), (128, 64), (64, 128), (64, 64)]
 WARPS = [4, 8]
-STAGES = [2, 3, 4]
+STAGES = [2, 3]
 
 
 @functools.lru_cache(maxsize=4)

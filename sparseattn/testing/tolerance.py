@@ -17,7 +17,9 @@ from torch import Tensor
 from sparseattn.kernels.reference import reference_attention
 
 
-def low_precision_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *, scale: float | None = None) -> tuple[Tensor, Tensor]:
+def low_precision_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
     """Masked attention computed entirely in ``q.dtype`` (scores, softmax and both products), GQA by repeat."""
     if mask.dim() == 3:
         mask = mask.unsqueeze(0)
@@ -73,7 +75,15 @@ def oracle_and_tolerance(
 
 
 def assert_close_to_oracle(
-    out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *, scale: float | None = None, factor: float = 2.0
+    out: Tensor,
+    lse: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    *,
+    scale: float | None = None,
+    factor: float = 2.0,
 ) -> None:
     """Raise AssertionError unless (out, lse) matches the fp64 oracle within the derived tolerance.
 
@@ -88,7 +98,11 @@ def assert_close_to_oracle(
     assert torch.equal(torch.isinf(lse) & (lse < 0), empty), "lse is -inf exactly on the rows the mask leaves empty"
     assert not out[empty].any(), "rows the mask leaves empty must have output 0"
     out_err = float((out.double() - oracle_out).abs().max())
-    assert out_err <= oracle.tolerance.out_atol, f"output error {out_err:.3g} > tolerance {oracle.tolerance.out_atol:.3g}"
+    assert out_err <= oracle.tolerance.out_atol, (
+        f"output error {out_err:.3g} > tolerance {oracle.tolerance.out_atol:.3g}"
+    )
     if (~empty).any():
         lse_err = float((lse.double() - oracle_lse)[~empty].abs().max())
-        assert lse_err <= oracle.tolerance.lse_atol, f"lse error {lse_err:.3g} > tolerance {oracle.tolerance.lse_atol:.3g}"
+        assert lse_err <= oracle.tolerance.lse_atol, (
+            f"lse error {lse_err:.3g} > tolerance {oracle.tolerance.lse_atol:.3g}"
+        )
