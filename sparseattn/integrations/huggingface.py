@@ -122,8 +122,10 @@ class ScheduledAttention:
 
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
         block = default_block_size(self.impl, q.shape[-1], q.dtype)
-        layout = self.schedule.layout(layer, q, k, block)
-        return cast(Tensor, sparse_attention(q, k, v, layout, scale=scale, impl=self.impl))  # type: ignore[arg-type]
+        # Triton launches on the current device; a model spread over GPUs has layers on the others.
+        with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
+            layout = self.schedule.layout(layer, q, k, block)
+            return cast(Tensor, sparse_attention(q, k, v, layout, scale=scale, impl=self.impl))  # type: ignore[arg-type]
 
     def _dense_prefill(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
         # K/V are repeated rather than passed with enable_gqa: cuDNN, the fastest dense backend on Hopper,

@@ -8,6 +8,7 @@ last position's logits relative to their scale.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -108,3 +109,23 @@ def test_smollm2_on_the_gpu():
     got, attention = last_logits(model, ids, window)
     assert attention.calls == {"sparse_prefill": 30}
     assert_close_relative(got, dense)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_model_spread_over_two_gpus_prefills_like_one():
+    """What ``from_pretrained(..., device_map="auto")`` does, on a random model: accelerate's balanced map."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    spread = random_model("llama", SHAPE, dtype="bfloat16", device="cpu", seed=3)
+    single = copy.deepcopy(spread).to("cuda:0")
+    ids = torch.randint(0, SHAPE["vocab_size"], (1, 4096), device="cuda:0")
+    expected, _ = last_logits(single, ids, MIX)
+    balanced = get_balanced_memory(spread, no_split_module_classes=["LlamaDecoderLayer"])
+    device_map = infer_auto_device_map(spread, max_memory=balanced, no_split_module_classes=["LlamaDecoderLayer"])
+    spread = dispatch_model(spread, device_map)
+    layer_devices = {str(layer.self_attn.q_proj.weight.device) for layer in spread.model.layers}
+    assert layer_devices == {"cuda:0", "cuda:1"}, device_map
+    got, attention = last_logits(spread, ids, MIX)
+    assert attention.calls == {"dense_prefill": 2, "sparse_prefill": 2}
+    assert_close_relative(got, expected.to(got.device))
