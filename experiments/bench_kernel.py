@@ -114,10 +114,12 @@ def dense_baselines(q, k, v) -> dict:
 
 def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
     from sparseattn.kernels.flex import flex_sparse_attention
-    from sparseattn.kernels.triton_fwd import preferred_block_size, triton_sparse_attention, work_list
+    from sparseattn.attention import default_block_size
+    from sparseattn.kernels.triton_fwd import triton_sparse_attention, work_list
 
     rec: dict = {"pattern": name, "length": length}
-    block = preferred_block_size(cfg.head_dim, q.dtype)
+    block = default_block_size("triton", cfg.head_dim, q.dtype, pattern, length, length)
+    rec["block"] = list(block)
     rec["lower_ms"], layout = timed(
         lambda: pattern.lower(length, length, block_size=block, num_heads=pattern.num_heads, device="cuda"))
     entries = layout.batch_size * layout.num_heads
@@ -159,13 +161,14 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
 
 
 def run_sweep(cfg, pats) -> list[dict]:
-    from sparseattn.kernels.triton_fwd import KernelConfig, preferred_block_size, triton_sparse_attention
+    from sparseattn.attention import default_block_size
+    from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
 
     rows = []
     length = cfg.sweep.length
     q, k, v = inputs(cfg, length)
-    block = preferred_block_size(cfg.head_dim, q.dtype)
     for name in cfg.sweep.patterns:
+        block = default_block_size("triton", cfg.head_dim, q.dtype, pats[name], length, length)
         layout = pats[name].lower(length, length, block_size=block, num_heads=pats[name].num_heads, device="cuda")
         for warps, stages in cfg.sweep.configs:
             config = KernelConfig(num_warps=warps, num_stages=stages)
@@ -222,15 +225,15 @@ def render(data: dict, out_dir: Path) -> None:
         "",
         "## Patterns",
         "",
-        "| pattern | length | pairs/causal | ok (max err) | ours ms | plain ms | balance gain | TFLOP/s "
+        "| pattern | length | tiles | pairs/causal | ok (max err) | ours ms | plain ms | balance gain | TFLOP/s "
         "| vs cuDNN dense | Flex ms | vs Flex | Flex mask ms | lower ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         def f(key, fmt="{:.3f}"):
             return fmt.format(r[key]) if key in r else "—"
         lines.append(
-            f"| {r['pattern']} | {r['length']} | {r['pairs_fraction_of_causal']:.4f} | {'yes' if r['ok'] else 'NO'} "
+            f"| {r['pattern']} | {r['length']} | {'x'.join(map(str, r.get('block', ['?'])))} | {r['pairs_fraction_of_causal']:.4f} | {'yes' if r['ok'] else 'NO'} "
             f"({r['max_err']:.1e}) | {r['triton_ms']:.3f} | {r['triton_plain_ms']:.3f} | "
             f"{r['triton_plain_ms'] / r['triton_ms']:.2f}x | {r['tflops']:.0f} | {f('speedup_vs_cudnn_dense', '{:.2f}x')} | "
             f"{f('flex_ms')} | {f('speedup_vs_flex', '{:.2f}x')} | {f('flex_mask_ms', '{:.1f}')} | {r['lower_ms']:.1f} |")

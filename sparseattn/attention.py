@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.layout import BlockLayout
-from sparseattn.patterns import Pattern
+from sparseattn.patterns import MaskContext, Pattern
 
 Impl = Literal["triton", "flex", "reference"]
 IMPLS: tuple[str, ...] = ("triton", "flex", "reference")
@@ -57,12 +57,25 @@ def validate_layout(layout: BlockLayout, q: Tensor, k: Tensor) -> None:
         raise ValueError(f"layout: {layout.num_heads} heads do not broadcast to {q.shape[1]} query heads")
 
 
-def default_block_size(impl: str, head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
-    """The tile shape a pattern is lowered to when ``sparse_attention`` receives a pattern."""
+def mean_row_tiles(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> float | None:
+    """Upper bound on the mean number of tiles per (head, query block) row, from the pattern's support
+    bound alone (no lowering); None when the pattern gives no bound."""
+    heads = pattern.num_heads or 1
+    ctx = MaskContext(q_len, kv_len, heads, *block_size)
+    size = pattern.support_size(ctx)
+    return None if size is None else size / (heads * ctx.num_q_blocks)
+
+
+def default_block_size(
+    impl: str, head_dim: int, dtype: torch.dtype, pattern: Pattern | None = None, q_len: int = 0, kv_len: int = 0
+) -> tuple[int, int]:
+    """The tile shape a pattern is lowered to for ``impl``; with the pattern and lengths, the Triton path
+    picks smaller tiles for short-row (sparse) patterns."""
     if impl == "triton":
         from sparseattn.kernels.triton_fwd import preferred_block_size
 
-        return preferred_block_size(head_dim, dtype)
+        row_tiles = mean_row_tiles(pattern, q_len, kv_len, (128, 128)) if pattern is not None and q_len else None
+        return preferred_block_size(head_dim, dtype, row_tiles)
     return (128, 128) if impl == "flex" else (64, 64)
 
 
@@ -116,7 +129,7 @@ def sparse_attention(
             mask = pattern_or_layout.to_dense(q.shape[2], k.shape[2], num_heads=own).unsqueeze(0)
             out, lse = _reference(q, k, v, mask, scale)
             return (out, lse) if return_lse else out
-        block = default_block_size(impl, q.shape[-1], q.dtype)
+        block = default_block_size(impl, q.shape[-1], q.dtype, pattern_or_layout, q.shape[2], k.shape[2])
         layout = lowered(pattern_or_layout, q.shape[2], k.shape[2], block, q.device)
     elif isinstance(pattern_or_layout, BlockLayout):
         layout = pattern_or_layout

@@ -22,13 +22,18 @@ def flex_sparse_attention(
 ) -> tuple[Tensor, Tensor]:
     """Run ``torch.nn.attention.flex_attention`` with ``layout.to_flex()`` (or a ready ``BlockMask``).
 
-    ``compiled`` defaults to True on CUDA (FlexAttention's fast path) and False on the CPU, where the
+    ``kernel_options`` go to FlexAttention; by default they match its tiles to a layout with blocks
+    smaller than 128. ``compiled`` defaults to True on CUDA (FlexAttention's fast path) and False on the CPU, where the
     eager path is the portable one. Returns ``(out, lse)`` like every backend; rows with nothing to
     attend give 0 and ``-inf``.
     """
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     block_mask = layout.to_flex() if isinstance(layout, BlockLayout) else layout
+    bm, bn = block_mask.BLOCK_SIZE
+    if kernel_options is None and q.is_cuda and min(bm, bn) < 128:
+        # Compiled Flex tiles must divide the block mask's blocks; its defaults are 128 wide.
+        kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn}
     compiled = q.is_cuda if compiled is None else compiled
     fn = _compiled_flex() if compiled else flex_attention
     gqa = q.shape[1] != k.shape[1]

@@ -200,23 +200,34 @@ class KernelConfig:
     num_stages: int = 3
 
 
-def preferred_block_size(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
+# Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
+# the per-program setup (Q load, pipeline fill, epilogue) is then spread over more, smaller programs
+# that keep two per multiprocessor (experiments/results/kernel_tuning.md: Triangle() at 128K,
+# 4.99 ms on 64 x 64 against 5.71 ms on 128 x 128; dense causal the other way round).
+SHORT_ROW_TILES = 16
+
+
+def preferred_block_size(head_dim: int, dtype: torch.dtype, row_tiles: float | None = None) -> tuple[int, int]:
     """The (block_m, block_n) to lower patterns with for the Triton path.
 
     128 x 128 tiles fill Hopper's tensor cores and keep the per-tile bookkeeping (index loads, bitmap
-    expansion) small against two 128-deep matmuls; 256-wide heads would spill, so they take 64 x 64.
-    fp32 inputs (interpreter tests) work with any supported size.
+    expansion) small against two 128-deep matmuls, for long rows. ``row_tiles``, the mean number of
+    128 x 128 tiles per (head, query block) row when known, picks 64 x 64 for short-row (sparse)
+    layouts. 256-wide heads would spill, so they take 64 x 64; fp32 inputs (interpreter tests) too.
     """
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head_dim: expected one of {SUPPORTED_HEAD_DIMS}, got {head_dim}")
     if head_dim > 128 or dtype == torch.float32:
         return (64, 64)
+    if row_tiles is not None and row_tiles < SHORT_ROW_TILES:
+        return (64, 64)
     return (128, 128)
 
 
 def default_config(layout: BlockLayout, head_dim: int) -> KernelConfig:
+    """Fastest launch knobs measured per tile shape (experiments/results/kernel_tuning.md)."""
     if layout.block_m >= 128 and head_dim >= 64:
-        return KernelConfig(num_warps=8, num_stages=3)
+        return KernelConfig(num_warps=8, num_stages=2)
     return KernelConfig(num_warps=4, num_stages=2)
 
 
