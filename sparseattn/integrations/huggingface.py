@@ -8,8 +8,9 @@ paths, counted in ``ScheduledAttention.calls``:
 - ``"sparse_prefill"``: a prompt from an empty cache (``q_len == kv_len``) in a layer whose pattern is
   not plain causal: the schedule's layout through `sparse_attention`.
 - ``"dense_prefill"``: the same in a plain `Causal()` layer, served by PyTorch SDPA (``causal_backend="sdpa"``,
-  the default) — a dense kernel is the fastest way to compute dense attention. With
-  ``causal_backend="sparse"`` such layers take the sparse path too (to check our kernel on dense work).
+  the default; ``sdpa_backend`` pins its backend, e.g. cuDNN, for unpadded prompts) — a dense kernel is the
+  fastest way to compute dense attention. With ``causal_backend="sparse"`` such layers take the sparse
+  path too (to check our kernel on dense work).
 - ``"dense_cache"``: queries that continue a cache (``q_len < kv_len``: decode steps, chunked-prefill
   continuations, static caches) attend densely to everything cached, through transformers' own SDPA
   function, exactly as the unmodified model would.
@@ -92,8 +93,9 @@ class ScheduledAttention:
         if path == "dense_cache":
             from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-            with self._sdpa_context():
-                out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+            # Left to PyTorch's own backend choice: sdpa_backend names the prefill baseline, and a backend
+            # forced for 32K-token prompts need not take one-token queries or padding masks.
+            out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         elif path == "dense_prefill":
             out = self._dense_prefill(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
         else:
@@ -132,10 +134,10 @@ class ScheduledAttention:
         # is the baseline we report, and repeating costs one copy of K and V against a quadratic kernel.
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        with self._sdpa_context():
-            if mask is None:
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        if mask is not None:  # padded batch: whichever backend takes a mask
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        with self._sdpa_context():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
     def _sdpa_context(self) -> AbstractContextManager[None]:
         if self.sdpa_backend is None:
