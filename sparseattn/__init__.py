@@ -42,3 +42,8 @@ __all__ = [
     "sparse_attention",
 ]
 __version__ = "0.1.0"
+
+# Per-layer schedules (layer 5) sit above the patterns and the layout they lower to.
+from sparseattn.schedule import LayerSchedule
+
+__all__ += ["LayerSchedule"]
