@@ -24,7 +24,7 @@ each layer's own queries and keys on every forward, and that concrete pattern is
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
@@ -41,6 +41,7 @@ class DynamicPattern(Protocol):
 
 
 LayerPattern = Pattern | DynamicPattern
+BlockSize = tuple[int, int] | Callable[[Pattern, int, int], tuple[int, int]]
 
 
 def is_dynamic(pattern: object) -> TypeGuard[DynamicPattern]:
@@ -241,9 +242,11 @@ class LayerSchedule:
     def is_dynamic(self, layer: int) -> bool:
         return is_dynamic(self.pattern(layer))
 
-    def layout(self, layer: int, q: Tensor, k: Tensor, block_size: tuple[int, int]) -> BlockLayout:
+    def layout(self, layer: int, q: Tensor, k: Tensor, block_size: BlockSize) -> BlockLayout:
         """The layout ``layer`` attends with for these queries and keys (``[1, H, S, D]`` for dynamic layers).
 
+        ``block_size`` is a tile shape, or a function ``(pattern, q_len, kv_len) -> tile shape`` asked
+        with the concrete pattern (a backend may prefer other tiles for sparse rows than for dense ones).
         Static patterns come from the cache (lowered on first use); dynamic ones are estimated from
         ``q`` and ``k`` of this call, so a batch must be split into single sequences first.
         """
@@ -256,13 +259,15 @@ class LayerSchedule:
                 raise ValueError(f"q: dynamic patterns are estimated per sequence; expected batch 1, got {q.shape[0]}")
             self.estimates += 1
             concrete = pattern.estimate(q, k)
-            return concrete.lower(q_len, kv_len, block_size=block_size, num_heads=heads, device=q.device)
-        key = (_pattern_key(pattern), q_len, kv_len, tuple(block_size), str(q.device), heads)
+            block = _tile_shape(block_size, concrete, q_len, kv_len)
+            return concrete.lower(q_len, kv_len, block_size=block, num_heads=heads, device=q.device)
+        assert isinstance(pattern, Pattern)
+        block = _tile_shape(block_size, pattern, q_len, kv_len)
+        key = (_pattern_key(pattern), q_len, kv_len, block, str(q.device), heads)
         layout = self._layouts.get(key)
         if layout is None:
             self.lowerings += 1
-            assert isinstance(pattern, Pattern)
-            layout = pattern.lower(q_len, kv_len, block_size=block_size, num_heads=heads, device=q.device)
+            layout = pattern.lower(q_len, kv_len, block_size=block, num_heads=heads, device=q.device)
             self._layouts[key] = layout
             if len(self._layouts) > self.cache_size:
                 self._layouts.popitem(last=False)
@@ -319,6 +324,11 @@ def _check_heads(pattern: object, num_heads: int | None, what: str) -> None:
     own = getattr(pattern, "num_heads", None)
     if own is not None and num_heads is not None and own != num_heads:
         raise ValueError(f"{what}: {type(pattern).__name__} is written for {own} heads, the model has {num_heads}")
+
+
+def _tile_shape(block_size: BlockSize, pattern: Pattern, q_len: int, kv_len: int) -> tuple[int, int]:
+    shape = block_size(pattern, q_len, kv_len) if callable(block_size) else block_size
+    return (int(shape[0]), int(shape[1]))
 
 
 def _pattern_key(pattern: object) -> object:

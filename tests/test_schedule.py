@@ -162,3 +162,17 @@ def test_per_layer_lists_become_one_rule_per_layer():
         LayerSchedule.per_layer(layers, num_layers=4, model="toy")
     with pytest.raises(ValueError, match=r"layers 3 have no pattern"):
         LayerSchedule.per_layer(layers).bind(4)
+
+
+def test_tile_shape_may_depend_on_the_concrete_pattern():
+    schedule = trianglemix(4, 2)
+    asked = []
+
+    def choose(pattern, q_len, kv_len):
+        asked.append((pattern, q_len, kv_len))
+        return (32, 32) if pattern == TRIANGLE else (64, 64)
+
+    q, k = qk(96)
+    assert schedule.layout(3, q, k, choose).block_size == (32, 32)
+    assert schedule.layout(0, q, k, choose).block_size == (64, 64)
+    assert asked == [(TRIANGLE, 96, 96), (Causal(), 96, 96)]

@@ -21,6 +21,7 @@ padding); a mask that is not padding (packed sequences, custom masks) is refused
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
@@ -123,7 +124,7 @@ class ScheduledAttention:
         return out
 
     def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-        block = default_block_size(self.impl, q.shape[-1], q.dtype)
+        block = functools.partial(default_block_size, self.impl, q.shape[-1], q.dtype)
         # Triton launches on the current device; a model spread over GPUs has layers on the others.
         with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
             layout = self.schedule.layout(layer, q, k, block)
