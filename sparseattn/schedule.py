@@ -245,10 +245,10 @@ class LayerSchedule:
     def layout(self, layer: int, q: Tensor, k: Tensor, block_size: BlockSize) -> BlockLayout:
         """The layout ``layer`` attends with for these queries and keys (``[1, H, S, D]`` for dynamic layers).
 
-        ``block_size`` is a tile shape, or a function ``(pattern, q_len, kv_len) -> tile shape`` asked
-        with the concrete pattern (a backend may prefer other tiles for sparse rows than for dense ones).
-        Static patterns come from the cache (lowered on first use); dynamic ones are estimated from
-        ``q`` and ``k`` of this call, so a batch must be split into single sequences first.
+        ``block_size`` is a tile shape, or a function ``(pattern, q_len, kv_len) -> tile shape`` (a backend
+        may prefer other tiles for sparse rows than for dense ones), for static patterns, which come from
+        the cache (lowered on first use). Dynamic ones are estimated from ``q`` and ``k`` of this call (so a
+        batch must be split into single sequences first) and lowered on the estimate's own tiles.
         """
         pattern = self.pattern(layer)
         q_len, kv_len, heads = q.shape[2], k.shape[2], q.shape[1]
@@ -258,9 +258,8 @@ class LayerSchedule:
             if q.shape[0] != 1:
                 raise ValueError(f"q: dynamic patterns are estimated per sequence; expected batch 1, got {q.shape[0]}")
             self.estimates += 1
-            concrete = pattern.estimate(q, k)
-            block = _tile_shape(block_size, concrete, q_len, kv_len)
-            return concrete.lower(q_len, kv_len, block_size=block, num_heads=heads, device=q.device)
+            # An estimate is lowered on its own tiles: a block-rounded vertical-slash is defined on them.
+            return pattern.estimate(q, k).lower(q_len, kv_len, num_heads=heads, device=q.device)
         assert isinstance(pattern, Pattern)
         block = _tile_shape(block_size, pattern, q_len, kv_len)
         key = (_pattern_key(pattern), q_len, kv_len, block, str(q.device), heads)
