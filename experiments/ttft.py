@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from sparseattn.integrations import LayerTimer, use_schedule
+from sparseattn.schedule import LayerSchedule
 
 _loaded: dict[str, torch.nn.Module] = {}
 
@@ -78,9 +79,8 @@ def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     ids = torch.randint(model.config.vocab_size, (cfg.batch, cfg.length), generator=generator).to(device)
 
-    bar = tqdm(
-        total=1 + cfg.repeats, desc=f"{cfg.model.name} {attention_label(cfg)} {cfg.length}", disable=not progress
-    )
+    label = attention_label(cfg, schedule)
+    bar = tqdm(total=1 + cfg.repeats, desc=f"{cfg.model.name} {label} {cfg.length}", disable=not progress)
     prefill(model, ids[:, : min(cfg.warmup_length, cfg.length)], cfg.use_cache)
     bar.update()
     if device.type == "cuda":
@@ -103,7 +103,7 @@ def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
     record = {
         "model": cfg.model.name,
         "schedule": HydraConfig.get().runtime.choices.get("schedule") if HydraConfig.initialized() else None,
-        "label": attention_label(cfg),
+        "label": label,
         "schedule_layers": schedule.describe(),
         "length": cfg.length,
         "batch": cfg.batch,
@@ -126,12 +126,13 @@ def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
     return record
 
 
-def attention_label(cfg: DictConfig) -> str:
-    """The schedule's name, marked when dense layers run through our kernel instead of SDPA."""
+def attention_label(cfg: DictConfig, schedule: LayerSchedule) -> str:
+    """The schedule's name, marked where causal layers run through our kernel instead of SDPA."""
     name = (
         HydraConfig.get().runtime.choices.get("schedule", "?") if HydraConfig.initialized() else cfg.get("label", "?")
     )
-    return f"{name}[kernel]" if cfg.causal_backend == "sparse" else name
+    causal = any(schedule.is_causal(i) for i in range(schedule.num_layers or 0))
+    return f"{name}[kernel]" if cfg.causal_backend == "sparse" and causal else name
 
 
 def environment(device: torch.device) -> dict:
