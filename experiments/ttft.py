@@ -1,8 +1,8 @@
 """Time to first token of a full prefill under a layer schedule (Hydra app; config: conf/ttft.yaml).
 
 One job = one (model, schedule, length): build the model (kept between the jobs of a multirun in the
-same process), switch it to the schedule through the Hugging Face integration, compile with a short
-prefill, then time ``repeats`` prefills of ``length`` random tokens that return the logits of the last
+same process), switch it to the schedule through the Hugging Face integration, warm up with an untimed
+prefill (full length by default), then time ``repeats`` prefills of ``length`` random tokens that return the logits of the last
 position only. Layouts are rebuilt inside every timed prefill (a new prompt needs them), so lowering is
 part of the TTFT. Writes ``ttft.json`` in the job directory: TTFT per repeat and median, the attention
 time of every layer and the path it took, peak memory, the schedule, command, date, GPU and versions.
@@ -111,6 +111,7 @@ def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
         "causal_backend": cfg.causal_backend,
         "sdpa_backend": cfg.sdpa_backend,
         "use_cache": cfg.use_cache,
+        "warmup_length": min(cfg.warmup_length, cfg.length),
         "ttft_ms": statistics.median(times),
         "ttft_ms_runs": times,
         "attention_ms": sum(ms for _, _, ms in records),

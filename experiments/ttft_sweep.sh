@@ -8,7 +8,8 @@
 set -uo pipefail
 out=${1:-experiments/results/ttft_h200}
 sweep=${2:-multirun/ttft/h200}
-# One timed prefill per job after a 4K warm-up: a multi-second prefill varies by well under 1% run to run.
+# One timed prefill per job after a full-length warm-up (the committed ttft_h200 run used warmup_length=4096,
+# see its notes): a multi-second prefill varies by well under 1% run to run.
 common=(repeats=1 hydra/job_logging=disabled)
 ttft() { python3 experiments/ttft.py -m "${common[@]}" "$@"; }
 ttft model=llama31_8b length=32768,65536,131072 schedule=dense,trianglemix,trianglemix_minference \
