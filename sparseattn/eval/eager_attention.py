@@ -1,0 +1,57 @@
+"""Eager attention that exposes each layer's probabilities, for analyses that need them (not for speed).
+
+`ProbeAttention` is registered in transformers' ``AttentionInterface`` like any backend and computes
+plain causal softmax attention, row-chunked; at every layer it hands the probabilities to a callback
+(``observe(layer, probs, q_start)``), which may return a replacement (the layer-selection gate does).
+Only unpadded prefills from an empty cache are supported (causality is applied here, transformers'
+mask is ignored): the analyses are about one prompt's attention.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+_names = itertools.count()
+Observer = Callable[[int, Tensor, int], Tensor | None]
+
+
+class ProbeAttention:
+    def __init__(self, observe: Observer, rows_per_chunk: int | None = None) -> None:
+        self.observe = observe
+        self.rows_per_chunk = rows_per_chunk
+        self.name = f"sparseattn_probe_{next(_names)}"
+
+    def __call__(self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if query.shape[2] != key.shape[2]:
+            raise ValueError(f"query: the probe handles prefills from an empty cache only, got q_len {query.shape[2]} < kv_len {key.shape[2]}")
+        groups = query.shape[1] // key.shape[1]
+        k = key.repeat_interleave(groups, dim=1)
+        v = value.repeat_interleave(groups, dim=1)
+        scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+        size = query.shape[2]
+        step = self.rows_per_chunk or size
+        outs = []
+        for start in range(0, size, step):
+            q = query[:, :, start : start + step]
+            scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+            rows = torch.arange(start, start + q.shape[2], device=q.device).view(-1, 1)
+            scores = scores.masked_fill(torch.arange(size, device=q.device).view(1, -1) > rows, -math.inf)
+            probs = torch.softmax(scores, dim=-1)
+            replaced = self.observe(module.layer_idx, probs, start)
+            probs = probs if replaced is None else replaced
+            outs.append((probs @ v.float()).to(query.dtype))
+        return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def use_probe(model: torch.nn.Module, probe: ProbeAttention) -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(probe.name, probe)
+    AttentionMaskInterface.register(probe.name, sdpa_mask)
+    model.set_attn_implementation(probe.name)
