@@ -97,7 +97,9 @@ def compare(cfg: DictConfig, choices: dict, triangle: Triangle, model, tokenizer
     aliases: dict[str, list[str]] = {}
     for name, layers in choices.items():
         owner = first_of.setdefault(tuple(layers), name)
-        aliases.setdefault(owner, []).append(name) if owner != name else aliases.setdefault(name, [])
+        aliases.setdefault(owner, [])
+        if owner != name:
+            aliases[owner].append(name)
     schedules = {name: instantiate(OmegaConf.create(schedule_config(choices[name], triangle))) for name in aliases}
     switch = AttentionSwitch(cfg.backend, cfg.impl)
     generator = TaskGenerator(tokenizer, seed=cfg.eval.seed)
