@@ -73,8 +73,10 @@ def write_report(cfg: DictConfig, out: Path, rows: list[dict]) -> None:
         "Fidelity: dense's greedy answer teacher-forced through each system's own cache "
         "(KL(dense‖system) in nats at the first answer token and averaged over answer positions).\n\n"
         "Schedules (layer ranges of the model):\n\n"
-        + "\n".join(f"- `{name}`: " + s.bind(cfg.num_layers).describe().replace("\n", "; ")
-                    for name, s in build_schedules(cfg).items())
+        + "\n".join(
+            f"- `{name}`: " + s.bind(cfg.num_layers).describe().replace("\n", "; ")
+            for name, s in build_schedules(cfg).items()
+        )
     )
     text = markdown_header(f"Accuracy: {cfg.name}", info, notes) + report.markdown_table(summary)
     (out / f"{cfg.name}.md").write_text(text)

@@ -1,8 +1,8 @@
 """Per-layer, per-head fraction of dense attention mass each pattern keeps (Hydra app; conf/attention_profile.yaml).
 
-    python experiments/attention_profile.py
-    python experiments/attention_profile.py length=2048 samples_per_task=1 name=attention_profile_try
-    python experiments/attention_profile.py report_only=true     # re-plot from the JSON
+python experiments/attention_profile.py
+python experiments/attention_profile.py length=2048 samples_per_task=1 name=attention_profile_try
+python experiments/attention_profile.py report_only=true     # re-plot from the JSON
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def write_report(cfg: DictConfig, out: Path, data: dict) -> None:
         "that the pattern keeps, averaged over all query rows and the prompts listed in the JSON. Patterns: "
         + "; ".join(f"`{n}` = {r}" for n, r in data["patterns"].items())
     )
-    text = markdown_header(f"Attention mass kept: {cfg.name}", data["provenance"], notes) + head + "\n".join(lines) + "\n"
+    text = (
+        markdown_header(f"Attention mass kept: {cfg.name}", data["provenance"], notes) + head + "\n".join(lines) + "\n"
+    )
     (out / f"{cfg.name}.md").write_text(text)
     plot(kept, out / f"{cfg.name}.png", f"{cfg.name}: fraction of dense attention mass kept")
     print(text)
@@ -78,7 +80,7 @@ def plot(kept: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(kept), figsize=(3.2 * len(kept), 6), squeeze=False)
-    for ax, (name, matrix) in zip(axes[0], kept.items()):
+    for ax, (name, matrix) in zip(axes[0], kept.items(), strict=True):
         image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("head")

@@ -41,14 +41,15 @@ def main(cfg: DictConfig) -> None:
         from sparseattn.eval.models import load
 
         loaded = load(cfg.model, cfg.threads)
-    if cfg.reuse_gradients and grads_path.exists() or cfg.report_only:
+    if (cfg.reuse_gradients and grads_path.exists()) or cfg.report_only:
         scores = json.loads(grads_path.read_text())["per_layer"]
     else:
         scores = compute_gradients(cfg, triangle, *loaded, grads_path)
     num_layers = len(scores)
     choices = {
         f"{method}_k{k}": select_layers(method, k, num_layers, torch.tensor(scores), seed=cfg.random_seed)
-        for k in cfg.k_values for method in cfg.methods
+        for k in cfg.k_values
+        for method in cfg.methods
     }
     for k in cfg.k_values:
         layers = choices.get(f"gradient_k{k}")
@@ -71,19 +72,25 @@ def compute_gradients(cfg: DictConfig, triangle: Triangle, model, tokenizer, pat
     generator = TaskGenerator(tokenizer, seed=g.seed)
     samples = [s for t in g.tasks for s in generator.samples(t, g.length, g.samples_per_task)]
     # The "first generated token" is dense's own greedy choice, so the loss is the model's, not the task's.
-    targets = [answer(model, tokenizer, s.prompt_ids, max_new_tokens=1).forced_logits[0].argmax().item()
-               for s in tqdm(samples, desc="dense first tokens")]
+    targets = [
+        answer(model, tokenizer, s.prompt_ids, max_new_tokens=1).forced_logits[0].argmax().item()
+        for s in tqdm(samples, desc="dense first tokens")
+    ]
     scores: LayerScores = middle_gradients(
         model, [s.prompt_ids for s in samples], targets, triangle=triangle, rows_per_chunk=g.rows_per_chunk
     )
     per_layer = scores.per_layer.tolist()
-    path.write_text(json.dumps({
-        "provenance": provenance(cfg.threads),
-        "samples": [{"task": s.task, "index": s.index, "num_tokens": s.num_tokens} for s in samples],
-        "per_layer": per_layer,
-        "grad_abs": scores.grad_abs.tolist(),
-        "attribution": scores.attribution.tolist(),
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "provenance": provenance(cfg.threads),
+                "samples": [{"task": s.task, "index": s.index, "num_tokens": s.num_tokens} for s in samples],
+                "per_layer": per_layer,
+                "grad_abs": scores.grad_abs.tolist(),
+                "attribution": scores.attribution.tolist(),
+            }
+        )
+    )
     return per_layer
 
 
@@ -120,8 +127,9 @@ def write_report(cfg: DictConfig, out: Path, scores: list[float], choices: dict,
     summary = report.summarize(rows, resamples=cfg.bootstrap_resamples, seed=cfg.eval.seed)
     info = provenance(cfg.threads)
     info["config"] = OmegaConf.to_container(cfg, resolve=True)
-    (out / f"{cfg.name}.json").write_text(json.dumps({"provenance": info, "per_layer_gradient": scores,
-                                                       "layers": choices, "summary": summary}, indent=1))
+    (out / f"{cfg.name}.json").write_text(
+        json.dumps({"provenance": info, "per_layer_gradient": scores, "layers": choices, "summary": summary}, indent=1)
+    )
     ranking = sorted(range(len(scores)), key=lambda i: scores[i])
     notes = (
         "Gradient statistic per layer: mean |dL/dA| over the middle region (causal, not sink, not window, not the "
@@ -148,14 +156,23 @@ def plot(cfg: DictConfig, out: Path, scores: list[float], summary: list[dict]) -
     ax0.set_ylabel("mean |dL/dA| over the middle region")
     ax0.set_title("gradient statistic (small: triangle candidate)", fontsize=9)
     for method_index, method in enumerate(cfg.methods):
-        entries = sorted((int(s["system"].rsplit("_k", 1)[1]), s) for s in summary if s["system"].startswith(method + "_k"))
+        entries = sorted(
+            (int(s["system"].rsplit("_k", 1)[1]), s) for s in summary if s["system"].startswith(method + "_k")
+        )
         if not entries:
             continue
         ks = [k for k, _ in entries]
-        ax1.errorbar([k + 0.15 * method_index for k in ks], [100 * s["score"] for _, s in entries],
-                     yerr=[[100 * (s["diff"] - s["diff_low"]) for _, s in entries],
-                           [100 * (s["diff_high"] - s["diff"]) for _, s in entries]],
-                     marker="o", capsize=3, label=method)
+        ax1.errorbar(
+            [k + 0.15 * method_index for k in ks],
+            [100 * s["score"] for _, s in entries],
+            yerr=[
+                [100 * (s["diff"] - s["diff_low"]) for _, s in entries],
+                [100 * (s["diff_high"] - s["diff"]) for _, s in entries],
+            ],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
         ax2.plot(ks, [s["kl_mean"] for _, s in entries], marker="o", label=method)
     if summary:
         ax1.axhline(100 * summary[0]["dense_score"], color="0.5", linestyle="--", label="dense")

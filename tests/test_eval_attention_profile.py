@@ -4,13 +4,18 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from sparseattn import Causal, Triangle, Window  # noqa: E402
-from sparseattn.eval.attention_profile import mass_kept  # noqa: E402
-from sparseattn.integrations import random_model  # noqa: E402
+from sparseattn import Causal, Triangle, Window
+from sparseattn.eval.attention_profile import mass_kept
+from sparseattn.integrations import random_model
 
 TINY = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=97, max_position_embeddings=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=97,
+    max_position_embeddings=256,
 )
 
 

@@ -4,14 +4,19 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from sparseattn import Triangle  # noqa: E402
-from sparseattn.eval.eager_attention import ProbeAttention, use_probe  # noqa: E402
-from sparseattn.eval.layer_selection import middle_gradients, schedule_config, select_layers  # noqa: E402
-from sparseattn.integrations import random_model  # noqa: E402
+from sparseattn import Triangle
+from sparseattn.eval.eager_attention import ProbeAttention, use_probe
+from sparseattn.eval.layer_selection import middle_gradients, schedule_config, select_layers
+from sparseattn.integrations import random_model
 
 TINY = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=97, max_position_embeddings=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=97,
+    max_position_embeddings=256,
 )
 TRI = Triangle(sink=2, window=6, last=4)
 
@@ -52,12 +57,13 @@ def test_attribution_is_the_derivative_of_the_loss_when_scaling_the_middle():
     layer, head, eps = 2, 1, 1e-3
 
     def loss(g):
-        def scale(l, probs, start):
-            if l != layer:
+        def scale(at, probs, start):
+            if at != layer:
                 return None
             factor = torch.ones_like(probs)
             factor[:, head] += g * middle
             return probs * factor
+
         use_probe(model, ProbeAttention(scale))
         logits = model(torch.tensor(ids), logits_to_keep=1).logits[0, -1].double()
         return -torch.log_softmax(logits, -1)[targets[0]]

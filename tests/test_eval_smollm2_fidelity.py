@@ -10,14 +10,14 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from sparseattn import Causal, Streaming, Triangle  # noqa: E402
-from sparseattn.eval.fidelity import compare_logits  # noqa: E402
-from sparseattn.eval.generation import answer  # noqa: E402
-from sparseattn.eval.masked_backend import AttentionSwitch  # noqa: E402
-from sparseattn.eval.scoring import score  # noqa: E402
-from sparseattn.eval.tasks import TaskGenerator  # noqa: E402
-from sparseattn.integrations import gguf_model, gguf_tokenizer  # noqa: E402
-from sparseattn.schedule import LayerSchedule  # noqa: E402
+from sparseattn import Causal, Streaming, Triangle
+from sparseattn.eval.fidelity import compare_logits
+from sparseattn.eval.generation import answer
+from sparseattn.eval.masked_backend import AttentionSwitch
+from sparseattn.eval.scoring import score
+from sparseattn.eval.tasks import TaskGenerator
+from sparseattn.integrations import gguf_model, gguf_tokenizer
+from sparseattn.schedule import LayerSchedule
 
 TRIANGLEMIX = LayerSchedule([{"layers": "15-", "pattern": Triangle(sink=8, window=128, last=32)}], default=Causal())
 STREAMING = LayerSchedule.uniform(Streaming(sink=8, window=128))

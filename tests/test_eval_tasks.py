@@ -3,8 +3,8 @@
 import pytest
 
 pytest.importorskip("transformers")
-from sparseattn.eval.scoring import score, string_match_all, string_match_part  # noqa: E402
-from sparseattn.eval.tasks import TASKS, TaskGenerator  # noqa: E402
+from sparseattn.eval.scoring import score, string_match_all, string_match_part
+from sparseattn.eval.tasks import TASKS, TaskGenerator
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,14 @@ def test_multikey_holds_three_distractor_needles(generator, tokenizer):
     assert text.count("One of the special magic numbers for") == 4
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"task": "niah"}, "task"), ({"length": 100}, "length"), ({"index": -1}, "index"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"task": "niah"}, "task"),
+        ({"length": 100}, "length"),
+        ({"index": -1}, "index"),
+    ],
+)
 def test_bad_arguments_are_named(generator, kwargs, name):
     args = {"task": "passkey", "length": 512, "index": 0, **kwargs}
     with pytest.raises(ValueError, match=name):

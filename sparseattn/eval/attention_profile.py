@@ -36,9 +36,11 @@ def mass_kept(
     try:
         for prompt in tqdm(prompts, desc="attention profile", unit="prompt"):
             size = len(prompt)
-            masks = {name: p.to_dense(size, num_heads=p.num_heads).unsqueeze(0).to(device) for name, p in patterns.items()}
+            masks = {
+                name: p.to_dense(size, num_heads=p.num_heads).unsqueeze(0).to(device) for name, p in patterns.items()
+            }
 
-            def observe(layer: int, probs: Tensor, start: int) -> None:
+            def observe(layer: int, probs: Tensor, start: int, masks=masks, size=size) -> None:
                 rows = slice(start, start + probs.shape[2])
                 for name, mask in masks.items():
                     kept = (probs * mask[:, :, rows]).sum(dim=-1)  # [1, H, rows]

@@ -26,9 +26,13 @@ class ProbeAttention:
         self.rows_per_chunk = rows_per_chunk
         self.name = f"sparseattn_probe_{next(_names)}"
 
-    def __call__(self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    def __call__(
+        self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling=None, dropout=0.0, **kwargs
+    ):
         if query.shape[2] != key.shape[2]:
-            raise ValueError(f"query: the probe handles prefills from an empty cache only, got q_len {query.shape[2]} < kv_len {key.shape[2]}")
+            raise ValueError(
+                f"query: the probe handles prefills from an empty cache only, got q_len {query.shape[2]} < kv_len {key.shape[2]}"
+            )
         groups = query.shape[1] // key.shape[1]
         k = key.repeat_interleave(groups, dim=1)
         v = value.repeat_interleave(groups, dim=1)

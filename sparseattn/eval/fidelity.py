@@ -21,7 +21,9 @@ class Fidelity:
 def compare_logits(dense: Tensor, sparse: Tensor) -> Fidelity:
     """Per-position KL(dense‖sparse) and top-1 agreement of two ``[positions, vocab]`` logit tensors."""
     if dense.shape != sparse.shape or dense.dim() != 2:
-        raise ValueError(f"sparse: expected shape {tuple(dense.shape)} like dense ([positions, vocab]), got {tuple(sparse.shape)}")
+        raise ValueError(
+            f"sparse: expected shape {tuple(dense.shape)} like dense ([positions, vocab]), got {tuple(sparse.shape)}"
+        )
     log_p = torch.log_softmax(dense.double(), dim=-1)
     log_q = torch.log_softmax(sparse.double(), dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)  # rounding can give -1e-17

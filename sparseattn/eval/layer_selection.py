@@ -29,6 +29,7 @@ from sparseattn.eval.eager_attention import ProbeAttention, use_probe
 from sparseattn.patterns import Causal, Triangle
 
 METHODS = ("gradient", "deepest", "shallowest", "random")
+PAPER_TRIANGLE = Triangle()  # sink 8, window 512, last 128
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,15 @@ def middle_gradients(
     prompts: Sequence[Sequence[int]],
     targets: Sequence[int],
     *,
-    triangle: Triangle = Triangle(),
+    triangle: Triangle = PAPER_TRIANGLE,
     checkpointing: bool = True,
     rows_per_chunk: int | None = None,
 ) -> LayerScores:
     """Per-sample, per-layer, per-head middle-region gradients of ``-log p(target | prompt)``."""
     if len(prompts) != len(targets) or not prompts:
-        raise ValueError(f"targets: expected one target per prompt (and at least one), got {len(targets)} for {len(prompts)}")
+        raise ValueError(
+            f"targets: expected one target per prompt (and at least one), got {len(targets)} for {len(prompts)}"
+        )
     config = model.config
     layers, heads = config.num_hidden_layers, config.num_attention_heads
     saved = [p.requires_grad for p in model.parameters()]
@@ -92,7 +95,7 @@ def middle_gradients(
         model.train()  # transformers checkpoints only in training mode; Llama has no dropout by default
     grad_abs, attribution = [], []
     try:
-        for prompt, target in tqdm(list(zip(prompts, targets)), desc="layer gradients", unit="sample"):
+        for prompt, target in tqdm(list(zip(prompts, targets, strict=True)), desc="layer gradients", unit="sample"):
             gate = _MiddleGate(triangle, layers, heads)
             use_probe(model, ProbeAttention(gate.observe, rows_per_chunk))
             device = next(model.parameters()).device
@@ -106,7 +109,7 @@ def middle_gradients(
             model.gradient_checkpointing_disable()
         model.eval()
         model.set_attn_implementation(previous)
-        for p, flag in zip(model.parameters(), saved):
+        for p, flag in zip(model.parameters(), saved, strict=True):
             p.requires_grad_(flag)
     return LayerScores(torch.stack(grad_abs), torch.stack(attribution))
 
@@ -128,7 +131,7 @@ def select_layers(method: str, k: int, num_layers: int, scores: Tensor | None = 
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
 
-def schedule_config(layers: Sequence[int], triangle: Triangle = Triangle()) -> dict:
+def schedule_config(layers: Sequence[int], triangle: Triangle = PAPER_TRIANGLE) -> dict:
     """A Hydra config (dict) for a LayerSchedule: dense everywhere, ``triangle`` in ``layers``."""
     config: dict = {
         "_target_": "sparseattn.schedule.LayerSchedule",
@@ -137,9 +140,15 @@ def schedule_config(layers: Sequence[int], triangle: Triangle = Triangle()) -> d
         "rules": [],
     }
     if layers:
-        config["rules"].append({
-            "layers": [int(i) for i in layers],
-            "pattern": {"_target_": "sparseattn.patterns.Triangle", "sink": triangle.sink, "window": triangle.window,
-                        "last": triangle.last},
-        })
+        config["rules"].append(
+            {
+                "layers": [int(i) for i in layers],
+                "pattern": {
+                    "_target_": "sparseattn.patterns.Triangle",
+                    "sink": triangle.sink,
+                    "window": triangle.window,
+                    "last": triangle.last,
+                },
+            }
+        )
     return config

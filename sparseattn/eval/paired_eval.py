@@ -44,13 +44,21 @@ def evaluate_sample(
 def _row(sample: Sample, system: str, text: str, fidelity) -> dict:
     value = score(text, sample.references, sample.metric)
     row = {
-        "task": sample.task, "length": sample.length, "index": sample.index, "num_tokens": sample.num_tokens,
-        "system": system, "prediction": text, "score": value, "correct": value == 1.0,
+        "task": sample.task,
+        "length": sample.length,
+        "index": sample.index,
+        "num_tokens": sample.num_tokens,
+        "system": system,
+        "prediction": text,
+        "score": value,
+        "correct": value == 1.0,
     }
     if fidelity is not None:
         row.update(
-            kl_first=float(fidelity.kl[0]), kl_mean=float(fidelity.kl.mean()),
-            top1_first=bool(fidelity.top1[0]), top1_mean=float(fidelity.top1.float().mean()),
+            kl_first=float(fidelity.kl[0]),
+            kl_mean=float(fidelity.kl.mean()),
+            top1_first=bool(fidelity.top1[0]),
+            top1_mean=float(fidelity.top1.float().mean()),
         )
     return row
 

@@ -25,8 +25,8 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
     """Two-sided exact McNemar test: under H0 the discordant pairs split Binomial(n, 1/2)."""
     if len(a) != len(b):
         raise ValueError(f"b: expected {len(a)} outcomes paired with a, got {len(b)}")
-    only_a = sum(bool(x) and not bool(y) for x, y in zip(a, b))
-    only_b = sum(bool(y) and not bool(x) for x, y in zip(a, b))
+    only_a = sum(bool(x) and not bool(y) for x, y in zip(a, b, strict=True))
+    only_b = sum(bool(y) and not bool(x) for x, y in zip(a, b, strict=True))
     return McNemar(only_a, only_b, binomial_two_sided(min(only_a, only_b), only_a + only_b))
 
 

@@ -26,14 +26,26 @@ def summarize(rows: Iterable[dict], *, resamples: int = 10_000, seed: int = 0) -
         s = [got[i] for i in common]
         ci = paired_bootstrap_ci([r["score"] for r in d], [r["score"] for r in s], resamples=resamples, seed=seed)
         test = mcnemar_exact([r["correct"] for r in d], [r["correct"] for r in s])
-        out.append({
-            "task": task, "length": length, "system": system, "n": len(common),
-            "dense_score": _mean(r["score"] for r in d), "score": _mean(r["score"] for r in s),
-            "diff": ci.estimate, "diff_low": ci.low, "diff_high": ci.high,
-            "only_dense": test.only_a, "only_sparse": test.only_b, "mcnemar_p": test.p_value,
-            "kl_first": _mean(r["kl_first"] for r in s), "kl_mean": _mean(r["kl_mean"] for r in s),
-            "top1_first": _mean(r["top1_first"] for r in s), "top1_mean": _mean(r["top1_mean"] for r in s),
-        })
+        out.append(
+            {
+                "task": task,
+                "length": length,
+                "system": system,
+                "n": len(common),
+                "dense_score": _mean(r["score"] for r in d),
+                "score": _mean(r["score"] for r in s),
+                "diff": ci.estimate,
+                "diff_low": ci.low,
+                "diff_high": ci.high,
+                "only_dense": test.only_a,
+                "only_sparse": test.only_b,
+                "mcnemar_p": test.p_value,
+                "kl_first": _mean(r["kl_first"] for r in s),
+                "kl_mean": _mean(r["kl_mean"] for r in s),
+                "top1_first": _mean(r["top1_first"] for r in s),
+                "top1_mean": _mean(r["top1_mean"] for r in s),
+            }
+        )
     return out
 
 
@@ -73,8 +85,15 @@ def plot_accuracy(summary: Sequence[dict], path: str, title: str) -> None:
                 continue
             e = entries[system]
             err = [[100 * (e["diff"] - e["diff_low"])], [100 * (e["diff_high"] - e["diff"])]]
-            ax.bar(t + j * width, 100 * e["score"], width, yerr=err, capsize=3, color=f"C{j - 1}",
-                   label=system if t == 0 else None)
+            ax.bar(
+                t + j * width,
+                100 * e["score"],
+                width,
+                yerr=err,
+                capsize=3,
+                color=f"C{j - 1}",
+                label=system if t == 0 else None,
+            )
     ax.set_xticks([t + width * len(systems) / 2 for t in range(len(tasks))])
     ax.set_xticklabels([f"{task}\n{length}" for task, length in tasks], fontsize=8)
     ax.set_ylabel("RULER score (%)  — whiskers: 95% CI of the paired difference")

@@ -24,16 +24,91 @@ from sparseattn.eval import text_sources
 
 TASKS = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "qa_squad")
 
-_ADJECTIVES = (
-    "amber brave calm dusty eager faint gentle hollow icy jolly keen lively misty noble odd proud quiet rusty "
-    "silent tender urban vivid wild young zesty bitter cosmic dapper frozen golden humble lunar mellow narrow "
-    "olive plain rapid shiny tidy upper velvet woody"
-).split()
-_NOUNS = (
-    "anchor badger candle dragon falcon garden harbor island jacket kettle lantern meadow needle orchard pepper "
-    "quarry raven saddle tunnel umbrella violin walnut yacht zebra beacon cobalt dune ember fjord glacier "
-    "hammock iris juniper kayak lotus marble nectar otter pumpkin"
-).split()
+_ADJECTIVES = [
+    "amber",
+    "brave",
+    "calm",
+    "dusty",
+    "eager",
+    "faint",
+    "gentle",
+    "hollow",
+    "icy",
+    "jolly",
+    "keen",
+    "lively",
+    "misty",
+    "noble",
+    "odd",
+    "proud",
+    "quiet",
+    "rusty",
+    "silent",
+    "tender",
+    "urban",
+    "vivid",
+    "wild",
+    "young",
+    "zesty",
+    "bitter",
+    "cosmic",
+    "dapper",
+    "frozen",
+    "golden",
+    "humble",
+    "lunar",
+    "mellow",
+    "narrow",
+    "olive",
+    "plain",
+    "rapid",
+    "shiny",
+    "tidy",
+    "upper",
+    "velvet",
+    "woody",
+]
+_NOUNS = [
+    "anchor",
+    "badger",
+    "candle",
+    "dragon",
+    "falcon",
+    "garden",
+    "harbor",
+    "island",
+    "jacket",
+    "kettle",
+    "lantern",
+    "meadow",
+    "needle",
+    "orchard",
+    "pepper",
+    "quarry",
+    "raven",
+    "saddle",
+    "tunnel",
+    "umbrella",
+    "violin",
+    "walnut",
+    "yacht",
+    "zebra",
+    "beacon",
+    "cobalt",
+    "dune",
+    "ember",
+    "fjord",
+    "glacier",
+    "hammock",
+    "iris",
+    "juniper",
+    "kayak",
+    "lotus",
+    "marble",
+    "nectar",
+    "otter",
+    "pumpkin",
+]
 _FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s*")
 
@@ -197,13 +272,17 @@ def _needle_spec(task: str, rng: random.Random) -> _Spec:
         return _Spec(
             "There is important information hidden inside a lot of irrelevant text. Find it and memorize it; "
             "I will ask you about it.",
-            "What is the pass key?", "The pass key is",
-            (f"The pass key is {key}. Remember it. {key} is the pass key.",), (key,), "all", 12,
+            "What is the pass key?",
+            "The pass key is",
+            (f"The pass key is {key}. Remember it. {key} is the pass key.",),
+            (key,),
+            "all",
+            12,
         )
     if task == "niah_single":
         return _Spec(instruction, *ask(keys[0]), (needle(keys[0], numbers[0]),), (numbers[0],), "all", 16)
     if task == "niah_multikey":
-        needles = tuple(needle(k, v) for k, v in zip(keys, numbers))
+        needles = tuple(needle(k, v) for k, v in zip(keys, numbers, strict=True))
         return _Spec(instruction, *ask(keys[0]), _shuffled(needles, rng), (numbers[0],), "all", 16)
     if task == "niah_multivalue":
         needles = tuple(needle(keys[0], v) for v in numbers)
@@ -211,16 +290,22 @@ def _needle_spec(task: str, rng: random.Random) -> _Spec:
             instruction,
             f"What are all the special magic numbers for {keys[0]} mentioned in the text above?",
             f"The special magic numbers for {keys[0]} mentioned in the text above are",
-            _shuffled(needles, rng), tuple(numbers), "all", 48,
+            _shuffled(needles, rng),
+            tuple(numbers),
+            "all",
+            48,
         )
     if task == "niah_multiquery":
-        needles = tuple(needle(k, v) for k, v in zip(keys, numbers))
+        needles = tuple(needle(k, v) for k, v in zip(keys, numbers, strict=True))
         listed = ", ".join(keys[:-1]) + f" and {keys[-1]}"
         return _Spec(
             instruction,
             f"What are the special magic numbers for {listed} mentioned in the text above?",
             f"The special magic numbers for {listed} mentioned in the text above are",
-            _shuffled(needles, rng), tuple(numbers), "all", 48,
+            _shuffled(needles, rng),
+            tuple(numbers),
+            "all",
+            48,
         )
     raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
 
@@ -246,7 +331,7 @@ def _insert(text: str, needles: Sequence[str], depths: Sequence[float]) -> str:
         return text
     cuts = [m.end() for m in _SENTENCE_END.finditer(text)] or [len(text)]
     pieces, last = [], 0
-    for needle, depth in zip(needles, depths):
+    for needle, depth in zip(needles, depths, strict=True):
         cut = max(last, min(cuts, key=lambda c: abs(c - depth * len(text))))
         pieces += [text[last:cut], " " + needle + " "]
         last = cut
