@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import sys
 import time
@@ -67,12 +66,18 @@ def main() -> None:
     from sparseattn.testing.dynamic_reference import reference_vertical_slash
     from sparseattn.testing.tolerance import assert_close_to_oracle
 
-    dev = torch.device("cuda")
     heads, kv_heads, dim, n = 32, 8, 128, args.length
-    result = {"command": " ".join([sys.executable.split("/")[-1]] + sys.argv), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "shape": {"batch": 1, "heads": heads, "kv_heads": kv_heads, "seq_len": n, "head_dim": dim, "dtype": "bfloat16"},
-              "checks": {}, "timings_ms": {}, "layouts": {}}
+    result = {
+        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "shape": {"batch": 1, "heads": heads, "kv_heads": kv_heads, "seq_len": n, "head_dim": dim, "dtype": "bfloat16"},
+        "checks": {},
+        "timings_ms": {},
+        "layouts": {},
+    }
     vs = VerticalSlash(vertical=512, slash=2048)
     bt = BlockTopK(topk=64)
 
@@ -136,22 +141,30 @@ def main() -> None:
         concrete = pattern.estimate(q, k)
         layout = concrete.lower(n, n)
         full, partial = layout.num_tiles()
-        result["layouts"][tag] = {"pattern": repr(pattern), "density_of_plane": layout.density(),
-                                  "fraction_of_causal": layout.density() * 2 * n / (n + 1),
-                                  "full_tiles": full, "partial_tiles": partial,
-                                  "gathered_columns": int(layout.col_num.sum()) if layout.col_num is not None else 0}
+        result["layouts"][tag] = {
+            "pattern": repr(pattern),
+            "density_of_plane": layout.density(),
+            "fraction_of_causal": layout.density() * 2 * n / (n + 1),
+            "full_tiles": full,
+            "partial_tiles": partial,
+            "gathered_columns": int(layout.col_num.sum()) if layout.col_num is not None else 0,
+        }
         print(tag, result["layouts"][tag], flush=True)
-        timed(f"{tag}_estimate", lambda: pattern.estimate(q, k))
-        timed(f"{tag}_estimate_and_lower", lambda: pattern.estimate(q, k).lower(n, n))
-        timed(f"{tag}_triton", lambda: triton_sparse_attention(q, k, v, layout))
+        timed(f"{tag}_estimate", lambda pattern=pattern: pattern.estimate(q, k))
+        timed(f"{tag}_estimate_and_lower", lambda pattern=pattern: pattern.estimate(q, k).lower(n, n))
+        timed(f"{tag}_triton", lambda layout=layout: triton_sparse_attention(q, k, v, layout))
         if not args.skip_flex:
             try:
                 t0 = time.perf_counter()
                 block_mask = layout.to_flex()
                 torch.cuda.synchronize()
                 result["timings_ms"][f"{tag}_flex_blockmask_build"] = 1e3 * (time.perf_counter() - t0)
-                timed(f"{tag}_flex", lambda: flex_sparse_attention(q, k, v, block_mask, kernel_options=FLEX_64),
-                      warmup=2, rep=20)
+                timed(
+                    f"{tag}_flex",
+                    lambda mask=block_mask: flex_sparse_attention(q, k, v, mask, kernel_options=FLEX_64),
+                    warmup=2,
+                    rep=20,
+                )
                 del block_mask
             except Exception as exc:
                 result["checks"][f"flex_{tag}"] = f"FAIL: {type(exc).__name__}: {str(exc)[:300]}"
@@ -162,25 +175,38 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        timed("dense_cudnn_sdpa_causal", lambda: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=True), rep=20)
+        timed(
+            "dense_cudnn_sdpa_causal",
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            rep=20,
+        )
 
     out = Path(os.environ.get("OUT") or args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dynamic_bench.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Dynamic patterns at {n} tokens", "", f"- command: `{result['command']}`", f"- date: {result['date']}",
-             f"- GPU: {result['gpu']}; torch {result['torch']}; triton {result['triton']}",
-             f"- shape: B=1, {heads} q heads, {kv_heads} kv heads, head dim {dim}, bf16; structured synthetic q/k (see script)",
-             "", "## Checks", ""] + [f"- {k}: {v}" for k, v in result["checks"].items()]
+    lines = [
+        f"# Dynamic patterns at {n} tokens",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}",
+        f"- GPU: {result['gpu']}; torch {result['torch']}; triton {result['triton']}",
+        f"- shape: B=1, {heads} q heads, {kv_heads} kv heads, head dim {dim}, bf16; structured synthetic q/k (see script)",
+        "",
+        "## Checks",
+        "",
+    ] + [f"- {k}: {v}" for k, v in result["checks"].items()]
     lines += ["", "## Layouts", ""] + [f"- {k}: {json.dumps(v)}" for k, v in result["layouts"].items()]
     lines += ["", "## Timings (median ms)", "", "| what | ms |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" if v is not None else f"| {k} | failed |" for k, v in times.items()]
     for tag in ("vertical_slash", "block_topk"):
         if f"{tag}_overhead_fraction" in result:
-            lines.append(f"\n{tag}: estimate + lower = {100 * result[f'{tag}_overhead_fraction']:.1f}% of the Triton attention time")
+            lines.append(
+                f"\n{tag}: estimate + lower = {100 * result[f'{tag}_overhead_fraction']:.1f}% of the Triton attention time"
+            )
     (out / "dynamic_bench.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[-(len(times) + 6):]))
+    print("\n".join(lines[-(len(times) + 6) :]))
 
 
 if __name__ == "__main__":

@@ -81,12 +81,14 @@ def check_rows(cfg, pattern, q, k, v, out) -> float:
     for start in (length // 2 - rows // 2, length - rows):
         idx = torch.arange(start, start + rows, device=q.device)
         mask = pattern.mask(heads, idx.view(1, -1, 1), keys, ctx)  # [H|1, rows, L]
-        scores = torch.einsum("bhgrd,bhkd->bhgrk", q[:, :, start:start + rows].float().unflatten(1, (cfg.kv_heads, group)), kf)
+        scores = torch.einsum(
+            "bhgrd,bhkd->bhgrk", q[:, :, start : start + rows].float().unflatten(1, (cfg.kv_heads, group)), kf
+        )
         scores = scores.flatten(1, 2) / math.sqrt(q.shape[-1])
         scores = scores.masked_fill(~mask.unsqueeze(0), -math.inf)
         probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         ref = torch.einsum("bhgrk,bhkd->bhgrd", probs.unflatten(1, (cfg.kv_heads, group)), vf).flatten(1, 2)
-        worst = max(worst, float((out[:, :, start:start + rows].float() - ref).abs().max()))
+        worst = max(worst, float((out[:, :, start : start + rows].float() - ref).abs().max()))
         del scores, probs
     return worst
 
@@ -106,22 +108,23 @@ def dense_baselines(q, k, v) -> dict:
             group = q.shape[1] // k.shape[1]
             kr, vr = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
             with sdpa_kernel(backend):
-                res[f"{name}_ms"] = bench(lambda: sdpa(q, kr, vr, is_causal=True))
+                res[f"{name}_ms"] = bench(lambda kr=kr, vr=vr: sdpa(q, kr, vr, is_causal=True))
             res[f"{name}_gqa"] = "repeated"
             del kr, vr
     return res
 
 
 def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
-    from sparseattn.kernels.flex import flex_sparse_attention
     from sparseattn.attention import default_block_size
+    from sparseattn.kernels.flex import flex_sparse_attention
     from sparseattn.kernels.triton_fwd import triton_sparse_attention, work_list
 
     rec: dict = {"pattern": name, "length": length}
     block = default_block_size("triton", cfg.head_dim, q.dtype, pattern, length, length)
     rec["block"] = list(block)
     rec["lower_ms"], layout = timed(
-        lambda: pattern.lower(length, length, block_size=block, num_heads=pattern.num_heads, device="cuda"))
+        lambda: pattern.lower(length, length, block_size=block, num_heads=pattern.num_heads, device="cuda")
+    )
     entries = layout.batch_size * layout.num_heads
     pairs = layout.computed_pairs() * (cfg.batch * cfg.heads) // entries
     rec["pairs_fraction_of_causal"] = pairs / (cfg.batch * cfg.heads * length * (length + 1) / 2)
@@ -133,7 +136,8 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
     del out
     rec["triton_ms"] = bench(lambda: triton_sparse_attention(q, k, v, layout, config=config))
     rec["triton_plain_ms"] = bench(
-        lambda: triton_sparse_attention(q, k, v, layout, max_chunk=0, heavy_first=False, config=config))
+        lambda: triton_sparse_attention(q, k, v, layout, max_chunk=0, heavy_first=False, config=config)
+    )
     rec["tflops"] = 4 * pairs * cfg.head_dim / rec["triton_ms"] / 1e9
     for base in ("cudnn", "flash"):
         if f"{base}_ms" in dense:
@@ -173,7 +177,7 @@ def run_sweep(cfg, pats) -> list[dict]:
         for warps, stages in cfg.sweep.configs:
             config = KernelConfig(num_warps=warps, num_stages=stages)
             try:
-                ms = bench(lambda: triton_sparse_attention(q, k, v, layout, config=config))
+                ms = bench(lambda layout=layout, config=config: triton_sparse_attention(q, k, v, layout, config=config))
             except Exception as exc:
                 ms = float("nan")
                 log(f"sweep {name} {warps}w{stages}s failed: {type(exc).__name__}: {str(exc)[:200]}")
@@ -219,8 +223,10 @@ def render(data: dict, out_dir: Path) -> None:
     for length, d in sorted(dense.items(), key=lambda kv: int(kv[0])):
         n = int(length)
         flops = 4 * data["shape"]["batch"] * data["shape"]["heads"] * n * (n + 1) / 2 * data["shape"]["head_dim"]
-        lines.append(f"| {n} | {d.get('cudnn_ms', float('nan')):.3f} | {flops / d.get('cudnn_ms', float('nan')) / 1e9:.0f} "
-                     f"| {d.get('flash_ms', float('nan')):.3f} |")
+        lines.append(
+            f"| {n} | {d.get('cudnn_ms', float('nan')):.3f} | {flops / d.get('cudnn_ms', float('nan')) / 1e9:.0f} "
+            f"| {d.get('flash_ms', float('nan')):.3f} |"
+        )
     lines += [
         "",
         "## Patterns",
@@ -230,17 +236,28 @@ def render(data: dict, out_dir: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        def f(key, fmt="{:.3f}"):
+
+        def f(key, fmt="{:.3f}", r=r):
             return fmt.format(r[key]) if key in r else "—"
+
         lines.append(
             f"| {r['pattern']} | {r['length']} | {'x'.join(map(str, r.get('block', ['?'])))} | {r['pairs_fraction_of_causal']:.4f} | {'yes' if r['ok'] else 'NO'} "
             f"({r['max_err']:.1e}) | {r['triton_ms']:.3f} | {r['triton_plain_ms']:.3f} | "
             f"{r['triton_plain_ms'] / r['triton_ms']:.2f}x | {r['tflops']:.0f} | {f('speedup_vs_cudnn_dense', '{:.2f}x')} | "
-            f"{f('flex_ms')} | {f('speedup_vs_flex', '{:.2f}x')} | {f('flex_mask_ms', '{:.1f}')} | {r['lower_ms']:.1f} |")
+            f"{f('flex_ms')} | {f('speedup_vs_flex', '{:.2f}x')} | {f('flex_mask_ms', '{:.1f}')} | {r['lower_ms']:.1f} |"
+        )
     if data.get("sweep"):
-        lines += ["", "## Launch-config sweep", "", "| pattern | length | num_warps | num_stages | ms |", "|---|---|---|---|---|"]
-        lines += [f"| {s['pattern']} | {s['length']} | {s['num_warps']} | {s['num_stages']} | {s['ms']:.3f} |"
-                  for s in data["sweep"]]
+        lines += [
+            "",
+            "## Launch-config sweep",
+            "",
+            "| pattern | length | num_warps | num_stages | ms |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s['pattern']} | {s['length']} | {s['num_warps']} | {s['num_stages']} | {s['ms']:.3f} |"
+            for s in data["sweep"]
+        ]
     (out_dir / "kernel_bench.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -254,8 +271,13 @@ def render(data: dict, out_dir: Path) -> None:
         ax1.plot([r["length"] for r in rs], [r["speedup_vs_cudnn_dense"] for r in rs], marker="o", label=name)
         rs = [r for r in records if r["pattern"] == name]
         ax2.plot([r["length"] for r in rs], [r["tflops"] for r in rs], marker="o", label=name)
-    ax1.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="speedup vs cuDNN dense causal",
-            title="Triton block-sparse kernel")
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="sequence length",
+        ylabel="speedup vs cuDNN dense causal",
+        title="Triton block-sparse kernel",
+    )
     ax2.set(xscale="log", xlabel="sequence length", ylabel="TFLOP/s on computed tiles", title="Effective throughput")
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
@@ -311,11 +333,13 @@ def main(cfg: DictConfig) -> None:
                 continue
             data["records"].append(rec)
             save()
-            log(f"{name:10s} L={length:7d} ok={rec['ok']} err={rec['max_err']:.1e} ours={rec['triton_ms']:.3f} "
+            log(
+                f"{name:10s} L={length:7d} ok={rec['ok']} err={rec['max_err']:.1e} ours={rec['triton_ms']:.3f} "
                 f"plain={rec['triton_plain_ms']:.3f} tflops={rec['tflops']:.0f} "
                 f"x_cudnn={rec.get('speedup_vs_cudnn_dense', float('nan')):.2f} flex={rec.get('flex_ms', float('nan')):.3f} "
                 f"x_flex={rec.get('speedup_vs_flex', float('nan')):.2f} lower={rec['lower_ms']:.1f}ms "
-                f"flexmask={rec.get('flex_mask_ms', float('nan')):.1f}ms {rec.get('flex_error', '')}")
+                f"flexmask={rec.get('flex_mask_ms', float('nan')):.1f}ms {rec.get('flex_error', '')}"
+            )
         del q, k, v
         torch.cuda.empty_cache()
     render(data, out_dir)

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from sparseattn.attention import sparse_attention
 from sparseattn.patterns import AShape, PerHead
 from sparseattn.patterns.dynamic import (
-    BlockTopK, BlockTopKTiles, MixedHeads, VerticalSlash, VerticalSlashIndices, from_minference_json, load_yaml, to_yaml,
+    BlockTopK,
+    BlockTopKTiles,
+    MixedHeads,
+    VerticalSlash,
+    VerticalSlashIndices,
+    from_minference_json,
+    load_yaml,
+    to_yaml,
 )
 from sparseattn.patterns.dynamic.topk import PAD, select_top
 from sparseattn.testing.checks import check_layout_invariants
@@ -22,7 +29,9 @@ from sparseattn.testing.tolerance import assert_close_to_oracle
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _qk(seed: int, heads: int, kv_heads: int, q_len: int, kv_len: int, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def _qk(
+    seed: int, heads: int, kv_heads: int, q_len: int, kv_len: int, dim: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(1, heads, q_len, dim, generator=gen), torch.randn(1, kv_heads, kv_len, dim, generator=gen))
 
@@ -32,11 +41,14 @@ def _rows(t: torch.Tensor) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------- estimators == slow references
-@pytest.mark.parametrize("seed, heads, kv_heads, q_len, kv_len, vertical, slash, last_q", [
-    (0, 2, 1, 160, 160, 40, 120, 64),
-    (1, 4, 2, 96, 200, (31, 50, 35, 60), (101, 150, 110, 180), 64),
-    (2, 2, 2, 40, 130, 33, 105, 16),
-])
+@pytest.mark.parametrize(
+    "seed, heads, kv_heads, q_len, kv_len, vertical, slash, last_q",
+    [
+        (0, 2, 1, 160, 160, 40, 120, 64),
+        (1, 4, 2, 96, 200, (31, 50, 35, 60), (101, 150, 110, 180), 64),
+        (2, 2, 2, 40, 130, 33, 105, 16),
+    ],
+)
 def test_vertical_slash_estimate_matches_reference(seed, heads, kv_heads, q_len, kv_len, vertical, slash, last_q):
     q, k = _qk(seed, heads, kv_heads, q_len, kv_len)
     est = VerticalSlash(vertical, slash, last_q=last_q).estimate(q, k)
@@ -55,9 +67,14 @@ def test_vertical_slash_ties_go_to_lower_indices():
     assert (_rows(est.vertical), _rows(est.slash)) == (ref_v, ref_s)
 
 
-@pytest.mark.parametrize("seed, heads, kv_heads, q_len, kv_len, topk, block", [
-    (0, 2, 1, 256, 256, 3, 32), (1, 4, 2, 150, 233, (2, 4, 1, 3), 32), (2, 2, 2, 64, 300, 5, 32),
-])
+@pytest.mark.parametrize(
+    "seed, heads, kv_heads, q_len, kv_len, topk, block",
+    [
+        (0, 2, 1, 256, 256, 3, 32),
+        (1, 4, 2, 150, 233, (2, 4, 1, 3), 32),
+        (2, 2, 2, 64, 300, 5, 32),
+    ],
+)
 def test_block_topk_estimate_matches_reference(seed, heads, kv_heads, q_len, kv_len, topk, block):
     q, k = _qk(seed, heads, kv_heads, q_len, kv_len)
     tiles = BlockTopK(topk, block_size=block).estimate(q, k).tiles
@@ -94,7 +111,7 @@ def _token_lines(p: VerticalSlashIndices, q_len: int, kv_len: int) -> torch.Tens
     q_pos = torch.arange(q_len).view(1, -1, 1) + kv_len - q_len
     key = torch.arange(kv_len).view(1, 1, -1)
     out = torch.zeros(p.num_heads, q_len, kv_len, dtype=torch.bool)
-    for h, (cols, diags) in enumerate(zip(_rows(p.vertical), _rows(p.slash))):
+    for h, (cols, diags) in enumerate(zip(_rows(p.vertical), _rows(p.slash), strict=True)):
         lines = torch.isin(key, torch.tensor(cols)) | torch.isin(q_pos - key, torch.tensor(diags))
         out[h] = (lines & (key <= q_pos))[0]
     return out
@@ -151,22 +168,36 @@ def test_backends_on_estimate_match_oracle(impl, which):
 
 
 # ---------------------------------------------------------------- parameters, repr, configs
-@pytest.mark.parametrize("pattern", [
-    VerticalSlash(512, 2048), VerticalSlash((30, 40), (100, 200), last_q=32, form="token"), BlockTopK((4, 8), 128),
-    MixedHeads((VerticalSlash(100, 800), BlockTopK(4), AShape(1, 4))),
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        VerticalSlash(512, 2048),
+        VerticalSlash((30, 40), (100, 200), last_q=32, form="token"),
+        BlockTopK((4, 8), 128),
+        MixedHeads((VerticalSlash(100, 800), BlockTopK(4), AShape(1, 4))),
+    ],
+)
 def test_repr_round_trips(pattern):
     assert eval(repr(pattern)) == pattern
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: VerticalSlash(0, 10), "vertical"), (lambda: VerticalSlash(10, [0, 2]), "slash"),
-    (lambda: VerticalSlash(10, 10, form="exact"), "form"), (lambda: VerticalSlash(10, 10, block_size=48), "block_size"),
-    (lambda: VerticalSlash((1, 2), (1, 2, 3)), "budgets"), (lambda: BlockTopK(-1), "topk"),
-    (lambda: VerticalSlash(10, 10).estimate(torch.zeros(2, 2, 8, 4), torch.zeros(2, 2, 8, 4)), "q"),
-    (lambda: VerticalSlash((5, 5), 10).estimate(torch.zeros(1, 3, 8, 4), torch.zeros(1, 3, 8, 4)), "vertical"),
-    (lambda: VerticalSlash(5, 10).estimate(*_qk(0, 1, 1, 64, 64)).lower(64, 64, block_size=(128, 128)), "block_size"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: VerticalSlash(0, 10), "vertical"),
+        (lambda: VerticalSlash(10, [0, 2]), "slash"),
+        (lambda: VerticalSlash(10, 10, form="exact"), "form"),
+        (lambda: VerticalSlash(10, 10, block_size=48), "block_size"),
+        (lambda: VerticalSlash((1, 2), (1, 2, 3)), "budgets"),
+        (lambda: BlockTopK(-1), "topk"),
+        (lambda: VerticalSlash(10, 10).estimate(torch.zeros(2, 2, 8, 4), torch.zeros(2, 2, 8, 4)), "q"),
+        (lambda: VerticalSlash((5, 5), 10).estimate(torch.zeros(1, 3, 8, 4), torch.zeros(1, 3, 8, 4)), "vertical"),
+        (
+            lambda: VerticalSlash(5, 10).estimate(*_qk(0, 1, 1, 64, 64)).lower(64, 64, block_size=(128, 128)),
+            "block_size",
+        ),
+    ],
+)
 def test_invalid_parameters_name_the_argument(make, message):
     with pytest.raises(ValueError, match=message):
         make()

@@ -80,6 +80,7 @@ def with_columns(layout: BlockLayout, gen: torch.Generator, per_row: int) -> Blo
         col_indices=cols[cols < kv_len].to(torch.int32),
     )
 
+
 def random_inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, heads, q_len, dim, generator=gen).to(dtype)
@@ -145,7 +146,7 @@ def test_work_list_covers_every_tile_once_heaviest_first():
     items = work.items.long()
     n_tiles = (layout.full_kv_num_blocks + layout.kv_num_blocks).view(-1).long()
     covered = torch.zeros(2, 3, layout.num_q_blocks, dtype=torch.long)
-    for b, h, qb, lrow, t0, t1, slot in items.tolist():
+    for b, h, qb, lrow, t0, t1, _slot in items.tolist():
         assert 0 <= t0 <= t1 <= n_tiles[lrow] and t1 - t0 <= 3
         covered[b, h, qb] += t1 - t0
     assert torch.equal(covered, n_tiles.view(1, 1, -1).expand(2, 3, -1))

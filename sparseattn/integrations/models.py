@@ -53,9 +53,7 @@ def random_model(
     hf_config = AutoConfig.for_model(architecture, **dict(config))
     torch.manual_seed(seed)
     with torch.device(resolve_device(device)):
-        model: Any = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-            hf_config, dtype=torch_dtype, attn_implementation="sdpa"
-        )
+        model: Any = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype, attn_implementation="sdpa")
     model.name_or_path = name or f"random-{architecture}"
     return cast(torch.nn.Module, model.eval())
 

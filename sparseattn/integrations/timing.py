@@ -23,14 +23,14 @@ class LayerTimer:
 
     def start(self, device: torch.device) -> object:
         if device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            event = torch.cuda.Event(enable_timing=True)
             event.record(torch.cuda.current_stream(device))
             return event
         return time.perf_counter()
 
     def stop(self, token: object, device: torch.device, layer: int, path: str) -> None:
         if device.type == "cuda":
-            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)
             end.record(torch.cuda.current_stream(device))
             self._open.append((layer, path, token, end))
         else:

@@ -90,17 +90,50 @@ def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
 
 @triton.jit
 def _sparse_fwd_kernel(
-    Q, K, V, O, LSE, O_PART, LSE_PART, WORK, stride_work,
-    FULL_NUM, FULL_START, FULL_IDX, PART_NUM, PART_START, PART_IDX, PART_MID, TILE_MASKS,
-    COL_NUM, COL_START, COL_IDX,
-    stride_qb, stride_qh, stride_qs,
-    stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs,
-    stride_ob, stride_oh, stride_os,
-    stride_lb, stride_lh,
-    q_len, kv_len, group, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
+    Q,
+    K,
+    V,
+    Out,
+    LSE,
+    O_PART,
+    LSE_PART,
+    WORK,
+    stride_work,
+    FULL_NUM,
+    FULL_START,
+    FULL_IDX,
+    PART_NUM,
+    PART_START,
+    PART_IDX,
+    PART_MID,
+    TILE_MASKS,
+    COL_NUM,
+    COL_START,
+    COL_IDX,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_lb,
+    stride_lh,
+    q_len,
+    kv_len,
+    group,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    EVEN_KV: tl.constexpr,
+    HAS_COLS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     item = WORK + tl.program_id(0).to(tl.int64) * stride_work
@@ -162,8 +195,9 @@ def _sparse_fwd_kernel(
         qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
         acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
-    # Gathered columns, done once per row by the chunk that ends it.
-    if HAS_COLS:
+    # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
+    # from the runtime one so that layouts without columns compile without this code.
+    if HAS_COLS:  # noqa: SIM102
         if t1 == n_total:
             n_cols = tl.load(COL_NUM + lrow)
             col_row = COL_IDX + tl.load(COL_START + lrow)
@@ -183,8 +217,8 @@ def _sparse_fwd_kernel(
     out = acc / l_safe[:, None]  # [BLOCK_M, HEAD_DIM]
     lse = tl.where(nonempty, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # [BLOCK_M]
     if slot < 0:
-        o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_q[:, None])
+        o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=in_q[:, None])
         tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, lse, mask=in_q)
     else:
         local = tl.arange(0, BLOCK_M)
@@ -257,8 +291,10 @@ def _check(q: Tensor, k: Tensor, v: Tensor, layout: BlockLayout) -> None:
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.device.type != "cuda" and not interpreting:
-            raise ValueError(f"{name}: the Triton kernel needs CUDA tensors, got device {t.device} "
-                             "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)")
+            raise ValueError(
+                f"{name}: the Triton kernel needs CUDA tensors, got device {t.device} "
+                "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)"
+            )
         if t.dim() != 4:
             raise ValueError(f"{name}: expected [B, H, S, D], got shape {tuple(t.shape)}")
         if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -269,19 +305,27 @@ def _check(q: Tensor, k: Tensor, v: Tensor, layout: BlockLayout) -> None:
         raise ValueError(f"layout: expected it on {q.device}, got {layout.device} (use layout.to(device))")
     batch, heads, q_len, dim = q.shape
     if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != dim or heads % k.shape[1]:
-        raise ValueError(f"k, v: expected [{batch}, Hkv, kv_len, {dim}] with Hkv dividing {heads}, "
-                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
+        raise ValueError(
+            f"k, v: expected [{batch}, Hkv, kv_len, {dim}] with Hkv dividing {heads}, "
+            f"got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
     if dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"q: head dim expected one of {SUPPORTED_HEAD_DIMS}, got {dim}")
     if layout.block_m not in SUPPORTED_BLOCKS or layout.block_n not in SUPPORTED_BLOCKS:
-        raise ValueError(f"layout: block_size expected (block_m, block_n) each in {SUPPORTED_BLOCKS}, "
-                         f"got {layout.block_size}; lower with preferred_block_size({dim}, {q.dtype})")
+        raise ValueError(
+            f"layout: block_size expected (block_m, block_n) each in {SUPPORTED_BLOCKS}, "
+            f"got {layout.block_size}; lower with preferred_block_size({dim}, {q.dtype})"
+        )
     if (layout.q_len, layout.kv_len) != (q_len, k.shape[2]):
-        raise ValueError(f"layout: built for q_len={layout.q_len}, kv_len={layout.kv_len}, "
-                         f"inputs have q_len={q_len}, kv_len={k.shape[2]}")
+        raise ValueError(
+            f"layout: built for q_len={layout.q_len}, kv_len={layout.kv_len}, "
+            f"inputs have q_len={q_len}, kv_len={k.shape[2]}"
+        )
     if layout.batch_size not in (1, batch) or layout.num_heads not in (1, heads):
-        raise ValueError(f"layout: expected batch 1 or {batch} and heads 1 or {heads}, "
-                         f"got batch {layout.batch_size} and heads {layout.num_heads}")
+        raise ValueError(
+            f"layout: expected batch 1 or {batch} and heads 1 or {heads}, "
+            f"got batch {layout.batch_size} and heads {layout.num_heads}"
+        )
 
 
 def _new_outputs(q: Tensor, slots: int, block_m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -333,18 +377,50 @@ def triton_sparse_attention(
         return unused if t is None or t.numel() == 0 else t.contiguous()
 
     _sparse_fwd_kernel[(work.items.shape[0],)](
-        q, k, v, out, lse, out_part, lse_part, work.items, work.items.stride(0),
-        arg(layout.full_kv_num_blocks), arg(layout.full_kv_start), arg(layout.full_kv_indices),
-        arg(layout.kv_num_blocks), arg(layout.kv_start), arg(layout.kv_indices), arg(layout.kv_mask_ids),
-        arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        q_len, k.shape[2], heads // k.shape[1], scale * LOG2E,
-        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, HEAD_DIM=dim,
-        EVEN_KV=k.shape[2] % layout.block_n == 0, HAS_COLS=has_cols, NUM_STAGES=config.num_stages,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        out_part,
+        lse_part,
+        work.items,
+        work.items.stride(0),
+        arg(layout.full_kv_num_blocks),
+        arg(layout.full_kv_start),
+        arg(layout.full_kv_indices),
+        arg(layout.kv_num_blocks),
+        arg(layout.kv_start),
+        arg(layout.kv_indices),
+        arg(layout.kv_mask_ids),
+        arg(layout.tile_masks),
+        arg(layout.col_num),
+        arg(layout.col_start),
+        arg(layout.col_indices),
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        lse.stride(0),
+        lse.stride(1),
+        q_len,
+        k.shape[2],
+        heads // k.shape[1],
+        scale * LOG2E,
+        BLOCK_M=layout.block_m,
+        BLOCK_N=layout.block_n,
+        HEAD_DIM=dim,
+        EVEN_KV=k.shape[2] % layout.block_n == 0,
+        HAS_COLS=has_cols,
+        NUM_STAGES=config.num_stages,
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)

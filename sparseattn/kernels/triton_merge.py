@@ -14,11 +14,19 @@ from torch import Tensor
 
 @triton.jit
 def _merge_kernel(
-    O, LSE, O_PART, LSE_PART, MERGES,
-    stride_ob, stride_oh, stride_os,
-    stride_lb, stride_lh,
+    Out,
+    LSE,
+    O_PART,
+    LSE_PART,
+    MERGES,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_lb,
+    stride_lh,
     q_len,
-    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b = tl.load(MERGES + pid * 5 + 0).to(tl.int64)
@@ -54,8 +62,8 @@ def _merge_kernel(
 
     rows = qb * BLOCK_M + offs_m  # [BLOCK_M]
     in_q = rows < q_len
-    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_q[:, None])
+    o_ptrs = Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=in_q[:, None])
     tl.store(LSE + b * stride_lb + h * stride_lh + rows, lse, mask=in_q)
 
 
@@ -64,10 +72,18 @@ def merge_partials(out: Tensor, lse: Tensor, out_part: Tensor, lse_part: Tensor,
     if merges.shape[0] == 0:
         return
     _merge_kernel[(merges.shape[0],)](
-        out, lse, out_part, lse_part, merges,
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
+        out,
+        lse,
+        out_part,
+        lse_part,
+        merges,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        lse.stride(0),
+        lse.stride(1),
         out.shape[2],
-        BLOCK_M=block_m, HEAD_DIM=out.shape[3],
+        BLOCK_M=block_m,
+        HEAD_DIM=out.shape[3],
         num_warps=4,
     )

@@ -3,10 +3,10 @@
 from sparseattn.patterns.algebra import And, Not, Or
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, TileClass, Tiles
 from sparseattn.patterns.columns import Columns, Diagonals
+from sparseattn.patterns.dynamic import BlockTopK, BlockTopKTiles, MixedHeads, VerticalSlash, VerticalSlashIndices
 from sparseattn.patterns.per_head import PerHead
 from sparseattn.patterns.primitives import BlockBand, Causal, Full, LastQueries, Sink, Window
 from sparseattn.patterns.shapes import AShape, Composite, Streaming, Triangle
-from sparseattn.patterns.dynamic import BlockTopK, BlockTopKTiles, MixedHeads, VerticalSlash, VerticalSlashIndices
 
 __all__ = [
     "EMPTY",
@@ -15,6 +15,8 @@ __all__ = [
     "AShape",
     "And",
     "BlockBand",
+    "BlockTopK",
+    "BlockTopKTiles",
     "Causal",
     "Columns",
     "Composite",
@@ -22,6 +24,7 @@ __all__ = [
     "Full",
     "LastQueries",
     "MaskContext",
+    "MixedHeads",
     "Not",
     "Or",
     "Pattern",
@@ -31,10 +34,7 @@ __all__ = [
     "TileClass",
     "Tiles",
     "Triangle",
-    "Window",
-    "BlockTopK",
-    "BlockTopKTiles",
-    "MixedHeads",
     "VerticalSlash",
     "VerticalSlashIndices",
+    "Window",
 ]

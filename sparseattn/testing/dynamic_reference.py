@@ -21,8 +21,17 @@ def _budget(budget: int | tuple[int, ...], h: int) -> int:
     return budget[h] if isinstance(budget, tuple) else budget
 
 
-def reference_vertical_slash(q: Tensor, k: Tensor, vertical, slash, *, last_q: int = 64, sink_columns: int = 30,
-                             local_diagonals: int = 100, scale: float | None = None) -> tuple[list[list[int]], list[list[int]]]:
+def reference_vertical_slash(
+    q: Tensor,
+    k: Tensor,
+    vertical: int | tuple[int, ...],
+    slash: int | tuple[int, ...],
+    *,
+    last_q: int = 64,
+    sink_columns: int = 30,
+    local_diagonals: int = 100,
+    scale: float | None = None,
+) -> tuple[list[list[int]], list[list[int]]]:
     """(verticals, slashes) per head, both ascending lists, for ``q [1, Hq, q_len, D]`` and ``k [1, Hkv, kv_len, D]``."""
     heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
     kv_len, group = k.shape[2], q.shape[1] // k.shape[1]
@@ -47,7 +56,9 @@ def reference_vertical_slash(q: Tensor, k: Tensor, vertical, slash, *, last_q: i
     return verticals, slashes
 
 
-def reference_block_topk(q: Tensor, k: Tensor, topk, *, block_size: int = 64) -> list[list[list[int]]]:
+def reference_block_topk(
+    q: Tensor, k: Tensor, topk: int | tuple[int, ...], *, block_size: int = 64
+) -> list[list[list[int]]]:
     """Selected key blocks per head and query block (ascending lists)."""
     heads, q_len = q.shape[1], q.shape[2]
     kv_len, group = k.shape[2], q.shape[1] // k.shape[1]
@@ -55,10 +66,10 @@ def reference_block_topk(q: Tensor, k: Tensor, topk, *, block_size: int = 64) ->
     q_blocks, k_blocks = -(-q_len // block_size), -(-kv_len // block_size)
     out = []
     for h in range(heads):
-        k_pool = [k[0, h // group, b * block_size:(b + 1) * block_size].double().mean(0) for b in range(k_blocks)]
+        k_pool = [k[0, h // group, b * block_size : (b + 1) * block_size].double().mean(0) for b in range(k_blocks)]
         rows = []
         for g in range(q_blocks):
-            q_pool = q[0, h, g * block_size:(g + 1) * block_size].double().mean(0)
+            q_pool = q[0, h, g * block_size : (g + 1) * block_size].double().mean(0)
             first = g * block_size + offset
             last = min((g + 1) * block_size, q_len) - 1 + offset
             reach = [b for b in range(k_blocks) if b * block_size <= last]

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def _qkv(heads, kv_heads, length, dim=128, dtype=torch.bfloat16, seed=0):
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    make = lambda h: torch.randn(1, h, length, dim, device="cuda", generator=gen).to(dtype)  # noqa: E731
+    make = lambda h: torch.randn(1, h, length, dim, device="cuda", generator=gen).to(dtype)
     return make(heads), make(kv_heads), make(kv_heads)
 
 

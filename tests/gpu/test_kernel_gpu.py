@@ -52,8 +52,7 @@ def test_chunked_prefill_ragged_head_dim_64(name):
 
 @pytest.mark.parametrize("max_chunk", [0, 4])
 def test_split_rows_and_plain_grid(max_chunk):
-    run(PATTERNS["triangle"], 1, 8, 8, 8192, 8192, 128, torch.bfloat16, max_chunk=max_chunk,
-        heavy_first=max_chunk > 0)
+    run(PATTERNS["triangle"], 1, 8, 8, 8192, 8192, 128, torch.bfloat16, max_chunk=max_chunk, heavy_first=max_chunk > 0)
 
 
 def test_empty_rows_give_zero_and_neg_inf():

@@ -7,6 +7,12 @@ from sparseattn.patterns.dynamic.vertical_slash import VerticalSlash
 from sparseattn.patterns.dynamic.vs_indices import VerticalSlashIndices
 
 __all__ = [
-    "BlockTopK", "BlockTopKTiles", "MixedHeads", "VerticalSlash", "VerticalSlashIndices",
-    "from_minference_json", "load_yaml", "to_yaml",
+    "BlockTopK",
+    "BlockTopKTiles",
+    "MixedHeads",
+    "VerticalSlash",
+    "VerticalSlashIndices",
+    "from_minference_json",
+    "load_yaml",
+    "to_yaml",
 ]

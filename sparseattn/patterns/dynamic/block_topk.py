@@ -10,7 +10,15 @@ from torch import Tensor
 
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.base import MaskContext, Pattern
-from sparseattn.patterns.dynamic.budgets import Budget, budget_heads, budget_max, budget_tensor, check_budget, check_int, check_qk
+from sparseattn.patterns.dynamic.budgets import (
+    Budget,
+    budget_heads,
+    budget_max,
+    budget_tensor,
+    check_budget,
+    check_int,
+    check_qk,
+)
 from sparseattn.patterns.dynamic.tile_grid import layout_from_tile_grid, tile_bounds
 from sparseattn.patterns.dynamic.topk import select_top
 
@@ -104,11 +112,15 @@ class BlockTopKTiles(Pattern):
     def __post_init__(self) -> None:
         qb, kb = -(-self.q_len // self.block_size), -(-self.kv_len // self.block_size)
         if not isinstance(self.tiles, Tensor) or self.tiles.dim() != 3 or self.tiles.shape[1:] != (qb, kb):
-            raise ValueError(f"tiles: expected a bool tensor [heads, {qb}, {kb}], got {getattr(self.tiles, 'shape', self.tiles)!r}")
+            raise ValueError(
+                f"tiles: expected a bool tensor [heads, {qb}, {kb}], got {getattr(self.tiles, 'shape', self.tiles)!r}"
+            )
 
     def __repr__(self) -> str:
-        return (f"BlockTopKTiles(heads={self.num_heads}, block_size={self.block_size}, "
-                f"q_len={self.q_len}, kv_len={self.kv_len})")
+        return (
+            f"BlockTopKTiles(heads={self.num_heads}, block_size={self.block_size}, "
+            f"q_len={self.q_len}, kv_len={self.kv_len})"
+        )
 
     @property
     def num_heads(self) -> int:
@@ -140,7 +152,9 @@ class BlockTopKTiles(Pattern):
         self._resolve_heads(num_heads)
         native = (self.block_size, self.block_size)
         if block_size is not None and tuple(block_size) != native:
-            raise ValueError(f"block_size: BlockTopK selects {native} tiles, got {tuple(block_size)}; "
-                             f"lower with block_size={native} or None")
+            raise ValueError(
+                f"block_size: BlockTopK selects {native} tiles, got {tuple(block_size)}; "
+                f"lower with block_size={native} or None"
+            )
         tiles = self.tiles if device is None else self.tiles.to(device)
         return layout_from_tile_grid(tiles, q_len=q_len, kv_len=kv_len, block=self.block_size)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import Tensor
 
-Budget = Union[int, tuple[int, ...]]
+Budget = int | tuple[int, ...]
+
+
+def scalar_budget(budget: Budget) -> int:
+    """The budget of a single-head pattern (one int; a one-element tuple is the same budget)."""
+    if isinstance(budget, int):
+        return budget
+    if len(budget) != 1:
+        raise ValueError(f"budget: expected one budget for one head, got {budget!r}")
+    return budget[0]
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
@@ -57,6 +65,8 @@ def check_qk(q: Tensor, k: Tensor) -> None:
         if t.shape[0] != 1:
             raise ValueError(f"{name}: dynamic patterns are estimated per sequence; expected batch 1, got {t.shape[0]}")
     if k.shape[-1] != q.shape[-1] or q.shape[1] % k.shape[1]:
-        raise ValueError(f"k: expected [1, Hkv, kv_len, {q.shape[-1]}] with Hkv dividing {q.shape[1]}, got {tuple(k.shape)}")
+        raise ValueError(
+            f"k: expected [1, Hkv, kv_len, {q.shape[-1]}] with Hkv dividing {q.shape[1]}, got {tuple(k.shape)}"
+        )
     if not 0 < q.shape[2] <= k.shape[2]:
         raise ValueError(f"q: expected 0 < q_len <= kv_len, got q_len={q.shape[2]}, kv_len={k.shape[2]}")

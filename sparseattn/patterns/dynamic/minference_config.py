@@ -26,6 +26,7 @@ from typing import Any
 
 from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.dynamic.block_topk import BlockTopK
+from sparseattn.patterns.dynamic.budgets import scalar_budget
 from sparseattn.patterns.dynamic.mixed_heads import HeadPattern, MixedHeads
 from sparseattn.patterns.dynamic.vertical_slash import VerticalSlash
 from sparseattn.patterns.shapes import AShape
@@ -49,17 +50,17 @@ def _head(layer: int, head: str, entry: Any, vs_options: dict[str, Any]) -> Head
 
 def _layer(heads: tuple[HeadPattern, ...]) -> LayerPattern:
     """One pattern for the layer: uniform kinds fold their per-head budgets into one pattern."""
-    if all(isinstance(p, VerticalSlash) for p in heads):
-        first = heads[0]
-        vertical = tuple(p.vertical for p in heads)  # type: ignore[union-attr]
-        slash = tuple(p.slash for p in heads)  # type: ignore[union-attr]
-        try:
-            return VerticalSlash(*_fold(vertical, slash), **_vs_options(first))  # type: ignore[arg-type]
-        except ValueError:
-            pass  # settings differ between heads: keep them apart
-    if all(isinstance(p, BlockTopK) for p in heads) and len({p.block_size for p in heads}) == 1:  # type: ignore[union-attr]
-        (topk,) = _fold(tuple(p.topk for p in heads))  # type: ignore[union-attr]
-        return BlockTopK(topk, heads[0].block_size)  # type: ignore[union-attr]
+    slashes = [p for p in heads if isinstance(p, VerticalSlash)]
+    if len(slashes) == len(heads):
+        vertical = tuple(scalar_budget(p.vertical) for p in slashes)
+        slash = tuple(scalar_budget(p.slash) for p in slashes)
+        # Every head was built with the same options (from_minference_json's vs_options).
+        vertical_budget, slash_budget = _fold(vertical, slash)
+        return VerticalSlash(vertical_budget, slash_budget, **_vs_options(slashes[0]))
+    blocks = [p for p in heads if isinstance(p, BlockTopK)]
+    if len(blocks) == len(heads) and len({p.block_size for p in blocks}) == 1:
+        (topk,) = _fold(tuple(scalar_budget(p.topk) for p in blocks))
+        return BlockTopK(topk, blocks[0].block_size)
     if len(set(heads)) == 1 and isinstance(heads[0], Pattern):
         return heads[0]
     return MixedHeads(heads)
@@ -76,7 +77,7 @@ def _vs_options(p: VerticalSlash) -> dict[str, Any]:
     return {f.name: getattr(p, f.name) for f in fields(p) if f.name not in ("vertical", "slash")}
 
 
-def from_minference_json(config: str | Path | list, **vs_options: Any) -> list[LayerPattern]:
+def from_minference_json(config: str | Path | list[Any], **vs_options: Any) -> list[LayerPattern]:
     """One pattern per layer from MInference's per-head JSON (a path, or the parsed list).
 
     ``vs_options`` (``last_q``, ``form``, ``block_size``, ...) are passed to every `VerticalSlash`.
@@ -100,7 +101,9 @@ def _node(p: Any) -> Any:
     if isinstance(p, (list, tuple)):
         return [_node(v) for v in p]
     if hasattr(p, "__dataclass_fields__"):
-        node: dict[str, Any] = {"_target_": f"{type(p).__module__.rsplit('.', 1)[0] if type(p).__module__.startswith('sparseattn.patterns.dynamic') else type(p).__module__}.{type(p).__qualname__}"}
+        node: dict[str, Any] = {
+            "_target_": f"{type(p).__module__.rsplit('.', 1)[0] if type(p).__module__.startswith('sparseattn.patterns.dynamic') else type(p).__module__}.{type(p).__qualname__}"
+        }
         for f in fields(p):
             node[f.name] = _node(getattr(p, f.name))
         return node

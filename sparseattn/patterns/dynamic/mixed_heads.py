@@ -8,7 +8,7 @@ from torch import Tensor
 
 from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.dynamic.block_topk import BlockTopK
-from sparseattn.patterns.dynamic.budgets import check_qk
+from sparseattn.patterns.dynamic.budgets import check_qk, scalar_budget
 from sparseattn.patterns.dynamic.vertical_slash import VerticalSlash
 from sparseattn.patterns.per_head import PerHead
 
@@ -54,21 +54,28 @@ class MixedHeads:
         check_qk(q, k)
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q: MixedHeads is written for {self.num_heads} heads, got {q.shape[1]}")
-        concrete = {}
-        for kind in (VerticalSlash, BlockTopK):
-            members = [p for p in self.heads if isinstance(p, kind)]
-            if members:
-                # Every head gets some budget so the estimate covers all heads; only heads of this kind use it.
-                template = members[0]
-                if kind is VerticalSlash:
-                    joint = VerticalSlash(
-                        tuple(p.vertical if isinstance(p, kind) else 1 for p in self.heads),
-                        tuple(p.slash if isinstance(p, kind) else 1 for p in self.heads),
-                        template.last_q, template.sink_columns, template.local_diagonals, template.form,
-                        template.block_size, template.scale,
-                    )
-                else:
-                    joint = BlockTopK(tuple(p.topk if isinstance(p, kind) else 1 for p in self.heads),
-                                      template.block_size)
-                concrete[kind] = joint.estimate(q, k)
-        return PerHead(tuple(concrete.get(type(p), p) for p in self.heads))
+        # Each dynamic kind is estimated once over all heads; heads of another kind get a budget of 1,
+        # so the estimate covers every head, and keep their own pattern below.
+        concrete: dict[type, Pattern] = {}
+        slashes = [p for p in self.heads if isinstance(p, VerticalSlash)]
+        if slashes:
+            t = slashes[0]
+            joint = VerticalSlash(
+                tuple(scalar_budget(p.vertical) if isinstance(p, VerticalSlash) else 1 for p in self.heads),
+                tuple(scalar_budget(p.slash) if isinstance(p, VerticalSlash) else 1 for p in self.heads),
+                t.last_q,
+                t.sink_columns,
+                t.local_diagonals,
+                t.form,
+                t.block_size,
+                t.scale,
+            )
+            concrete[VerticalSlash] = joint.estimate(q, k)
+        blocks = [p for p in self.heads if isinstance(p, BlockTopK)]
+        if blocks:
+            joint_blocks = BlockTopK(
+                tuple(scalar_budget(p.topk) if isinstance(p, BlockTopK) else 1 for p in self.heads),
+                blocks[0].block_size,
+            )
+            concrete[BlockTopK] = joint_blocks.estimate(q, k)
+        return PerHead(tuple(p if isinstance(p, Pattern) else concrete[type(p)] for p in self.heads))

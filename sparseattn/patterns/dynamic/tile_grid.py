@@ -109,10 +109,21 @@ def layout_from_tile_grid(
         per_row = valid.shape[-1]
         c_num, c_start, c_idx = _csr(valid, lambda w: keys[w // (qb_dim * per_row), w % per_row], valid.numel())
     return BlockLayout(
-        q_len=q_len, kv_len=kv_len, block_m=block, block_n=block,
-        full_kv_num_blocks=f_num, full_kv_start=f_start, full_kv_indices=f_idx,
-        kv_num_blocks=p_num, kv_start=p_start, kv_indices=p_idx, kv_mask_ids=p_mid,
-        tile_masks=tile_masks, col_num=c_num, col_start=c_start, col_indices=c_idx,
+        q_len=q_len,
+        kv_len=kv_len,
+        block_m=block,
+        block_n=block,
+        full_kv_num_blocks=f_num,
+        full_kv_start=f_start,
+        full_kv_indices=f_idx,
+        kv_num_blocks=p_num,
+        kv_start=p_start,
+        kv_indices=p_idx,
+        kv_mask_ids=p_mid,
+        tile_masks=tile_masks,
+        col_num=c_num,
+        col_start=c_start,
+        col_indices=c_idx,
     )
 
 
@@ -121,5 +132,9 @@ def tile_bounds(q_len: int, kv_len: int, block: int, device: torch.device) -> tu
     qb = torch.arange(-(-q_len // block), device=device)
     kb = torch.arange(-(-kv_len // block), device=device)
     offset = kv_len - q_len
-    return (qb * block + offset, torch.clamp((qb + 1) * block, max=q_len) - 1 + offset,
-            kb * block, torch.clamp((kb + 1) * block, max=kv_len) - 1)
+    return (
+        qb * block + offset,
+        torch.clamp((qb + 1) * block, max=q_len) - 1 + offset,
+        kb * block,
+        torch.clamp((kb + 1) * block, max=kv_len) - 1,
+    )

@@ -5,11 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from sparseattn.patterns.dynamic.budgets import (
-    Budget, budget_heads, budget_max, budget_tensor, check_budget, check_int, check_qk,
+    Budget,
+    budget_heads,
+    budget_max,
+    budget_tensor,
+    check_budget,
+    check_int,
+    check_qk,
 )
 from sparseattn.patterns.dynamic.topk import top_indices
 from sparseattn.patterns.dynamic.vs_indices import FORMS, VerticalSlashIndices
@@ -63,8 +68,9 @@ class VerticalSlash:
             raise ValueError(f"block_size: expected a multiple of 32, got {self.block_size}")
         if self.form not in FORMS:
             raise ValueError(f"form: expected one of {FORMS}, got {self.form!r}")
-        if self.scale is not None and not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
-                                           and self.scale > 0):
+        if self.scale is not None and not (
+            isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0
+        ):
             raise ValueError(f"scale: expected None or a positive finite float, got {self.scale!r}")
 
     @property

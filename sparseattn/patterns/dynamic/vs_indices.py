@@ -79,8 +79,10 @@ class VerticalSlashIndices(Pattern):
             raise ValueError(f"slash: expected {self.vertical.shape[0]} heads like vertical, got {self.slash.shape[0]}")
 
     def __repr__(self) -> str:
-        return (f"VerticalSlashIndices(heads={self.num_heads}, vertical={self.vertical.shape[1]}, "
-                f"slash={self.slash.shape[1]}, form={self.form!r}, block_size={self.block_size})")
+        return (
+            f"VerticalSlashIndices(heads={self.num_heads}, vertical={self.vertical.shape[1]}, "
+            f"slash={self.slash.shape[1]}, form={self.form!r}, block_size={self.block_size})"
+        )
 
     @property
     def num_heads(self) -> int:
@@ -114,8 +116,9 @@ class VerticalSlashIndices(Pattern):
         # (head, j) once, spread it over the grid, then redo the last query row and key column exactly.
         j = torch.arange(-(kb_dim - 1), qb_dim, device=prefix.device).view(1, -1)
         by_j = _count(prefix, head, j * b + first[0] - (b - 1), j * b + first[0] + (b - 1)) > 0  # [H, J]
-        grid = by_j[:, (torch.arange(qb_dim, device=j.device).view(-1, 1) - torch.arange(kb_dim, device=j.device)
-                        + kb_dim - 1)]
+        grid = by_j[
+            :, (torch.arange(qb_dim, device=j.device).view(-1, 1) - torch.arange(kb_dim, device=j.device) + kb_dim - 1)
+        ]
         head3 = head.view(-1, 1, 1)
         grid[:, -1:, :] = _count(prefix, head3, first[-1] - k_hi.view(1, 1, -1), last[-1] - k_lo.view(1, 1, -1)) > 0
         grid[:, :, -1:] = _count(prefix, head3, first.view(1, -1, 1) - k_hi[-1], last.view(1, -1, 1) - k_lo[-1]) > 0
@@ -143,11 +146,14 @@ class VerticalSlashIndices(Pattern):
             return self.expression().lower(q_len, kv_len, block_size=block_size or (64, 64), device=device)
         native = (self.block_size, self.block_size)
         if block_size is not None and tuple(block_size) != native:
-            raise ValueError(f"block_size: the block form is defined on {native} tiles, got {tuple(block_size)}; "
-                             f"lower with block_size={native} or None")
+            raise ValueError(
+                f"block_size: the block form is defined on {native} tiles, got {tuple(block_size)}; "
+                f"lower with block_size={native} or None"
+            )
         keep = self.tile_grid(q_len, kv_len)
-        return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size,
-                                     columns=self._gathered(keep, q_len, kv_len))
+        return layout_from_tile_grid(
+            keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=self._gathered(keep, q_len, kv_len)
+        )
 
     def _gathered(self, keep: Tensor, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
         """Verticals each query block reaches (``k <= last q_pos``) that no kept tile of it covers."""
@@ -164,6 +170,7 @@ class VerticalSlashIndices(Pattern):
 
     def expression(self) -> Pattern:
         """The token form in the mask algebra: ``Causal() & (Columns(per head) | Diagonals(per head))``."""
+
         def sets(t: Tensor) -> tuple[tuple[int, ...], ...]:
             return tuple(tuple(v for v in row if v != PAD) for row in t.tolist())
 

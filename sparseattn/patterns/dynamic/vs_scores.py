@@ -26,7 +26,7 @@ def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> 
     logits = torch.matmul(last, k[0].float().transpose(-1, -2)).view(heads, n, kv_len) * scale
     rows = torch.arange(kv_len - n, kv_len, device=q.device).view(n, 1)
     cols = torch.arange(kv_len - n, kv_len, device=q.device).view(1, n)
-    logits[:, :, kv_len - n:].masked_fill_(cols > rows, -math.inf)
+    logits[:, :, kv_len - n :].masked_fill_(cols > rows, -math.inf)
     return torch.softmax(logits, dim=-1)
 
 
