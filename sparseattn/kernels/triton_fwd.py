@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from sparseattn.kernels.triton_merge import merge_partials
-from sparseattn.kernels.triton_schedule import WorkList, build_work_list, default_max_chunk
+from sparseattn.kernels.triton_schedule import WorkList, build_work_list, default_max_chunk, rows_are_unequal
 from sparseattn.layout import BlockLayout
 
 LOG2E = 1.4426950408889634
@@ -275,9 +275,21 @@ def _num_sms(device: torch.device) -> int:
 
 
 def work_list(
-    layout: BlockLayout, batch: int, heads: int, *, max_chunk: int | None = None, heavy_first: bool = True
+    layout: BlockLayout,
+    batch: int,
+    heads: int,
+    *,
+    max_chunk: int | None = None,
+    heavy_first: bool | None = None,
 ) -> WorkList:
-    """The (cached) work list of ``layout`` for ``batch`` x ``heads`` query heads; see triton_schedule."""
+    """The (cached) work list of ``layout`` for ``batch`` x ``heads`` query heads; see triton_schedule.
+
+    ``heavy_first=None`` balances (heavy rows first, long rows split) only when the rows are unequal.
+    """
+    if heavy_first is None:
+        heavy_first = rows_are_unequal(layout)
+        if not heavy_first and max_chunk is None:
+            max_chunk = 0
     if max_chunk is None:
         max_chunk = default_max_chunk(layout, batch, heads, _num_sms(layout.device))
     key = (batch, heads, max_chunk, heavy_first)
@@ -347,14 +359,15 @@ def triton_sparse_attention(
     *,
     scale: float | None = None,
     max_chunk: int | None = None,
-    heavy_first: bool = True,
+    heavy_first: bool | None = None,
     config: KernelConfig | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Block-sparse attention of ``q`` [B, Hq, q_len, D] over ``k, v`` [B, Hkv, kv_len, D] on ``layout``.
 
     Returns ``(out [B, Hq, q_len, D] in q.dtype, lse [B, Hq, q_len] float32)``, lse in natural log.
     ``max_chunk`` caps the tiles one program runs for a row (``None``: from the work size and the number
-    of multiprocessors; ``0``: never split); ``heavy_first=False`` and ``max_chunk=0`` give the plain,
+    of multiprocessors; ``0``: never split); ``heavy_first=None`` balances only layouts whose rows are
+    unequal (a triangle's last rows), ``heavy_first=False`` and ``max_chunk=0`` give the plain,
     unbalanced grid (for measuring the balancing). ``config`` overrides warps and stages.
     """
     _check(q, k, v, layout)

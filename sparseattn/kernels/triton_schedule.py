@@ -32,6 +32,10 @@ WORK_FIELDS = 7
 MIN_CHUNK_TILES = 16
 # Aim for about this many chunk-lengths of work per multiprocessor.
 WAVES = 4
+# Balancing pays only when the longest row is this many times the mean row or more; on near-uniform
+# rows (dense causal, streaming, A-shape) the plain grid order measured faster, on unequal rows
+# (triangle, per-head mixtures) the balanced order did (kernel_bench.md, the `plain` column).
+UNEQUAL_ROWS = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,12 @@ class WorkList:
     merges: Tensor
     num_slots: int
     max_chunk: int
+
+
+def rows_are_unequal(layout: BlockLayout) -> bool:
+    """True when the longest row holds more than ``UNEQUAL_ROWS`` times the mean row's tiles."""
+    n_tiles = (layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()).float()
+    return bool(n_tiles.max() > UNEQUAL_ROWS * n_tiles.mean())
 
 
 def default_max_chunk(layout: BlockLayout, batch: int, heads: int, num_sms: int) -> int:
