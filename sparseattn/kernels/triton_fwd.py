@@ -286,16 +286,16 @@ def work_list(
 
     ``heavy_first=None`` balances (heavy rows first, long rows split) only when the rows are unequal.
     """
-    if heavy_first is None:
-        heavy_first = rows_are_unequal(layout)
-        if not heavy_first and max_chunk is None:
-            max_chunk = 0
-    if max_chunk is None:
-        max_chunk = default_max_chunk(layout, batch, heads, _num_sms(layout.device))
+    # Keyed by the arguments as given: resolving the defaults reads the layout's counts on the host,
+    # a device sync that must not recur on every call.
     key = (batch, heads, max_chunk, heavy_first)
     per_layout = _WORK_CACHE.setdefault(layout, {})
     if key not in per_layout:
-        per_layout[key] = build_work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
+        balance = rows_are_unequal(layout) if heavy_first is None else heavy_first
+        chunk = max_chunk
+        if chunk is None:
+            chunk = default_max_chunk(layout, batch, heads, _num_sms(layout.device)) if balance else 0
+        per_layout[key] = build_work_list(layout, batch, heads, max_chunk=chunk, heavy_first=balance)
     return per_layout[key]
 
 
