@@ -42,13 +42,14 @@ class ProbeAttention:
         outs = []
         for start in range(0, size, step):
             q = query[:, :, start : start + step]
-            scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+            # Products in the model dtype (bf16 uses the CPU matrix units), softmax and probabilities in fp32.
+            scores = (q @ k.transpose(-1, -2)).float() * scale
             rows = torch.arange(start, start + q.shape[2], device=q.device).view(-1, 1)
             scores = scores.masked_fill(torch.arange(size, device=q.device).view(1, -1) > rows, -math.inf)
             probs = torch.softmax(scores, dim=-1)
             replaced = self.observe(module.layer_idx, probs, start)
             probs = probs if replaced is None else replaced
-            outs.append((probs @ v.float()).to(query.dtype))
+            outs.append(probs.to(v.dtype) @ v)
         return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
