@@ -16,27 +16,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sparseattn.layout import BlockLayout
 from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def layout_bytes(layout: BlockLayout) -> int:
-    tensors = (
-        layout.full_kv_num_blocks,
-        layout.full_kv_start,
-        layout.full_kv_indices,
-        layout.kv_num_blocks,
-        layout.kv_start,
-        layout.kv_indices,
-        layout.kv_mask_ids,
-        layout.tile_masks,
-        layout.col_num,
-        layout.col_start,
-        layout.col_indices,
-    )
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def measure(pattern: Pattern, n: int, block: tuple[int, int], repeats: int) -> dict[str, object]:
@@ -56,7 +38,7 @@ def measure(pattern: Pattern, n: int, block: tuple[int, int], repeats: int) -> d
         "full_tiles": full,
         "partial_tiles": partial,
         "distinct_bitmaps": int(layout.tile_masks.shape[0]),
-        "layout_MiB": layout_bytes(layout) / 2**20,
+        "layout_MiB": layout.nbytes / 2**20,
         "density": layout.density(),
     }
 

@@ -471,6 +471,11 @@ class BlockLayout:
         entries = self.batch_size * self.num_heads
         return self.computed_pairs() / (entries * self.q_len * self.kv_len)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the layout's tensors."""
+        return sum(t.numel() * t.element_size() for name in _TENSOR_FIELDS if (t := getattr(self, name)) is not None)
+
     def num_tiles(self) -> tuple[int, int]:
         """(FULL tiles, PARTIAL tiles) over all batch and head entries."""
         return int(self.full_kv_num_blocks.sum()), int(self.kv_num_blocks.sum())
@@ -488,7 +493,7 @@ class BlockLayout:
         """Printable multi-line summary: sizes, tile counts, row-length spread and memory."""
         full, partial = self.num_tiles()
         per_row = self.full_kv_num_blocks.long() + self.kv_num_blocks.long()
-        nbytes = sum(t.numel() * t.element_size() for name in _TENSOR_FIELDS if (t := getattr(self, name)) is not None)
+        nbytes = self.nbytes
         lines = [
             f"BlockLayout  q_len={self.q_len}  kv_len={self.kv_len}  block={self.block_m}x{self.block_n}",
             f"  broadcast   batch={self.batch_size}  heads={self.num_heads}  q_blocks={self.num_q_blocks}  kv_blocks={self.num_kv_blocks}",

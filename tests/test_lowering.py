@@ -60,19 +60,7 @@ def test_columns_can_stay_tiled():
 def test_one_million_tokens_stay_proportional_to_tiles():
     layout = Triangle().lower(1 << 20, block_size=(64, 64))
     full, partial = layout.num_tiles()
-    nbytes = sum(
-        t.numel() * t.element_size()
-        for t in (
-            layout.full_kv_num_blocks,
-            layout.full_kv_start,
-            layout.full_kv_indices,
-            layout.kv_num_blocks,
-            layout.kv_start,
-            layout.kv_indices,
-            layout.kv_mask_ids,
-            layout.tile_masks,
-        )
-    )
+    nbytes = layout.nbytes
     rows = layout.num_q_blocks
     # CSR: 4 bytes per FULL tile, 8 per PARTIAL tile, 24 per row, a few distinct bitmaps.
     assert nbytes <= 4 * full + 8 * partial + 24 * rows + layout.tile_masks.numel() * 4

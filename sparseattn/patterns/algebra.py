@@ -9,11 +9,15 @@ uniform, never a wrong answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from sparseattn.patterns.base import MaskContext, Pattern, Tiles
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def common_heads(terms: tuple[Pattern, ...]) -> int | None:
@@ -40,42 +44,69 @@ def heads_of(tiles: Tiles, pattern_heads: int | None, wanted: int | None) -> Til
     return tiles
 
 
-def _concat_keys(terms: tuple[Pattern, ...], tiles: Tiles) -> Tensor:
-    return torch.cat([t.tile_key(tiles) for t in terms], dim=1)
+class Nary(Pattern):
+    """Shared shape of `And` and `Or`: a flat tuple of terms combined by one associative operator.
 
-
-@dataclass(frozen=True)
-class And(Pattern):
-    """Pairs every term keeps (intersection). Built by ``a & b``; nested Ands are flattened."""
+    Subclasses are frozen dataclasses with a ``terms`` field and set ``symbol`` (for ``repr``),
+    ``combine_masks`` (the token operator) and ``combine_classes`` (its Kleene counterpart).
+    """
 
     terms: tuple[Pattern, ...]
+    symbol: ClassVar[str]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "terms", tuple(self.terms))
-        _check_terms(self.terms, "And")
+        _check_terms(self.terms, type(self).__name__)
 
     @classmethod
-    def of(cls, *patterns: Pattern) -> And:
+    def of(cls, *patterns: Pattern) -> Self:
         flat: list[Pattern] = []
         for p in patterns:
-            flat.extend(p.terms if isinstance(p, And) else (p,))
-        return cls(tuple(flat))
+            flat.extend(p.terms if isinstance(p, cls) else (p,))
+        return cls(tuple(flat))  # type: ignore[call-arg]
 
     def __repr__(self) -> str:
-        return "(" + " & ".join(map(repr, self.terms)) + ")"
+        return "(" + f" {self.symbol} ".join(map(repr, self.terms)) + ")"
 
     @property
     def num_heads(self) -> int | None:
         return common_heads(self.terms)
 
+    @staticmethod
+    def combine_masks(a: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def combine_classes(classes: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         out = self.terms[0].mask(h, q_idx, kv_idx, ctx)
         for t in self.terms[1:]:
-            out = out & t.mask(h, q_idx, kv_idx, ctx)
+            out = self.combine_masks(out, t.mask(h, q_idx, kv_idx, ctx))
         return out
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return torch.stack([t.classify(tiles) for t in self.terms]).amin(0)
+        return self.combine_classes(torch.stack([t.classify(tiles) for t in self.terms]))
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return torch.cat([t.tile_key(tiles) for t in self.terms], dim=1)
+
+
+@dataclass(frozen=True, repr=False)
+class And(Nary):
+    """Pairs every term keeps (intersection). Built by ``a & b``; nested Ands are flattened."""
+
+    terms: tuple[Pattern, ...]
+    symbol: ClassVar[str] = "&"
+
+    @staticmethod
+    def combine_masks(a: Tensor, b: Tensor) -> Tensor:
+        return a & b
+
+    @staticmethod
+    def combine_classes(classes: Tensor) -> Tensor:
+        return classes.amin(0)
 
     def _tightest(self, ctx: MaskContext) -> Pattern | None:
         sized = [(size, i) for i, t in enumerate(self.terms) if (size := t.support_size(ctx)) is not None]
@@ -98,42 +129,21 @@ class And(Pattern):
         assert size is not None
         return size * (self.num_heads or 1) if term.num_heads is None else size
 
-    def tile_key(self, tiles: Tiles) -> Tensor:
-        return _concat_keys(self.terms, tiles)
 
-
-@dataclass(frozen=True)
-class Or(Pattern):
+@dataclass(frozen=True, repr=False)
+class Or(Nary):
     """Pairs any term keeps (union). Built by ``a | b``; nested Ors are flattened."""
 
     terms: tuple[Pattern, ...]
+    symbol: ClassVar[str] = "|"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "terms", tuple(self.terms))
-        _check_terms(self.terms, "Or")
+    @staticmethod
+    def combine_masks(a: Tensor, b: Tensor) -> Tensor:
+        return a | b
 
-    @classmethod
-    def of(cls, *patterns: Pattern) -> Or:
-        flat: list[Pattern] = []
-        for p in patterns:
-            flat.extend(p.terms if isinstance(p, Or) else (p,))
-        return cls(tuple(flat))
-
-    def __repr__(self) -> str:
-        return "(" + " | ".join(map(repr, self.terms)) + ")"
-
-    @property
-    def num_heads(self) -> int | None:
-        return common_heads(self.terms)
-
-    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
-        out = self.terms[0].mask(h, q_idx, kv_idx, ctx)
-        for t in self.terms[1:]:
-            out = out | t.mask(h, q_idx, kv_idx, ctx)
-        return out
-
-    def classify(self, tiles: Tiles) -> Tensor:
-        return torch.stack([t.classify(tiles) for t in self.terms]).amax(0)
+    @staticmethod
+    def combine_classes(classes: Tensor) -> Tensor:
+        return classes.amax(0)
 
     def support(self, ctx: MaskContext) -> Tiles | None:
         if self.support_size(ctx) is None:
@@ -155,9 +165,6 @@ class Or(Pattern):
                 return None
             total += size * (heads if t.num_heads is None else 1)
         return total
-
-    def tile_key(self, tiles: Tiles) -> Tensor:
-        return _concat_keys(self.terms, tiles)
 
 
 @dataclass(frozen=True)
