@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from sparseattn.eval import report
 from sparseattn.eval.paired_eval import done_keys, evaluate_sample
-from sparseattn.eval.provenance import markdown_header, provenance
+from sparseattn.eval.provenance import load_runs, markdown_header, provenance, record_run
 
 
 @hydra.main(config_path="../conf", config_name="accuracy", version_base="1.3")
@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> None:
     rows_path = out / f"{cfg.name}.jsonl"
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
     if not cfg.report_only:
+        record_run(out / f"{cfg.name}_runs.json", cfg.threads)
         rows += run(cfg, rows_path, done_keys(rows))
     write_report(cfg, out, rows)
 
@@ -64,9 +65,21 @@ def build_schedules(cfg: DictConfig) -> dict:
 
 def write_report(cfg: DictConfig, out: Path, rows: list[dict]) -> None:
     summary = report.summarize(rows, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
-    info = provenance(cfg.threads)
-    info["config"] = OmegaConf.to_container(cfg, resolve=True)
-    (out / f"{cfg.name}.json").write_text(json.dumps({"provenance": info, "summary": summary}, indent=1))
+    control = []
+    if cfg.control:
+        # The negative control must lose against the schedule it controls for, on the same samples.
+        against = report.summarize(rows, base=cfg.control.against, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+        control = [s for s in against if s["system"] == cfg.control.system]
+    runs = load_runs(out / f"{cfg.name}_runs.json")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    payload = {
+        "runs": runs,
+        "rendered": provenance(),
+        "config": config,
+        "summary": summary,
+        "negative_control": control,
+    }
+    (out / f"{cfg.name}.json").write_text(json.dumps(payload, indent=1))
     notes = (
         "Paired: dense and each schedule answer the same seeded samples. Score: RULER string match (%). "
         "Δ = system − dense with a 95% paired bootstrap CI; McNemar: exact test on fully-correct samples. "
@@ -78,7 +91,10 @@ def write_report(cfg: DictConfig, out: Path, rows: list[dict]) -> None:
             for name, s in build_schedules(cfg).items()
         )
     )
-    text = markdown_header(f"Accuracy: {cfg.name}", info, notes) + report.markdown_table(summary)
+    text = markdown_header(f"Accuracy: {cfg.name}", runs, notes) + report.markdown_table(summary)
+    if control:
+        text += f"\n## Negative control: `{cfg.control.system}` paired against `{cfg.control.against}`\n\n"
+        text += report.markdown_table(control)
     (out / f"{cfg.name}.md").write_text(text)
     if summary:
         report.plot_accuracy(summary, str(out / f"{cfg.name}.png"), f"{cfg.name}: paired with dense")

@@ -66,7 +66,10 @@ def write_report(cfg: DictConfig, out: Path, data: dict) -> None:
         + "; ".join(f"`{n}` = {r}" for n, r in data["patterns"].items())
     )
     text = (
-        markdown_header(f"Attention mass kept: {cfg.name}", data["provenance"], notes) + head + "\n".join(lines) + "\n"
+        markdown_header(f"Attention mass kept: {cfg.name}", [data["provenance"]], notes)
+        + head
+        + "\n".join(lines)
+        + "\n"
     )
     (out / f"{cfg.name}.md").write_text(text)
     plot(kept, out / f"{cfg.name}.png", f"{cfg.name}: fraction of dense attention mass kept")

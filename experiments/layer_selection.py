@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sparseattn.eval import report
 from sparseattn.eval.layer_selection import LayerScores, schedule_config, select_layers
-from sparseattn.eval.provenance import markdown_header, provenance
+from sparseattn.eval.provenance import load_runs, markdown_header, provenance, record_run
 from sparseattn.patterns import Triangle
 
 
@@ -40,6 +40,7 @@ def main(cfg: DictConfig) -> None:
     if not cfg.report_only:
         from sparseattn.eval.models import load
 
+        record_run(out / f"{cfg.name}_runs.json", cfg.threads)
         loaded = load(cfg.model, cfg.threads)
     if (cfg.reuse_gradients and grads_path.exists()) or cfg.report_only:
         scores = json.loads(grads_path.read_text())["per_layer"]
@@ -125,10 +126,10 @@ def compare(cfg: DictConfig, choices: dict, triangle: Triangle, model, tokenizer
 
 def write_report(cfg: DictConfig, out: Path, scores: list[float], choices: dict, rows: list) -> None:
     summary = report.summarize(rows, resamples=cfg.bootstrap_resamples, seed=cfg.eval.seed)
-    info = provenance(cfg.threads)
-    info["config"] = OmegaConf.to_container(cfg, resolve=True)
+    runs = load_runs(out / f"{cfg.name}_runs.json")
+    info = {"runs": runs, "rendered": provenance(), "config": OmegaConf.to_container(cfg, resolve=True)}
     (out / f"{cfg.name}.json").write_text(
-        json.dumps({"provenance": info, "per_layer_gradient": scores, "layers": choices, "summary": summary}, indent=1)
+        json.dumps({**info, "per_layer_gradient": scores, "layers": choices, "summary": summary}, indent=1)
     )
     ranking = sorted(range(len(scores)), key=lambda i: scores[i])
     notes = (
@@ -137,7 +138,7 @@ def write_report(cfg: DictConfig, out: Path, scores: list[float], choices: dict,
         f"`{cfg.name}_gradients.json`. Layers from smallest to largest: {ranking}.\n\n"
         + "\n".join(f"- `{name}`: triangle layers {layers}" for name, layers in choices.items())
     )
-    text = markdown_header(f"Layer selection: {cfg.name}", info, notes) + report.markdown_table(summary)
+    text = markdown_header(f"Layer selection: {cfg.name}", runs, notes) + report.markdown_table(summary)
     (out / f"{cfg.name}.md").write_text(text)
     plot(cfg, out, scores, summary)
     print(text)
@@ -175,7 +176,7 @@ def plot(cfg: DictConfig, out: Path, scores: list[float], summary: list[dict]) -
         )
         ax2.plot(ks, [s["kl_mean"] for _, s in entries], marker="o", label=method)
     if summary:
-        ax1.axhline(100 * summary[0]["dense_score"], color="0.5", linestyle="--", label="dense")
+        ax1.axhline(100 * summary[0]["base_score"], color="0.5", linestyle="--", label="dense")
     ax1.set_xlabel("number of triangle layers k")
     ax1.set_ylabel("score (%) — whiskers: 95% CI of Δ vs dense")
     ax1.set_title(f"{', '.join(cfg.eval.tasks)} at {cfg.eval.length} tokens", fontsize=9)

@@ -1,12 +1,18 @@
-"""What every committed result carries: the exact command, date, device and library versions."""
+"""What every committed result carries: the exact commands, dates, device and library versions.
+
+A run appends its own record to ``<name>_runs.json`` before computing, so a resumed run lists every
+invocation that contributed rows, and a table re-rendered later still names the commands that produced it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import platform
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 
@@ -19,7 +25,7 @@ def provenance(threads: int | None = None) -> dict:
         cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu}"
     return {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device + (f", {threads} threads" if threads else ""),
         "versions": {
@@ -30,8 +36,20 @@ def provenance(threads: int | None = None) -> dict:
     }
 
 
-def markdown_header(title: str, info: dict, notes: str = "") -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-    text = f"# {title}\n\n- command: `{info['command']}`\n- date: {info['date']}\n- device: {info['device']}\n"
-    text += f"- versions: {versions}\n"
+def record_run(path: Path, threads: int | None = None) -> None:
+    """Append this invocation's provenance to the JSON list at ``path``."""
+    runs = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([*runs, provenance(threads)], indent=1))
+
+
+def load_runs(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def markdown_header(title: str, runs: list[dict], notes: str = "") -> str:
+    """Title, then one line per run (command, date, device, versions), then ``notes``."""
+    text = f"# {title}\n\nProduced by (in order; later runs resume earlier ones):\n\n"
+    for run in runs:
+        versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items())
+        text += f"- `{run['command']}` — {run['date']}, {run['device']}, {versions}\n"
     return text + (f"\n{notes}\n" if notes else "") + "\n"

@@ -9,16 +9,19 @@ from sparseattn.eval.paired_eval import DENSE
 from sparseattn.eval.paired_stats import mcnemar_exact, paired_bootstrap_ci
 
 
-def summarize(rows: Iterable[dict], *, resamples: int = 10_000, seed: int = 0) -> list[dict]:
-    """One entry per (task, length, system != dense), paired with dense on the samples both answered."""
+def summarize(rows: Iterable[dict], *, base: str = DENSE, resamples: int = 10_000, seed: int = 0) -> list[dict]:
+    """One entry per (task, length, system), paired with ``base`` on the samples both answered.
+
+    Fidelity columns are always against dense (that is what the rows carry), whatever ``base`` is.
+    """
     by_key: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for row in rows:
         by_key[(row["task"], row["length"], row["system"])][row["index"]] = row
     out = []
     for (task, length, system), got in sorted(by_key.items()):
-        if system == DENSE:
+        if system in (base, DENSE):
             continue
-        dense = by_key[(task, length, DENSE)]
+        dense = by_key[(task, length, base)]
         common = sorted(set(got) & set(dense))
         if not common:
             continue
@@ -31,14 +34,15 @@ def summarize(rows: Iterable[dict], *, resamples: int = 10_000, seed: int = 0) -
                 "task": task,
                 "length": length,
                 "system": system,
+                "base": base,
                 "n": len(common),
-                "dense_score": _mean(r["score"] for r in d),
+                "base_score": _mean(r["score"] for r in d),
                 "score": _mean(r["score"] for r in s),
                 "diff": ci.estimate,
                 "diff_low": ci.low,
                 "diff_high": ci.high,
-                "only_dense": test.only_a,
-                "only_sparse": test.only_b,
+                "only_base": test.only_a,
+                "only_system": test.only_b,
                 "mcnemar_p": test.p_value,
                 "kl_first": _mean(r["kl_first"] for r in s),
                 "kl_mean": _mean(r["kl_mean"] for r in s),
@@ -51,14 +55,14 @@ def summarize(rows: Iterable[dict], *, resamples: int = 10_000, seed: int = 0) -
 
 def markdown_table(summary: Sequence[dict]) -> str:
     head = (
-        "| task | len | system | n | dense | system score | Δ (95% bootstrap CI) | dense-only / system-only correct | "
-        "McNemar p | KL first tok | KL mean | top-1 agree |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| task | len | system | base | n | base score | system score | Δ (95% bootstrap CI) | base-only / system-only "
+        "correct | McNemar p | KL vs dense, first tok | KL vs dense, mean | top-1 agree with dense |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {s['task']} | {s['length']} | {s['system']} | {s['n']} | {100 * s['dense_score']:.1f} | "
+        f"| {s['task']} | {s['length']} | {s['system']} | {s['base']} | {s['n']} | {100 * s['base_score']:.1f} | "
         f"{100 * s['score']:.1f} | {100 * s['diff']:+.1f} [{100 * s['diff_low']:+.1f}, {100 * s['diff_high']:+.1f}] | "
-        f"{s['only_dense']} / {s['only_sparse']} | {s['mcnemar_p']:.3g} | {s['kl_first']:.4f} | {s['kl_mean']:.4f} | "
+        f"{s['only_base']} / {s['only_system']} | {s['mcnemar_p']:.3g} | {s['kl_first']:.4f} | {s['kl_mean']:.4f} | "
         f"{100 * s['top1_mean']:.1f}% |"
         for s in summary
     ]
@@ -78,7 +82,7 @@ def plot_accuracy(summary: Sequence[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
     for t, key in enumerate(tasks):
         entries = {s["system"]: s for s in summary if (s["task"], s["length"]) == key}
-        dense = next(iter(entries.values()))["dense_score"]
+        dense = next(iter(entries.values()))["base_score"]
         ax.bar(t, 100 * dense, width, color="0.6", label=DENSE if t == 0 else None)
         for j, system in enumerate(systems, 1):
             if system not in entries:
