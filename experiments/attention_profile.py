@@ -82,10 +82,11 @@ def plot(kept: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(kept), figsize=(3.2 * len(kept), 6), squeeze=False)
+    fig, axes = plt.subplots(1, len(kept), figsize=(3.2 * len(kept) + 1, 6), squeeze=False, layout="constrained")
     for ax, (name, matrix) in zip(axes[0], kept.items(), strict=True):
         image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
         ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(matrix.shape[1]))
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="mass kept")
