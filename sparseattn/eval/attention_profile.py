@@ -9,6 +9,7 @@ its window and its last rows keep everything by construction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from sparseattn.patterns import Pattern
 
 @torch.no_grad()
 def mass_kept(
-    model: torch.nn.Module,
+    model: Any,
     prompts: Sequence[Sequence[int]],
     patterns: Mapping[str, Pattern],
     *,
@@ -40,7 +41,7 @@ def mass_kept(
                 name: p.to_dense(size, num_heads=p.num_heads).unsqueeze(0).to(device) for name, p in patterns.items()
             }
 
-            def observe(layer: int, probs: Tensor, start: int, masks=masks, size=size) -> None:
+            def observe(layer: int, probs: Tensor, start: int, masks: Any = masks, size: Any = size) -> None:
                 rows = slice(start, start + probs.shape[2])
                 for name, mask in masks.items():
                     kept = (probs * mask[:, :, rows]).sum(dim=-1)  # [1, H, rows]

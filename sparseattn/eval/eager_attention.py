@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,8 +28,16 @@ class ProbeAttention:
         self.name = f"sparseattn_probe_{next(_names)}"
 
     def __call__(
-        self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling=None, dropout=0.0, **kwargs
-    ):
+        self,
+        module: Any,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[Tensor, None]:
         if query.shape[2] != key.shape[2]:
             raise ValueError(
                 f"query: the probe handles prefills from an empty cache only, got q_len {query.shape[2]} < kv_len {key.shape[2]}"
@@ -53,7 +62,7 @@ class ProbeAttention:
         return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
-def use_probe(model: torch.nn.Module, probe: ProbeAttention) -> None:
+def use_probe(model: Any, probe: ProbeAttention) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 

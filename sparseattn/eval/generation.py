@@ -8,6 +8,7 @@ those positions are what decode-position fidelity compares. One prefill serves b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,8 +23,8 @@ class Answer:
 
 @torch.no_grad()
 def answer(
-    model: torch.nn.Module,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     prompt_ids: list[int] | tuple[int, ...],
     *,
     max_new_tokens: int,
@@ -60,7 +61,7 @@ def answer(
     return Answer(tokens, tokenizer.decode(tokens, skip_special_tokens=True), forced)
 
 
-def _stop_ids(tokenizer) -> set[int]:
+def _stop_ids(tokenizer: Any) -> set[int]:
     ids = {tokenizer.eos_token_id}
     for name in ("<|im_end|>", "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,7 +72,7 @@ class _MiddleGate:
 
 
 def middle_gradients(
-    model: torch.nn.Module,
+    model: Any,
     prompts: Sequence[Sequence[int]],
     targets: Sequence[int],
     *,
@@ -103,6 +104,7 @@ def middle_gradients(
             loss = -torch.log_softmax(logits, dim=-1)[target]
             loss.backward()
             grad_abs.append((gate.grad_abs / gate.middle_entries(len(prompt))).float())
+            assert gate.gates.grad is not None  # the gates are leaves that require grad
             attribution.append(gate.gates.grad.detach().clone())
     finally:
         if checkpointing:

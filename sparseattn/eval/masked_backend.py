@@ -13,11 +13,13 @@ only the per-sequence attention of a sparse layer is replaced.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sparseattn.integrations.huggingface import ScheduledAttention, check_model
+from sparseattn.patterns import Pattern
 from sparseattn.schedule import LayerSchedule, is_dynamic
 
 _names = itertools.count()
@@ -47,6 +49,7 @@ class MaskedSDPAAttention(ScheduledAttention):
         if is_dynamic(pattern):
             dense = pattern.estimate(q, k).to_dense(q_len, kv_len, num_heads=heads)
             return self._checked(dense, layer).unsqueeze(0).to(q.device)
+        assert isinstance(pattern, Pattern)  # every non-dynamic schedule entry is a Pattern
         key = (pattern, q_len, kv_len, heads, str(q.device))
         if key not in self._masks:
             # Patterns written per head give [H, q, kv]; shared ones [1, q, kv], which broadcasts over heads.
@@ -64,7 +67,7 @@ class MaskedSDPAAttention(ScheduledAttention):
         return mask
 
 
-def use_masked_schedule(model: torch.nn.Module, schedule: LayerSchedule) -> MaskedSDPAAttention:
+def use_masked_schedule(model: Any, schedule: LayerSchedule) -> MaskedSDPAAttention:
     """Make ``model`` prefill with ``schedule`` through masked SDPA (in place); returns the attention function."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -92,7 +95,7 @@ class AttentionSwitch:
         self.impl = impl
         self._names: dict[int, tuple[LayerSchedule, str]] = {}
 
-    def __call__(self, model: torch.nn.Module, schedule: LayerSchedule | None) -> None:
+    def __call__(self, model: Any, schedule: LayerSchedule | None) -> None:
         from sparseattn.integrations import use_dense, use_schedule
 
         if schedule is None:
@@ -101,10 +104,11 @@ class AttentionSwitch:
             model.set_attn_implementation(self._names[id(schedule)][1])
         else:
             if self.backend == "masked_sdpa":
-                attention = use_masked_schedule(model, schedule)
+                name = use_masked_schedule(model, schedule).name
             else:
-                attention = use_schedule(model, schedule, impl=self.impl)
-            self._names[id(schedule)] = (schedule, attention.name)  # the schedule is kept so its id stays unique
+                name = use_schedule(model, schedule, impl=self.impl).name
+            assert name is not None  # both helpers register the attention under a name
+            self._names[id(schedule)] = (schedule, name)  # the schedule is kept so its id stays unique
 
 
 BACKENDS = ("masked_sdpa", "framework")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 
-def load(spec: Mapping, threads: int | None = None):
+def load(spec: Mapping[str, Any], threads: int | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from ``spec``: ``hf_path`` (a local folder) or ``gguf_path`` (None: SmolLM2)."""
     if threads:
         torch.set_num_threads(int(threads))
@@ -17,9 +18,10 @@ def load(spec: Mapping, threads: int | None = None):
     if spec.get("hf_path"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             spec["hf_path"], dtype=resolve_dtype(dtype), local_files_only=True, attn_implementation="sdpa"
-        ).to(resolve_device(device))
+        )
+        model = model.to(resolve_device(device))
         return model.eval(), AutoTokenizer.from_pretrained(spec["hf_path"], local_files_only=True)
     model = gguf_model(spec.get("gguf_path"), dtype=dtype, device=device)
     return model, gguf_tokenizer(spec.get("gguf_path"))

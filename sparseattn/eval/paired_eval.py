@@ -8,6 +8,7 @@ written as JSON lines by the caller, so an interrupted run resumes and a report 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -21,8 +22,8 @@ DENSE = "dense"
 
 
 def evaluate_sample(
-    model: torch.nn.Module,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     sample: Sample,
     schedules: Mapping[str, LayerSchedule],
     attach: Callable[[torch.nn.Module, LayerSchedule | None], None],
@@ -41,7 +42,7 @@ def evaluate_sample(
     return rows
 
 
-def _row(sample: Sample, system: str, text: str, fidelity) -> dict:
+def _row(sample: Sample, system: str, text: str, fidelity: Any) -> dict[str, Any]:
     value = score(text, sample.references, sample.metric)
     row = {
         "task": sample.task,

@@ -19,6 +19,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sparseattn.eval import text_sources
 
@@ -148,7 +149,7 @@ class TaskGenerator:
     tasks never changes existing ones. The essay haystack is tokenized once per generator.
     """
 
-    def __init__(self, tokenizer, seed: int = 0) -> None:
+    def __init__(self, tokenizer: Any, seed: int = 0) -> None:
         self.tokenizer = tokenizer
         self.seed = seed
         self._essay_ids: list[int] | None = None
@@ -182,7 +183,7 @@ class TaskGenerator:
         start = int(position * (len(self._essay_ids) - budget - 1))
         return self.tokenizer.decode(self._essay_ids[start : start + budget])
 
-    def _fit(self, spec: _Spec, length: int, haystack, rng: random.Random) -> list[int]:
+    def _fit(self, spec: _Spec, length: int, haystack: Any, rng: random.Random) -> list[int]:
         """Prompt ids of about ``length`` tokens: size the haystack by the prompt's overhead, then trim."""
         depths = sorted(rng.random() for _ in spec.needles)
         overhead = len(self._prompt(spec, _insert("", spec.needles, depths)))
