@@ -99,9 +99,10 @@ def plot_accuracy(summary: Sequence[dict], path: str, title: str) -> None:
                 label=system if t == 0 else None,
             )
     ax.set_xticks([t + width * len(systems) / 2 for t in range(len(tasks))])
-    ax.set_xticklabels([f"{task}\n{length}" for task, length in tasks], fontsize=8)
-    ax.set_ylabel("RULER score (%)  — whiskers: 95% CI of the paired difference")
-    ax.set_title(title, fontsize=9)
+    counts = {(s["task"], s["length"]): s["n"] for s in summary}
+    ax.set_xticklabels([f"{task}\n{length} tokens, n={counts[(task, length)]}" for task, length in tasks], fontsize=8)
+    ax.set_ylabel("RULER score (%)")
+    ax.set_title(f"{title}\nwhiskers: 95% paired-bootstrap CI of (system − dense), drawn around the system", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
