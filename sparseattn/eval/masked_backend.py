@@ -32,7 +32,7 @@ class MaskedSDPAAttention(ScheduledAttention):
         super().__init__(schedule, impl="reference", causal_backend="sdpa")
         self._masks: dict[tuple, Tensor] = {}
 
-    def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
         mask = self.mask(layer, q, k)
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)

@@ -114,16 +114,18 @@ class ScheduledAttention:
         if spans is not None and all(span == (0, size) for span in spans):
             spans = None
         if spans is None and not (self.schedule.is_dynamic(layer) and q.shape[0] > 1):
-            return self._attend(layer, q, k, v, scale)
+            return self.attend(layer, q, k, v, scale)
         # One sequence at a time: dynamic patterns are estimated per sequence, padding is cut off.
         spans = spans or [(0, size)] * q.shape[0]
         out = torch.zeros_like(q)
         for b, (start, stop) in enumerate(spans):
             row = (slice(b, b + 1), slice(None), slice(start, stop))
-            out[row] = self._attend(layer, q[row], k[row], v[row], scale)
+            out[row] = self.attend(layer, q[row], k[row], v[row], scale)
         return out
 
-    def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+        """Sparse prefill of one batch of equal-length sequences for ``layer``: the hook a subclass
+        overrides to send prefill elsewhere (``sparseattn.eval.masked_backend`` hands SDPA the exact mask)."""
         block = functools.partial(default_block_size, self.impl, q.shape[-1], q.dtype)
         # Triton launches on the current device; a model spread over GPUs has layers on the others.
         with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
