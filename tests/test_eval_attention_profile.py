@@ -4,19 +4,13 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+from tiny_llama import TINY_LLAMA
+
 from sparseattn import Causal, Triangle, Window
 from sparseattn.eval.attention_profile import mass_kept
 from sparseattn.integrations import random_model
 
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=97,
-    max_position_embeddings=256,
-)
+TINY = TINY_LLAMA
 
 
 def test_complementary_patterns_add_up_to_all_the_mass_and_causal_keeps_it_all():

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+from tiny_llama import TINY_LLAMA
+
 from sparseattn import Causal, Streaming, Triangle, Window
 from sparseattn.eval.fidelity import compare_logits
 from sparseattn.eval.generation import answer
@@ -11,15 +13,7 @@ from sparseattn.eval.masked_backend import AttentionSwitch, use_masked_schedule
 from sparseattn.integrations import random_model, use_dense, use_schedule
 from sparseattn.schedule import LayerSchedule
 
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=97,
-    max_position_embeddings=512,
-)
+TINY = TINY_LLAMA
 
 
 class Tokens:

@@ -4,20 +4,14 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+from tiny_llama import TINY_LLAMA
+
 from sparseattn import Triangle
 from sparseattn.eval.eager_attention import ProbeAttention, use_probe
 from sparseattn.eval.layer_selection import middle_gradients, schedule_config, select_layers
 from sparseattn.integrations import random_model
 
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=97,
-    max_position_embeddings=256,
-)
+TINY = {**TINY_LLAMA, "num_hidden_layers": 4}
 TRI = Triangle(sink=2, window=6, last=4)
 
 

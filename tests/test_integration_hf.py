@@ -7,17 +7,11 @@ from sparseattn import Causal, Streaming, Triangle
 from sparseattn.schedule import LayerSchedule
 
 transformers = pytest.importorskip("transformers")
+from tiny_llama import TINY_LLAMA  # noqa: E402
+
 from sparseattn.integrations import LayerTimer, random_model, use_dense, use_schedule  # noqa: E402
 
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=97,
-    max_position_embeddings=256,
-)
+TINY = TINY_LLAMA
 TRIANGLE = Triangle(sink=2, window=5, last=3)
 
 
