@@ -27,7 +27,6 @@ CONF = ROOT / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 SCHEDULES = sorted(p.stem for p in (CONF / "schedule").glob("*.yaml"))
 PATTERNS = sorted(p.stem for p in (CONF / "pattern").glob("*.yaml"))
-DYNAMIC_READY = importlib.util.find_spec("sparseattn.patterns.dynamic") is not None
 LOADS_REAL_WEIGHTS = {"smollm2"}
 PRESETS = {
     "trianglemix_llama31_8b": "llama31_8b",
@@ -41,15 +40,9 @@ def ttft_config(*overrides: str):
         return compose(config_name="ttft", overrides=list(overrides))
 
 
-def needs_dynamic(node) -> bool:
-    return "dynamic" in str(node)
-
-
 @pytest.mark.parametrize("name", PATTERNS)
 def test_pattern_configs_instantiate(name):
     cfg = ttft_config(f"pattern={name}")
-    if needs_dynamic(cfg.pattern) and not DYNAMIC_READY:
-        pytest.skip("sparseattn.patterns.dynamic (issue 4) not in this tree yet")
     pattern = instantiate(cfg.pattern)
     assert isinstance(pattern, Pattern) or is_dynamic(pattern)
 
@@ -60,8 +53,6 @@ def test_pattern_configs_instantiate(name):
 )
 def test_schedule_configs_instantiate_and_bind(name, model):
     cfg = ttft_config(f"schedule={name}", f"model={model}")
-    if needs_dynamic(cfg.schedule) and not DYNAMIC_READY:
-        pytest.skip("sparseattn.patterns.dynamic (issue 4) not in this tree yet")
     layers, heads = cfg.model.load.config.num_hidden_layers, cfg.model.load.config.num_attention_heads
     schedule = instantiate(cfg.schedule).bind(layers, heads)
     assert isinstance(schedule, LayerSchedule)

@@ -107,7 +107,7 @@ class AttentionSwitch:
                 name = use_masked_schedule(model, schedule).name
             else:
                 name = use_schedule(model, schedule, impl=self.impl).name
-            assert name is not None  # both helpers register the attention under a name
+            assert name is not None  # both functions register the attention under a name
             self._names[id(schedule)] = (schedule, name)  # the schedule is kept so its id stays unique
 
 

@@ -98,10 +98,10 @@ def test_generate_with_a_schedule(model):
 
 
 def test_smollm2_on_the_gpu():
-    """Real weights when the GGUF was staged (../shared/gpu/stage_model.sh; SMOLLM2_GGUF names the file)."""
-    path = os.environ.get("SMOLLM2_GGUF", "/tmp/gpu/smollm2.gguf")
+    """Real weights when SMOLLM2_GGUF names a copy of the GGUF (the GPU machine may lack the package)."""
+    path = os.environ.get("SMOLLM2_GGUF", "")
     if not Path(path).is_file():
-        pytest.skip(f"no staged GGUF at {path}")
+        pytest.skip("SMOLLM2_GGUF does not name a GGUF file")
     model = gguf_model(path, dtype="bfloat16", device="cuda")
     ids = torch.randint(0, model.config.vocab_size, (1, 6000), device="cuda")
     dense, _ = last_logits(model, ids, LayerSchedule.uniform(Causal()), impl="reference", causal_backend="sparse")
