@@ -59,7 +59,19 @@ def validate_layout(layout: BlockLayout, q: Tensor, k: Tensor) -> None:
 
 def mean_row_tiles(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> float | None:
     """Upper bound on the mean number of tiles per (head, query block) row, from the pattern's support
-    bound alone (no lowering); None when the pattern gives no bound."""
+    bound alone (no lowering); None when the pattern gives no bound. Memoised like `lowered`: the
+    schedule asks for it on every layer call, before its layout cache."""
+    if type(pattern).__hash__ is object.__hash__:
+        return _mean_row_tiles(pattern, q_len, kv_len, block_size)
+    return _mean_row_tiles_by_value(pattern, q_len, kv_len, block_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _mean_row_tiles_by_value(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> float | None:
+    return _mean_row_tiles(pattern, q_len, kv_len, block_size)
+
+
+def _mean_row_tiles(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> float | None:
     heads = pattern.num_heads or 1
     ctx = MaskContext(q_len, kv_len, heads, *block_size)
     size = pattern.support_size(ctx)
