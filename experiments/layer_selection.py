@@ -48,9 +48,10 @@ def main(cfg: DictConfig) -> None:
         scores = compute_gradients(cfg, triangle, *loaded, grads_path)
     num_layers = len(scores)
     choices = {
-        f"{method}_k{k}": select_layers(method, k, num_layers, torch.tensor(scores), seed=cfg.random_seed)
+        f"{label}_k{k}": select_layers(method, k, num_layers, torch.tensor(scores), seed=seed)
         for k in cfg.k_values
         for method in cfg.methods
+        for label, seed in series(method, cfg.random_seeds)
     }
     for k in cfg.k_values:
         layers = choices.get(f"gradient_k{k}")
@@ -62,6 +63,13 @@ def main(cfg: DictConfig) -> None:
     if not cfg.report_only:
         rows += compare(cfg, choices, triangle, *loaded, rows_path, rows)
     write_report(cfg, out, scores, choices, rows)
+
+
+def series(method: str, random_seeds: list[int]) -> list[tuple[str, int]]:
+    """(name, seed) of each series a method contributes: one per seed for random draws, else one."""
+    if method == "random":
+        return [(f"random_s{seed}", seed) for seed in random_seeds]
+    return [(method, 0)]
 
 
 def compute_gradients(cfg: DictConfig, triangle: Triangle, model, tokenizer, path: Path) -> list[float]:
@@ -156,9 +164,12 @@ def plot(cfg: DictConfig, out: Path, scores: list[float], summary: list[dict]) -
     ax0.set_xlabel("layer")
     ax0.set_ylabel("mean |dL/dA| over the middle region")
     ax0.set_title("gradient statistic (small: triangle candidate)", fontsize=9)
-    for method_index, method in enumerate(cfg.methods):
+    labels = [label for method in cfg.methods for label, _ in series(method, cfg.random_seeds)]
+    for method_index, method in enumerate(labels):
         entries = sorted(
-            (int(s["system"].rsplit("_k", 1)[1]), s) for s in summary if s["system"].startswith(method + "_k")
+            (int(s["system"].rsplit("_k", 1)[1]), s)
+            for s in summary
+            if s["system"].rsplit("_k", 1)[0] == method and s["base"] == "dense"
         )
         if not entries:
             continue

@@ -14,7 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparseattn.kernels import triton_fwd
-from sparseattn.kernels.triton_fwd import preferred_block_size, triton_sparse_attention, work_list
+from sparseattn.kernels.triton_fwd import (
+    default_config,
+    preferred_block_size,
+    triton_sparse_attention,
+    work_list,
+)
 from sparseattn.layout import BlockLayout
 from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
@@ -109,9 +114,12 @@ def test_kernel_matches_oracle(data):
     max_chunk = data.draw(st.sampled_from([None, 0, 1, 2, 3]), "max_chunk")
     heavy_first = data.draw(st.booleans(), "heavy_first")
     scale = data.draw(st.sampled_from([None, 0.3]), "scale")
+    config = replace(default_config(layout, dim), tma=data.draw(st.booleans(), "tma"))
     q, k, v = random_inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype, data.draw(st.integers(0, 999)))
 
-    out, lse = triton_sparse_attention(q, k, v, layout, scale=scale, max_chunk=max_chunk, heavy_first=heavy_first)
+    out, lse = triton_sparse_attention(
+        q, k, v, layout, scale=scale, max_chunk=max_chunk, heavy_first=heavy_first, config=config
+    )
 
     assert out.dtype == dtype and out.shape == q.shape and lse.shape == q.shape[:3] and lse.dtype == torch.float32
     assert_close_to_oracle(out, lse, q, k, v, mask, scale=scale)

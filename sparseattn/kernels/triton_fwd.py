@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.triton_merge import merge_partials
 from sparseattn.kernels.triton_schedule import WorkList, build_work_list, default_max_chunk, rows_are_unequal
@@ -78,6 +79,21 @@ def _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs
 
 
 @triton.jit
+def _load_tile_tma(k_desc, v_desc, row0, start, keys, kv_len, BOUNDED: tl.constexpr):
+    """The same two tiles through tensor descriptors (Hopper's TMA engine copies them, no address math).
+
+    The descriptors view K and V as [B * Hkv * kv_len, HEAD_DIM], so a ragged last block reads the next
+    head's first rows (zeros past the tensor's end): scores there are masked to -inf by the caller and V
+    is zeroed here, so even non-finite values in another head cannot leak in.
+    """
+    k = k_desc.load([row0 + start, 0])  # [BLOCK_N, HEAD_DIM]
+    v = v_desc.load([row0 + start, 0])  # [BLOCK_N, HEAD_DIM]
+    if BOUNDED:
+        v = tl.where(keys[:, None] < kv_len, v, 0.0)
+    return k, v
+
+
+@triton.jit
 def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
     """K and V rows at arbitrary positions ``keys`` [BLOCK_N] (gathered columns), zeros out of range."""
     k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
@@ -93,6 +109,8 @@ def _sparse_fwd_kernel(
     Q,
     K,
     V,
+    K_DESC,
+    V_DESC,
     Out,
     LSE,
     O_PART,
@@ -127,6 +145,7 @@ def _sparse_fwd_kernel(
     q_len,
     kv_len,
     group,
+    kv_heads,
     qk_scale,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -134,6 +153,8 @@ def _sparse_fwd_kernel(
     EVEN_KV: tl.constexpr,
     HAS_COLS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     item = WORK + tl.program_id(0).to(tl.int64) * stride_work
@@ -160,6 +181,7 @@ def _sparse_fwd_kernel(
 
     k_offs = offs_n[:, None] * stride_ks + offs_d[None, :]  # [BLOCK_N, HEAD_DIM] int32, within a block
     v_offs = offs_n[:, None] * stride_vs + offs_d[None, :]
+    desc_row0 = ((b * kv_heads + kv_head) * kv_len).to(tl.int32)  # first row of this kv head in the descriptors
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -167,10 +189,13 @@ def _sparse_fwd_kernel(
 
     # FULL tiles: every in-range pair counts.
     full_row = FULL_IDX + tl.load(FULL_START + lrow)
-    for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES):
+    for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES, warp_specialize=WARP_SPECIALIZE):
         start = tl.load(full_row + i) * BLOCK_N
         keys = start + offs_n  # [BLOCK_N]
-        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
+        if USE_TMA:
+            k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
+        else:
+            k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
         qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         if not EVEN_KV:
             qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
@@ -191,7 +216,10 @@ def _sparse_fwd_kernel(
         words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [BLOCK_M, WORDS]
         bits = tl.reshape(tl.broadcast_to(words[:, :, None], [BLOCK_M, WORDS, 32]), [BLOCK_M, BLOCK_N])
         keep = ((bits >> shifts[None, :]) & 1) != 0  # [BLOCK_M, BLOCK_N]
-        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
+        if USE_TMA:
+            k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, True)
+        else:
+            k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
         qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
         acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
@@ -228,10 +256,17 @@ def _sparse_fwd_kernel(
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Launch knobs: warps per program and software-pipelining depth of the kv loops."""
+    """Launch knobs: warps per program, software-pipelining depth of the kv loops, and two Hopper options.
+
+    ``tma`` loads K/V tiles through tensor descriptors (the TMA copy engine on sm_90+; the interpreter
+    emulates them), which needs K and V contiguous: other layouts are copied first.
+    ``warp_specialize`` asks Triton to split the FULL-tile loop into producer and consumer warps.
+    """
 
     num_warps: int = 8
     num_stages: int = 3
+    tma: bool = False
+    warp_specialize: bool = False
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -378,6 +413,14 @@ def triton_sparse_attention(
     if not scale > 0:
         raise ValueError(f"scale: expected a positive float (the kernel folds it into the running max), got {scale}")
     config = config or default_config(layout, dim)
+    if config.tma:
+        k, v = k.contiguous(), v.contiguous()
+        if k.numel() // dim >= 2**31:
+            raise ValueError(f"k: {tuple(k.shape)} has over 2**31 rows, beyond a tensor descriptor; use tma=False")
+        k_desc = TensorDescriptor.from_tensor(k.view(-1, dim), [layout.block_n, dim])
+        v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [layout.block_n, dim])
+    else:
+        k_desc, v_desc = k, v  # unread: the pointer path is compiled
     work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
 
     out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
@@ -393,6 +436,8 @@ def triton_sparse_attention(
         q,
         k,
         v,
+        k_desc,
+        v_desc,
         out,
         lse,
         out_part,
@@ -427,6 +472,7 @@ def triton_sparse_attention(
         q_len,
         k.shape[2],
         heads // k.shape[1],
+        k.shape[1],
         scale * LOG2E,
         BLOCK_M=layout.block_m,
         BLOCK_N=layout.block_n,
@@ -434,6 +480,8 @@ def triton_sparse_attention(
         EVEN_KV=k.shape[2] % layout.block_n == 0,
         HAS_COLS=has_cols,
         NUM_STAGES=config.num_stages,
+        USE_TMA=config.tma,
+        WARP_SPECIALIZE=config.warp_specialize,
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)

@@ -109,6 +109,12 @@ def test_smollm2_on_the_gpu():
     got, attention = last_logits(model, ids, window)
     assert attention.calls == {"sparse_prefill": 30}
     assert_close_relative(got, dense)
+    # The accuracy experiments' schedule: the Triton path equals the fp32 reference on real weights.
+    mix = LayerSchedule([{"layers": "15-", "pattern": Triangle(sink=8, window=512, last=128)}], default=Causal())
+    expected, _ = last_logits(model, ids, mix, impl="reference", causal_backend="sparse")
+    got, attention = last_logits(model, ids, mix)
+    assert attention.calls == {"dense_prefill": 15, "sparse_prefill": 15}
+    assert_close_relative(got, expected)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

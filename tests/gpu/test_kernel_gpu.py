@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparseattn.kernels.triton_fwd import preferred_block_size, triton_sparse_attention
+from sparseattn.kernels.triton_fwd import KernelConfig, preferred_block_size, triton_sparse_attention
 from sparseattn.patterns import AShape, Causal, LastQueries, PerHead, Streaming, Triangle
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
@@ -48,6 +48,13 @@ def test_patterns_at_4k_gqa(name, dtype):
 @pytest.mark.parametrize("name", ["causal", "triangle", "mixture"])
 def test_chunked_prefill_ragged_head_dim_64(name):
     run(PATTERNS[name], 1, 8, 4, 1000, 5003, 64, torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["causal", "triangle", "mixture"])
+@pytest.mark.parametrize("config", [KernelConfig(8, 2, tma=True), KernelConfig(8, 2, tma=True, warp_specialize=True)])
+def test_tensor_descriptor_loads_ragged(name, config):
+    """TMA loads: ragged kv_len reads the next head's rows, which must stay out of every output."""
+    run(PATTERNS[name], 2, 8, 2, 1000, 5003, 128, torch.bfloat16, config=config)
 
 
 @pytest.mark.parametrize("max_chunk", [0, 4])
