@@ -3,8 +3,7 @@
     PYTHONPATH=. python experiments/tune_kernel.py --out experiments/results   # on a CUDA machine
 
 Options: tile shape with its warp count, pipeline depth, K/V loads through tensor descriptors (TMA),
-warp specialisation of the FULL-tile loop, and the work order (plain grid or heaviest rows first, never
-split). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
+and the work order (plain grid or heaviest rows first, never split). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
 configuration must not win), then timed with ``triton.testing.do_bench`` (median). Writes
 ``kernel_tuning.json`` and ``kernel_tuning.md``.
 """
@@ -32,7 +31,6 @@ from sparseattn.patterns import Causal, Pattern, Triangle
 SHAPES = {"causal": [((128, 128), 8)], "triangle": [((128, 128), 8), ((64, 64), 4)]}
 STAGES = [2, 3]
 TMA = [False, True]
-WARP_SPECIALIZE = [False, True]
 ORDERS = ["default", "heavy_first"]
 
 
@@ -78,18 +76,16 @@ def main() -> None:
                 return_mode="median",
             )
     todo = [
-        (case, (block, warps, stages, tma, ws, order))
+        (case, (block, warps, stages, tma, order))
         for case in cases
-        for (block, warps), stages, tma, ws, order in itertools.product(
-            SHAPES[case[0]], STAGES, TMA, WARP_SPECIALIZE, ORDERS
-        )
+        for (block, warps), stages, tma, order in itertools.product(SHAPES[case[0]], STAGES, TMA, ORDERS)
         # Heaviest-first without splitting only matters for near-uniform rows; unequal ones balance anyway.
         if not (order == "heavy_first" and case[0] != "causal")
     ]
-    for (name, pattern, n), (block, warps, stages, tma, ws, order) in tqdm(todo, desc="configs"):
-        config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma, warp_specialize=ws)
+    for (name, pattern, n), (block, warps, stages, tma, order) in tqdm(todo, desc="configs"):
+        config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma)
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
-        row.update(tma=tma, warp_specialize=ws, order=order)
+        row.update(tma=tma, order=order)
         order_args = {"heavy_first": True, "max_chunk": 0} if order == "heavy_first" else {}
         try:
             row["max_err"] = correct(pattern, block, config)
@@ -123,14 +119,13 @@ def main() -> None:
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
-        "| pattern | tokens | block | warps | stages | TMA | warp spec. | order | max err | ms | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | tokens | block | warps | stages | TMA | order | max err | ms | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
-            f"{r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['warp_specialize'] else 'no'} | "
-            f"{r['order']} |"
+            f"{r['num_stages']} | {'yes' if r['tma'] else 'no'} | {r['order']} |"
         )
         if "error" in r:
             lines.append(f"{head} — | {r['error']} | — |")
@@ -147,7 +142,7 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} s{r['num_stages']} tma={r['tma']} "
-            f"ws={r['warp_specialize']} {r['order']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
+            f"{r['order']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 
 
