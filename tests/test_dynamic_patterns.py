@@ -146,10 +146,18 @@ def test_block_topk_lowering_is_exact(kv_len, data):
     q_len = data.draw(st.integers(1, kv_len))
     qb, kb = -(-q_len // 32), -(-kv_len // 32)
     tiles = torch.tensor(data.draw(st.lists(st.booleans(), min_size=2 * qb * kb, max_size=2 * qb * kb))).view(2, qb, kb)
-    pattern = BlockTopKTiles(tiles, 32, q_len, kv_len)
+    # The tightest true bound on kept tiles per row sizes the lists exactly; the layout must not change.
+    bound = data.draw(st.sampled_from([None, max(int(tiles.sum(-1).max()), 1)]), "max_per_row")
+    pattern = BlockTopKTiles(tiles, 32, q_len, kv_len, max_per_row=bound)
     layout = pattern.lower(q_len, kv_len)
     check_layout_invariants(layout)
     assert torch.equal(layout.to_dense()[0], pattern.to_dense(q_len, kv_len))
+
+
+def test_block_topk_row_bound_is_checked():
+    tiles = torch.ones(1, 2, 2, dtype=torch.bool)
+    with pytest.raises(RuntimeError):
+        BlockTopKTiles(tiles, 32, 64, 64, max_per_row=1)
 
 
 # ---------------------------------------------------------------- backends on the estimate == oracle

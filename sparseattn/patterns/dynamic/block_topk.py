@@ -26,10 +26,12 @@ from sparseattn.patterns.dynamic.topk import select_top
 def block_means(x: Tensor, block: int) -> Tensor:
     """``[H, S, D]`` -> ``[H, ceil(S / block), D]`` fp32 means over each block's in-bounds rows."""
     heads, length, dim = x.shape
-    blocks = -(-length // block)
-    padded = torch.nn.functional.pad(x.float(), (0, 0, 0, blocks * block - length))
-    sums = padded.view(heads, blocks, block, dim).sum(2)
-    rows = torch.clamp(length - torch.arange(blocks, device=x.device) * block, max=block)
+    whole = length // block
+    # Summed in fp32 straight from the input dtype: no fp32 or padded copy of a 128K-row x.
+    sums = x[:, : whole * block].reshape(heads, whole, block, dim).sum(2, dtype=torch.float32)
+    if length % block:
+        sums = torch.cat([sums, x[:, whole * block :].sum(1, keepdim=True, dtype=torch.float32)], 1)
+    rows = torch.clamp(length - torch.arange(sums.shape[1], device=x.device) * block, max=block)
     return sums / rows.view(1, -1, 1)
 
 
@@ -87,7 +89,8 @@ class BlockTopK:
         counts = budget_tensor("topk", self.topk, heads, q.device).clamp(max=kb_dim).view(-1, 1)
         reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
         keep = (select_top(scores, counts, k_max) & reach) | forced
-        return BlockTopKTiles(keep, self.block_size, q.shape[2], k.shape[2])
+        # Forced blocks (the sink and at most two holding the block's own positions) may exceed the budget.
+        return BlockTopKTiles(keep, self.block_size, q.shape[2], k.shape[2], max_per_row=k_max + 3)
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +98,9 @@ class BlockTopKTiles(Pattern):
     """Selected ``block_size`` tiles per head, causal: keep ``(q, k)`` iff ``k <= q_pos`` and ``tiles[h, q // B, k // B]``.
 
     ``tiles`` is bool ``[H, QB, KB]`` for the ``q_len`` x ``kv_len`` problem it was estimated on.
+    ``max_per_row``, when given, is a bound on the tiles any query block keeps (`BlockTopK.estimate` sets
+    it from its budget); lowering then allocates its lists by it. It is checked on the device without
+    waiting for it: a violated bound fails the next synchronising CUDA call rather than losing tiles.
 
     >>> tiles = torch.tensor([[[True, False], [True, True]]])
     >>> print(BlockTopKTiles(tiles, block_size=2, q_len=4, kv_len=4).render(4))
@@ -108,6 +114,7 @@ class BlockTopKTiles(Pattern):
     block_size: int
     q_len: int
     kv_len: int
+    max_per_row: int | None = None
 
     def __post_init__(self) -> None:
         qb, kb = -(-self.q_len // self.block_size), -(-self.kv_len // self.block_size)
@@ -115,6 +122,9 @@ class BlockTopKTiles(Pattern):
             raise ValueError(
                 f"tiles: expected a bool tensor [heads, {qb}, {kb}], got {getattr(self.tiles, 'shape', self.tiles)!r}"
             )
+        if self.max_per_row is not None:
+            check_int("max_per_row", self.max_per_row, 1)
+            torch._assert_async(self.tiles.sum(-1).max() <= self.max_per_row)
 
     def __repr__(self) -> str:
         return (
@@ -157,4 +167,6 @@ class BlockTopKTiles(Pattern):
                 f"lower with block_size={native} or None"
             )
         tiles = self.tiles if device is None else self.tiles.to(device)
-        return layout_from_tile_grid(tiles, q_len=q_len, kv_len=kv_len, block=self.block_size)
+        return layout_from_tile_grid(
+            tiles, q_len=q_len, kv_len=kv_len, block=self.block_size, max_tiles_per_row=self.max_per_row
+        )

@@ -70,12 +70,14 @@ def layout_from_tile_grid(
     kv_len: int,
     block: int,
     columns: tuple[Tensor, Tensor] | None = None,
+    max_tiles_per_row: int | None = None,
 ) -> BlockLayout:
     """Layout computing ``keep [H, QB, KB]`` tiles (each intersected with ``k <= q_pos``) plus gathered columns.
 
     ``columns`` is ``(keys [H, C] ascending per head, valid [H, QB, C] bool)``: key positions to gather
     for each query block; the caller keeps only columns no kept tile covers (a key gathered inside a
-    computed tile would count twice).
+    computed tile would count twice). ``max_tiles_per_row``, when the caller knows one (a top-k budget),
+    bounds the FULL list's allocation; it must hold, since entries past the bound would be dropped.
     """
     heads, qb_dim, kb_dim = keep.shape
     device = keep.device
@@ -87,22 +89,30 @@ def layout_from_tile_grid(
     k_lo = (kb * block).view(1, -1)
     k_hi = (torch.clamp((kb + 1) * block, max=kv_len) - 1).view(1, -1)
     below = k_hi <= first  # every in-bounds pair of the tile is causal
-    reach = k_lo <= last  # some pair is
     full = keep & below
-    partial = keep & reach & ~below
+
+    # A query block crosses the causal diagonal in at most two adjacent key blocks, the same for every
+    # head: find them once on the [QB, KB] plane, then read only those two entries of each head's grid.
+    diagonal = (k_lo <= last) & ~below  # [QB, KB]
+    across = diagonal.sum(1, keepdim=True)  # [QB, 1] in {0, 1, 2}
+    cand = diagonal.int().argmax(1, keepdim=True) + torch.arange(2, device=device)  # [QB, 2]
+    cand_ok = torch.arange(2, device=device) < across  # [QB, 2]
+    cand = cand.clamp(max=kb_dim - 1)
+    partial = keep.gather(2, cand.expand(heads, -1, -1)) & cand_ok  # [H, QB, 2]
 
     tile_masks, kind_ids = _causal_table(block, q_len, kv_len)
     tile_masks, kind_ids = tile_masks.to(device, non_blocking=True), kind_ids.to(device, non_blocking=True)
-    second_shift = ((first - k_lo) < 0).long()  # c0 - block rather than c0
+    c_first, c_last = k_lo.view(-1)[cand], k_hi.view(-1)[cand]  # [QB, 2] key range of each candidate
+    second_shift = ((first - c_first) < 0).long()  # c0 - block rather than c0
     q_tail = (last - first + 1 < block).long()
-    k_tail = (k_hi - k_lo + 1 < block).long()
-    mask_id = kind_ids[(second_shift * 2 + q_tail) * 2 + k_tail]
+    k_tail = (c_last - c_first + 1 < block).long()
+    mask_id = kind_ids[(second_shift * 2 + q_tail) * 2 + k_tail]  # [QB, 2]
 
-    plane = qb_dim * kb_dim
-    f_num, f_start, f_idx = _csr(full, lambda w: w % kb_dim, heads * plane)
-    # A query block crosses the causal diagonal in at most two key blocks.
-    p_num, p_start, p_idx = _csr(partial, lambda w: w % kb_dim, heads * qb_dim * 2)
-    p_mid = _csr(partial, lambda w: mask_id.reshape(-1)[w % plane], heads * qb_dim * 2)[2]
+    bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
+    f_num, f_start, f_idx = _csr(full, lambda w: w % kb_dim, bound)
+    pair = qb_dim * 2
+    p_num, p_start, p_idx = _csr(partial, lambda w: cand.reshape(-1)[w % pair], heads * pair)
+    p_mid = _csr(partial, lambda w: mask_id.reshape(-1)[w % pair], heads * pair)[2]
     c_num = c_start = c_idx = None
     if columns is not None:
         keys, valid = columns  # keys [H, V] per head, valid [H, QB, V]
