@@ -425,7 +425,10 @@ def triton_sparse_attention(
         raise ValueError(f"scale: expected a positive float (the kernel folds it into the running max), got {scale}")
     config = config or default_config(layout, dim)
     if config.tma:
-        k, v = k.contiguous(), v.contiguous()
+        # Descriptors need contiguous rows and a 16-byte aligned base (a view may start mid-allocation).
+        k, v = (
+            t.contiguous() if t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format) for t in (k, v)
+        )
         if k.numel() // dim >= 2**31:
             raise ValueError(f"k: {tuple(k.shape)} has over 2**31 rows, beyond a tensor descriptor; use tma=False")
         k_desc = TensorDescriptor.from_tensor(k.view(-1, dim), [layout.block_n, dim])
