@@ -46,3 +46,16 @@ def test_gpu_estimate_equals_cpu_estimate():
     vs = VerticalSlash(300, 1000)
     gpu, cpu = vs.estimate(q, k), vs.estimate(q.cpu(), k.cpu())
     assert torch.equal(gpu.vertical.cpu(), cpu.vertical) and torch.equal(gpu.slash.cpu(), cpu.slash)
+
+
+def test_triton_top_k_selection_equals_torch_rule_at_128k_size():
+    """The block top-k grid of a 128K prompt: [32, 2048, 2048] scores with ties, +-inf and per-head budgets."""
+    from sparseattn.kernels.triton_topk import triton_select_top
+    from sparseattn.patterns.dynamic.topk import select_top
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    scores = torch.randint(-50, 50, (32, 2048, 2048), device="cuda", generator=gen).float()
+    scores[:, :, :7] = float("inf")
+    scores.tril_(0).masked_fill_(scores == 0, float("-inf"))
+    k = torch.randint(1, 200, (32, 1), device="cuda", generator=gen)
+    assert torch.equal(triton_select_top(scores, k), select_top(scores, k, int(k.max())))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparseattn.kernels.triton_topk import triton_select_top
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.base import MaskContext, Pattern
 from sparseattn.patterns.dynamic.budgets import (
@@ -88,7 +89,9 @@ class BlockTopK:
         k_max = min(budget_max(self.topk), kb_dim)
         counts = budget_tensor("topk", self.topk, heads, q.device).clamp(max=kb_dim).view(-1, 1)
         reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
-        keep = (select_top(scores, counts, k_max) & reach) | forced
+        # Same rule, two implementations: the Triton one reads the grid once (CUDA), the torch one is its oracle.
+        top = triton_select_top(scores, counts) if scores.is_cuda else select_top(scores, counts, k_max)
+        keep = (top & reach) | forced
         # Forced blocks (the sink and at most two holding the block's own positions) may exceed the budget.
         return BlockTopKTiles(keep, self.block_size, q.shape[2], k.shape[2], max_per_row=k_max + 3)
 
