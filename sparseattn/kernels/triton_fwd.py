@@ -7,6 +7,7 @@ contiguous chunk of its kv work. It streams, in order,
 2. PARTIAL tiles: the tile's packed bitmap, one int32 word per 32 columns, expanded to bits in registers,
 3. gathered key columns (last chunk of a row only): K/V rows gathered by position, kept where k <= q_pos,
 
+(K/V tiles by pointer loads or, with ``KernelConfig(tma=True)``, through tensor descriptors)
 through an online softmax in fp32 (exp2, with log2(e) folded into the scale), and writes the output and
 the natural-log lse, or, for a chunk of a split row, fp32 partials that ``triton_merge.py`` combines.
 
@@ -296,8 +297,8 @@ def default_config(layout: BlockLayout, head_dim: int) -> KernelConfig:
     """Fastest launch knobs measured per tile shape (experiments/results/kernel_tuning.md).
 
     Long rows on 128 x 128 tiles gain ~4% from TMA loads with a 3-deep pipeline on Hopper (dense causal,
-    32K and 128K); short rows on 64 x 64 tiles do not (their loads are few and the descriptors' setup
-    shows), so they keep pointer loads.
+    32K and 128K); short rows on 64 x 64 tiles measured ~1% slower with them (Triangle() at 32K and
+    128K), so they keep pointer loads.
     """
     if layout.block_m >= 128 and head_dim >= 64:
         if _has_tma(layout.device):
