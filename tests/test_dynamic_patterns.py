@@ -15,6 +15,7 @@ from sparseattn.patterns import AShape, PerHead
 from sparseattn.patterns.dynamic import (
     BlockTopK,
     BlockTopKTiles,
+    HeadTiles,
     MixedHeads,
     VerticalSlash,
     VerticalSlashIndices,
@@ -163,12 +164,16 @@ def test_block_topk_row_bound_is_checked():
 
 # ---------------------------------------------------------------- backends on the estimate == oracle
 @pytest.mark.parametrize("impl", ["triton", "flex", "reference"])
-@pytest.mark.parametrize("which", ["vs_block", "vs_token", "block_topk"])
+@pytest.mark.parametrize("which", ["vs_block", "vs_token", "block_topk", "mixed"])
 def test_backends_on_estimate_match_oracle(impl, which):
     q, k = _qk(7, 4, 2, 192, 192, dim=32)
     v = torch.randn_like(k)
     if which == "block_topk":
         concrete = BlockTopK(2, block_size=64).estimate(q, k)
+    elif which == "mixed":
+        concrete = MixedHeads((VerticalSlash(20, 60), BlockTopK(2), BlockTopK(1), VerticalSlash(35, 101))).estimate(
+            q, k
+        )
     else:
         concrete = VerticalSlash(35, 101, form=which[3:]).estimate(q, k)
     layout = concrete.lower(192, 192)
@@ -234,6 +239,29 @@ def test_mixed_heads_estimate_is_per_head():
     dense = concrete.to_dense(128, 128)
     assert torch.equal(dense[0], VerticalSlash((31, 1, 1), (101, 1, 1)).estimate(q, k).to_dense(128, 128)[0])
     assert torch.equal(dense[2], AShape(1, 1).to_dense(128, 128)[0])
+
+
+@pytest.mark.parametrize("q_len, kv_len", [(128, 128), (70, 200), (200, 201)])
+def test_mixed_dynamic_heads_estimate_to_head_tiles(q_len, kv_len):
+    """All heads dynamic: one `HeadTiles` whose mask is, head by head, that of its kind's estimate, and
+    whose one-pass lowering computes exactly that mask."""
+    q, k = _qk(5, 4, 2, q_len, kv_len)
+    heads = (
+        VerticalSlash(9, 40, block_size=32),
+        BlockTopK(2, 32),
+        VerticalSlash(20, 15, block_size=32),
+        BlockTopK(3, 32),
+    )
+    concrete = MixedHeads(heads).estimate(q, k)
+    assert isinstance(concrete, HeadTiles)
+    vs = VerticalSlash((9, 1, 20, 1), (40, 1, 15, 1), block_size=32).estimate(q, k).to_dense(q_len, kv_len)
+    bt = BlockTopK((1, 2, 1, 3), 32).estimate(q, k).to_dense(q_len, kv_len)
+    dense = concrete.to_dense(q_len, kv_len)
+    is_vs = torch.tensor([True, False, True, False]).view(-1, 1, 1)
+    assert torch.equal(dense, torch.where(is_vs, vs, bt))
+    layout = concrete.lower(q_len, kv_len)
+    check_layout_invariants(layout)
+    assert torch.equal(layout.to_dense()[0], dense)
 
 
 def test_yaml_round_trip(tmp_path):

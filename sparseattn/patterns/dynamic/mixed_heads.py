@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from sparseattn.patterns.base import Pattern
-from sparseattn.patterns.dynamic.block_topk import BlockTopK
+from sparseattn.patterns.dynamic.block_topk import BlockTopK, BlockTopKTiles
 from sparseattn.patterns.dynamic.budgets import check_qk, scalar_budget
+from sparseattn.patterns.dynamic.head_tiles import HeadTiles
+from sparseattn.patterns.dynamic.topk import PAD
 from sparseattn.patterns.dynamic.vertical_slash import VerticalSlash
+from sparseattn.patterns.dynamic.vs_indices import VerticalSlashIndices
 from sparseattn.patterns.per_head import PerHead
 
 HeadPattern = VerticalSlash | BlockTopK | Pattern
@@ -20,9 +24,11 @@ class MixedHeads:
     """Head ``h`` follows ``heads[h]``: a `VerticalSlash`, a `BlockTopK` or a static `Pattern`.
 
     ``estimate`` runs each dynamic kind once over all heads (per-head budgets taken from the heads of
-    that kind, no loop over heads) and returns a `PerHead` of the concrete patterns. That `PerHead`
-    lowers through the generic analytic lowering (exact, host side): use a uniform layer (one
-    `VerticalSlash` with per-head budgets) for the GPU-fast path.
+    that kind, no loop over heads). When every head is dynamic, on one tile size, with vertical-slash
+    heads in the block form, it returns a `HeadTiles` (each head's kept tiles and columns), which lowers
+    in one pass on the GPU without host synchronisation; otherwise (a static head, the token form) a
+    `PerHead` of the concrete patterns, which lowers through the generic analytic lowering (exact, host
+    side). Both stand for the same mask.
 
     >>> from sparseattn.patterns import AShape
     >>> MixedHeads((VerticalSlash(100, 800), AShape(1, 4))).num_heads
@@ -50,7 +56,7 @@ class MixedHeads:
     def num_heads(self) -> int:
         return len(self.heads)
 
-    def estimate(self, q: Tensor, k: Tensor) -> PerHead:
+    def estimate(self, q: Tensor, k: Tensor) -> HeadTiles | PerHead:
         check_qk(q, k)
         if q.shape[1] != self.num_heads:
             raise ValueError(f"q: MixedHeads is written for {self.num_heads} heads, got {q.shape[1]}")
@@ -78,4 +84,30 @@ class MixedHeads:
                 blocks[0].block_size,
             )
             concrete[BlockTopK] = joint_blocks.estimate(q, k)
+        if self._tiled():
+            return self._head_tiles(concrete, q.shape[2], k.shape[2], q.device)
         return PerHead(tuple(p if isinstance(p, Pattern) else concrete[type(p)] for p in self.heads))
+
+    def _tiled(self) -> bool:
+        """Every head dynamic, on one tile size, vertical-slash heads in the block form."""
+        sizes = {p.block_size for p in self.heads if isinstance(p, (VerticalSlash, BlockTopK))}
+        blocky = all(
+            isinstance(p, BlockTopK) or (isinstance(p, VerticalSlash) and p.form == "block") for p in self.heads
+        )
+        return blocky and len(sizes) == 1
+
+    def _head_tiles(self, concrete: dict[type, Pattern], q_len: int, kv_len: int, device: torch.device) -> HeadTiles:
+        """Each head's rows taken from the joint estimate of its kind (the other kind's rows are dropped)."""
+        block = next(iter({p.block_size for p in self.heads if isinstance(p, (VerticalSlash, BlockTopK))}))
+        is_vs = [isinstance(p, VerticalSlash) for p in self.heads]
+        vs = concrete.get(VerticalSlash)
+        mine = torch.tensor(is_vs, device=device)
+        tiles = torch.zeros(self.num_heads, -(-q_len // block), -(-kv_len // block), dtype=torch.bool, device=device)
+        columns = torch.full((self.num_heads, 0), PAD, dtype=torch.long, device=device)
+        if isinstance(vs, VerticalSlashIndices):
+            tiles = torch.where(mine.view(-1, 1, 1), vs.tile_grid(q_len, kv_len), tiles)
+            columns = torch.where(mine.view(-1, 1), vs.vertical, PAD)
+        blocks = concrete.get(BlockTopK)
+        if isinstance(blocks, BlockTopKTiles):
+            tiles = torch.where(mine.view(-1, 1, 1), tiles, blocks.tiles)
+        return HeadTiles(tiles, columns, block, q_len, kv_len)

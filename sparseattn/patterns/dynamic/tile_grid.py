@@ -148,3 +148,22 @@ def tile_bounds(q_len: int, kv_len: int, block: int, device: torch.device) -> tu
         kb * block,
         torch.clamp((kb + 1) * block, max=kv_len) - 1,
     )
+
+
+def index_table(indices: Tensor, size: int) -> Tensor:
+    """bool ``[H, size]``: which positions each head's index row holds (padding and overflow dropped)."""
+    heads = indices.shape[0]
+    table = torch.zeros(heads, size + 1, dtype=torch.bool, device=indices.device)
+    table.scatter_(1, indices.clamp(max=size), True)
+    return table[:, :size]
+
+
+def uncovered_columns(keys: Tensor, keep: Tensor, q_len: int, kv_len: int, block: int) -> tuple[Tensor, Tensor]:
+    """``(keys, valid [H, QB, C])``: the key columns ``keys [H, C]`` each query block reaches (``k <= last
+    q_pos``, in bounds) that no kept tile of ``keep [H, QB, KB]`` covers, for `layout_from_tile_grid`."""
+    _, last, _, _ = tile_bounds(q_len, kv_len, block, keep.device)
+    inside = (keys < kv_len).unsqueeze(1)
+    kb = (keys.clamp(max=kv_len - 1) // block).unsqueeze(1).expand(-1, last.numel(), -1)
+    covered = keep.gather(2, kb)
+    valid = inside & (keys.unsqueeze(1) <= last.view(1, -1, 1)) & ~covered
+    return keys, valid

@@ -10,19 +10,11 @@ from torch import Tensor
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.base import MaskContext, Pattern
 from sparseattn.patterns.columns import Columns, Diagonals
-from sparseattn.patterns.dynamic.tile_grid import layout_from_tile_grid, tile_bounds
+from sparseattn.patterns.dynamic.tile_grid import index_table, layout_from_tile_grid, tile_bounds, uncovered_columns
 from sparseattn.patterns.dynamic.topk import PAD
 from sparseattn.patterns.primitives import Causal
 
 FORMS = ("block", "token")
-
-
-def _table(indices: Tensor, size: int) -> Tensor:
-    """bool ``[H, size]``: which positions each head's index row holds (padding and overflow dropped)."""
-    heads = indices.shape[0]
-    table = torch.zeros(heads, size + 1, dtype=torch.bool, device=indices.device)
-    table.scatter_(1, indices.clamp(max=size), True)
-    return table[:, :size]
 
 
 def _prefix(table: Tensor) -> Tensor:
@@ -94,8 +86,8 @@ class VerticalSlashIndices(Pattern):
         h, q_idx, kv_idx = h.to(dev), q_idx.to(dev), kv_idx.to(dev)
         kv = kv_idx.clamp(0, ctx.kv_len - 1)
         q_pos = q_idx + ctx.offset
-        columns = _table(self.vertical, ctx.kv_len)[h, kv]
-        slashes = _table(self.slash, ctx.kv_len)
+        columns = index_table(self.vertical, ctx.kv_len)[h, kv]
+        slashes = index_table(self.slash, ctx.kv_len)
         if self.form == "token":
             d = q_pos - kv_idx
             lines = slashes[h, d.clamp(0, ctx.kv_len - 1)] & (d >= 0)
@@ -109,7 +101,7 @@ class VerticalSlashIndices(Pattern):
     def tile_grid(self, q_len: int, kv_len: int) -> Tensor:
         """bool ``[H, QB, KB]`` (block form): tiles of ``block_size`` some slash crosses."""
         first, last, k_lo, k_hi = tile_bounds(q_len, kv_len, self.block_size, self.slash.device)
-        prefix = _prefix(_table(self.slash, kv_len))
+        prefix = _prefix(index_table(self.slash, kv_len))
         head = torch.arange(self.num_heads, device=prefix.device).view(-1, 1)
         qb_dim, kb_dim, b = first.numel(), k_lo.numel(), self.block_size
         # Away from the short last blocks a tile's diagonal span depends on j = qb - kb only: decide each
@@ -151,19 +143,8 @@ class VerticalSlashIndices(Pattern):
                 f"lower with block_size={native} or None"
             )
         keep = self.tile_grid(q_len, kv_len)
-        return layout_from_tile_grid(
-            keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=self._gathered(keep, q_len, kv_len)
-        )
-
-    def _gathered(self, keep: Tensor, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
-        """Verticals each query block reaches (``k <= last q_pos``) that no kept tile of it covers."""
-        _, last, _, _ = tile_bounds(q_len, kv_len, self.block_size, keep.device)
-        keys = self.vertical  # [H, V]
-        inside = (keys < kv_len).unsqueeze(1)
-        kb = (keys.clamp(max=kv_len - 1) // self.block_size).unsqueeze(1).expand(-1, last.numel(), -1)
-        covered = keep.gather(2, kb)
-        valid = inside & (keys.unsqueeze(1) <= last.view(1, -1, 1)) & ~covered
-        return keys, valid
+        columns = uncovered_columns(self.vertical, keep, q_len, kv_len, self.block_size)
+        return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=columns)
 
     def to(self, device: torch.device | str) -> VerticalSlashIndices:
         return VerticalSlashIndices(self.vertical.to(device), self.slash.to(device), self.form, self.block_size)
