@@ -10,7 +10,6 @@ from torch import Tensor
 
 from sparseattn.kernels.triton_topk import triton_select_top
 from sparseattn.layout import BlockLayout
-from sparseattn.patterns.base import MaskContext, Pattern
 from sparseattn.patterns.dynamic.budgets import (
     Budget,
     budget_heads,
@@ -20,6 +19,7 @@ from sparseattn.patterns.dynamic.budgets import (
     check_int,
     check_qk,
 )
+from sparseattn.patterns.dynamic.tile_estimate import TileEstimate
 from sparseattn.patterns.dynamic.tile_grid import layout_from_tile_grid, tile_bounds
 from sparseattn.patterns.dynamic.topk import select_top
 
@@ -74,6 +74,10 @@ class BlockTopK:
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         """``[Hq, QB, KB]`` pooled scores, ``-inf`` where a key block is out of causal reach, ``+inf`` where forced."""
+        return self._scores(q, k)[0]
+
+    def _scores(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(`scores`, reach, forced): the two [QB, KB] masks the scores were built with, for the selection."""
         check_qk(q, k)
         heads, kv_heads = q.shape[1], k.shape[1]
         q_pool = block_means(q[0], self.block_size)  # [Hq, QB, D]
@@ -81,14 +85,13 @@ class BlockTopK:
         scores = torch.matmul(q_pool, k_pool.transpose(-1, -2))
         reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
         scores = scores.masked_fill(~reach, -math.inf)
-        return scores.masked_fill(forced, math.inf)
+        return scores.masked_fill(forced, math.inf), reach, forced
 
     def estimate(self, q: Tensor, k: Tensor) -> BlockTopKTiles:
-        scores = self.scores(q, k)
+        scores, reach, forced = self._scores(q, k)
         heads, _, kb_dim = scores.shape
         k_max = min(budget_max(self.topk), kb_dim)
         counts = budget_tensor("topk", self.topk, heads, q.device).clamp(max=kb_dim).view(-1, 1)
-        reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
         # Same rule, two implementations: the Triton one reads the grid once (CUDA), the torch one is its oracle.
         top = triton_select_top(scores, counts) if scores.is_cuda else select_top(scores, counts, k_max)
         keep = (top & reach) | forced
@@ -97,7 +100,7 @@ class BlockTopK:
 
 
 @dataclass(frozen=True, eq=False)
-class BlockTopKTiles(Pattern):
+class BlockTopKTiles(TileEstimate):
     """Selected ``block_size`` tiles per head, causal: keep ``(q, k)`` iff ``k <= q_pos`` and ``tiles[h, q // B, k // B]``.
 
     ``tiles`` is bool ``[H, QB, KB]`` for the ``q_len`` x ``kv_len`` problem it was estimated on.
@@ -113,18 +116,10 @@ class BlockTopKTiles(Pattern):
     ####
     """
 
-    tiles: Tensor
-    block_size: int
-    q_len: int
-    kv_len: int
     max_per_row: int | None = None
 
     def __post_init__(self) -> None:
-        qb, kb = -(-self.q_len // self.block_size), -(-self.kv_len // self.block_size)
-        if not isinstance(self.tiles, Tensor) or self.tiles.dim() != 3 or self.tiles.shape[1:] != (qb, kb):
-            raise ValueError(
-                f"tiles: expected a bool tensor [heads, {qb}, {kb}], got {getattr(self.tiles, 'shape', self.tiles)!r}"
-            )
+        super().__post_init__()
         if self.max_per_row is not None:
             check_int("max_per_row", self.max_per_row, 1)
             torch._assert_async(self.tiles.sum(-1).max() <= self.max_per_row)
@@ -135,41 +130,7 @@ class BlockTopKTiles(Pattern):
             f"q_len={self.q_len}, kv_len={self.kv_len})"
         )
 
-    @property
-    def num_heads(self) -> int:
-        return int(self.tiles.shape[0])
-
-    def _check_lengths(self, q_len: int, kv_len: int) -> None:
-        if (q_len, kv_len) != (self.q_len, self.kv_len):
-            raise ValueError(f"q_len, kv_len: estimated for ({self.q_len}, {self.kv_len}), got ({q_len}, {kv_len})")
-
-    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
-        self._check_lengths(ctx.q_len, ctx.kv_len)
-        dev = self.tiles.device
-        h, q_idx, kv_idx = h.to(dev), q_idx.to(dev), kv_idx.to(dev)
-        g = q_idx.clamp(0, ctx.q_len - 1) // self.block_size
-        b = kv_idx.clamp(0, ctx.kv_len - 1) // self.block_size
-        return (kv_idx <= q_idx + ctx.offset) & self.tiles[h, g, b]
-
-    def lower(
-        self,
-        q_len: int,
-        kv_len: int | None = None,
-        block_size: tuple[int, int] | None = None,
-        num_heads: int | None = None,
-        device: torch.device | str | None = None,
-    ) -> BlockLayout:
-        """Selected tiles as FULL (below the diagonal) or causal PARTIAL tiles, on the GPU, without host sync."""
-        kv_len = q_len if kv_len is None else kv_len
-        self._check_lengths(q_len, kv_len)
-        self._resolve_heads(num_heads)
-        native = (self.block_size, self.block_size)
-        if block_size is not None and tuple(block_size) != native:
-            raise ValueError(
-                f"block_size: BlockTopK selects {native} tiles, got {tuple(block_size)}; "
-                f"lower with block_size={native} or None"
-            )
-        tiles = self.tiles if device is None else self.tiles.to(device)
+    def _lower_tiles(self, tiles: Tensor) -> BlockLayout:
         return layout_from_tile_grid(
-            tiles, q_len=q_len, kv_len=kv_len, block=self.block_size, max_tiles_per_row=self.max_per_row
+            tiles, q_len=self.q_len, kv_len=self.kv_len, block=self.block_size, max_tiles_per_row=self.max_per_row
         )

@@ -98,7 +98,7 @@ class MixedHeads:
 
     def _head_tiles(self, concrete: dict[type, Pattern], q_len: int, kv_len: int, device: torch.device) -> HeadTiles:
         """Each head's rows taken from the joint estimate of its kind (the other kind's rows are dropped)."""
-        block = next(iter({p.block_size for p in self.heads if isinstance(p, (VerticalSlash, BlockTopK))}))
+        block = next(p.block_size for p in self.heads if isinstance(p, (VerticalSlash, BlockTopK)))  # one size
         is_vs = [isinstance(p, VerticalSlash) for p in self.heads]
         vs = concrete.get(VerticalSlash)
         mine = torch.tensor(is_vs, device=device)
@@ -110,4 +110,4 @@ class MixedHeads:
         blocks = concrete.get(BlockTopK)
         if isinstance(blocks, BlockTopKTiles):
             tiles = torch.where(mine.view(-1, 1, 1), tiles, blocks.tiles)
-        return HeadTiles(tiles, columns, block, q_len, kv_len)
+        return HeadTiles(tiles, block, q_len, kv_len, columns)

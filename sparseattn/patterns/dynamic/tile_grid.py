@@ -50,17 +50,20 @@ def _causal_table(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
     return distinct.reshape(-1, block, block // 32), kind_ids
 
 
-def _csr(select: Tensor, value: Callable[[Tensor], Tensor], bound: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(counts [1, H, QB] int32, starts [1, H, QB] int64, flat [bound] int32) of ``select [H, QB, X]``.
+def _csr(select: Tensor, bound: int, *values: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
+    """(counts [1, H, QB] int32, starts [1, H, QB] int64, then one flat [bound] int32 list per ``values``)
+    of ``select [H, QB, X]``.
 
-    ``value`` maps flat positions of selected entries to the stored values (computed, not gathered from
-    an expanded grid, so no grid-sized value tensor is ever built).
+    Each of ``values`` maps flat positions of selected entries to the stored values (computed, not
+    gathered from an expanded grid, so no grid-sized value tensor is ever built); the selection is
+    scanned once for all of them.
     """
     counts = select.sum(-1, dtype=torch.int32)
     starts = torch.cumsum(counts.reshape(-1), 0, dtype=torch.int64) - counts.reshape(-1)
     where = torch.nonzero_static(select.reshape(-1), size=bound, fill_value=-1).view(-1)
-    flat = torch.where(where >= 0, value(where.clamp(min=0)), 0).to(torch.int32)
-    return counts.unsqueeze(0), starts.view(counts.shape).unsqueeze(0), flat
+    found = where >= 0
+    flats = tuple(torch.where(found, value(where.clamp(min=0)), 0).to(torch.int32) for value in values)
+    return (counts.unsqueeze(0), starts.view(counts.shape).unsqueeze(0), *flats)
 
 
 def layout_from_tile_grid(
@@ -109,15 +112,16 @@ def layout_from_tile_grid(
     mask_id = kind_ids[(second_shift * 2 + q_tail) * 2 + k_tail]  # [QB, 2]
 
     bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
-    f_num, f_start, f_idx = _csr(full, lambda w: w % kb_dim, bound)
+    f_num, f_start, f_idx = _csr(full, bound, lambda w: w % kb_dim)
     pair = qb_dim * 2
-    p_num, p_start, p_idx = _csr(partial, lambda w: cand.reshape(-1)[w % pair], heads * pair)
-    p_mid = _csr(partial, lambda w: mask_id.reshape(-1)[w % pair], heads * pair)[2]
+    p_num, p_start, p_idx, p_mid = _csr(
+        partial, heads * pair, lambda w: cand.reshape(-1)[w % pair], lambda w: mask_id.reshape(-1)[w % pair]
+    )
     c_num = c_start = c_idx = None
     if columns is not None:
         keys, valid = columns  # keys [H, V] per head, valid [H, QB, V]
         per_row = valid.shape[-1]
-        c_num, c_start, c_idx = _csr(valid, lambda w: keys[w // (qb_dim * per_row), w % per_row], valid.numel())
+        c_num, c_start, c_idx = _csr(valid, valid.numel(), lambda w: keys[w // (qb_dim * per_row), w % per_row])
     return BlockLayout(
         q_len=q_len,
         kv_len=kv_len,
