@@ -152,7 +152,7 @@ def main() -> None:
         print(tag, result["layouts"][tag], flush=True)
         timed(f"{tag}_estimate", lambda pattern=pattern: pattern.estimate(q, k))
         if tag == "block_topk":  # where estimation goes: pooled scores, then the top-k selection
-            timed("block_topk_scores", lambda: bt.scores(q, k))
+            timed("block_topk_pooled_scores", lambda: bt.pooled_scores(q, k))
         timed(f"{tag}_lower", lambda concrete=concrete: concrete.lower(n, n))
         timed(f"{tag}_estimate_and_lower", lambda pattern=pattern: pattern.estimate(q, k).lower(n, n))
         timed(f"{tag}_triton", lambda layout=layout: triton_sparse_attention(q, k, v, layout))

@@ -76,6 +76,10 @@ class BlockLayout:
     - ``tile_masks`` [T, block_m, block_n // 32] int32 packed bitmaps
     - ``col_num``, ``col_start``, ``col_indices`` [nnz_cols] int32 (ascending key positions per row):
       gathered columns, all three ``None`` when nothing is gathered.
+    - ``device_built``: the layout was built on the device without host synchronisation (a dynamic
+      estimate, once per layer and prompt). The Triton kernel then schedules it without reading its
+      counts back: one program per row in grid order, later query blocks first, no row splitting
+      (balancing needs the counts on the host, a sync and ~2-4 ms of small ops per layout at 128K).
 
     Rows may share storage: heads that use the same pattern point their ``*_start`` at the same
     slice (see `share_rows`), so a per-head layout costs the distinct patterns' tiles, not H times.
@@ -96,6 +100,7 @@ class BlockLayout:
     col_num: Tensor | None = None
     col_start: Tensor | None = None
     col_indices: Tensor | None = None
+    device_built: bool = False
 
     def __post_init__(self) -> None:
         if self.block_m <= 0 or self.block_n <= 0 or self.block_n % _WORD:

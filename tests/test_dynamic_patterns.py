@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparseattn.attention import sparse_attention
-from sparseattn.kernels.triton_topk import triton_select_top
+from sparseattn.kernels.triton_topk import triton_block_topk_keep, triton_select_top
 from sparseattn.patterns import AShape, PerHead
 from sparseattn.patterns.dynamic import (
     BlockTopK,
@@ -23,6 +23,7 @@ from sparseattn.patterns.dynamic import (
     load_yaml,
     to_yaml,
 )
+from sparseattn.patterns.dynamic.block_topk import reachable_blocks
 from sparseattn.patterns.dynamic.topk import PAD, select_top
 from sparseattn.testing.checks import check_layout_invariants
 from sparseattn.testing.dynamic_reference import reference_block_topk, reference_vertical_slash
@@ -296,3 +297,23 @@ def test_triton_select_top_equals_torch_rule(data):
     k = torch.tensor(data.draw(st.lists(st.integers(1, n), min_size=rows, max_size=rows)))
     got = triton_select_top(scores.view(rows, n), k)
     assert torch.equal(got, select_top(scores.view(rows, n), k, int(k.max())))
+
+
+@given(st.data())
+@settings(max_examples=30, deadline=None)
+def test_triton_block_topk_keep_equals_masked_torch_rule(data):
+    """Causal rules fused into the selection (interpreter) == +-inf written into the grid, then the torch rule."""
+    block = data.draw(st.sampled_from([32, 64]), "block")
+    kv_len = data.draw(st.integers(1, 12 * block), "kv_len")
+    q_len = data.draw(st.integers(1, kv_len), "q_len")
+    heads = data.draw(st.integers(1, 3), "heads")
+    qb, kb = -(-q_len // block), -(-kv_len // block)
+    # Few distinct values: many ties at the budget boundary.
+    values = st.sampled_from([-1.0, 0.0, 0.5, 2.0]) | st.floats(-3, 3, width=32)
+    raw = torch.tensor(data.draw(st.lists(values, min_size=heads * qb * kb, max_size=heads * qb * kb)))
+    raw = raw.view(heads, qb, kb)
+    k = torch.tensor(data.draw(st.lists(st.integers(1, kb), min_size=heads, max_size=heads))).view(-1, 1)
+    reach, forced = reachable_blocks(q_len, kv_len, block, raw.device)
+    masked = raw.masked_fill(~reach, float("-inf")).masked_fill(forced, float("inf"))
+    expected = (select_top(masked, k, int(k.max())) & reach) | forced
+    assert torch.equal(triton_block_topk_keep(raw, k, q_len, kv_len, block), expected)

@@ -112,7 +112,9 @@ def test_kernel_matches_oracle(data):
         layout = with_columns(layout, torch.Generator().manual_seed(data.draw(st.integers(0, 999))), 24)
         mask = layout.to_dense()
     max_chunk = data.draw(st.sampled_from([None, 0, 1, 2, 3]), "max_chunk")
-    heavy_first = data.draw(st.booleans(), "heavy_first")
+    heavy_first: bool | None = data.draw(st.booleans(), "heavy_first")
+    if data.draw(st.booleans(), "device-built layout: grid order, no work list"):
+        layout, max_chunk, heavy_first = replace(layout, device_built=True), None, None
     scale = data.draw(st.sampled_from([None, 0.3]), "scale")
     config = replace(default_config(layout, dim), tma=data.draw(st.booleans(), "tma"))
     q, k, v = random_inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype, data.draw(st.integers(0, 999)))

@@ -148,6 +148,8 @@ def _sparse_fwd_kernel(
     kv_len,
     group,
     kv_heads,
+    lrow_stride_b,
+    lrow_stride_h,
     qk_scale,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -156,18 +158,35 @@ def _sparse_fwd_kernel(
     HAS_COLS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
     USE_TMA: tl.constexpr,
+    GRID_ORDER: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
-    item = WORK + tl.program_id(0).to(tl.int64) * stride_work
-    b = tl.load(item + 0).to(tl.int64)
-    h = tl.load(item + 1).to(tl.int64)
-    qb = tl.load(item + 2).to(tl.int64)
-    lrow = tl.load(item + 3).to(tl.int64)
-    t0 = tl.load(item + 4)
-    t1 = tl.load(item + 5)
-    slot = tl.load(item + 6).to(tl.int64)
+    if GRID_ORDER:
+        # One program per whole row, no work list: (batch, query block descending, head), heads
+        # innermost so GQA siblings share K/V through L2, later (longer, in causal layouts) rows first.
+        pid = tl.program_id(0).to(tl.int64)
+        heads = group * kv_heads
+        q_blocks = tl.cdiv(q_len, BLOCK_M)
+        h = pid % heads
+        qb = q_blocks - 1 - (pid // heads) % q_blocks
+        b = pid // (heads * q_blocks)
+        lrow = (b * lrow_stride_b + h * lrow_stride_h) * q_blocks + qb
+        slot = tl.full([], -1, tl.int64)
+    else:
+        item = WORK + tl.program_id(0).to(tl.int64) * stride_work
+        b = tl.load(item + 0).to(tl.int64)
+        h = tl.load(item + 1).to(tl.int64)
+        qb = tl.load(item + 2).to(tl.int64)
+        lrow = tl.load(item + 3).to(tl.int64)
+        slot = tl.load(item + 6).to(tl.int64)
     n_full = tl.load(FULL_NUM + lrow)
     n_total = n_full + tl.load(PART_NUM + lrow)
+    if GRID_ORDER:
+        t0 = 0
+        t1 = n_total
+    else:
+        t0 = tl.load(item + 4)
+        t1 = tl.load(item + 5)
 
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query index
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] column within a tile
@@ -415,7 +434,9 @@ def triton_sparse_attention(
     ``max_chunk`` caps the tiles one program runs for a row (``None``: from the work size and the number
     of multiprocessors; ``0``: never split); ``heavy_first=None`` balances only layouts whose rows are
     unequal (a triangle's last rows), ``heavy_first=False`` and ``max_chunk=0`` give the plain,
-    unbalanced grid (for measuring the balancing). ``config`` overrides warps and stages.
+    unbalanced grid (for measuring the balancing). A ``device_built`` layout with both left ``None``
+    runs without a work list and without any host synchronisation (see `BlockLayout`). ``config``
+    overrides warps and stages.
     """
     _check(q, k, v, layout)
     batch, heads, q_len, dim = q.shape
@@ -436,9 +457,10 @@ def triton_sparse_attention(
         v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [layout.block_n, dim])
     else:
         k_desc, v_desc = k, v  # unread: the pointer path is compiled
-    work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
+    grid_order = layout.device_built and max_chunk is None and heavy_first is None
+    work = None if grid_order else work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
 
-    out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
+    out, lse, out_part, lse_part = _new_outputs(q, 1 if work is None else max(work.num_slots, 1), layout.block_m)
 
     has_cols = layout.col_num is not None
     # Empty or absent lists are never read, but the kernel still wants a real pointer for them.
@@ -447,7 +469,9 @@ def triton_sparse_attention(
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
 
-    _sparse_fwd_kernel[(work.items.shape[0],)](
+    programs = batch * heads * layout.num_q_blocks if work is None else work.items.shape[0]
+    items = unused.view(1, 1) if work is None else work.items
+    _sparse_fwd_kernel[(programs,)](
         q,
         k,
         v,
@@ -457,8 +481,8 @@ def triton_sparse_attention(
         lse,
         out_part,
         lse_part,
-        work.items,
-        work.items.stride(0),
+        items,
+        items.stride(0),
         arg(layout.full_kv_num_blocks),
         arg(layout.full_kv_start),
         arg(layout.full_kv_indices),
@@ -488,6 +512,8 @@ def triton_sparse_attention(
         k.shape[2],
         heads // k.shape[1],
         k.shape[1],
+        0 if layout.batch_size == 1 else layout.num_heads,
+        0 if layout.num_heads == 1 else 1,
         scale * LOG2E,
         BLOCK_M=layout.block_m,
         BLOCK_N=layout.block_n,
@@ -496,7 +522,9 @@ def triton_sparse_attention(
         HAS_COLS=has_cols,
         NUM_STAGES=config.num_stages,
         USE_TMA=config.tma,
+        GRID_ORDER=grid_order,
         num_warps=config.num_warps,
     )
-    merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
+    if work is not None:
+        merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
     return out, lse

@@ -1,4 +1,4 @@
-"""Per-row top-k selection with the deterministic tie rule, one program per row, for block top-k estimation.
+"""Per-row top-k selection with the deterministic tie rule, one warp per row, for block top-k estimation.
 
 Same contract as the torch oracle `sparseattn.patterns.dynamic.topk.select_top`: keep the ``k`` highest
 scores of each row; among scores equal to the k-th one, the lowest indices. ``torch.topk`` plus the tie
@@ -6,6 +6,14 @@ rule costs ~7 ms on the [32, 2048, 2048] score grid of a 128K prompt (many passe
 program holds its row in registers and finds the k-th largest value by a 32-step bisection on an
 order-preserving integer key of the fp32 bits, then settles ties with a prefix count: one read of the
 scores, one write of the mask.
+
+A row of up to 2048 entries is one warp's: every count of the bisection is then a warp shuffle
+reduction, never a shared-memory round trip between warps (8 warps per row measured 1.5 ms for that
+grid, most of it waiting on those barriers).
+
+`triton_block_topk_keep` also applies block top-k's causal rules in the same pass, from the block
+geometry alone: key blocks out of causal reach never count, the sink block and the blocks holding the
+query block's own positions always do (the torch form writes +-inf into the grid twice first).
 """
 
 from __future__ import annotations
@@ -17,41 +25,65 @@ from torch import Tensor
 
 # Rows longer than this would not fit one program's registers (a 1M-token prompt has 16384 key blocks).
 MAX_ROW = 16384
+# Entries per warp: 64 int32 keys per thread, well inside the register file.
+WARP_ROW = 2048
 
 
 @triton.jit
-def _select_top_kernel(SCORES, K, KEEP, n, stride_row, BLOCK: tl.constexpr):
+def _select_top_kernel(
+    SCORES,
+    K,
+    KEEP,
+    n,
+    stride_row,
+    q_blocks,
+    q_len,
+    kv_len,
+    block,
+    BLOCK: tl.constexpr,
+    CAUSAL_BLOCKS: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)  # [BLOCK]
     inside = offs < n
     x = tl.load(SCORES + row * stride_row + offs, mask=inside, other=float("-inf"))  # [BLOCK] fp32
     k = tl.load(K + row)
+    if CAUSAL_BLOCKS:
+        # Row = (head, query block g); entry = key block. Bottom-right aligned positions, as the kernel.
+        g = row % q_blocks
+        first = g * block + (kv_len - q_len)
+        last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
+        k_lo = offs * block
+        k_hi = tl.minimum((offs + 1) * block, kv_len) - 1
+        reach = k_lo <= last  # [BLOCK] some pair of the tile is causal
+        forced = inside & ((offs == 0) | (reach & (k_hi >= first)))  # [BLOCK]
+        x = tl.where(forced, float("inf"), tl.where(reach, x, float("-inf")))
     x = x + 0.0  # -0.0 becomes +0.0: the two compare equal as floats and must share one key
     bits = x.to(tl.int32, bitcast=True)
     # Negative floats order backwards as integers: flipping their magnitude bits makes signed int32
-    # order match float order (-inf lowest, +inf highest); widened to int64 so the bisection cannot wrap.
-    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # [BLOCK]
-    # Padding sits below every real key, so it is never counted above a real threshold.
-    key = tl.where(inside, key, -(2**31) - 1)
-    # Largest t with at least k keys >= t: the k-th largest key, built one bit at a time from the top.
-    t = tl.full([], -(2**31), tl.int64)
+    # order match float order (-inf lowest, +inf highest).
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # [BLOCK]
+    sign = tl.full([], -(2**31), tl.int32)
+    # Padding takes the lowest key; only a NaN shares it, and scores are NaN-free.
+    key = tl.where(inside, key, sign)
+    # The k-th largest key, built one bit at a time from the top in unsigned space: ``u ^ sign`` maps an
+    # unsigned bit pattern to the signed key of the same rank, so no comparison can wrap.
+    t = tl.full([], 0, tl.int32)
     for bit in tl.static_range(31, -1, -1):
-        cand = t + (1 << bit)
-        count = tl.sum((key >= cand).to(tl.int32), 0)
+        cand = t | (tl.full([], 1, tl.int32) << bit)
+        count = tl.sum((key >= (cand ^ sign)).to(tl.int32), 0)
         t = tl.where(count >= k, cand, t)
-    above = key > t
-    at = key == t
+    threshold = t ^ sign
+    above = key > threshold
+    at = key == threshold
     need = k - tl.sum(above.to(tl.int32), 0)
     keep = above | (at & (tl.cumsum(at.to(tl.int32), 0) <= need))
+    if CAUSAL_BLOCKS:
+        keep = (keep & reach) | forced
     tl.store(KEEP + row * n + offs, keep.to(tl.int8), mask=inside)
 
 
-def triton_select_top(scores: Tensor, k: Tensor) -> Tensor:
-    """bool mask of the ``k[..., None]`` best entries of each row of fp32 ``scores`` (last dim), ties to
-    the lowest index; ``k`` broadcasts against ``scores.shape[:-1]`` with ``1 <= k <= scores.shape[-1]``.
-
-    No host synchronisation. Scores must be free of NaN (the estimators mask with +-inf only).
-    """
+def _launch(scores: Tensor, k: Tensor, geometry: tuple[int, int, int, int] | None) -> Tensor:
     if scores.dtype != torch.float32:
         raise ValueError(f"scores: expected float32, got {scores.dtype}")
     n = scores.shape[-1]
@@ -62,8 +94,46 @@ def triton_select_top(scores: Tensor, k: Tensor) -> Tensor:
         rows = rows.contiguous()
     counts = k.expand(scores.shape[:-1]).reshape(-1).to(device=scores.device, dtype=torch.int32).contiguous()
     keep = torch.empty(rows.shape, dtype=torch.int8, device=scores.device)
-    block = max(triton.next_power_of_2(n), 16)
-    warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    block = max(triton.next_power_of_2(n), 32)
+    q_blocks, q_len, kv_len, tile = geometry or (1, 1, 1, 1)
     if rows.shape[0]:
-        _select_top_kernel[(rows.shape[0],)](rows, counts, keep, n, rows.stride(0), BLOCK=block, num_warps=warps)
+        _select_top_kernel[(rows.shape[0],)](
+            rows,
+            counts,
+            keep,
+            n,
+            rows.stride(0),
+            q_blocks,
+            q_len,
+            kv_len,
+            tile,
+            BLOCK=block,
+            CAUSAL_BLOCKS=geometry is not None,
+            num_warps=max(1, block // WARP_ROW),
+        )
     return keep.view(torch.bool).view(scores.shape)
+
+
+def triton_select_top(scores: Tensor, k: Tensor) -> Tensor:
+    """bool mask of the ``k[..., None]`` best entries of each row of fp32 ``scores`` (last dim), ties to
+    the lowest index; ``k`` broadcasts against ``scores.shape[:-1]`` with ``1 <= k <= scores.shape[-1]``.
+
+    No host synchronisation. Scores must be free of NaN.
+    """
+    return _launch(scores, k, None)
+
+
+def triton_block_topk_keep(scores: Tensor, k: Tensor, q_len: int, kv_len: int, block: int) -> Tensor:
+    """Block top-k's kept tiles ``[H, QB, KB]`` from raw pooled scores ``[H, QB, KB]`` (fp32, NaN-free).
+
+    Equal to: scores ``-inf`` where key block ``b`` is out of causal reach of query block ``g`` and ``+inf``
+    where forced (``b == 0`` or ``b`` holds one of ``g``'s own positions), `triton_select_top` with
+    ``k [H, 1]``, then ``(top & reach) | forced``. Positions are bottom-right aligned (``q_len <= kv_len``).
+    """
+    q_blocks, k_blocks = scores.shape[1:]
+    if (q_blocks, k_blocks) != (-(-q_len // block), -(-kv_len // block)):
+        raise ValueError(
+            f"scores: expected [H, {-(-q_len // block)}, {-(-kv_len // block)}] for q_len={q_len}, "
+            f"kv_len={kv_len}, block={block}, got {tuple(scores.shape)}"
+        )
+    return _launch(scores, k, (q_blocks, q_len, kv_len, block))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.kernels.triton_topk import triton_select_top
+from sparseattn.kernels.triton_topk import triton_block_topk_keep
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.dynamic.budgets import (
     Budget,
@@ -74,29 +74,33 @@ class BlockTopK:
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         """``[Hq, QB, KB]`` pooled scores, ``-inf`` where a key block is out of causal reach, ``+inf`` where forced."""
-        return self._scores(q, k)[0]
+        reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
+        return self.pooled_scores(q, k).masked_fill(~reach, -math.inf).masked_fill(forced, math.inf)
 
-    def _scores(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(`scores`, reach, forced): the two [QB, KB] masks the scores were built with, for the selection."""
+    def pooled_scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """``[Hq, QB, KB]`` fp32 dot products of the pooled query and key blocks, before the causal rules."""
         check_qk(q, k)
         heads, kv_heads = q.shape[1], k.shape[1]
         q_pool = block_means(q[0], self.block_size)  # [Hq, QB, D]
         k_pool = block_means(k[0], self.block_size).repeat_interleave(heads // kv_heads, 0)  # [Hq, KB, D]
-        scores = torch.matmul(q_pool, k_pool.transpose(-1, -2))
-        reach, forced = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
-        scores = scores.masked_fill(~reach, -math.inf)
-        return scores.masked_fill(forced, math.inf), reach, forced
+        return torch.matmul(q_pool, k_pool.transpose(-1, -2))
 
     def estimate(self, q: Tensor, k: Tensor) -> BlockTopKTiles:
-        scores, reach, forced = self._scores(q, k)
-        heads, _, kb_dim = scores.shape
+        raw = self.pooled_scores(q, k)
+        heads, _, kb_dim = raw.shape
+        q_len, kv_len = q.shape[2], k.shape[2]
         k_max = min(budget_max(self.topk), kb_dim)
         counts = budget_tensor("topk", self.topk, heads, q.device).clamp(max=kb_dim).view(-1, 1)
-        # Same rule, two implementations: the Triton one reads the grid once (CUDA), the torch one is its oracle.
-        top = triton_select_top(scores, counts) if scores.is_cuda else select_top(scores, counts, k_max)
-        keep = (top & reach) | forced
+        # Same rule, two implementations: the Triton one applies the causal rules and selects in one
+        # read of the grid (CUDA); the torch one is its oracle.
+        if raw.is_cuda:
+            keep = triton_block_topk_keep(raw, counts, q_len, kv_len, self.block_size)
+        else:
+            reach, forced = reachable_blocks(q_len, kv_len, self.block_size, q.device)
+            masked = raw.masked_fill(~reach, -math.inf).masked_fill(forced, math.inf)
+            keep = (select_top(masked, counts, k_max) & reach) | forced
         # Forced blocks (the sink and at most two holding the block's own positions) may exceed the budget.
-        return BlockTopKTiles(keep, self.block_size, q.shape[2], k.shape[2], max_per_row=k_max + 3)
+        return BlockTopKTiles(keep, self.block_size, q_len, kv_len, max_per_row=k_max + 3)
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,7 +9,7 @@ from torch import Tensor
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.base import MaskContext
 from sparseattn.patterns.dynamic.tile_estimate import TileEstimate
-from sparseattn.patterns.dynamic.tile_grid import index_table, layout_from_tile_grid, uncovered_columns
+from sparseattn.patterns.dynamic.tile_grid import index_table, layout_from_tile_grid
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +56,6 @@ class HeadTiles(TileEstimate):
         """Columns no kept tile covers are gathered; no host sync."""
         if not self.columns.shape[1]:
             return super()._lower_tiles(tiles)
-        columns = uncovered_columns(self.columns.to(tiles.device), tiles, self.q_len, self.kv_len, self.block_size)
         return layout_from_tile_grid(
-            tiles, q_len=self.q_len, kv_len=self.kv_len, block=self.block_size, columns=columns
+            tiles, q_len=self.q_len, kv_len=self.kv_len, block=self.block_size, columns=self.columns.to(tiles.device)
         )

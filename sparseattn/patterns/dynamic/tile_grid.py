@@ -4,8 +4,9 @@ Dynamic patterns decide, per (head, query block, key block), whether a tile is c
 splits kept tiles into FULL ones and PARTIAL ones on the diagonal. Every output is allocated at a size
 known from the shapes alone (an upper bound), so nothing waits for the device:
 
-- CSR lists are filled with ``torch.nonzero_static``; slots past a list's real end hold ``0`` and no
-  row points at them (``*_start`` is still the exclusive prefix sum of the counts);
+- CSR lists are filled by row scans on CUDA (`sparseattn.kernels.triton_tile_lists`) and with
+  ``torch.nonzero_static`` here (the oracle, and the CPU path); slots past a list's real end are never
+  pointed at by any row (``*_start`` is the exclusive prefix sum of the counts);
 - ``tile_masks`` is the small table of distinct causal bitmaps the lengths allow (at most 8), built on
   the host from the lengths alone; a layout may leave some of them unreferenced.
 
@@ -20,6 +21,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from sparseattn.kernels.triton_tile_lists import triton_column_lists, triton_tile_lists
 from sparseattn.layout import BlockLayout, _pack_bits
 
 
@@ -72,56 +74,32 @@ def layout_from_tile_grid(
     q_len: int,
     kv_len: int,
     block: int,
-    columns: tuple[Tensor, Tensor] | None = None,
+    columns: Tensor | None = None,
     max_tiles_per_row: int | None = None,
 ) -> BlockLayout:
     """Layout computing ``keep [H, QB, KB]`` tiles (each intersected with ``k <= q_pos``) plus gathered columns.
 
-    ``columns`` is ``(keys [H, C] ascending per head, valid [H, QB, C] bool)``: key positions to gather
-    for each query block; the caller keeps only columns no kept tile covers (a key gathered inside a
-    computed tile would count twice). ``max_tiles_per_row``, when the caller knows one (a top-k budget),
-    bounds the FULL list's allocation; it must hold, since entries past the bound would be dropped.
+    ``columns`` ``[H, C]``: each head's key positions, ascending, padding ``>= kv_len``; a query block
+    gathers those it reaches (``k <=`` its last position) that no kept tile covers, so nothing counts
+    twice. ``max_tiles_per_row``, when the caller knows one (a top-k budget), bounds the FULL list's
+    allocation; it must hold, since entries past the bound would be dropped.
+
+    On CUDA the lists come from `sparseattn.kernels.triton_tile_lists` (rows scanned in place); the
+    torch path below is its oracle and the CPU path.
     """
     heads, qb_dim, kb_dim = keep.shape
     device = keep.device
-    offset = kv_len - q_len
-    qb = torch.arange(qb_dim, device=device)
-    kb = torch.arange(kb_dim, device=device)
-    first = (qb * block + offset).view(-1, 1)
-    last = (torch.clamp((qb + 1) * block, max=q_len) - 1 + offset).view(-1, 1)
-    k_lo = (kb * block).view(1, -1)
-    k_hi = (torch.clamp((kb + 1) * block, max=kv_len) - 1).view(1, -1)
-    below = k_hi <= first  # every in-bounds pair of the tile is causal
-    full = keep & below
-
-    # A query block crosses the causal diagonal in at most two adjacent key blocks, the same for every
-    # head: find them once on the [QB, KB] plane, then read only those two entries of each head's grid.
-    diagonal = (k_lo <= last) & ~below  # [QB, KB]
-    across = diagonal.sum(1, keepdim=True)  # [QB, 1] in {0, 1, 2}
-    cand = diagonal.int().argmax(1, keepdim=True) + torch.arange(2, device=device)  # [QB, 2]
-    cand_ok = torch.arange(2, device=device) < across  # [QB, 2]
-    cand = cand.clamp(max=kb_dim - 1)
-    partial = keep.gather(2, cand.expand(heads, -1, -1)) & cand_ok  # [H, QB, 2]
-
     tile_masks, kind_ids = _causal_table(block, q_len, kv_len)
     tile_masks, kind_ids = tile_masks.to(device, non_blocking=True), kind_ids.to(device, non_blocking=True)
-    c_first, c_last = k_lo.view(-1)[cand], k_hi.view(-1)[cand]  # [QB, 2] key range of each candidate
-    second_shift = ((first - c_first) < 0).long()  # c0 - block rather than c0
-    q_tail = (last - first + 1 < block).long()
-    k_tail = (c_last - c_first + 1 < block).long()
-    mask_id = kind_ids[(second_shift * 2 + q_tail) * 2 + k_tail]  # [QB, 2]
-
     bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
-    f_num, f_start, f_idx = _csr(full, bound, lambda w: w % kb_dim)
-    pair = qb_dim * 2
-    p_num, p_start, p_idx, p_mid = _csr(
-        partial, heads * pair, lambda w: cand.reshape(-1)[w % pair], lambda w: mask_id.reshape(-1)[w % pair]
-    )
-    c_num = c_start = c_idx = None
-    if columns is not None:
-        keys, valid = columns  # keys [H, V] per head, valid [H, QB, V]
-        per_row = valid.shape[-1]
-        c_num, c_start, c_idx = _csr(valid, valid.numel(), lambda w: keys[w // (qb_dim * per_row), w % per_row])
+    if keep.is_cuda:
+        lists = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
+        cols = None if columns is None else triton_column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
+    else:
+        lists = _tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
+        cols = None if columns is None else _column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
+    f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid = lists
+    c_num, c_start, c_idx = (None, None, None) if cols is None else cols
     return BlockLayout(
         q_len=q_len,
         kv_len=kv_len,
@@ -138,7 +116,55 @@ def layout_from_tile_grid(
         col_num=c_num,
         col_start=c_start,
         col_indices=c_idx,
+        device_built=True,
     )
+
+
+def _tile_lists(
+    keep: Tensor, kind_ids: Tensor, *, q_len: int, kv_len: int, block: int, bound: int
+) -> tuple[Tensor, ...]:
+    """(full counts, starts, indices, partial counts, starts, indices, bitmap ids) with torch ops."""
+    heads, qb_dim, kb_dim = keep.shape
+    device = keep.device
+    first, last, k_lo, k_hi = tile_bounds(q_len, kv_len, block, device)
+    first, last, k_lo, k_hi = first.view(-1, 1), last.view(-1, 1), k_lo.view(1, -1), k_hi.view(1, -1)
+    below = k_hi <= first  # every in-bounds pair of the tile is causal
+    full = keep & below
+
+    # A query block crosses the causal diagonal in at most two adjacent key blocks, the same for every
+    # head: find them once on the [QB, KB] plane, then read only those two entries of each head's grid.
+    diagonal = (k_lo <= last) & ~below  # [QB, KB]
+    across = diagonal.sum(1, keepdim=True)  # [QB, 1] in {0, 1, 2}
+    cand = diagonal.int().argmax(1, keepdim=True) + torch.arange(2, device=device)  # [QB, 2]
+    cand_ok = torch.arange(2, device=device) < across  # [QB, 2]
+    cand = cand.clamp(max=kb_dim - 1)
+    partial = keep.gather(2, cand.expand(heads, -1, -1)) & cand_ok  # [H, QB, 2]
+
+    c_first, c_last = k_lo.view(-1)[cand], k_hi.view(-1)[cand]  # [QB, 2] key range of each candidate
+    second_shift = ((first - c_first) < 0).long()  # c0 - block rather than c0
+    q_tail = (last - first + 1 < block).long()
+    k_tail = (c_last - c_first + 1 < block).long()
+    mask_id = kind_ids[(second_shift * 2 + q_tail) * 2 + k_tail]  # [QB, 2]
+
+    f_num, f_start, f_idx = _csr(full, bound, lambda w: w % kb_dim)
+    pair = qb_dim * 2
+    p_num, p_start, p_idx, p_mid = _csr(
+        partial, heads * pair, lambda w: cand.reshape(-1)[w % pair], lambda w: mask_id.reshape(-1)[w % pair]
+    )
+    return f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid
+
+
+def _column_lists(keys: Tensor, keep: Tensor, *, q_len: int, kv_len: int, block: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(counts, starts, flat keys) of the gathered columns with torch ops."""
+    qb_dim = keep.shape[1]
+    keys = keys.to(keep.device)
+    _, last, _, _ = tile_bounds(q_len, kv_len, block, keep.device)
+    inside = (keys < kv_len).unsqueeze(1)
+    kb = (keys.clamp(max=kv_len - 1) // block).unsqueeze(1).expand(-1, last.numel(), -1)
+    valid = inside & (keys.unsqueeze(1) <= last.view(1, -1, 1)) & ~keep.gather(2, kb)  # [H, QB, C]
+    per_row = valid.shape[-1]
+    c_num, c_start, c_idx = _csr(valid, valid.numel(), lambda w: keys[w // (qb_dim * per_row), w % per_row])
+    return c_num, c_start, c_idx
 
 
 def tile_bounds(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -160,14 +186,3 @@ def index_table(indices: Tensor, size: int) -> Tensor:
     table = torch.zeros(heads, size + 1, dtype=torch.bool, device=indices.device)
     table.scatter_(1, indices.clamp(max=size), True)
     return table[:, :size]
-
-
-def uncovered_columns(keys: Tensor, keep: Tensor, q_len: int, kv_len: int, block: int) -> tuple[Tensor, Tensor]:
-    """``(keys, valid [H, QB, C])``: the key columns ``keys [H, C]`` each query block reaches (``k <= last
-    q_pos``, in bounds) that no kept tile of ``keep [H, QB, KB]`` covers, for `layout_from_tile_grid`."""
-    _, last, _, _ = tile_bounds(q_len, kv_len, block, keep.device)
-    inside = (keys < kv_len).unsqueeze(1)
-    kb = (keys.clamp(max=kv_len - 1) // block).unsqueeze(1).expand(-1, last.numel(), -1)
-    covered = keep.gather(2, kb)
-    valid = inside & (keys.unsqueeze(1) <= last.view(1, -1, 1)) & ~covered
-    return keys, valid

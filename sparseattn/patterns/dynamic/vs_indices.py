@@ -10,7 +10,7 @@ from torch import Tensor
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.base import MaskContext, Pattern
 from sparseattn.patterns.columns import Columns, Diagonals
-from sparseattn.patterns.dynamic.tile_grid import index_table, layout_from_tile_grid, tile_bounds, uncovered_columns
+from sparseattn.patterns.dynamic.tile_grid import index_table, layout_from_tile_grid, tile_bounds
 from sparseattn.patterns.dynamic.topk import PAD
 from sparseattn.patterns.primitives import Causal
 
@@ -143,8 +143,7 @@ class VerticalSlashIndices(Pattern):
                 f"lower with block_size={native} or None"
             )
         keep = self.tile_grid(q_len, kv_len)
-        columns = uncovered_columns(self.vertical, keep, q_len, kv_len, self.block_size)
-        return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=columns)
+        return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=self.vertical)
 
     def to(self, device: torch.device | str) -> VerticalSlashIndices:
         return VerticalSlashIndices(self.vertical.to(device), self.slash.to(device), self.form, self.block_size)

@@ -1,0 +1,213 @@
+"""`BlockLayout` lists from a per-head tile grid on the GPU: one program per (head, query block) row.
+
+`sparseattn.patterns.dynamic.tile_grid` defines the lists with torch ops (its torch path is the oracle):
+kept tiles below the causal diagonal are FULL, kept tiles crossing it PARTIAL with one of 8 causal
+bitmap kinds, and vertical key columns no kept tile covers are gathered. There, every list costs a
+grid-sized boolean, a ``nonzero_static`` over it and value arithmetic over the bound (~2 ms per layout
+at 128K for block top-k, ~6 ms for vertical-slash with its gathered columns). Here each row is
+scanned in place twice: a counting pass, an exclusive prefix sum of the counts (torch, tiny), and a
+writing pass that stores each row's entries at its offset. The geometry (which tiles are below or
+across the diagonal, which bitmap kind) is recomputed from the lengths instead of being read.
+
+No host synchronisation: the flat lists are allocated at a bound known from the shapes and left
+unwritten past the rows' real ends, which no row points at.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Entries of a row scanned per step; a row of key blocks is 2048 long at 128K tokens in 64-wide tiles.
+CHUNK = 1024
+
+
+@triton.jit
+def _tile_rows_kernel(
+    KEEP,
+    KIND_IDS,
+    F_NUM,
+    F_START,
+    F_IDX,
+    P_NUM,
+    P_START,
+    P_IDX,
+    P_MID,
+    q_blocks,
+    k_blocks,
+    q_len,
+    kv_len,
+    block,
+    CHUNK: tl.constexpr,
+    WRITE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # (head, query block g)
+    g = row % q_blocks
+    first = g * block + (kv_len - q_len)  # bottom-right aligned position of the block's first query
+    last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
+    q_tail = (last - first + 1 < block).to(tl.int32)
+    keep_row = KEEP + row * k_blocks
+    if WRITE:
+        f_out = F_IDX + tl.load(F_START + row)
+        p_start = tl.load(P_START + row)
+        p_out = P_IDX + p_start
+        m_out = P_MID + p_start
+    n_full = tl.zeros([], tl.int32)
+    n_part = tl.zeros([], tl.int32)
+    for c0 in range(0, k_blocks, CHUNK):
+        kb = c0 + tl.arange(0, CHUNK)  # [CHUNK] key block
+        inside = kb < k_blocks
+        kept = inside & (tl.load(keep_row + kb, mask=inside, other=0) != 0)
+        k_lo = kb * block
+        k_hi = tl.minimum((kb + 1) * block, kv_len) - 1
+        below = k_hi <= first  # every in-bounds pair causal: FULL
+        full = kept & below
+        part = kept & ~below & (k_lo <= last)  # crosses the diagonal: PARTIAL
+        full_i = full.to(tl.int32)
+        part_i = part.to(tl.int32)
+        if WRITE:
+            tl.store(f_out + n_full + tl.cumsum(full_i, 0) - 1, kb.to(tl.int32), mask=full)
+            # Bitmap kind (shift, q tail, k tail), numbered as tile_grid._causal_table numbers them.
+            shifted = (first - k_lo < 0).to(tl.int32)
+            k_tail = (k_hi - k_lo + 1 < block).to(tl.int32)
+            kind = (shifted * 2 + q_tail) * 2 + k_tail
+            mask_id = tl.load(KIND_IDS + kind, mask=part, other=0)
+            at = n_part + tl.cumsum(part_i, 0) - 1
+            tl.store(p_out + at, kb.to(tl.int32), mask=part)
+            tl.store(m_out + at, mask_id.to(tl.int32), mask=part)
+        n_full += tl.sum(full_i, 0)
+        n_part += tl.sum(part_i, 0)
+    if not WRITE:
+        tl.store(F_NUM + row, n_full)
+        tl.store(P_NUM + row, n_part)
+
+
+@triton.jit
+def _column_rows_kernel(
+    KEYS,
+    KEEP,
+    C_NUM,
+    C_START,
+    C_IDX,
+    q_blocks,
+    k_blocks,
+    n_keys,
+    q_len,
+    kv_len,
+    block,
+    CHUNK: tl.constexpr,
+    WRITE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # (head, query block g)
+    head = row // q_blocks
+    g = row % q_blocks
+    last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
+    keep_row = KEEP + row * k_blocks
+    if WRITE:
+        c_out = C_IDX + tl.load(C_START + row)
+    count = tl.zeros([], tl.int32)
+    for c0 in range(0, n_keys, CHUNK):
+        slot = c0 + tl.arange(0, CHUNK)  # [CHUNK]
+        inside = slot < n_keys
+        key = tl.load(KEYS + head * n_keys + slot, mask=inside, other=kv_len)  # int64, padding >= kv_len
+        reached = inside & (key < kv_len) & (key <= last)
+        kb = tl.where(reached, key // block, 0)
+        covered = tl.load(keep_row + kb, mask=reached, other=0) != 0
+        valid = reached & ~covered
+        valid_i = valid.to(tl.int32)
+        if WRITE:
+            tl.store(c_out + count + tl.cumsum(valid_i, 0) - 1, key.to(tl.int32), mask=valid)
+        count += tl.sum(valid_i, 0)
+    if not WRITE:
+        tl.store(C_NUM + row, count)
+
+
+def _starts(counts: Tensor) -> Tensor:
+    flat = counts.reshape(-1)
+    return (torch.cumsum(flat, 0, dtype=torch.int64) - flat).view(counts.shape)
+
+
+def _as_int8(keep: Tensor) -> Tensor:
+    if keep.dtype != torch.bool or keep.dim() != 3:
+        raise ValueError(f"keep: expected a bool tensor [H, QB, KB], got {keep.dtype} {tuple(keep.shape)}")
+    return keep.contiguous().view(torch.int8)
+
+
+def triton_tile_lists(
+    keep: Tensor, kind_ids: Tensor, *, q_len: int, kv_len: int, block: int, bound: int
+) -> tuple[Tensor, ...]:
+    """(full counts, starts, indices, partial counts, starts, indices, bitmap ids) of ``keep [H, QB, KB]``.
+
+    Counts are ``[1, H, QB]`` int32, starts int64, flat lists int32 with ``bound`` slots for the FULL
+    list; ``kind_ids [8]`` maps the diagonal-tile kind to its bitmap's row in ``tile_masks``.
+    """
+    grid = _as_int8(keep)
+    heads, q_blocks, k_blocks = grid.shape
+    rows = heads * q_blocks
+    dev = keep.device
+    f_num = torch.empty(1, heads, q_blocks, dtype=torch.int32, device=dev)
+    p_num = torch.empty_like(f_num)
+    f_idx = torch.empty(max(bound, 1), dtype=torch.int32, device=dev)
+    p_idx = torch.empty(max(2 * rows, 1), dtype=torch.int32, device=dev)
+    p_mid = torch.empty_like(p_idx)
+    kind_ids = kind_ids.to(device=dev, dtype=torch.int32)
+    geometry = (q_blocks, k_blocks, q_len, kv_len, block)
+    if rows:
+        _tile_rows_kernel[(rows,)](
+            grid,
+            kind_ids,
+            f_num,
+            f_num,
+            f_idx,
+            p_num,
+            p_num,
+            p_idx,
+            p_mid,
+            *geometry,
+            CHUNK=CHUNK,
+            WRITE=False,
+            num_warps=4,
+        )
+    f_start, p_start = _starts(f_num), _starts(p_num)
+    if rows:
+        _tile_rows_kernel[(rows,)](
+            grid,
+            kind_ids,
+            f_num,
+            f_start,
+            f_idx,
+            p_num,
+            p_start,
+            p_idx,
+            p_mid,
+            *geometry,
+            CHUNK=CHUNK,
+            WRITE=True,
+            num_warps=4,
+        )
+    return f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid
+
+
+def triton_column_lists(
+    keys: Tensor, keep: Tensor, *, q_len: int, kv_len: int, block: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(counts [1, H, QB] int32, starts int64, flat keys int32): for each row, the keys of ``keys [H, V]``
+    (ascending per head, padding ``>= kv_len``) the query block reaches causally and no kept tile covers."""
+    grid = _as_int8(keep)
+    heads, q_blocks, k_blocks = grid.shape
+    if keys.dim() != 2 or keys.shape[0] != heads:
+        raise ValueError(f"keys: expected [{heads}, V], got {tuple(keys.shape)}")
+    keys = keys.to(torch.int64).contiguous()
+    rows, n_keys = heads * q_blocks, keys.shape[1]
+    dev = keep.device
+    c_num = torch.empty(1, heads, q_blocks, dtype=torch.int32, device=dev)
+    c_idx = torch.empty(max(rows * n_keys, 1), dtype=torch.int32, device=dev)
+    geometry = (q_blocks, k_blocks, n_keys, q_len, kv_len, block)
+    if rows:
+        _column_rows_kernel[(rows,)](keys, grid, c_num, c_num, c_idx, *geometry, CHUNK=CHUNK, WRITE=False, num_warps=4)
+    c_start = _starts(c_num)
+    if rows:
+        _column_rows_kernel[(rows,)](keys, grid, c_num, c_start, c_idx, *geometry, CHUNK=CHUNK, WRITE=True, num_warps=4)
+    return c_num, c_start, c_idx
