@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python experiments/tune_kernel.py --out experiments/results   # on a CUDA machine
 
-Options: tile shape with its warp count, pipeline depth, K/V loads through tensor descriptors (TMA),
-and the work order (plain grid or heaviest rows first, never split). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
+Options: tile shape with its warp count and the query heads packed per program (``pack``: heads of one
+kv head sharing each K/V tile), pipeline depth, K/V loads through tensor descriptors (TMA). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
 configuration must not win), then timed with ``triton.testing.do_bench`` (median). Writes
 ``kernel_tuning.json`` and ``kernel_tuning.md``.
 """
@@ -27,11 +27,14 @@ from sparseattn.kernels.reference import reference_attention
 from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle
 
-# Tile shapes with the warp count each measured best with (the full cross product is in git history).
-SHAPES = {"causal": [((128, 128), 8)], "triangle": [((128, 128), 8), ((64, 64), 4)]}
-STAGES = [2, 3]
-TMA = [False, True]
-ORDERS = ["default", "heavy_first"]
+# (tile shape, warps, heads per program): the pairs measured best before, and head packing around
+# them (earlier sweeps, including heavy-first orders and warp specialisation, are in git history).
+SHAPES = {
+    "causal": [((128, 128), 8, 1), ((64, 128), 8, 2)],
+    "triangle": [((64, 64), w, p) for w in (4, 8) for p in (1, 2, 4)],
+}
+STAGES = {"causal": [3], "triangle": [2, 3]}
+TMA = {"causal": [True], "triangle": [False, True]}
 
 
 @functools.lru_cache(maxsize=4)
@@ -76,24 +79,21 @@ def main() -> None:
                 return_mode="median",
             )
     todo = [
-        (case, (block, warps, stages, tma, order))
+        (case, (block, warps, pack, stages, tma))
         for case in cases
-        for (block, warps), stages, tma, order in itertools.product(SHAPES[case[0]], STAGES, TMA, ORDERS)
-        # Heaviest-first without splitting only matters for near-uniform rows; unequal ones balance anyway.
-        if not (order == "heavy_first" and case[0] != "causal")
+        for (block, warps, pack), stages, tma in itertools.product(SHAPES[case[0]], STAGES[case[0]], TMA[case[0]])
     ]
-    for (name, pattern, n), (block, warps, stages, tma, order) in tqdm(todo, desc="configs"):
-        config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma)
+    for (name, pattern, n), (block, warps, pack, stages, tma) in tqdm(todo, desc="configs"):
+        config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma, pack=pack)
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
-        row.update(tma=tma, order=order)
-        order_args = {"heavy_first": True, "max_chunk": 0} if order == "heavy_first" else {}
+        row.update(tma=tma, pack=pack)
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
             layout = pattern.lower(n, block_size=block, device="cuda")
             row["ms"] = triton.testing.do_bench(
-                lambda q=q, k=k, v=v, layout=layout, config=config, order_args=order_args: triton_sparse_attention(
-                    q, k, v, layout, config=config, **order_args
+                lambda q=q, k=k, v=v, layout=layout, config=config: triton_sparse_attention(
+                    q, k, v, layout, config=config
                 ),
                 return_mode="median",
             )
@@ -119,13 +119,13 @@ def main() -> None:
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
-        "| pattern | tokens | block | warps | stages | TMA | order | max err | ms | vs cuDNN dense |",
+        "| pattern | tokens | block | warps | heads/program | stages | TMA | max err | ms | vs cuDNN dense |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
-            f"{r['num_stages']} | {'yes' if r['tma'] else 'no'} | {r['order']} |"
+            f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} |"
         )
         if "error" in r:
             lines.append(f"{head} — | {r['error']} | — |")
@@ -141,8 +141,8 @@ def main() -> None:
     print("\nbest per case:")
     for (name, n), r in best.items():
         print(
-            f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} s{r['num_stages']} tma={r['tma']} "
-            f"{r['order']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
+            f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
+            f"tma={r['tma']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 
 

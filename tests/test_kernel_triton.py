@@ -117,6 +117,10 @@ def test_kernel_matches_oracle(data):
         layout, max_chunk, heavy_first = replace(layout, device_built=True), None, None
     scale = data.draw(st.sampled_from([None, 0.3]), "scale")
     config = replace(default_config(layout, dim), tma=data.draw(st.booleans(), "tma"))
+    if layout.num_heads == 1:  # heads of one kv head may share a program
+        config = replace(
+            config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))
+        )
     q, k, v = random_inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype, data.draw(st.integers(0, 999)))
 
     out, lse = triton_sparse_attention(
@@ -148,21 +152,26 @@ def test_all_empty_layout_gives_zeros_and_neg_inf():
     assert torch.isneginf(lse).all()
 
 
-def test_work_list_covers_every_tile_once_heaviest_first():
+@pytest.mark.parametrize("pack", [1, 2])
+def test_work_list_covers_every_tile_once_heaviest_first(pack):
     q_pos, k = positions(256, 256)
     mask = ((k <= q_pos) & ((q_pos - k < 40) | (q_pos >= 200)))[None, None]
     layout = BlockLayout.from_dense(mask, (32, 32))
-    work = work_list(layout, 2, 3, max_chunk=3)
+    work = work_list(layout, 2, 4, max_chunk=3, pack=pack)
     items = work.items.long()
     n_tiles = (layout.full_kv_num_blocks + layout.kv_num_blocks).view(-1).long()
-    covered = torch.zeros(2, 3, layout.num_q_blocks, dtype=torch.long)
-    for b, h, qb, lrow, t0, t1, _slot in items.tolist():
-        assert 0 <= t0 <= t1 <= n_tiles[lrow] and t1 - t0 <= 3
-        covered[b, h, qb] += t1 - t0
-    assert torch.equal(covered, n_tiles.view(1, 1, -1).expand(2, 3, -1))
+    covered = torch.zeros(2, 4, layout.num_q_blocks, dtype=torch.long)
+    slots = []
+    for b, h, qb, lrow, t0, t1, slot, stride in items.tolist():
+        assert 0 <= t0 <= t1 <= n_tiles[lrow] and t1 - t0 <= 3 and h % pack == 0
+        covered[b, h : h + pack, qb] += t1 - t0
+        slots += [slot + p * stride for p in range(pack)] if slot >= 0 else []
+    assert torch.equal(covered, n_tiles.view(1, 1, -1).expand(2, 4, -1))
     sizes = items[:, 5] - items[:, 4]
     assert (sizes[:-1] >= sizes[1:]).all()
-    assert work.num_slots == int((items[:, 6] >= 0).sum()) == int(work.merges[:, 4].sum())
+    # Every head of every split chunk has its own slot, and the merges read exactly those.
+    merged = [first + i for *_, first, count in work.merges.tolist() for i in range(count)]
+    assert sorted(slots) == sorted(merged) == list(range(work.num_slots))
 
 
 def test_rejects_cpu_tensors_outside_the_interpreter(monkeypatch):

@@ -42,22 +42,22 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 @triton.jit
 def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
-    """One online-softmax step on raw scores ``qk`` [BLOCK_M, BLOCK_N] (masked entries -inf).
+    """One online-softmax step on raw scores ``qk`` [ROWS, BLOCK_N] (masked entries -inf).
 
     ``qk_scale`` includes log2(e), so exp2 gives exp and the scaling folds into one FMA with the max.
     SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
     always hold a finite score per row and skip it.
     """
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [BLOCK_M]
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [ROWS]
     if SAFE:
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_ref = m_new
-    alpha = tl.math.exp2(m_i - m_ref)  # [BLOCK_M]
-    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [BLOCK_M, BLOCK_N]
+    alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
+    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [ROWS, BLOCK_N]
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)  # [BLOCK_M, HEAD_DIM]
+    acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
     return acc, l_i, m_new
 
 
@@ -159,19 +159,22 @@ def _sparse_fwd_kernel(
     NUM_STAGES: tl.constexpr,
     USE_TMA: tl.constexpr,
     GRID_ORDER: tl.constexpr,
+    PACK: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
+    ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
     if GRID_ORDER:
         # One program per whole row, no work list: (batch, query block descending, head), heads
         # innermost so GQA siblings share K/V through L2, later (longer, in causal layouts) rows first.
         pid = tl.program_id(0).to(tl.int64)
-        heads = group * kv_heads
+        units = group * kv_heads // PACK
         q_blocks = tl.cdiv(q_len, BLOCK_M)
-        h = pid % heads
-        qb = q_blocks - 1 - (pid // heads) % q_blocks
-        b = pid // (heads * q_blocks)
+        h = (pid % units) * PACK
+        qb = q_blocks - 1 - (pid // units) % q_blocks
+        b = pid // (units * q_blocks)
         lrow = (b * lrow_stride_b + h * lrow_stride_h) * q_blocks + qb
         slot = tl.full([], -1, tl.int64)
+        slot_stride = tl.full([], 0, tl.int64)
     else:
         item = WORK + tl.program_id(0).to(tl.int64) * stride_work
         b = tl.load(item + 0).to(tl.int64)
@@ -179,6 +182,7 @@ def _sparse_fwd_kernel(
         qb = tl.load(item + 2).to(tl.int64)
         lrow = tl.load(item + 3).to(tl.int64)
         slot = tl.load(item + 6).to(tl.int64)
+        slot_stride = tl.load(item + 7).to(tl.int64)
     n_full = tl.load(FULL_NUM + lrow)
     n_total = n_full + tl.load(PART_NUM + lrow)
     if GRID_ORDER:
@@ -188,13 +192,19 @@ def _sparse_fwd_kernel(
         t0 = tl.load(item + 4)
         t1 = tl.load(item + 5)
 
-    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] query index
+    # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
+    # K/V tiles are read once for all of them, the way one taller query block would, without
+    # computing any pair the layout does not list.
+    r = tl.arange(0, ROWS)
+    rm = r % BLOCK_M  # [ROWS] row within the layout's tile
+    head_r = h + r // BLOCK_M  # [ROWS] query head of each row
+    offs_m = qb * BLOCK_M + rm  # [ROWS] query index
     offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N] column within a tile
     offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
     in_q = offs_m < q_len
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=in_q[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+    q_ptrs = Q + b * stride_qb + head_r[:, None] * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=in_q[:, None], other=0.0)  # [ROWS, HEAD_DIM]
     kv_head = h // group
     k_base = K + b * stride_kb + kv_head * stride_kh
     v_base = V + b * stride_vb + kv_head * stride_vh
@@ -203,9 +213,9 @@ def _sparse_fwd_kernel(
     v_offs = offs_n[:, None] * stride_vs + offs_d[None, :]
     desc_row0 = ((b * kv_heads + kv_head) * kv_len).to(tl.int32)  # first row of this kv head in the descriptors
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
 
     # FULL tiles: every in-range pair counts.
     full_row = FULL_IDX + tl.load(FULL_START + lrow)
@@ -216,7 +226,7 @@ def _sparse_fwd_kernel(
             k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
         else:
             k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
-        qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
         if not EVEN_KV:
             qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
         acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
@@ -225,17 +235,16 @@ def _sparse_fwd_kernel(
     part_start = tl.load(PART_START + lrow)
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
-    rows = tl.arange(0, BLOCK_M)  # [BLOCK_M] row within the tile
-    words_offs = rows[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [BLOCK_M, WORDS]
+    words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
     shifts = offs_n % 32  # [BLOCK_N]
     for i in tl.range(tl.maximum(t0, n_full), t1, num_stages=NUM_STAGES):
         j = i - n_full
         start = tl.load(part_row + j) * BLOCK_N
         keys = start + offs_n
         mask_id = tl.load(mid_row + j).to(tl.int64)
-        words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [BLOCK_M, WORDS]
-        bits = tl.reshape(tl.broadcast_to(words[:, :, None], [BLOCK_M, WORDS, 32]), [BLOCK_M, BLOCK_N])
-        keep = ((bits >> shifts[None, :]) & 1) != 0  # [BLOCK_M, BLOCK_N]
+        words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [ROWS, WORDS]
+        bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
+        keep = ((bits >> shifts[None, :]) & 1) != 0  # [ROWS, BLOCK_N]
         if USE_TMA:
             k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, True)
         else:
@@ -249,12 +258,12 @@ def _sparse_fwd_kernel(
         if t1 == n_total:
             n_cols = tl.load(COL_NUM + lrow)
             col_row = COL_IDX + tl.load(COL_START + lrow)
-            q_pos = offs_m + (kv_len - q_len)  # [BLOCK_M] bottom-right aligned positions
+            q_pos = offs_m + (kv_len - q_len)  # [ROWS] bottom-right aligned positions
             for c0 in range(0, n_cols, BLOCK_N):
                 slots = c0 + offs_n  # [BLOCK_N]
                 valid = slots < n_cols
                 cols = tl.load(col_row + slots, mask=valid, other=0)  # [BLOCK_N]
-                keep = valid[None, :] & (cols[None, :] <= q_pos[:, None])  # [BLOCK_M, BLOCK_N]
+                keep = valid[None, :] & (cols[None, :] <= q_pos[:, None])  # [ROWS, BLOCK_N]
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
                 k, v = _gather_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len)
                 qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
@@ -262,16 +271,16 @@ def _sparse_fwd_kernel(
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
-    out = acc / l_safe[:, None]  # [BLOCK_M, HEAD_DIM]
-    lse = tl.where(nonempty, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # [BLOCK_M]
+    out = acc / l_safe[:, None]  # [ROWS, HEAD_DIM]
+    lse = tl.where(nonempty, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # [ROWS]
     if slot < 0:
-        o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
+        o_ptrs = Out + b * stride_ob + head_r[:, None] * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=in_q[:, None])
-        tl.store(LSE + b * stride_lb + h * stride_lh + offs_m, lse, mask=in_q)
+        tl.store(LSE + b * stride_lb + head_r * stride_lh + offs_m, lse, mask=in_q)
     else:
-        local = tl.arange(0, BLOCK_M)
-        tl.store(O_PART + slot * (BLOCK_M * HEAD_DIM) + local[:, None] * HEAD_DIM + offs_d[None, :], out)
-        tl.store(LSE_PART + slot * BLOCK_M + local, lse)
+        slot_r = slot + (r // BLOCK_M) * slot_stride  # [ROWS] each packed head's own scratch slot
+        tl.store(O_PART + slot_r[:, None] * (BLOCK_M * HEAD_DIM) + rm[:, None] * HEAD_DIM + offs_d[None, :], out)
+        tl.store(LSE_PART + slot_r * BLOCK_M + rm, lse)
 
 
 @dataclass(frozen=True)
@@ -281,11 +290,18 @@ class KernelConfig:
     ``tma`` loads K/V tiles through tensor descriptors (the TMA copy engine on sm_90+; the interpreter
     emulates them), which needs K and V contiguous: other layouts are copied first. Triton 3.6's warp
     specialisation of the kv loop was measured too and changed nothing on the H200 (kernel_tuning.md).
+    ``pack`` query heads of one kv head share a program (and each K/V tile load) when the layout does
+    not depend on the head; the program then computes ``pack * block_m`` rows.
     """
 
     num_warps: int = 8
     num_stages: int = 3
     tma: bool = False
+    pack: int = 1
+
+    def __post_init__(self) -> None:
+        if self.pack not in (1, 2, 4):
+            raise ValueError(f"pack: expected 1, 2 or 4 query heads per program, got {self.pack}")
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -347,21 +363,23 @@ def work_list(
     *,
     max_chunk: int | None = None,
     heavy_first: bool | None = None,
+    pack: int = 1,
 ) -> WorkList:
-    """The (cached) work list of ``layout`` for ``batch`` x ``heads`` query heads; see triton_schedule.
+    """The (cached) work list of ``layout`` for ``batch`` x ``heads`` query heads, ``pack`` heads per
+    item; see triton_schedule.
 
     ``heavy_first=None`` balances (heavy rows first, long rows split) only when the rows are unequal.
     """
     # Keyed by the arguments as given: resolving the defaults reads the layout's counts on the host,
     # a device sync that must not recur on every call.
-    key = (batch, heads, max_chunk, heavy_first)
+    key = (batch, heads, max_chunk, heavy_first, pack)
     per_layout = _WORK_CACHE.setdefault(layout, {})
     if key not in per_layout:
         balance = rows_are_unequal(layout) if heavy_first is None else heavy_first
         chunk = max_chunk
         if chunk is None:
-            chunk = default_max_chunk(layout, batch, heads, _num_sms(layout.device)) if balance else 0
-        per_layout[key] = build_work_list(layout, batch, heads, max_chunk=chunk, heavy_first=balance)
+            chunk = default_max_chunk(layout, batch, heads // pack, _num_sms(layout.device)) if balance else 0
+        per_layout[key] = build_work_list(layout, batch, heads, max_chunk=chunk, heavy_first=balance, pack=pack)
     return per_layout[key]
 
 
@@ -457,8 +475,17 @@ def triton_sparse_attention(
         v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [layout.block_n, dim])
     else:
         k_desc, v_desc = k, v  # unread: the pointer path is compiled
+    if config.pack > 1 and (layout.num_heads != 1 or (heads // k.shape[1]) % config.pack):
+        raise ValueError(
+            f"config: pack={config.pack} needs a layout shared by all heads (got {layout.num_heads} heads) "
+            f"and a GQA group divisible by it (got {heads // k.shape[1]})"
+        )
     grid_order = layout.device_built and max_chunk is None and heavy_first is None
-    work = None if grid_order else work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first)
+    work = (
+        None
+        if grid_order
+        else work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack)
+    )
 
     out, lse, out_part, lse_part = _new_outputs(q, 1 if work is None else max(work.num_slots, 1), layout.block_m)
 
@@ -469,7 +496,7 @@ def triton_sparse_attention(
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
 
-    programs = batch * heads * layout.num_q_blocks if work is None else work.items.shape[0]
+    programs = batch * (heads // config.pack) * layout.num_q_blocks if work is None else work.items.shape[0]
     items = unused.view(1, 1) if work is None else work.items
     _sparse_fwd_kernel[(programs,)](
         q,
@@ -523,6 +550,7 @@ def triton_sparse_attention(
         NUM_STAGES=config.num_stages,
         USE_TMA=config.tma,
         GRID_ORDER=grid_order,
+        PACK=config.pack,
         num_warps=config.num_warps,
     )
     if work is not None:

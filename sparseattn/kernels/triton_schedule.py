@@ -25,9 +25,10 @@ from torch import Tensor
 
 from sparseattn.layout import BlockLayout
 
-# Columns for a work item (int32): batch, query head, query block, layout row (flat index into the
-# layout's [B|1, H|1, QB] lead), first and end tile of the chunk, scratch slot (-1: write the output).
-WORK_FIELDS = 7
+# Columns for a work item (int32): batch, (first) query head, query block, layout row (flat index into
+# the layout's [B|1, H|1, QB] lead), first and end tile of the chunk, scratch slot (-1: write the
+# output) and the slot distance between the packed heads' partials (the row's number of chunks).
+WORK_FIELDS = 8
 # Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
 MIN_CHUNK_TILES = 16
 # Aim for about this many chunk-lengths of work per multiprocessor.
@@ -40,13 +41,15 @@ UNEQUAL_ROWS = 2.0
 
 @dataclass(frozen=True)
 class WorkList:
-    """``items`` [W, 7] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
-    first scratch slot, number of chunks) for the rows that were split; ``num_slots`` scratch slots."""
+    """``items`` [W, 8] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
+    first scratch slot, number of chunks) for the (row, head) pairs that were split; ``num_slots``
+    scratch slots; ``pack`` query heads per item (they share one kv head and the layout row)."""
 
     items: Tensor
     merges: Tensor
     num_slots: int
     max_chunk: int
+    pack: int = 1
 
 
 def rows_are_unequal(layout: BlockLayout) -> bool:
@@ -64,19 +67,27 @@ def default_max_chunk(layout: BlockLayout, batch: int, heads: int, num_sms: int)
 
 
 def build_work_list(
-    layout: BlockLayout, batch: int, heads: int, *, max_chunk: int, heavy_first: bool = True
+    layout: BlockLayout, batch: int, heads: int, *, max_chunk: int, heavy_first: bool = True, pack: int = 1
 ) -> WorkList:
-    """Work list for ``batch`` x ``heads`` query heads over ``layout``; ``max_chunk <= 0`` never splits."""
+    """Work list for ``batch`` x ``heads`` query heads over ``layout``; ``max_chunk <= 0`` never splits.
+
+    ``pack > 1`` makes each item run ``pack`` consecutive query heads (the layout must not depend on
+    the head): a split chunk then writes one scratch slot per head, ``chunks`` slots apart, so each
+    head's partials stay contiguous for the merge.
+    """
     lb, lh, qb_dim = layout.full_kv_num_blocks.shape
+    if pack > 1 and (lh != 1 or heads % pack):
+        raise ValueError(f"pack: {pack} heads per program needs a head-independent layout and heads divisible by it")
     dev = layout.device
-    n_tiles = (layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()).expand(batch, heads, qb_dim)
-    lrow = torch.arange(lb * lh * qb_dim, device=dev).view(lb, lh, qb_dim).expand(batch, heads, qb_dim)
+    units = heads // pack
+    n_tiles = (layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()).expand(batch, units, qb_dim)
+    lrow = torch.arange(lb * lh * qb_dim, device=dev).view(lb, lh, qb_dim).expand(batch, units, qb_dim)
     col_cost = torch.zeros_like(n_tiles)
     if layout.col_num is not None:
-        col_cost = (-(-layout.col_num.long() // layout.block_n)).expand(batch, heads, qb_dim)
-    b = torch.arange(batch, device=dev).view(-1, 1, 1).expand(batch, heads, qb_dim)
-    h = torch.arange(heads, device=dev).view(1, -1, 1).expand(batch, heads, qb_dim)
-    qb = torch.arange(qb_dim, device=dev).view(1, 1, -1).expand(batch, heads, qb_dim)
+        col_cost = (-(-layout.col_num.long() // layout.block_n)).expand(batch, units, qb_dim)
+    b = torch.arange(batch, device=dev).view(-1, 1, 1).expand(batch, units, qb_dim)
+    h = (torch.arange(units, device=dev) * pack).view(1, -1, 1).expand(batch, units, qb_dim)
+    qb = torch.arange(qb_dim, device=dev).view(1, 1, -1).expand(batch, units, qb_dim)
 
     # Row order (batch, query block, head): heads innermost so GQA siblings sit next to each other.
     def rows(x: Tensor) -> Tensor:
@@ -94,17 +105,21 @@ def build_work_list(
     t0 = part * size[row_of]
     t1 = torch.minimum(t0 + size[row_of], n_tiles[row_of])
 
-    split = chunks[row_of] > 1
-    slot = torch.where(split, torch.cumsum(split.long(), 0) - 1, torch.full_like(part, -1))
-    items = torch.stack([b[row_of], h[row_of], qb[row_of], lrow[row_of], t0, t1, slot], dim=1)
+    split_rows = chunks > 1
+    slots_of_row = torch.where(split_rows, chunks * pack, 0)
+    slot_start = torch.cumsum(slots_of_row, 0) - slots_of_row
+    split = split_rows[row_of]
+    slot = torch.where(split, slot_start[row_of] + part, -1)
+    stride = torch.where(split, chunks[row_of], 0)
+    items = torch.stack([b[row_of], h[row_of], qb[row_of], lrow[row_of], t0, t1, slot, stride], dim=1)
 
     if heavy_first:
         # +1 per item: even an empty row costs a launch and a store.
         cost = (t1 - t0) + torch.where(t1 == n_tiles[row_of], col_cost[row_of], 0) + 1
         items = items[torch.argsort(cost, descending=True, stable=True)]
 
-    split_rows = chunks > 1
-    slot_start = torch.cumsum(torch.where(split_rows, chunks, 0), 0) - torch.where(split_rows, chunks, 0)
-    merges = torch.stack([b, h, qb, slot_start, chunks], dim=1)[split_rows]
-    num_slots = int(split.sum())
-    return WorkList(items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk)
+    merges = torch.cat(
+        [torch.stack([b, h + p, qb, slot_start + p * chunks, chunks], dim=1)[split_rows] for p in range(pack)]
+    )
+    num_slots = int(slots_of_row.sum())
+    return WorkList(items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk, pack)

@@ -27,12 +27,12 @@ PATTERNS = {
 }
 
 
-def run(pattern, batch, heads, kv_heads, q_len, kv_len, dim, dtype, **kwargs):
+def run(pattern, batch, heads, kv_heads, q_len, kv_len, dim, dtype, block=None, **kwargs):
     gen = torch.Generator(device="cuda").manual_seed(q_len * 31 + kv_len)
     q = torch.randn(batch, heads, q_len, dim, device="cuda", dtype=dtype, generator=gen)
     k = torch.randn(batch, kv_heads, kv_len, dim, device="cuda", dtype=dtype, generator=gen)
     v = torch.randn(batch, kv_heads, kv_len, dim, device="cuda", dtype=dtype, generator=gen)
-    block = preferred_block_size(dim, dtype)
+    block = block or preferred_block_size(dim, dtype)
     layout = pattern.lower(q_len, kv_len, block_size=block, num_heads=pattern.num_heads, device="cuda")
     out, lse = triton_sparse_attention(q, k, v, layout, **kwargs)
     mask = pattern.to_dense(q_len, kv_len, num_heads=pattern.num_heads).unsqueeze(0).cuda()
@@ -60,6 +60,15 @@ def test_tensor_descriptor_loads_ragged(name, config):
 @pytest.mark.parametrize("max_chunk", [0, 4])
 def test_split_rows_and_plain_grid(max_chunk):
     run(PATTERNS["triangle"], 1, 8, 8, 8192, 8192, 128, torch.bfloat16, max_chunk=max_chunk, heavy_first=max_chunk > 0)
+
+
+@pytest.mark.parametrize("pack", [2, 4])
+@pytest.mark.parametrize("name", ["causal", "streaming", "triangle"])
+@pytest.mark.parametrize("max_chunk", [None, 4])
+def test_heads_packed_per_program(name, pack, max_chunk):
+    """Query heads of one kv head in one program, ragged lengths, split rows merged per head."""
+    config = KernelConfig(8, 3, pack=pack)
+    run(PATTERNS[name], 2, 8, 2, 1000, 5003, 128, torch.bfloat16, (64, 64), config=config, max_chunk=max_chunk)
 
 
 def test_empty_rows_give_zero_and_neg_inf():
