@@ -1,6 +1,7 @@
 """MInference's vertical-slash statistics of the last queries, on whatever device q and k live on.
 
-One batched matmul, one fp32 softmax and two reductions; no host synchronisation, no loop over heads.
+One batched matmul (a Triton kernel on CUDA), one fp32 softmax and two reductions; no host
+synchronisation, no loop over heads.
 """
 
 from __future__ import annotations
@@ -11,23 +12,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparseattn.kernels.triton_vs_logits import triton_last_query_logits
+
 
 def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> Tensor:
     """fp32 softmax of the last ``n = min(last_q, q_len)`` query rows over all keys: ``[Hq, n, kv_len]``.
 
     Causal inside the last rows: row ``r`` sits at ``q_pos = kv_len - n + r`` and sees keys ``<= q_pos``.
-    Query head ``h`` reads kv head ``h // (Hq // Hkv)`` (GQA without repeating K).
+    Query head ``h`` reads kv head ``h // (Hq // Hkv)`` (GQA without repeating K). On CUDA the logits come
+    from a Triton kernel that reads q and k in their own dtype (no fp32 copy of k); elsewhere from torch.
+    """
+    n = min(last_q, q.shape[2])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if q.is_cuda:
+        logits = triton_last_query_logits(q, k, n, scale)
+    else:
+        logits = last_query_logits(q, k, n, scale)
+    return torch.softmax(logits, dim=-1)
+
+
+def last_query_logits(q: Tensor, k: Tensor, n: int, scale: float) -> Tensor:
+    """``[Hq, n, kv_len]`` fp32: ``scale * q k^T`` of the last ``n`` query rows, -inf above the diagonal.
+
+    The torch computation (fp32 copies of q's last rows and of all of k, one batched matmul); the CPU
+    path of `last_query_probs` and the oracle of `triton_last_query_logits`.
     """
     heads, kv_heads, dim = q.shape[1], k.shape[1], q.shape[-1]
-    n, kv_len = min(last_q, q.shape[2]), k.shape[2]
-    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    kv_len = k.shape[2]
     group = heads // kv_heads
-    last = q[0, :, -n:].float().reshape(kv_heads, group * n, dim)
+    last = q[0, :, q.shape[2] - n :].float().reshape(kv_heads, group * n, dim)
     logits = torch.matmul(last, k[0].float().transpose(-1, -2)).view(heads, n, kv_len) * scale
     rows = torch.arange(kv_len - n, kv_len, device=q.device).view(n, 1)
     cols = torch.arange(kv_len - n, kv_len, device=q.device).view(1, n)
     logits[:, :, kv_len - n :].masked_fill_(cols > rows, -math.inf)
-    return torch.softmax(logits, dim=-1)
+    return logits
 
 
 def column_sums(probs: Tensor) -> Tensor:
