@@ -31,7 +31,7 @@ from sparseattn.patterns import Causal, Pattern, Triangle
 # them (earlier sweeps, including heavy-first orders and warp specialisation, are in git history).
 SHAPES = {
     "causal": [((128, 128), 8, 1), ((64, 128), 8, 2)],
-    "triangle": [((64, 64), w, p) for w in (4, 8) for p in (1, 2, 4)],
+    "triangle": [((64, 64), 4, 1), ((64, 64), 4, 2), ((64, 64), 8, 2), ((64, 64), 8, 4)],
 }
 STAGES = {"causal": [3], "triangle": [2, 3]}
 TMA = {"causal": [True], "triangle": [False, True]}

@@ -77,9 +77,9 @@ class BlockLayout:
     - ``col_num``, ``col_start``, ``col_indices`` [nnz_cols] int32 (ascending key positions per row):
       gathered columns, all three ``None`` when nothing is gathered.
     - ``device_built``: the layout was built on the device without host synchronisation (a dynamic
-      estimate, once per layer and prompt). The Triton kernel then schedules it without reading its
-      counts back: one program per row in grid order, later query blocks first, no row splitting
-      (balancing needs the counts on the host, a sync and ~2-4 ms of small ops per layout at 128K).
+      estimate, once per layer and prompt). The Triton kernel then plans it without reading its counts
+      back: heaviest rows first, no row splitting (deciding on splits needs the counts on the host, a
+      sync and 2.6-4.8 ms of small ops per layout at 128K, experiments/results/profile_dynamic.md).
 
     Rows may share storage: heads that use the same pattern point their ``*_start`` at the same
     slice (see `share_rows`), so a per-head layout costs the distinct patterns' tiles, not H times.

@@ -148,8 +148,6 @@ def _sparse_fwd_kernel(
     kv_len,
     group,
     kv_heads,
-    lrow_stride_b,
-    lrow_stride_h,
     qk_scale,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -158,39 +156,21 @@ def _sparse_fwd_kernel(
     HAS_COLS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
     USE_TMA: tl.constexpr,
-    GRID_ORDER: tl.constexpr,
     PACK: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
-    if GRID_ORDER:
-        # One program per whole row, no work list: (batch, query block descending, head), heads
-        # innermost so GQA siblings share K/V through L2, later (longer, in causal layouts) rows first.
-        pid = tl.program_id(0).to(tl.int64)
-        units = group * kv_heads // PACK
-        q_blocks = tl.cdiv(q_len, BLOCK_M)
-        h = (pid % units) * PACK
-        qb = q_blocks - 1 - (pid // units) % q_blocks
-        b = pid // (units * q_blocks)
-        lrow = (b * lrow_stride_b + h * lrow_stride_h) * q_blocks + qb
-        slot = tl.full([], -1, tl.int64)
-        slot_stride = tl.full([], 0, tl.int64)
-    else:
-        item = WORK + tl.program_id(0).to(tl.int64) * stride_work
-        b = tl.load(item + 0).to(tl.int64)
-        h = tl.load(item + 1).to(tl.int64)
-        qb = tl.load(item + 2).to(tl.int64)
-        lrow = tl.load(item + 3).to(tl.int64)
-        slot = tl.load(item + 6).to(tl.int64)
-        slot_stride = tl.load(item + 7).to(tl.int64)
+    item = WORK + tl.program_id(0).to(tl.int64) * stride_work
+    b = tl.load(item + 0).to(tl.int64)
+    h = tl.load(item + 1).to(tl.int64)
+    qb = tl.load(item + 2).to(tl.int64)
+    lrow = tl.load(item + 3).to(tl.int64)
+    t0 = tl.load(item + 4)
+    t1 = tl.load(item + 5)
+    slot = tl.load(item + 6).to(tl.int64)
+    slot_stride = tl.load(item + 7).to(tl.int64)
     n_full = tl.load(FULL_NUM + lrow)
     n_total = n_full + tl.load(PART_NUM + lrow)
-    if GRID_ORDER:
-        t0 = 0
-        t1 = n_total
-    else:
-        t0 = tl.load(item + 4)
-        t1 = tl.load(item + 5)
 
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
@@ -375,6 +355,9 @@ def work_list(
     key = (batch, heads, max_chunk, heavy_first, pack)
     per_layout = _WORK_CACHE.setdefault(layout, {})
     if key not in per_layout:
+        if layout.device_built and max_chunk is None and heavy_first is None:
+            # Built once per layer and prompt: plan without reading the counts back (no split).
+            max_chunk, heavy_first = 0, True
         balance = rows_are_unequal(layout) if heavy_first is None else heavy_first
         chunk = max_chunk
         if chunk is None:
@@ -453,8 +436,8 @@ def triton_sparse_attention(
     of multiprocessors; ``0``: never split); ``heavy_first=None`` balances only layouts whose rows are
     unequal (a triangle's last rows), ``heavy_first=False`` and ``max_chunk=0`` give the plain,
     unbalanced grid (for measuring the balancing). A ``device_built`` layout with both left ``None``
-    runs without a work list and without any host synchronisation (see `BlockLayout`). ``config``
-    overrides warps and stages.
+    runs heaviest rows first without splitting, planned without any host synchronisation (see
+    `BlockLayout`). ``config`` overrides warps, stages, TMA and head packing.
     """
     _check(q, k, v, layout)
     batch, heads, q_len, dim = q.shape
@@ -480,14 +463,9 @@ def triton_sparse_attention(
             f"config: pack={config.pack} needs a layout shared by all heads (got {layout.num_heads} heads) "
             f"and a GQA group divisible by it (got {heads // k.shape[1]})"
         )
-    grid_order = layout.device_built and max_chunk is None and heavy_first is None
-    work = (
-        None
-        if grid_order
-        else work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack)
-    )
+    work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack)
 
-    out, lse, out_part, lse_part = _new_outputs(q, 1 if work is None else max(work.num_slots, 1), layout.block_m)
+    out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
 
     has_cols = layout.col_num is not None
     # Empty or absent lists are never read, but the kernel still wants a real pointer for them.
@@ -496,9 +474,7 @@ def triton_sparse_attention(
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
 
-    programs = batch * (heads // config.pack) * layout.num_q_blocks if work is None else work.items.shape[0]
-    items = unused.view(1, 1) if work is None else work.items
-    _sparse_fwd_kernel[(programs,)](
+    _sparse_fwd_kernel[(work.items.shape[0],)](
         q,
         k,
         v,
@@ -508,8 +484,8 @@ def triton_sparse_attention(
         lse,
         out_part,
         lse_part,
-        items,
-        items.stride(0),
+        work.items,
+        work.items.stride(0),
         arg(layout.full_kv_num_blocks),
         arg(layout.full_kv_start),
         arg(layout.full_kv_indices),
@@ -539,8 +515,6 @@ def triton_sparse_attention(
         k.shape[2],
         heads // k.shape[1],
         k.shape[1],
-        0 if layout.batch_size == 1 else layout.num_heads,
-        0 if layout.num_heads == 1 else 1,
         scale * LOG2E,
         BLOCK_M=layout.block_m,
         BLOCK_N=layout.block_n,
@@ -549,10 +523,8 @@ def triton_sparse_attention(
         HAS_COLS=has_cols,
         NUM_STAGES=config.num_stages,
         USE_TMA=config.tma,
-        GRID_ORDER=grid_order,
         PACK=config.pack,
         num_warps=config.num_warps,
     )
-    if work is not None:
-        merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
+    merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
     return out, lse

@@ -96,10 +96,11 @@ def build_work_list(
     n_tiles, lrow, col_cost, b, h, qb = map(rows, (n_tiles, lrow, col_cost, b, h, qb))
     if max_chunk > 0:
         chunks = (-(-n_tiles // max_chunk)).clamp(min=1)
-    else:
+        row_of = torch.repeat_interleave(torch.arange(n_tiles.numel(), device=dev), chunks)
+    else:  # one item per row: every size is known on the host, nothing below waits for the device
         chunks = torch.ones_like(n_tiles)
+        row_of = torch.arange(n_tiles.numel(), device=dev)
     size = -(-n_tiles // chunks)  # near-equal chunks
-    row_of = torch.repeat_interleave(torch.arange(n_tiles.numel(), device=dev), chunks)
     first_item = torch.cumsum(chunks, 0) - chunks
     part = torch.arange(row_of.numel(), device=dev) - first_item[row_of]
     t0 = part * size[row_of]
@@ -118,8 +119,11 @@ def build_work_list(
         cost = (t1 - t0) + torch.where(t1 == n_tiles[row_of], col_cost[row_of], 0) + 1
         items = items[torch.argsort(cost, descending=True, stable=True)]
 
-    merges = torch.cat(
-        [torch.stack([b, h + p, qb, slot_start + p * chunks, chunks], dim=1)[split_rows] for p in range(pack)]
-    )
-    num_slots = int(slots_of_row.sum())
+    if max_chunk > 0:
+        merges = torch.cat(
+            [torch.stack([b, h + p, qb, slot_start + p * chunks, chunks], dim=1)[split_rows] for p in range(pack)]
+        )
+        num_slots = int(slots_of_row.sum())
+    else:
+        merges, num_slots = torch.zeros(0, 5, dtype=torch.long, device=dev), 0
     return WorkList(items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk, pack)

@@ -20,8 +20,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Entries of a row scanned per step; a row of key blocks is 2048 long at 128K tokens in 64-wide tiles.
+# Entries of a row scanned per step (a row of key blocks is 2048 long at 128K tokens in 64-wide tiles)
+# and warps per row; ``chunk`` and ``num_warps`` override them (for tuning).
 CHUNK = 1024
+WARPS = 4
 
 
 @triton.jit
@@ -44,7 +46,8 @@ def _tile_rows_kernel(
     WRITE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # (head, query block g)
-    g = row % q_blocks
+    # Positions fit int32 (lengths < 2**31); int64 vector math would cost two instructions per op.
+    g = (row % q_blocks).to(tl.int32)
     first = g * block + (kv_len - q_len)  # bottom-right aligned position of the block's first query
     last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
     q_tail = (last - first + 1 < block).to(tl.int32)
@@ -102,7 +105,7 @@ def _column_rows_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)  # (head, query block g)
     head = row // q_blocks
-    g = row % q_blocks
+    g = (row % q_blocks).to(tl.int32)
     last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
     keep_row = KEEP + row * k_blocks
     if WRITE:
@@ -113,7 +116,7 @@ def _column_rows_kernel(
         inside = slot < n_keys
         key = tl.load(KEYS + head * n_keys + slot, mask=inside, other=kv_len)  # int64, padding >= kv_len
         reached = inside & (key < kv_len) & (key <= last)
-        kb = tl.where(reached, key // block, 0)
+        kb = tl.where(reached, key, 0).to(tl.int32) // block
         covered = tl.load(keep_row + kb, mask=reached, other=0) != 0
         valid = reached & ~covered
         valid_i = valid.to(tl.int32)
@@ -136,7 +139,15 @@ def _as_int8(keep: Tensor) -> Tensor:
 
 
 def triton_tile_lists(
-    keep: Tensor, kind_ids: Tensor, *, q_len: int, kv_len: int, block: int, bound: int
+    keep: Tensor,
+    kind_ids: Tensor,
+    *,
+    q_len: int,
+    kv_len: int,
+    block: int,
+    bound: int,
+    chunk: int = CHUNK,
+    num_warps: int = WARPS,
 ) -> tuple[Tensor, ...]:
     """(full counts, starts, indices, partial counts, starts, indices, bitmap ids) of ``keep [H, QB, KB]``.
 
@@ -166,9 +177,9 @@ def triton_tile_lists(
             p_idx,
             p_mid,
             *geometry,
-            CHUNK=CHUNK,
+            CHUNK=chunk,
             WRITE=False,
-            num_warps=4,
+            num_warps=num_warps,
         )
     f_start, p_start = _starts(f_num), _starts(p_num)
     if rows:
@@ -183,15 +194,15 @@ def triton_tile_lists(
             p_idx,
             p_mid,
             *geometry,
-            CHUNK=CHUNK,
+            CHUNK=chunk,
             WRITE=True,
-            num_warps=4,
+            num_warps=num_warps,
         )
     return f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid
 
 
 def triton_column_lists(
-    keys: Tensor, keep: Tensor, *, q_len: int, kv_len: int, block: int
+    keys: Tensor, keep: Tensor, *, q_len: int, kv_len: int, block: int, chunk: int = CHUNK, num_warps: int = WARPS
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(counts [1, H, QB] int32, starts int64, flat keys int32): for each row, the keys of ``keys [H, V]``
     (ascending per head, padding ``>= kv_len``) the query block reaches causally and no kept tile covers."""
@@ -206,8 +217,12 @@ def triton_column_lists(
     c_idx = torch.empty(max(rows * n_keys, 1), dtype=torch.int32, device=dev)
     geometry = (q_blocks, k_blocks, n_keys, q_len, kv_len, block)
     if rows:
-        _column_rows_kernel[(rows,)](keys, grid, c_num, c_num, c_idx, *geometry, CHUNK=CHUNK, WRITE=False, num_warps=4)
+        _column_rows_kernel[(rows,)](
+            keys, grid, c_num, c_num, c_idx, *geometry, CHUNK=chunk, WRITE=False, num_warps=num_warps
+        )
     c_start = _starts(c_num)
     if rows:
-        _column_rows_kernel[(rows,)](keys, grid, c_num, c_start, c_idx, *geometry, CHUNK=CHUNK, WRITE=True, num_warps=4)
+        _column_rows_kernel[(rows,)](
+            keys, grid, c_num, c_start, c_idx, *geometry, CHUNK=chunk, WRITE=True, num_warps=num_warps
+        )
     return c_num, c_start, c_idx

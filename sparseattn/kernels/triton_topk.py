@@ -50,7 +50,8 @@ def _select_top_kernel(
     k = tl.load(K + row)
     if CAUSAL_BLOCKS:
         # Row = (head, query block g); entry = key block. Bottom-right aligned positions, as the kernel.
-        g = row % q_blocks
+        # Positions fit int32 (lengths < 2**31); int64 vector math would cost two instructions per op.
+        g = (row % q_blocks).to(tl.int32)
         first = g * block + (kv_len - q_len)
         last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
         k_lo = offs * block
@@ -83,7 +84,9 @@ def _select_top_kernel(
     tl.store(KEEP + row * n + offs, keep.to(tl.int8), mask=inside)
 
 
-def _launch(scores: Tensor, k: Tensor, geometry: tuple[int, int, int, int] | None) -> Tensor:
+def _launch(
+    scores: Tensor, k: Tensor, geometry: tuple[int, int, int, int] | None, num_warps: int | None = None
+) -> Tensor:
     if scores.dtype != torch.float32:
         raise ValueError(f"scores: expected float32, got {scores.dtype}")
     n = scores.shape[-1]
@@ -109,7 +112,7 @@ def _launch(scores: Tensor, k: Tensor, geometry: tuple[int, int, int, int] | Non
             tile,
             BLOCK=block,
             CAUSAL_BLOCKS=geometry is not None,
-            num_warps=max(1, block // WARP_ROW),
+            num_warps=num_warps or max(1, block // WARP_ROW),
         )
     return keep.view(torch.bool).view(scores.shape)
 
@@ -123,12 +126,15 @@ def triton_select_top(scores: Tensor, k: Tensor) -> Tensor:
     return _launch(scores, k, None)
 
 
-def triton_block_topk_keep(scores: Tensor, k: Tensor, q_len: int, kv_len: int, block: int) -> Tensor:
+def triton_block_topk_keep(
+    scores: Tensor, k: Tensor, q_len: int, kv_len: int, block: int, *, num_warps: int | None = None
+) -> Tensor:
     """Block top-k's kept tiles ``[H, QB, KB]`` from raw pooled scores ``[H, QB, KB]`` (fp32, NaN-free).
 
     Equal to: scores ``-inf`` where key block ``b`` is out of causal reach of query block ``g`` and ``+inf``
     where forced (``b == 0`` or ``b`` holds one of ``g``'s own positions), `triton_select_top` with
     ``k [H, 1]``, then ``(top & reach) | forced``. Positions are bottom-right aligned (``q_len <= kv_len``).
+    ``num_warps`` overrides the warps per row (for tuning).
     """
     q_blocks, k_blocks = scores.shape[1:]
     if (q_blocks, k_blocks) != (-(-q_len // block), -(-kv_len // block)):
@@ -136,4 +142,4 @@ def triton_block_topk_keep(scores: Tensor, k: Tensor, q_len: int, kv_len: int, b
             f"scores: expected [H, {-(-q_len // block)}, {-(-kv_len // block)}] for q_len={q_len}, "
             f"kv_len={kv_len}, block={block}, got {tuple(scores.shape)}"
         )
-    return _launch(scores, k, (q_blocks, q_len, kv_len, block))
+    return _launch(scores, k, (q_blocks, q_len, kv_len, block), num_warps)

@@ -1,4 +1,4 @@
-"""Dynamic patterns on the GPU at real sizes: estimate + lower without host sync, layouts exact, kernel == oracle."""
+"""Dynamic patterns on the GPU at real sizes: estimate + lower + attention without host sync, layouts exact, kernel == oracle."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ def _qkv(heads, kv_heads, length, dim=128, dtype=torch.bfloat16, seed=0):
 
 
 @pytest.mark.parametrize("pattern", [VerticalSlash(512, 2048), BlockTopK(32)], ids=repr)
-def test_estimate_and_lower_never_sync(pattern):
-    q, k, _ = _qkv(32, 8, 32768)
-    pattern.estimate(q, k).lower(32768, 32768)
+def test_estimate_lower_and_attend_never_sync(pattern):
+    q, k, v = _qkv(32, 8, 32768)
+    attend = lambda: sparse_attention(q, k, v, pattern.estimate(q, k).lower(32768, 32768), impl="triton")
+    attend()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        pattern.estimate(q, k).lower(32768, 32768)
+        attend()
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

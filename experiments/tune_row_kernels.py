@@ -1,0 +1,76 @@
+"""Warps and chunk sizes of the row kernels of the dynamic path, timed at 128K on the GPU.
+
+The dynamic estimates scan one row per program: block top-k's selection (`triton_block_topk_keep`) and
+the layout lists (`triton_tile_lists`, `triton_column_lists`). Each variant is first checked equal to
+the default's output, then timed with ``triton.testing.do_bench`` (median) on block top-k's shapes
+(32 heads, 2048 x 2048 grid of 64-wide blocks) and vertical-slash's 512 columns per head:
+
+    PYTHONPATH=$PWD python experiments/tune_row_kernels.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+from sparseattn.kernels.triton_tile_lists import triton_column_lists, triton_tile_lists
+from sparseattn.kernels.triton_topk import triton_block_topk_keep
+from sparseattn.patterns.dynamic.tile_grid import _causal_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--length", type=int, default=131072)
+    parser.add_argument("--out", default="experiments/results")
+    args = parser.parse_args()
+    n, block, heads = args.length, 64, 32
+    nb = n // block
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    scores = torch.randn(heads, nb, nb, device="cuda", generator=gen)
+    counts = torch.full((heads, 1), 64, device="cuda")
+    keep = triton_block_topk_keep(scores, counts, n, n, block)
+    keys = torch.sort(torch.randperm(n, device="cuda", generator=gen)[: heads * 512].view(heads, 512), -1).values
+    _, kind_ids = _causal_table(block, n, n)
+    bound = keep.numel()
+    rows = []
+
+    def run(kernel, variant, fn, view, reference):
+        """Time ``fn`` alone; compare ``view(fn())`` (the filled content) with the default's."""
+        same = all(torch.equal(a, b) for a, b in zip(view(fn()), reference, strict=True))
+        ms = do_bench(fn, warmup=5, rep=50, return_mode="median")
+        rows.append({"kernel": kernel, **variant, "equal_to_default": same, "ms": ms})
+        print(f"{kernel:14s} {variant} equal={same} {ms:.3f} ms", flush=True)
+
+    for warps in (1, 2, 4, 8, 16):
+        select = lambda warps=warps: triton_block_topk_keep(scores, counts, n, n, block, num_warps=warps)
+        run("select", {"num_warps": warps}, select, lambda out: (out,), (keep,))
+
+    def list_view(out):
+        """Counts and the filled prefix of each flat list (rows are laid out in order: the whole content)."""
+        f_num, _, f_idx, p_num, _, p_idx, p_mid = out
+        total_f, total_p = int(f_num.sum()), int(p_num.sum())
+        return f_num, p_num, f_idx[:total_f], p_idx[:total_p], p_mid[:total_p]
+
+    def column_view(out):
+        c_num, _, c_idx = out
+        return c_num, c_idx[: int(c_num.sum())]
+
+    lists = lambda **kw: triton_tile_lists(keep, kind_ids, q_len=n, kv_len=n, block=block, bound=bound, **kw)
+    columns = lambda **kw: triton_column_lists(keys, keep, q_len=n, kv_len=n, block=block, **kw)
+    ref_lists, ref_cols = list_view(lists()), column_view(columns())
+    for chunk, warps in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4), (2048, 4), (2048, 8)):
+        variant = {"chunk": chunk, "num_warps": warps}
+        run("tile_lists", variant, lambda c=chunk, w=warps: lists(chunk=c, num_warps=w), list_view, ref_lists)
+        run("column_lists", variant, lambda c=chunk, w=warps: columns(chunk=c, num_warps=w), column_view, ref_cols)
+    out = Path(os.environ.get("OUT") or args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "row_kernels.json").write_text(json.dumps({"length": n, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
