@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench
 
-from sparseattn.kernels.triton_tile_lists import triton_column_lists, triton_tile_lists
+from sparseattn.kernels.triton_tile_lists import CHUNK, WARPS, triton_column_lists, triton_tile_lists
 from sparseattn.kernels.triton_topk import triton_block_topk_keep
 from sparseattn.patterns.dynamic.tile_grid import _causal_table
 
@@ -36,7 +36,6 @@ def main() -> None:
     keep = triton_block_topk_keep(scores, counts, n, n, block)
     keys = torch.sort(torch.randperm(n, device="cuda", generator=gen)[: heads * 512].view(heads, 512), -1).values
     _, kind_ids = _causal_table(block, n, n)
-    bound = keep.numel()
     rows = []
 
     def run(kernel, variant, fn, view, reference):
@@ -50,23 +49,32 @@ def main() -> None:
         select = lambda warps=warps: triton_block_topk_keep(scores, counts, n, n, block, num_warps=warps)
         run("select", {"num_warps": warps}, select, lambda out: (out,), (keep,))
 
+    def compact(num, start, *flats):
+        """Each row's entries back to back (rows may sit at fixed slots with gaps between them)."""
+        num, start = num.reshape(-1).long(), start.reshape(-1)
+        first = torch.cumsum(num, 0) - num
+        within = torch.arange(int(num.sum()), device=num.device) - torch.repeat_interleave(first, num)
+        where = torch.repeat_interleave(start, num) + within
+        return [f[where] for f in flats]
+
     def list_view(out):
-        """Counts and the filled prefix of each flat list (rows are laid out in order: the whole content)."""
-        f_num, _, f_idx, p_num, _, p_idx, p_mid = out
-        total_f, total_p = int(f_num.sum()), int(p_num.sum())
-        return f_num, p_num, f_idx[:total_f], p_idx[:total_p], p_mid[:total_p]
+        f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid = out
+        return f_num, p_num, *compact(f_num, f_start, f_idx), *compact(p_num, p_start, p_idx, p_mid)
 
     def column_view(out):
-        c_num, _, c_idx = out
-        return c_num, c_idx[: int(c_num.sum())]
+        c_num, c_start, c_idx = out
+        return c_num, *compact(c_num, c_start, c_idx)
 
-    lists = lambda **kw: triton_tile_lists(keep, kind_ids, q_len=n, kv_len=n, block=block, bound=bound, **kw)
+    lists = lambda **kw: triton_tile_lists(keep, kind_ids, q_len=n, kv_len=n, block=block, **kw)
     columns = lambda **kw: triton_column_lists(keys, keep, q_len=n, kv_len=n, block=block, **kw)
     ref_lists, ref_cols = list_view(lists()), column_view(columns())
     for chunk, warps in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4), (2048, 4), (2048, 8)):
         variant = {"chunk": chunk, "num_warps": warps}
         run("tile_lists", variant, lambda c=chunk, w=warps: lists(chunk=c, num_warps=w), list_view, ref_lists)
         run("column_lists", variant, lambda c=chunk, w=warps: columns(chunk=c, num_warps=w), column_view, ref_cols)
+    # Block top-k's own bound (budget + 3 forced blocks) gives FULL rows fixed slots: one pass.
+    bounded = lambda: lists(chunk=CHUNK, num_warps=WARPS, row_bound=67)
+    run("tile_lists_bounded", {"chunk": CHUNK, "num_warps": WARPS}, bounded, list_view, ref_lists)
     out = Path(os.environ.get("OUT") or args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "row_kernels.json").write_text(json.dumps({"length": n, "rows": rows}, indent=2))

@@ -30,14 +30,15 @@ def grids(draw):
     return keep.view(heads, qb, kb), q_len, kv_len, block
 
 
-@given(grids())
+@given(grids(), st.data())
 @settings(max_examples=40, deadline=None)
-def test_tile_lists_equal_torch(case):
+def test_tile_lists_equal_torch(case, data):
     keep, q_len, kv_len, block = case
     _, kind_ids = _causal_table(block, q_len, kv_len)
-    bound = keep.numel()
-    got = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
-    want = _tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
+    # Counted rows, or fixed slots under the tightest true bound on a row's kept tiles.
+    row_bound = data.draw(st.sampled_from([None, max(int(keep.sum(-1).max()), 1)]), "row_bound")
+    got = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, row_bound=row_bound)
+    want = _tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=keep.numel())
     assert torch.equal(got[0], want[0]) and torch.equal(got[3], want[3]), "counts differ"
     assert _rows(got[0], got[1], got[2]) == _rows(want[0], want[1], want[2]), "FULL lists differ"
     assert _rows(got[3], got[4], got[5], got[6]) == _rows(want[3], want[4], want[5], want[6]), "PARTIAL lists differ"

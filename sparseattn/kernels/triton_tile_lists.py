@@ -5,12 +5,14 @@ kept tiles below the causal diagonal are FULL, kept tiles crossing it PARTIAL wi
 bitmap kinds, and vertical key columns no kept tile covers are gathered. There, every list costs a
 grid-sized boolean, a ``nonzero_static`` over it and value arithmetic over the bound (~2 ms per layout
 at 128K for block top-k, ~6 ms for vertical-slash with its gathered columns). Here each row is
-scanned in place twice: a counting pass, an exclusive prefix sum of the counts (torch, tiny), and a
-writing pass that stores each row's entries at its offset. The geometry (which tiles are below or
-across the diagonal, which bitmap kind) is recomputed from the lengths instead of being read.
+scanned in place and writes its entries at its own offset. Rows with a known bound (PARTIAL tiles: two;
+gathered columns: the head's column count; FULL tiles under a top-k budget) get fixed slots and one
+pass; otherwise a counting pass and an exclusive prefix sum of the counts (torch, tiny) come first.
+The geometry (which tiles are below or across the diagonal, which bitmap kind) is recomputed from the
+lengths instead of being read.
 
-No host synchronisation: the flat lists are allocated at a bound known from the shapes and left
-unwritten past the rows' real ends, which no row points at.
+No host synchronisation: the flat lists are allocated at a bound known from the shapes; slots past a
+row's real end are left unwritten and no row points at them.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import triton.language as tl
 from torch import Tensor
 
 # Entries of a row scanned per step (a row of key blocks is 2048 long at 128K tokens in 64-wide tiles)
-# and warps per row; ``chunk`` and ``num_warps`` override them (for tuning).
-CHUNK = 1024
-WARPS = 4
+# and warps per row, the fastest measured (experiments/results/row_kernels.json: 256 entries on one warp
+# scanned both passes of block top-k's lists in 0.79 ms at 128K, 1024 on four warps in 0.95 ms);
+# ``chunk`` and ``num_warps`` override them (for tuning).
+CHUNK = 256
+WARPS = 1
 
 
 @triton.jit
@@ -70,7 +74,7 @@ def _tile_rows_kernel(
         part = kept & ~below & (k_lo <= last)  # crosses the diagonal: PARTIAL
         full_i = full.to(tl.int32)
         part_i = part.to(tl.int32)
-        if WRITE:
+        if WRITE:  # (the counting pass only needs the FULL counts: PARTIAL rows have fixed slots)
             tl.store(f_out + n_full + tl.cumsum(full_i, 0) - 1, kb.to(tl.int32), mask=full)
             # Bitmap kind (shift, q tail, k tail), numbered as tile_grid._causal_table numbers them.
             shifted = (first - k_lo < 0).to(tl.int32)
@@ -82,9 +86,8 @@ def _tile_rows_kernel(
             tl.store(m_out + at, mask_id.to(tl.int32), mask=part)
         n_full += tl.sum(full_i, 0)
         n_part += tl.sum(part_i, 0)
-    if not WRITE:
-        tl.store(F_NUM + row, n_full)
-        tl.store(P_NUM + row, n_part)
+    tl.store(F_NUM + row, n_full)
+    tl.store(P_NUM + row, n_part)
 
 
 @triton.jit
@@ -101,15 +104,13 @@ def _column_rows_kernel(
     kv_len,
     block,
     CHUNK: tl.constexpr,
-    WRITE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # (head, query block g)
     head = row // q_blocks
     g = (row % q_blocks).to(tl.int32)
     last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
     keep_row = KEEP + row * k_blocks
-    if WRITE:
-        c_out = C_IDX + tl.load(C_START + row)
+    c_out = C_IDX + tl.load(C_START + row)
     count = tl.zeros([], tl.int32)
     for c0 in range(0, n_keys, CHUNK):
         slot = c0 + tl.arange(0, CHUNK)  # [CHUNK]
@@ -120,11 +121,9 @@ def _column_rows_kernel(
         covered = tl.load(keep_row + kb, mask=reached, other=0) != 0
         valid = reached & ~covered
         valid_i = valid.to(tl.int32)
-        if WRITE:
-            tl.store(c_out + count + tl.cumsum(valid_i, 0) - 1, key.to(tl.int32), mask=valid)
+        tl.store(c_out + count + tl.cumsum(valid_i, 0) - 1, key.to(tl.int32), mask=valid)
         count += tl.sum(valid_i, 0)
-    if not WRITE:
-        tl.store(C_NUM + row, count)
+    tl.store(C_NUM + row, count)
 
 
 def _starts(counts: Tensor) -> Tensor:
@@ -145,14 +144,16 @@ def triton_tile_lists(
     q_len: int,
     kv_len: int,
     block: int,
-    bound: int,
+    row_bound: int | None = None,
     chunk: int = CHUNK,
     num_warps: int = WARPS,
 ) -> tuple[Tensor, ...]:
     """(full counts, starts, indices, partial counts, starts, indices, bitmap ids) of ``keep [H, QB, KB]``.
 
-    Counts are ``[1, H, QB]`` int32, starts int64, flat lists int32 with ``bound`` slots for the FULL
-    list; ``kind_ids [8]`` maps the diagonal-tile kind to its bitmap's row in ``tile_masks``.
+    Counts are ``[1, H, QB]`` int32, starts int64, flat lists int32; ``kind_ids [8]`` maps the
+    diagonal-tile kind to its bitmap's row in ``tile_masks``. A row crosses the diagonal in at most
+    two key blocks, so PARTIAL rows get two slots each; FULL rows get ``row_bound`` slots each when the
+    caller knows such a bound (one pass), else a counting pass sizes them exactly.
     """
     grid = _as_int8(keep)
     heads, q_blocks, k_blocks = grid.shape
@@ -160,29 +161,16 @@ def triton_tile_lists(
     dev = keep.device
     f_num = torch.empty(1, heads, q_blocks, dtype=torch.int32, device=dev)
     p_num = torch.empty_like(f_num)
-    f_idx = torch.empty(max(bound, 1), dtype=torch.int32, device=dev)
+    per_row = k_blocks if row_bound is None else min(row_bound, k_blocks)
+    f_idx = torch.empty(max(rows * per_row, 1), dtype=torch.int32, device=dev)
     p_idx = torch.empty(max(2 * rows, 1), dtype=torch.int32, device=dev)
     p_mid = torch.empty_like(p_idx)
+    p_start = (torch.arange(rows, device=dev) * 2).view(f_num.shape)
     kind_ids = kind_ids.to(device=dev, dtype=torch.int32)
-    geometry = (q_blocks, k_blocks, q_len, kv_len, block)
-    if rows:
-        _tile_rows_kernel[(rows,)](
-            grid,
-            kind_ids,
-            f_num,
-            f_num,
-            f_idx,
-            p_num,
-            p_num,
-            p_idx,
-            p_mid,
-            *geometry,
-            CHUNK=chunk,
-            WRITE=False,
-            num_warps=num_warps,
-        )
-    f_start, p_start = _starts(f_num), _starts(p_num)
-    if rows:
+    if not rows:
+        return f_num, p_start, f_idx, p_num, p_start, p_idx, p_mid
+
+    def scan(f_start: Tensor, write: bool) -> None:
         _tile_rows_kernel[(rows,)](
             grid,
             kind_ids,
@@ -193,11 +181,22 @@ def triton_tile_lists(
             p_start,
             p_idx,
             p_mid,
-            *geometry,
+            q_blocks,
+            k_blocks,
+            q_len,
+            kv_len,
+            block,
             CHUNK=chunk,
-            WRITE=True,
+            WRITE=write,
             num_warps=num_warps,
         )
+
+    if row_bound is None:
+        scan(p_start, False)
+        f_start = _starts(f_num)
+    else:
+        f_start = (torch.arange(rows, device=dev) * per_row).view(f_num.shape)
+    scan(f_start, True)
     return f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid
 
 
@@ -215,14 +214,22 @@ def triton_column_lists(
     dev = keep.device
     c_num = torch.empty(1, heads, q_blocks, dtype=torch.int32, device=dev)
     c_idx = torch.empty(max(rows * n_keys, 1), dtype=torch.int32, device=dev)
-    geometry = (q_blocks, k_blocks, n_keys, q_len, kv_len, block)
+    # A row gathers at most its head's n_keys columns: fixed slots, one pass.
+    c_start = (torch.arange(rows, device=dev) * n_keys).view(c_num.shape)
     if rows:
         _column_rows_kernel[(rows,)](
-            keys, grid, c_num, c_num, c_idx, *geometry, CHUNK=chunk, WRITE=False, num_warps=num_warps
-        )
-    c_start = _starts(c_num)
-    if rows:
-        _column_rows_kernel[(rows,)](
-            keys, grid, c_num, c_start, c_idx, *geometry, CHUNK=chunk, WRITE=True, num_warps=num_warps
+            keys,
+            grid,
+            c_num,
+            c_start,
+            c_idx,
+            q_blocks,
+            k_blocks,
+            n_keys,
+            q_len,
+            kv_len,
+            block,
+            CHUNK=chunk,
+            num_warps=num_warps,
         )
     return c_num, c_start, c_idx

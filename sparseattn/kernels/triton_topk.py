@@ -7,9 +7,8 @@ program holds its row in registers and finds the k-th largest value by a 32-step
 order-preserving integer key of the fp32 bits, then settles ties with a prefix count: one read of the
 scores, one write of the mask.
 
-A row of up to 2048 entries is one warp's: every count of the bisection is then a warp shuffle
-reduction, never a shared-memory round trip between warps (8 warps per row measured 1.5 ms for that
-grid, most of it waiting on those barriers).
+The bisection is issue-bound (32 passes over the row): on that grid one warp per row measured 2.0 ms,
+2-4 warps 1.36 ms, 8 warps 1.5 ms (experiments/results/row_kernels.json).
 
 `triton_block_topk_keep` also applies block top-k's causal rules in the same pass, from the block
 geometry alone: key blocks out of causal reach never count, the sink block and the blocks holding the
@@ -18,6 +17,8 @@ query block's own positions always do (the torch form writes +-inf into the grid
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -25,8 +26,6 @@ from torch import Tensor
 
 # Rows longer than this would not fit one program's registers (a 1M-token prompt has 16384 key blocks).
 MAX_ROW = 16384
-# Entries per warp: 64 int32 keys per thread, well inside the register file.
-WARP_ROW = 2048
 
 
 @triton.jit
@@ -37,14 +36,18 @@ def _select_top_kernel(
     n,
     stride_row,
     q_blocks,
+    g0,
+    rows_per_head,
     q_len,
     kv_len,
     block,
     BLOCK: tl.constexpr,
     CAUSAL_BLOCKS: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)  # [BLOCK]
+    # Rows (head, query block g) with g in [g0, g0 + rows_per_head): one launch per row width class.
+    pid = tl.program_id(0).to(tl.int64)
+    row = (pid // rows_per_head) * q_blocks + g0 + pid % rows_per_head
+    offs = tl.arange(0, BLOCK)  # [BLOCK] entries past BLOCK are out of this row's reach
     inside = offs < n
     x = tl.load(SCORES + row * stride_row + offs, mask=inside, other=float("-inf"))  # [BLOCK] fp32
     k = tl.load(K + row)
@@ -84,9 +87,12 @@ def _select_top_kernel(
     tl.store(KEEP + row * n + offs, keep.to(tl.int8), mask=inside)
 
 
-def _launch(
-    scores: Tensor, k: Tensor, geometry: tuple[int, int, int, int] | None, num_warps: int | None = None
-) -> Tensor:
+def _warps(width: int) -> int:
+    """Warps per row of ``width`` entries (experiments/results/row_kernels.json: 2-4 warps per 2048)."""
+    return max(1, min(4, width // 512))
+
+
+def _launch(scores: Tensor, k: Tensor, geometry: tuple[int, int, int] | None, num_warps: int | None = None) -> Tensor:
     if scores.dtype != torch.float32:
         raise ValueError(f"scores: expected float32, got {scores.dtype}")
     n = scores.shape[-1]
@@ -96,25 +102,55 @@ def _launch(
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     counts = k.expand(scores.shape[:-1]).reshape(-1).to(device=scores.device, dtype=torch.int32).contiguous()
-    keep = torch.empty(rows.shape, dtype=torch.int8, device=scores.device)
-    block = max(triton.next_power_of_2(n), 32)
-    q_blocks, q_len, kv_len, tile = geometry or (1, 1, 1, 1)
-    if rows.shape[0]:
-        _select_top_kernel[(rows.shape[0],)](
-            rows,
-            counts,
-            keep,
-            n,
-            rows.stride(0),
-            q_blocks,
-            q_len,
-            kv_len,
-            tile,
-            BLOCK=block,
-            CAUSAL_BLOCKS=geometry is not None,
-            num_warps=num_warps or max(1, block // WARP_ROW),
-        )
+    if geometry is None:
+        keep = torch.empty(rows.shape, dtype=torch.int8, device=scores.device)
+        # (rows, 1 head of rows, every row in one class, no geometry)
+        classes: tuple[tuple[int, int, int], ...] = ((0, rows.shape[0], max(triton.next_power_of_2(n), 32)),)
+        heads, q_blocks, q_len, kv_len, tile = 1, rows.shape[0], 1, 1, 1
+    else:
+        # Entries past a row's causal reach are never kept: a row only loads the power of two that
+        # holds its reach, and the rest of the mask stays zero (~1/3 less work on a square grid).
+        keep = torch.zeros(rows.shape, dtype=torch.int8, device=scores.device)
+        q_len, kv_len, tile = geometry
+        q_blocks = scores.shape[-2]
+        heads = rows.shape[0] // q_blocks
+        classes = _width_classes(q_blocks, n, q_len, kv_len, tile)
+    for g0, count, width in classes:
+        if heads * count:
+            _select_top_kernel[(heads * count,)](
+                rows,
+                counts,
+                keep,
+                n,
+                rows.stride(0),
+                q_blocks,
+                g0,
+                count,
+                q_len,
+                kv_len,
+                tile,
+                BLOCK=width,
+                CAUSAL_BLOCKS=geometry is not None,
+                num_warps=num_warps or _warps(width),
+            )
     return keep.view(torch.bool).view(scores.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _width_classes(
+    q_blocks: int, k_blocks: int, q_len: int, kv_len: int, block: int
+) -> tuple[tuple[int, int, int], ...]:
+    """(first query block, number of query blocks, row width) runs: the reach of query block ``g`` (key
+    blocks with some causal pair) grows with ``g``, so each power-of-two width is one run of blocks."""
+    runs: list[tuple[int, int, int]] = []  # cached: one pass over the query blocks per shape
+    for g in range(q_blocks):
+        last = min((g + 1) * block, q_len) - 1 + (kv_len - q_len)
+        width = max(triton.next_power_of_2(min(last // block + 1, k_blocks)), 32)
+        if runs and runs[-1][2] == width:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, width)
+        else:
+            runs.append((g, 1, width))
+    return tuple(runs)
 
 
 def triton_select_top(scores: Tensor, k: Tensor) -> Tensor:
@@ -142,4 +178,4 @@ def triton_block_topk_keep(
             f"scores: expected [H, {-(-q_len // block)}, {-(-kv_len // block)}] for q_len={q_len}, "
             f"kv_len={kv_len}, block={block}, got {tuple(scores.shape)}"
         )
-    return _launch(scores, k, (q_blocks, q_len, kv_len, block), num_warps)
+    return _launch(scores, k, (q_len, kv_len, block), num_warps)

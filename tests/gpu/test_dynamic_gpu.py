@@ -60,3 +60,26 @@ def test_triton_top_k_selection_equals_torch_rule_at_128k_size():
     scores.tril_(0).masked_fill_(scores == 0, float("-inf"))
     k = torch.randint(1, 200, (32, 1), device="cuda", generator=gen)
     assert torch.equal(triton_select_top(scores, k), select_top(scores, k, int(k.max())))
+
+
+def test_block_topk_gpu_estimate_equals_cpu_estimate():
+    """Triton pooling, causal-half scores and fused selection against the torch path on the CPU."""
+    q, k, _ = _qkv(8, 2, 4000, dtype=torch.float32, seed=4)
+    bt = BlockTopK((5, 9, 3, 12, 7, 7, 20, 1))
+    gpu, cpu = bt.estimate(q, k), bt.estimate(q.cpu(), k.cpu())
+    assert torch.equal(gpu.tiles.cpu(), cpu.tiles)
+
+
+def test_triton_block_topk_keep_equals_masked_rule_at_128k_size():
+    from sparseattn.kernels.triton_topk import triton_block_topk_keep
+    from sparseattn.patterns.dynamic.block_topk import reachable_blocks
+    from sparseattn.patterns.dynamic.topk import select_top
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    scores = torch.randint(-50, 50, (32, 2048, 2048), device="cuda", generator=gen).float()
+    k = torch.randint(1, 200, (32, 1), device="cuda", generator=gen)
+    n = 2048 * 64 - 17  # ragged last block
+    reach, forced = reachable_blocks(n - 1000, n, 64, scores.device)
+    masked = scores[:, : reach.shape[0]].masked_fill(~reach, float("-inf")).masked_fill(forced, float("inf"))
+    expected = (select_top(masked, k, int(k.max())) & reach) | forced
+    assert torch.equal(triton_block_topk_keep(scores[:, : reach.shape[0]].contiguous(), k, n - 1000, n, 64), expected)

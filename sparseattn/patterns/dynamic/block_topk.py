@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparseattn.kernels.triton_pooled_scores import triton_block_means, triton_pooled_scores
 from sparseattn.kernels.triton_topk import triton_block_topk_keep
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.dynamic.budgets import (
@@ -86,16 +87,20 @@ class BlockTopK:
         return torch.matmul(q_pool, k_pool.transpose(-1, -2))
 
     def estimate(self, q: Tensor, k: Tensor) -> BlockTopKTiles:
-        raw = self.pooled_scores(q, k)
-        heads, _, kb_dim = raw.shape
+        check_qk(q, k)
         q_len, kv_len = q.shape[2], k.shape[2]
+        heads, kb_dim = q.shape[1], -(-kv_len // self.block_size)
         k_max = min(budget_max(self.topk), kb_dim)
         counts = budget_tensor("topk", self.topk, heads, q.device).clamp(max=kb_dim).view(-1, 1)
-        # Same rule, two implementations: the Triton one applies the causal rules and selects in one
-        # read of the grid (CUDA); the torch one is its oracle.
-        if raw.is_cuda:
+        # Same rules, two implementations: on CUDA, Triton kernels pool, score the causal half only
+        # (fp32-accurate tensor-core products) and select in one read of the grid; the torch path is
+        # their oracle and the CPU path.
+        if q.is_cuda:
+            q_pool, k_pool = triton_block_means(q[0], self.block_size), triton_block_means(k[0], self.block_size)
+            raw = triton_pooled_scores(q_pool, k_pool, q_len=q_len, kv_len=kv_len, block=self.block_size)
             keep = triton_block_topk_keep(raw, counts, q_len, kv_len, self.block_size)
         else:
+            raw = self.pooled_scores(q, k)
             reach, forced = reachable_blocks(q_len, kv_len, self.block_size, q.device)
             masked = raw.masked_fill(~reach, -math.inf).masked_fill(forced, math.inf)
             keep = (select_top(masked, counts, k_max) & reach) | forced

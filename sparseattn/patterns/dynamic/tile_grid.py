@@ -93,7 +93,7 @@ def layout_from_tile_grid(
     tile_masks, kind_ids = tile_masks.to(device, non_blocking=True), kind_ids.to(device, non_blocking=True)
     bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
     if keep.is_cuda:
-        lists = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
+        lists = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, row_bound=max_tiles_per_row)
         cols = None if columns is None else triton_column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
     else:
         lists = _tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
