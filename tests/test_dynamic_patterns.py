@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparseattn.attention import sparse_attention
-from sparseattn.kernels.triton_topk import triton_block_topk_keep, triton_select_top
+from sparseattn.kernels.triton_topk import triton_block_topk, triton_block_topk_keep, triton_select_top
 from sparseattn.patterns import AShape, PerHead
 from sparseattn.patterns.dynamic import (
     BlockTopK,
@@ -24,6 +24,7 @@ from sparseattn.patterns.dynamic import (
     to_yaml,
 )
 from sparseattn.patterns.dynamic.block_topk import reachable_blocks
+from sparseattn.patterns.dynamic.tile_grid import _causal_table, _tile_lists
 from sparseattn.patterns.dynamic.topk import PAD, select_top
 from sparseattn.testing.checks import check_layout_invariants
 from sparseattn.testing.dynamic_reference import reference_block_topk, reference_vertical_slash
@@ -158,9 +159,9 @@ def test_block_topk_lowering_is_exact(kv_len, data):
 
 
 def test_block_topk_row_bound_is_checked():
-    tiles = torch.ones(1, 2, 2, dtype=torch.bool)
+    tiles = torch.ones(1, 3, 3, dtype=torch.bool)  # the last query block keeps two FULL tiles
     with pytest.raises(RuntimeError):
-        BlockTopKTiles(tiles, 32, 64, 64, max_per_row=1)
+        BlockTopKTiles(tiles, 32, 96, 96, max_per_row=1).lower(96, 96)
 
 
 # ---------------------------------------------------------------- backends on the estimate == oracle
@@ -317,3 +318,18 @@ def test_triton_block_topk_keep_equals_masked_torch_rule(data):
     masked = raw.masked_fill(~reach, float("-inf")).masked_fill(forced, float("inf"))
     expected = (select_top(masked, k, int(k.max())) & reach) | forced
     assert torch.equal(triton_block_topk_keep(raw, k, q_len, kv_len, block), expected)
+    # The same pass also writes the layout's lists: equal, row by row, to lowering the expected grid.
+    bound = int(k.max()) + 3
+    _, kind_ids = _causal_table(block, q_len, kv_len)
+    keep, lists = triton_block_topk(raw, k, q_len, kv_len, block, row_bound=bound, kind_ids=kind_ids)
+    want = _tile_lists(expected, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=expected.numel())
+    assert torch.equal(keep, expected)
+    assert torch.equal(lists[0], want[0]) and torch.equal(lists[3], want[3])
+    assert _row_lists(lists[0], lists[1], lists[2]) == _row_lists(want[0], want[1], want[2])
+    assert _row_lists(lists[3], lists[4], lists[5], lists[6]) == _row_lists(want[3], want[4], want[5], want[6])
+
+
+def _row_lists(num: torch.Tensor, start: torch.Tensor, *flats: torch.Tensor) -> list[list[tuple[int, ...]]]:
+    """Each row's entries across the flat lists (storage between rows is not compared)."""
+    rows = zip(num.reshape(-1).tolist(), start.reshape(-1).tolist(), strict=True)
+    return [list(zip(*(f[s : s + n].tolist() for f in flats), strict=True)) for n, s in rows]

@@ -31,6 +31,40 @@ WARPS = 1
 
 
 @triton.jit
+def store_row_tiles(
+    kept, kb, g, q_len, kv_len, block, KIND_IDS, f_out, p_out, m_out, n_full, n_part, f_bound, WRITE: tl.constexpr
+):
+    """Append the kept key blocks ``kb`` [N] (ascending, after those already stored) of query block ``g``
+    to its FULL list at ``f_out`` and its PARTIAL list at ``p_out`` / ``m_out``; returns the new counts.
+
+    FULL entries past ``f_bound`` slots are counted but not stored (the caller checks the counts).
+    With ``WRITE`` off it only counts.
+    """
+    first = g * block + (kv_len - q_len)  # bottom-right aligned position of the block's first query
+    last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
+    k_lo = kb * block
+    k_hi = tl.minimum((kb + 1) * block, kv_len) - 1
+    below = k_hi <= first  # every in-bounds pair causal: FULL
+    full = kept & below
+    part = kept & ~below & (k_lo <= last)  # crosses the diagonal: PARTIAL
+    full_i = full.to(tl.int32)
+    part_i = part.to(tl.int32)
+    if WRITE:
+        at = n_full + tl.cumsum(full_i, 0) - 1
+        tl.store(f_out + at, kb.to(tl.int32), mask=full & (at < f_bound))
+        # Bitmap kind (shift, q tail, k tail), numbered as tile_grid._causal_table numbers them.
+        q_tail = (last - first + 1 < block).to(tl.int32)
+        shifted = (first - k_lo < 0).to(tl.int32)
+        k_tail = (k_hi - k_lo + 1 < block).to(tl.int32)
+        kind = (shifted * 2 + q_tail) * 2 + k_tail
+        mask_id = tl.load(KIND_IDS + kind, mask=part, other=0)
+        at = n_part + tl.cumsum(part_i, 0) - 1
+        tl.store(p_out + at, kb.to(tl.int32), mask=part)
+        tl.store(m_out + at, mask_id.to(tl.int32), mask=part)
+    return n_full + tl.sum(full_i, 0), n_part + tl.sum(part_i, 0)
+
+
+@triton.jit
 def _tile_rows_kernel(
     KEEP,
     KIND_IDS,
@@ -46,46 +80,39 @@ def _tile_rows_kernel(
     q_len,
     kv_len,
     block,
+    f_bound,
     CHUNK: tl.constexpr,
     WRITE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # (head, query block g)
     # Positions fit int32 (lengths < 2**31); int64 vector math would cost two instructions per op.
     g = (row % q_blocks).to(tl.int32)
-    first = g * block + (kv_len - q_len)  # bottom-right aligned position of the block's first query
-    last = tl.minimum((g + 1) * block, q_len) - 1 + (kv_len - q_len)
-    q_tail = (last - first + 1 < block).to(tl.int32)
     keep_row = KEEP + row * k_blocks
-    if WRITE:
-        f_out = F_IDX + tl.load(F_START + row)
-        p_start = tl.load(P_START + row)
-        p_out = P_IDX + p_start
-        m_out = P_MID + p_start
+    f_out = F_IDX + tl.load(F_START + row)
+    p_start = tl.load(P_START + row)
     n_full = tl.zeros([], tl.int32)
     n_part = tl.zeros([], tl.int32)
     for c0 in range(0, k_blocks, CHUNK):
         kb = c0 + tl.arange(0, CHUNK)  # [CHUNK] key block
         inside = kb < k_blocks
         kept = inside & (tl.load(keep_row + kb, mask=inside, other=0) != 0)
-        k_lo = kb * block
-        k_hi = tl.minimum((kb + 1) * block, kv_len) - 1
-        below = k_hi <= first  # every in-bounds pair causal: FULL
-        full = kept & below
-        part = kept & ~below & (k_lo <= last)  # crosses the diagonal: PARTIAL
-        full_i = full.to(tl.int32)
-        part_i = part.to(tl.int32)
-        if WRITE:  # (the counting pass only needs the FULL counts: PARTIAL rows have fixed slots)
-            tl.store(f_out + n_full + tl.cumsum(full_i, 0) - 1, kb.to(tl.int32), mask=full)
-            # Bitmap kind (shift, q tail, k tail), numbered as tile_grid._causal_table numbers them.
-            shifted = (first - k_lo < 0).to(tl.int32)
-            k_tail = (k_hi - k_lo + 1 < block).to(tl.int32)
-            kind = (shifted * 2 + q_tail) * 2 + k_tail
-            mask_id = tl.load(KIND_IDS + kind, mask=part, other=0)
-            at = n_part + tl.cumsum(part_i, 0) - 1
-            tl.store(p_out + at, kb.to(tl.int32), mask=part)
-            tl.store(m_out + at, mask_id.to(tl.int32), mask=part)
-        n_full += tl.sum(full_i, 0)
-        n_part += tl.sum(part_i, 0)
+        # (the counting pass only needs the FULL counts: PARTIAL rows have fixed slots)
+        n_full, n_part = store_row_tiles(
+            kept,
+            kb,
+            g,
+            q_len,
+            kv_len,
+            block,
+            KIND_IDS,
+            f_out,
+            P_IDX + p_start,
+            P_MID + p_start,
+            n_full,
+            n_part,
+            f_bound,
+            WRITE,
+        )
     tl.store(F_NUM + row, n_full)
     tl.store(P_NUM + row, n_part)
 
@@ -153,7 +180,8 @@ def triton_tile_lists(
     Counts are ``[1, H, QB]`` int32, starts int64, flat lists int32; ``kind_ids [8]`` maps the
     diagonal-tile kind to its bitmap's row in ``tile_masks``. A row crosses the diagonal in at most
     two key blocks, so PARTIAL rows get two slots each; FULL rows get ``row_bound`` slots each when the
-    caller knows such a bound (one pass), else a counting pass sizes them exactly.
+    caller knows such a bound (one pass: a row holding more is cut to it, and its count says so),
+    else a counting pass sizes them exactly.
     """
     grid = _as_int8(keep)
     heads, q_blocks, k_blocks = grid.shape
@@ -186,6 +214,7 @@ def triton_tile_lists(
             q_len,
             kv_len,
             block,
+            per_row,
             CHUNK=chunk,
             WRITE=write,
             num_warps=num_warps,

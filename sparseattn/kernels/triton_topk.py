@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from sparseattn.kernels.triton_tile_lists import store_row_tiles
+
 # Rows longer than this would not fit one program's registers (a 1M-token prompt has 16384 key blocks).
 MAX_ROW = 16384
 
@@ -41,8 +43,16 @@ def _select_top_kernel(
     q_len,
     kv_len,
     block,
+    KIND_IDS,
+    F_NUM,
+    F_IDX,
+    P_NUM,
+    P_IDX,
+    P_MID,
+    f_bound,
     BLOCK: tl.constexpr,
     CAUSAL_BLOCKS: tl.constexpr,
+    LISTS: tl.constexpr,
 ):
     # Rows (head, query block g) with g in [g0, g0 + rows_per_head): one launch per row width class.
     pid = tl.program_id(0).to(tl.int64)
@@ -85,6 +95,28 @@ def _select_top_kernel(
     if CAUSAL_BLOCKS:
         keep = (keep & reach) | forced
     tl.store(KEEP + row * n + offs, keep.to(tl.int8), mask=inside)
+    if LISTS:
+        # The layout's lists straight from the registers: fixed slots per row, no second read of the grid.
+        zero = tl.zeros([], tl.int32)
+        p_out = row * 2
+        n_full, n_part = store_row_tiles(
+            keep,
+            offs,
+            g,
+            q_len,
+            kv_len,
+            block,
+            KIND_IDS,
+            F_IDX + row * f_bound,
+            P_IDX + p_out,
+            P_MID + p_out,
+            zero,
+            zero,
+            f_bound,
+            True,
+        )
+        tl.store(F_NUM + row, n_full)
+        tl.store(P_NUM + row, n_part)
 
 
 def _warps(width: int) -> int:
@@ -92,7 +124,13 @@ def _warps(width: int) -> int:
     return max(1, min(4, width // 512))
 
 
-def _launch(scores: Tensor, k: Tensor, geometry: tuple[int, int, int] | None, num_warps: int | None = None) -> Tensor:
+def _launch(
+    scores: Tensor,
+    k: Tensor,
+    geometry: tuple[int, int, int] | None,
+    num_warps: int | None = None,
+    lists: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int] | None = None,
+) -> Tensor:
     if scores.dtype != torch.float32:
         raise ValueError(f"scores: expected float32, got {scores.dtype}")
     n = scores.shape[-1]
@@ -115,6 +153,8 @@ def _launch(scores: Tensor, k: Tensor, geometry: tuple[int, int, int] | None, nu
         q_blocks = scores.shape[-2]
         heads = rows.shape[0] // q_blocks
         classes = _width_classes(q_blocks, n, q_len, kv_len, tile)
+    # (kind ids, full counts, full indices, partial counts, partial indices, mask ids, full slots per row)
+    kind_ids, f_num, f_idx, p_num, p_idx, p_mid, f_bound = lists or (counts, counts, counts, counts, counts, counts, 0)
     for g0, count, width in classes:
         if heads * count:
             _select_top_kernel[(heads * count,)](
@@ -129,8 +169,16 @@ def _launch(scores: Tensor, k: Tensor, geometry: tuple[int, int, int] | None, nu
                 q_len,
                 kv_len,
                 tile,
+                kind_ids,
+                f_num,
+                f_idx,
+                p_num,
+                p_idx,
+                p_mid,
+                f_bound,
                 BLOCK=width,
                 CAUSAL_BLOCKS=geometry is not None,
+                LISTS=lists is not None,
                 num_warps=num_warps or _warps(width),
             )
     return keep.view(torch.bool).view(scores.shape)
@@ -172,10 +220,40 @@ def triton_block_topk_keep(
     ``k [H, 1]``, then ``(top & reach) | forced``. Positions are bottom-right aligned (``q_len <= kv_len``).
     ``num_warps`` overrides the warps per row (for tuning).
     """
-    q_blocks, k_blocks = scores.shape[1:]
-    if (q_blocks, k_blocks) != (-(-q_len // block), -(-kv_len // block)):
-        raise ValueError(
-            f"scores: expected [H, {-(-q_len // block)}, {-(-kv_len // block)}] for q_len={q_len}, "
-            f"kv_len={kv_len}, block={block}, got {tuple(scores.shape)}"
-        )
+    _check_grid(scores, q_len, kv_len, block)
     return _launch(scores, k, (q_len, kv_len, block), num_warps)
+
+
+def triton_block_topk(
+    scores: Tensor, k: Tensor, q_len: int, kv_len: int, block: int, *, row_bound: int, kind_ids: Tensor
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """`triton_block_topk_keep` and, from the same pass, the layout lists of the kept tiles.
+
+    The lists are those of `sparseattn.kernels.triton_tile_lists.triton_tile_lists` with ``row_bound``
+    FULL slots per row (``(full counts, starts, indices, partial counts, starts, indices, bitmap ids)``);
+    ``kind_ids [8]`` maps each diagonal-tile kind to its bitmap (``tile_grid._causal_table``).
+    """
+    heads, q_blocks, k_blocks = scores.shape
+    _check_grid(scores, q_len, kv_len, block)
+    dev = scores.device
+    rows = heads * q_blocks
+    per_row = min(row_bound, k_blocks)
+    f_num = torch.empty(1, heads, q_blocks, dtype=torch.int32, device=dev)
+    p_num = torch.empty_like(f_num)
+    f_idx = torch.empty(max(rows * per_row, 1), dtype=torch.int32, device=dev)
+    p_idx = torch.empty(max(rows * 2, 1), dtype=torch.int32, device=dev)
+    p_mid = torch.empty_like(p_idx)
+    kind_ids = kind_ids.to(device=dev, dtype=torch.int32)
+    keep = _launch(scores, k, (q_len, kv_len, block), None, (kind_ids, f_num, f_idx, p_num, p_idx, p_mid, per_row))
+    f_start = (torch.arange(rows, device=dev) * per_row).view(f_num.shape)
+    p_start = (torch.arange(rows, device=dev) * 2).view(f_num.shape)
+    return keep, (f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid)
+
+
+def _check_grid(scores: Tensor, q_len: int, kv_len: int, block: int) -> None:
+    q_blocks, k_blocks = -(-q_len // block), -(-kv_len // block)
+    if scores.dim() != 3 or tuple(scores.shape[1:]) != (q_blocks, k_blocks):
+        raise ValueError(
+            f"scores: expected [H, {q_blocks}, {k_blocks}] for q_len={q_len}, kv_len={kv_len}, block={block}, "
+            f"got {tuple(scores.shape)}"
+        )

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.kernels.triton_pooled_scores import triton_block_means, triton_pooled_scores
-from sparseattn.kernels.triton_topk import triton_block_topk_keep
+from sparseattn.kernels.triton_topk import triton_block_topk
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns.dynamic.budgets import (
     Budget,
@@ -21,7 +21,7 @@ from sparseattn.patterns.dynamic.budgets import (
     check_qk,
 )
 from sparseattn.patterns.dynamic.tile_estimate import TileEstimate
-from sparseattn.patterns.dynamic.tile_grid import layout_from_tile_grid, tile_bounds
+from sparseattn.patterns.dynamic.tile_grid import _causal_table, layout_from_lists, layout_from_tile_grid, tile_bounds
 from sparseattn.patterns.dynamic.topk import select_top
 
 
@@ -98,7 +98,12 @@ class BlockTopK:
         if q.is_cuda:
             q_pool, k_pool = triton_block_means(q[0], self.block_size), triton_block_means(k[0], self.block_size)
             raw = triton_pooled_scores(q_pool, k_pool, q_len=q_len, kv_len=kv_len, block=self.block_size)
-            keep = triton_block_topk_keep(raw, counts, q_len, kv_len, self.block_size)
+            kind_ids = _causal_table(self.block_size, q_len, kv_len)[1]
+            keep, lists = triton_block_topk(
+                raw, counts, q_len, kv_len, self.block_size, row_bound=k_max + 3, kind_ids=kind_ids
+            )
+            layout = layout_from_lists(lists, None, q_len=q_len, kv_len=kv_len, block=self.block_size)
+            return BlockTopKTiles(keep, self.block_size, q_len, kv_len, max_per_row=k_max + 3, layout=layout)
         else:
             raw = self.pooled_scores(q, k)
             reach, forced = reachable_blocks(q_len, kv_len, self.block_size, q.device)
@@ -114,8 +119,10 @@ class BlockTopKTiles(TileEstimate):
 
     ``tiles`` is bool ``[H, QB, KB]`` for the ``q_len`` x ``kv_len`` problem it was estimated on.
     ``max_per_row``, when given, is a bound on the tiles any query block keeps (`BlockTopK.estimate` sets
-    it from its budget); lowering then allocates its lists by it. It is checked on the device without
-    waiting for it: a violated bound fails the next synchronising CUDA call rather than losing tiles.
+    it from its budget); lowering then gives each row that many slots, and a row holding more fails
+    the next synchronising CUDA call (no sync is spent on checking it). ``layout``, when given, is this
+    estimate's lowering, built in the same pass as ``tiles`` (`BlockTopK.estimate` on CUDA); lowering
+    on its device then returns it.
 
     >>> tiles = torch.tensor([[[True, False], [True, True]]])
     >>> print(BlockTopKTiles(tiles, block_size=2, q_len=4, kv_len=4).render(4))
@@ -126,12 +133,12 @@ class BlockTopKTiles(TileEstimate):
     """
 
     max_per_row: int | None = None
+    layout: BlockLayout | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_per_row is not None:
             check_int("max_per_row", self.max_per_row, 1)
-            torch._assert_async(self.tiles.sum(-1).max() <= self.max_per_row)
 
     def __repr__(self) -> str:
         return (
@@ -140,6 +147,8 @@ class BlockTopKTiles(TileEstimate):
         )
 
     def _lower_tiles(self, tiles: Tensor) -> BlockLayout:
+        if self.layout is not None and self.layout.device == tiles.device:
+            return self.layout
         return layout_from_tile_grid(
             tiles, q_len=self.q_len, kv_len=self.kv_len, block=self.block_size, max_tiles_per_row=self.max_per_row
         )

@@ -89,8 +89,7 @@ def layout_from_tile_grid(
     """
     heads, qb_dim, kb_dim = keep.shape
     device = keep.device
-    tile_masks, kind_ids = _causal_table(block, q_len, kv_len)
-    tile_masks, kind_ids = tile_masks.to(device, non_blocking=True), kind_ids.to(device, non_blocking=True)
+    kind_ids = _causal_table(block, q_len, kv_len)[1].to(device, non_blocking=True)
     bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
     if keep.is_cuda:
         lists = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, row_bound=max_tiles_per_row)
@@ -98,6 +97,18 @@ def layout_from_tile_grid(
     else:
         lists = _tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
         cols = None if columns is None else _column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
+    if max_tiles_per_row is not None:
+        # Entries past the bound were not stored: fail the next synchronising call rather than lose them.
+        torch._assert_async(lists[0].max() <= max_tiles_per_row)
+    return layout_from_lists(lists, cols, q_len=q_len, kv_len=kv_len, block=block)
+
+
+def layout_from_lists(
+    lists: tuple[Tensor, ...], cols: tuple[Tensor, ...] | None, *, q_len: int, kv_len: int, block: int
+) -> BlockLayout:
+    """The device-built `BlockLayout` of FULL/PARTIAL lists (counts, starts, indices[, bitmap ids]) and
+    optional gathered-column lists, whose partial tiles use `_causal_table`'s bitmaps."""
+    tile_masks, _ = _causal_table(block, q_len, kv_len)
     f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid = lists
     c_num, c_start, c_idx = (None, None, None) if cols is None else cols
     return BlockLayout(
@@ -112,7 +123,7 @@ def layout_from_tile_grid(
         kv_start=p_start,
         kv_indices=p_idx,
         kv_mask_ids=p_mid,
-        tile_masks=tile_masks,
+        tile_masks=tile_masks.to(f_num.device, non_blocking=True),
         col_num=c_num,
         col_start=c_start,
         col_indices=c_idx,
