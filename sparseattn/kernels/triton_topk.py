@@ -82,11 +82,17 @@ def _select_top_kernel(
     key = tl.where(inside, key, sign)
     # The k-th largest key, built one bit at a time from the top in unsigned space: ``u ^ sign`` maps an
     # unsigned bit pattern to the signed key of the same rank, so no comparison can wrap.
+    # Invariant: at least k keys are >= t. Once exactly k are, they are the top k and no tie straddles
+    # the boundary, so the search stops there (~log2(n) steps on distinct scores, not 32).
     t = tl.full([], 0, tl.int32)
-    for bit in tl.static_range(31, -1, -1):
+    above_t = tl.full([], BLOCK, tl.int32)  # every key, padding included, is >= t = 0
+    bit = tl.full([], 31, tl.int32)
+    while (bit >= 0) & (above_t != k):
         cand = t | (tl.full([], 1, tl.int32) << bit)
         count = tl.sum((key >= (cand ^ sign)).to(tl.int32), 0)
         t = tl.where(count >= k, cand, t)
+        above_t = tl.where(count >= k, count, above_t)
+        bit -= 1
     threshold = t ^ sign
     above = key > threshold
     at = key == threshold
@@ -243,7 +249,8 @@ def triton_block_topk(
     f_idx = torch.empty(max(rows * per_row, 1), dtype=torch.int32, device=dev)
     p_idx = torch.empty(max(rows * 2, 1), dtype=torch.int32, device=dev)
     p_mid = torch.empty_like(p_idx)
-    kind_ids = kind_ids.to(device=dev, dtype=torch.int32)
+    # (the host copy is asynchronous: with pageable memory a synchronous one would wait for the device)
+    kind_ids = kind_ids.to(dev, non_blocking=True).to(torch.int32)
     keep = _launch(scores, k, (q_len, kv_len, block), None, (kind_ids, f_num, f_idx, p_num, p_idx, p_mid, per_row))
     f_start = (torch.arange(rows, device=dev) * per_row).view(f_num.shape)
     p_start = (torch.arange(rows, device=dev) * 2).view(f_num.shape)
