@@ -49,13 +49,24 @@ def structured_qkv(heads, kv_heads, length, dim, seed=0, device="cuda", dtype=to
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
+def portable(command: str) -> str:
+    """``command`` with the output folder written as ``$OUT`` when it came from that variable."""
+    out = os.environ.get("OUT")
+    return command.replace(out, "$OUT") if out else command
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--length", type=int, default=131072)
     parser.add_argument("--out", default="experiments/results")
     parser.add_argument("--skip-flex", action="store_true")
     args = parser.parse_args()
+    command = portable(" ".join(["python", "experiments/bench_dynamic.py", *sys.argv[1:]]))
+    measure(args.length, Path(os.environ.get("OUT") or args.out), skip_flex=args.skip_flex, command=command)
 
+
+def measure(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
+    """Run the checks and timings at ``length`` tokens, write ``dynamic_bench.json`` and ``.md`` to ``out``."""
     import triton
     from triton.testing import do_bench
 
@@ -66,9 +77,9 @@ def main() -> None:
     from sparseattn.testing.dynamic_reference import reference_vertical_slash
     from sparseattn.testing.tolerance import assert_close_to_oracle
 
-    heads, kv_heads, dim, n = 32, 8, 128, args.length
+    heads, kv_heads, dim, n = 32, 8, 128, length
     result = {
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+        "command": command,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -162,7 +173,7 @@ def main() -> None:
             f"{tag}_end_to_end",
             lambda pattern=pattern: triton_sparse_attention(q, k, v, pattern.estimate(q, k).lower(n, n)),
         )
-        if not args.skip_flex:
+        if not skip_flex:
             try:
                 t0 = time.perf_counter()
                 block_mask = layout.to_flex()
@@ -194,7 +205,6 @@ def main() -> None:
             rep=20,
         )
 
-    out = Path(os.environ.get("OUT") or args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dynamic_bench.json").write_text(json.dumps(result, indent=2))
     lines = [
@@ -223,6 +233,7 @@ def main() -> None:
             )
     (out / "dynamic_bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-(len(times) + 6) :]))
+    return result
 
 
 if __name__ == "__main__":

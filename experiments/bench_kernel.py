@@ -22,6 +22,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from bench_dynamic import measure, portable
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
@@ -258,6 +259,8 @@ def render(data: dict, out_dir: Path) -> None:
             f"| {s['pattern']} | {s['length']} | {s['num_warps']} | {s['num_stages']} | {s['ms']:.3f} |"
             for s in data["sweep"]
         ]
+    if "dynamic" in data:
+        lines += dynamic_section(data["dynamic"])
     (out_dir / "kernel_bench.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -287,6 +290,30 @@ def render(data: dict, out_dir: Path) -> None:
     fig.savefig(out_dir / "kernel_bench.png", dpi=120)
 
 
+def dynamic_section(dyn: dict) -> list[str]:
+    """Markdown rows for the dynamic patterns (their full report is dynamic_bench.md)."""
+    t, n = dyn["timings_ms"], dyn["shape"]["seq_len"]
+    dense = t.get("dense_cudnn_sdpa_causal") or float("nan")
+    lines = [
+        "",
+        f"## Dynamic patterns at {n} tokens (estimated per call, structured synthetic q/k; detail: dynamic_bench.md)",
+        "",
+        "| pattern | estimate + lower ms | attention ms | end to end ms | overhead | Flex ms (identical layout) "
+        "| vs Flex | Flex mask ms | cuDNN dense ms | end to end vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tag in ("vertical_slash", "block_topk"):
+        get = lambda key, tag=tag: t.get(f"{tag}_{key}") or float("nan")
+        lines.append(
+            f"| {tag} | {get('estimate_and_lower'):.2f} | {get('triton'):.2f} | {get('end_to_end'):.2f} "
+            f"| {100 * (get('end_to_end') / get('triton') - 1):.1f}% | {get('flex'):.2f} "
+            f"| {get('flex') / get('triton'):.2f}x | {get('flex_blockmask_build'):.1f} | {dense:.1f} "
+            f"| {dense / get('end_to_end'):.1f}x |"
+        )
+    lines += ["", "Checks: " + ", ".join(f"{k} {v}" for k, v in dyn["checks"].items())]
+    return lines
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="bench_kernel")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(to_absolute_path(cfg.out_dir))
@@ -294,7 +321,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.render_only:
         render(json.loads((out_dir / "kernel_bench.json").read_text()), out_dir)
         return
-    command = "python experiments/bench_kernel.py " + " ".join(sys.argv[1:])
+    command = portable("python experiments/bench_kernel.py " + " ".join(sys.argv[1:]))
     shape = {key: cfg[key] for key in ("batch", "heads", "kv_heads", "head_dim", "dtype")}
     data = {"env": environment(command.strip()), "shape": shape, "records": [], "dense": {}}
     pats = build_patterns(cfg)
@@ -342,6 +369,10 @@ def main(cfg: DictConfig) -> None:
             )
         del q, k, v
         torch.cuda.empty_cache()
+    if cfg.dynamic_length:
+        # Dynamic patterns are estimated from q and k on every call: estimate + lower + attention.
+        data["dynamic"] = measure(cfg.dynamic_length, out_dir, skip_flex=False, command=command)
+        save()
     render(data, out_dir)
 
 
