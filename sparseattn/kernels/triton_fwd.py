@@ -269,7 +269,8 @@ class KernelConfig:
 
     ``tma`` loads K/V tiles through tensor descriptors (the TMA copy engine on sm_90+; the interpreter
     emulates them), which needs K and V contiguous: other layouts are copied first. Triton 3.6's warp
-    specialisation of the kv loop was measured too and changed nothing on the H200 (kernel_tuning.md).
+    specialisation of the kv loop was measured too and changed nothing on the H200 (kernel_tuning.md as of
+    commit 7d1518f).
     ``pack`` query heads of one kv head share a program (and each K/V tile load) when the layout does
     not depend on the head; the program then computes ``pack * block_m`` rows.
     """
@@ -286,8 +287,8 @@ class KernelConfig:
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
 # the per-program setup (Q load, pipeline fill, epilogue) is then spread over more, smaller programs
-# that keep two per multiprocessor (experiments/results/kernel_tuning.md: Triangle() at 128K,
-# 4.99 ms on 64 x 64 against 5.71 ms on 128 x 128; dense causal the other way round).
+# that keep two per multiprocessor (experiments/results/kernel_tuning.md as of commit 7d1518f:
+# Triangle() at 128K, 4.99 ms on 64 x 64 against 5.71 ms on 128 x 128; dense causal the other way round).
 SHORT_ROW_TILES = 16
 
 
