@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,10 +31,17 @@ from sparseattn.patterns import Causal, Pattern, Triangle
 # (tile shape, warps, heads per program): the pairs measured best before, and head packing around
 # them (earlier sweeps, including heavy-first orders and warp specialisation, are in git history).
 SHAPES = {
-    "causal": [((128, 128), 8, 1), ((64, 128), 8, 2)],
-    "triangle": [((64, 64), 4, 1), ((64, 64), 4, 2), ((64, 64), 8, 2), ((64, 64), 8, 4)],
+    "causal": [((128, 128), 8, 1), ((64, 128), 8, 2), ((128, 64), 8, 1), ((128, 64), 4, 1)],
+    "triangle": [
+        ((64, 64), 4, 1),
+        ((64, 64), 4, 2),
+        ((64, 64), 8, 2),
+        ((64, 64), 8, 4),
+        ((64, 128), 4, 2),
+        ((64, 128), 8, 2),
+    ],
 }
-STAGES = {"causal": [3], "triangle": [2, 3]}
+STAGES = {"causal": [3, 4], "triangle": [2, 3]}
 TMA = {"causal": [True], "triangle": [False, True]}
 
 
@@ -60,6 +68,9 @@ def correct(pattern: Pattern, block: tuple[int, int], config: KernelConfig) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    parser.add_argument("--cases", nargs="*", default=[], help="only these, as pattern:tokens (causal:32768)")
+    parser.add_argument("--stages", type=int, nargs="*", default=[], help="only these pipeline depths")
+    parser.add_argument("--tma", choices=["on", "off"], help="only TMA loads on, or off")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 32768),
@@ -67,6 +78,8 @@ def main() -> None:
         ("triangle", Triangle(), 32768),
         ("triangle", Triangle(), 131072),
     ]
+    if args.cases:
+        cases = [c for c in cases if f"{c[0]}:{c[2]}" in args.cases]
     rows = []
     cudnn = {}
     for n in sorted({n for _, _, n in cases}):
@@ -82,6 +95,7 @@ def main() -> None:
         (case, (block, warps, pack, stages, tma))
         for case in cases
         for (block, warps, pack), stages, tma in itertools.product(SHAPES[case[0]], STAGES[case[0]], TMA[case[0]])
+        if (not args.stages or stages in args.stages) and (args.tma is None or tma == (args.tma == "on"))
     ]
     for (name, pattern, n), (block, warps, pack, stages, tma) in tqdm(todo, desc="configs"):
         config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma, pack=pack)
@@ -107,7 +121,8 @@ def main() -> None:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "host": platform.node(),
-        "command": "PYTHONPATH=. python experiments/tune_kernel.py --out $OUT",
+        "command": "PYTHONPATH=. python experiments/tune_kernel.py "
+        + " ".join("$OUT" if a == str(args.out) else a for a in sys.argv[1:]),
         "cudnn_ms": cudnn,
     }
     args.out.mkdir(parents=True, exist_ok=True)
