@@ -20,7 +20,7 @@ from triton.testing import do_bench
 
 from sparseattn.kernels.triton_tile_lists import CHUNK, WARPS, triton_column_lists, triton_tile_lists
 from sparseattn.kernels.triton_topk import triton_block_topk_keep
-from sparseattn.patterns.dynamic.tile_grid import _causal_table
+from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     counts = torch.full((heads, 1), 64, device="cuda")
     keep = triton_block_topk_keep(scores, counts, n, n, block)
     keys = torch.sort(torch.randperm(n, device="cuda", generator=gen)[: heads * 512].view(heads, 512), -1).values
-    _, kind_ids = _causal_table(block, n, n)
+    _, kind_ids = causal_bitmaps(block, n, n)
     rows = []
 
     def run(kernel, variant, fn, view, reference):

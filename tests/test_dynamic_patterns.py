@@ -24,7 +24,7 @@ from sparseattn.patterns.dynamic import (
     to_yaml,
 )
 from sparseattn.patterns.dynamic.block_topk import reachable_blocks
-from sparseattn.patterns.dynamic.tile_grid import _causal_table, _tile_lists
+from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps, torch_tile_lists
 from sparseattn.patterns.dynamic.topk import PAD, select_top
 from sparseattn.testing.checks import check_layout_invariants
 from sparseattn.testing.dynamic_reference import reference_block_topk, reference_vertical_slash
@@ -320,9 +320,9 @@ def test_triton_block_topk_keep_equals_masked_torch_rule(data):
     assert torch.equal(triton_block_topk_keep(raw, k, q_len, kv_len, block), expected)
     # The same pass also writes the layout's lists: equal, row by row, to lowering the expected grid.
     bound = int(k.max()) + 3
-    _, kind_ids = _causal_table(block, q_len, kv_len)
+    _, kind_ids = causal_bitmaps(block, q_len, kv_len)
     keep, lists = triton_block_topk(raw, k, q_len, kv_len, block, row_bound=bound, kind_ids=kind_ids)
-    want = _tile_lists(expected, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=expected.numel())
+    want = torch_tile_lists(expected, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=expected.numel())
     assert torch.equal(keep, expected)
     assert torch.equal(lists[0], want[0]) and torch.equal(lists[3], want[3])
     assert _row_lists(lists[0], lists[1], lists[2]) == _row_lists(want[0], want[1], want[2])

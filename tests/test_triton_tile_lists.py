@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparseattn.kernels.triton_tile_lists import triton_column_lists, triton_tile_lists
-from sparseattn.patterns.dynamic.tile_grid import _causal_table, _column_lists, _tile_lists
+from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps, torch_column_lists, torch_tile_lists
 from sparseattn.patterns.dynamic.topk import PAD
 
 
@@ -34,11 +34,11 @@ def grids(draw):
 @settings(max_examples=40, deadline=None)
 def test_tile_lists_equal_torch(case, data):
     keep, q_len, kv_len, block = case
-    _, kind_ids = _causal_table(block, q_len, kv_len)
+    _, kind_ids = causal_bitmaps(block, q_len, kv_len)
     # Counted rows, or fixed slots under the tightest true bound on a row's kept tiles.
     row_bound = data.draw(st.sampled_from([None, max(int(keep.sum(-1).max()), 1)]), "row_bound")
     got = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, row_bound=row_bound)
-    want = _tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=keep.numel())
+    want = torch_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=keep.numel())
     assert torch.equal(got[0], want[0]) and torch.equal(got[3], want[3]), "counts differ"
     assert _rows(got[0], got[1], got[2]) == _rows(want[0], want[1], want[2]), "FULL lists differ"
     assert _rows(got[3], got[4], got[5], got[6]) == _rows(want[3], want[4], want[5], want[6]), "PARTIAL lists differ"
@@ -57,6 +57,6 @@ def test_column_lists_equal_torch(case, data):
         rows.append(chosen[: data.draw(st.integers(0, count))] + [pad] * count)
     keys = torch.tensor([r[:count] for r in rows], dtype=torch.long).view(heads, count)
     got = triton_column_lists(keys, keep, q_len=q_len, kv_len=kv_len, block=block)
-    want = _column_lists(keys, keep, q_len=q_len, kv_len=kv_len, block=block)
+    want = torch_column_lists(keys, keep, q_len=q_len, kv_len=kv_len, block=block)
     assert torch.equal(got[0], want[0]), "counts differ"
     assert _rows(*got) == _rows(*want), "gathered columns differ"

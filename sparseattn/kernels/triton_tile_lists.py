@@ -52,7 +52,7 @@ def store_row_tiles(
     if WRITE:
         at = n_full + tl.cumsum(full_i, 0) - 1
         tl.store(f_out + at, kb.to(tl.int32), mask=full & (at < f_bound))
-        # Bitmap kind (shift, q tail, k tail), numbered as tile_grid._causal_table numbers them.
+        # Bitmap kind (shift, q tail, k tail), numbered as tile_grid.causal_bitmaps numbers them.
         q_tail = (last - first + 1 < block).to(tl.int32)
         shifted = (first - k_lo < 0).to(tl.int32)
         k_tail = (k_hi - k_lo + 1 < block).to(tl.int32)

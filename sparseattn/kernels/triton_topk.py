@@ -237,7 +237,7 @@ def triton_block_topk(
 
     The lists are those of `sparseattn.kernels.triton_tile_lists.triton_tile_lists` with ``row_bound``
     FULL slots per row (``(full counts, starts, indices, partial counts, starts, indices, bitmap ids)``);
-    ``kind_ids [8]`` maps each diagonal-tile kind to its bitmap (``tile_grid._causal_table``).
+    ``kind_ids [8]`` maps each diagonal-tile kind to its bitmap (``tile_grid.causal_bitmaps``).
     """
     heads, q_blocks, k_blocks = scores.shape
     _check_grid(scores, q_len, kv_len, block)

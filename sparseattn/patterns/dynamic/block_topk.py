@@ -21,7 +21,7 @@ from sparseattn.patterns.dynamic.budgets import (
     check_qk,
 )
 from sparseattn.patterns.dynamic.tile_estimate import TileEstimate
-from sparseattn.patterns.dynamic.tile_grid import _causal_table, layout_from_lists, layout_from_tile_grid, tile_bounds
+from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps, layout_from_lists, layout_from_tile_grid, tile_bounds
 from sparseattn.patterns.dynamic.topk import select_top
 
 
@@ -98,7 +98,7 @@ class BlockTopK:
         if q.is_cuda:
             q_pool, k_pool = triton_block_means(q[0], self.block_size), triton_block_means(k[0], self.block_size)
             raw = triton_pooled_scores(q_pool, k_pool, q_len=q_len, kv_len=kv_len, block=self.block_size)
-            kind_ids = _causal_table(self.block_size, q_len, kv_len)[1]
+            kind_ids = causal_bitmaps(self.block_size, q_len, kv_len)[1]
             keep, lists = triton_block_topk(
                 raw, counts, q_len, kv_len, self.block_size, row_bound=k_max + 3, kind_ids=kind_ids
             )

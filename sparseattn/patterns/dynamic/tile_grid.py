@@ -26,7 +26,7 @@ from sparseattn.layout import BlockLayout, _pack_bits
 
 
 @lru_cache(maxsize=64)
-def _causal_table(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
+def causal_bitmaps(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
     """(distinct non-empty bitmaps [T, block, block // 32], id of each of the 8 diagonal-tile kinds).
 
     A PARTIAL tile crosses the causal diagonal, so its first query sits ``c = q_start - k_start``
@@ -89,14 +89,14 @@ def layout_from_tile_grid(
     """
     heads, qb_dim, kb_dim = keep.shape
     device = keep.device
-    kind_ids = _causal_table(block, q_len, kv_len)[1].to(device, non_blocking=True)
+    kind_ids = causal_bitmaps(block, q_len, kv_len)[1].to(device, non_blocking=True)
     bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
     if keep.is_cuda:
         lists = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, row_bound=max_tiles_per_row)
         cols = None if columns is None else triton_column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
     else:
-        lists = _tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
-        cols = None if columns is None else _column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
+        lists = torch_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, bound=bound)
+        cols = None if columns is None else torch_column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
     if max_tiles_per_row is not None:
         # Entries past the bound were not stored: fail the next synchronising call rather than lose them.
         torch._assert_async(lists[0].max() <= max_tiles_per_row)
@@ -107,8 +107,8 @@ def layout_from_lists(
     lists: tuple[Tensor, ...], cols: tuple[Tensor, ...] | None, *, q_len: int, kv_len: int, block: int
 ) -> BlockLayout:
     """The device-built `BlockLayout` of FULL/PARTIAL lists (counts, starts, indices[, bitmap ids]) and
-    optional gathered-column lists, whose partial tiles use `_causal_table`'s bitmaps."""
-    tile_masks, _ = _causal_table(block, q_len, kv_len)
+    optional gathered-column lists, whose partial tiles use `causal_bitmaps`'s bitmaps."""
+    tile_masks, _ = causal_bitmaps(block, q_len, kv_len)
     f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid = lists
     c_num, c_start, c_idx = (None, None, None) if cols is None else cols
     return BlockLayout(
@@ -131,7 +131,7 @@ def layout_from_lists(
     )
 
 
-def _tile_lists(
+def torch_tile_lists(
     keep: Tensor, kind_ids: Tensor, *, q_len: int, kv_len: int, block: int, bound: int
 ) -> tuple[Tensor, ...]:
     """(full counts, starts, indices, partial counts, starts, indices, bitmap ids) with torch ops."""
@@ -165,7 +165,9 @@ def _tile_lists(
     return f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid
 
 
-def _column_lists(keys: Tensor, keep: Tensor, *, q_len: int, kv_len: int, block: int) -> tuple[Tensor, Tensor, Tensor]:
+def torch_column_lists(
+    keys: Tensor, keep: Tensor, *, q_len: int, kv_len: int, block: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """(counts, starts, flat keys) of the gathered columns with torch ops."""
     qb_dim = keep.shape[1]
     keys = keys.to(keep.device)
