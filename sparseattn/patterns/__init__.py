@@ -3,7 +3,14 @@
 from sparseattn.patterns.algebra import And, Not, Or
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, TileClass, Tiles
 from sparseattn.patterns.columns import Columns, Diagonals
-from sparseattn.patterns.dynamic import BlockTopK, BlockTopKTiles, MixedHeads, VerticalSlash, VerticalSlashIndices
+from sparseattn.patterns.dynamic import (
+    BlockMass,
+    BlockTopK,
+    BlockTopKTiles,
+    MixedHeads,
+    VerticalSlash,
+    VerticalSlashIndices,
+)
 from sparseattn.patterns.per_head import PerHead
 from sparseattn.patterns.primitives import BlockBand, Causal, Full, LastQueries, Sink, Window
 from sparseattn.patterns.shapes import AShape, Composite, Streaming, Triangle
@@ -15,6 +22,7 @@ __all__ = [
     "AShape",
     "And",
     "BlockBand",
+    "BlockMass",
     "BlockTopK",
     "BlockTopKTiles",
     "Causal",

@@ -79,3 +79,34 @@ def reference_block_topk(
             rows.append(sorted(chosen | forced))
         out.append(rows)
     return out
+
+
+def reference_block_mass(
+    q: Tensor, k: Tensor, threshold: float | tuple[float, ...], *, block_size: int = 64
+) -> list[list[list[int]]]:
+    """Kept key blocks per head and query block (ascending) of `BlockMass`, one row at a time in fp64."""
+    heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
+    kv_len, group = k.shape[2], q.shape[1] // k.shape[1]
+    offset = kv_len - q_len
+    q_blocks, k_blocks = -(-q_len // block_size), -(-kv_len // block_size)
+    out = []
+    for h in range(heads):
+        share_needed = threshold[h] if isinstance(threshold, tuple) else threshold
+        k_pool = [k[0, h // group, b * block_size : (b + 1) * block_size].double().mean(0) for b in range(k_blocks)]
+        rows = []
+        for g in range(q_blocks):
+            q_pool = q[0, h, g * block_size : (g + 1) * block_size].double().mean(0)
+            first = g * block_size + offset
+            last = min((g + 1) * block_size, q_len) - 1 + offset
+            reach = [b for b in range(k_blocks) if b * block_size <= last]
+            forced = {b for b in reach if b == 0 or min((b + 1) * block_size, kv_len) - 1 >= first}
+            logits = torch.tensor([float(q_pool @ k_pool[b]) / math.sqrt(dim) for b in reach], dtype=torch.float64)
+            share = dict(zip(reach, torch.softmax(logits, 0).tolist(), strict=True))
+            kept, taken = [], 0.0
+            for b in sorted(reach, key=lambda b: (b not in forced, -share[b], b)):
+                if b in forced or taken < share_needed:
+                    kept.append(b)
+                taken += share[b]
+            rows.append(sorted(kept))
+        out.append(rows)
+    return out
