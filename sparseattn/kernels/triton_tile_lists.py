@@ -24,7 +24,7 @@ from torch import Tensor
 
 # Entries of a row scanned per step (a row of key blocks is 2048 long at 128K tokens in 64-wide tiles)
 # and warps per row, the fastest measured (experiments/results/row_kernels.json: 256 entries on one warp
-# scanned both passes of block top-k's lists in 0.79 ms at 128K, 1024 on four warps in 0.95 ms);
+# scanned both passes of block top-k's lists in 0.73 ms at 128K, 1024 on four warps in 1.03 ms);
 # ``chunk`` and ``num_warps`` override them (for tuning).
 CHUNK = 256
 WARPS = 1

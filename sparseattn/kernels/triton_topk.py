@@ -1,18 +1,20 @@
-"""Per-row top-k selection with the deterministic tie rule, one warp per row, for block top-k estimation.
+"""Per-row top-k selection with the deterministic tie rule, one program per row, for block top-k estimation.
 
 Same contract as the torch oracle `sparseattn.patterns.dynamic.topk.select_top`: keep the ``k`` highest
 scores of each row; among scores equal to the k-th one, the lowest indices. ``torch.topk`` plus the tie
 rule costs ~7 ms on the [32, 2048, 2048] score grid of a 128K prompt (many passes over the grid); here a
-program holds its row in registers and finds the k-th largest value by a 32-step bisection on an
-order-preserving integer key of the fp32 bits, then settles ties with a prefix count: one read of the
-scores, one write of the mask.
+program holds its row in registers and finds the k-th largest value by a bisection (at most 32 steps,
+stopping once exactly k keys clear the threshold) on an order-preserving integer key of the fp32 bits,
+then settles ties with a prefix count: one read of the scores, one write of the mask.
 
-The bisection is issue-bound (32 passes over the row): on that grid one warp per row measured 2.0 ms,
-2-4 warps 1.36 ms, 8 warps 1.5 ms (experiments/results/row_kernels.json).
+The bisection is issue-bound: on that grid (rows launched by width class, all 32 steps) one warp per row
+measured 1.27 ms, two 0.99 ms, four 1.06 ms, eight 1.29 ms (experiments/results/row_kernels.json).
 
 `triton_block_topk_keep` also applies block top-k's causal rules in the same pass, from the block
 geometry alone: key blocks out of causal reach never count, the sink block and the blocks holding the
-query block's own positions always do (the torch form writes +-inf into the grid twice first).
+query block's own positions always do (the torch form writes +-inf into the grid twice first); rows
+are launched by width class, so a row reads only the key blocks it reaches. `triton_block_topk` writes
+the layout's lists from the same registers as well.
 """
 
 from __future__ import annotations
