@@ -3,8 +3,9 @@
 `sparseattn.patterns.dynamic.tile_grid` defines the lists with torch ops (its torch path is the oracle):
 kept tiles below the causal diagonal are FULL, kept tiles crossing it PARTIAL with one of 8 causal
 bitmap kinds, and vertical key columns no kept tile covers are gathered. There, every list costs a
-grid-sized boolean, a ``nonzero_static`` over it and value arithmetic over the bound (~2 ms per layout
-at 128K for block top-k, ~6 ms for vertical-slash with its gathered columns). Here each row is
+grid-sized boolean, a ``nonzero_static`` over it and value arithmetic over the bound (2.5 ms per layout
+at 128K for block top-k, 6.7 ms for vertical-slash with its gathered columns: dynamic_bench.md as of
+commit 5623ec1). Here each row is
 scanned in place and writes its entries at its own offset. Rows with a known bound (PARTIAL tiles: two;
 gathered columns: the head's column count; FULL tiles under a top-k budget) get fixed slots and one
 pass; otherwise a counting pass and an exclusive prefix sum of the counts (torch, tiny) come first.
