@@ -79,7 +79,7 @@ class BlockLayout:
     - ``device_built``: the layout was built on the device without host synchronisation (a dynamic
       estimate, once per layer and prompt). The Triton kernel then plans it without reading its counts
       back: heaviest rows first, no row splitting (deciding on splits needs the counts on the host, a
-      sync and milliseconds of small ops per layout at 128K, more than block top-k's whole estimate).
+      sync and milliseconds of small ops per layout at 128K).
 
     Rows may share storage: heads that use the same pattern point their ``*_start`` at the same
     slice (see `share_rows`), so a per-head layout costs the distinct patterns' tiles, not H times.
