@@ -7,6 +7,7 @@ index; the ranking rule is "higher score first, then lower index", forced entrie
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -56,28 +57,35 @@ def reference_vertical_slash(
     return verticals, slashes
 
 
-def reference_block_topk(
-    q: Tensor, k: Tensor, topk: int | tuple[int, ...], *, block_size: int = 64
-) -> list[list[list[int]]]:
-    """Selected key blocks per head and query block (ascending lists)."""
+def _block_rows(
+    q: Tensor, k: Tensor, block_size: int
+) -> Iterator[tuple[int, Tensor, list[Tensor], list[int], set[int]]]:
+    """For each (head, query block) row in order: (head, pooled query, the head's pooled keys, key blocks the
+    row reaches causally, forced ones: the sink block and those holding the row's own positions), in fp64."""
     heads, q_len = q.shape[1], q.shape[2]
     kv_len, group = k.shape[2], q.shape[1] // k.shape[1]
     offset = kv_len - q_len
     q_blocks, k_blocks = -(-q_len // block_size), -(-kv_len // block_size)
-    out = []
     for h in range(heads):
         k_pool = [k[0, h // group, b * block_size : (b + 1) * block_size].double().mean(0) for b in range(k_blocks)]
-        rows = []
         for g in range(q_blocks):
             q_pool = q[0, h, g * block_size : (g + 1) * block_size].double().mean(0)
             first = g * block_size + offset
             last = min((g + 1) * block_size, q_len) - 1 + offset
             reach = [b for b in range(k_blocks) if b * block_size <= last]
             forced = {b for b in reach if b == 0 or min((b + 1) * block_size, kv_len) - 1 >= first}
-            scores = [float(q_pool @ k_pool[b]) if b in reach else -math.inf for b in range(k_blocks)]
-            chosen = set(_rank(scores, forced, min(_budget(topk, h), k_blocks))) & set(reach)
-            rows.append(sorted(chosen | forced))
-        out.append(rows)
+            yield h, q_pool, k_pool, reach, forced
+
+
+def reference_block_topk(
+    q: Tensor, k: Tensor, topk: int | tuple[int, ...], *, block_size: int = 64
+) -> list[list[list[int]]]:
+    """Selected key blocks per head and query block (ascending lists)."""
+    out: list[list[list[int]]] = [[] for _ in range(q.shape[1])]
+    for h, q_pool, k_pool, reach, forced in _block_rows(q, k, block_size):
+        scores = [float(q_pool @ k_pool[b]) if b in reach else -math.inf for b in range(len(k_pool))]
+        chosen = set(_rank(scores, forced, min(_budget(topk, h), len(k_pool)))) & set(reach)
+        out[h].append(sorted(chosen | forced))
     return out
 
 
@@ -85,28 +93,15 @@ def reference_block_mass(
     q: Tensor, k: Tensor, threshold: float | tuple[float, ...], *, block_size: int = 64
 ) -> list[list[list[int]]]:
     """Kept key blocks per head and query block (ascending) of `BlockMass`, one row at a time in fp64."""
-    heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
-    kv_len, group = k.shape[2], q.shape[1] // k.shape[1]
-    offset = kv_len - q_len
-    q_blocks, k_blocks = -(-q_len // block_size), -(-kv_len // block_size)
-    out = []
-    for h in range(heads):
+    out: list[list[list[int]]] = [[] for _ in range(q.shape[1])]
+    for h, q_pool, k_pool, reach, forced in _block_rows(q, k, block_size):
         share_needed = threshold[h] if isinstance(threshold, tuple) else threshold
-        k_pool = [k[0, h // group, b * block_size : (b + 1) * block_size].double().mean(0) for b in range(k_blocks)]
-        rows = []
-        for g in range(q_blocks):
-            q_pool = q[0, h, g * block_size : (g + 1) * block_size].double().mean(0)
-            first = g * block_size + offset
-            last = min((g + 1) * block_size, q_len) - 1 + offset
-            reach = [b for b in range(k_blocks) if b * block_size <= last]
-            forced = {b for b in reach if b == 0 or min((b + 1) * block_size, kv_len) - 1 >= first}
-            logits = torch.tensor([float(q_pool @ k_pool[b]) / math.sqrt(dim) for b in reach], dtype=torch.float64)
-            share = dict(zip(reach, torch.softmax(logits, 0).tolist(), strict=True))
-            kept, taken = [], 0.0
-            for b in sorted(reach, key=lambda b: (b not in forced, -share[b], b)):
-                if b in forced or taken < share_needed:
-                    kept.append(b)
-                taken += share[b]
-            rows.append(sorted(kept))
-        out.append(rows)
+        logits = torch.tensor([float(q_pool @ k_pool[b]) for b in reach], dtype=torch.float64) / math.sqrt(q.shape[3])
+        share = dict(zip(reach, torch.softmax(logits, 0).tolist(), strict=True))
+        kept, taken = [], 0.0
+        for b in sorted(reach, key=lambda b: (b not in forced, -share[b], b)):
+            if b in forced or taken < share_needed:
+                kept.append(b)
+            taken += share[b]
+        out[h].append(sorted(kept))
     return out

@@ -67,21 +67,25 @@ class BlockMass:
         """``[Hq, QB, KB]`` fp32 estimated attention share of each key block, 0 out of causal reach."""
         check_qk(q, k)
         reach, _ = reachable_blocks(q.shape[2], k.shape[2], self.block_size, q.device)
+        return self._shares(q, k, reach)
+
+    def _shares(self, q: Tensor, k: Tensor, reach: Tensor) -> Tensor:
         logits = BlockTopK(1, self.block_size).pooled_scores(q, k) / math.sqrt(q.shape[-1])
         return torch.softmax(logits.masked_fill(~reach, -math.inf), dim=-1)
 
     def estimate(self, q: Tensor, k: Tensor) -> BlockTopKTiles:
         """The kept tiles for ``q [1, Hq, q_len, D]`` and ``k [1, Hkv, kv_len, D]``; no host synchronisation."""
-        p = self.shares(q, k)
-        heads = p.shape[0]
-        q_len, kv_len = q.shape[2], k.shape[2]
-        reach, forced = reachable_blocks(q_len, kv_len, self.block_size, q.device)
+        check_qk(q, k)
+        heads, q_len, kv_len = q.shape[1], q.shape[2], k.shape[2]
         if isinstance(self.threshold, tuple) and len(self.threshold) != heads:
             raise ValueError(f"threshold: {len(self.threshold)} per-head thresholds, but q has {heads} heads")
+        reach, forced = reachable_blocks(q_len, kv_len, self.block_size, q.device)
+        p = self._shares(q, k, reach)
         threshold = torch.as_tensor(self.threshold, dtype=torch.float32, device=q.device).expand(heads)
         # Forced blocks sort first (+inf); a stable sort keeps equal shares in block order.
         order = torch.sort(torch.where(forced, math.inf, p), dim=-1, descending=True, stable=True).indices
-        taken = torch.cumsum(p.gather(-1, order), dim=-1) - p.gather(-1, order)  # mass before each block
+        sorted_p = p.gather(-1, order)
+        taken = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass before each block
         keep_sorted = (taken < threshold.view(-1, 1, 1)) | forced.expand_as(p).gather(-1, order)
         keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
         return BlockTopKTiles(keep & reach, self.block_size, q_len, kv_len)
