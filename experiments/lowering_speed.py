@@ -1,6 +1,11 @@
-"""Lowering cost on the CPU: wall time (median of repeats), tiles, distinct bitmaps and layout memory.
+"""Lowering cost: wall time (median of repeats) by row segments and tile by tile, plus the kernel's plan.
 
-.venv/bin/python experiments/lowering_speed.py            # writes experiments/results/lowering_cpu.{json,md}
+    python experiments/lowering_speed.py                      # CPU: writes experiments/results/lowering_cpu.{json,md}
+    python experiments/lowering_speed.py --device cuda --out $OUT   # the kernel benchmark's patterns at 128K
+
+On CUDA the patterns are those of ``bench_kernel.py`` (its per-head mixture included) at 131072 tokens
+on its tile shapes, and ``plan ms`` is the first call's work-list build for 32 query heads (heaviest
+rows first, long rows split), the other host-side step before a static layout's first kernel launch.
 """
 
 from __future__ import annotations
@@ -10,79 +15,134 @@ import json
 import platform
 import statistics
 import time
-from datetime import date
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from sparseattn.kernels.triton_fwd import work_list
+from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
 
 RESULTS = Path(__file__).parent / "results"
+HEADS = 32
 
 
-def measure(pattern: Pattern, n: int, block: tuple[int, int], repeats: int) -> dict[str, object]:
-    times = []
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, device: str, repeats: int) -> tuple[float, object]:
+    """Median wall time in ms of ``step()``, the device drained before and after each call."""
+    times, result = [], None
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
-        layout = pattern.lower(n, block_size=block)
-        times.append(time.perf_counter() - start)
+        result = step()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), result
+
+
+def measure(name: str, pattern: Pattern, n: int, block: tuple[int, int], device: str, repeats: int) -> dict:
+    heads = pattern.num_heads
+
+    def by(segments: bool):
+        return lambda: lower(pattern, n, block_size=block, num_heads=heads, device=device, by_segments=segments)
+
+    seg_ms, layout = timed(by(True), device, repeats)
+    tile_ms, oracle = timed(by(False), device, max(1, repeats // 3))
+    same = torch.equal(layout.to_dense(), oracle.to_dense()) if n <= 8192 else _same_lists(layout, oracle)
+    plan_ms = None
+    if device == "cuda":
+        plans = [lower(pattern, n, block_size=block, num_heads=heads, device=device) for _ in range(repeats)]
+        it = iter(plans)
+        plan_ms, _ = timed(lambda: work_list(next(it), 1, HEADS), device, repeats)
     full, partial = layout.num_tiles()
     return {
-        "pattern": repr(pattern)
-        if len(repr(pattern)) < 60
-        else type(pattern).__name__ + f"({pattern.num_heads} heads)",
+        "pattern": name,
         "tokens": n,
         "block": f"{block[0]}x{block[1]}",
-        "median_s": statistics.median(times),
+        "segments_ms": seg_ms,
+        "tiles_ms": tile_ms,
+        "plan_ms": plan_ms,
+        "equal_layouts": same,
         "full_tiles": full,
         "partial_tiles": partial,
         "distinct_bitmaps": int(layout.tile_masks.shape[0]),
         "layout_MiB": layout.nbytes / 2**20,
-        "density": layout.density(),
     }
+
+
+def _same_lists(a, b) -> bool:
+    names = ("full_kv_num_blocks", "full_kv_start", "full_kv_indices", "kv_num_blocks", "kv_indices")
+    if not all(torch.equal(getattr(a, f), getattr(b, f)) for f in names):
+        return False
+    bits_a = a.tile_masks[a.kv_mask_ids.long()]
+    bits_b = b.tile_masks[b.kv_mask_ids.long()]
+    return bool(torch.equal(bits_a, bits_b))
+
+
+def cases(device: str) -> list[tuple[str, Pattern, int, tuple[int, int]]]:
+    streaming, ashape, triangle = Streaming(128, 4096), AShape(1, 32, 128), Triangle(8, 512, 128)
+    mixture = PerHead(tuple([Causal(), streaming, ashape, triangle][h % 4] for h in range(HEADS)))
+    if device == "cuda":
+        n, big = 1 << 17, (128, 128)
+        return [
+            ("causal", Causal(), n, big),
+            ("streaming", streaming, n, big),
+            ("ashape", ashape, n, big),
+            ("triangle", triangle, n, (64, 64)),
+            ("mixture", mixture, n, big),
+        ]
+    return [
+        ("triangle", triangle, 1 << 20, (64, 64)),
+        ("triangle", triangle, 1 << 17, (64, 64)),
+        ("streaming", streaming, 1 << 20, (64, 64)),
+        ("ashape", AShape(), 1 << 20, (64, 64)),
+        ("causal", Causal(), 1 << 17, (128, 128)),
+        ("mixture", mixture, 1 << 17, (128, 128)),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    mixed = PerHead(tuple([Causal(), Triangle(), Streaming(128, 4096), AShape()] * 8))
-    cases = [
-        (Triangle(), 1 << 20, (64, 64)),
-        (Triangle(), 1 << 20, (128, 128)),
-        (Triangle(), 1 << 17, (64, 64)),
-        (Streaming(sink=128, window=4096), 1 << 20, (64, 64)),
-        (AShape(), 1 << 20, (64, 64)),
-        (Causal(), 1 << 17, (128, 128)),
-        (mixed, 1 << 17, (128, 128)),
-    ]
-    rows = [measure(p, n, b, args.repeats) for p, n, b in tqdm(cases, desc="lowering")]
+    lower(Triangle(), 4096, device=args.device)  # first-use costs (CUDA context, allocator) out of the way
+    rows = [measure(*case, args.device, args.repeats) for case in tqdm(cases(args.device), desc="lowering")]
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
     meta = {
-        "date": date.today().isoformat(),
-        "cpu": platform.processor() or platform.machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": gpu or (platform.processor() or platform.machine()),
         "torch": torch.__version__,
-        "threads": 1,
+        "host_threads": 1,
         "repeats": args.repeats,
-        "command": "python experiments/lowering_speed.py",
+        "command": "python experiments/lowering_speed.py" + (" --device cuda --out $OUT" if gpu else ""),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lowering_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    header = "| pattern | tokens | block | median s | full tiles | partial tiles | bitmaps | layout MiB | density |"
+    stem = f"lowering_{args.device}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
-        f"# Lowering on the CPU\n\n`{meta['command']}` — {meta['date']}, torch {meta['torch']}, "
-        f"1 thread, median of {args.repeats}.\n",
-        header,
-        "|" + "---|" * 9,
+        f"# Lowering on {meta['device']}\n\n`{meta['command']}` — {meta['date']}, torch {meta['torch']}, "
+        f"1 host thread, median of {args.repeats} (tile by tile: of {max(1, args.repeats // 3)}).\n",
+        "| pattern | tokens | block | by segments ms | tile by tile ms | plan ms | same layout | full tiles "
+        "| partial tiles | bitmaps | layout MiB |",
+        "|" + "---|" * 11,
     ]
     for r in rows:
+        plan = "—" if r["plan_ms"] is None else f"{r['plan_ms']:.2f}"
         lines.append(
-            f"| {r['pattern']} | {r['tokens']:,} | {r['block']} | {r['median_s']:.3f} | {r['full_tiles']:,} | "
-            f"{r['partial_tiles']:,} | {r['distinct_bitmaps']} | {r['layout_MiB']:.2f} | {r['density']:.5f} |"
+            f"| {r['pattern']} | {r['tokens']:,} | {r['block']} | {r['segments_ms']:.2f} | {r['tiles_ms']:.1f} | "
+            f"{plan} | {'yes' if r['equal_layouts'] else 'NO'} | {r['full_tiles']:,} | {r['partial_tiles']:,} | "
+            f"{r['distinct_bitmaps']} | {r['layout_MiB']:.2f} |"
         )
-    (args.out / "lowering_cpu.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[1:]))
 
 

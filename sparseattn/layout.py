@@ -82,7 +82,7 @@ class BlockLayout:
       sync and milliseconds of small ops per layout at 128K).
 
     Rows may share storage: heads that use the same pattern point their ``*_start`` at the same
-    slice (see `share_rows`), so a per-head layout costs the distinct patterns' tiles, not H times.
+    slice (see `select_heads`), so a per-head layout costs the distinct patterns' tiles, not H times.
     """
 
     q_len: int
@@ -240,71 +240,23 @@ class BlockLayout:
             col_indices=c_idx,
         )
 
-    @classmethod
-    def share_rows(cls, layouts: list[BlockLayout], head_to_layout: list[int]) -> BlockLayout:
-        """A per-head layout whose head ``h`` is ``layouts[head_to_layout[h]]`` (each broadcast over heads).
+    def select_heads(self, heads: list[int]) -> BlockLayout:
+        """The layout whose head ``h`` is this layout's head ``heads[h]``, row storage shared, not copied.
 
-        Row storage is shared, not copied: the cost is the distinct layouts' tiles plus O(heads x rows).
+        Heads that use one pattern point at one copy of its rows: a per-head layout costs its distinct
+        patterns' tiles plus O(heads x rows).
         """
-        first = layouts[0]
-        for i, lay in enumerate(layouts):
-            if lay.batch_size != 1 or lay.num_heads != 1:
-                raise ValueError(f"layouts[{i}]: expected a layout broadcast over batch and heads")
-            if (lay.q_len, lay.kv_len, lay.block_size) != (first.q_len, first.kv_len, first.block_size):
-                raise ValueError(f"layouts[{i}]: lengths and block size differ from layouts[0]")
-        distinct, mask_map = torch.unique(
-            torch.cat([lay.tile_masks for lay in layouts]).flatten(1), dim=0, return_inverse=True
-        )
-        mask_base = [0]
-        for lay in layouts:
-            mask_base.append(mask_base[-1] + lay.tile_masks.shape[0])
-        index = torch.tensor(head_to_layout, dtype=torch.long, device=first.device)
-
-        def stacked(count_name: str, start_name: str, index_names: tuple[str, ...]) -> list[Tensor]:
-            counts: list[Tensor] = []
-            starts: list[Tensor] = []
-            flats: list[list[Tensor]] = [[] for _ in index_names]
-            base = 0
-            for lay in layouts:
-                count = getattr(lay, count_name)
-                if count is None:
-                    counts.append(torch.zeros(first.num_q_blocks, dtype=torch.int32, device=first.device))
-                    starts.append(torch.zeros(first.num_q_blocks, dtype=torch.int64, device=first.device))
-                    continue
-                counts.append(count[0, 0])
-                starts.append(getattr(lay, start_name)[0, 0] + base)
-                for flat, name in zip(flats, index_names, strict=False):
-                    flat.append(getattr(lay, name))
-                base += getattr(lay, index_names[0]).numel()
-            empty = torch.zeros(0, dtype=torch.int32, device=first.device)
-            return [torch.stack(counts)[index].unsqueeze(0), torch.stack(starts)[index].unsqueeze(0)] + [
-                torch.cat(flat) if flat else empty for flat in flats
-            ]
-
-        f_num, f_start, f_idx = stacked("full_kv_num_blocks", "full_kv_start", ("full_kv_indices",))
-        p_num, p_start, p_idx, p_mid = stacked("kv_num_blocks", "kv_start", ("kv_indices", "kv_mask_ids"))
-        shifted = [lay.kv_mask_ids.long() + mask_base[i] for i, lay in enumerate(layouts)]
-        p_mid = mask_map[torch.cat(shifted)].to(torch.int32) if p_mid.numel() else p_mid
-        cols: list[Tensor | None] = [None, None, None]
-        if any(lay.has_columns for lay in layouts):
-            cols = list(stacked("col_num", "col_start", ("col_indices",)))
-        return cls(
-            q_len=first.q_len,
-            kv_len=first.kv_len,
-            block_m=first.block_m,
-            block_n=first.block_n,
-            full_kv_num_blocks=f_num,
-            full_kv_start=f_start,
-            full_kv_indices=f_idx,
-            kv_num_blocks=p_num,
-            kv_start=p_start,
-            kv_indices=p_idx,
-            kv_mask_ids=p_mid,
-            tile_masks=distinct.reshape(-1, first.block_m, first.block_n // _WORD).to(torch.int32),
-            col_num=cols[0],
-            col_start=cols[1],
-            col_indices=cols[2],
-        )
+        if not heads or any(
+            isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < self.num_heads for h in heads
+        ):
+            raise ValueError(f"heads: expected a non-empty list of head ids in [0, {self.num_heads}), got {heads!r}")
+        index = torch.tensor(heads, dtype=torch.long, device=self.device)
+        picked = {
+            name: getattr(self, name)[:, index]
+            for name in ("full_kv_num_blocks", "full_kv_start", "kv_num_blocks", "kv_start", "col_num", "col_start")
+            if getattr(self, name) is not None
+        }
+        return replace(self, **picked)
 
     @classmethod
     def from_dense(cls, mask: Tensor, block_size: tuple[int, int] = (64, 64)) -> BlockLayout:

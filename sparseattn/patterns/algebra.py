@@ -37,6 +37,12 @@ def _check_terms(terms: tuple[Pattern, ...], name: str) -> None:
     common_heads(terms)
 
 
+def stack_breaks(parts: list[Tensor]) -> Tensor:
+    """Concatenate row breaks ``[H|1, QB, P_i]`` along P, expanding head-independent ones to H heads."""
+    heads = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand(heads, -1, -1) for p in parts], dim=-1)
+
+
 def heads_of(tiles: Tiles, pattern_heads: int | None, wanted: int | None) -> Tiles:
     """Tiles of a pattern with ``pattern_heads`` heads, expanded when ``wanted`` heads are needed."""
     if wanted is not None and pattern_heads is None:
@@ -91,6 +97,13 @@ class Nary(Pattern):
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         return torch.cat([t.tile_key(tiles) for t in self.terms], dim=1)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        # Kleene min / max of the terms' classes changes only where some term's class does.
+        parts = [t.row_breaks(ctx) for t in self.terms]
+        if any(p is None for p in parts):
+            return None
+        return stack_breaks(parts)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, repr=False)
@@ -196,3 +209,6 @@ class Not(Pattern):
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         return self.term.tile_key(tiles)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        return self.term.row_breaks(ctx)

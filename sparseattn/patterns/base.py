@@ -6,6 +6,8 @@ A pattern answers three questions, from the most exact to the cheapest:
 - ``classify(ctx, tiles)``: is each tile EMPTY, PARTIAL or FULL? (sound: never a wrong EMPTY or FULL)
 - ``support(ctx)``: which tiles can possibly be non-empty? (a superset, so lowering never scans the
   whole q x kv plane)
+- ``row_breaks(ctx)``: where along each query-block row can the tile class change? (a superset of
+  the change points, so lowering classifies one tile per run of equal tiles instead of every tile)
 
 Subclasses of primitives answer all three analytically from their parameters. A user subclass only
 has to implement ``mask``: the defaults classify by evaluating ``mask`` on each tile, which is exact
@@ -159,15 +161,19 @@ class Tiles:
         return Tiles(self.ctx, head, self.q_block.repeat(heads), self.kv_block.repeat(heads))
 
 
-def interval_class(lo: Tensor, hi: Tensor, keep_lo: Tensor | int, keep_hi: Tensor | int) -> Tensor:
+def interval_class(lo: Tensor, hi: Tensor, keep_lo: Tensor | int, keep_hi: Tensor | int | None) -> Tensor:
     """Class of a predicate ``keep_lo <= x < keep_hi`` over a tile whose ``x`` spans every integer in ``[lo, hi]``.
 
     Exact when ``x`` takes every integer value in the range over the tile, which holds for ``q_pos``,
-    ``k``, ``q_pos - k`` and block-index differences over a rectangle.
+    ``k``, ``q_pos - k`` and block-index differences over a rectangle. ``keep_hi=None`` is unbounded.
+    Written as ``1 + full - empty`` in few ops: lowering evaluates it for every term of a pattern.
     """
-    inside = (lo >= keep_lo) & (hi < keep_hi)
-    outside = (hi < keep_lo) | (lo >= keep_hi)
-    return torch.where(inside, FULL, torch.where(outside, EMPTY, PARTIAL)).to(torch.int8)
+    full = lo >= keep_lo
+    empty = hi < keep_lo
+    if keep_hi is not None:
+        full = full & (hi < keep_hi)
+        empty = empty | (lo >= keep_hi)
+    return (full.to(torch.int8) - empty.to(torch.int8)) + 1
 
 
 class Pattern:
@@ -232,6 +238,18 @@ class Pattern:
 
     def support_size(self, ctx: MaskContext) -> int | None:
         """Cheap upper bound on ``len(support(ctx))``, or None exactly when ``support`` is None."""
+        return None
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        """Kv-block indices where the tile class may change along each query-block row, or None.
+
+        int64 ``[H|1, QB, P]`` (``H`` only when the pattern depends on the head; entries may repeat or
+        fall outside ``[0, num_kv_blocks]``). With the breaks of a row sorted and ``0``,
+        ``num_kv_blocks - 1`` and ``num_kv_blocks`` added, ``classify`` must give every tile between two
+        consecutive breaks the same class. The last kv block is always a run of its own, so breaks need
+        not account for its clipped extent. None (the default) means unknown: lowering then classifies
+        every candidate tile.
+        """
         return None
 
     def tile_key(self, tiles: Tiles) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
-from sparseattn.patterns.primitives import diagonal_span, partial_key
+from sparseattn.patterns.primitives import diagonal_breaks, diagonal_span, key_breaks, partial_key
 
 IndexSet = tuple[int, ...] | tuple[tuple[int, ...], ...]
 
@@ -60,6 +60,20 @@ def _membership(indices: IndexSet, size: int, shift: int, ctx: MaskContext) -> T
         idx = torch.tensor(values, dtype=torch.long, device=ctx.device) + shift
         table[h, idx[(idx >= 0) & (idx < size)]] = True
     return table
+
+
+def _run_cuts(indices: IndexSet, ctx: MaskContext) -> Tensor:
+    """``[H|1, T]`` values where membership changes: each run's first value and one past its last.
+
+    Heads with fewer runs are padded with their first cut (a repeated cut adds no break).
+    """
+    per_head = []
+    for values in _sets(indices):
+        cuts = [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v - 1]
+        cuts += [v + 1 for i, v in enumerate(values) if i == len(values) - 1 or values[i + 1] != v + 1]
+        per_head.append(cuts or [0])
+    width = max(len(c) for c in per_head)
+    return torch.tensor([c + [c[0]] * (width - len(c)) for c in per_head], dtype=torch.long, device=ctx.device)
 
 
 def _range_class(table: Tensor, head: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -132,6 +146,9 @@ class Columns(Pattern):
     def tile_key(self, tiles: Tiles) -> Tensor:
         head = tiles.head if self.per_head else torch.zeros_like(tiles.head)
         return partial_key(self.classify(tiles), head, tiles.kv_block)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        return key_breaks(ctx, _run_cuts(self.indices, ctx))
 
 
 @dataclass(frozen=True)
@@ -208,3 +225,6 @@ class Diagonals(Pattern):
     def tile_key(self, tiles: Tiles) -> Tensor:
         head = tiles.head if self.per_head else torch.zeros_like(tiles.head)
         return partial_key(self.classify(tiles), head, tiles.q_start - tiles.k_start)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        return diagonal_breaks(ctx, _run_cuts(self.offsets, ctx))

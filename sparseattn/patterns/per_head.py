@@ -52,11 +52,10 @@ class PerHead(Pattern):
         return out
 
     def classify(self, tiles: Tiles) -> Tensor:
+        # Every member on every tile, then a select: no data-dependent shapes, so no device sync.
         out = torch.zeros(len(tiles), dtype=torch.int8, device=tiles.head.device)
         for i, p in enumerate(self.patterns):
-            mine = tiles.head == i
-            if mine.any():
-                out[mine] = p.classify(tiles.select(mine))
+            out = torch.where(tiles.head == i, p.classify(tiles), out)
         return out
 
     def support(self, ctx: MaskContext) -> Tiles | None:
@@ -79,15 +78,22 @@ class PerHead(Pattern):
             total += size
         return total
 
-    def tile_key(self, tiles: Tiles) -> Tensor:
-        keys: list[tuple[Tensor, Tensor]] = []
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        rows = []
         for i, p in enumerate(self.patterns):
-            mine = tiles.head == i
-            if mine.any():
-                keys.append((mine, p.tile_key(tiles.select(mine))))
-        width = max((key.shape[1] for _, key in keys), default=0)
-        out = torch.zeros(len(tiles), width + 1, dtype=torch.long, device=tiles.head.device)
-        out[:, 0] = tiles.head
-        for mine, key in keys:
-            out[mine, 1 : 1 + key.shape[1]] = key
-        return out
+            breaks = p.row_breaks(ctx)
+            if breaks is None:
+                return None
+            rows.append(breaks[i if breaks.shape[0] > 1 else 0])
+        width = max(r.shape[-1] for r in rows)
+        # Padding with 0 adds no run: 0 starts every row anyway.
+        return torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows])
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        keys = [p.tile_key(tiles) for p in self.patterns]
+        width = max(key.shape[1] for key in keys)
+        out = torch.zeros(len(tiles), width, dtype=torch.long, device=tiles.head.device)
+        for i, key in enumerate(keys):
+            padded = torch.nn.functional.pad(key, (0, width - key.shape[1]))
+            out = torch.where((tiles.head == i).unsqueeze(1), padded, out)
+        return torch.cat([tiles.head.unsqueeze(1), out], dim=1)

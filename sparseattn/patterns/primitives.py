@@ -16,7 +16,6 @@ from sparseattn.patterns.base import PARTIAL, MaskContext, Pattern, Tiles, inter
 
 # Keys of tiles on which a pattern is FULL or EMPTY: the bitmap is constant there, whatever the tile.
 _CONSTANT_KEY = -(1 << 40)
-_UNBOUNDED = 1 << 62
 
 
 def partial_key(cls: Tensor, *values: Tensor) -> Tensor:
@@ -29,6 +28,42 @@ def partial_key(cls: Tensor, *values: Tensor) -> Tensor:
 def diagonal_span(tiles: Tiles) -> tuple[Tensor, Tensor]:
     """Smallest and largest ``q_pos - k`` over each tile."""
     return tiles.q_start - (tiles.k_stop - 1), (tiles.q_stop - 1) - tiles.k_start
+
+
+def diagonal_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
+    """Row breaks of a predicate on ``q_pos - k`` that changes only at the values ``cuts`` [H|1, T].
+
+    The class of such a predicate over a tile depends on which cuts its smallest and largest
+    ``q_pos - k`` have reached (`interval_class`). The smallest, ``q_start - k_stop + 1``, reaches
+    ``c`` for kv blocks below ``(q_start + 1 - c) // block_n``, the largest, ``q_last - k_start``, for
+    kv blocks below ``(q_last - c) // block_n + 1``. Returns ``[H|1, QB, 2T]``.
+    """
+    first, last = _q_block_positions(ctx)
+    c = cuts.view(cuts.shape[0], 1, -1)
+    smallest = torch.div(first.view(1, -1, 1) + 1 - c, ctx.block_n, rounding_mode="floor")
+    largest = torch.div(last.view(1, -1, 1) - c, ctx.block_n, rounding_mode="floor") + 1
+    return torch.cat([smallest, largest], dim=-1)
+
+
+def key_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
+    """Row breaks of a predicate on ``k`` that changes only at the values ``cuts`` [H|1, T].
+
+    A tile's first key reaches ``c`` from kv block ``ceil(c / block_n)``, its last key from
+    ``floor(c / block_n)``; the same on every row. Returns ``[H|1, QB, 2T]``.
+    """
+    c = cuts.view(cuts.shape[0], 1, -1)
+    floor = torch.div(c, ctx.block_n, rounding_mode="floor")
+    ceil = -torch.div(-c, ctx.block_n, rounding_mode="floor")
+    return torch.cat([floor, ceil], dim=-1).expand(-1, ctx.num_q_blocks, -1)
+
+
+def no_breaks(ctx: MaskContext) -> Tensor:
+    """Row breaks of a pattern whose class is constant along every row."""
+    return torch.zeros(1, ctx.num_q_blocks, 0, dtype=torch.long, device=ctx.device)
+
+
+def _cuts(ctx: MaskContext, *values: int) -> Tensor:
+    return torch.tensor([values], dtype=torch.long, device=ctx.device)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -67,6 +102,9 @@ class Full(Pattern):
     def classify(self, tiles: Tiles) -> Tensor:
         return torch.full((len(tiles),), 2, dtype=torch.int8, device=tiles.head.device)
 
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        return no_breaks(ctx)
+
     def tile_key(self, tiles: Tiles) -> Tensor:
         return partial_key(self.classify(tiles), tiles.kv_block)
 
@@ -91,7 +129,7 @@ class Causal(Pattern):
 
     def classify(self, tiles: Tiles) -> Tensor:
         lo, hi = diagonal_span(tiles)
-        return interval_class(lo, hi, 0, _UNBOUNDED)
+        return interval_class(lo, hi, 0, None)
 
     def support(self, ctx: MaskContext) -> Tiles:
         _, last = _q_block_positions(ctx)
@@ -100,6 +138,9 @@ class Causal(Pattern):
     def support_size(self, ctx: MaskContext) -> int:
         _, last = _q_block_positions(ctx)
         return int((last // ctx.block_n + 1).clamp(max=ctx.num_kv_blocks).sum())
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        return diagonal_breaks(ctx, _cuts(ctx, 0))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         return partial_key(self.classify(tiles), tiles.q_start - tiles.k_start)
@@ -133,6 +174,9 @@ class Sink(Pattern):
 
     def support_size(self, ctx: MaskContext) -> int:
         return ctx.num_q_blocks * min(-(-self.size // ctx.block_n), ctx.num_kv_blocks)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        return key_breaks(ctx, _cuts(ctx, self.size))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         return partial_key(self.classify(tiles), self.size - tiles.k_start)
@@ -172,6 +216,9 @@ class Window(Pattern):
     def support_size(self, ctx: MaskContext) -> int:
         return ctx.num_q_blocks * min(ctx.num_kv_blocks, -(-(self.size + ctx.block_m) // ctx.block_n) + 1)
 
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        return diagonal_breaks(ctx, _cuts(ctx, 0, self.size))
+
     def tile_key(self, tiles: Tiles) -> Tensor:
         return partial_key(self.classify(tiles), tiles.q_start - tiles.k_start)
 
@@ -196,7 +243,7 @@ class LastQueries(Pattern):
         return (q_idx + ctx.offset >= ctx.kv_len - self.n) & (kv_idx >= 0)
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return interval_class(tiles.q_start, tiles.q_stop - 1, tiles.ctx.kv_len - self.n, _UNBOUNDED)
+        return interval_class(tiles.q_start, tiles.q_stop - 1, tiles.ctx.kv_len - self.n, None)
 
     def support(self, ctx: MaskContext) -> Tiles:
         _, last = _q_block_positions(ctx)
@@ -206,6 +253,9 @@ class LastQueries(Pattern):
     def support_size(self, ctx: MaskContext) -> int:
         rows = min(ctx.q_len, self.n)
         return (-(-rows // ctx.block_m) + 1) * ctx.num_kv_blocks if rows else 0
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        return no_breaks(ctx)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         return partial_key(self.classify(tiles), tiles.q_start)
@@ -256,6 +306,17 @@ class BlockBand(Pattern):
     def support_size(self, ctx: MaskContext) -> int:
         span = self.blocks * self.block_size + ctx.block_m + self.block_size
         return ctx.num_q_blocks * min(ctx.num_kv_blocks, -(-span // ctx.block_n) + 1)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor:
+        # As `diagonal_breaks`, on block differences: the smallest, first // bs - (k_stop - 1) // bs,
+        # reaches c below kv block (first // bs - c + 1) * bs // block_n; the largest,
+        # last // bs - k_start // bs, below ((last // bs - c + 1) * bs - 1) // block_n + 1.
+        first, last = _q_block_positions(ctx)
+        bs, bn = self.block_size, ctx.block_n
+        c = _cuts(ctx, 0, self.blocks).view(1, 1, -1)
+        smallest = (first.view(1, -1, 1) // bs - c + 1) * bs // bn
+        largest = ((last.view(1, -1, 1) // bs - c + 1) * bs - 1) // bn + 1
+        return torch.cat([smallest, largest], dim=-1)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         cls = self.classify(tiles)

@@ -44,6 +44,9 @@ class Composite(Pattern):
     def tile_key(self, tiles: Tiles) -> Tensor:
         return self.expression.tile_key(tiles)
 
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        return self.expression.row_breaks(ctx)
+
 
 @dataclass(frozen=True)
 class Streaming(Composite):

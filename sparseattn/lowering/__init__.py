@@ -1,0 +1,82 @@
+"""Analytic lowering of a `Pattern` to a `BlockLayout`, never through the q x kv mask.
+
+1. Vertical lines written as ``Causal() & Columns(...)`` inside a top-level union are split off and
+   gathered column by column where no computed tile covers them (``gathered.py``).
+2. The rest is lowered by row segments (``by_segments.py``) when the pattern gives its `row_breaks`:
+   one classification per run of equal tiles on the host, FULL runs expanded on the device. Otherwise
+   tile by tile (``by_tiles.py``): candidate tiles from ``pattern.support`` (a superset of the
+   non-empty tiles), sorted by ``pattern.classify`` into EMPTY / PARTIAL / FULL.
+3. Either way, PARTIAL tiles are grouped by ``pattern.tile_key`` and one bitmap is evaluated per group
+   from the token truth, then bitmaps are deduplicated by content.
+
+Both paths give the same layout; the per-tile path is the segment path's oracle in the tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparseattn.layout import BlockLayout
+from sparseattn.lowering.by_segments import lower_by_segments
+from sparseattn.lowering.by_tiles import lower_by_tiles
+from sparseattn.lowering.gathered import split_gathered
+from sparseattn.patterns.base import MaskContext, Pattern
+from sparseattn.patterns.per_head import PerHead
+
+__all__ = ["lower", "split_gathered"]
+
+
+def lower(
+    pattern: Pattern,
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    block_size: tuple[int, int] = (64, 64),
+    num_heads: int | None = None,
+    device: torch.device | str | None = None,
+    gather_columns: bool = True,
+    by_segments: bool = True,
+) -> BlockLayout:
+    """Lower ``pattern`` for ``q_len`` queries against ``kv_len`` keys (default ``q_len``).
+
+    The layout broadcasts over heads (head dimension 1) unless the pattern depends on the head, in
+    which case it has one entry per head (``num_heads`` is checked against the pattern's own count).
+    ``by_segments=False`` forces the per-tile path (the oracle of the default one).
+    """
+    if not isinstance(pattern, Pattern):
+        raise ValueError(f"pattern: expected a Pattern, got {type(pattern).__name__}")
+    kv_len = q_len if kv_len is None else kv_len
+    bm, bn = block_size
+    if bm < 1 or bn < 32 or bn % 32:
+        raise ValueError(f"block_size: expected (block_m >= 1, block_n a positive multiple of 32), got {block_size}")
+    pattern._resolve_heads(num_heads)
+    device = torch.device(device or "cpu")
+    heads = pattern.num_heads
+    if isinstance(pattern, PerHead) and all(p.num_heads is None for p in pattern.patterns):
+        # Heads with equal patterns share rows: lower one head per distinct pattern, then point
+        # every head at its pattern's rows.
+        distinct: dict[Pattern, int] = {}
+        group = [distinct.setdefault(p, len(distinct)) for p in pattern.patterns]
+        pattern, heads = PerHead(tuple(distinct)), len(distinct)
+        core = _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments)
+        return core.select_heads(group)
+    return _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments)
+
+
+def _lower(
+    pattern: Pattern,
+    heads: int | None,
+    q_len: int,
+    kv_len: int,
+    block_size: tuple[int, int],
+    device: torch.device,
+    gather_columns: bool,
+    by_segments: bool,
+) -> BlockLayout:
+    ctx = MaskContext(q_len, kv_len, heads or 1, *block_size, device)
+    tiled, columns = split_gathered(pattern) if gather_columns else (pattern, [])
+    if by_segments and tiled is not None:
+        layout = lower_by_segments(pattern, tiled, columns, ctx, heads)
+        if layout is not None:
+            return layout
+    return lower_by_tiles(pattern, tiled, columns, ctx, heads)

@@ -1,0 +1,124 @@
+"""Lowering tile by tile: classify every candidate tile of the pattern's support.
+
+The general path, for any pattern: it needs only ``support`` (or the whole plane when there is none)
+and ``classify``. It is also the oracle of the faster row-segment path (``by_segments.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparseattn.layout import BlockLayout, _pack_bits
+from sparseattn.lowering.gathered import gathered_columns
+from sparseattn.patterns.base import EMPTY, FULL, MaskContext, Pattern, Tiles, tile_bits
+from sparseattn.patterns.columns import Columns
+
+_BITMAP_CHUNK = 2048
+
+
+def _first_of_each(inverse: Tensor, groups: int) -> Tensor:
+    """Index of the first member of each group."""
+    n = inverse.numel()
+    first = torch.full((groups,), n, dtype=torch.long, device=inverse.device)
+    return first.scatter_reduce(0, inverse, torch.arange(n, device=inverse.device), reduce="amin")
+
+
+def _group_rows(keys: Tensor) -> Tensor:
+    """Group id of each row of ``keys`` [n, K] (equal rows, equal ids; ids dense from 0).
+
+    ``torch.unique(dim=0)`` does the same but compares rows one pair at a time on the CPU, which
+    cost milliseconds for a few thousand tiles; K stable sorts of one column each do not.
+    """
+    order = torch.arange(keys.shape[0], device=keys.device)
+    for col in reversed(range(keys.shape[1])):
+        order = order[torch.argsort(keys[order, col], stable=True)]
+    ordered = keys[order]
+    starts = torch.ones(keys.shape[0], dtype=torch.long, device=keys.device)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(dim=1).long()
+    group = torch.empty_like(order)
+    group[order] = torch.cumsum(starts, 0) - 1
+    return group
+
+
+def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Tensor]:
+    """(packed distinct bitmaps [T, bm, bn/32], each tile's bitmap id, each tile's true class).
+
+    Tiles are grouped by ``pattern.tile_key`` (plus their in-bounds extents) and one bitmap is
+    evaluated per group from the token truth, then bitmaps are deduplicated by content. Kleene logic
+    may call a tile PARTIAL that is in fact empty or full (``Causal() & ~Causal()``); its bitmap says
+    so, and the true class lets lowering drop or promote it. Ids of such tiles are meaningless.
+    """
+    ctx = tiles.ctx
+    if len(tiles) == 0:
+        empty = torch.zeros(0, ctx.block_m, ctx.block_n // 32, dtype=torch.int32, device=ctx.device)
+        none = torch.zeros(0, dtype=torch.long, device=ctx.device)
+        return empty, none, none
+    extents = torch.stack([tiles.q_stop - tiles.q_start, tiles.k_stop - tiles.k_start], dim=1)
+    keys = torch.cat([pattern.tile_key(tiles), extents], dim=1)
+    by_key = _group_rows(keys)
+    groups = int(by_key.max()) + 1
+    reps = tiles.select(_first_of_each(by_key, groups))
+    rows = torch.arange(ctx.block_m, device=ctx.device)
+    cols = torch.arange(ctx.block_n, device=ctx.device)
+    words, classes = [], []
+    for s in range(0, groups, _BITMAP_CHUNK):
+        bits, inside = tile_bits(pattern, reps.select(slice(s, s + _BITMAP_CHUNK)), rows, cols)
+        kept = bits.sum((-1, -2))
+        classes.append(torch.where(kept == 0, 0, torch.where(kept == inside.sum((-1, -2)), 2, 1)))
+        words.append(_pack_bits(bits))
+    packed, true_class = torch.cat(words), torch.cat(classes)
+    partial = true_class == 1
+    # Equal contents share one bitmap; groups that are not PARTIAL keep id 0 (never read).
+    distinct, by_content = torch.unique(packed[partial].flatten(1), dim=0, return_inverse=True)
+    group_id = torch.zeros(groups, dtype=torch.long, device=ctx.device).masked_scatter_(partial, by_content)
+    return distinct.reshape(-1, ctx.block_m, ctx.block_n // 32), group_id[by_key], true_class[by_key]
+
+
+def lower_by_tiles(
+    pattern: Pattern, tiled: Pattern | None, columns: list[Columns], ctx: MaskContext, heads: int | None
+) -> BlockLayout:
+    """Layout of ``pattern`` = ``tiled`` | gathered ``columns`` (see `split_gathered`), on ``ctx.device``."""
+    if tiled is None:
+        computed = Tiles(ctx, *(torch.zeros(0, dtype=torch.long, device=ctx.device),) * 3)
+    else:
+        support = tiled.support(ctx)
+        candidates = support if support is not None else Tiles.grid(ctx, heads or 1)
+        if heads is not None and tiled.num_heads is None:
+            candidates = candidates.for_heads(heads)
+        computed = candidates.select(tiled.classify(candidates) != EMPTY)
+    cls = pattern.classify(computed).long()
+    partial = cls != FULL
+    tile_masks, partial_ids, partial_class = partial_bitmaps(pattern, computed.select(partial))
+    cls[partial] = partial_class
+    mask_id = torch.zeros(len(computed), dtype=torch.long, device=ctx.device)
+    mask_id[partial] = partial_ids
+    nonempty = cls != EMPTY
+    computed, cls, mask_id = computed.select(nonempty), cls[nonempty], mask_id[nonempty]
+    partial = cls != FULL
+    gathered = None
+    if columns:
+        covered_keys = computed.key().sort().values
+
+        def covered(head: Tensor, q_block: Tensor, kv_block: Tensor) -> Tensor:
+            probe = Tiles(ctx, head, q_block, kv_block).key()
+            if not covered_keys.numel():
+                return torch.zeros_like(probe, dtype=torch.bool)
+            pos = torch.searchsorted(covered_keys, probe).clamp(max=covered_keys.numel() - 1)
+            return covered_keys[pos] == probe
+
+        gathered = gathered_columns(ctx, heads or 1, columns, covered)
+    return BlockLayout.from_tiles(
+        q_len=ctx.q_len,
+        kv_len=ctx.kv_len,
+        block_size=(ctx.block_m, ctx.block_n),
+        lead_shape=(1, heads or 1),
+        batch=torch.zeros_like(computed.head),
+        head=computed.head,
+        q_block=computed.q_block,
+        kv_block=computed.kv_block,
+        is_full=~partial,
+        mask_id=mask_id,
+        tile_masks=tile_masks,
+        columns=gathered,
+    )

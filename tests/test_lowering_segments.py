@@ -1,0 +1,120 @@
+"""Lowering by row segments against its oracle, the per-tile path, and the row breaks it rests on."""
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from sparseattn import BlockLayout
+from sparseattn.lowering import lower
+from sparseattn.patterns import (
+    AShape,
+    Causal,
+    Columns,
+    MaskContext,
+    Pattern,
+    PerHead,
+    Sink,
+    Streaming,
+    Tiles,
+    Triangle,
+    Window,
+)
+from sparseattn.testing import check_layout_invariants
+from sparseattn.testing.strategies import block_sizes, lengths, patterns, per_head_patterns
+
+
+def _tile_classes(pattern: Pattern, ctx: MaskContext) -> Tensor:
+    heads = pattern.num_heads or 1
+    return pattern.classify(Tiles.grid(ctx, heads)).view(heads, ctx.num_q_blocks, ctx.num_kv_blocks)
+
+
+@settings(max_examples=120, deadline=None)
+@given(pattern=st.one_of(patterns(), per_head_patterns()), sizes=lengths(), block_size=block_sizes())
+def test_tile_class_is_constant_between_row_breaks(pattern, sizes, block_size):
+    ctx = MaskContext(*sizes, pattern.num_heads or 1, *block_size)
+    breaks = pattern.row_breaks(ctx)
+    assert breaks is not None  # every built-in pattern describes its rows
+    classes = _tile_classes(pattern, ctx)
+    kb = ctx.num_kv_blocks
+    breaks = breaks.expand(classes.shape[0], ctx.num_q_blocks, -1)
+    for h in range(classes.shape[0]):
+        for qb in range(ctx.num_q_blocks):
+            cuts = sorted({0, kb - 1, kb, *breaks[h, qb].clamp(0, kb).tolist()})
+            for lo, hi in itertools.pairwise(cuts):
+                run = classes[h, qb, lo:hi]
+                assert bool((run == run[0]).all()), f"{pattern!r}: head {h} row {qb} changes class inside [{lo}, {hi})"
+
+
+def _same_layout(a: BlockLayout, b: BlockLayout) -> None:
+    for name in ("full_kv_num_blocks", "full_kv_start", "full_kv_indices", "kv_num_blocks", "kv_indices"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    # Bitmap ids may be numbered differently; each tile's bitmap must be the same.
+    assert torch.equal(a.tile_masks[a.kv_mask_ids.long()], b.tile_masks[b.kv_mask_ids.long()])
+    assert a.has_columns == b.has_columns
+    if a.has_columns:
+        for name in ("col_num", "col_start", "col_indices"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@settings(max_examples=120, deadline=None)
+@given(pattern=st.one_of(patterns(), per_head_patterns()), sizes=lengths(), block_size=block_sizes())
+def test_segments_equal_tile_by_tile(pattern, sizes, block_size):
+    kwargs = dict(block_size=block_size, num_heads=pattern.num_heads)
+    fast = lower(pattern, *sizes, **kwargs)
+    check_layout_invariants(fast)
+    _same_layout(fast, lower(pattern, *sizes, by_segments=False, **kwargs))
+    truth = pattern.to_dense(*sizes, num_heads=pattern.num_heads)
+    assert torch.equal(fast.to_dense()[0].expand_as(truth), truth)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        Causal(),
+        Streaming(sink=4, window=300),
+        AShape(sink_blocks=1, local_blocks=3, block_size=64),
+        Triangle(sink=8, window=200, last=50),
+        Causal() & (Columns((3, 4, 5, 700, 1500)) | Window(100)),  # gathered columns
+        Causal() & ~Causal(),  # Kleene calls the diagonal PARTIAL; it is empty
+        Causal() | (Window(64) & ~Window(64)),
+    ],
+    ids=repr,
+)
+def test_structured_patterns_at_a_few_thousand_tokens(pattern):
+    for q_len, kv_len in ((2048, 2048), (1000, 2500)):
+        fast = lower(pattern, q_len, kv_len, block_size=(64, 64))
+        _same_layout(fast, lower(pattern, q_len, kv_len, block_size=(64, 64), by_segments=False))
+
+
+def test_heads_with_one_pattern_share_rows():
+    mixed = PerHead((Causal(), Sink(16) & Causal(), Causal(), Sink(16) & Causal()))
+    layout = lower(mixed, 512, block_size=(64, 64))
+    assert layout.num_heads == 4
+    assert layout.full_kv_indices.numel() == sum(
+        lower(p, 512, block_size=(64, 64)).full_kv_indices.numel() for p in (Causal(), Sink(16) & Causal())
+    )
+    assert torch.equal(layout.full_kv_start[0, 0], layout.full_kv_start[0, 2])
+    _same_layout(layout, lower(mixed, 512, block_size=(64, 64), by_segments=False))
+
+
+def test_user_pattern_without_breaks_takes_the_tile_path():
+    class Checker(Pattern):
+        def mask(self, h, q_idx, kv_idx, ctx):
+            return ((q_idx // 7 + kv_idx // 5) % 2 == 0) & (kv_idx <= q_idx + ctx.offset)
+
+    pattern = Checker()
+    assert pattern.row_breaks(MaskContext(64, 64)) is None
+    layout = lower(pattern, 150, 200, block_size=(32, 32))
+    assert torch.equal(layout.to_dense()[0, 0], pattern.to_dense(150, 200)[0])
+
+
+def test_select_heads_rejects_bad_ids():
+    layout = lower(PerHead((Causal(), Window(8))), 64, block_size=(32, 32))
+    with pytest.raises(ValueError, match="heads: expected"):
+        layout.select_heads([0, 2])
+    with pytest.raises(ValueError, match="heads: expected"):
+        layout.select_heads([])
