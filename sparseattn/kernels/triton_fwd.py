@@ -31,7 +31,7 @@ from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.triton_merge import merge_partials
-from sparseattn.kernels.triton_schedule import WorkList, build_work_list, default_max_chunk, rows_are_unequal
+from sparseattn.kernels.triton_schedule import RowStats, WorkList, build_work_list
 from sparseattn.layout import BlockLayout
 
 LOG2E = 1.4426950408889634
@@ -119,11 +119,7 @@ def _sparse_fwd_kernel(
     LSE_PART,
     WORK,
     stride_work,
-    FULL_NUM,
-    FULL_START,
     FULL_IDX,
-    PART_NUM,
-    PART_START,
     PART_IDX,
     PART_MID,
     TILE_MASKS,
@@ -169,8 +165,10 @@ def _sparse_fwd_kernel(
     t1 = tl.load(item + 5)
     slot = tl.load(item + 6).to(tl.int64)
     slot_stride = tl.load(item + 7).to(tl.int64)
-    n_full = tl.load(FULL_NUM + lrow)
-    n_total = n_full + tl.load(PART_NUM + lrow)
+    n_full = tl.load(item + 8)
+    n_total = tl.load(item + 9)
+    full_start = tl.load(item + 10).to(tl.int64)
+    part_start = tl.load(item + 11).to(tl.int64)
 
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
@@ -198,7 +196,7 @@ def _sparse_fwd_kernel(
     acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
 
     # FULL tiles: every in-range pair counts.
-    full_row = FULL_IDX + tl.load(FULL_START + lrow)
+    full_row = FULL_IDX + full_start
     for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES):
         start = tl.load(full_row + i) * BLOCK_N
         keys = start + offs_n  # [BLOCK_N]
@@ -212,7 +210,6 @@ def _sparse_fwd_kernel(
         acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
 
     # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
-    part_start = tl.load(PART_START + lrow)
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
     words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
@@ -363,10 +360,16 @@ def work_list(
         if layout.device_built and max_chunk is None and heavy_first is None:
             # Built once per layer and prompt: plan without reading the counts back (no split).
             max_chunk, heavy_first = 0, True
-        balance = rows_are_unequal(layout) if heavy_first is None else heavy_first
+        # One host sync reads what the defaults need, and only when they are needed.
+        stats = RowStats.of(layout) if heavy_first is None or (max_chunk is None and heavy_first) else None
+        balance = stats.unequal if stats is not None and heavy_first is None else bool(heavy_first)
         chunk = max_chunk
-        if chunk is None:
-            chunk = default_max_chunk(layout, batch, heads // pack, _num_sms(layout.device)) if balance else 0
+        if chunk is None and not balance:
+            chunk = 0
+        elif chunk is None:
+            assert stats is not None
+            repeats = (batch // layout.batch_size) * (heads // pack // layout.num_heads)
+            chunk = stats.max_chunk(repeats, _num_sms(layout.device))
         per_layout[key] = build_work_list(layout, batch, heads, max_chunk=chunk, heavy_first=balance, pack=pack)
     return per_layout[key]
 
@@ -491,11 +494,7 @@ def triton_sparse_attention(
         lse_part,
         work.items,
         work.items.stride(0),
-        arg(layout.full_kv_num_blocks),
-        arg(layout.full_kv_start),
         arg(layout.full_kv_indices),
-        arg(layout.kv_num_blocks),
-        arg(layout.kv_start),
         arg(layout.kv_indices),
         arg(layout.kv_mask_ids),
         arg(layout.tile_masks),

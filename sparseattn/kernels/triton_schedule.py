@@ -27,8 +27,11 @@ from sparseattn.layout import BlockLayout
 
 # Columns for a work item (int32): batch, (first) query head, query block, layout row (flat index into
 # the layout's [B|1, H|1, QB] lead), first and end tile of the chunk, scratch slot (-1: write the
-# output) and the slot distance between the packed heads' partials (the row's number of chunks).
-WORK_FIELDS = 8
+# output), the slot distance between the packed heads' partials (the row's number of chunks), and the
+# row's FULL count, total tile count, and offsets into the FULL and PARTIAL lists. The row facts are
+# copied into the item so that a program reads everything it needs in one round of independent loads
+# instead of a chain of dependent ones (item -> row -> list), which short rows felt.
+WORK_FIELDS = 12
 # Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
 MIN_CHUNK_TILES = 16
 # Aim for about this many chunk-lengths of work per multiprocessor.
@@ -41,7 +44,7 @@ UNEQUAL_ROWS = 2.0
 
 @dataclass(frozen=True)
 class WorkList:
-    """``items`` [W, 8] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
+    """``items`` [W, 12] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
     first scratch slot, number of chunks) for the (row, head) pairs that were split; ``num_slots``
     scratch slots; ``pack`` query heads per item (they share one kv head and the layout row)."""
 
@@ -52,18 +55,31 @@ class WorkList:
     pack: int = 1
 
 
-def rows_are_unequal(layout: BlockLayout) -> bool:
-    """True when the longest row holds more than ``UNEQUAL_ROWS`` times the mean row's tiles."""
-    n_tiles = (layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()).float()
-    return bool(n_tiles.max() > UNEQUAL_ROWS * n_tiles.mean())
+@dataclass(frozen=True)
+class RowStats:
+    """Tiles per layout row, over every (batch, head, query block) row the layout stores: the longest,
+    the mean and the sum."""
 
+    longest: int
+    mean: float
+    total: int
 
-def default_max_chunk(layout: BlockLayout, batch: int, heads: int, num_sms: int) -> int:
-    """Longest chunk, in tiles: about 1 / (WAVES * num_sms) of all the work, at least MIN_CHUNK_TILES."""
-    per_entry = (layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()).sum()
-    repeats = (batch // layout.batch_size) * (heads // layout.num_heads)
-    total = int(per_entry) * repeats
-    return max(MIN_CHUNK_TILES, -(-total // (WAVES * max(num_sms, 1))))
+    @staticmethod
+    def of(layout: BlockLayout) -> RowStats:
+        """Read back in one host sync."""
+        n_tiles = layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()
+        longest, total = torch.stack([n_tiles.max(), n_tiles.sum()]).tolist()
+        return RowStats(int(longest), total / n_tiles.numel(), int(total))
+
+    @property
+    def unequal(self) -> bool:
+        """True when the longest row holds more than ``UNEQUAL_ROWS`` times the mean row's tiles."""
+        return self.longest > UNEQUAL_ROWS * self.mean
+
+    def max_chunk(self, repeats: int, num_sms: int) -> int:
+        """Longest chunk, in tiles, for ``repeats`` copies of the rows (broadcast batch x heads, per
+        packed program): about 1 / (WAVES * num_sms) of all the work, at least MIN_CHUNK_TILES."""
+        return max(MIN_CHUNK_TILES, -(-self.total * repeats // (WAVES * max(num_sms, 1))))
 
 
 def build_work_list(
@@ -94,9 +110,16 @@ def build_work_list(
         return x.permute(0, 2, 1).reshape(-1)
 
     n_tiles, lrow, col_cost, b, h, qb = map(rows, (n_tiles, lrow, col_cost, b, h, qb))
+    if max(layout.full_kv_indices.numel(), layout.kv_indices.numel()) >= 2**31:
+        raise ValueError("layout: over 2**31 tiles in one list; work items hold list offsets as int32")
+    n_full = layout.full_kv_num_blocks.reshape(-1).long()[lrow]
+    full_start = layout.full_kv_start.reshape(-1)[lrow]
+    part_start = layout.kv_start.reshape(-1)[lrow]
     if max_chunk > 0:
         chunks = (-(-n_tiles // max_chunk)).clamp(min=1)
-        row_of = torch.repeat_interleave(torch.arange(n_tiles.numel(), device=dev), chunks)
+        # The one host sync: how many items, and how many rows are split.
+        n_items, n_split = torch.stack([chunks.sum(), (chunks > 1).sum()]).tolist()
+        row_of = torch.repeat_interleave(torch.arange(n_tiles.numel(), device=dev), chunks, output_size=n_items)
     else:  # one item per row: every size is known on the host, nothing below waits for the device
         chunks = torch.ones_like(n_tiles)
         row_of = torch.arange(n_tiles.numel(), device=dev)
@@ -112,7 +135,17 @@ def build_work_list(
     split = split_rows[row_of]
     slot = torch.where(split, slot_start[row_of] + part, -1)
     stride = torch.where(split, chunks[row_of], 0)
-    items = torch.stack([b[row_of], h[row_of], qb[row_of], lrow[row_of], t0, t1, slot, stride], dim=1)
+    items = torch.stack(
+        [
+            *(x[row_of] for x in (b, h, qb, lrow)),
+            t0,
+            t1,
+            slot,
+            stride,
+            *(x[row_of] for x in (n_full, n_tiles, full_start, part_start)),
+        ],
+        dim=1,
+    )
 
     if heavy_first:
         # +1 per item: even an empty row costs a launch and a store.
@@ -120,10 +153,12 @@ def build_work_list(
         items = items[torch.argsort(cost, descending=True, stable=True)]
 
     if max_chunk > 0:
+        # The split rows, in row order, without a boolean selection (its size is n_split, known).
+        split_at = torch.argsort((~split_rows).to(torch.int8), stable=True)[:n_split]
         merges = torch.cat(
-            [torch.stack([b, h + p, qb, slot_start + p * chunks, chunks], dim=1)[split_rows] for p in range(pack)]
+            [torch.stack([b, h + p, qb, slot_start + p * chunks, chunks], dim=1)[split_at] for p in range(pack)]
         )
-        num_slots = int(slots_of_row.sum())
+        num_slots = int(n_items - n_tiles.numel() + n_split) * pack
     else:
         merges, num_slots = torch.zeros(0, 5, dtype=torch.long, device=dev), 0
     return WorkList(items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk, pack)
