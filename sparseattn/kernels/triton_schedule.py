@@ -28,9 +28,10 @@ from sparseattn.layout import BlockLayout
 # Columns for a work item (int32): batch, (first) query head, query block, layout row (flat index into
 # the layout's [B|1, H|1, QB] lead), first and end tile of the chunk, scratch slot (-1: write the
 # output), the slot distance between the packed heads' partials (the row's number of chunks), and the
-# row's FULL count, total tile count, and offsets into the FULL and PARTIAL lists. The row facts are
-# copied into the item so that a program reads everything it needs in one round of independent loads
-# instead of a chain of dependent ones (item -> row -> list), which short rows felt.
+# row's FULL count, total tile count, and offsets into the FULL and PARTIAL lists. With the row facts
+# in the item a program starts with one round of independent loads instead of the chain item -> row
+# -> list. Timings did not move either way (experiments/results/kernel_tuning_items.md); the kernel
+# just needs four fewer list arguments.
 WORK_FIELDS = 12
 # Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
 MIN_CHUNK_TILES = 16
