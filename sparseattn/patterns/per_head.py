@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,11 +52,29 @@ class PerHead(Pattern):
             out = torch.where(h == i, p.mask(h, q_idx, kv_idx, ctx), out)
         return out
 
-    def classify(self, tiles: Tiles) -> Tensor:
-        # Every member on every tile, then a select: no data-dependent shapes, so no device sync.
-        out = torch.zeros(len(tiles), dtype=torch.int8, device=tiles.head.device)
+    def _by_member(self, tiles: Tiles, evaluate: Callable[[Pattern, Tiles], Tensor]) -> list[Tensor]:
+        """``evaluate(patterns[h], tiles)`` on the tiles of each head ``h``, as ``[len(tiles), ...]`` tensors
+        that are only meaningful on the member's own tiles.
+
+        On a GPU every member runs on every tile (selecting a member's tiles would wait for the device
+        once per member); on the CPU, where that wait is free, each member sees only its own tiles, so a
+        member that classifies by evaluating its mask is not run on the other heads' tiles.
+        """
+        if tiles.head.device.type != "cpu":
+            return [evaluate(p, tiles) for p in self.patterns]
+        results = []
         for i, p in enumerate(self.patterns):
-            out = torch.where(tiles.head == i, p.classify(tiles), out)
+            mine = tiles.head == i
+            part = evaluate(p, tiles.select(mine))
+            full = torch.zeros((len(tiles), *part.shape[1:]), dtype=part.dtype, device=part.device)
+            full[mine] = part
+            results.append(full)
+        return results
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        out = torch.zeros(len(tiles), dtype=torch.int8, device=tiles.head.device)
+        for i, cls in enumerate(self._by_member(tiles, lambda p, t: p.classify(t))):
+            out = torch.where(tiles.head == i, cls, out)
         return out
 
     def support(self, ctx: MaskContext) -> Tiles | None:
@@ -90,7 +109,7 @@ class PerHead(Pattern):
         return torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows])
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        keys = [p.tile_key(tiles) for p in self.patterns]
+        keys = self._by_member(tiles, lambda p, t: p.tile_key(t))
         width = max(key.shape[1] for key in keys)
         out = torch.zeros(len(tiles), width, dtype=torch.long, device=tiles.head.device)
         for i, key in enumerate(keys):
