@@ -1,0 +1,108 @@
+"""How much of a timed call is host work: enqueue time per call, and do_bench with and without a CUDA graph.
+
+    PYTHONPATH=. python experiments/host_overhead.py --out $OUT     # on a CUDA machine
+
+``triton.testing.do_bench`` times each call between two CUDA events; host work that outlasts the cache
+flush queued before each call leaves the GPU idle inside that window. ``do_bench_cudagraph`` replays the
+call from a CUDA graph, so the difference bounds what host overhead adds to the kernel benchmark's
+figures. Writes ``host_overhead.json`` and ``host_overhead.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from sparseattn.attention import default_block_size
+from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.patterns import Causal, Pattern, Streaming, Triangle
+
+
+def enqueue_us(fn, calls: int = 200) -> float:
+    """Median host time of one call, the device kept busy so that nothing waits for it."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cases: list[tuple[str, Pattern | None, int]] = [
+        ("triangle", Triangle(), 8192),
+        ("triangle", Triangle(), 32768),
+        ("streaming", Streaming(128, 4096), 32768),
+        ("causal", Causal(), 32768),
+        ("cudnn dense causal", None, 32768),
+    ]
+    rows = []
+    for name, pattern, n in cases:
+        q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
+        if pattern is None:
+
+            def fn(q=q, k=k, v=v):
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+        else:
+            block = default_block_size("triton", 128, q.dtype, pattern, n, n)  # as sparse_attention picks
+            layout = pattern.lower(n, block_size=block, device="cuda")
+
+            def fn(q=q, k=k, v=v, layout=layout):
+                return triton_sparse_attention(q, k, v, layout)
+
+        rows.append(
+            {
+                "case": name,
+                "tokens": n,
+                "enqueue_us": enqueue_us(fn),
+                "do_bench_ms": triton.testing.do_bench(fn, return_mode="median"),
+                "cudagraph_ms": triton.testing.do_bench_cudagraph(fn, return_mode="median"),
+            }
+        )
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "command": "PYTHONPATH=. python experiments/host_overhead.py --out $OUT",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "host_overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "# Host overhead in the timed calls",
+        "",
+        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; medians.",
+        "",
+        "| case | tokens | host enqueue µs | do_bench ms | CUDA graph ms | do_bench / graph |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['tokens']} | {r['enqueue_us']:.0f} | {r['do_bench_ms']:.3f} | "
+            f"{r['cudagraph_ms']:.3f} | {r['do_bench_ms'] / r['cudagraph_ms']:.3f} |"
+        )
+    (args.out / "host_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[4:]))
+
+
+if __name__ == "__main__":
+    main()
