@@ -7,6 +7,7 @@ differences), each of which takes every integer value in a range over a rectangu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,13 @@ def partial_key(cls: Tensor, *values: Tensor) -> Tensor:
     constant = (_CONSTANT_KEY + cls.long()).unsqueeze(1)
     stacked = torch.stack([v.long() for v in values], dim=1)
     return torch.where((cls == PARTIAL).unsqueeze(1), stacked, constant)
+
+
+def clamped_key(value: Tensor, low: int, high: int) -> Tensor:
+    """``[n, 1]`` key: ``value`` clamped to ``[low, high]``, for a term whose class is constant (FULL or
+    EMPTY, whatever the tile's extents) wherever ``value`` is at or beyond either bound. Cheaper than
+    `partial_key`, which needs the class."""
+    return value.clamp(low, high).unsqueeze(1)
 
 
 def diagonal_span(tiles: Tiles) -> tuple[Tensor, Tensor]:
@@ -62,6 +70,7 @@ def no_breaks(ctx: MaskContext) -> Tensor:
     return torch.zeros(1, ctx.num_q_blocks, 0, dtype=torch.long, device=ctx.device)
 
 
+@functools.lru_cache(maxsize=256)
 def _cuts(ctx: MaskContext, *values: int) -> Tensor:
     return torch.tensor([values], dtype=torch.long, device=ctx.device)
 
@@ -75,8 +84,10 @@ def _all_q_blocks(ctx: MaskContext, lo: Tensor, hi: Tensor) -> Tiles:
     return Tiles.from_ranges(ctx, lo.clamp(0, ctx.num_kv_blocks), hi.clamp(0, ctx.num_kv_blocks))
 
 
+@functools.lru_cache(maxsize=32)
 def _q_block_positions(ctx: MaskContext) -> tuple[Tensor, Tensor]:
-    """(first, last) query position of every query block."""
+    """(first, last) query position of every query block (cached per context: every term of a pattern
+    asks for them, and on a GPU each recomputation is a few kernel launches; callers never write them)."""
     qb = torch.arange(ctx.num_q_blocks, device=ctx.device)
     first = qb * ctx.block_m + ctx.offset
     last = torch.clamp((qb + 1) * ctx.block_m, max=ctx.q_len) - 1 + ctx.offset
@@ -106,7 +117,7 @@ class Full(Pattern):
         return no_breaks(ctx)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return partial_key(self.classify(tiles), tiles.kv_block)
+        return torch.zeros(len(tiles), 1, dtype=torch.long, device=tiles.head.device)
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,9 @@ class Causal(Pattern):
         return diagonal_breaks(ctx, _cuts(ctx, 0))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return partial_key(self.classify(tiles), tiles.q_start - tiles.k_start)
+        # q_start - k_start >= block_n - 1: FULL; <= -block_m: EMPTY (any extents).
+        ctx = tiles.ctx
+        return clamped_key(tiles.q_start - tiles.k_start, -ctx.block_m, ctx.block_n - 1)
 
 
 @dataclass(frozen=True)
@@ -179,7 +192,8 @@ class Sink(Pattern):
         return key_breaks(ctx, _cuts(ctx, self.size))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return partial_key(self.classify(tiles), self.size - tiles.k_start)
+        # size - k_start >= block_n: FULL; <= 0: EMPTY.
+        return clamped_key(self.size - tiles.k_start, 0, tiles.ctx.block_n)
 
 
 @dataclass(frozen=True)
@@ -220,7 +234,13 @@ class Window(Pattern):
         return diagonal_breaks(ctx, _cuts(ctx, 0, self.size))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return partial_key(self.classify(tiles), tiles.q_start - tiles.k_start)
+        # With o = q_start - k_start: EMPTY for o <= -block_m or o >= size + block_n - 1, FULL for
+        # block_n - 1 <= o <= size - block_m (any extents), so that whole range shares one key.
+        bm, bn = tiles.ctx.block_m, tiles.ctx.block_n
+        key = clamped_key(tiles.q_start - tiles.k_start, -bm, self.size + bn - 1)
+        if bn - 1 <= self.size - bm:
+            key = torch.where((key >= bn - 1) & (key <= self.size - bm), bn - 1, key)
+        return key
 
 
 @dataclass(frozen=True)
@@ -258,7 +278,9 @@ class LastQueries(Pattern):
         return no_breaks(ctx)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return partial_key(self.classify(tiles), tiles.q_start)
+        # q_start - (kv_len - n) >= 0: FULL; <= -block_m: EMPTY.
+        ctx = tiles.ctx
+        return clamped_key(tiles.q_start - (ctx.kv_len - self.n), -ctx.block_m, 0)
 
 
 @dataclass(frozen=True)
