@@ -27,9 +27,12 @@ def _first_of_each(inverse: Tensor, groups: int) -> Tensor:
 def _group_rows(keys: Tensor) -> Tensor:
     """Group id of each row of ``keys`` [n, K] (equal rows, equal ids; ids dense from 0).
 
-    ``torch.unique(dim=0)`` does the same but compares rows one pair at a time on the CPU, which
-    cost milliseconds for a few thousand tiles; K stable sorts of one column each do not.
+    On a GPU ``torch.unique(dim=0)`` is a handful of launches. On the CPU it compares rows one pair
+    at a time, which cost milliseconds for a few thousand tiles; K stable sorts of one column each do
+    not.
     """
+    if keys.device.type != "cpu":
+        return torch.unique(keys, dim=0, return_inverse=True)[1]
     order = torch.arange(keys.shape[0], device=keys.device)
     for col in reversed(range(keys.shape[1])):
         order = order[torch.argsort(keys[order, col], stable=True)]

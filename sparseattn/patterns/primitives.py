@@ -46,11 +46,18 @@ def diagonal_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
     ``c`` for kv blocks below ``(q_start + 1 - c) // block_n``, the largest, ``q_last - k_start``, for
     kv blocks below ``(q_last - c) // block_n + 1``. Returns ``[H|1, QB, 2T]``.
     """
-    first, last = _q_block_positions(ctx)
+    after_first, last = _row_ends(ctx)
     c = cuts.view(cuts.shape[0], 1, -1)
-    smallest = torch.div(first.view(1, -1, 1) + 1 - c, ctx.block_n, rounding_mode="floor")
-    largest = torch.div(last.view(1, -1, 1) - c, ctx.block_n, rounding_mode="floor") + 1
+    smallest = torch.div(after_first - c, ctx.block_n, rounding_mode="floor")
+    largest = torch.div(last - c, ctx.block_n, rounding_mode="floor") + 1
     return torch.cat([smallest, largest], dim=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _row_ends(ctx: MaskContext) -> tuple[Tensor, Tensor]:
+    """``first + 1`` and ``last`` query positions of every query block, as ``[1, QB, 1]``."""
+    first, last = _q_block_positions(ctx)
+    return (first + 1).view(1, -1, 1), last.view(1, -1, 1)
 
 
 def key_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
