@@ -1,12 +1,9 @@
 """Lowering by row segments against its oracle, the per-tile path, and the row breaks it rests on."""
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import Tensor
 
 from sparseattn import BlockLayout
 from sparseattn.lowering import lower
@@ -19,34 +16,28 @@ from sparseattn.patterns import (
     PerHead,
     Sink,
     Streaming,
-    Tiles,
     Triangle,
     Window,
 )
-from sparseattn.testing import check_layout_invariants
+from sparseattn.testing import check_layout_invariants, check_row_breaks
 from sparseattn.testing.strategies import block_sizes, lengths, patterns, per_head_patterns
-
-
-def _tile_classes(pattern: Pattern, ctx: MaskContext) -> Tensor:
-    heads = pattern.num_heads or 1
-    return pattern.classify(Tiles.grid(ctx, heads)).view(heads, ctx.num_q_blocks, ctx.num_kv_blocks)
 
 
 @settings(max_examples=120, deadline=None)
 @given(pattern=st.one_of(patterns(), per_head_patterns()), sizes=lengths(), block_size=block_sizes())
 def test_tile_class_is_constant_between_row_breaks(pattern, sizes, block_size):
-    ctx = MaskContext(*sizes, pattern.num_heads or 1, *block_size)
-    breaks = pattern.row_breaks(ctx)
-    assert breaks is not None  # every built-in pattern describes its rows
-    classes = _tile_classes(pattern, ctx)
-    kb = ctx.num_kv_blocks
-    breaks = breaks.expand(classes.shape[0], ctx.num_q_blocks, -1)
-    for h in range(classes.shape[0]):
-        for qb in range(ctx.num_q_blocks):
-            cuts = sorted({0, kb - 1, kb, *breaks[h, qb].clamp(0, kb).tolist()})
-            for lo, hi in itertools.pairwise(cuts):
-                run = classes[h, qb, lo:hi]
-                assert bool((run == run[0]).all()), f"{pattern!r}: head {h} row {qb} changes class inside [{lo}, {hi})"
+    # Every built-in pattern describes its rows, so every one takes the segment path.
+    assert pattern.row_breaks(MaskContext(*sizes, pattern.num_heads or 1, *block_size)) is not None
+    check_row_breaks(pattern, *sizes, block_size)
+
+
+def test_row_breaks_check_catches_a_missing_break():
+    class Lying(Window):
+        def row_breaks(self, ctx):
+            return super().row_breaks(ctx)[..., :1]  # drops the window's far edge
+
+    with pytest.raises(AssertionError, match="class changes inside a run"):
+        check_row_breaks(Lying(200), 1024, 1024, (64, 64))
 
 
 def _same_layout(a: BlockLayout, b: BlockLayout) -> None:

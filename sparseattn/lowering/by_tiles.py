@@ -32,7 +32,8 @@ def _group_rows(keys: Tensor) -> Tensor:
     not.
     """
     if keys.device.type != "cpu":
-        return torch.unique(keys, dim=0, return_inverse=True)[1]
+        inverse: Tensor = torch.unique(keys, dim=0, return_inverse=True)[1]
+        return inverse
     order = torch.arange(keys.shape[0], device=keys.device)
     for col in reversed(range(keys.shape[1])):
         order = order[torch.argsort(keys[order, col], stable=True)]

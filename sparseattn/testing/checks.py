@@ -70,6 +70,35 @@ def check_support(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[i
     assert not missed.any(), f"{pattern!r}: non-empty tiles outside the support: {missed.nonzero()[:5].tolist()}"
 
 
+def check_row_breaks(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> None:
+    """``row_breaks`` (when the pattern gives them): ``classify`` is constant between consecutive breaks."""
+    heads = pattern.num_heads or 1
+    ctx = MaskContext(q_len, kv_len, heads, *block_size)
+    breaks = pattern.row_breaks(ctx)
+    if breaks is None:
+        return
+    kb = ctx.num_kv_blocks
+    assert breaks.dim() == 3 and breaks.shape[0] in (1, heads) and breaks.shape[1] == ctx.num_q_blocks, (
+        f"{pattern!r}: row_breaks shape {tuple(breaks.shape)}, expected [1 or {heads}, {ctx.num_q_blocks}, P]"
+    )
+    classes = pattern.classify(Tiles.grid(ctx, heads)).view(heads, ctx.num_q_blocks, kb)
+    edges = torch.cat(
+        [breaks.expand(heads, -1, -1).clamp(0, kb), torch.tensor([0, kb - 1, kb]).expand(heads, ctx.num_q_blocks, 3)],
+        -1,
+    )
+    # Each tile's run is the last break at or before it; a class change inside a run is an error.
+    run_start = torch.zeros(heads, ctx.num_q_blocks, kb, dtype=torch.long)
+    kv = torch.arange(kb)
+    for p in range(edges.shape[-1]):
+        e = edges[..., p : p + 1]
+        run_start = torch.where(e <= kv, torch.maximum(run_start, e), run_start)
+    first = torch.gather(classes, 2, run_start.clamp(max=kb - 1))
+    changed = (classes != first).nonzero()
+    assert changed.numel() == 0, (
+        f"{pattern!r}: class changes inside a run of row_breaks at (head, q block, kv block) {changed[:5].tolist()}"
+    )
+
+
 def check_layout_invariants(layout: BlockLayout) -> None:
     """Rows ascending and unique, indices in range, FULL and PARTIAL disjoint, CSR offsets consistent."""
     kb_dim = layout.num_kv_blocks
@@ -119,6 +148,7 @@ def check_pattern(
     """Every check above, for one pattern at one size."""
     check_classify(pattern, q_len, kv_len, block_size, exact=exact)
     check_support(pattern, q_len, kv_len, block_size)
+    check_row_breaks(pattern, q_len, kv_len, block_size)
     check_lowering(pattern, q_len, kv_len, block_size)
 
 
@@ -128,7 +158,8 @@ def pattern_property_test(
     """A ready pytest test: ``test_mine = pattern_property_test(st.builds(MyPattern, ...))``.
 
     It draws patterns, lengths (ragged, ``q_len <= kv_len``) and tilings, and runs `check_pattern`:
-    classification sound (or exact with ``exact=True``), support covering, lowering exact.
+    classification sound (or exact with ``exact=True``), support covering, row breaks complete (when
+    given), lowering exact.
     """
 
     @settings(max_examples=max_examples, deadline=None)
