@@ -11,6 +11,7 @@ from sparseattn.patterns import (
     AShape,
     Causal,
     Columns,
+    Diagonals,
     MaskContext,
     Pattern,
     PerHead,
@@ -26,9 +27,31 @@ from sparseattn.testing.strategies import block_sizes, lengths, patterns, per_he
 @settings(max_examples=120, deadline=None)
 @given(pattern=st.one_of(patterns(), per_head_patterns()), sizes=lengths(), block_size=block_sizes())
 def test_tile_class_is_constant_between_row_breaks(pattern, sizes, block_size):
-    # Every built-in pattern describes its rows, so every one takes the segment path.
-    assert pattern.row_breaks(MaskContext(*sizes, pattern.num_heads or 1, *block_size)) is not None
     check_row_breaks(pattern, *sizes, block_size)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        Causal(),
+        Streaming(4, 300),
+        AShape(1, 3, 64),
+        Triangle(),
+        PerHead((Causal(), Window(9))),
+        Columns((3, 4, 5, 900)),
+    ],
+    ids=repr,
+)
+def test_built_in_shapes_take_the_segment_path(pattern):
+    assert pattern.row_breaks(MaskContext(4096, 4096, pattern.num_heads or 1, 64, 64)) is not None
+
+
+def test_scattered_index_sets_fall_back_before_building_their_breaks():
+    # 2 * 3000 cuts per row against 64 kv blocks: [1, 64, 12000] breaks would be pure waste.
+    scattered = Diagonals(tuple(range(0, 12000, 2)))
+    assert scattered.row_breaks(MaskContext(4096, 4096, 1, 64, 64)) is None
+    layout = lower(Causal() & scattered, 600, 700, block_size=(64, 64))
+    assert torch.equal(layout.to_dense()[0, 0], (Causal() & scattered).to_dense(600, 700)[0])
 
 
 def test_row_breaks_check_catches_a_missing_break():

@@ -6,7 +6,7 @@ deduplicated, so equal sets compare and hash equal and ``repr`` round-trips.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -62,18 +62,29 @@ def _membership(indices: IndexSet, size: int, shift: int, ctx: MaskContext) -> T
     return table
 
 
-def _run_cuts(indices: IndexSet, ctx: MaskContext) -> Tensor:
-    """``[H|1, T]`` values where membership changes: each run's first value and one past its last.
-
-    Heads with fewer runs are padded with their first cut (a repeated cut adds no break).
-    """
+def _run_cuts(indices: IndexSet) -> list[list[int]]:
+    """Per head, the values where membership changes: each run's first value and one past its last."""
     per_head = []
     for values in _sets(indices):
         cuts = [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v - 1]
         cuts += [v + 1 for i, v in enumerate(values) if i == len(values) - 1 or values[i + 1] != v + 1]
         per_head.append(cuts or [0])
+    return per_head
+
+
+def _breaks_if_few(
+    breaks: Callable[[MaskContext, Tensor], Tensor], indices: IndexSet, ctx: MaskContext
+) -> Tensor | None:
+    """Row breaks of an index set, or None when they would outnumber a row's tiles: every tile is then
+    its own run, the per-tile path is no slower, and the [H, QB, P] breaks of thousands of scattered
+    diagonals would not even fit in memory."""
+    per_head = _run_cuts(indices)
     width = max(len(c) for c in per_head)
-    return torch.tensor([c + [c[0]] * (width - len(c)) for c in per_head], dtype=torch.long, device=ctx.device)
+    if 2 * width > ctx.num_kv_blocks:
+        return None
+    # Heads with fewer cuts repeat their first one (a repeated cut adds no break).
+    padded = [c + [c[0]] * (width - len(c)) for c in per_head]
+    return breaks(ctx, torch.tensor(padded, dtype=torch.long, device=ctx.device))
 
 
 def _range_class(table: Tensor, head: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -147,8 +158,8 @@ class Columns(Pattern):
         head = tiles.head if self.per_head else torch.zeros_like(tiles.head)
         return partial_key(self.classify(tiles), head, tiles.kv_block)
 
-    def row_breaks(self, ctx: MaskContext) -> Tensor:
-        return key_breaks(ctx, _run_cuts(self.indices, ctx))
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        return _breaks_if_few(key_breaks, self.indices, ctx)
 
 
 @dataclass(frozen=True)
@@ -226,5 +237,5 @@ class Diagonals(Pattern):
         head = tiles.head if self.per_head else torch.zeros_like(tiles.head)
         return partial_key(self.classify(tiles), head, tiles.q_start - tiles.k_start)
 
-    def row_breaks(self, ctx: MaskContext) -> Tensor:
-        return diagonal_breaks(ctx, _run_cuts(self.offsets, ctx))
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        return _breaks_if_few(diagonal_breaks, self.offsets, ctx)
