@@ -107,6 +107,25 @@ class Tiles:
     def k_stop(self) -> Tensor:
         return torch.clamp((self.kv_block + 1) * self.ctx.block_n, max=self.ctx.kv_len)
 
+    # Derived extents, cached like the above: lowering asks every term of a pattern for them.
+    @cached_property
+    def q_last(self) -> Tensor:
+        return self.q_stop - 1
+
+    @cached_property
+    def k_last(self) -> Tensor:
+        return self.k_stop - 1
+
+    @cached_property
+    def corner_offset(self) -> Tensor:
+        """``q_pos - k`` at the tile's first row and first column."""
+        return self.q_start - self.k_start
+
+    @cached_property
+    def diagonal_span(self) -> tuple[Tensor, Tensor]:
+        """Smallest and largest ``q_pos - k`` over each tile."""
+        return self.q_start - self.k_last, self.q_last - self.k_start
+
     def __len__(self) -> int:
         return int(self.head.numel())
 
@@ -166,13 +185,14 @@ def interval_class(lo: Tensor, hi: Tensor, keep_lo: Tensor | int, keep_hi: Tenso
 
     Exact when ``x`` takes every integer value in the range over the tile, which holds for ``q_pos``,
     ``k``, ``q_pos - k`` and block-index differences over a rectangle. ``keep_hi=None`` is unbounded.
-    Written as ``1 + full - empty`` in few ops: lowering evaluates it for every term of a pattern.
+    Written in few ops (``1 + full - empty``, or a count of the span's ends inside when unbounded):
+    lowering evaluates it for every term of a pattern.
     """
-    full = lo >= keep_lo
-    empty = hi < keep_lo
-    if keep_hi is not None:
-        full = full & (hi < keep_hi)
-        empty = empty | (lo >= keep_hi)
+    if keep_hi is None:
+        # Each end of the span is in or out: 0 (EMPTY), 1 (PARTIAL) or 2 (FULL) of them are in.
+        return (lo >= keep_lo).to(torch.int8) + (hi >= keep_lo)
+    full = (lo >= keep_lo) & (hi < keep_hi)
+    empty = (hi < keep_lo) | (lo >= keep_hi)
     return (full.to(torch.int8) - empty.to(torch.int8)) + 1
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
-from sparseattn.patterns.primitives import diagonal_breaks, diagonal_span, key_breaks, partial_key
+from sparseattn.patterns.primitives import diagonal_breaks, key_breaks, partial_key
 
 IndexSet = tuple[int, ...] | tuple[tuple[int, ...], ...]
 
@@ -139,7 +139,7 @@ class Columns(Pattern):
 
     def classify(self, tiles: Tiles) -> Tensor:
         table = _membership(self.indices, tiles.ctx.kv_len, 0, tiles.ctx)
-        return _range_class(table, tiles.head, tiles.k_start, tiles.k_stop - 1)
+        return _range_class(table, tiles.head, tiles.k_start, tiles.k_last)
 
     def support(self, ctx: MaskContext) -> Tiles:
         table = _membership(self.indices, ctx.kv_len, 0, ctx)
@@ -196,7 +196,7 @@ class Diagonals(Pattern):
         return table[h, (q_idx + ctx.offset - kv_idx + ctx.kv_len).clamp(0, 2 * ctx.kv_len - 1)]
 
     def classify(self, tiles: Tiles) -> Tensor:
-        lo, hi = diagonal_span(tiles)
+        lo, hi = tiles.diagonal_span
         shift = tiles.ctx.kv_len
         return _range_class(self._table(tiles.ctx), tiles.head, lo + shift, hi + shift)
 
@@ -235,7 +235,7 @@ class Diagonals(Pattern):
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         head = tiles.head if self.per_head else torch.zeros_like(tiles.head)
-        return partial_key(self.classify(tiles), head, tiles.q_start - tiles.k_start)
+        return partial_key(self.classify(tiles), head, tiles.corner_offset)
 
     def row_breaks(self, ctx: MaskContext) -> Tensor | None:
         return _breaks_if_few(diagonal_breaks, self.offsets, ctx)

@@ -33,11 +33,6 @@ def clamped_key(value: Tensor, low: int, high: int) -> Tensor:
     return value.clamp(low, high).unsqueeze(1)
 
 
-def diagonal_span(tiles: Tiles) -> tuple[Tensor, Tensor]:
-    """Smallest and largest ``q_pos - k`` over each tile."""
-    return tiles.q_start - (tiles.k_stop - 1), (tiles.q_stop - 1) - tiles.k_start
-
-
 def diagonal_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
     """Row breaks of a predicate on ``q_pos - k`` that changes only at the values ``cuts`` [H|1, T].
 
@@ -146,7 +141,7 @@ class Causal(Pattern):
         return kv_idx <= q_idx + ctx.offset
 
     def classify(self, tiles: Tiles) -> Tensor:
-        lo, hi = diagonal_span(tiles)
+        lo, hi = tiles.diagonal_span
         return interval_class(lo, hi, 0, None)
 
     def support(self, ctx: MaskContext) -> Tiles:
@@ -163,7 +158,7 @@ class Causal(Pattern):
     def tile_key(self, tiles: Tiles) -> Tensor:
         # q_start - k_start >= block_n - 1: FULL; <= -block_m: EMPTY (any extents).
         ctx = tiles.ctx
-        return clamped_key(tiles.q_start - tiles.k_start, -ctx.block_m, ctx.block_n - 1)
+        return clamped_key(tiles.corner_offset, -ctx.block_m, ctx.block_n - 1)
 
 
 @dataclass(frozen=True)
@@ -186,7 +181,7 @@ class Sink(Pattern):
         return (kv_idx < self.size) & (q_idx >= 0)
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return interval_class(tiles.k_start, tiles.k_stop - 1, 0, self.size)
+        return interval_class(tiles.k_start, tiles.k_last, 0, self.size)
 
     def support(self, ctx: MaskContext) -> Tiles:
         lo = torch.zeros(ctx.num_q_blocks, dtype=torch.long, device=ctx.device)
@@ -226,7 +221,7 @@ class Window(Pattern):
         return (d >= 0) & (d < self.size)
 
     def classify(self, tiles: Tiles) -> Tensor:
-        lo, hi = diagonal_span(tiles)
+        lo, hi = tiles.diagonal_span
         return interval_class(lo, hi, 0, self.size)
 
     def support(self, ctx: MaskContext) -> Tiles:
@@ -244,7 +239,7 @@ class Window(Pattern):
         # With o = q_start - k_start: EMPTY for o <= -block_m or o >= size + block_n - 1, FULL for
         # block_n - 1 <= o <= size - block_m (any extents), so that whole range shares one key.
         bm, bn = tiles.ctx.block_m, tiles.ctx.block_n
-        key = clamped_key(tiles.q_start - tiles.k_start, -bm, self.size + bn - 1)
+        key = clamped_key(tiles.corner_offset, -bm, self.size + bn - 1)
         if bn - 1 <= self.size - bm:
             key = torch.where((key >= bn - 1) & (key <= self.size - bm), bn - 1, key)
         return key
@@ -270,7 +265,7 @@ class LastQueries(Pattern):
         return (q_idx + ctx.offset >= ctx.kv_len - self.n) & (kv_idx >= 0)
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return interval_class(tiles.q_start, tiles.q_stop - 1, tiles.ctx.kv_len - self.n, None)
+        return interval_class(tiles.q_start, tiles.q_last, tiles.ctx.kv_len - self.n, None)
 
     def support(self, ctx: MaskContext) -> Tiles:
         _, last = _q_block_positions(ctx)
@@ -321,8 +316,8 @@ class BlockBand(Pattern):
 
     def classify(self, tiles: Tiles) -> Tensor:
         bs = self.block_size
-        lo = tiles.q_start // bs - (tiles.k_stop - 1) // bs
-        hi = (tiles.q_stop - 1) // bs - tiles.k_start // bs
+        lo = tiles.q_start // bs - tiles.k_last // bs
+        hi = tiles.q_last // bs - tiles.k_start // bs
         return interval_class(lo, hi, 0, self.blocks)
 
     def support(self, ctx: MaskContext) -> Tiles:
@@ -349,4 +344,4 @@ class BlockBand(Pattern):
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         cls = self.classify(tiles)
-        return partial_key(cls, tiles.q_start - tiles.k_start, tiles.q_start % self.block_size)
+        return partial_key(cls, tiles.corner_offset, tiles.q_start % self.block_size)
