@@ -12,8 +12,8 @@ tiles), so the list is built to keep every multiprocessor busy until the end:
   (batch, query block, head) order, so the query heads that share a kv head run side by side and reuse
   its K/V through L2.
 
-Everything is built with torch ops on the layout's device; the only host syncs are the sizes of the
-list and of the scratch.
+Everything is built with torch ops on the layout's device. Splitting rows costs one host sync (how many
+items and split rows there are); deciding whether and how finely to split costs one more (`RowStats`).
 """
 
 from __future__ import annotations
