@@ -75,6 +75,22 @@ class MaskContext:
     def num_kv_blocks(self) -> int:
         return -(-self.kv_len // self.block_n)
 
+    # Cached on the context, which a lowering builds for itself: every term of a pattern asks for
+    # these, and on a GPU each recomputation is a few kernel launches. Callers never write them.
+    @cached_property
+    def q_block_span(self) -> tuple[Tensor, Tensor]:
+        """(first, last) query position of every query block, ``[QB]`` each."""
+        qb = torch.arange(self.num_q_blocks, device=self.device)
+        first = qb * self.block_m + self.offset
+        last = torch.clamp((qb + 1) * self.block_m, max=self.q_len) - 1 + self.offset
+        return first, last
+
+    @cached_property
+    def row_ends(self) -> tuple[Tensor, Tensor]:
+        """``first + 1`` and ``last`` query positions of every query block, ``[1, QB, 1]`` each."""
+        first, last = self.q_block_span
+        return (first + 1).view(1, -1, 1), last.view(1, -1, 1)
+
 
 @dataclass(frozen=True, eq=False)
 class Tiles:

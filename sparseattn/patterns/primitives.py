@@ -7,7 +7,6 @@ differences), each of which takes every integer value in a range over a rectangu
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -41,18 +40,11 @@ def diagonal_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
     ``c`` for kv blocks below ``(q_start + 1 - c) // block_n``, the largest, ``q_last - k_start``, for
     kv blocks below ``(q_last - c) // block_n + 1``. Returns ``[H|1, QB, 2T]``.
     """
-    after_first, last = _row_ends(ctx)
+    after_first, last = ctx.row_ends
     c = cuts.view(cuts.shape[0], 1, -1)
     smallest = torch.div(after_first - c, ctx.block_n, rounding_mode="floor")
     largest = torch.div(last - c, ctx.block_n, rounding_mode="floor") + 1
     return torch.cat([smallest, largest], dim=-1)
-
-
-@functools.lru_cache(maxsize=32)
-def _row_ends(ctx: MaskContext) -> tuple[Tensor, Tensor]:
-    """``first + 1`` and ``last`` query positions of every query block, as ``[1, QB, 1]``."""
-    first, last = _q_block_positions(ctx)
-    return (first + 1).view(1, -1, 1), last.view(1, -1, 1)
 
 
 def key_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
@@ -72,7 +64,6 @@ def no_breaks(ctx: MaskContext) -> Tensor:
     return torch.zeros(1, ctx.num_q_blocks, 0, dtype=torch.long, device=ctx.device)
 
 
-@functools.lru_cache(maxsize=256)
 def _cuts(ctx: MaskContext, *values: int) -> Tensor:
     return torch.tensor([values], dtype=torch.long, device=ctx.device)
 
@@ -84,16 +75,6 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 def _all_q_blocks(ctx: MaskContext, lo: Tensor, hi: Tensor) -> Tiles:
     return Tiles.from_ranges(ctx, lo.clamp(0, ctx.num_kv_blocks), hi.clamp(0, ctx.num_kv_blocks))
-
-
-@functools.lru_cache(maxsize=32)
-def _q_block_positions(ctx: MaskContext) -> tuple[Tensor, Tensor]:
-    """(first, last) query position of every query block (cached per context: every term of a pattern
-    asks for them, and on a GPU each recomputation is a few kernel launches; callers never write them)."""
-    qb = torch.arange(ctx.num_q_blocks, device=ctx.device)
-    first = qb * ctx.block_m + ctx.offset
-    last = torch.clamp((qb + 1) * ctx.block_m, max=ctx.q_len) - 1 + ctx.offset
-    return first, last
 
 
 @dataclass(frozen=True)
@@ -145,11 +126,11 @@ class Causal(Pattern):
         return interval_class(lo, hi, 0, None)
 
     def support(self, ctx: MaskContext) -> Tiles:
-        _, last = _q_block_positions(ctx)
+        _, last = ctx.q_block_span
         return _all_q_blocks(ctx, torch.zeros_like(last), last // ctx.block_n + 1)
 
     def support_size(self, ctx: MaskContext) -> int:
-        _, last = _q_block_positions(ctx)
+        _, last = ctx.q_block_span
         return int((last // ctx.block_n + 1).clamp(max=ctx.num_kv_blocks).sum())
 
     def row_breaks(self, ctx: MaskContext) -> Tensor:
@@ -225,7 +206,7 @@ class Window(Pattern):
         return interval_class(lo, hi, 0, self.size)
 
     def support(self, ctx: MaskContext) -> Tiles:
-        first, last = _q_block_positions(ctx)
+        first, last = ctx.q_block_span
         lo = (first - self.size + 1).clamp(min=0) // ctx.block_n
         return _all_q_blocks(ctx, lo, last // ctx.block_n + 1)
 
@@ -268,7 +249,7 @@ class LastQueries(Pattern):
         return interval_class(tiles.q_start, tiles.q_last, tiles.ctx.kv_len - self.n, None)
 
     def support(self, ctx: MaskContext) -> Tiles:
-        _, last = _q_block_positions(ctx)
+        _, last = ctx.q_block_span
         hit = last >= ctx.kv_len - self.n
         return _all_q_blocks(ctx, torch.zeros_like(last), torch.where(hit, ctx.num_kv_blocks, 0))
 
@@ -321,7 +302,7 @@ class BlockBand(Pattern):
         return interval_class(lo, hi, 0, self.blocks)
 
     def support(self, ctx: MaskContext) -> Tiles:
-        first, last = _q_block_positions(ctx)
+        first, last = ctx.q_block_span
         bs = self.block_size
         lo = ((first // bs - self.blocks + 1) * bs).clamp(min=0) // ctx.block_n
         hi = ((last // bs + 1) * bs - 1) // ctx.block_n + 1
@@ -335,7 +316,7 @@ class BlockBand(Pattern):
         # As `diagonal_breaks`, on block differences: the smallest, first // bs - (k_stop - 1) // bs,
         # reaches c below kv block (first // bs - c + 1) * bs // block_n; the largest,
         # last // bs - k_start // bs, below ((last // bs - c + 1) * bs - 1) // block_n + 1.
-        first, last = _q_block_positions(ctx)
+        first, last = ctx.q_block_span
         bs, bn = self.block_size, ctx.block_n
         c = _cuts(ctx, 0, self.blocks).view(1, 1, -1)
         smallest = (first.view(1, -1, 1) // bs - c + 1) * bs // bn
