@@ -1,5 +1,7 @@
 """Lowering by row segments against its oracle, the per-tile path, and the row breaks it rests on."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -132,3 +134,31 @@ def test_select_heads_rejects_bad_ids():
         layout.select_heads([0, 2])
     with pytest.raises(ValueError, match="heads: expected"):
         layout.select_heads([])
+
+
+def test_recurring_terms_are_evaluated_once_per_tile_set():
+    calls = []
+
+    @dataclass(frozen=True)
+    class CountedCausal(Causal):
+        def classify(self, tiles):
+            calls.append(len(tiles))
+            return super().classify(tiles)
+
+    pattern = (CountedCausal() & Window(100)) | (CountedCausal() & Sink(8))
+    layout = lower(pattern, 1024, block_size=(64, 64))
+    assert torch.equal(layout.to_dense()[0, 0], pattern.to_dense(1024)[0])
+    assert len(calls) == 1  # the probe tiles; the two equal terms share the evaluation
+
+
+def test_unhashable_user_patterns_are_evaluated_every_time():
+    @dataclass(frozen=True)
+    class Listed(Pattern):
+        offsets: list  # a list field: the pattern cannot be hashed
+
+        def mask(self, h, q_idx, kv_idx, ctx):
+            return (kv_idx <= q_idx + ctx.offset) & ((q_idx + ctx.offset - kv_idx) < self.offsets[0])
+
+    pattern = Listed([40]) | (Causal() & Sink(4))
+    layout = lower(pattern, 300, 300, block_size=(32, 32))
+    assert torch.equal(layout.to_dense()[0, 0], pattern.to_dense(300)[0])

@@ -93,14 +93,14 @@ class Nary(Pattern):
         return out
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return self.combine_classes(torch.stack([t.classify(tiles) for t in self.terms]))
+        return self.combine_classes(torch.stack([tiles.classes_of(t) for t in self.terms]))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return torch.cat([t.tile_key(tiles) for t in self.terms], dim=1)
+        return torch.cat([tiles.keys_of(t) for t in self.terms], dim=1)
 
     def row_breaks(self, ctx: MaskContext) -> Tensor | None:
         # Kleene min / max of the terms' classes changes only where some term's class does.
-        parts = [t.row_breaks(ctx) for t in self.terms]
+        parts = [ctx.breaks_of(t) for t in self.terms]
         if any(p is None for p in parts):
             return None
         return stack_breaks(parts)  # type: ignore[arg-type]
@@ -205,10 +205,10 @@ class Not(Pattern):
         return ~self.term.mask(h, q_idx, kv_idx, ctx)
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return (2 - self.term.classify(tiles)).to(torch.int8)
+        return (2 - tiles.classes_of(self.term)).to(torch.int8)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return self.term.tile_key(tiles)
+        return tiles.keys_of(self.term)
 
     def row_breaks(self, ctx: MaskContext) -> Tensor | None:
-        return self.term.row_breaks(ctx)
+        return ctx.breaks_of(self.term)

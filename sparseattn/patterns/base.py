@@ -16,10 +16,11 @@ and O(tile area).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -53,6 +54,7 @@ class MaskContext:
     block_m: int = 64
     block_n: int = 64
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _memo: dict[object, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.q_len <= self.kv_len:
@@ -77,6 +79,10 @@ class MaskContext:
 
     # Cached on the context, which a lowering builds for itself: every term of a pattern asks for
     # these, and on a GPU each recomputation is a few kernel launches. Callers never write them.
+    def breaks_of(self, pattern: Pattern) -> Tensor | None:
+        """``pattern.row_breaks(self)``, computed once per equal pattern under this context."""
+        return _memoised(self._memo, ("row_breaks", pattern), lambda: pattern.row_breaks(self))
+
     @cached_property
     def q_block_span(self) -> tuple[Tensor, Tensor]:
         """(first, last) query position of every query block, ``[QB]`` each."""
@@ -104,6 +110,17 @@ class Tiles:
     head: Tensor
     q_block: Tensor
     kv_block: Tensor
+    _memo: dict[object, Any] = field(default_factory=dict, init=False, repr=False)
+
+    # Terms recur inside expressions (every member of a per-head mixture has its own ``Causal()``), and
+    # on a GPU each evaluation is several launches: equal patterns are evaluated once per tile set.
+    def classes_of(self, pattern: Pattern) -> Tensor:
+        """``pattern.classify(self)``, computed once per equal pattern."""
+        return _memoised(self._memo, ("classify", pattern), lambda: pattern.classify(self))
+
+    def keys_of(self, pattern: Pattern) -> Tensor:
+        """``pattern.tile_key(self)``, computed once per equal pattern."""
+        return _memoised(self._memo, ("tile_key", pattern), lambda: pattern.tile_key(self))
 
     @cached_property
     def q_start(self) -> Tensor:
@@ -194,6 +211,21 @@ class Tiles:
         n = len(self)
         head = torch.arange(heads, device=self.head.device).repeat_interleave(n)
         return Tiles(self.ctx, head, self.q_block.repeat(heads), self.kv_block.repeat(heads))
+
+
+_Result = TypeVar("_Result")
+
+
+def _memoised(memo: dict[object, Any], key: tuple[str, Pattern], compute: Callable[[], _Result]) -> _Result:
+    """``memo[key]``, computed on first use; patterns that cannot be hashed are computed every time."""
+    try:
+        if key in memo:
+            cached: _Result = memo[key]
+            return cached
+    except TypeError:
+        return compute()
+    memo[key] = result = compute()
+    return result
 
 
 def interval_class(lo: Tensor, hi: Tensor, keep_lo: Tensor | int, keep_hi: Tensor | int | None) -> Tensor:

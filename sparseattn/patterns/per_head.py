@@ -73,7 +73,7 @@ class PerHead(Pattern):
 
     def classify(self, tiles: Tiles) -> Tensor:
         out = torch.zeros(len(tiles), dtype=torch.int8, device=tiles.head.device)
-        for i, cls in enumerate(self._by_member(tiles, lambda p, t: p.classify(t))):
+        for i, cls in enumerate(self._by_member(tiles, lambda p, t: t.classes_of(p))):
             out = torch.where(tiles.head == i, cls, out)
         return out
 
@@ -100,7 +100,7 @@ class PerHead(Pattern):
     def row_breaks(self, ctx: MaskContext) -> Tensor | None:
         rows = []
         for i, p in enumerate(self.patterns):
-            breaks = p.row_breaks(ctx)
+            breaks = ctx.breaks_of(p)
             if breaks is None:
                 return None
             rows.append(breaks[i if breaks.shape[0] > 1 else 0])
@@ -109,7 +109,7 @@ class PerHead(Pattern):
         return torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows])
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        keys = self._by_member(tiles, lambda p, t: p.tile_key(t))
+        keys = self._by_member(tiles, lambda p, t: t.keys_of(p))
         width = max(key.shape[1] for key in keys)
         out = torch.zeros(len(tiles), width, dtype=torch.long, device=tiles.head.device)
         for i, key in enumerate(keys):

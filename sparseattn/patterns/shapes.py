@@ -33,7 +33,7 @@ class Composite(Pattern):
         return self.expression.mask(h, q_idx, kv_idx, ctx)
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return self.expression.classify(tiles)
+        return tiles.classes_of(self.expression)
 
     def support(self, ctx: MaskContext) -> Tiles | None:
         return self.expression.support(ctx)
@@ -42,10 +42,10 @@ class Composite(Pattern):
         return self.expression.support_size(ctx)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        return self.expression.tile_key(tiles)
+        return tiles.keys_of(self.expression)
 
     def row_breaks(self, ctx: MaskContext) -> Tensor | None:
-        return self.expression.row_breaks(ctx)
+        return ctx.breaks_of(self.expression)
 
 
 @dataclass(frozen=True)
