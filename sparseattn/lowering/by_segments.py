@@ -29,10 +29,10 @@ from sparseattn.patterns.columns import Columns
 
 def run_grid(pattern: Pattern, ctx: MaskContext, heads: int | None) -> tuple[Tensor, Tensor] | None:
     """``(lo, hi)`` [rows, S] of every run, rows ``head * QB + q_block``, runs ascending within a row
-    (some empty); None when the pattern has no breaks or as many as a row has tiles."""
+    (some empty); None when the pattern has no breaks."""
     breaks = pattern.row_breaks(ctx)
     kb = ctx.num_kv_blocks
-    if breaks is None or breaks.shape[-1] > kb:
+    if breaks is None:
         return None
     breaks = breaks.expand(heads or 1, ctx.num_q_blocks, -1)
     fixed = torch.tensor([0, kb - 1, kb], dtype=torch.long, device=ctx.device)

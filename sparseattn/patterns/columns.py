@@ -75,12 +75,12 @@ def _run_cuts(indices: IndexSet) -> list[list[int]]:
 def _breaks_if_few(
     breaks: Callable[[MaskContext, Tensor], Tensor], indices: IndexSet, ctx: MaskContext
 ) -> Tensor | None:
-    """Row breaks of an index set, or None when they would outnumber a row's tiles: every tile is then
-    its own run, the per-tile path is no slower, and the [H, QB, P] breaks of thousands of scattered
-    diagonals would not even fit in memory."""
+    """Row breaks of an index set, or None when they are many: beyond a quarter of a row's tiles the
+    runs are short and the per-tile path is as fast, and the [H, QB, P] breaks of thousands of
+    scattered diagonals would not even fit in memory. A few dozen are always fine."""
     per_head = _run_cuts(indices)
     width = max(len(c) for c in per_head)
-    if 2 * width > ctx.num_kv_blocks:
+    if 2 * width > max(64, ctx.num_kv_blocks // 4):
         return None
     # Heads with fewer cuts repeat their first one (a repeated cut adds no break).
     padded = [c + [c[0]] * (width - len(c)) for c in per_head]
