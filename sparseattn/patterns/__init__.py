@@ -3,6 +3,7 @@
 from sparseattn.patterns.algebra import And, Not, Or
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, TileClass, Tiles
 from sparseattn.patterns.columns import Columns, Diagonals
+from sparseattn.patterns.documents import Documents
 from sparseattn.patterns.dynamic import (
     BlockMass,
     BlockTopK,
@@ -29,6 +30,7 @@ __all__ = [
     "Columns",
     "Composite",
     "Diagonals",
+    "Documents",
     "Full",
     "LastQueries",
     "MaskContext",

@@ -14,6 +14,7 @@ from sparseattn.patterns import (
     Causal,
     Columns,
     Diagonals,
+    Documents,
     Full,
     LastQueries,
     Pattern,
@@ -56,6 +57,7 @@ def primitives(max_len: int = MAX_LEN) -> st.SearchStrategy[Pattern]:
         st.builds(BlockBand, st.integers(1, 4), st.sampled_from([1, 3, 16, 32])),
         st.builds(Columns, _index_sets(0, max_len)),
         st.builds(Diagonals, _index_sets(-8, max_len)),
+        st.builds(Documents, _index_sets(1, max_len)),
     )
 
 

@@ -1,0 +1,95 @@
+"""`Documents`: packed sequences, each query attending only within its own document."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
+from sparseattn.patterns.primitives import key_breaks, no_breaks, partial_key
+
+# Row breaks are worth their cost only while they are a fraction of a row's tiles (as for index sets).
+_FEW_BREAKS = 64
+
+
+@dataclass(frozen=True)
+class Documents(Pattern):
+    """Packed documents: a query keeps only keys of its own document, ``doc(q_pos) == doc(k)``.
+
+    ``starts`` are the positions where the second, third, ... documents begin; ``doc(x)`` counts the
+    starts at or before ``x``. Combine with `Causal` for packed causal prefill, or with any other
+    pattern to sparsify inside documents. Stored sorted and deduplicated, so ``repr`` round-trips.
+
+    >>> from sparseattn.patterns import Causal
+    >>> print((Causal() & Documents((3,))).render(6))
+    #-----
+    ##----
+    ###---
+    ---#--
+    ---##-
+    ---###
+    """
+
+    starts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        values = self.starts
+        if isinstance(values, Tensor):
+            values = values.tolist()
+        if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+            raise ValueError(f"starts: expected a sequence of document start positions, got {values!r}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"starts: expected ints >= 1 (the first document starts at 0), got {v!r}")
+        object.__setattr__(self, "starts", tuple(sorted(set(values))))
+
+    def _starts(self, device: torch.device) -> Tensor:
+        return torch.tensor(self.starts, dtype=torch.long, device=device)
+
+    def _doc(self, x: Tensor) -> Tensor:
+        return torch.searchsorted(self._starts(x.device), x.contiguous(), right=True)
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        q_doc = self._doc(q_idx + ctx.offset)
+        return q_doc == self._doc(kv_idx)
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        # Documents are intervals, so the tile meets every document between its first and last row's
+        # (and column's): FULL when one document covers both ranges, EMPTY when the ranges are disjoint.
+        q_lo, q_hi = self._doc(tiles.q_start), self._doc(tiles.q_last)
+        k_lo, k_hi = self._doc(tiles.k_start), self._doc(tiles.k_last)
+        full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
+        empty = (q_hi < k_lo) | (k_hi < q_lo)
+        return torch.where(full, FULL, torch.where(empty, EMPTY, PARTIAL)).to(torch.int8)
+
+    def _key_range(self, ctx: MaskContext) -> tuple[Tensor, Tensor]:
+        """First and one past the last key of the documents each query block meets."""
+        first, last = ctx.q_block_span
+        bounds = torch.cat([torch.zeros(1, dtype=torch.long, device=ctx.device), self._starts(ctx.device)])
+        lo = bounds[self._doc(first)]
+        ends = torch.cat([self._starts(ctx.device), torch.tensor([ctx.kv_len], device=ctx.device)])
+        hi = ends[self._doc(last)].clamp(max=ctx.kv_len)
+        return lo, hi
+
+    def support(self, ctx: MaskContext) -> Tiles:
+        lo, hi = self._key_range(ctx)
+        return Tiles.from_ranges(ctx, lo // ctx.block_n, -(-hi // ctx.block_n))
+
+    def support_size(self, ctx: MaskContext) -> int:
+        lo, hi = self._key_range(ctx)
+        return int((-(-hi // ctx.block_n) - lo // ctx.block_n).clamp(min=0).sum())
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        # Along a row only the key side moves: the class changes where a tile's keys cross a start.
+        if not self.starts:
+            return no_breaks(ctx)
+        if 2 * len(self.starts) > max(_FEW_BREAKS, ctx.num_kv_blocks // 4):
+            return None
+        return key_breaks(ctx, self._starts(ctx.device).view(1, -1))
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        # A partial tile's bitmap depends on where the starts fall inside it: its own corner is a key.
+        return partial_key(self.classify(tiles), tiles.q_start, tiles.k_start)
