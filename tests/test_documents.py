@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseattn import Causal, Documents, Window, sparse_attention
+from sparseattn import Causal, Documents, Window, lower, sparse_attention
 from sparseattn.testing import check_pattern, pattern_property_test
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
@@ -54,3 +54,15 @@ def test_packed_causal_prefill_matches_the_oracle(starts):
     for impl in ("reference", "flex", "triton"):
         out, lse = sparse_attention(q, k, v, pattern, impl=impl, return_lse=True)
         assert_close_to_oracle(out, lse, q, k, v, mask)
+
+
+def test_many_documents_lower_exactly_with_few_bitmaps():
+    # Documents of 50 to 300 tokens on 64-wide tiles: tiles holding one start and tiles holding several.
+    starts = tuple(torch.cumsum(torch.randint(50, 300, (40,), generator=torch.Generator().manual_seed(0)), 0).tolist())
+    pattern = Causal() & Documents(starts)
+    layout = lower(pattern, 4096, block_size=(64, 64))
+    assert torch.equal(layout.to_dense()[0, 0], pattern.to_dense(4096)[0])
+    oracle = lower(pattern, 4096, block_size=(64, 64), by_segments=False)
+    assert torch.equal(layout.kv_indices, oracle.kv_indices)
+    # Boundary tiles with one start each share bitmaps by where the start falls, not one per tile.
+    assert layout.tile_masks.shape[0] < layout.kv_indices.numel() // 2

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
-from sparseattn.patterns.primitives import key_breaks, no_breaks, partial_key
+from sparseattn.patterns.primitives import key_breaks, no_breaks
 
 # Row breaks are worth their cost only while they are a fraction of a row's tiles (as for index sets).
 _FEW_BREAKS = 64
@@ -91,5 +91,26 @@ class Documents(Pattern):
         return key_breaks(ctx, self._starts(ctx.device).view(1, -1))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        # A partial tile's bitmap depends on where the starts fall inside it: its own corner is a key.
-        return partial_key(self.classify(tiles), tiles.q_start, tiles.k_start)
+        # With at most one start inside the tile's rows and one inside its columns, the bitmap is fixed
+        # by where they fall (the row and column at which the document changes) and by the difference
+        # of the documents at the corner. A tile holding more starts (documents shorter than a tile)
+        # is keyed by its own position.
+        ctx = tiles.ctx
+        q_doc, k_doc = self._doc(tiles.q_start), self._doc(tiles.k_start)
+        q_cuts, k_cuts = self._doc(tiles.q_last) - q_doc, self._doc(tiles.k_last) - k_doc
+        bounds = torch.cat([self._starts(ctx.device), torch.tensor([1 << 62], device=ctx.device)])
+        q_change = torch.where(q_cuts > 0, bounds[q_doc] - tiles.q_start, ctx.block_m)
+        k_change = torch.where(k_cuts > 0, bounds[k_doc] - tiles.k_start, ctx.block_n)
+        simple = (q_cuts <= 1) & (k_cuts <= 1)
+        key = torch.stack(
+            [
+                simple.long(),
+                torch.where(simple, q_change, tiles.q_start),
+                torch.where(simple, k_change, tiles.k_start),
+                torch.where(simple, q_doc - k_doc, 0),
+            ],
+            dim=1,
+        )
+        # FULL and EMPTY tiles share one key each (negative: a PARTIAL key starts with 0 or 1).
+        cls = self.classify(tiles).long().unsqueeze(1)
+        return torch.where(cls == PARTIAL, key, cls - 3)
