@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from sparseattn.kernels.triton_fwd import work_list
 from sparseattn.lowering import lower
-from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
+from sparseattn.patterns import AShape, Causal, Documents, Pattern, PerHead, Streaming, Triangle
 
 RESULTS = Path(__file__).parent / "results"
 HEADS = 32
@@ -104,6 +104,7 @@ def cases(device: str) -> list[tuple[str, Pattern, int, tuple[int, int]]]:
         ("ashape", AShape(), 1 << 20, (64, 64)),
         ("causal", Causal(), 1 << 17, (128, 128)),
         ("mixture", mixture, 1 << 17, (128, 128)),
+        ("packed documents", Causal() & Documents(tuple(range(1300, 1 << 17, 1300))), 1 << 17, (64, 64)),
     ]
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
-from sparseattn.patterns.primitives import key_breaks, no_breaks
+from sparseattn.patterns.primitives import no_breaks
 
 # Row breaks are worth their cost only while they are a fraction of a row's tiles (as for index sets).
 _FEW_BREAKS = 64
@@ -83,12 +83,27 @@ class Documents(Pattern):
         return int((-(-hi // ctx.block_n) - lo // ctx.block_n).clamp(min=0).sum())
 
     def row_breaks(self, ctx: MaskContext) -> Tensor | None:
-        # Along a row only the key side moves: the class changes where a tile's keys cross a start.
+        # Along a row only the key side moves, and the class changes only where a tile's keys cross the
+        # start or end of a document the row's queries are in: a row needs the starts of its own
+        # documents and the one after them, not every start of the prompt.
         if not self.starts:
             return no_breaks(ctx)
-        if 2 * len(self.starts) > max(_FEW_BREAKS, ctx.num_kv_blocks // 4):
+        first, last = ctx.q_block_span
+        q_lo, q_hi = self._doc(first), self._doc(last)
+        width = int((q_hi - q_lo).max()) + 2  # the row's documents' starts and the next one's
+        if 2 * width > max(_FEW_BREAKS, ctx.num_kv_blocks // 4):
             return None
-        return key_breaks(ctx, self._starts(ctx.device).view(1, -1))
+        bounds = torch.cat(
+            [
+                torch.zeros(1, dtype=torch.long, device=ctx.device),
+                self._starts(ctx.device),
+                torch.tensor([ctx.kv_len], device=ctx.device),
+            ]
+        )
+        index = (q_lo.view(-1, 1) + torch.arange(width, device=ctx.device)).clamp(max=bounds.numel() - 1)
+        cuts = bounds[index].unsqueeze(0)  # [1, QB, width]
+        floor = torch.div(cuts, ctx.block_n, rounding_mode="floor")
+        return torch.cat([floor, -torch.div(-cuts, ctx.block_n, rounding_mode="floor")], dim=-1)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         # With at most one start inside the tile's rows and one inside its columns, the bitmap is fixed
