@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparseattn.lowering import lower
-from sparseattn.patterns import AShape, Causal, Columns, PerHead, Streaming, Triangle, Window
+from sparseattn.patterns import AShape, Causal, Columns, Documents, PerHead, Streaming, Triangle, Window
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,6 +22,7 @@ PATTERNS = {
         tuple([Causal(), Streaming(128, 4096), AShape(1, 32, 128), Triangle()][h % 4] for h in range(32))
     ),
     "columns": Causal() & (Columns(tuple(range(0, 30000, 97))) | Window(1000)),
+    "documents": Causal() & Documents(tuple(range(1000, 32768, 1000))),
 }
 
 
