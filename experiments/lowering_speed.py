@@ -24,6 +24,7 @@ from tqdm import tqdm
 from sparseattn.kernels.triton_fwd import work_list
 from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Documents, Pattern, PerHead, Streaming, Triangle
+from sparseattn.testing import layouts_differ
 
 RESULTS = Path(__file__).parent / "results"
 HEADS = 32
@@ -54,7 +55,7 @@ def measure(name: str, pattern: Pattern, n: int, block: tuple[int, int], device:
 
     seg_ms, layout = timed(by(True), device, repeats)
     tile_ms, oracle = timed(by(False), device, max(1, repeats // 3))
-    same = torch.equal(layout.to_dense(), oracle.to_dense()) if n <= 8192 else _same_lists(layout, oracle)
+    same = layouts_differ(layout, oracle) is None
     plan_ms = None
     if device == "cuda":
         plans = [lower(pattern, n, block_size=block, num_heads=heads, device=device) for _ in range(repeats)]
@@ -74,15 +75,6 @@ def measure(name: str, pattern: Pattern, n: int, block: tuple[int, int], device:
         "distinct_bitmaps": int(layout.tile_masks.shape[0]),
         "layout_MiB": layout.nbytes / 2**20,
     }
-
-
-def _same_lists(a, b) -> bool:
-    names = ("full_kv_num_blocks", "full_kv_start", "full_kv_indices", "kv_num_blocks", "kv_indices")
-    if not all(torch.equal(getattr(a, f), getattr(b, f)) for f in names):
-        return False
-    bits_a = a.tile_masks[a.kv_mask_ids.long()]
-    bits_b = b.tile_masks[b.kv_mask_ids.long()]
-    return bool(torch.equal(bits_a, bits_b))
 
 
 def cases(device: str) -> list[tuple[str, Pattern, int, tuple[int, int]]]:

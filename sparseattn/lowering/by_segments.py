@@ -23,7 +23,7 @@ from torch import Tensor
 from sparseattn.layout import BlockLayout
 from sparseattn.lowering.by_tiles import partial_bitmaps
 from sparseattn.lowering.gathered import gathered_columns
-from sparseattn.patterns.base import FULL, PARTIAL, MaskContext, Pattern, Tiles
+from sparseattn.patterns.base import FULL, PARTIAL, MaskContext, Pattern, Tiles, expand_runs
 from sparseattn.patterns.columns import Columns
 
 
@@ -39,14 +39,6 @@ def run_grid(pattern: Pattern, ctx: MaskContext, heads: int | None) -> tuple[Ten
     edges = torch.cat([breaks.clamp(0, kb), fixed.expand(*breaks.shape[:2], 3)], dim=-1)
     edges = edges.sort(dim=-1).values.reshape(-1, edges.shape[-1])
     return edges[:, :-1], edges[:, 1:]
-
-
-def _expand_runs(lo: Tensor, length: Tensor, total: int) -> tuple[Tensor, Tensor]:
-    """(run, kv block) of every tile of the flat runs ``[lo, lo + length)``; ``total`` is their sum."""
-    n = lo.numel()
-    run = torch.repeat_interleave(torch.arange(n, device=lo.device), length, output_size=total)
-    shift = lo - (torch.cumsum(length, 0) - length)  # kv block = position in the output + the run's shift
-    return run, torch.arange(total, device=lo.device) + shift[run]
 
 
 def _csr(row: Tensor, rows: int, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -77,7 +69,7 @@ def lower_by_segments(
 
     # PARTIAL tiles, one by one, under the whole pattern: the bitmaps give each its true class, as
     # gathered columns may fill a tile up and Kleene logic may call an empty or full tile PARTIAL.
-    run, p_kb = _expand_runs(lo, p_len, n_part)
+    run, p_kb = expand_runs(lo, p_len, n_part)
     p_row = row[run]
     tile_masks, mask_id, true_class = partial_bitmaps(pattern, Tiles(ctx, p_row // qbn, p_row % qbn, p_kb))
     f_row, f_lo = row, lo
@@ -92,7 +84,7 @@ def lower_by_segments(
 
     f_num, f_start = _csr(f_row, rows, f_len)
     p_num, p_start = _csr(p_row, rows)
-    _, f_idx = _expand_runs(f_lo, f_len, n_full)
+    _, f_idx = expand_runs(f_lo, f_len, n_full)
     lead = (1, heads or 1, qbn)
     col_num = col_start = col_idx = None
     if columns:

@@ -182,11 +182,7 @@ class Tiles:
 
         ``lo`` and ``hi`` have one entry per (head, q block) row; rows with ``hi <= lo`` contribute nothing.
         """
-        count = (hi - lo).clamp(min=0)
-        rows = torch.arange(lo.numel(), device=lo.device)
-        row = torch.repeat_interleave(rows, count)
-        start = torch.cumsum(count, 0) - count
-        kv_block = lo[row] + (torch.arange(row.numel(), device=lo.device) - start[row])
+        row, kv_block = expand_runs(lo, (hi - lo).clamp(min=0))
         q_block = row % ctx.num_q_blocks
         heads = torch.zeros_like(row) if head is None else head[row]
         return Tiles(ctx, heads, q_block, kv_block)
@@ -211,6 +207,16 @@ class Tiles:
         n = len(self)
         head = torch.arange(heads, device=self.head.device).repeat_interleave(n)
         return Tiles(self.ctx, head, self.q_block.repeat(heads), self.kv_block.repeat(heads))
+
+
+def expand_runs(lo: Tensor, count: Tensor, total: int | None = None) -> tuple[Tensor, Tensor]:
+    """(run, value) of every value of the runs ``[lo[i], lo[i] + count[i])``, concatenated in order.
+
+    ``total`` (the sum of ``count``, when the caller knows it) spares a device sync.
+    """
+    run = torch.repeat_interleave(torch.arange(lo.numel(), device=lo.device), count, output_size=total)
+    shift = lo - (torch.cumsum(count, 0) - count)  # value = position in the output + the run's shift
+    return run, torch.arange(run.numel(), device=lo.device) + shift[run]
 
 
 _Result = TypeVar("_Result")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
-from sparseattn.patterns.primitives import no_breaks
+from sparseattn.patterns.primitives import key_breaks, no_breaks
 
 # Row breaks are worth their cost only while they are a fraction of a row's tiles (as for index sets).
 _FEW_BREAKS = 64
@@ -46,33 +46,42 @@ class Documents(Pattern):
                 raise ValueError(f"starts: expected ints >= 1 (the first document starts at 0), got {v!r}")
         object.__setattr__(self, "starts", tuple(sorted(set(values))))
 
-    def _starts(self, device: torch.device) -> Tensor:
-        return torch.tensor(self.starts, dtype=torch.long, device=device)
+    def _bounds(self, ctx: MaskContext) -> Tensor:
+        """``[0, *starts, kv_len]``: document ``d`` holds the keys in ``[bounds[d], bounds[d + 1])``."""
+        return torch.tensor((0, *self.starts, ctx.kv_len), dtype=torch.long, device=ctx.device)
 
-    def _doc(self, x: Tensor) -> Tensor:
-        return torch.searchsorted(self._starts(x.device), x.contiguous(), right=True)
+    @staticmethod
+    def _doc(bounds: Tensor, x: Tensor) -> Tensor:
+        """The document of each position ``x`` (the starts at or before it)."""
+        return torch.searchsorted(bounds[1:-1], x.contiguous(), right=True)
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
-        q_doc = self._doc(q_idx + ctx.offset)
-        return q_doc == self._doc(kv_idx)
+        bounds = self._bounds(ctx)
+        return self._doc(bounds, q_idx + ctx.offset) == self._doc(bounds, kv_idx)
 
-    def classify(self, tiles: Tiles) -> Tensor:
+    def _doc_spans(self, tiles: Tiles) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(bounds, then the documents of each tile's first and last row, first and last column)."""
+        bounds = self._bounds(tiles.ctx)
+        spans = (tiles.q_start, tiles.q_last, tiles.k_start, tiles.k_last)
+        q_lo, q_hi, k_lo, k_hi = (self._doc(bounds, x) for x in spans)
+        return bounds, q_lo, q_hi, k_lo, k_hi
+
+    @staticmethod
+    def _class(q_lo: Tensor, q_hi: Tensor, k_lo: Tensor, k_hi: Tensor) -> Tensor:
         # Documents are intervals, so the tile meets every document between its first and last row's
         # (and column's): FULL when one document covers both ranges, EMPTY when the ranges are disjoint.
-        q_lo, q_hi = self._doc(tiles.q_start), self._doc(tiles.q_last)
-        k_lo, k_hi = self._doc(tiles.k_start), self._doc(tiles.k_last)
         full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
         empty = (q_hi < k_lo) | (k_hi < q_lo)
         return torch.where(full, FULL, torch.where(empty, EMPTY, PARTIAL)).to(torch.int8)
 
+    def classify(self, tiles: Tiles) -> Tensor:
+        return self._class(*self._doc_spans(tiles)[1:])
+
     def _key_range(self, ctx: MaskContext) -> tuple[Tensor, Tensor]:
         """First and one past the last key of the documents each query block meets."""
         first, last = ctx.q_block_span
-        bounds = torch.cat([torch.zeros(1, dtype=torch.long, device=ctx.device), self._starts(ctx.device)])
-        lo = bounds[self._doc(first)]
-        ends = torch.cat([self._starts(ctx.device), torch.tensor([ctx.kv_len], device=ctx.device)])
-        hi = ends[self._doc(last)].clamp(max=ctx.kv_len)
-        return lo, hi
+        bounds = self._bounds(ctx)
+        return bounds[self._doc(bounds, first)], bounds[self._doc(bounds, last) + 1].clamp(max=ctx.kv_len)
 
     def support(self, ctx: MaskContext) -> Tiles:
         lo, hi = self._key_range(ctx)
@@ -89,21 +98,13 @@ class Documents(Pattern):
         if not self.starts:
             return no_breaks(ctx)
         first, last = ctx.q_block_span
-        q_lo, q_hi = self._doc(first), self._doc(last)
+        bounds = self._bounds(ctx)
+        q_lo, q_hi = self._doc(bounds, first), self._doc(bounds, last)
         width = int((q_hi - q_lo).max()) + 2  # the row's documents' starts and the next one's
         if 2 * width > max(_FEW_BREAKS, ctx.num_kv_blocks // 4):
             return None
-        bounds = torch.cat(
-            [
-                torch.zeros(1, dtype=torch.long, device=ctx.device),
-                self._starts(ctx.device),
-                torch.tensor([ctx.kv_len], device=ctx.device),
-            ]
-        )
         index = (q_lo.view(-1, 1) + torch.arange(width, device=ctx.device)).clamp(max=bounds.numel() - 1)
-        cuts = bounds[index].unsqueeze(0)  # [1, QB, width]
-        floor = torch.div(cuts, ctx.block_n, rounding_mode="floor")
-        return torch.cat([floor, -torch.div(-cuts, ctx.block_n, rounding_mode="floor")], dim=-1)
+        return key_breaks(ctx, bounds[index].unsqueeze(0))  # cuts [1, QB, width]
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         # With at most one start inside the tile's rows and one inside its columns, the bitmap is fixed
@@ -111,11 +112,10 @@ class Documents(Pattern):
         # of the documents at the corner. A tile holding more starts (documents shorter than a tile)
         # is keyed by its own position.
         ctx = tiles.ctx
-        q_doc, k_doc = self._doc(tiles.q_start), self._doc(tiles.k_start)
-        q_cuts, k_cuts = self._doc(tiles.q_last) - q_doc, self._doc(tiles.k_last) - k_doc
-        bounds = torch.cat([self._starts(ctx.device), torch.tensor([1 << 62], device=ctx.device)])
-        q_change = torch.where(q_cuts > 0, bounds[q_doc] - tiles.q_start, ctx.block_m)
-        k_change = torch.where(k_cuts > 0, bounds[k_doc] - tiles.k_start, ctx.block_n)
+        bounds, q_doc, q_last_doc, k_doc, k_last_doc = self._doc_spans(tiles)
+        q_cuts, k_cuts = q_last_doc - q_doc, k_last_doc - k_doc
+        q_change = torch.where(q_cuts > 0, bounds[q_doc + 1] - tiles.q_start, ctx.block_m)
+        k_change = torch.where(k_cuts > 0, bounds[k_doc + 1] - tiles.k_start, ctx.block_n)
         simple = (q_cuts <= 1) & (k_cuts <= 1)
         key = torch.stack(
             [
@@ -127,5 +127,5 @@ class Documents(Pattern):
             dim=1,
         )
         # FULL and EMPTY tiles share one key each (negative: a PARTIAL key starts with 0 or 1).
-        cls = self.classify(tiles).long().unsqueeze(1)
+        cls = self._class(q_doc, q_last_doc, k_doc, k_last_doc).long().unsqueeze(1)
         return torch.where(cls == PARTIAL, key, cls - 3)

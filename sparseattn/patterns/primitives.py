@@ -48,12 +48,13 @@ def diagonal_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
 
 
 def key_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
-    """Row breaks of a predicate on ``k`` that changes only at the values ``cuts`` [H|1, T].
+    """Row breaks of a predicate on ``k`` that changes only at the values ``cuts``: [H|1, T] for every
+    row, or [H|1, QB, T] per row.
 
     A tile's first key reaches ``c`` from kv block ``ceil(c / block_n)``, its last key from
-    ``floor(c / block_n)``; the same on every row. Returns ``[H|1, QB, 2T]``.
+    ``floor(c / block_n)``. Returns ``[H|1, QB, 2T]``.
     """
-    c = cuts.view(cuts.shape[0], 1, -1)
+    c = cuts if cuts.dim() == 3 else cuts.view(cuts.shape[0], 1, -1)
     floor = torch.div(c, ctx.block_n, rounding_mode="floor")
     ceil = -torch.div(-c, ctx.block_n, rounding_mode="floor")
     return torch.cat([floor, ceil], dim=-1).expand(-1, ctx.num_q_blocks, -1)

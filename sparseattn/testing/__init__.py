@@ -13,6 +13,7 @@ from sparseattn.testing.checks import (
     check_row_breaks,
     check_support,
     exact_tile_classes,
+    layouts_differ,
     pattern_property_test,
 )
 from sparseattn.testing.strategies import (
@@ -35,6 +36,7 @@ __all__ = [
     "check_row_breaks",
     "check_support",
     "exact_tile_classes",
+    "layouts_differ",
     "lengths",
     "named_shapes",
     "oracle_and_tolerance",

@@ -131,6 +131,21 @@ def check_layout_invariants(layout: BlockLayout) -> None:
         assert bool((key[1:] > key[:-1]).all()), "col_indices not strictly ascending within rows"
 
 
+def layouts_differ(a: BlockLayout, b: BlockLayout) -> str | None:
+    """The first field in which two layouts differ, or None when they list the same tiles in the same
+    order with the same bitmaps and columns (bitmap ids may be numbered differently; devices may differ)."""
+    for name in ("full_kv_num_blocks", "full_kv_start", "full_kv_indices", "kv_num_blocks", "kv_start", "kv_indices"):
+        if not torch.equal(getattr(a, name).cpu(), getattr(b, name).cpu()):
+            return name
+    if not torch.equal(a.tile_masks[a.kv_mask_ids.long()].cpu(), b.tile_masks[b.kv_mask_ids.long()].cpu()):
+        return "tile_masks"
+    for name in ("col_num", "col_start", "col_indices"):
+        x, y = getattr(a, name), getattr(b, name)
+        if (x is None) != (y is None) or (x is not None and not torch.equal(x.cpu(), y.cpu())):
+            return name
+    return None
+
+
 def check_lowering(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> BlockLayout:
     """Lowering is exact (the layout's token mask is the pattern's) and the layout is well formed."""
     layout = pattern.lower(q_len, kv_len, block_size=block_size)
