@@ -11,38 +11,11 @@ from torch import Tensor
 
 from sparseattn.layout import BlockLayout, _pack_bits
 from sparseattn.lowering.gathered import gathered_columns
+from sparseattn.lowering.grouping import group_rows
 from sparseattn.patterns.base import EMPTY, FULL, MaskContext, Pattern, Tiles, tile_bits
 from sparseattn.patterns.columns import Columns
 
 _BITMAP_CHUNK = 2048
-
-
-def _first_of_each(inverse: Tensor, groups: int) -> Tensor:
-    """Index of the first member of each group."""
-    n = inverse.numel()
-    first = torch.full((groups,), n, dtype=torch.long, device=inverse.device)
-    return first.scatter_reduce(0, inverse, torch.arange(n, device=inverse.device), reduce="amin")
-
-
-def _group_rows(keys: Tensor) -> Tensor:
-    """Group id of each row of ``keys`` [n, K] (equal rows, equal ids; ids dense from 0).
-
-    On a GPU ``torch.unique(dim=0)`` is a handful of launches. On the CPU it compares rows one pair
-    at a time, which cost milliseconds for a few thousand tiles; K stable sorts of one column each do
-    not.
-    """
-    if keys.device.type != "cpu":
-        inverse: Tensor = torch.unique(keys, dim=0, return_inverse=True)[1]
-        return inverse
-    order = torch.arange(keys.shape[0], device=keys.device)
-    for col in reversed(range(keys.shape[1])):
-        order = order[torch.argsort(keys[order, col], stable=True)]
-    ordered = keys[order]
-    starts = torch.ones(keys.shape[0], dtype=torch.long, device=keys.device)
-    starts[1:] = (ordered[1:] != ordered[:-1]).any(dim=1).long()
-    group = torch.empty_like(order)
-    group[order] = torch.cumsum(starts, 0) - 1
-    return group
 
 
 def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Tensor]:
@@ -60,9 +33,9 @@ def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Ten
         return empty, none, none
     extents = torch.stack([tiles.q_stop - tiles.q_start, tiles.k_stop - tiles.k_start], dim=1)
     keys = torch.cat([pattern.tile_key(tiles), extents], dim=1)
-    by_key = _group_rows(keys)
-    groups = int(by_key.max()) + 1
-    reps = tiles.select(_first_of_each(by_key, groups))
+    by_key, first = group_rows(keys)
+    groups = first.numel()
+    reps = tiles.select(first)
     rows = torch.arange(ctx.block_m, device=ctx.device)
     cols = torch.arange(ctx.block_n, device=ctx.device)
     words, classes = [], []
@@ -74,9 +47,10 @@ def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Ten
     packed, true_class = torch.cat(words), torch.cat(classes)
     partial = true_class == 1
     # Equal contents share one bitmap; groups that are not PARTIAL keep id 0 (never read).
-    distinct, by_content = torch.unique(packed[partial].flatten(1), dim=0, return_inverse=True)
+    partial_packed = packed[partial]
+    by_content, first_of_content = group_rows(partial_packed.flatten(1))
     group_id = torch.zeros(groups, dtype=torch.long, device=ctx.device).masked_scatter_(partial, by_content)
-    return distinct.reshape(-1, ctx.block_m, ctx.block_n // 32), group_id[by_key], true_class[by_key]
+    return partial_packed[first_of_content], group_id[by_key], true_class[by_key]
 
 
 def lower_by_tiles(
