@@ -116,11 +116,7 @@ def test_kernel_matches_oracle(data):
     if data.draw(st.booleans(), "device-built layout: grid order, no work list"):
         layout, max_chunk, heavy_first = replace(layout, device_built=True), None, None
     scale = data.draw(st.sampled_from([None, 0.3]), "scale")
-    config = replace(
-        default_config(layout, dim),
-        tma=data.draw(st.booleans(), "tma"),
-        prefetch_qk=data.draw(st.booleans(), "scores of the next FULL tile issued first"),
-    )
+    config = replace(default_config(layout, dim), tma=data.draw(st.booleans(), "tma"))
     if layout.num_heads == 1:  # heads of one kv head may share a program
         config = replace(
             config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))

@@ -96,23 +96,6 @@ def _load_tile_tma(k_desc, v_desc, row0, start, keys, kv_len, BOUNDED: tl.conste
 
 
 @triton.jit
-def _load_block(desc, base, row0, start, offs_n, offs, stride, kv_len, BOUNDED: tl.constexpr, USE_TMA: tl.constexpr):
-    """One [BLOCK_N, HEAD_DIM] tile, K or V, of the key block at ``start`` (zeros past kv_len): the
-    prefetching loop reads a block's K one iteration before its V."""
-    if USE_TMA:
-        t = desc.load([row0 + start, 0])
-        if BOUNDED:
-            t = tl.where((start + offs_n)[:, None] < kv_len, t, 0.0)
-    else:
-        ptrs = base + start.to(tl.int64) * stride + offs
-        if BOUNDED:
-            t = tl.load(ptrs, mask=(start + offs_n)[:, None] < kv_len, other=0.0)
-        else:
-            t = tl.load(ptrs)
-    return t
-
-
-@triton.jit
 def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
     """K and V rows at arbitrary positions ``keys`` [BLOCK_N] (gathered columns), zeros out of range."""
     k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
@@ -170,7 +153,6 @@ def _sparse_fwd_kernel(
     NUM_STAGES: tl.constexpr,
     USE_TMA: tl.constexpr,
     PACK: tl.constexpr,
-    PREFETCH_QK: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -215,44 +197,17 @@ def _sparse_fwd_kernel(
 
     # FULL tiles: every in-range pair counts.
     full_row = FULL_IDX + full_start
-    full_end = tl.minimum(t1, n_full)
-    if PREFETCH_QK:
-        # Scores of the next tile are issued before the softmax of this one, so that the tensor
-        # cores compute them while this tile's exponentials run (one tile of scores more in registers).
-        if t0 < full_end:
-            start = tl.load(full_row + t0) * BLOCK_N
-            k = _load_block(K_DESC, k_base, desc_row0, start, offs_n, k_offs, stride_ks, kv_len, not EVEN_KV, USE_TMA)
-            qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
-            for i in tl.range(t0 + 1, full_end, num_stages=NUM_STAGES):
-                nxt = tl.load(full_row + i) * BLOCK_N
-                k = _load_block(K_DESC, k_base, desc_row0, nxt, offs_n, k_offs, stride_ks, kv_len, not EVEN_KV, USE_TMA)
-                qk_next = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
-                v = _load_block(
-                    V_DESC, v_base, desc_row0, start, offs_n, v_offs, stride_vs, kv_len, not EVEN_KV, USE_TMA
-                )
-                if not EVEN_KV:
-                    qk = tl.where((start + offs_n)[None, :] < kv_len, qk, float("-inf"))
-                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
-                qk = qk_next
-                start = nxt
-            v = _load_block(V_DESC, v_base, desc_row0, start, offs_n, v_offs, stride_vs, kv_len, not EVEN_KV, USE_TMA)
-            if not EVEN_KV:
-                qk = tl.where((start + offs_n)[None, :] < kv_len, qk, float("-inf"))
-            acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
-    else:
-        for i in tl.range(t0, full_end, num_stages=NUM_STAGES):
-            start = tl.load(full_row + i) * BLOCK_N
-            keys = start + offs_n  # [BLOCK_N]
-            if USE_TMA:
-                k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
-            else:
-                k, v = _load_tile(
-                    k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV
-                )
-            qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
-            if not EVEN_KV:
-                qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-            acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
+    for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES):
+        start = tl.load(full_row + i) * BLOCK_N
+        keys = start + offs_n  # [BLOCK_N]
+        if USE_TMA:
+            k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
+        else:
+            k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
+        qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
+        if not EVEN_KV:
+            qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
+        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
 
     # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
     part_row = PART_IDX + part_start
@@ -321,7 +276,6 @@ class KernelConfig:
     num_stages: int = 3
     tma: bool = False
     pack: int = 1
-    prefetch_qk: bool = False
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -574,7 +528,6 @@ def triton_sparse_attention(
         NUM_STAGES=config.num_stages,
         USE_TMA=config.tma,
         PACK=config.pack,
-        PREFETCH_QK=config.prefetch_qk,
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)

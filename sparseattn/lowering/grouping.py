@@ -10,6 +10,8 @@ lexicographic stable sorts, so the result is always exact.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -17,6 +19,7 @@ from torch import Tensor
 _SEED = 0x5EED
 
 
+@functools.lru_cache(maxsize=32)
 def _weights(width: int, device: torch.device) -> Tensor:
     gen = torch.Generator().manual_seed(_SEED)
     return (torch.randint(-(2**62), 2**62, (width,), generator=gen, dtype=torch.int64) * 2 + 1).to(device)
