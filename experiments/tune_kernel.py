@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--tma", choices=["on", "off"], help="only TMA loads on, or off")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
+        ("causal", Causal(), 8192),
         ("causal", Causal(), 32768),
+        ("causal", Causal(), 65536),
         ("causal", Causal(), 131072),
         ("triangle", Triangle(), 32768),
         ("triangle", Triangle(), 131072),
