@@ -1,0 +1,116 @@
+"""What PARTIAL tiles cost the kernel: each layout timed as lowered, then with the same tiles all
+FULL (no bitmap, no masking), then all PARTIAL (every tile through the bitmap path, all-ones
+bitmaps for the FULL ones).
+
+    PYTHONPATH=. python experiments/partial_cost.py --out $OUT      # on a CUDA machine
+
+The variants compute the same tiles and differ only in how each is masked, so their outputs are not
+the pattern's (only the lowered layout is); this measures where the kernel's time goes, and bounds
+what a cheaper partial path could gain. B=1, 32 query heads, 8 kv heads, head dim 128, bf16,
+``triton.testing.do_bench`` medians, default launch configuration per layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import triton
+from tqdm import tqdm
+
+from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.layout import BlockLayout
+from sparseattn.patterns import Causal, Pattern, Triangle
+
+CASES: list[tuple[str, Pattern, int, tuple[int, int]]] = [
+    ("triangle", Triangle(), 32768, (64, 64)),
+    ("triangle", Triangle(), 131072, (64, 64)),
+    ("causal", Causal(), 32768, (128, 128)),
+]
+
+
+def remasked(layout: BlockLayout, as_full: bool) -> BlockLayout:
+    """The same tiles, all FULL (``as_full``) or all PARTIAL (FULL tiles on an all-ones bitmap)."""
+    parts = []
+    for which in ("full_kv", "kv"):
+        b, h, qb, slot = layout.entries(which)
+        kv = getattr(layout, f"{which}_indices")[slot].long()
+        mask_id = layout.kv_mask_ids[slot].long() + 1 if which == "kv" else torch.zeros_like(kv)
+        parts.append((b, h, qb, kv, mask_id))
+    b, h, qb, kv, mask_id = (torch.cat(x) for x in zip(*parts, strict=True))
+    ones = torch.full((1, layout.block_m, layout.block_n // 32), -1, dtype=torch.int32, device=layout.device)
+    return BlockLayout.from_tiles(
+        q_len=layout.q_len,
+        kv_len=layout.kv_len,
+        block_size=layout.block_size,
+        lead_shape=(layout.batch_size, layout.num_heads),
+        batch=b,
+        head=h,
+        q_block=qb,
+        kv_block=kv,
+        is_full=torch.full_like(b, as_full, dtype=torch.bool),
+        mask_id=mask_id,
+        tile_masks=torch.cat([ones, layout.tile_masks]),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    args = parser.parse_args()
+    rows = []
+    for name, pattern, n, block in tqdm(CASES, desc="layouts"):
+        torch.manual_seed(0)
+        q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        lowered = pattern.lower(n, block_size=block, device="cuda")
+        full, partial = lowered.num_tiles()
+        row = {"pattern": name, "tokens": n, "block": list(block), "full_tiles": full, "partial_tiles": partial}
+        for tag, layout in (
+            ("lowered", lowered),
+            ("all_full", remasked(lowered, True)),
+            ("all_partial", remasked(lowered, False)),
+        ):
+            row[f"{tag}_ms"] = triton.testing.do_bench(
+                lambda layout=layout, q=q, k=k, v=v: triton_sparse_attention(q, k, v, layout),
+                return_mode="median",
+            )
+        rows.append(row)
+        tqdm.write(str(row))
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "command": "PYTHONPATH=. python experiments/partial_cost.py --out $OUT",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "partial_cost.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "# What PARTIAL tiles cost the kernel",
+        "",
+        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians in ms. `all FULL` / `all PARTIAL`:",
+        "the lowered tiles with every tile unmasked / through the bitmap path (timing only: not the pattern).",
+        "",
+        "| pattern | tokens | block | FULL tiles | PARTIAL tiles | lowered | all FULL | all PARTIAL | "
+        "PARTIAL share of lowered |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        share = (r["lowered_ms"] - r["all_full_ms"]) / r["lowered_ms"]
+        lines.append(
+            f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['full_tiles']:,} | "
+            f"{r['partial_tiles']:,} | {r['lowered_ms']:.3f} | {r['all_full_ms']:.3f} | {r['all_partial_ms']:.3f} | "
+            f"{share:.1%} |"
+        )
+    (args.out / "partial_cost.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[6:]))
+
+
+if __name__ == "__main__":
+    main()
