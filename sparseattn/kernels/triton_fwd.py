@@ -32,7 +32,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.triton_merge import merge_partials
 from sparseattn.kernels.triton_schedule import RowStats, WorkList, build_work_list
-from sparseattn.kernels.triton_spans import SpanPlan, span_plan
 from sparseattn.layout import BlockLayout
 
 LOG2E = 1.4426950408889634
@@ -124,8 +123,6 @@ def _sparse_fwd_kernel(
     PART_IDX,
     PART_MID,
     TILE_MASKS,
-    SPANS,
-    PART_INTERVAL,
     COL_NUM,
     COL_START,
     COL_IDX,
@@ -212,30 +209,12 @@ def _sparse_fwd_kernel(
             qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
         acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
 
-    # PARTIAL tiles whose rows each keep one run of columns (triton_spans.py): two bounds per row.
+    # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
-    n_interval = tl.load(PART_INTERVAL + lrow)
-    interval_end = tl.minimum(t1, n_full + n_interval)
-    for i in tl.range(tl.maximum(t0, n_full), interval_end, num_stages=NUM_STAGES):
-        j = i - n_full
-        start = tl.load(part_row + j) * BLOCK_N
-        keys = start + offs_n
-        span = SPANS + tl.load(mid_row + j).to(tl.int64) * (BLOCK_M * 2) + rm * 2
-        lo = tl.load(span)  # [ROWS]
-        hi = tl.load(span + 1)  # [ROWS]
-        keep = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])  # [ROWS, BLOCK_N]
-        if USE_TMA:
-            k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, True)
-        else:
-            k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
-        qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
-
-    # Other PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
     words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
     shifts = offs_n % 32  # [BLOCK_N]
-    for i in tl.range(tl.maximum(t0, n_full + n_interval), t1, num_stages=NUM_STAGES):
+    for i in tl.range(tl.maximum(t0, n_full), t1, num_stages=NUM_STAGES):
         j = i - n_full
         start = tl.load(part_row + j) * BLOCK_N
         keys = start + offs_n
@@ -351,15 +330,6 @@ def _has_tma(device: torch.device) -> bool:
 
 
 _WORK_CACHE: weakref.WeakKeyDictionary[BlockLayout, dict[tuple, WorkList]] = weakref.WeakKeyDictionary()
-
-
-_SPAN_CACHE: weakref.WeakKeyDictionary[BlockLayout, SpanPlan] = weakref.WeakKeyDictionary()
-
-
-def _span_plan(layout: BlockLayout) -> SpanPlan:
-    if layout not in _SPAN_CACHE:
-        _SPAN_CACHE[layout] = span_plan(layout)
-    return _SPAN_CACHE[layout]
 
 
 def _num_sms(device: torch.device) -> int:
@@ -503,7 +473,6 @@ def triton_sparse_attention(
         )
     work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack)
 
-    plan = _span_plan(layout)
     out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
 
     has_cols = layout.col_num is not None
@@ -526,11 +495,9 @@ def triton_sparse_attention(
         work.items,
         work.items.stride(0),
         arg(layout.full_kv_indices),
-        arg(plan.kv_indices),
-        arg(plan.kv_mask_ids),
+        arg(layout.kv_indices),
+        arg(layout.kv_mask_ids),
         arg(layout.tile_masks),
-        arg(plan.spans),
-        arg(plan.n_interval),
         arg(layout.col_num),
         arg(layout.col_start),
         arg(layout.col_indices),
