@@ -11,29 +11,14 @@ benchmark's patterns at 131072 tokens, is the lever. Operations are attributed t
 from __future__ import annotations
 
 import argparse
-import collections
-import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from lowering_profile import HostClock
 
 from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
-
-
-class OpCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_function: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        frames = [f for f in traceback.extract_stack(limit=30) if "sparseattn" in f.filename]
-        where = f"{Path(frames[-1].filename).stem}.{frames[-1].name}" if frames else "?"
-        self.by_function[where] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def main() -> None:
@@ -65,11 +50,11 @@ def main() -> None:
         lower(pattern, 4096, block_size=block, num_heads=pattern.num_heads)  # first-use caches out of the way
         totals = []
         for segments in (True, False):
-            with OpCounter() as counter:
+            with HostClock() as counter:
                 lower(pattern, 131072, block_size=block, num_heads=pattern.num_heads, by_segments=segments)
-            totals.append(sum(counter.by_function.values()))
+            totals.append(sum(counter.ops.values()))
             if segments:
-                top = ", ".join(f"{fn} {n}" for fn, n in counter.by_function.most_common(4))
+                top = ", ".join(f"{fn} {n}" for fn, n in counter.ops.most_common(4))
         lines.append(f"| {name} | {block[0]}x{block[1]} | {totals[0]} | {totals[1]} | {top} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lowering_ops.md").write_text("\n".join(lines) + "\n")

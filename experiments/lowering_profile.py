@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lowering_speed import timed
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparseattn.lowering import lower
@@ -69,16 +69,8 @@ class HostClock(TorchDispatchMode):
 
 
 def wall_ms(pattern: Pattern, n: int, device: str, repeats: int = 9) -> float:
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        lower(pattern, n, block_size=(128, 128), num_heads=pattern.num_heads, device=device)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    step = lambda: lower(pattern, n, block_size=(128, 128), num_heads=pattern.num_heads, device=device)
+    return timed(step, device, repeats)[0]
 
 
 def main() -> None:
