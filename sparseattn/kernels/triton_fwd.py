@@ -41,24 +41,79 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 @triton.jit
-def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
+def _exp2_fma(x):
+    """2**x for x <= 0 on the FMA pipe: Hopper's MUFU unit computes 16 exp2 per clock per multiprocessor
+    against 128 FMAs, so moving some of a tile's exponentials here shortens the softmax.
+
+    Cody-Waite style: x = j + f with j an integer (rounded by adding 1.5 * 2**23, which leaves j in the
+    low mantissa bits of ``t``) and f in [-0.5, 0.5]; 2**f by a degree-3 polynomial (relative error
+    2.2e-4, below half a bf16 ulp of the probabilities it feeds); j goes straight into the exponent
+    field. x is clamped at -127, where the result is exactly 0.
+    """
+    x = tl.maximum(x, -127.0)
+    t = x + 12582912.0
+    f = x - (t - 12582912.0)
+    p = 0.05286731541644309 * f + 0.2421521458732849
+    p = p * f + 0.6935868336362103
+    p = p * f + 0.9999627473614014
+    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2(x, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+    """2**x of a [ROWS, BLOCK_N] tile; with SPLIT, odd columns through `_exp2_fma` (a thread of Hopper's
+    MMA layout holds column pairs, so splitting them needs no data movement)."""
+    if SPLIT:
+        even, odd = tl.split(tl.reshape(x, [ROWS, BLOCK_N // 2, 2]))
+        y = tl.reshape(tl.join(tl.math.exp2(even), _exp2_fma(odd)), [ROWS, BLOCK_N])
+    else:
+        y = tl.math.exp2(x)
+    return y
+
+
+@triton.jit
+def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr, LAZY: tl.constexpr, SPLIT_EXP: tl.constexpr):
     """One online-softmax step on raw scores ``qk`` [ROWS, BLOCK_N] (masked entries -inf).
 
     ``qk_scale`` includes log2(e), so exp2 gives exp and the scaling folds into one FMA with the max.
     SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
-    always hold a finite score per row and skip it.
+    always hold a finite score per row and skip it. LAZY > 0 keeps the running max (and skips the
+    [ROWS, HEAD_DIM] rescale of ``acc``) until some row's max grows by more than LAZY in log2 units:
+    probabilities then stay below 2**LAZY, exact in fp32 and as precise in bf16.
     """
+    ROWS: tl.constexpr = qk.shape[0]
+    BLOCK_N: tl.constexpr = qk.shape[1]
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [ROWS]
-    if SAFE:
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if LAZY > 0:
+        if tl.max((m_new > m_i + LAZY).to(tl.int32), 0) > 0:
+            if SAFE:
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            else:
+                m_ref = m_new
+            alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
+            l_i = l_i * alpha
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        if SAFE:
+            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
+        else:
+            m_use = m_i
+        p = _exp2(qk * qk_scale - m_use[:, None], ROWS, BLOCK_N, SPLIT_EXP and not SAFE)  # [ROWS, BLOCK_N]
+        l_i = l_i + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
+        return acc, l_i, m_i
     else:
-        m_ref = m_new
-    alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
-    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [ROWS, BLOCK_N]
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
-    return acc, l_i, m_new
+        if SAFE:
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
+        p = _exp2(qk * qk_scale - m_ref[:, None], ROWS, BLOCK_N, SPLIT_EXP and not SAFE)  # [ROWS, BLOCK_N]
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
+        return acc, l_i, m_new
 
 
 @triton.jit
@@ -153,6 +208,9 @@ def _sparse_fwd_kernel(
     NUM_STAGES: tl.constexpr,
     USE_TMA: tl.constexpr,
     PACK: tl.constexpr,
+    LAZY: tl.constexpr,
+    SPLIT_EXP: tl.constexpr,
+    GATHER_BITS: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -207,27 +265,31 @@ def _sparse_fwd_kernel(
         qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
         if not EVEN_KV:
             qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False)
+        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False, LAZY, SPLIT_EXP)
 
     # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
     words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
     shifts = offs_n % 32  # [BLOCK_N]
+    bit_words = rm[:, None] * WORDS + (offs_n // 32)[None, :]  # [ROWS, BLOCK_N] each bit's word
     for i in tl.range(tl.maximum(t0, n_full), t1, num_stages=NUM_STAGES):
         j = i - n_full
         start = tl.load(part_row + j) * BLOCK_N
         keys = start + offs_n
         mask_id = tl.load(mid_row + j).to(tl.int64)
-        words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [ROWS, WORDS]
-        bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
+        if GATHER_BITS:
+            bits = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + bit_words)  # [ROWS, BLOCK_N]
+        else:
+            words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [ROWS, WORDS]
+            bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
         keep = ((bits >> shifts[None, :]) & 1) != 0  # [ROWS, BLOCK_N]
         if USE_TMA:
             k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, True)
         else:
             k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
         qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
+        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY, SPLIT_EXP)
 
     # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
     # from the runtime one so that layouts without columns compile without this code.
@@ -244,7 +306,7 @@ def _sparse_fwd_kernel(
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
                 k, v = _gather_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len)
                 qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
+                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY, SPLIT_EXP)
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
@@ -276,10 +338,17 @@ class KernelConfig:
     num_stages: int = 3
     tma: bool = False
     pack: int = 1
+    lazy_rescale: float = 0.0
+    split_exp: bool = False
+    gather_bits: bool = False
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
             raise ValueError(f"pack: expected 1, 2 or 4 query heads per program, got {self.pack}")
+        if not 0.0 <= self.lazy_rescale <= 16.0:
+            raise ValueError(
+                f"lazy_rescale: expected a log2 growth in [0, 16] (0: rescale every tile), got {self.lazy_rescale}"
+            )
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -528,6 +597,9 @@ def triton_sparse_attention(
         NUM_STAGES=config.num_stages,
         USE_TMA=config.tma,
         PACK=config.pack,
+        LAZY=config.lazy_rescale,
+        SPLIT_EXP=config.split_exp,
+        GATHER_BITS=config.gather_bits,
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)

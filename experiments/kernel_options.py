@@ -1,0 +1,119 @@
+"""The kernel's softmax and masking options, each against the default, with cuDNN in the same run.
+
+    PYTHONPATH=. python experiments/kernel_options.py --out $OUT     # on a CUDA machine
+
+Options (`KernelConfig` fields): ``lazy_rescale`` (skip the accumulator rescale until a row's max grows
+by more than that many powers of two), ``split_exp`` (half of each FULL tile's exponentials on the FMA
+pipe), ``gather_bits`` (PARTIAL tiles read each bit's word directly instead of expanding the row's words
+in registers). Every combination runs on the default tile shape, warps, stages, TMA and head packing of
+each case, is first checked against the fp32 reference on a 2K prompt (tune_kernel.correct), then timed
+with ``triton.testing.do_bench`` (median). Writes ``kernel_options.json`` and ``kernel_options.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm import tqdm
+from tune_kernel import correct, inputs
+
+from sparseattn.attention import default_block_size
+from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
+from sparseattn.patterns import Causal, Pattern, Triangle
+
+CASES: list[tuple[str, Pattern, int]] = [
+    ("causal", Causal(), 32768),
+    ("causal", Causal(), 131072),
+    ("triangle", Triangle(), 32768),
+    ("triangle", Triangle(), 131072),
+]
+LAZY = (0.0, 8.0)
+SPLIT = (False, True)
+GATHER = {"causal": (False,), "triangle": (False, True)}
+
+
+def cudnn_ms(n: int) -> float:
+    q, k, v = inputs(n)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return triton.testing.do_bench(
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            return_mode="median",
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    parser.add_argument("--cases", nargs="*", default=[], help="only these, as pattern:tokens (causal:32768)")
+    args = parser.parse_args()
+    cases = [c for c in CASES if not args.cases or f"{c[0]}:{c[2]}" in args.cases]
+    cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
+    todo = [
+        (case, lazy, split, gather)
+        for case in cases
+        for lazy, split, gather in itertools.product(LAZY, SPLIT, GATHER[case[0]])
+    ]
+    rows = []
+    for (name, pattern, n), lazy, split, gather in tqdm(todo, desc="options"):
+        q, k, v = inputs(n)
+        block = default_block_size("triton", 128, torch.bfloat16, pattern, n, n)
+        layout = pattern.lower(n, block_size=block, device="cuda")
+        base = default_config(layout, 128, group=q.shape[1] // k.shape[1])
+        config = dataclasses.replace(base, lazy_rescale=lazy, split_exp=split, gather_bits=gather)
+        row = {"pattern": name, "tokens": n, "block": list(block), "config": dataclasses.asdict(config)}
+        row["max_err"] = correct(pattern, block, config)
+        row["ms"] = triton.testing.do_bench(
+            lambda q=q, k=k, v=v, layout=layout, config=config: triton_sparse_attention(q, k, v, layout, config=config),
+            return_mode="median",
+        )
+        row["speedup_vs_cudnn"] = cudnn[n] / row["ms"]
+        rows.append(row)
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "command": "PYTHONPATH=. python experiments/kernel_options.py "
+        + " ".join("$OUT" if a == str(args.out) else a for a in sys.argv[1:]),
+        "cudnn_ms": cudnn,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kernel_options.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "# Kernel softmax and masking options",
+        "",
+        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; each case on its default "
+        "tiles, warps, stages, TMA and packing; cuDNN dense causal in the same run: "
+        + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
+        "",
+        "| pattern | tokens | block | lazy rescale | split exp | gather bits | max err | ms | vs default | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    default_ms = {
+        (r["pattern"], r["tokens"]): r["ms"]
+        for r in rows
+        if not (r["config"]["lazy_rescale"] or r["config"]["split_exp"] or r["config"]["gather_bits"])
+    }
+    for r in rows:
+        c = r["config"]
+        lines.append(
+            f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {c['lazy_rescale']:g} | "
+            f"{'yes' if c['split_exp'] else 'no'} | {'yes' if c['gather_bits'] else 'no'} | {r['max_err']:.1e} | "
+            f"{r['ms']:.3f} | {default_ms[(r['pattern'], r['tokens'])] / r['ms']:.3f}x | {r['speedup_vs_cudnn']:.3f}x |"
+        )
+    (args.out / "kernel_options.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
