@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import sys
 from datetime import datetime, timezone
@@ -28,17 +27,26 @@ from tune_kernel import correct, inputs
 
 from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
-from sparseattn.patterns import Causal, Pattern, Triangle
+from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
 
+MIXTURE = PerHead(tuple([Causal(), Streaming(128, 4096), AShape(1, 32, 128), Triangle()][h % 4] for h in range(32)))
 CASES: list[tuple[str, Pattern, int]] = [
-    ("causal", Causal(), 32768),
-    ("causal", Causal(), 131072),
-    ("triangle", Triangle(), 32768),
-    ("triangle", Triangle(), 131072),
+    (name, pattern, n)
+    for n in (32768, 131072)
+    for name, pattern in [
+        ("causal", Causal()),
+        ("streaming", Streaming(128, 4096)),
+        ("triangle", Triangle()),
+        ("mixture", MIXTURE),
+    ]
 ]
-LAZY = (0.0, 8.0)
-SPLIT = (False, True)
-GATHER = {"causal": (False,), "triangle": (False, True)}
+# Named option sets, each a set of `KernelConfig` overrides; "default" must be first.
+VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
+    "index loads": {"index_mode": 0},
+    "runs": {"index_mode": 1},
+    "index tensors": {"index_mode": 2},
+}
 
 
 def cudnn_ms(n: int) -> float:
@@ -54,22 +62,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--cases", nargs="*", default=[], help="only these, as pattern:tokens (causal:32768)")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="option sets, by name")
     args = parser.parse_args()
     cases = [c for c in CASES if not args.cases or f"{c[0]}:{c[2]}" in args.cases]
     cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
-    todo = [
-        (case, lazy, split, gather)
-        for case in cases
-        for lazy, split, gather in itertools.product(LAZY, SPLIT, GATHER[case[0]])
-    ]
+    todo = [(case, variant) for case in cases for variant in ["default", *(v for v in args.variants if v != "default")]]
     rows = []
-    for (name, pattern, n), lazy, split, gather in tqdm(todo, desc="options"):
+    for (name, pattern, n), variant in tqdm(todo, desc="options"):
         q, k, v = inputs(n)
         block = default_block_size("triton", 128, torch.bfloat16, pattern, n, n)
-        layout = pattern.lower(n, block_size=block, device="cuda")
+        layout = pattern.lower(n, block_size=block, num_heads=pattern.num_heads, device="cuda")
         base = default_config(layout, 128, group=q.shape[1] // k.shape[1])
-        config = dataclasses.replace(base, lazy_rescale=lazy, split_exp=split, gather_bits=gather)
-        row = {"pattern": name, "tokens": n, "block": list(block), "config": dataclasses.asdict(config)}
+        config = dataclasses.replace(base, **VARIANTS[variant])  # type: ignore[arg-type]
+        row = {"pattern": name, "tokens": n, "block": list(block), "variant": variant}
+        row["config"] = dataclasses.asdict(config)
         row["max_err"] = correct(pattern, block, config)
         row["ms"] = triton.testing.do_bench(
             lambda q=q, k=k, v=v, layout=layout, config=config: triton_sparse_attention(q, k, v, layout, config=config),
@@ -96,19 +102,15 @@ def main() -> None:
         "tiles, warps, stages, TMA and packing; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
-        "| pattern | tokens | block | lazy rescale | split exp | gather bits | max err | ms | vs default | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Variants: " + "; ".join(f"{name}: {overrides or 'as default_config'}" for name, overrides in VARIANTS.items()),
+        "",
+        "| pattern | tokens | block | variant | max err | ms | vs default | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    default_ms = {
-        (r["pattern"], r["tokens"]): r["ms"]
-        for r in rows
-        if not (r["config"]["lazy_rescale"] or r["config"]["split_exp"] or r["config"]["gather_bits"])
-    }
+    default_ms = {(r["pattern"], r["tokens"]): r["ms"] for r in rows if r["variant"] == "default"}
     for r in rows:
-        c = r["config"]
         lines.append(
-            f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {c['lazy_rescale']:g} | "
-            f"{'yes' if c['split_exp'] else 'no'} | {'yes' if c['gather_bits'] else 'no'} | {r['max_err']:.1e} | "
+            f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['variant']} | {r['max_err']:.1e} | "
             f"{r['ms']:.3f} | {default_ms[(r['pattern'], r['tokens'])] / r['ms']:.3f}x | {r['speedup_vs_cudnn']:.3f}x |"
         )
     (args.out / "kernel_options.md").write_text("\n".join(lines) + "\n")

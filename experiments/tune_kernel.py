@@ -48,13 +48,16 @@ def inputs(n: int, device: str = "cuda") -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def correct(pattern: Pattern, block: tuple[int, int], config: KernelConfig) -> float:
-    """Max error against the fp32 reference on a 2K-token prompt (with 8 query heads)."""
+    """Max error against the fp32 reference on a 2K-token prompt (with 8 query heads, or the pattern's
+    own number of heads for a per-head pattern)."""
+    heads = pattern.num_heads or 8
     q, k, v = inputs(2048)
-    q = q[:, :8]
-    k, v = k[:, :2], v[:, :2]
-    layout = pattern.lower(2048, block_size=block, device="cuda")
+    q = q[:, :heads]
+    k, v = k[:, : heads // 4], v[:, : heads // 4]
+    layout = pattern.lower(2048, block_size=block, num_heads=pattern.num_heads, device="cuda")
     out, _ = triton_sparse_attention(q, k, v, layout, config=config)
-    ref, _ = reference_attention(q, k, v, pattern.to_dense(2048).unsqueeze(0).cuda())
+    dense = pattern.to_dense(2048, num_heads=pattern.num_heads)
+    ref, _ = reference_attention(q, k, v, dense.unsqueeze(0).cuda())
     return float((out.float() - ref.float()).abs().max())
 
 

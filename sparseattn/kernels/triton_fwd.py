@@ -151,6 +151,24 @@ def _load_tile_tma(k_desc, v_desc, row0, start, keys, kv_len, BOUNDED: tl.conste
 
 
 @triton.jit
+def _full_step(
+    acc, l_i, m_i, q, start, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0,
+    stride_ks, stride_vs, kv_len, qk_scale,
+    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, LAZY: tl.constexpr, SPLIT_EXP: tl.constexpr,
+):  # fmt: skip
+    """One FULL tile at key ``start``: no mask beyond the bounds of a ragged last block."""
+    keys = start + offs_n  # [BLOCK_N]
+    if USE_TMA:
+        k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
+    else:
+        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
+    qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
+    if not EVEN_KV:
+        qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
+    return _update(acc, l_i, m_i, qk, v, qk_scale, False, LAZY, SPLIT_EXP)
+
+
+@triton.jit
 def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
     """K and V rows at arbitrary positions ``keys`` [BLOCK_N] (gathered columns), zeros out of range."""
     k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
@@ -175,6 +193,7 @@ def _sparse_fwd_kernel(
     WORK,
     stride_work,
     FULL_IDX,
+    RUN_AT,
     PART_IDX,
     PART_MID,
     TILE_MASKS,
@@ -211,6 +230,7 @@ def _sparse_fwd_kernel(
     LAZY: tl.constexpr,
     SPLIT_EXP: tl.constexpr,
     GATHER_BITS: tl.constexpr,
+    INDEX_MODE: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -227,6 +247,9 @@ def _sparse_fwd_kernel(
     n_total = tl.load(item + 9)
     full_start = tl.load(item + 10).to(tl.int64)
     part_start = tl.load(item + 11).to(tl.int64)
+    run_lo = tl.load(item + 12)
+    run_hi = tl.load(item + 13)
+    two = tl.arange(0, 2)
 
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
@@ -255,17 +278,30 @@ def _sparse_fwd_kernel(
 
     # FULL tiles: every in-range pair counts.
     full_row = FULL_IDX + full_start
-    for i in tl.range(t0, tl.minimum(t1, n_full), num_stages=NUM_STAGES):
-        start = tl.load(full_row + i) * BLOCK_N
-        keys = start + offs_n  # [BLOCK_N]
-        if USE_TMA:
-            k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
-        else:
-            k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
-        qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
-        if not EVEN_KV:
-            qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, False, LAZY, SPLIT_EXP)
+    f_lo = tl.minimum(t0, n_full)
+    f_hi = tl.minimum(t1, n_full)
+    if INDEX_MODE == 1:
+        # Run by run: within a run the block is the run's first plus the step, so no load feeds the
+        # K/V addresses and the pipeliner can issue them ahead.
+        for r in range(run_lo, run_hi):
+            j0 = tl.maximum((tl.load(RUN_AT + r) - full_start).to(tl.int32), f_lo)
+            j1 = tl.minimum((tl.load(RUN_AT + r + 1) - full_start).to(tl.int32), f_hi)
+            base = tl.load(full_row + j0) - j0
+            for i in tl.range(j0, j1, num_stages=NUM_STAGES):
+                acc, l_i, m_i = _full_step(
+                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
+                    desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY, SPLIT_EXP,
+                )  # fmt: skip
+    else:
+        for i in tl.range(f_lo, f_hi, num_stages=NUM_STAGES):
+            if INDEX_MODE == 2:
+                start = tl.sum(tl.load(full_row + i + two, mask=two == 0, other=0), 0) * BLOCK_N
+            else:
+                start = tl.load(full_row + i) * BLOCK_N
+            acc, l_i, m_i = _full_step(
+                acc, l_i, m_i, q, start, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
+                desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY, SPLIT_EXP,
+            )  # fmt: skip
 
     # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
     part_row = PART_IDX + part_start
@@ -275,9 +311,13 @@ def _sparse_fwd_kernel(
     bit_words = rm[:, None] * WORDS + (offs_n // 32)[None, :]  # [ROWS, BLOCK_N] each bit's word
     for i in tl.range(tl.maximum(t0, n_full), t1, num_stages=NUM_STAGES):
         j = i - n_full
-        start = tl.load(part_row + j) * BLOCK_N
+        if INDEX_MODE == 2:
+            start = tl.sum(tl.load(part_row + j + two, mask=two == 0, other=0), 0) * BLOCK_N
+            mask_id = tl.sum(tl.load(mid_row + j + two, mask=two == 0, other=0), 0).to(tl.int64)
+        else:
+            start = tl.load(part_row + j) * BLOCK_N
+            mask_id = tl.load(mid_row + j).to(tl.int64)
         keys = start + offs_n
-        mask_id = tl.load(mid_row + j).to(tl.int64)
         if GATHER_BITS:
             bits = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + bit_words)  # [ROWS, BLOCK_N]
         else:
@@ -341,6 +381,7 @@ class KernelConfig:
     lazy_rescale: float = 0.0
     split_exp: bool = False
     gather_bits: bool = False
+    index_mode: int = 1
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -564,6 +605,7 @@ def triton_sparse_attention(
         work.items,
         work.items.stride(0),
         arg(layout.full_kv_indices),
+        arg(work.run_at),
         arg(layout.kv_indices),
         arg(layout.kv_mask_ids),
         arg(layout.tile_masks),
@@ -600,6 +642,7 @@ def triton_sparse_attention(
         LAZY=config.lazy_rescale,
         SPLIT_EXP=config.split_exp,
         GATHER_BITS=config.gather_bits,
+        INDEX_MODE=config.index_mode,
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
