@@ -143,6 +143,19 @@ def test_causal_gqa_ragged_chunked_prefill(dtype):
     assert_close_to_oracle(out, lse, q, k, v, mask)
 
 
+@pytest.mark.parametrize("pack", [1, 2])
+def test_split_rows_with_full_runs(pack):
+    """Rows that start with runs of FULL tiles, cut into chunks, with packed heads (each chunk writes one
+    scratch slot per head): a sink, a window and dense last rows, 32 x 32 tiles."""
+    q_pos, k = positions(512, 512)
+    mask = ((k <= q_pos) & ((k < 8) | (q_pos - k < 64) | (q_pos >= 480)))[None, None]
+    layout = BlockLayout.from_dense(mask, (32, 32))
+    q, k, v = random_inputs(1, 4, 2, 512, 512, 32, torch.float16, 3)
+    config = replace(default_config(layout, 32), pack=pack)
+    out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=3, heavy_first=True, config=config)
+    assert_close_to_oracle(out, lse, q, k, v, mask)
+
+
 def test_all_empty_layout_gives_zeros_and_neg_inf():
     mask = torch.zeros(1, 1, 64, 96, dtype=torch.bool)
     layout = BlockLayout.from_dense(mask, (32, 32))

@@ -254,7 +254,7 @@ def _sparse_fwd_kernel(
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
     # computing any pair the layout does not list.
-    r = tl.arange(0, ROWS)
+    r = tl.arange(0, ROWS)  # [ROWS]; the name must not be reused below (the epilogue reads it)
     rm = r % BLOCK_M  # [ROWS] row within the layout's tile
     head_r = h + r // BLOCK_M  # [ROWS] query head of each row
     offs_m = qb * BLOCK_M + rm  # [ROWS] query index
@@ -283,9 +283,9 @@ def _sparse_fwd_kernel(
     if INDEX_MODE == 1:
         # Run by run: within a run the block is the run's first plus the step, so no load feeds the
         # K/V addresses and the pipeliner can issue them ahead.
-        for r in range(run_lo, run_hi):
-            j0 = tl.maximum((tl.load(RUN_AT + r) - full_start).to(tl.int32), f_lo)
-            j1 = tl.minimum((tl.load(RUN_AT + r + 1) - full_start).to(tl.int32), f_hi)
+        for run in range(run_lo, run_hi):
+            j0 = tl.maximum((tl.load(RUN_AT + run) - full_start).to(tl.int32), f_lo)
+            j1 = tl.minimum((tl.load(RUN_AT + run + 1) - full_start).to(tl.int32), f_hi)
             base = tl.load(full_row + j0) - j0
             for i in tl.range(j0, j1, num_stages=NUM_STAGES):
                 acc, l_i, m_i = _full_step(
