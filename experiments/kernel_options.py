@@ -44,7 +44,6 @@ CASES: list[tuple[str, Pattern, int]] = [
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
     "index loads": {"index_mode": 0},
-    "runs": {"index_mode": 1},
     "index tensors": {"index_mode": 2},
 }
 
