@@ -89,11 +89,11 @@ def measure(n: int) -> list[dict]:
         "cuDNN SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=True
         ),
-        "block-sparse, index loads": lambda: triton_sparse_attention(
-            q, k, v, layout, config=dataclasses.replace(config, index_mode=0)
+        "block-sparse, FULL tiles by index": lambda: triton_sparse_attention(
+            q, k, v, layout, config=dataclasses.replace(config, full_runs=False)
         )[0],
-        "block-sparse, runs": lambda: triton_sparse_attention(
-            q, k, v, layout, config=dataclasses.replace(config, index_mode=1)
+        "block-sparse, FULL tiles by runs": lambda: triton_sparse_attention(
+            q, k, v, layout, config=dataclasses.replace(config, full_runs=True)
         )[0],
         "plain causal kernel (pointer loads)": lambda: plain_causal(q, k, v),
     }

@@ -1,13 +1,13 @@
-"""The kernel's softmax and masking options, each against the default, with cuDNN in the same run.
+"""How the kernel reads its tile lists, each way against the default, with cuDNN in the same run.
 
     PYTHONPATH=. python experiments/kernel_options.py --out $OUT     # on a CUDA machine
 
-Options (`KernelConfig` fields): ``lazy_rescale`` (skip the accumulator rescale until a row's max grows
-by more than that many powers of two), ``split_exp`` (half of each FULL tile's exponentials on the FMA
-pipe), ``gather_bits`` (PARTIAL tiles read each bit's word directly instead of expanding the row's words
-in registers). Every combination runs on the default tile shape, warps, stages, TMA and head packing of
-each case, is first checked against the fp32 reference on a 2K prompt (tune_kernel.correct), then timed
-with ``triton.testing.do_bench`` (median). Writes ``kernel_options.json`` and ``kernel_options.md``.
+Variants (`KernelConfig` fields): ``full_runs`` (FULL tiles of a run step from the run's first block,
+against one index load per tile) and ``partial_vector`` (PARTIAL block and bitmap ids read ahead in one
+vector load, against one load each per tile). Every variant runs on the default tile shape, warps,
+stages, TMA and head packing of each case, is first checked against the fp32 reference on a 2K prompt
+(tune_kernel.correct), then timed with ``triton.testing.do_bench`` (median). Writes
+``kernel_options.json`` and ``kernel_options.md``.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ CASES: list[tuple[str, Pattern, int]] = [
 # Named option sets, each a set of `KernelConfig` overrides; "default" must be first.
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
-    "index loads": {"index_mode": 0},
-    "index tensors": {"index_mode": 2},
+    "FULL by index": {"full_runs": False},
+    "PARTIAL by index": {"partial_vector": 0},
+    "both by index": {"full_runs": False, "partial_vector": 0},
+    "PARTIAL vector 8": {"partial_vector": 8},
 }
 
 
@@ -94,7 +96,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_options.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
-        "# Kernel softmax and masking options",
+        "# How the kernel reads its tile lists",
         "",
         f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; each case on its default "

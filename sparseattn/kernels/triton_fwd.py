@@ -41,79 +41,26 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 @triton.jit
-def _exp2_fma(x):
-    """2**x for x <= 0 on the FMA pipe: Hopper's MUFU unit computes 16 exp2 per clock per multiprocessor
-    against 128 FMAs, so moving some of a tile's exponentials here shortens the softmax.
-
-    Cody-Waite style: x = j + f with j an integer (rounded by adding 1.5 * 2**23, which leaves j in the
-    low mantissa bits of ``t``) and f in [-0.5, 0.5]; 2**f by a degree-3 polynomial (relative error
-    2.2e-4, below half a bf16 ulp of the probabilities it feeds); j goes straight into the exponent
-    field. x is clamped at -127, where the result is exactly 0.
-    """
-    x = tl.maximum(x, -127.0)
-    t = x + 12582912.0
-    f = x - (t - 12582912.0)
-    p = 0.05286731541644309 * f + 0.2421521458732849
-    p = p * f + 0.6935868336362103
-    p = p * f + 0.9999627473614014
-    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2(x, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
-    """2**x of a [ROWS, BLOCK_N] tile; with SPLIT, odd columns through `_exp2_fma` (a thread of Hopper's
-    MMA layout holds column pairs, so splitting them needs no data movement)."""
-    if SPLIT:
-        even, odd = tl.split(tl.reshape(x, [ROWS, BLOCK_N // 2, 2]))
-        y = tl.reshape(tl.join(tl.math.exp2(even), _exp2_fma(odd)), [ROWS, BLOCK_N])
-    else:
-        y = tl.math.exp2(x)
-    return y
-
-
-@triton.jit
-def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr, LAZY: tl.constexpr, SPLIT_EXP: tl.constexpr):
+def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
     """One online-softmax step on raw scores ``qk`` [ROWS, BLOCK_N] (masked entries -inf).
 
     ``qk_scale`` includes log2(e), so exp2 gives exp and the scaling folds into one FMA with the max.
     SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
-    always hold a finite score per row and skip it. LAZY > 0 keeps the running max (and skips the
-    [ROWS, HEAD_DIM] rescale of ``acc``) until some row's max grows by more than LAZY in log2 units:
-    probabilities then stay below 2**LAZY, exact in fp32 and as precise in bf16.
+    always hold a finite score per row and skip it. (Skipping the rescale of ``acc`` until the max grows
+    by 2**8, and computing half the exponentials by polynomial on the FMA pipe, both measured slower on
+    the H200: experiments/results/kernel_options_softmax.md.)
     """
-    ROWS: tl.constexpr = qk.shape[0]
-    BLOCK_N: tl.constexpr = qk.shape[1]
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [ROWS]
-    if LAZY > 0:
-        if tl.max((m_new > m_i + LAZY).to(tl.int32), 0) > 0:
-            if SAFE:
-                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            else:
-                m_ref = m_new
-            alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        if SAFE:
-            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
-        else:
-            m_use = m_i
-        p = _exp2(qk * qk_scale - m_use[:, None], ROWS, BLOCK_N, SPLIT_EXP and not SAFE)  # [ROWS, BLOCK_N]
-        l_i = l_i + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
-        return acc, l_i, m_i
+    if SAFE:
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        if SAFE:
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_ref = m_new
-        alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
-        p = _exp2(qk * qk_scale - m_ref[:, None], ROWS, BLOCK_N, SPLIT_EXP and not SAFE)  # [ROWS, BLOCK_N]
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
-        return acc, l_i, m_new
+        m_ref = m_new
+    alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
+    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [ROWS, BLOCK_N]
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -154,7 +101,7 @@ def _load_tile_tma(k_desc, v_desc, row0, start, keys, kv_len, BOUNDED: tl.conste
 def _full_step(
     acc, l_i, m_i, q, start, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0,
     stride_ks, stride_vs, kv_len, qk_scale,
-    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, LAZY: tl.constexpr, SPLIT_EXP: tl.constexpr,
+    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
     """One FULL tile at key ``start``: no mask beyond the bounds of a ragged last block."""
     keys = start + offs_n  # [BLOCK_N]
@@ -165,7 +112,28 @@ def _full_step(
     qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
     if not EVEN_KV:
         qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-    return _update(acc, l_i, m_i, qk, v, qk_scale, False, LAZY, SPLIT_EXP)
+    return _update(acc, l_i, m_i, qk, v, qk_scale, False)
+
+
+@triton.jit
+def _partial_step(
+    acc, l_i, m_i, q, start, mask_id, TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base, k_offs, v_offs,
+    K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
+):  # fmt: skip
+    """One PARTIAL tile at key ``start``: bit (row, col) of bitmap ``mask_id`` decides (tail bits are zero)."""
+    WORDS: tl.constexpr = BLOCK_N // 32
+    ROWS: tl.constexpr = q.shape[0]
+    keys = start + offs_n  # [BLOCK_N]
+    words = tl.load(TILE_MASKS + mask_id.to(tl.int64) * (BLOCK_M * WORDS) + words_offs)  # [ROWS, WORDS]
+    bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
+    keep = ((bits >> shifts[None, :]) & 1) != 0  # [ROWS, BLOCK_N]
+    if USE_TMA:
+        k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, True)
+    else:
+        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
+    qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
+    return _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
 
 @triton.jit
@@ -227,10 +195,8 @@ def _sparse_fwd_kernel(
     NUM_STAGES: tl.constexpr,
     USE_TMA: tl.constexpr,
     PACK: tl.constexpr,
-    LAZY: tl.constexpr,
-    SPLIT_EXP: tl.constexpr,
-    GATHER_BITS: tl.constexpr,
-    INDEX_MODE: tl.constexpr,
+    FULL_RUNS: tl.constexpr,
+    PART_VEC: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -249,7 +215,6 @@ def _sparse_fwd_kernel(
     part_start = tl.load(item + 11).to(tl.int64)
     run_lo = tl.load(item + 12)
     run_hi = tl.load(item + 13)
-    two = tl.arange(0, 2)
 
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
@@ -276,60 +241,68 @@ def _sparse_fwd_kernel(
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
 
-    # FULL tiles: every in-range pair counts.
+    # FULL tiles: every in-range pair counts. The chunk's first two runs of consecutive blocks step from
+    # each run's first block, so no load feeds their K/V addresses and the pipeliner issues those loads
+    # stages ahead (it does not pipeline a load whose address comes from a load in the loop); FULL
+    # tiles past them, if any, are read by index.
     full_row = FULL_IDX + full_start
     f_lo = tl.minimum(t0, n_full)
     f_hi = tl.minimum(t1, n_full)
-    if INDEX_MODE == 1:
-        # Run by run: within a run the block is the run's first plus the step, so no load feeds the
-        # K/V addresses and the pipeliner can issue them ahead.
-        for run in range(run_lo, run_hi):
-            j0 = tl.maximum((tl.load(RUN_AT + run) - full_start).to(tl.int32), f_lo)
-            j1 = tl.minimum((tl.load(RUN_AT + run + 1) - full_start).to(tl.int32), f_hi)
-            base = tl.load(full_row + j0) - j0
-            for i in tl.range(j0, j1, num_stages=NUM_STAGES):
-                acc, l_i, m_i = _full_step(
-                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
-                    desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY, SPLIT_EXP,
-                )  # fmt: skip
-    else:
-        for i in tl.range(f_lo, f_hi, num_stages=NUM_STAGES):
-            if INDEX_MODE == 2:
-                start = tl.sum(tl.load(full_row + i + two, mask=two == 0, other=0), 0) * BLOCK_N
-            else:
-                start = tl.load(full_row + i) * BLOCK_N
+    idx_lo = f_lo
+    if FULL_RUNS:
+        a_end = tl.load(RUN_AT + run_lo + 1, mask=run_lo < run_hi, other=0)
+        a_end = tl.minimum(tl.maximum((a_end - full_start).to(tl.int32), f_lo), f_hi)
+        base = tl.load(full_row + f_lo, mask=f_lo < a_end, other=0) - f_lo
+        for i in tl.range(f_lo, a_end, num_stages=NUM_STAGES):
             acc, l_i, m_i = _full_step(
-                acc, l_i, m_i, q, start, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
-                desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY, SPLIT_EXP,
+                acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
+                desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
             )  # fmt: skip
+        b_end = tl.load(RUN_AT + run_lo + 2, mask=run_lo + 1 < run_hi, other=0)
+        b_end = tl.minimum(tl.maximum((b_end - full_start).to(tl.int32), a_end), f_hi)
+        base = tl.load(full_row + a_end, mask=a_end < b_end, other=0) - a_end
+        for i in tl.range(a_end, b_end, num_stages=NUM_STAGES):
+            acc, l_i, m_i = _full_step(
+                acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
+                desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+            )  # fmt: skip
+        idx_lo = b_end
+    for i in tl.range(idx_lo, f_hi, num_stages=NUM_STAGES):
+        acc, l_i, m_i = _full_step(
+            acc, l_i, m_i, q, tl.load(full_row + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
+            V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+        )  # fmt: skip
 
-    # PARTIAL tiles: bit (row, col) of the tile's bitmap decides; tail bits are zero.
+    # PARTIAL tiles. The chunk's first PART_VEC block ids and bitmap ids are read in one vector load
+    # before the loop and picked from registers, for the same reason; the rest by index.
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
     words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
     shifts = offs_n % 32  # [BLOCK_N]
-    bit_words = rm[:, None] * WORDS + (offs_n // 32)[None, :]  # [ROWS, BLOCK_N] each bit's word
-    for i in tl.range(tl.maximum(t0, n_full), t1, num_stages=NUM_STAGES):
-        j = i - n_full
-        if INDEX_MODE == 2:
-            start = tl.sum(tl.load(part_row + j + two, mask=two == 0, other=0), 0) * BLOCK_N
-            mask_id = tl.sum(tl.load(mid_row + j + two, mask=two == 0, other=0), 0).to(tl.int64)
-        else:
-            start = tl.load(part_row + j) * BLOCK_N
-            mask_id = tl.load(mid_row + j).to(tl.int64)
-        keys = start + offs_n
-        if GATHER_BITS:
-            bits = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + bit_words)  # [ROWS, BLOCK_N]
-        else:
-            words = tl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + words_offs)  # [ROWS, WORDS]
-            bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
-        keep = ((bits >> shifts[None, :]) & 1) != 0  # [ROWS, BLOCK_N]
-        if USE_TMA:
-            k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, True)
-        else:
-            k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
-        qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-        acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY, SPLIT_EXP)
+    p_lo = tl.maximum(t0, n_full) - n_full
+    p_hi = t1 - n_full
+    idx_lo = p_lo
+    if PART_VEC > 0:
+        lane = tl.arange(0, PART_VEC)  # [PART_VEC]
+        ahead = p_lo + lane < p_hi
+        vec_blocks = tl.load(part_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
+        vec_masks = tl.load(mid_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
+        v_end = tl.minimum(p_hi, p_lo + PART_VEC)
+        for j in tl.range(p_lo, v_end, num_stages=NUM_STAGES):
+            pick = lane == j - p_lo
+            acc, l_i, m_i = _partial_step(
+                acc, l_i, m_i, q, tl.sum(tl.where(pick, vec_blocks, 0), 0) * BLOCK_N,
+                tl.sum(tl.where(pick, vec_masks, 0), 0), TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base,
+                k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
+                BLOCK_M, BLOCK_N, USE_TMA,
+            )  # fmt: skip
+        idx_lo = v_end
+    for j in tl.range(idx_lo, p_hi, num_stages=NUM_STAGES):
+        acc, l_i, m_i = _partial_step(
+            acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
+            shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
+            kv_len, qk_scale, BLOCK_M, BLOCK_N, USE_TMA,
+        )  # fmt: skip
 
     # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
     # from the runtime one so that layouts without columns compile without this code.
@@ -346,7 +319,7 @@ def _sparse_fwd_kernel(
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
                 k, v = _gather_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len)
                 qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY, SPLIT_EXP)
+                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
@@ -372,24 +345,24 @@ class KernelConfig:
     commit 7d1518f).
     ``pack`` query heads of one kv head share a program (and each K/V tile load) when the layout does
     not depend on the head; the program then computes ``pack * block_m`` rows.
+    ``full_runs`` walks a chunk's first two runs of consecutive FULL blocks without index loads, and
+    ``partial_vector`` reads that many PARTIAL block and bitmap ids ahead in one vector load (0: off):
+    both keep loads out of the K/V address chain so that the loads are pipelined
+    (experiments/results/kernel_options.md, dense_ceiling.md).
     """
 
     num_warps: int = 8
     num_stages: int = 3
     tma: bool = False
     pack: int = 1
-    lazy_rescale: float = 0.0
-    split_exp: bool = False
-    gather_bits: bool = False
-    index_mode: int = 1
+    full_runs: bool = True
+    partial_vector: int = 4
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
             raise ValueError(f"pack: expected 1, 2 or 4 query heads per program, got {self.pack}")
-        if not 0.0 <= self.lazy_rescale <= 16.0:
-            raise ValueError(
-                f"lazy_rescale: expected a log2 growth in [0, 16] (0: rescale every tile), got {self.lazy_rescale}"
-            )
+        if self.partial_vector not in (0, 2, 4, 8, 16):
+            raise ValueError(f"partial_vector: expected 0 (off) or a power of two up to 16, got {self.partial_vector}")
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -639,10 +612,8 @@ def triton_sparse_attention(
         NUM_STAGES=config.num_stages,
         USE_TMA=config.tma,
         PACK=config.pack,
-        LAZY=config.lazy_rescale,
-        SPLIT_EXP=config.split_exp,
-        GATHER_BITS=config.gather_bits,
-        INDEX_MODE=config.index_mode,
+        FULL_RUNS=config.full_runs,
+        PART_VEC=config.partial_vector,
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
