@@ -197,6 +197,7 @@ def _sparse_fwd_kernel(
     PACK: tl.constexpr,
     FULL_RUNS: tl.constexpr,
     PART_VEC: tl.constexpr,
+    PART_STAGES: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -288,7 +289,7 @@ def _sparse_fwd_kernel(
         vec_blocks = tl.load(part_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
         vec_masks = tl.load(mid_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
         v_end = tl.minimum(p_hi, p_lo + PART_VEC)
-        for j in tl.range(p_lo, v_end, num_stages=NUM_STAGES):
+        for j in tl.range(p_lo, v_end, num_stages=PART_STAGES):
             pick = lane == j - p_lo
             acc, l_i, m_i = _partial_step(
                 acc, l_i, m_i, q, tl.sum(tl.where(pick, vec_blocks, 0), 0) * BLOCK_N,
@@ -297,7 +298,7 @@ def _sparse_fwd_kernel(
                 BLOCK_M, BLOCK_N, USE_TMA,
             )  # fmt: skip
         idx_lo = v_end
-    for j in tl.range(idx_lo, p_hi, num_stages=NUM_STAGES):
+    for j in tl.range(idx_lo, p_hi, num_stages=PART_STAGES):
         acc, l_i, m_i = _partial_step(
             acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
             shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
@@ -405,6 +406,15 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     if tma and head_dim >= 64 and layout.num_heads == 1 and group % 2 == 0:
         return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2)
     return KernelConfig(num_warps=4, num_stages=2)
+
+
+def _partial_stages(config: KernelConfig, layout: BlockLayout, head_dim: int) -> int:
+    """Pipeline depth of the PARTIAL loops: read ahead, their bitmap words are pipelined through shared
+    memory too (block_m x block_n / 8 bytes a stage), which at 128 x 128 x 128 and 3 stages passes the
+    H200's 227 KiB by 1 KiB; one stage less there (one PARTIAL tile per row for dense causal)."""
+    if config.partial_vector and config.num_stages > 2 and layout.block_m * layout.block_n * head_dim >= 128**3:
+        return 2
+    return config.num_stages
 
 
 @functools.cache
@@ -614,6 +624,7 @@ def triton_sparse_attention(
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
         PART_VEC=config.partial_vector,
+        PART_STAGES=_partial_stages(config, layout, dim),
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
