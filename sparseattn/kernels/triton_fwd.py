@@ -242,6 +242,8 @@ def _sparse_fwd_kernel(
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
 
+    # Every loop is skipped when empty: a pipelined loop's prologue costs even with no iteration, which
+    # short rows (a triangle's handful of tiles) feel.
     # FULL tiles: every in-range pair counts. The chunk's first two runs of consecutive blocks step from
     # each run's first block, so no load feeds their K/V addresses and the pipeliner issues those loads
     # stages ahead (it does not pipeline a load whose address comes from a load in the loop); FULL
@@ -254,25 +256,28 @@ def _sparse_fwd_kernel(
         a_end = tl.load(RUN_AT + run_lo + 1, mask=run_lo < run_hi, other=0)
         a_end = tl.minimum(tl.maximum((a_end - full_start).to(tl.int32), f_lo), f_hi)
         base = tl.load(full_row + f_lo, mask=f_lo < a_end, other=0) - f_lo
-        for i in tl.range(f_lo, a_end, num_stages=NUM_STAGES):
-            acc, l_i, m_i = _full_step(
-                acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
-                desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
-            )  # fmt: skip
+        if f_lo < a_end:
+            for i in tl.range(f_lo, a_end, num_stages=NUM_STAGES):
+                acc, l_i, m_i = _full_step(
+                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
+                    desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                )  # fmt: skip
         b_end = tl.load(RUN_AT + run_lo + 2, mask=run_lo + 1 < run_hi, other=0)
         b_end = tl.minimum(tl.maximum((b_end - full_start).to(tl.int32), a_end), f_hi)
         base = tl.load(full_row + a_end, mask=a_end < b_end, other=0) - a_end
-        for i in tl.range(a_end, b_end, num_stages=NUM_STAGES):
-            acc, l_i, m_i = _full_step(
-                acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
-                desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
-            )  # fmt: skip
+        if a_end < b_end:
+            for i in tl.range(a_end, b_end, num_stages=NUM_STAGES):
+                acc, l_i, m_i = _full_step(
+                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
+                    desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                )  # fmt: skip
         idx_lo = b_end
-    for i in tl.range(idx_lo, f_hi, num_stages=NUM_STAGES):
-        acc, l_i, m_i = _full_step(
-            acc, l_i, m_i, q, tl.load(full_row + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-            V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
-        )  # fmt: skip
+    if idx_lo < f_hi:
+        for i in tl.range(idx_lo, f_hi, num_stages=NUM_STAGES):
+            acc, l_i, m_i = _full_step(
+                acc, l_i, m_i, q, tl.load(full_row + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
+                V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+            )  # fmt: skip
 
     # PARTIAL tiles. The chunk's first PART_VEC block ids and bitmap ids are read in one vector load
     # before the loop and picked from registers, for the same reason; the rest by index.
@@ -289,21 +294,23 @@ def _sparse_fwd_kernel(
         vec_blocks = tl.load(part_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
         vec_masks = tl.load(mid_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
         v_end = tl.minimum(p_hi, p_lo + PART_VEC)
-        for j in tl.range(p_lo, v_end, num_stages=PART_STAGES):
-            pick = lane == j - p_lo
-            acc, l_i, m_i = _partial_step(
-                acc, l_i, m_i, q, tl.sum(tl.where(pick, vec_blocks, 0), 0) * BLOCK_N,
-                tl.sum(tl.where(pick, vec_masks, 0), 0), TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base,
-                k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
-                BLOCK_M, BLOCK_N, USE_TMA,
-            )  # fmt: skip
+        if p_lo < v_end:
+            for j in tl.range(p_lo, v_end, num_stages=PART_STAGES):
+                pick = lane == j - p_lo
+                acc, l_i, m_i = _partial_step(
+                    acc, l_i, m_i, q, tl.sum(tl.where(pick, vec_blocks, 0), 0) * BLOCK_N,
+                    tl.sum(tl.where(pick, vec_masks, 0), 0), TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base,
+                    k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
+                    BLOCK_M, BLOCK_N, USE_TMA,
+                )  # fmt: skip
         idx_lo = v_end
-    for j in tl.range(idx_lo, p_hi, num_stages=PART_STAGES):
-        acc, l_i, m_i = _partial_step(
-            acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
-            shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
-            kv_len, qk_scale, BLOCK_M, BLOCK_N, USE_TMA,
-        )  # fmt: skip
+    if idx_lo < p_hi:
+        for j in tl.range(idx_lo, p_hi, num_stages=PART_STAGES):
+            acc, l_i, m_i = _partial_step(
+                acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
+                shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
+                kv_len, qk_scale, BLOCK_M, BLOCK_N, USE_TMA,
+            )  # fmt: skip
 
     # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
     # from the runtime one so that layouts without columns compile without this code.
