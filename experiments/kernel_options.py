@@ -2,9 +2,8 @@
 
     PYTHONPATH=. python experiments/kernel_options.py --out $OUT     # on a CUDA machine
 
-Variants (`KernelConfig` fields): ``full_runs`` (FULL tiles of a run step from the run's first block,
-against one index load per tile) and ``partial_vector`` (PARTIAL block and bitmap ids read ahead in one
-vector load, against one load each per tile). Every variant runs on the default tile shape, warps,
+Variants (`KernelConfig` fields): ``full_runs`` on and off (FULL tiles of a run step from the run's
+first block, against one index load per tile). Every variant runs on the default tile shape, warps,
 stages, TMA and head packing of each case, is first checked against the fp32 reference on a 2K prompt
 (tune_kernel.correct), then timed with ``triton.testing.do_bench`` (median). Writes
 ``kernel_options.json`` and ``kernel_options.md``.
@@ -43,10 +42,8 @@ CASES: list[tuple[str, Pattern, int]] = [
 # Named option sets, each a set of `KernelConfig` overrides; "default" must be first.
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
+    "FULL by runs": {"full_runs": True},
     "FULL by index": {"full_runs": False},
-    "PARTIAL by index": {"partial_vector": 0},
-    "both by index": {"full_runs": False, "partial_vector": 0},
-    "PARTIAL vector 8": {"partial_vector": 8},
 }
 
 

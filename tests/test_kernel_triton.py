@@ -116,7 +116,9 @@ def test_kernel_matches_oracle(data):
     if data.draw(st.booleans(), "device-built layout: grid order, no work list"):
         layout, max_chunk, heavy_first = replace(layout, device_built=True), None, None
     scale = data.draw(st.sampled_from([None, 0.3]), "scale")
-    config = replace(default_config(layout, dim), tma=data.draw(st.booleans(), "tma"))
+    config = replace(
+        default_config(layout, dim), tma=data.draw(st.booleans(), "tma"), full_runs=data.draw(st.booleans(), "runs")
+    )
     if layout.num_heads == 1:  # heads of one kv head may share a program
         config = replace(
             config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))
@@ -151,7 +153,7 @@ def test_split_rows_with_full_runs(pack):
     mask = ((k <= q_pos) & ((k < 8) | (q_pos - k < 64) | (q_pos >= 480)))[None, None]
     layout = BlockLayout.from_dense(mask, (32, 32))
     q, k, v = random_inputs(1, 4, 2, 512, 512, 32, torch.float16, 3)
-    config = replace(default_config(layout, 32), pack=pack)
+    config = replace(default_config(layout, 32), pack=pack, full_runs=True)
     out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=3, heavy_first=True, config=config)
     assert_close_to_oracle(out, lse, q, k, v, mask)
 

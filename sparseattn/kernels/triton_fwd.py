@@ -196,8 +196,6 @@ def _sparse_fwd_kernel(
     USE_TMA: tl.constexpr,
     PACK: tl.constexpr,
     FULL_RUNS: tl.constexpr,
-    PART_VEC: tl.constexpr,
-    PART_STAGES: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -279,33 +277,16 @@ def _sparse_fwd_kernel(
                 V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
             )  # fmt: skip
 
-    # PARTIAL tiles. The chunk's first PART_VEC block ids and bitmap ids are read in one vector load
-    # before the loop and picked from registers, for the same reason; the rest by index.
+    # PARTIAL tiles, by index. (Reading their ids ahead in one vector load, as FULL runs avoid index
+    # loads, gained nothing: experiments/results/kernel_options_unguarded.md.)
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
     words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
     shifts = offs_n % 32  # [BLOCK_N]
     p_lo = tl.maximum(t0, n_full) - n_full
     p_hi = t1 - n_full
-    idx_lo = p_lo
-    if PART_VEC > 0:
-        lane = tl.arange(0, PART_VEC)  # [PART_VEC]
-        ahead = p_lo + lane < p_hi
-        vec_blocks = tl.load(part_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
-        vec_masks = tl.load(mid_row + p_lo + lane, mask=ahead, other=0)  # [PART_VEC]
-        v_end = tl.minimum(p_hi, p_lo + PART_VEC)
-        if p_lo < v_end:
-            for j in tl.range(p_lo, v_end, num_stages=PART_STAGES):
-                pick = lane == j - p_lo
-                acc, l_i, m_i = _partial_step(
-                    acc, l_i, m_i, q, tl.sum(tl.where(pick, vec_blocks, 0), 0) * BLOCK_N,
-                    tl.sum(tl.where(pick, vec_masks, 0), 0), TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base,
-                    k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
-                    BLOCK_M, BLOCK_N, USE_TMA,
-                )  # fmt: skip
-        idx_lo = v_end
-    if idx_lo < p_hi:
-        for j in tl.range(idx_lo, p_hi, num_stages=PART_STAGES):
+    if p_lo < p_hi:
+        for j in tl.range(p_lo, p_hi, num_stages=NUM_STAGES):
             acc, l_i, m_i = _partial_step(
                 acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
                 shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
@@ -353,9 +334,8 @@ class KernelConfig:
     commit 7d1518f).
     ``pack`` query heads of one kv head share a program (and each K/V tile load) when the layout does
     not depend on the head; the program then computes ``pack * block_m`` rows.
-    ``full_runs`` walks a chunk's first two runs of consecutive FULL blocks without index loads, and
-    ``partial_vector`` reads that many PARTIAL block and bitmap ids ahead in one vector load (0: off):
-    both keep loads out of the K/V address chain so that the loads are pipelined
+    ``full_runs`` walks a chunk's first two runs of consecutive FULL blocks without index loads, which
+    keeps loads out of the K/V address chain so that the pipeliner issues the K/V loads ahead
     (experiments/results/kernel_options.md, dense_ceiling.md).
     """
 
@@ -364,13 +344,10 @@ class KernelConfig:
     tma: bool = False
     pack: int = 1
     full_runs: bool = True
-    partial_vector: int = 4
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
             raise ValueError(f"pack: expected 1, 2 or 4 query heads per program, got {self.pack}")
-        if self.partial_vector not in (0, 2, 4, 8, 16):
-            raise ValueError(f"partial_vector: expected 0 (off) or a power of two up to 16, got {self.partial_vector}")
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -406,22 +383,16 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     program with TMA loads (Triangle(): 1.143 ms against 1.209 ms at 32K, 4.58 against 4.91 ms at 128K);
     without TMA that packing measured slower than none, so other devices and per-head layouts keep one
     head per program with pointer loads.
+    FULL tiles go run by run on long rows (dense causal 16.9 against 18.9 ms at 32K, mixture 73.0 against
+    83.6 ms at 128K) and by index on short ones, where the extra loops cost more than they save
+    (Triangle() on 64 x 64: 1.18 against 1.49 ms at 32K; kernel_options.md).
     """
     tma = _has_tma(layout.device)
     if layout.block_m >= 128 and head_dim >= 64:
         return KernelConfig(num_warps=8, num_stages=3, tma=True) if tma else KernelConfig(num_warps=8, num_stages=2)
     if tma and head_dim >= 64 and layout.num_heads == 1 and group % 2 == 0:
-        return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2)
-    return KernelConfig(num_warps=4, num_stages=2)
-
-
-def _partial_stages(config: KernelConfig, layout: BlockLayout, head_dim: int) -> int:
-    """Pipeline depth of the PARTIAL loops: read ahead, their bitmap words are pipelined through shared
-    memory too (block_m x block_n / 8 bytes a stage), which at 128 x 128 x 128 and 3 stages passes the
-    H200's 227 KiB by 1 KiB; one stage less there (one PARTIAL tile per row for dense causal)."""
-    if config.partial_vector and config.num_stages > 2 and layout.block_m * layout.block_n * head_dim >= 128**3:
-        return 2
-    return config.num_stages
+        return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, full_runs=False)
+    return KernelConfig(num_warps=4, num_stages=2, full_runs=False)
 
 
 @functools.cache
@@ -630,8 +601,6 @@ def triton_sparse_attention(
         USE_TMA=config.tma,
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
-        PART_VEC=config.partial_vector,
-        PART_STAGES=_partial_stages(config, layout, dim),
         num_warps=config.num_warps,
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
