@@ -178,20 +178,19 @@ def test_work_list_covers_every_tile_once_heaviest_first(pack):
     covered = torch.zeros(2, 4, layout.num_q_blocks, dtype=torch.long)
     slots = []
     full_start, part_start = layout.full_kv_start.view(-1), layout.kv_start.view(-1)
-    run_at, blocks = work.run_at.tolist(), layout.full_kv_indices.tolist()
-    for b, h, qb, lrow, t0, t1, slot, stride, n_full, n_total, f_start, p_start, r_lo, r_hi in items.tolist():
+    blocks = layout.full_kv_indices.tolist()
+    for b, h, qb, lrow, t0, t1, slot, stride, n_full, n_total, f_start, p_start, *runs in items.tolist():
         assert 0 <= t0 <= t1 <= n_tiles[lrow] and t1 - t0 <= 3 and h % pack == 0
         # The row facts copied into the item are the layout's.
         assert n_full == layout.full_kv_num_blocks.view(-1)[lrow] and n_total == n_tiles[lrow]
         assert f_start == full_start[lrow] and p_start == part_start[lrow]
-        # Its runs, clipped to its FULL positions, cover them in order, each of consecutive blocks.
-        lo, hi = f_start + min(t0, n_full), f_start + min(t1, n_full)
-        walked = []
-        for r in range(r_lo, r_hi):
-            run = list(range(max(run_at[r], lo), min(run_at[r + 1], hi)))
-            assert run and all(blocks[j] == blocks[run[0]] + j - run[0] for j in run)
-            walked += run
-        assert walked == list(range(lo, hi))
+        # Its first two runs give the blocks of their FULL positions; the first is maximal.
+        lo, hi = min(t0, n_full), min(t1, n_full)
+        a_end, a_base, b_end, b_base = runs
+        assert lo <= a_end <= b_end <= hi and (a_end > lo or lo == hi)
+        assert all(blocks[f_start + i] == a_base + i for i in range(lo, a_end))
+        assert all(blocks[f_start + i] == b_base + i for i in range(a_end, b_end))
+        assert a_end == hi or blocks[f_start + a_end] != blocks[f_start + a_end - 1] + 1
         covered[b, h : h + pack, qb] += t1 - t0
         slots += [slot + p * stride for p in range(pack)] if slot >= 0 else []
     assert torch.equal(covered, n_tiles.view(1, 1, -1).expand(2, 4, -1))

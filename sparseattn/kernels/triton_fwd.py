@@ -161,7 +161,6 @@ def _sparse_fwd_kernel(
     WORK,
     stride_work,
     FULL_IDX,
-    RUN_AT,
     PART_IDX,
     PART_MID,
     TILE_MASKS,
@@ -212,8 +211,10 @@ def _sparse_fwd_kernel(
     n_total = tl.load(item + 9)
     full_start = tl.load(item + 10).to(tl.int64)
     part_start = tl.load(item + 11).to(tl.int64)
-    run_lo = tl.load(item + 12)
-    run_hi = tl.load(item + 13)
+    a_end = tl.load(item + 12)  # the chunk's first run of FULL blocks: end position, block - position
+    a_base = tl.load(item + 13)
+    b_end = tl.load(item + 14)  # its second run
+    b_base = tl.load(item + 15)
 
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
@@ -243,31 +244,25 @@ def _sparse_fwd_kernel(
     # Every loop is skipped when empty: a pipelined loop's prologue costs even with no iteration, which
     # short rows (a triangle's handful of tiles) feel.
     # FULL tiles: every in-range pair counts. The chunk's first two runs of consecutive blocks step from
-    # each run's first block, so no load feeds their K/V addresses and the pipeliner issues those loads
-    # stages ahead (it does not pipeline a load whose address comes from a load in the loop); FULL
-    # tiles past them, if any, are read by index.
+    # each run's first block (planned in the work item), so no load feeds their K/V addresses and the
+    # pipeliner issues those loads stages ahead (it does not pipeline a load whose address comes from a
+    # load in the loop); FULL tiles past them, if any, are read by index.
     full_row = FULL_IDX + full_start
     f_lo = tl.minimum(t0, n_full)
     f_hi = tl.minimum(t1, n_full)
     idx_lo = f_lo
     if FULL_RUNS:
-        a_end = tl.load(RUN_AT + run_lo + 1, mask=run_lo < run_hi, other=0)
-        a_end = tl.minimum(tl.maximum((a_end - full_start).to(tl.int32), f_lo), f_hi)
-        base = tl.load(full_row + f_lo, mask=f_lo < a_end, other=0) - f_lo
         if f_lo < a_end:
             for i in tl.range(f_lo, a_end, num_stages=NUM_STAGES):
                 acc, l_i, m_i = _full_step(
-                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
-                    desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                    acc, l_i, m_i, q, (a_base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
+                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
                 )  # fmt: skip
-        b_end = tl.load(RUN_AT + run_lo + 2, mask=run_lo + 1 < run_hi, other=0)
-        b_end = tl.minimum(tl.maximum((b_end - full_start).to(tl.int32), a_end), f_hi)
-        base = tl.load(full_row + a_end, mask=a_end < b_end, other=0) - a_end
         if a_end < b_end:
             for i in tl.range(a_end, b_end, num_stages=NUM_STAGES):
                 acc, l_i, m_i = _full_step(
-                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
-                    desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                    acc, l_i, m_i, q, (b_base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
+                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
                 )  # fmt: skip
         idx_lo = b_end
     if idx_lo < f_hi:
@@ -566,7 +561,6 @@ def triton_sparse_attention(
         work.items,
         work.items.stride(0),
         arg(layout.full_kv_indices),
-        arg(work.run_at),
         arg(layout.kv_indices),
         arg(layout.kv_mask_ids),
         arg(layout.tile_masks),

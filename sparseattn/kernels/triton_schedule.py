@@ -31,9 +31,9 @@ from sparseattn.layout import BlockLayout
 # row's FULL count, total tile count, and offsets into the FULL and PARTIAL lists. With the row facts
 # in the item a program starts with one round of independent loads instead of the chain item -> row
 # -> list. Timings did not move either way (experiments/results/kernel_tuning_items.md); the kernel
-# just needs four fewer list arguments. The last two give the item's FULL tiles as a range of runs (see
-# `full_runs`).
-WORK_FIELDS = 14
+# just needs four fewer list arguments. The last four give the chunk's first two runs of consecutive FULL
+# blocks (see `full_runs`): end position and base of each, so the kernel walks them with no load at all.
+WORK_FIELDS = 16
 # Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
 MIN_CHUNK_TILES = 16
 # Aim for about this many chunk-lengths of work per multiprocessor.
@@ -46,17 +46,15 @@ UNEQUAL_ROWS = 2.0
 
 @dataclass(frozen=True)
 class WorkList:
-    """``items`` [W, 14] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
+    """``items`` [W, 16] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
     first scratch slot, number of chunks) for the (row, head) pairs that were split; ``num_slots``
-    scratch slots; ``pack`` query heads per item (they share one kv head and the layout row);
-    ``run_at`` the FULL list's run starts (see `full_runs`)."""
+    scratch slots; ``pack`` query heads per item (they share one kv head and the layout row)."""
 
     items: Tensor
     merges: Tensor
     num_slots: int
     max_chunk: int
     pack: int = 1
-    run_at: Tensor | None = None
 
 
 def full_runs(indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,15 +163,23 @@ def build_work_list(
     split = split_rows[row_of]
     slot = torch.where(split, slot_start[row_of] + part, -1)
     stride = torch.where(split, chunks[row_of], 0)
+    # The item's FULL positions [lo, hi) in the flat list, its first two runs within them, each as an end
+    # position and a base (block minus position, so a tile's block is base + position), relative to
+    # the row's start. Positions past the second run are read by index.
     run_at, run_of = full_runs(layout.full_kv_indices)
-    # The item's FULL positions [lo, hi) in the flat list, and the runs that cover them.
-    lo = full_start[row_of] + torch.minimum(t0, n_full[row_of])
-    hi = full_start[row_of] + torch.minimum(t1, n_full[row_of])
-    if run_of.numel():
-        run_lo = run_of[lo.clamp(max=run_of.numel() - 1)]
-        run_hi = torch.where(hi > lo, run_of[(hi - 1).clamp(min=0)] + 1, run_lo)
-    else:
-        run_lo = run_hi = torch.zeros_like(lo)
+    row_start = full_start[row_of]
+    lo = row_start + torch.minimum(t0, n_full[row_of])
+    hi = row_start + torch.minimum(t1, n_full[row_of])
+    runs = []
+    for _ in range(2):
+        if run_of.numel():
+            at = lo.clamp(max=run_of.numel() - 1)
+            end = torch.where(lo < hi, torch.minimum(run_at.long()[run_of[at] + 1], hi), lo)
+            base = layout.full_kv_indices.long()[at] - (lo - row_start)
+        else:
+            end, base = lo, torch.zeros_like(lo)
+        runs += [end - row_start, base]
+        lo = end
     items = torch.stack(
         [
             *(x[row_of] for x in (b, h, qb, lrow)),
@@ -182,8 +188,7 @@ def build_work_list(
             slot,
             stride,
             *(x[row_of] for x in (n_full, n_tiles, full_start, part_start)),
-            run_lo,
-            run_hi,
+            *runs,
         ],
         dim=1,
     )
@@ -202,6 +207,4 @@ def build_work_list(
         num_slots = int(n_items - n_tiles.numel() + n_split) * pack
     else:
         merges, num_slots = torch.zeros(0, 5, dtype=torch.long, device=dev), 0
-    return WorkList(
-        items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk, pack, run_at
-    )
+    return WorkList(items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk, pack)
