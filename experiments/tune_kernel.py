@@ -3,7 +3,8 @@
     PYTHONPATH=. python experiments/tune_kernel.py --out experiments/results   # on a CUDA machine
 
 Options: tile shape with its warp count and the query heads packed per program (``pack``: heads of one
-kv head sharing each K/V tile), pipeline depth, K/V loads through tensor descriptors (TMA). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
+kv head sharing each K/V tile), pipeline depth, K/V loads through tensor descriptors (TMA), FULL tiles
+by runs or by index (``full_runs``). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
 configuration must not win), then timed with ``triton.testing.do_bench`` (median). Writes
 ``kernel_tuning.json`` and ``kernel_tuning.md``.
 """
@@ -36,6 +37,8 @@ SHAPES = {
 }
 STAGES = {"causal": [2, 3], "triangle": [2, 3]}
 TMA = {"causal": [True], "triangle": [True]}
+# FULL tiles by runs (``KernelConfig.full_runs``) or by index.
+RUNS = {"causal": [True], "triangle": [False, True]}
 
 
 @functools.lru_cache(maxsize=4)
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=[], help="only these, as pattern:tokens (causal:32768)")
     parser.add_argument("--stages", type=int, nargs="*", default=[], help="only these pipeline depths")
     parser.add_argument("--tma", choices=["on", "off"], help="only TMA loads on, or off")
+    parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 8192),
@@ -90,15 +94,19 @@ def main() -> None:
                 return_mode="median",
             )
     todo = [
-        (case, (block, warps, pack, stages, tma))
+        (case, (block, warps, pack, stages, tma, runs))
         for case in cases
-        for (block, warps, pack), stages, tma in itertools.product(SHAPES[case[0]], STAGES[case[0]], TMA[case[0]])
-        if (not args.stages or stages in args.stages) and (args.tma is None or tma == (args.tma == "on"))
+        for (block, warps, pack), stages, tma, runs in itertools.product(
+            SHAPES[case[0]], STAGES[case[0]], TMA[case[0]], RUNS[case[0]]
+        )
+        if (not args.stages or stages in args.stages)
+        and (args.tma is None or tma == (args.tma == "on"))
+        and (not args.shapes or f"{block[0]}x{block[1]}" in args.shapes)
     ]
-    for (name, pattern, n), (block, warps, pack, stages, tma) in tqdm(todo, desc="configs"):
-        config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma, pack=pack)
+    for (name, pattern, n), (block, warps, pack, stages, tma, runs) in tqdm(todo, desc="configs"):
+        config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma, pack=pack, full_runs=runs)
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
-        row.update(tma=tma, pack=pack)
+        row.update(tma=tma, pack=pack, full_runs=runs)
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
@@ -132,13 +140,13 @@ def main() -> None:
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
-        "| pattern | tokens | block | warps | heads/program | stages | TMA | max err | ms | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | max err | ms | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
-            f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} |"
+            f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} |"
         )
         if "error" in r:
             lines.append(f"{head} — | {r['error']} | — |")
@@ -155,7 +163,7 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
-            f"tma={r['tma']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
+            f"tma={r['tma']} runs={r['full_runs']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 
 

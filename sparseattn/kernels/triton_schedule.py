@@ -76,11 +76,12 @@ def full_runs(indices: Tensor) -> tuple[Tensor, Tensor]:
         starts[1:] = indices[1:] != indices[:-1] + 1
     run_of = torch.cumsum(starts, 0) - 1
     # Slots from the number of runs on keep the end, n; positions that start no run are written to the
-    # spare last slot, which is then reset to n.
+    # spare last slot, which is then replaced by n.
     run_at = torch.full((n + 2,), n, dtype=torch.int64, device=indices.device)
     run_at.scatter_(0, torch.where(starts, run_of, n + 1), torch.arange(n, device=indices.device))
-    run_at[n + 1] = n
-    return run_at.to(torch.int32), run_of
+    # Not `run_at[n + 1] = n`: assigning a Python number to a CUDA element synchronises.
+    end = torch.full((1,), n, dtype=torch.int64, device=indices.device)
+    return torch.cat([run_at[: n + 1], end]).to(torch.int32), run_of
 
 
 @dataclass(frozen=True)
