@@ -252,16 +252,13 @@ def _sparse_fwd_kernel(
     f_hi = tl.minimum(t1, n_full)
     idx_lo = f_lo
     if FULL_RUNS:
-        if f_lo < a_end:
-            for i in tl.range(f_lo, a_end, num_stages=NUM_STAGES):
+        # One loop over both runs: a scalar select picks the run's base, so the loop stays load-free
+        # (a loop per run measured slower on long rows).
+        if f_lo < b_end:
+            for i in tl.range(f_lo, b_end, num_stages=NUM_STAGES):
+                base = tl.where(i < a_end, a_base, b_base)
                 acc, l_i, m_i = _full_step(
-                    acc, l_i, m_i, q, (a_base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
-                )  # fmt: skip
-        if a_end < b_end:
-            for i in tl.range(a_end, b_end, num_stages=NUM_STAGES):
-                acc, l_i, m_i = _full_step(
-                    acc, l_i, m_i, q, (b_base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
+                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
                     V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
                 )  # fmt: skip
         idx_lo = b_end
