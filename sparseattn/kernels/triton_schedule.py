@@ -32,7 +32,7 @@ from sparseattn.layout import BlockLayout
 # in the item a program starts with one round of independent loads instead of the chain item -> row
 # -> list. Timings did not move either way (experiments/results/kernel_tuning_items.md); the kernel
 # just needs four fewer list arguments. The last four give the chunk's first two runs of consecutive FULL
-# blocks (see `full_runs`): end position and base of each, so the kernel walks them with no load at all.
+# blocks (see `run_ends`): end position and base of each, so the kernel walks them with no load at all.
 WORK_FIELDS = 16
 # Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
 MIN_CHUNK_TILES = 16
@@ -57,31 +57,26 @@ class WorkList:
     pack: int = 1
 
 
-def full_runs(indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Runs of consecutive key blocks in a flat FULL list: ``(run_at, run_of)``.
+def run_ends(indices: Tensor) -> Tensor:
+    """For a flat FULL list of P key blocks, ``[P + 1]`` int64: entry ``p`` is the first position ``>= p``
+    that starts a run of consecutive blocks (a block that is not its predecessor's plus one), or P.
 
-    ``run_at`` [P + 2] int32 holds the positions where a run starts (position 0, and every position
-    whose block is not its predecessor's plus one), in order, then P (the end), then P's in the slots
-    past the last run; ``run_of`` [P] int64 gives each position's run. A kernel walking a run computes
-    each tile's block from the run's first one instead of loading it, which lets Triton's software
-    pipeliner issue the K/V loads stages ahead (a load whose address comes from a load inside the loop
-    is not pipelined: dense causal 19.1 ms against 16.1 ms at 32K, experiments/results/dense_ceiling.md).
-    Runs are cut by content, not by row, so rows that share storage or abut still work: a kernel clips
-    each run to its own row's range. Built on the device without a host sync (the number of runs stays
-    there: slots past it are padding no item reaches).
+    So the run holding position ``p`` ends at ``run_ends(indices)[p + 1]``. A kernel walking a run
+    computes each tile's block from the run's first one instead of loading it, which lets Triton's
+    software pipeliner issue the K/V loads stages ahead (a load whose address comes from a load inside
+    the loop is not pipelined: dense causal 19.0 ms against 16.4 ms at 32K,
+    experiments/results/dense_ceiling.md). Runs are cut by content, not by row, so rows that share
+    storage or abut still work: a walk clips each run to its own row. One reversed running minimum,
+    on the device, without a host sync (a scatter of run starts measured slow on device-built layouts:
+    every non-start wrote one shared slot).
     """
     n = indices.numel()
-    starts = torch.ones(n, dtype=torch.bool, device=indices.device)
+    position = torch.arange(n + 1, device=indices.device)
+    starts = torch.ones(n + 1, dtype=torch.bool, device=indices.device)
     if n > 1:
-        starts[1:] = indices[1:] != indices[:-1] + 1
-    run_of = torch.cumsum(starts, 0) - 1
-    # Slots from the number of runs on keep the end, n; positions that start no run are written to the
-    # spare last slot, which is then replaced by n.
-    run_at = torch.full((n + 2,), n, dtype=torch.int64, device=indices.device)
-    run_at.scatter_(0, torch.where(starts, run_of, n + 1), torch.arange(n, device=indices.device))
-    # Not `run_at[n + 1] = n`: assigning a Python number to a CUDA element synchronises.
-    end = torch.full((1,), n, dtype=torch.int64, device=indices.device)
-    return torch.cat([run_at[: n + 1], end]).to(torch.int32), run_of
+        starts[1:n] = indices[1:] != indices[:-1] + 1
+    start_or_end = torch.where(starts, position, n)
+    return torch.flip(torch.cummin(torch.flip(start_or_end, (0,)), 0).values, (0,))
 
 
 @dataclass(frozen=True)
@@ -167,16 +162,16 @@ def build_work_list(
     # The item's FULL positions [lo, hi) in the flat list, its first two runs within them, each as an end
     # position and a base (block minus position, so a tile's block is base + position), relative to
     # the row's start. Positions past the second run are read by index.
-    run_at, run_of = full_runs(layout.full_kv_indices)
+    ends = run_ends(layout.full_kv_indices)
+    blocks = layout.full_kv_indices.long()
     row_start = full_start[row_of]
     lo = row_start + torch.minimum(t0, n_full[row_of])
     hi = row_start + torch.minimum(t1, n_full[row_of])
     runs = []
     for _ in range(2):
-        if run_of.numel():
-            at = lo.clamp(max=run_of.numel() - 1)
-            end = torch.where(lo < hi, torch.minimum(run_at.long()[run_of[at] + 1], hi), lo)
-            base = layout.full_kv_indices.long()[at] - (lo - row_start)
+        if blocks.numel():
+            end = torch.where(lo < hi, torch.minimum(ends[(lo + 1).clamp(max=blocks.numel())], hi), lo)
+            base = blocks[lo.clamp(max=blocks.numel() - 1)] - (lo - row_start)
         else:
             end, base = lo, torch.zeros_like(lo)
         runs += [end - row_start, base]
