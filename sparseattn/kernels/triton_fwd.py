@@ -375,9 +375,9 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     program with TMA loads (Triangle(): 1.143 ms against 1.209 ms at 32K, 4.58 against 4.91 ms at 128K);
     without TMA that packing measured slower than none, so other devices and per-head layouts keep one
     head per program with pointer loads.
-    FULL tiles go run by run on long rows (dense causal 16.9 against 18.9 ms at 32K, mixture 73.0 against
-    83.6 ms at 128K) and by index on short ones, where the extra loops cost more than they save
-    (Triangle() on 64 x 64: 1.18 against 1.49 ms at 32K; kernel_options.md).
+    FULL tiles go run by run on long rows (dense causal 16.98 against 18.83 ms at 32K, mixture 73.9
+    against 84.4 ms at 128K) and by index on short ones, where runs measured slower (Triangle() on
+    64 x 64: 1.47 against 1.17 ms at 32K; kernel_options.md, one loop per run then).
     """
     tma = _has_tma(layout.device)
     if layout.block_m >= 128 and head_dim >= 64:

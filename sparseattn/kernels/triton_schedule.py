@@ -64,7 +64,7 @@ def run_ends(indices: Tensor) -> Tensor:
     So the run holding position ``p`` ends at ``run_ends(indices)[p + 1]``. A kernel walking a run
     computes each tile's block from the run's first one instead of loading it, which lets Triton's
     software pipeliner issue the K/V loads stages ahead (a load whose address comes from a load inside
-    the loop is not pipelined: dense causal 19.0 ms against 16.4 ms at 32K,
+    the loop is not pipelined: dense causal 18.8 ms against 16.4 ms at 32K,
     experiments/results/dense_ceiling.md). Runs are cut by content, not by row, so rows that share
     storage or abut still work: a walk clips each run to its own row. One reversed running minimum,
     on the device, without a host sync (a scatter of run starts measured slow on device-built layouts:
