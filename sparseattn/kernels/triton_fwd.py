@@ -3,7 +3,9 @@
 Each program takes one work item (``triton_schedule.py``): a (batch, query head, query block) row and a
 contiguous chunk of its kv work. It streams, in order,
 
-1. FULL tiles: no mask at all (only a bounds mask on the last key block when ``kv_len`` is ragged),
+1. FULL tiles: no mask at all (only a bounds mask on the last key block when ``kv_len`` is ragged);
+   with ``KernelConfig(full_runs=True)`` the chunk's first two runs of consecutive blocks, planned in
+   the work item, are walked without reading the block list,
 2. PARTIAL tiles: the tile's packed bitmap, one int32 word per 32 columns, expanded to bits in registers,
 3. gathered key columns (last chunk of a row only): K/V rows gathered by position, kept where k <= q_pos,
 

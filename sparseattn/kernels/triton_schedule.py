@@ -11,6 +11,8 @@ tiles), so the list is built to keep every multiprocessor busy until the end:
 - items are ordered heaviest first, so long items start early and short ones fill the tail; ties keep
   (batch, query block, head) order, so the query heads that share a kv head run side by side and reuse
   its K/V through L2.
+- each item carries its chunk's first two runs of consecutive FULL blocks (`run_ends`), so the kernel
+  can walk them without loading block ids.
 
 Everything is built with torch ops on the layout's device. Splitting rows costs one host sync (how many
 items and split rows there are); deciding whether and how finely to split costs one more (`RowStats`).
