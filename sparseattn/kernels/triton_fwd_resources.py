@@ -1,0 +1,93 @@
+"""Resources of the forward kernel compiled for a GPU architecture, on any machine (no GPU needed).
+
+Triton compiles to a cubin without a device, and the cuobjdump that ships with Triton reads its
+resource usage. Shared memory decides how many programs a multiprocessor holds, and with it the
+speed of short-row layouts (two programs per multiprocessor hide each other's pipeline fill):
+tests check the default configurations against Hopper's limits, and
+``experiments/kernel_resources_offline.py`` tabulates them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from sparseattn.kernels.triton_fwd import KernelConfig, _sparse_fwd_kernel
+
+# Hopper (sm_90): shared memory per multiprocessor, and the most one program may take.
+HOPPER_SHARED_PER_SM = 228 * 1024
+HOPPER_SHARED_PER_PROGRAM = 227 * 1024
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """Per-thread registers and local-memory stack (spills), and shared memory per program, in bytes."""
+
+    registers: int
+    stack_bytes: int
+    shared_bytes: int
+
+    def programs_per_sm(self, shared_per_sm: int = HOPPER_SHARED_PER_SM) -> int:
+        """Programs one multiprocessor holds by shared memory alone."""
+        return shared_per_sm // max(self.shared_bytes, 1)
+
+
+def _signature(block_n: int, head_dim: int, tma: bool, constexprs: dict[str, object]) -> dict[str, str]:
+    """Triton type strings for the kernel's parameters: bf16 q/k/v/out, fp32 lse and scratch, int32
+    lists and sizes, K/V tensor descriptors of one tile when ``tma``."""
+    types = {}
+    for name in inspect.signature(_sparse_fwd_kernel.fn).parameters:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name in ("Q", "K", "V", "Out"):
+            types[name] = "*bf16"
+        elif name in ("K_DESC", "V_DESC"):
+            types[name] = f"tensordesc<bf16[{block_n}, {head_dim}]>" if tma else "*bf16"
+        elif name in ("LSE", "O_PART", "LSE_PART"):
+            types[name] = "*fp32"
+        elif name == "qk_scale":
+            types[name] = "fp32"
+        elif name.isupper():  # the other pointers: work list, tile lists, bitmaps, columns
+            types[name] = "*i32"
+        else:
+            types[name] = "i32"
+    return types
+
+
+def kernel_resources(
+    block_size: tuple[int, int], head_dim: int, config: KernelConfig, *, capability: int = 90
+) -> KernelResources:
+    """Compile the kernel for ``block_size`` tiles, ``head_dim`` and ``config`` (bf16, even kv length,
+    no gathered columns) for compute capability ``capability``, and read its resources."""
+    block_m, block_n = block_size
+    constexprs: dict[str, object] = dict(
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, EVEN_KV=True, HAS_COLS=False,
+        NUM_STAGES=config.num_stages, USE_TMA=config.tma, PACK=config.pack, FULL_RUNS=config.full_runs,
+    )  # fmt: skip
+    names = list(inspect.signature(_sparse_fwd_kernel.fn).parameters)
+    source = ASTSource(
+        fn=_sparse_fwd_kernel,
+        signature=_signature(block_n, head_dim, config.tma, constexprs),
+        constexprs={(names.index(k),): v for k, v in constexprs.items()},
+    )
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": config.num_warps})
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run(
+            [os.fspath(tool), "-res-usage", os.fspath(cubin)], check=True, capture_output=True, text=True
+        )
+    found = re.search(r"REG:(\d+)\s+STACK:(\d+)", usage.stdout)
+    if found is None:
+        raise RuntimeError(f"cuobjdump gave no resource line: {usage.stdout}")
+    return KernelResources(int(found[1]), int(found[2]), int(compiled.metadata.shared))

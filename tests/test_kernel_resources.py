@@ -1,0 +1,50 @@
+"""The default launch configurations, compiled for Hopper without a GPU, fit its shared memory: every
+one in a program's limit, and the short-row ones two programs to a multiprocessor (what their speed
+rests on: kernel_options.md measured Triangle() 25% slower at one program per multiprocessor).
+
+The compile runs in a child process: this suite runs Triton's interpreter, which replaces the kernel
+by an interpreted function that cannot be compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+from sparseattn.kernels import triton_fwd
+from sparseattn.kernels.triton_fwd import default_config
+from sparseattn.kernels.triton_fwd_resources import HOPPER_SHARED_PER_PROGRAM, HOPPER_SHARED_PER_SM
+from sparseattn.patterns import Causal, PerHead, Triangle, Window
+
+CASES = [
+    ("dense rows", Causal(), (128, 128), 1),
+    ("short rows, one layout for all heads", Triangle(8, 512, 128), (64, 64), 2),
+    ("short rows, per head", PerHead((Triangle(8, 512, 128), Causal() & Window(256))), (64, 64), 2),
+]
+
+CHILD = """
+import json, sys
+from sparseattn.kernels.triton_fwd import KernelConfig
+from sparseattn.kernels.triton_fwd_resources import kernel_resources
+cases = json.loads(sys.stdin.read())
+print(json.dumps([kernel_resources(tuple(c["block"]), 128, KernelConfig(**c["config"])).shared_bytes for c in cases]))
+"""
+
+
+def test_default_configs_fit_hopper_shared_memory(monkeypatch):
+    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)  # as on Hopper
+    cases = []
+    for name, pattern, block, least in CASES:
+        layout = pattern.lower(2048, block_size=block, num_heads=pattern.num_heads)
+        config = dataclasses.asdict(default_config(layout, 128, group=4))
+        cases.append({"name": name, "block": block, "config": config, "least": least})
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD], input=json.dumps(cases), env=env, check=True, capture_output=True, text=True
+    )
+    for case, shared in zip(cases, json.loads(child.stdout), strict=True):
+        assert shared <= HOPPER_SHARED_PER_PROGRAM, case
+        assert HOPPER_SHARED_PER_SM // shared >= case["least"], (case, shared)
