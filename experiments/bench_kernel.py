@@ -115,13 +115,22 @@ def dense_baselines(q, k, v) -> dict:
     return res
 
 
-def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
+def tile_shape(cfg, name, pattern, length, dtype) -> tuple[int, int]:
+    """The pattern's tiles: ``cfg.blocks[name]`` when given, else those `sparse_attention` would pick."""
     from sparseattn.attention import default_block_size
+
+    if name in cfg.get("blocks", {}):
+        block_m, block_n = cfg.blocks[name]
+        return (int(block_m), int(block_n))
+    return default_block_size("triton", cfg.head_dim, dtype, pattern, length, length)
+
+
+def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
     from sparseattn.kernels.flex import flex_sparse_attention
     from sparseattn.kernels.triton_fwd import triton_sparse_attention, work_list
 
     rec: dict = {"pattern": name, "length": length}
-    block = default_block_size("triton", cfg.head_dim, q.dtype, pattern, length, length)
+    block = tile_shape(cfg, name, pattern, length, q.dtype)
     rec["block"] = list(block)
     rec["lower_ms"], layout = timed(
         lambda: pattern.lower(length, length, block_size=block, num_heads=pattern.num_heads, device="cuda")
@@ -166,14 +175,13 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
 
 
 def run_sweep(cfg, pats) -> list[dict]:
-    from sparseattn.attention import default_block_size
     from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
 
     rows = []
     length = cfg.sweep.length
     q, k, v = inputs(cfg, length)
     for name in cfg.sweep.patterns:
-        block = default_block_size("triton", cfg.head_dim, q.dtype, pats[name], length, length)
+        block = tile_shape(cfg, name, pats[name], length, q.dtype)
         layout = pats[name].lower(length, length, block_size=block, num_heads=pats[name].num_heads, device="cuda")
         for warps, stages in cfg.sweep.configs:
             config = KernelConfig(num_warps=warps, num_stages=stages)

@@ -46,3 +46,18 @@ def test_top_level_config_composes_and_instantiates(name):
             obj.bind(30)
     if name in ("accuracy", "attention_profile", "bench_kernel"):
         assert targets, f"{name}: expected patterns or schedules to instantiate"
+
+
+def test_bench_tiles_follow_the_blocks_override(monkeypatch):
+    """`bench_kernel.py blocks={triangle: [64, 32]}` lowers that pattern on those tiles, the others as
+    `sparse_attention` would."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(CONF.parent / "experiments"))
+    from bench_kernel import build_patterns, tile_shape
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("bench_kernel", overrides=["+blocks.triangle=[64,32]"])
+    pats = build_patterns(cfg)
+    assert tile_shape(cfg, "triangle", pats["triangle"], 32768, torch.bfloat16) == (64, 32)
+    assert tile_shape(cfg, "causal", pats["causal"], 32768, torch.bfloat16) == (128, 128)
