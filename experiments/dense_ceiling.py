@@ -70,7 +70,14 @@ def _plain_causal_kernel(
 
 
 def plain_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of contiguous ``q`` [B, H, n, D] over ``k, v`` [B, Hkv, n, D], n a multiple of 128
+    (the kernel has no bounds masks)."""
     b, h, n, d = q.shape
+    if n % 128 or not all(t.is_contiguous() for t in (q, k, v)) or k.shape != v.shape or h % k.shape[1]:
+        raise ValueError(
+            f"q, k, v: expected contiguous [B, H, n, D] and [B, Hkv, n, D] with n % 128 == 0 and Hkv dividing H, "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     out = torch.empty_like(q)
     grid = (n // 128, b * h)
     _plain_causal_kernel[grid](
