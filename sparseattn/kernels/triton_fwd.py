@@ -411,15 +411,17 @@ def work_list(
     max_chunk: int | None = None,
     heavy_first: bool | None = None,
     pack: int = 1,
+    runs: bool = True,
 ) -> WorkList:
     """The (cached) work list of ``layout`` for ``batch`` x ``heads`` query heads, ``pack`` heads per
     item; see triton_schedule.
 
-    ``heavy_first=None`` balances (heavy rows first, long rows split) only when the rows are unequal.
+    ``heavy_first=None`` balances (heavy rows first, long rows split) only when the rows are unequal;
+    ``runs`` plans the FULL runs that ``KernelConfig(full_runs=True)`` walks.
     """
     # Keyed by the arguments as given: resolving the defaults reads the layout's counts on the host,
     # a device sync that must not recur on every call.
-    key = (batch, heads, max_chunk, heavy_first, pack)
+    key = (batch, heads, max_chunk, heavy_first, pack, runs)
     per_layout = _WORK_CACHE.setdefault(layout, {})
     if key not in per_layout:
         if layout.device_built and max_chunk is None and heavy_first is None:
@@ -435,7 +437,9 @@ def work_list(
             assert stats is not None
             repeats = (batch // layout.batch_size) * (heads // pack // layout.num_heads)
             chunk = stats.max_chunk(repeats, _num_sms(layout.device))
-        per_layout[key] = build_work_list(layout, batch, heads, max_chunk=chunk, heavy_first=balance, pack=pack)
+        per_layout[key] = build_work_list(
+            layout, batch, heads, max_chunk=chunk, heavy_first=balance, pack=pack, runs=runs
+        )
     return per_layout[key]
 
 
@@ -536,7 +540,9 @@ def triton_sparse_attention(
             f"config: pack={config.pack} needs a layout shared by all heads (got {layout.num_heads} heads) "
             f"and a GQA group divisible by it (got {heads // k.shape[1]})"
         )
-    work = work_list(layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack)
+    work = work_list(
+        layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack, runs=config.full_runs
+    )
 
     out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
 

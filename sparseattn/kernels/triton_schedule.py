@@ -109,9 +109,19 @@ class RowStats:
 
 
 def build_work_list(
-    layout: BlockLayout, batch: int, heads: int, *, max_chunk: int, heavy_first: bool = True, pack: int = 1
+    layout: BlockLayout,
+    batch: int,
+    heads: int,
+    *,
+    max_chunk: int,
+    heavy_first: bool = True,
+    pack: int = 1,
+    runs: bool = True,
 ) -> WorkList:
     """Work list for ``batch`` x ``heads`` query heads over ``layout``; ``max_chunk <= 0`` never splits.
+
+    ``runs=False`` leaves the run fields zero, for launches that read every FULL block by index: the
+    planning passes over the whole FULL list, which on a large device-built layout is not free.
 
     ``pack > 1`` makes each item run ``pack`` consecutive query heads (the layout must not depend on
     the head): a split chunk then writes one scratch slot per head, ``chunks`` slots apart, so each
@@ -164,20 +174,20 @@ def build_work_list(
     # The item's FULL positions [lo, hi) in the flat list, its first two runs within them, each as an end
     # position and a base (block minus position, so a tile's block is base + position), relative to
     # the row's start. Positions past the second run are read by index.
-    ends = run_ends(layout.full_kv_indices)
     blocks = layout.full_kv_indices.long()
-    row_start = full_start[row_of]
-    lo = row_start + torch.minimum(t0, n_full[row_of])
-    hi = row_start + torch.minimum(t1, n_full[row_of])
-    runs = []
-    for _ in range(2):
-        if blocks.numel():
+    if runs and blocks.numel():
+        ends = run_ends(blocks)
+        row_start = full_start[row_of]
+        lo = row_start + torch.minimum(t0, n_full[row_of])
+        hi = row_start + torch.minimum(t1, n_full[row_of])
+        fields = []
+        for _ in range(2):
             end = torch.where(lo < hi, torch.minimum(ends[(lo + 1).clamp(max=blocks.numel())], hi), lo)
             base = blocks[lo.clamp(max=blocks.numel() - 1)] - (lo - row_start)
-        else:
-            end, base = lo, torch.zeros_like(lo)
-        runs += [end - row_start, base]
-        lo = end
+            fields += [end - row_start, base]
+            lo = end
+    else:  # the kernel walks nothing by runs: empty first and second runs at position 0
+        fields = [torch.zeros_like(t0)] * 4
     items = torch.stack(
         [
             *(x[row_of] for x in (b, h, qb, lrow)),
@@ -186,7 +196,7 @@ def build_work_list(
             slot,
             stride,
             *(x[row_of] for x in (n_full, n_tiles, full_start, part_start)),
-            *runs,
+            *fields,
         ],
         dim=1,
     )
