@@ -15,15 +15,13 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tune_kernel import inputs
+from tune_kernel import inputs, run_meta
 
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
 from sparseattn.patterns import Causal
@@ -121,14 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row for n in args.lengths for row in measure(n)]
     cudnn = {r["tokens"]: r["ms"] for r in rows if r["variant"] == "cuDNN SDPA"}
-    meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "command": "PYTHONPATH=. python experiments/dense_ceiling.py "
-        + " ".join("$OUT" if a == str(args.out) else a for a in sys.argv[1:]),
-    }
+    meta = run_meta("dense_ceiling.py", args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dense_ceiling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [

@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
-from tune_kernel import correct, inputs
+from tune_kernel import correct, cudnn_ms, inputs, run_meta
 
 from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
@@ -45,15 +42,6 @@ VARIANTS: dict[str, dict[str, object]] = {
     "FULL by runs": {"full_runs": True},
     "FULL by index": {"full_runs": False},
 }
-
-
-def cudnn_ms(n: int) -> float:
-    q, k, v = inputs(n)
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return triton.testing.do_bench(
-            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-            return_mode="median",
-        )
 
 
 def main() -> None:
@@ -81,15 +69,7 @@ def main() -> None:
         )
         row["speedup_vs_cudnn"] = cudnn[n] / row["ms"]
         rows.append(row)
-    meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "command": "PYTHONPATH=. python experiments/kernel_options.py "
-        + " ".join("$OUT" if a == str(args.out) else a for a in sys.argv[1:]),
-        "cudnn_ms": cudnn,
-    }
+    meta = {**run_meta("kernel_options.py", args.out), "cudnn_ms": cudnn}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_options.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [

@@ -50,6 +50,29 @@ def inputs(n: int, device: str = "cuda") -> tuple[torch.Tensor, torch.Tensor, to
     return q, k, v
 
 
+def cudnn_ms(n: int) -> float:
+    """cuDNN SDPA dense causal on the benchmark shape at ``n`` tokens: do_bench median in ms."""
+    q, k, v = inputs(n)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return triton.testing.do_bench(
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            return_mode="median",
+        )
+
+
+def run_meta(script: str, out: Path) -> dict:
+    """Date, GPU, versions and the command line of a run (its output folder written as $OUT)."""
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "host": platform.node(),
+        "command": f"PYTHONPATH=. python experiments/{script} "
+        + " ".join("$OUT" if a == str(out) else a for a in sys.argv[1:]),
+    }
+
+
 def correct(pattern: Pattern, block: tuple[int, int], config: KernelConfig) -> float:
     """Max error against the fp32 reference on a 2K-token prompt (with 8 query heads, or the pattern's
     own number of heads for a per-head pattern)."""
@@ -83,16 +106,7 @@ def main() -> None:
     if args.cases:
         cases = [c for c in cases if f"{c[0]}:{c[2]}" in args.cases]
     rows = []
-    cudnn = {}
-    for n in sorted({n for _, _, n in cases}):
-        q, k, v = inputs(n)
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            cudnn[n] = triton.testing.do_bench(
-                lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, enable_gqa=True
-                ),
-                return_mode="median",
-            )
+    cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
     todo = [
         (case, (block, warps, pack, stages, tma, runs))
         for case in cases
@@ -121,16 +135,7 @@ def main() -> None:
         except Exception as exc:  # a configuration that does not compile (shared memory) is recorded, not fatal
             row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         rows.append(row)
-    meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "host": platform.node(),
-        "command": "PYTHONPATH=. python experiments/tune_kernel.py "
-        + " ".join("$OUT" if a == str(args.out) else a for a in sys.argv[1:]),
-        "cudnn_ms": cudnn,
-    }
+    meta = {**run_meta("tune_kernel.py", args.out), "cudnn_ms": cudnn}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_tuning.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
