@@ -122,7 +122,9 @@ def tile_shape(cfg, name, pattern, length, dtype) -> tuple[int, int]:
     if name in cfg.get("blocks", {}):
         block_m, block_n = cfg.blocks[name]
         return (int(block_m), int(block_n))
-    return default_block_size("triton", cfg.head_dim, dtype, pattern, length, length)
+    return default_block_size(
+        "triton", cfg.head_dim, dtype, pattern, length, length, group=cfg.heads // cfg.kv_heads, device="cuda"
+    )
 
 
 def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:

@@ -62,7 +62,9 @@ def main() -> None:
                     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
         else:
-            block = default_block_size("triton", 128, q.dtype, pattern, n, n)  # as sparse_attention picks
+            block = default_block_size(
+                "triton", 128, q.dtype, pattern, n, n, group=4, device="cuda"
+            )  # as sparse_attention picks
             layout = pattern.lower(n, block_size=block, device="cuda")
 
             def fn(q=q, k=k, v=v, layout=layout):

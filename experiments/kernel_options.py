@@ -56,7 +56,7 @@ def main() -> None:
     rows = []
     for (name, pattern, n), variant in tqdm(todo, desc="options"):
         q, k, v = inputs(n)
-        block = default_block_size("triton", 128, torch.bfloat16, pattern, n, n)
+        block = default_block_size("triton", 128, torch.bfloat16, pattern, n, n, group=4, device="cuda")
         layout = pattern.lower(n, block_size=block, num_heads=pattern.num_heads, device="cuda")
         base = default_config(layout, 128, group=q.shape[1] // k.shape[1])
         config = dataclasses.replace(base, **VARIANTS[variant])  # type: ignore[arg-type]

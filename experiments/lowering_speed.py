@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,8 +106,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1, help="torch host threads (0: torch's default)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lower(Triangle(), 4096, device=args.device)  # first-use costs (CUDA context, allocator) out of the way
     rows = [measure(*case, args.device, args.repeats) for case in tqdm(cases(args.device), desc="lowering")]
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
@@ -114,16 +117,18 @@ def main() -> None:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": gpu or (platform.processor() or platform.machine()),
         "torch": torch.__version__,
-        "host_threads": 1,
+        "host_threads": torch.get_num_threads(),
         "repeats": args.repeats,
-        "command": "python experiments/lowering_speed.py" + (" --device cuda --out $OUT" if gpu else ""),
+        "command": " ".join(
+            ["python experiments/lowering_speed.py", *("$OUT" if a == str(args.out) else a for a in sys.argv[1:])]
+        ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"lowering_{args.device}"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         f"# Lowering on {meta['device']}\n\n`{meta['command']}` — {meta['date']}, torch {meta['torch']}, "
-        f"1 host thread, median of {args.repeats} (tile by tile: of {max(1, args.repeats // 3)}).\n",
+        f"{meta['host_threads']} host threads, median of {args.repeats} (tile by tile: of {max(1, args.repeats // 3)}).\n",
         "| pattern | tokens | block | by segments ms | tile by tile ms | plan ms | same layout | full tiles "
         "| partial tiles | bitmaps | layout MiB |",
         "|" + "---|" * 11,

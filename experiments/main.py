@@ -70,7 +70,7 @@ def check_backends() -> bool:
         oracle = oracle_and_tolerance(q, k, v, mask)
         cells = []
         for impl in impls:
-            block = default_block_size(impl, dim, dtype, pattern, n, n)
+            block = default_block_size(impl, dim, dtype, pattern, n, n, group=heads // kv_heads, device=device)
             layout = pattern.lower(n, block_size=block, device=device)
             out = sparse_attention(q, k, v, layout, impl=impl)  # type: ignore[arg-type]
             err = float((out.double() - oracle.out).abs().max())

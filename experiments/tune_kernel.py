@@ -33,9 +33,20 @@ from sparseattn.patterns import Causal, Pattern, Triangle
 # them (earlier sweeps, including heavy-first orders and warp specialisation, are in git history).
 SHAPES = {
     "causal": [((128, 128), 8, 1), ((128, 64), 4, 1), ((64, 64), 4, 2)],
-    "triangle": [((64, 64), 4, 2), ((128, 64), 4, 1), ((128, 64), 8, 1), ((128, 64), 8, 2), ((64, 32), 4, 2)],
+    "triangle": [
+        ((64, 64), 4, 2),
+        ((128, 64), 4, 1),
+        ((128, 64), 8, 1),
+        ((128, 64), 8, 2),
+        ((64, 32), 4, 2),
+        ((64, 32), 8, 4),
+        ((32, 64), 4, 4),
+        ((32, 32), 4, 4),
+        ((32, 32), 8, 4),
+        ((32, 32), 4, 2),
+    ],
 }
-STAGES = {"causal": [2, 3], "triangle": [2, 3]}
+STAGES = {"causal": [2, 3], "triangle": [2, 3, 4]}
 TMA = {"causal": [True], "triangle": [True]}
 # FULL tiles by runs (``KernelConfig.full_runs``) or by index.
 RUNS = {"causal": [True], "triangle": [False, True]}
@@ -93,6 +104,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=[], help="only these, as pattern:tokens (causal:32768)")
     parser.add_argument("--stages", type=int, nargs="*", default=[], help="only these pipeline depths")
     parser.add_argument("--tma", choices=["on", "off"], help="only TMA loads on, or off")
+    parser.add_argument("--runs", choices=["on", "off"], help="only FULL runs on, or off")
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
@@ -115,6 +127,7 @@ def main() -> None:
         )
         if (not args.stages or stages in args.stages)
         and (args.tma is None or tma == (args.tma == "on"))
+        and (args.runs is None or runs == (args.runs == "on"))
         and (not args.shapes or f"{block[0]}x{block[1]}" in args.shapes)
     ]
     for (name, pattern, n), (block, warps, pack, stages, tma, runs) in tqdm(todo, desc="configs"):

@@ -79,15 +79,25 @@ def _mean_row_tiles(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple
 
 
 def default_block_size(
-    impl: str, head_dim: int, dtype: torch.dtype, pattern: Pattern | None = None, q_len: int = 0, kv_len: int = 0
+    impl: str,
+    head_dim: int,
+    dtype: torch.dtype,
+    pattern: Pattern | None = None,
+    q_len: int = 0,
+    kv_len: int = 0,
+    *,
+    group: int = 1,
+    device: torch.device | str = "cpu",
 ) -> tuple[int, int]:
     """The tile shape a pattern is lowered to for ``impl``; with the pattern and lengths, the Triton path
-    picks smaller tiles for short-row (sparse) patterns."""
+    picks smaller tiles for short-row (sparse) patterns, smallest when the query heads of a GQA group
+    of ``group`` can share each program on ``device``."""
     if impl == "triton":
-        from sparseattn.kernels.triton_fwd import preferred_block_size
+        from sparseattn.kernels.triton_fwd import packable_heads, preferred_block_size
 
         row_tiles = mean_row_tiles(pattern, q_len, kv_len, (128, 128)) if pattern is not None and q_len else None
-        return preferred_block_size(head_dim, dtype, row_tiles)
+        per_head = pattern is not None and pattern.num_heads is not None
+        return preferred_block_size(head_dim, dtype, row_tiles, packable_heads(group, head_dim, per_head, device))
     return (128, 128) if impl == "flex" else (64, 64)
 
 
@@ -141,7 +151,16 @@ def sparse_attention(
             mask = pattern_or_layout.to_dense(q.shape[2], k.shape[2], num_heads=own).unsqueeze(0)
             out, lse = _reference(q, k, v, mask, scale)
             return (out, lse) if return_lse else out
-        block = default_block_size(impl, q.shape[-1], q.dtype, pattern_or_layout, q.shape[2], k.shape[2])
+        block = default_block_size(
+            impl,
+            q.shape[-1],
+            q.dtype,
+            pattern_or_layout,
+            q.shape[2],
+            k.shape[2],
+            group=heads // k.shape[1],
+            device=q.device,
+        )
         layout = lowered(pattern_or_layout, q.shape[2], k.shape[2], block, q.device)
     elif isinstance(pattern_or_layout, BlockLayout):
         layout = pattern_or_layout

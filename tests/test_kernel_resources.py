@@ -21,7 +21,8 @@ from sparseattn.patterns import Causal, PerHead, Triangle, Window
 
 CASES = [
     ("dense rows", Causal(), (128, 128), 1),
-    ("short rows, one layout for all heads", Triangle(8, 512, 128), (64, 64), 2),
+    ("short rows, one layout for all heads", Triangle(8, 512, 128), (32, 32), 2),
+    ("short rows, one layout, GQA pairs", Triangle(8, 512, 128), (64, 64), 2),
     ("short rows, per head", PerHead((Triangle(8, 512, 128), Causal() & Window(256))), (64, 64), 2),
 ]
 
@@ -39,7 +40,8 @@ def test_default_configs_fit_hopper_shared_memory(monkeypatch):
     cases = []
     for name, pattern, block, least in CASES:
         layout = pattern.lower(2048, block_size=block, num_heads=pattern.num_heads)
-        config = dataclasses.asdict(default_config(layout, 128, group=4))
+        group = 2 if "pairs" in name else 4
+        config = dataclasses.asdict(default_config(layout, 128, group=group))
         cases.append({"name": name, "block": block, "config": config, "least": least})
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     child = subprocess.run(

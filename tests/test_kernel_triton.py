@@ -15,12 +15,15 @@ from hypothesis import strategies as st
 
 from sparseattn.kernels import triton_fwd
 from sparseattn.kernels.triton_fwd import (
+    KernelConfig,
     default_config,
+    packable_heads,
     preferred_block_size,
     triton_sparse_attention,
     work_list,
 )
 from sparseattn.layout import BlockLayout
+from sparseattn.patterns import Triangle
 from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
@@ -216,6 +219,22 @@ def test_rejects_unsupported_block_size():
         triton_sparse_attention(q, k, v, layout)
 
 
+def test_short_rows_pack_a_gqa_group_on_hopper(monkeypatch):
+    """Head-independent short-row layouts run whole GQA groups per program where TMA exists (the tile
+    shape and the launch agree); per-head layouts and devices without TMA run one head per program."""
+    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)
+    assert packable_heads(4, 128, per_head=False, device="cpu") == 4
+    assert packable_heads(6, 128, per_head=False, device="cpu") == 2
+    assert packable_heads(4, 128, per_head=True, device="cpu") == 1
+    assert packable_heads(4, 32, per_head=False, device="cpu") == 1
+    layout = Triangle(8, 64, 32).lower(512, block_size=(32, 32))
+    assert default_config(layout, 128, group=4) == KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4)
+    assert default_config(layout, 128, group=2).pack == 2
+    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: False)
+    assert packable_heads(4, 128, per_head=False, device="cpu") == 1
+    assert default_config(layout, 128, group=4).pack == 1
+
+
 def test_rejects_layout_of_other_lengths():
     layout = BlockLayout.from_dense(torch.ones(1, 1, 32, 64, dtype=torch.bool), (32, 32))
     q, k, v = random_inputs(1, 1, 1, 32, 96, 32, torch.float16, 0)
@@ -226,6 +245,10 @@ def test_rejects_layout_of_other_lengths():
 def test_preferred_block_size():
     assert preferred_block_size(128, torch.bfloat16) == (128, 128)
     assert preferred_block_size(64, torch.float16) == (128, 128)
+    assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0) == (64, 64)
+    assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0, pack=4) == (32, 32)
+    assert preferred_block_size(128, torch.bfloat16, row_tiles=40.0, pack=4) == (128, 128)
+    assert preferred_block_size(256, torch.bfloat16, row_tiles=4.0, pack=4) == (64, 64)
     with pytest.raises(ValueError, match="head_dim"):
         preferred_block_size(96, torch.float16)
 

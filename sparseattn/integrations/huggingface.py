@@ -126,7 +126,9 @@ class ScheduledAttention:
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
         """Sparse prefill of one batch of equal-length sequences for ``layer``: the hook a subclass
         overrides to send prefill elsewhere (``sparseattn.eval.masked_backend`` hands SDPA the exact mask)."""
-        block = functools.partial(default_block_size, self.impl, q.shape[-1], q.dtype)
+        block = functools.partial(
+            default_block_size, self.impl, q.shape[-1], q.dtype, group=q.shape[1] // k.shape[1], device=q.device
+        )
         # Triton launches on the current device; a model spread over GPUs has layers on the others.
         with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
             layout = self.schedule.layout(layer, q, k, block)

@@ -351,40 +351,60 @@ class KernelConfig:
 SHORT_ROW_TILES = 16
 
 
-def preferred_block_size(head_dim: int, dtype: torch.dtype, row_tiles: float | None = None) -> tuple[int, int]:
+def preferred_block_size(
+    head_dim: int, dtype: torch.dtype, row_tiles: float | None = None, pack: int = 1
+) -> tuple[int, int]:
     """The (block_m, block_n) to lower patterns with for the Triton path.
 
     128 x 128 tiles fill Hopper's tensor cores and keep the per-tile bookkeeping (index loads, bitmap
     expansion) small against two 128-deep matmuls, for long rows. ``row_tiles``, the mean number of
-    128 x 128 tiles per (head, query block) row when known, picks 64 x 64 for short-row (sparse)
-    layouts. 256-wide heads would spill, so they take 64 x 64; fp32 inputs (interpreter tests) too.
+    128 x 128 tiles per (head, query block) row when known, picks smaller tiles for short-row (sparse)
+    layouts: 32 x 32 when four query heads can share each program (``pack``, see `packable_heads`),
+    64 x 64 otherwise. 256-wide heads would spill, so they take 64 x 64; fp32 inputs (interpreter
+    tests) too.
     """
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head_dim: expected one of {SUPPORTED_HEAD_DIMS}, got {head_dim}")
     if head_dim > 128 or dtype == torch.float32:
         return (64, 64)
     if row_tiles is not None and row_tiles < SHORT_ROW_TILES:
-        return (64, 64)
+        return (32, 32) if pack == 4 else (64, 64)
     return (128, 128)
 
 
+def packable_heads(group: int, head_dim: int, per_head: bool, device: torch.device | str) -> int:
+    """Query heads of one kv head that the default launch packs into a program, for GQA groups of
+    ``group`` on ``device``: 4 or 2 on Hopper (TMA) when the layout is the same for every head, else 1.
+
+    Packing reads each K/V tile once for the packed heads; it measured slower than none without TMA
+    (`default_config`).
+    """
+    if per_head or head_dim < 64 or not _has_tma(torch.device(device)):
+        return 1
+    return 4 if group % 4 == 0 else 2 if group % 2 == 0 else 1
+
+
 def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> KernelConfig:
-    """Fastest launch knobs measured per tile shape (experiments/results/kernel_tuning.md), for query
+    """Fastest launch knobs measured per tile shape (experiments/results/kernel_tuning*.md), for query
     heads in GQA groups of ``group``.
 
     Long rows on 128 x 128 tiles gain ~4% from TMA loads with a 3-deep pipeline on Hopper (dense causal,
-    32K and 128K). Short rows on 64 x 64 tiles of a head-independent layout run two query heads per
-    program with TMA loads (Triangle(): 1.143 ms against 1.209 ms at 32K, 4.58 against 4.91 ms at 128K);
-    without TMA that packing measured slower than none, so other devices and per-head layouts keep one
-    head per program with pointer loads.
-    FULL tiles go run by run on long rows (dense causal 16.98 against 18.83 ms at 32K, mixture 73.9
-    against 84.4 ms at 128K) and by index on short ones, where runs measured slower (Triangle() on
-    64 x 64: 1.47 against 1.17 ms at 32K; kernel_options.md, one loop per run then).
+    32K and 128K), and walk FULL tiles run by run (dense causal 16.98 against 18.83 ms at 32K, mixture
+    73.9 against 84.4 ms at 128K; kernel_options.md).
+    Short rows of a head-independent layout pack the query heads of a kv head into one program with TMA
+    loads: on 32 x 32 tiles all four of a Llama group, 8 warps, FULL runs (Triangle() 0.973 ms at 32K and
+    3.97 ms at 128K; kernel_tuning_small_tiles.md), else two heads on 64 x 64 tiles with FULL tiles by
+    index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB of shared
+    memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing measured
+    slower than none, so other devices and per-head layouts keep one head per program with pointer loads.
     """
     tma = _has_tma(layout.device)
     if layout.block_m >= 128 and head_dim >= 64:
         return KernelConfig(num_warps=8, num_stages=3, tma=True) if tma else KernelConfig(num_warps=8, num_stages=2)
-    if tma and head_dim >= 64 and layout.num_heads == 1 and group % 2 == 0:
+    pack = packable_heads(group, head_dim, layout.num_heads > 1, layout.device)
+    if pack == 4 and layout.block_m == 32:
+        return KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4)
+    if pack >= 2:
         return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, full_runs=False)
     return KernelConfig(num_warps=4, num_stages=2, full_runs=False)
 

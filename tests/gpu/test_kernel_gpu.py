@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import KernelConfig, preferred_block_size, triton_sparse_attention
 from sparseattn.patterns import AShape, Causal, LastQueries, PerHead, Streaming, Triangle
 from sparseattn.testing.tolerance import assert_close_to_oracle
@@ -74,3 +75,12 @@ def test_heads_packed_per_program(name, pack, max_chunk):
 def test_empty_rows_give_zero_and_neg_inf():
     pattern = Causal() & LastQueries(1000)  # the first 3096 rows attend to nothing
     run(pattern, 1, 4, 1, 4096, 4096, 128, torch.bfloat16)
+
+
+@pytest.mark.parametrize(("q_len", "kv_len", "max_chunk"), [(8192, 8192, None), (1000, 5003, None), (8192, 8192, 4)])
+def test_short_rows_default_launch(q_len, kv_len, max_chunk):
+    """What sparse_attention picks for short rows on Hopper: 32 x 32 tiles, a GQA group of four query heads
+    per program, FULL runs; ragged lengths and split rows included."""
+    shape = default_block_size("triton", 128, torch.bfloat16, Triangle(), q_len, kv_len, group=4, device="cuda")
+    assert shape == (32, 32)
+    run(PATTERNS["triangle"], 1, 16, 4, q_len, kv_len, 128, torch.bfloat16, shape, max_chunk=max_chunk)
