@@ -50,6 +50,8 @@ STAGES = {"causal": [2, 3], "triangle": [2, 3, 4]}
 TMA = {"causal": [True], "triangle": [True]}
 # FULL tiles by runs (``KernelConfig.full_runs``) or by index.
 RUNS = {"causal": [True], "triangle": [False, True]}
+# Register cap per thread (``KernelConfig.max_registers``; None: the compiler's choice).
+REGISTERS = {"causal": [None], "triangle": [None, 128]}
 
 
 @functools.lru_cache(maxsize=4)
@@ -105,6 +107,10 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="*", default=[], help="only these pipeline depths")
     parser.add_argument("--tma", choices=["on", "off"], help="only TMA loads on, or off")
     parser.add_argument("--runs", choices=["on", "off"], help="only FULL runs on, or off")
+    parser.add_argument(
+        "--chunks", type=int, nargs="*", default=[], help="longest split chunk in tiles to sweep (0: no split)"
+    )
+    parser.add_argument("--registers", type=int, nargs="*", default=[], help="only these caps (0: none)")
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
@@ -120,27 +126,31 @@ def main() -> None:
     rows = []
     cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
     todo = [
-        (case, (block, warps, pack, stages, tma, runs))
+        (case, (block, warps, pack, stages, tma, runs, regs), chunk)
         for case in cases
-        for (block, warps, pack), stages, tma, runs in itertools.product(
-            SHAPES[case[0]], STAGES[case[0]], TMA[case[0]], RUNS[case[0]]
+        for chunk in args.chunks or [None]
+        for (block, warps, pack), stages, tma, runs, regs in itertools.product(
+            SHAPES[case[0]], STAGES[case[0]], TMA[case[0]], RUNS[case[0]], REGISTERS[case[0]]
         )
         if (not args.stages or stages in args.stages)
         and (args.tma is None or tma == (args.tma == "on"))
         and (args.runs is None or runs == (args.runs == "on"))
         and (not args.shapes or f"{block[0]}x{block[1]}" in args.shapes)
+        and (not args.registers or (regs or 0) in args.registers)
     ]
-    for (name, pattern, n), (block, warps, pack, stages, tma, runs) in tqdm(todo, desc="configs"):
-        config = KernelConfig(num_warps=warps, num_stages=stages, tma=tma, pack=pack, full_runs=runs)
+    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs), chunk in tqdm(todo, desc="configs"):
+        config = KernelConfig(
+            num_warps=warps, num_stages=stages, tma=tma, pack=pack, full_runs=runs, max_registers=regs
+        )
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
-        row.update(tma=tma, pack=pack, full_runs=runs)
+        row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, max_chunk=chunk)
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
             layout = pattern.lower(n, block_size=block, device="cuda")
             row["ms"] = triton.testing.do_bench(
-                lambda q=q, k=k, v=v, layout=layout, config=config: triton_sparse_attention(
-                    q, k, v, layout, config=config
+                lambda q=q, k=k, v=v, layout=layout, config=config, chunk=chunk: triton_sparse_attention(
+                    q, k, v, layout, config=config, max_chunk=chunk
                 ),
                 return_mode="median",
             )
@@ -158,13 +168,15 @@ def main() -> None:
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
-        "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | max err | ms | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | max chunk "
+        "| max err | ms | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
-            f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} |"
+            f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} | "
+            f"{r.get('max_registers') or 'any'} | {'default' if r.get('max_chunk') is None else r['max_chunk']} |"
         )
         if "error" in r:
             lines.append(f"{head} — | {r['error']} | — |")
@@ -181,7 +193,7 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
-            f"tma={r['tma']} runs={r['full_runs']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
+            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 
 

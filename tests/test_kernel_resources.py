@@ -1,6 +1,6 @@
-"""The default launch configurations, compiled for Hopper without a GPU, fit its shared memory: every
-one in a program's limit, and the short-row ones two programs to a multiprocessor (what their speed
-rests on: kernel_options.md measured Triangle() 25% slower at one program per multiprocessor).
+"""The default launch configurations, compiled for Hopper without a GPU, fit its shared memory and
+registers: every one in a program's limit, and the short-row ones two programs to a multiprocessor (what
+their speed rests on: kernel_options.md measured Triangle() 25% slower at one program per multiprocessor).
 
 The compile runs in a child process: this suite runs Triton's interpreter, which replaces the kernel
 by an interpreted function that cannot be compiled.
@@ -16,7 +16,11 @@ import sys
 
 from sparseattn.kernels import triton_fwd
 from sparseattn.kernels.triton_fwd import default_config
-from sparseattn.kernels.triton_fwd_resources import HOPPER_SHARED_PER_PROGRAM, HOPPER_SHARED_PER_SM
+from sparseattn.kernels.triton_fwd_resources import (
+    HOPPER_REGISTERS_PER_SM,
+    HOPPER_SHARED_PER_PROGRAM,
+    HOPPER_SHARED_PER_SM,
+)
 from sparseattn.patterns import Causal, PerHead, Triangle, Window
 
 CASES = [
@@ -31,7 +35,8 @@ import json, sys
 from sparseattn.kernels.triton_fwd import KernelConfig
 from sparseattn.kernels.triton_fwd_resources import kernel_resources
 cases = json.loads(sys.stdin.read())
-print(json.dumps([kernel_resources(tuple(c["block"]), 128, KernelConfig(**c["config"])).shared_bytes for c in cases]))
+found = [kernel_resources(tuple(c["block"]), 128, KernelConfig(**c["config"])) for c in cases]
+print(json.dumps([[r.shared_bytes, r.registers] for r in found]))
 """
 
 
@@ -47,6 +52,8 @@ def test_default_configs_fit_hopper_shared_memory(monkeypatch):
     child = subprocess.run(
         [sys.executable, "-c", CHILD], input=json.dumps(cases), env=env, check=True, capture_output=True, text=True
     )
-    for case, shared in zip(cases, json.loads(child.stdout), strict=True):
+    for case, (shared, registers) in zip(cases, json.loads(child.stdout), strict=True):
         assert shared <= HOPPER_SHARED_PER_PROGRAM, case
         assert HOPPER_SHARED_PER_SM // shared >= case["least"], (case, shared)
+        threads = 32 * case["config"]["num_warps"]
+        assert HOPPER_REGISTERS_PER_SM // (registers * threads) >= case["least"], (case, registers)

@@ -228,7 +228,8 @@ def test_short_rows_pack_a_gqa_group_on_hopper(monkeypatch):
     assert packable_heads(4, 128, per_head=True, device="cpu") == 1
     assert packable_heads(4, 32, per_head=False, device="cpu") == 1
     layout = Triangle(8, 64, 32).lower(512, block_size=(32, 32))
-    assert default_config(layout, 128, group=4) == KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4)
+    expected = KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4, max_registers=128)
+    assert default_config(layout, 128, group=4) == expected
     assert default_config(layout, 128, group=2).pack == 2
     monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: False)
     assert packable_heads(4, 128, per_head=False, device="cpu") == 1

@@ -331,6 +331,8 @@ class KernelConfig:
     ``full_runs`` walks a chunk's first two runs of consecutive FULL blocks without index loads, which
     keeps loads out of the K/V address chain so that the pipeliner issues the K/V loads ahead
     (experiments/results/kernel_options.md, dense_ceiling.md).
+    ``max_registers`` caps the registers per thread (PTX ``.maxnreg``): at 128 with 8 warps two programs
+    share a multiprocessor's 64K registers, where the compiler would otherwise take up to 255.
     """
 
     num_warps: int = 8
@@ -338,10 +340,15 @@ class KernelConfig:
     tma: bool = False
     pack: int = 1
     full_runs: bool = True
+    max_registers: int | None = None
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
             raise ValueError(f"pack: expected 1, 2 or 4 query heads per program, got {self.pack}")
+        if self.max_registers is not None and not 24 <= self.max_registers <= 255:
+            raise ValueError(
+                f"max_registers: expected None or 24 to 255 registers per thread, got {self.max_registers}"
+            )
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -392,8 +399,9 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     32K and 128K), and walk FULL tiles run by run (dense causal 16.98 against 18.83 ms at 32K, mixture
     73.9 against 84.4 ms at 128K; kernel_options.md).
     Short rows of a head-independent layout pack the query heads of a kv head into one program with TMA
-    loads: on 32 x 32 tiles all four of a Llama group, 8 warps, FULL runs (Triangle() 0.973 ms at 32K and
-    3.97 ms at 128K; kernel_tuning_small_tiles.md), else two heads on 64 x 64 tiles with FULL tiles by
+    loads: on 32 x 32 tiles all four of a Llama group, 8 warps capped at 128 registers (two programs per
+    multiprocessor), FULL runs (Triangle() 0.973 ms at 32K and 3.97 ms at 128K, against 0.988 and 3.99 ms
+    uncapped; kernel_tuning_small_tiles.md), else two heads on 64 x 64 tiles with FULL tiles by
     index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB of shared
     memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing measured
     slower than none, so other devices and per-head layouts keep one head per program with pointer loads.
@@ -403,7 +411,7 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
         return KernelConfig(num_warps=8, num_stages=3, tma=True) if tma else KernelConfig(num_warps=8, num_stages=2)
     pack = packable_heads(group, head_dim, layout.num_heads > 1, layout.device)
     if pack == 4 and layout.block_m == 32:
-        return KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4)
+        return KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4, max_registers=128)
     if pack >= 2:
         return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, full_runs=False)
     return KernelConfig(num_warps=4, num_stages=2, full_runs=False)
@@ -621,6 +629,7 @@ def triton_sparse_attention(
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
         num_warps=config.num_warps,
+        **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
     return out, lse

@@ -23,9 +23,11 @@ from triton.compiler import ASTSource
 
 from sparseattn.kernels.triton_fwd import KernelConfig, _sparse_fwd_kernel
 
-# Hopper (sm_90): shared memory per multiprocessor, and the most one program may take.
+# Hopper (sm_90): shared memory per multiprocessor, the most one program may take, and 32-bit registers
+# per multiprocessor.
 HOPPER_SHARED_PER_SM = 228 * 1024
 HOPPER_SHARED_PER_PROGRAM = 227 * 1024
+HOPPER_REGISTERS_PER_SM = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,10 @@ def kernel_resources(
         signature=_signature(block_n, head_dim, config.tma, constexprs),
         constexprs={(names.index(k),): v for k, v in constexprs.items()},
     )
-    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": config.num_warps})
+    options: dict[str, object] = {"num_warps": config.num_warps}
+    if config.max_registers:
+        options["maxnreg"] = config.max_registers
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
