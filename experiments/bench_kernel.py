@@ -129,7 +129,7 @@ def tile_shape(cfg, name, pattern, length, dtype) -> tuple[int, int]:
 
 def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
     from sparseattn.kernels.flex import flex_sparse_attention
-    from sparseattn.kernels.triton_fwd import triton_sparse_attention, work_list
+    from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention, work_list
 
     rec: dict = {"pattern": name, "length": length}
     block = tile_shape(cfg, name, pattern, length, q.dtype)
@@ -140,7 +140,10 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
     entries = layout.batch_size * layout.num_heads
     pairs = layout.computed_pairs() * (cfg.batch * cfg.heads) // entries
     rec["pairs_fraction_of_causal"] = pairs / (cfg.batch * cfg.heads * length * (length + 1) / 2)
-    rec["schedule_ms"], _ = timed(lambda: work_list(layout, cfg.batch, cfg.heads, max_chunk=None), repeats=1)
+    launch = config or default_config(layout, cfg.head_dim, cfg.heads // cfg.kv_heads)
+    rec["schedule_ms"], _ = timed(
+        lambda: work_list(layout, cfg.batch, cfg.heads, pack=launch.pack, runs=launch.full_runs), repeats=1
+    )
 
     out, _ = triton_sparse_attention(q, k, v, layout, config=config)
     rec["max_err"] = check_rows(cfg, pattern, q, k, v, out)

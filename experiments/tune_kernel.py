@@ -118,6 +118,7 @@ def main() -> None:
         ("causal", Causal(), 32768),
         ("causal", Causal(), 65536),
         ("causal", Causal(), 131072),
+        ("triangle", Triangle(), 8192),
         ("triangle", Triangle(), 32768),
         ("triangle", Triangle(), 131072),
     ]
