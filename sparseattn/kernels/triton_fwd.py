@@ -419,7 +419,8 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
 
 @functools.cache
 def _has_tma(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    # Planning for a CUDA device on a machine without one (configs, tests) assumes no TMA.
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 _WORK_CACHE: weakref.WeakKeyDictionary[BlockLayout, dict[tuple, WorkList]] = weakref.WeakKeyDictionary()
