@@ -399,9 +399,10 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     32K and 128K), and walk FULL tiles run by run (dense causal 16.98 against 18.83 ms at 32K, mixture
     73.9 against 84.4 ms at 128K; kernel_options.md).
     Short rows of a head-independent layout pack the query heads of a kv head into one program with TMA
-    loads: on 32 x 32 tiles all four of a Llama group, 8 warps capped at 128 registers (two programs per
-    multiprocessor), FULL runs (Triangle() 0.973 ms at 32K and 3.97 ms at 128K, against 0.988 and 3.99 ms
-    uncapped; kernel_tuning_small_tiles.md), else two heads on 64 x 64 tiles with FULL tiles by
+    loads: on 32 x 32 tiles all four of a Llama group, 8 warps, FULL runs (Triangle() 0.97 to 1.02 ms at
+    32K and 3.97 to 4.07 ms at 128K; kernel_tuning_small_tiles.md). The 128-register cap measured neutral
+    within the run-to-run spread and is kept so that two programs share a multiprocessor by registers as
+    by shared memory. Otherwise two heads on 64 x 64 tiles with FULL tiles by
     index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB of shared
     memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing measured
     slower than none, so other devices and per-head layouts keep one head per program with pointer loads.
