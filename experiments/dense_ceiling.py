@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from tune_kernel import inputs, run_meta
+from kernel_runs import cudnn_dense, inputs, run_line, run_meta, write_json
 
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
 from sparseattn.patterns import Causal
@@ -91,9 +89,7 @@ def measure(n: int) -> list[dict]:
     layout = Causal().lower(n, block_size=(128, 128), device="cuda")
     config = default_config(layout, 128, group=4)
     variants = {
-        "cuDNN SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=True
-        ),
+        "cuDNN SDPA": lambda: cudnn_dense(q, k, v),
         "block-sparse, FULL tiles by index": lambda: triton_sparse_attention(
             q, k, v, layout, config=dataclasses.replace(config, full_runs=False)
         )[0],
@@ -103,12 +99,11 @@ def measure(n: int) -> list[dict]:
         "plain causal kernel (pointer loads)": lambda: plain_causal(q, k, v),
     }
     rows = []
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        truth = variants["cuDNN SDPA"]().float()
-        for name, fn in variants.items():
-            err = float((fn().float() - truth).abs().max())
-            ms = triton.testing.do_bench(fn, return_mode="median")
-            rows.append({"tokens": n, "variant": name, "ms": ms, "max_err_vs_cudnn": err})
+    truth = variants["cuDNN SDPA"]().float()
+    for name, fn in variants.items():
+        err = float((fn().float() - truth).abs().max())
+        ms = triton.testing.do_bench(fn, return_mode="median")
+        rows.append({"tokens": n, "variant": name, "ms": ms, "max_err_vs_cudnn": err})
     return rows
 
 
@@ -120,12 +115,11 @@ def main() -> None:
     rows = [row for n in args.lengths for row in measure(n)]
     cudnn = {r["tokens"]: r["ms"] for r in rows if r["variant"] == "cuDNN SDPA"}
     meta = run_meta("dense_ceiling.py", args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dense_ceiling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_json(args.out, "dense_ceiling", meta, rows)
     lines = [
         "# Dense causal: the block-sparse kernel against a plain causal kernel and cuDNN",
         "",
-        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        run_line(meta),
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; TFLOP/s count 4·D flops per causal pair.",
         "",
         "| tokens | variant | ms | TFLOP/s | vs cuDNN | max err vs cuDNN |",

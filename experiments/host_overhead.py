@@ -11,14 +11,12 @@ figures. Writes ``host_overhead.json`` and ``host_overhead.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from kernel_runs import cudnn_dense, inputs, run_line, run_meta, write_json
 
 from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
@@ -42,7 +40,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args()
-    torch.manual_seed(0)
     cases: list[tuple[str, Pattern | None, int]] = [
         ("triangle", Triangle(), 8192),
         ("triangle", Triangle(), 32768),
@@ -52,14 +49,11 @@ def main() -> None:
     ]
     rows = []
     for name, pattern, n in cases:
-        q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
+        q, k, v = inputs(n)
         if pattern is None:
 
             def fn(q=q, k=k, v=v):
-                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                return cudnn_dense(q, k, v)
 
         else:
             block = default_block_size(
@@ -79,19 +73,12 @@ def main() -> None:
                 "cudagraph_ms": triton.testing.do_bench_cudagraph(fn, return_mode="median"),
             }
         )
-    meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "command": "PYTHONPATH=. python experiments/host_overhead.py --out $OUT",
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "host_overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = run_meta("host_overhead.py", args.out)
+    write_json(args.out, "host_overhead", meta, rows)
     lines = [
         "# Host overhead in the timed calls",
         "",
-        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        run_line(meta),
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; medians.",
         "",
         "| case | tokens | host enqueue µs | do_bench ms | CUDA graph ms | do_bench / graph |",

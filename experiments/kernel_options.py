@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 import triton
+from kernel_runs import correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
-from tune_kernel import correct, cudnn_ms, inputs, run_meta
 
 from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
@@ -70,12 +69,11 @@ def main() -> None:
         row["speedup_vs_cudnn"] = cudnn[n] / row["ms"]
         rows.append(row)
     meta = {**run_meta("kernel_options.py", args.out), "cudnn_ms": cudnn}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernel_options.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_json(args.out, "kernel_options", meta, rows)
     lines = [
         "# How the kernel reads its tile lists",
         "",
-        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        run_line(meta),
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; each case on its default "
         "tiles, warps, stages, TMA and packing; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),

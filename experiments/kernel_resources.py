@@ -11,13 +11,11 @@ cuDNN dense causal in the same run. Writes ``kernel_resources.json`` and ``kerne
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from kernel_runs import cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.reference import reference_attention
@@ -61,16 +59,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--length", type=int, default=32768)
     args = parser.parse_args()
-    torch.manual_seed(0)
     n = args.length
-    q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        cudnn = triton.testing.do_bench(
-            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-            return_mode="median",
-        )
+    q, k, v = inputs(n)
+    cudnn = cudnn_ms(n)
     rows = []
     for name, pattern, block, config in tqdm(CASES, desc="configurations"):
         # Compiled afresh (from Triton's disk cache) so that a configuration whose kernel an earlier one
@@ -105,22 +96,12 @@ def main() -> None:
                     "shared_bytes": kern.metadata.shared,
                 }
             )
-    meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "tokens": n,
-        "cudnn_ms": cudnn,
-        "command": "PYTHONPATH=. python experiments/kernel_resources.py --out $OUT"
-        + (f" --length {n}" if n != 32768 else ""),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernel_resources.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = {**run_meta("kernel_resources.py", args.out), "tokens": n, "cudnn_ms": cudnn}
+    write_json(args.out, "kernel_resources", meta, rows)
     lines = [
         "# Kernel resources per launch configuration",
         "",
-        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        run_line(meta),
         f"B=1, 32 query heads, 8 kv heads, head dim 128, bf16, {n} tokens, TMA loads; cuDNN dense causal {cudnn:.3f} ms.",
         "",
         "| pattern | block | warps | stages | heads/program | max err | ms | vs cuDNN | registers | spills | shared KiB |",

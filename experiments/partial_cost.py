@@ -13,12 +13,11 @@ what a cheaper partial path could gain. B=1, 32 query heads, 8 kv heads, head di
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
+from kernel_runs import inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
@@ -63,10 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name, pattern, n, block in tqdm(CASES, desc="layouts"):
-        torch.manual_seed(0)
-        q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn_like(k)
+        q, k, v = inputs(n)
         lowered = pattern.lower(n, block_size=block, device="cuda")
         full, partial = lowered.num_tiles()
         row = {"pattern": name, "tokens": n, "block": list(block), "full_tiles": full, "partial_tiles": partial}
@@ -81,19 +77,12 @@ def main() -> None:
             )
         rows.append(row)
         tqdm.write(str(row))
-    meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "command": "PYTHONPATH=. python experiments/partial_cost.py --out $OUT",
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "partial_cost.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = run_meta("partial_cost.py", args.out)
+    write_json(args.out, "partial_cost", meta, rows)
     lines = [
         "# What PARTIAL tiles cost the kernel",
         "",
-        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        run_line(meta),
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians in ms. `all FULL` / `all PARTIAL`:",
         "the lowered tiles with every tile unmasked / through the bitmap path (timing only: not the pattern).",
         "",

@@ -12,20 +12,13 @@ configuration must not win), then timed with ``triton.testing.do_bench`` (median
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
-import json
-import platform
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 import triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from kernel_runs import correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
-from sparseattn.kernels.reference import reference_attention
 from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle
 
@@ -53,52 +46,6 @@ TMA = {"causal": [True], "triangle": [True]}
 RUNS = {"causal": [True], "triangle": [False, True]}
 # Register cap per thread (``KernelConfig.max_registers``; None: the compiler's choice).
 REGISTERS = {"causal": [None], "triangle": [None, 128]}
-
-
-@functools.lru_cache(maxsize=4)
-def inputs(n: int, device: str = "cuda") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    q = torch.randn(1, 32, n, 128, device=device, dtype=torch.bfloat16)
-    k = torch.randn(1, 8, n, 128, device=device, dtype=torch.bfloat16)
-    v = torch.randn(1, 8, n, 128, device=device, dtype=torch.bfloat16)
-    return q, k, v
-
-
-def cudnn_ms(n: int) -> float:
-    """cuDNN SDPA dense causal on the benchmark shape at ``n`` tokens: do_bench median in ms."""
-    q, k, v = inputs(n)
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return triton.testing.do_bench(
-            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-            return_mode="median",
-        )
-
-
-def run_meta(script: str, out: Path) -> dict:
-    """Date, GPU, versions and the command line of a run (its output folder written as $OUT)."""
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "host": platform.node(),
-        "command": f"PYTHONPATH=. python experiments/{script} "
-        + " ".join("$OUT" if a == str(out) else a for a in sys.argv[1:]),
-    }
-
-
-def correct(pattern: Pattern, block: tuple[int, int], config: KernelConfig) -> float:
-    """Max error against the fp32 reference on a 2K-token prompt (with 8 query heads, or the pattern's
-    own number of heads for a per-head pattern)."""
-    heads = pattern.num_heads or 8
-    q, k, v = inputs(2048)
-    q = q[:, :heads]
-    k, v = k[:, : heads // 4], v[:, : heads // 4]
-    layout = pattern.lower(2048, block_size=block, num_heads=pattern.num_heads, device="cuda")
-    out, _ = triton_sparse_attention(q, k, v, layout, config=config)
-    dense = pattern.to_dense(2048, num_heads=pattern.num_heads)
-    ref, _ = reference_attention(q, k, v, dense.unsqueeze(0).cuda())
-    return float((out.float() - ref.float()).abs().max())
 
 
 def main() -> None:
@@ -161,12 +108,11 @@ def main() -> None:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         rows.append(row)
     meta = {**run_meta("tune_kernel.py", args.out), "cudnn_ms": cudnn}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernel_tuning.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_json(args.out, "kernel_tuning", meta, rows)
     lines = [
         "# Kernel tuning sweep",
         "",
-        f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}.",
+        run_line(meta),
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",

@@ -1,0 +1,82 @@
+"""What the kernel experiments share: the benchmark shape's inputs, the cuDNN baseline, a correctness
+check against the fp32 reference, and the record of a run (date, GPU, versions, command line).
+
+Shape of Llama-3.1-8B: B=1, 32 query heads, 8 kv heads, head dim 128, bf16.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from sparseattn.kernels.reference import reference_attention
+from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
+from sparseattn.patterns import Pattern
+
+
+@functools.lru_cache(maxsize=4)
+def inputs(n: int, device: str = "cuda") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of the benchmark shape at ``n`` tokens (seeded, kept for reuse)."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 32, n, 128, device=device, dtype=torch.bfloat16)
+    k = torch.randn(1, 8, n, 128, device=device, dtype=torch.bfloat16)
+    v = torch.randn(1, 8, n, 128, device=device, dtype=torch.bfloat16)
+    return q, k, v
+
+
+def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """cuDNN SDPA dense causal attention with native GQA."""
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def cudnn_ms(n: int) -> float:
+    """cuDNN SDPA dense causal on the benchmark shape at ``n`` tokens: do_bench median in ms."""
+    q, k, v = inputs(n)
+    return float(triton.testing.do_bench(lambda: cudnn_dense(q, k, v), return_mode="median"))
+
+
+def correct(pattern: Pattern, block: tuple[int, int], config: KernelConfig) -> float:
+    """Max error against the fp32 reference on a 2K-token prompt (with 8 query heads, or the pattern's
+    own number of heads for a per-head pattern)."""
+    heads = pattern.num_heads or 8
+    q, k, v = inputs(2048)
+    q = q[:, :heads]
+    k, v = k[:, : heads // 4], v[:, : heads // 4]
+    layout = pattern.lower(2048, block_size=block, num_heads=pattern.num_heads, device="cuda")
+    out, _ = triton_sparse_attention(q, k, v, layout, config=config)
+    dense = pattern.to_dense(2048, num_heads=pattern.num_heads)
+    ref, _ = reference_attention(q, k, v, dense.unsqueeze(0).cuda())
+    return float((out.float() - ref.float()).abs().max())
+
+
+def run_meta(script: str, out: Path) -> dict:
+    """Date, GPU, versions and the command line of a run (its output folder written as $OUT)."""
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "host": platform.node(),
+        "command": f"PYTHONPATH=. python experiments/{script} "
+        + " ".join("$OUT" if a == str(out) else a for a in sys.argv[1:]),
+    }
+
+
+def run_line(meta: dict) -> str:
+    """The Markdown line that says how and where a result was measured."""
+    return f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}."
+
+
+def write_json(out: Path, stem: str, meta: dict, rows: list[dict]) -> None:
+    """``out/stem.json`` with the run's record and its rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
