@@ -25,8 +25,8 @@ from sparseattn.layout import BlockLayout
 from sparseattn.patterns import Causal, Pattern, Triangle
 
 CASES: list[tuple[str, Pattern, int, tuple[int, int]]] = [
-    ("triangle", Triangle(), 32768, (64, 64)),
-    ("triangle", Triangle(), 131072, (64, 64)),
+    ("triangle", Triangle(), 32768, (32, 32)),
+    ("triangle", Triangle(), 131072, (32, 32)),
     ("causal", Causal(), 32768, (128, 128)),
 ]
 

@@ -121,9 +121,14 @@ def _full_step(
 def _partial_step(
     acc, l_i, m_i, q, start, mask_id, TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base, k_offs, v_offs,
     K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
-    """One PARTIAL tile at key ``start``: bit (row, col) of bitmap ``mask_id`` decides (tail bits are zero)."""
+    """One PARTIAL tile at key ``start``: bit (row, col) of bitmap ``mask_id`` decides (tail bits are zero).
+
+    The bitmap already drops columns past ``kv_len``, so K/V are bounded only where a block can reach
+    past it (a ragged ``kv_len``), as for FULL tiles: zeroing V after a TMA load takes it through the
+    registers and back to shared memory before the second matmul.
+    """
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = q.shape[0]
     keys = start + offs_n  # [BLOCK_N]
@@ -131,9 +136,9 @@ def _partial_step(
     bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
     keep = ((bits >> shifts[None, :]) & 1) != 0  # [ROWS, BLOCK_N]
     if USE_TMA:
-        k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, True)
+        k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
     else:
-        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, True)
+        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
     qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
     return _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
@@ -284,7 +289,7 @@ def _sparse_fwd_kernel(
             acc, l_i, m_i = _partial_step(
                 acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
                 shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
-                kv_len, qk_scale, BLOCK_M, BLOCK_N, USE_TMA,
+                kv_len, qk_scale, BLOCK_M, BLOCK_N, EVEN_KV, USE_TMA,
             )  # fmt: skip
 
     # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
