@@ -5,7 +5,7 @@ of ``n`` tiles, lowered, then every tile unmasked as in ``partial_cost.py``), fo
 handful, as in Triangle()'s rows, to hundreds. A least-squares line through (tiles, ms) splits the
 time into a cost per tile and a fixed cost; the fixed part, spread over the programs, is the setup a
 program pays whatever its length (Q load, pipeline fill, epilogue). Each tile shape runs with its
-default launch: 32 x 32 tiles with four query heads per program (short rows) and 128 x 128 with one
+default launch: 32 x 32 tiles with two query heads per program (short rows) and 128 x 128 with one
 (dense rows). B=1, 32 query heads, 8 kv heads, head dim 128, bf16, ``triton.testing.do_bench`` medians.
 
     PYTHONPATH=. python experiments/row_length_cost.py --out $OUT      # on a CUDA machine

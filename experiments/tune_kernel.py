@@ -4,7 +4,8 @@
 
 Options: tile shape with its warp count and the query heads packed per program (``pack``: heads of one
 kv head sharing each K/V tile), pipeline depth, K/V loads through tensor descriptors (TMA), FULL tiles
-by runs or by index (``full_runs``). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
+by runs or by index (``full_runs``), a register cap, the query block kept in registers
+(``q_in_registers``). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
 configuration must not win), then timed with ``triton.testing.do_bench`` (median). Writes
 ``kernel_tuning.json`` and ``kernel_tuning.md``.
 """
@@ -38,6 +39,7 @@ SHAPES = {
         ((32, 32), 4, 4),
         ((32, 32), 8, 4),
         ((32, 32), 4, 2),
+        ((32, 32), 4, 1),
     ],
 }
 STAGES = {"causal": [2, 3], "triangle": [2, 3, 4]}
@@ -45,7 +47,9 @@ TMA = {"causal": [True], "triangle": [True]}
 # FULL tiles by runs (``KernelConfig.full_runs``) or by index.
 RUNS = {"causal": [True], "triangle": [False, True]}
 # Register cap per thread (``KernelConfig.max_registers``; None: the compiler's choice).
-REGISTERS = {"causal": [None], "triangle": [None, 128]}
+REGISTERS = {"causal": [None], "triangle": [None, 128, 168]}
+# Query block kept in registers as the first matmul's operand (``KernelConfig.q_in_registers``).
+Q_REGISTERS = {"causal": [False, True], "triangle": [False, True]}
 
 
 def main() -> None:
@@ -60,6 +64,7 @@ def main() -> None:
     )
     parser.add_argument("--registers", type=int, nargs="*", default=[], help="only these caps (0: none)")
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
+    parser.add_argument("--q-registers", choices=["on", "off"], help="only the query block in registers, or not")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 8192),
@@ -75,24 +80,32 @@ def main() -> None:
     rows = []
     cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
     todo = [
-        (case, (block, warps, pack, stages, tma, runs, regs), chunk)
+        (case, (block, warps, pack, stages, tma, runs, regs, q_regs), chunk)
         for case in cases
         for chunk in args.chunks or [None]
-        for (block, warps, pack), stages, tma, runs, regs in itertools.product(
-            SHAPES[case[0]], STAGES[case[0]], TMA[case[0]], RUNS[case[0]], REGISTERS[case[0]]
+        for (block, warps, pack), stages, tma, runs, regs, q_regs in itertools.product(
+            SHAPES[case[0]], STAGES[case[0]], TMA[case[0]], RUNS[case[0]], REGISTERS[case[0]], Q_REGISTERS[case[0]]
         )
         if (not args.stages or stages in args.stages)
         and (args.tma is None or tma == (args.tma == "on"))
         and (args.runs is None or runs == (args.runs == "on"))
         and (not args.shapes or f"{block[0]}x{block[1]}" in args.shapes)
         and (not args.registers or (regs or 0) in args.registers)
+        and (args.q_registers is None or q_regs == (args.q_registers == "on"))
+        and (tma or not q_regs)
     ]
-    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs), chunk in tqdm(todo, desc="configs"):
+    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs), chunk in tqdm(todo, desc="configs"):
         config = KernelConfig(
-            num_warps=warps, num_stages=stages, tma=tma, pack=pack, full_runs=runs, max_registers=regs
+            num_warps=warps,
+            num_stages=stages,
+            tma=tma,
+            pack=pack,
+            full_runs=runs,
+            max_registers=regs,
+            q_in_registers=q_regs,
         )
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
-        row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, max_chunk=chunk)
+        row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, q_in_registers=q_regs, max_chunk=chunk)
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
@@ -116,15 +129,16 @@ def main() -> None:
         "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
-        "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | max chunk "
-        "| max err | ms | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | Q in registers "
+        "| max chunk | max err | ms | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
             f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} | "
-            f"{r.get('max_registers') or 'any'} | {'default' if r.get('max_chunk') is None else r['max_chunk']} |"
+            f"{r.get('max_registers') or 'any'} | {'yes' if r.get('q_in_registers') else 'no'} | "
+            f"{'default' if r.get('max_chunk') is None else r['max_chunk']} |"
         )
         if "error" in r:
             lines.append(f"{head} — | {r['error']} | — |")
@@ -141,7 +155,7 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
-            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
+            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 
 

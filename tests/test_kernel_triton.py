@@ -122,6 +122,7 @@ def test_kernel_matches_oracle(data):
     config = replace(
         default_config(layout, dim), tma=data.draw(st.booleans(), "tma"), full_runs=data.draw(st.booleans(), "runs")
     )
+    config = replace(config, q_in_registers=config.tma and data.draw(st.booleans(), "q in registers"))
     if layout.num_heads == 1:  # heads of one kv head may share a program
         config = replace(
             config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))
@@ -219,18 +220,37 @@ def test_rejects_unsupported_block_size():
         triton_sparse_attention(q, k, v, layout)
 
 
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"pack": 3}, "pack: expected 1, 2 or 4"),
+        ({"max_registers": 16}, "max_registers: expected None or 24 to 255"),
+        ({"q_in_registers": True, "tma": False}, "q_in_registers: needs tma=True"),
+    ],
+)
+def test_kernel_config_rejects_bad_knobs(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        KernelConfig(**knobs)
+
+
 def test_short_rows_pack_a_gqa_group_on_hopper(monkeypatch):
-    """Head-independent short-row layouts run whole GQA groups per program where TMA exists (the tile
-    shape and the launch agree); per-head layouts and devices without TMA run one head per program."""
+    """Head-independent short-row layouts run two heads of a GQA group per program where TMA exists (the
+    tile shape and the launch agree); odd groups, per-head layouts and devices without TMA run one head
+    per program."""
     monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)
-    assert packable_heads(4, 128, per_head=False, device="cpu") == 4
+    assert packable_heads(4, 128, per_head=False, device="cpu") == 2
     assert packable_heads(6, 128, per_head=False, device="cpu") == 2
+    assert packable_heads(3, 128, per_head=False, device="cpu") == 1
     assert packable_heads(4, 128, per_head=True, device="cpu") == 1
     assert packable_heads(4, 32, per_head=False, device="cpu") == 1
     layout = Triangle(8, 64, 32).lower(512, block_size=(32, 32))
-    expected = KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4, max_registers=128)
+    expected = KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, q_in_registers=True)
     assert default_config(layout, 128, group=4) == expected
-    assert default_config(layout, 128, group=2).pack == 2
+    assert default_config(layout, 128, group=3).pack == 1
+    wide = Triangle(8, 64, 32).lower(512, block_size=(64, 64))
+    assert default_config(wide, 128, group=4) == KernelConfig(
+        num_warps=4, num_stages=3, tma=True, pack=2, full_runs=False
+    )
     monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: False)
     assert packable_heads(4, 128, per_head=False, device="cpu") == 1
     assert default_config(layout, 128, group=4).pack == 1
@@ -247,9 +267,9 @@ def test_preferred_block_size():
     assert preferred_block_size(128, torch.bfloat16) == (128, 128)
     assert preferred_block_size(64, torch.float16) == (128, 128)
     assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0) == (64, 64)
-    assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0, pack=4) == (32, 32)
-    assert preferred_block_size(128, torch.bfloat16, row_tiles=40.0, pack=4) == (128, 128)
-    assert preferred_block_size(256, torch.bfloat16, row_tiles=4.0, pack=4) == (64, 64)
+    assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0, pack=2) == (32, 32)
+    assert preferred_block_size(128, torch.bfloat16, row_tiles=40.0, pack=2) == (128, 128)
+    assert preferred_block_size(256, torch.bfloat16, row_tiles=4.0, pack=2) == (64, 64)
     with pytest.raises(ValueError, match="head_dim"):
         preferred_block_size(96, torch.float16)
 
@@ -275,11 +295,17 @@ def test_lowered_patterns_match_oracle(pattern, lens, block, group, dtype, seed)
     assert_close_to_oracle(out, lse, q, k, v, mask)
 
 
-def test_tma_loads_accept_a_misaligned_view():
-    """Tensor descriptors need a 16-byte aligned base; a view starting one element in must still work."""
-    q, _, v = random_inputs(1, 2, 1, 64, 64, 32, torch.float16, 3)
+@pytest.mark.parametrize("pack", [1, 2])
+def test_tma_loads_accept_misaligned_and_strided_views(pack):
+    """Tensor descriptors need a 16-byte aligned base and strides; views starting one element in, and
+    queries in the [B, S, H, D] order of a model's projections, must still work."""
+    _, _, v = random_inputs(1, 2, 1, 64, 64, 32, torch.float16, 3)
     k = torch.randn(64 * 32 + 1).to(torch.float16)[1:].view(1, 1, 64, 32)
+    q_misaligned = torch.randn(2 * 64 * 32 + 1).to(torch.float16)[1:].view(1, 2, 64, 32)
+    q_strided = torch.randn(1, 64, 2, 32).to(torch.float16).transpose(1, 2)
     mask = torch.ones(64, 64, dtype=torch.bool).tril()[None, None]
     layout = BlockLayout.from_dense(mask, (32, 32))
-    out, lse = triton_sparse_attention(q, k, v, layout, config=replace(default_config(layout, 32), tma=True))
-    assert_close_to_oracle(out, lse, q, k, v, mask)
+    config = replace(default_config(layout, 32), tma=True, pack=pack, q_in_registers=True)
+    for q in (q_misaligned, q_strided):
+        out, lse = triton_sparse_attention(q, k, v, layout, config=config)
+        assert_close_to_oracle(out, lse, q, k, v, mask)

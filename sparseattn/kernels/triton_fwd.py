@@ -159,6 +159,7 @@ def _sparse_fwd_kernel(
     Q,
     K,
     V,
+    Q_DESC,
     K_DESC,
     V_DESC,
     Out,
@@ -202,6 +203,7 @@ def _sparse_fwd_kernel(
     USE_TMA: tl.constexpr,
     PACK: tl.constexpr,
     FULL_RUNS: tl.constexpr,
+    Q_IN_REGISTERS: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -234,8 +236,15 @@ def _sparse_fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
     in_q = offs_m < q_len
 
-    q_ptrs = Q + b * stride_qb + head_r[:, None] * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=in_q[:, None], other=0.0)  # [ROWS, HEAD_DIM]
+    if Q_IN_REGISTERS:
+        # One box of the PACK heads' blocks, rows past q_len zero-filled. Through the reshape the compiler
+        # keeps q in registers as the first matmul's operand instead of re-reading it from shared memory
+        # for every tile, which 32-column tiles feel most (see KernelConfig.q_in_registers).
+        q_box = Q_DESC.load([b.to(tl.int32), h.to(tl.int32), (qb * BLOCK_M).to(tl.int32), 0])
+        q = tl.reshape(q_box, [ROWS, HEAD_DIM])  # [1, PACK, BLOCK_M, HEAD_DIM] -> [ROWS, HEAD_DIM]
+    else:
+        q_ptrs = Q + b * stride_qb + head_r[:, None] * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=in_q[:, None], other=0.0)  # [ROWS, HEAD_DIM]
     kv_head = h // group
     k_base = K + b * stride_kb + kv_head * stride_kh
     v_base = V + b * stride_vb + kv_head * stride_vh
@@ -338,6 +347,10 @@ class KernelConfig:
     (experiments/results/kernel_options.md, dense_ceiling.md).
     ``max_registers`` caps the registers per thread (PTX ``.maxnreg``): at 128 with 8 warps two programs
     share a multiprocessor's 64K registers, where the compiler would otherwise take up to 255.
+    ``q_in_registers`` loads the query block through a tensor descriptor (needs ``tma``) in a form the
+    compiler keeps in registers as the first matmul's operand. Otherwise the matmul reads it from shared
+    memory for every K tile: on 32-column tiles that re-read weighs as much as the matmul itself, while
+    on dense 128 x 128 rows the registers it takes cost more than it saves (kernel_q_registers.md).
     """
 
     num_warps: int = 8
@@ -346,6 +359,7 @@ class KernelConfig:
     pack: int = 1
     full_runs: bool = True
     max_registers: int | None = None
+    q_in_registers: bool = False
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -354,6 +368,8 @@ class KernelConfig:
             raise ValueError(
                 f"max_registers: expected None or 24 to 255 registers per thread, got {self.max_registers}"
             )
+        if self.q_in_registers and not self.tma:
+            raise ValueError("q_in_registers: needs tma=True (the query block is loaded through a tensor descriptor)")
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -371,7 +387,7 @@ def preferred_block_size(
     128 x 128 tiles fill Hopper's tensor cores and keep the per-tile bookkeeping (index loads, bitmap
     expansion) small against two 128-deep matmuls, for long rows. ``row_tiles``, the mean number of
     128 x 128 tiles per (head, query block) row when known, picks smaller tiles for short-row (sparse)
-    layouts: 32 x 32 when four query heads can share each program (``pack``, see `packable_heads`),
+    layouts: 32 x 32 when query heads of a kv head share each program (``pack``, see `packable_heads`),
     64 x 64 otherwise. 256-wide heads would spill, so they take 64 x 64; fp32 inputs (interpreter
     tests) too.
     """
@@ -380,20 +396,22 @@ def preferred_block_size(
     if head_dim > 128 or dtype == torch.float32:
         return (64, 64)
     if row_tiles is not None and row_tiles < SHORT_ROW_TILES:
-        return (32, 32) if pack == 4 else (64, 64)
+        return (32, 32) if pack >= 2 else (64, 64)
     return (128, 128)
 
 
 def packable_heads(group: int, head_dim: int, per_head: bool, device: torch.device | str) -> int:
     """Query heads of one kv head that the default launch packs into a program, for GQA groups of
-    ``group`` on ``device``: 4 or 2 on Hopper (TMA) when the layout is the same for every head, else 1.
+    ``group`` on ``device``: 2 on Hopper (TMA) when the layout is the same for every head and the group
+    is even, else 1.
 
     Packing reads each K/V tile once for the packed heads; it measured slower than none without TMA
-    (`default_config`).
+    (`default_config`). Four heads per program (``KernelConfig(pack=4)``) measured slower than two once
+    the query block stays in registers: their 128 rows then take one 8-warp program per multiprocessor.
     """
-    if per_head or head_dim < 64 or not _has_tma(torch.device(device)):
+    if per_head or head_dim < 64 or not _has_tma(torch.device(device)) or group % 2:
         return 1
-    return 4 if group % 4 == 0 else 2 if group % 2 == 0 else 1
+    return 2
 
 
 def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> KernelConfig:
@@ -403,22 +421,21 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     Long rows on 128 x 128 tiles gain ~4% from TMA loads with a 3-deep pipeline on Hopper (dense causal,
     32K and 128K), and walk FULL tiles run by run (dense causal 16.98 against 18.83 ms at 32K, mixture
     73.9 against 84.4 ms at 128K; kernel_options.md).
-    Short rows of a head-independent layout pack the query heads of a kv head into one program with TMA
-    loads: on 32 x 32 tiles all four of a Llama group, 8 warps, FULL runs (Triangle() 0.97 to 1.02 ms at
-    32K and 3.97 to 4.07 ms at 128K; kernel_tuning_small_tiles.md). The 128-register cap measured neutral
-    within the run-to-run spread and is kept so that two programs share a multiprocessor by registers as
-    by shared memory. Otherwise two heads on 64 x 64 tiles with FULL tiles by
-    index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB of shared
-    memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing measured
+    Short rows of a head-independent layout pack two query heads of a kv head into one program with TMA
+    loads: on 32 x 32 tiles, 4 warps, FULL runs, the query block in registers (Triangle() 0.85 to 0.92 ms
+    at 32K and 3.80 to 3.84 ms at 128K over four runs, against 0.95 to 0.97 and 3.84 to 3.95 ms for the
+    former four-head, 8-warp launch in the same runs; kernel_q_registers.md). On 64 x 64 tiles two heads
+    with FULL tiles by index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB
+    of shared memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing measured
     slower than none, so other devices and per-head layouts keep one head per program with pointer loads.
     """
     tma = _has_tma(layout.device)
     if layout.block_m >= 128 and head_dim >= 64:
         return KernelConfig(num_warps=8, num_stages=3, tma=True) if tma else KernelConfig(num_warps=8, num_stages=2)
     pack = packable_heads(group, head_dim, layout.num_heads > 1, layout.device)
-    if pack == 4 and layout.block_m == 32:
-        return KernelConfig(num_warps=8, num_stages=3, tma=True, pack=4, max_registers=128)
-    if pack >= 2:
+    if pack == 2 and layout.block_m == 32:
+        return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, q_in_registers=True)
+    if pack == 2:
         return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, full_runs=False)
     return KernelConfig(num_warps=4, num_stages=2, full_runs=False)
 
@@ -570,6 +587,12 @@ def triton_sparse_attention(
         v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [layout.block_n, dim])
     else:
         k_desc, v_desc = k, v  # unread: the pointer path is compiled
+    q_desc = q  # unread unless q_in_registers
+    if config.q_in_registers:
+        if q.data_ptr() % 16 or any(s * q.element_size() % 16 for s in q.stride()[:-1]):
+            q = q.clone(memory_format=torch.contiguous_format)  # a descriptor's base and strides: 16-byte aligned
+        # The packed heads' query blocks as one box of q [B, H, S, D], whatever q's (aligned) strides.
+        q_desc = TensorDescriptor.from_tensor(q, [1, config.pack, layout.block_m, dim])
     if config.pack > 1 and (layout.num_heads != 1 or (heads // k.shape[1]) % config.pack):
         raise ValueError(
             f"config: pack={config.pack} needs a layout shared by all heads (got {layout.num_heads} heads) "
@@ -592,6 +615,7 @@ def triton_sparse_attention(
         q,
         k,
         v,
+        q_desc,
         k_desc,
         v_desc,
         out,
@@ -635,6 +659,7 @@ def triton_sparse_attention(
         USE_TMA=config.tma,
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
+        Q_IN_REGISTERS=config.q_in_registers,
         num_warps=config.num_warps,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )

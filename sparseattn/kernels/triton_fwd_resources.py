@@ -52,6 +52,10 @@ def _signature(block_n: int, head_dim: int, tma: bool, constexprs: dict[str, obj
             types[name] = "constexpr"
         elif name in ("Q", "K", "V", "Out"):
             types[name] = "*bf16"
+        elif name == "Q_DESC":
+            pack = constexprs["PACK"]
+            q_desc = constexprs["Q_IN_REGISTERS"]
+            types[name] = f"tensordesc<bf16[1, {pack}, {constexprs['BLOCK_M']}, {head_dim}]>" if q_desc else "*bf16"
         elif name in ("K_DESC", "V_DESC"):
             types[name] = f"tensordesc<bf16[{block_n}, {head_dim}]>" if tma else "*bf16"
         elif name in ("LSE", "O_PART", "LSE_PART"):
@@ -74,6 +78,7 @@ def kernel_resources(
     constexprs: dict[str, object] = dict(
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, EVEN_KV=True, HAS_COLS=False,
         NUM_STAGES=config.num_stages, USE_TMA=config.tma, PACK=config.pack, FULL_RUNS=config.full_runs,
+        Q_IN_REGISTERS=config.q_in_registers,
     )  # fmt: skip
     names = list(inspect.signature(_sparse_fwd_kernel.fn).parameters)
     source = ASTSource(

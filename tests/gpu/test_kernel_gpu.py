@@ -79,7 +79,8 @@ def test_empty_rows_give_zero_and_neg_inf():
 
 @pytest.mark.parametrize(("q_len", "kv_len", "max_chunk"), [(8192, 8192, None), (1000, 5003, None), (8192, 8192, 4)])
 def test_short_rows_default_launch(q_len, kv_len, max_chunk):
-    """What sparse_attention picks for short rows on Hopper: 32 x 32 tiles, a GQA group of four query heads
-    per program, FULL runs; ragged lengths and split rows included."""
+    """What sparse_attention picks for short rows on Hopper: 32 x 32 tiles, two query heads of a GQA group
+    per program, the query block in registers (loaded through a tensor descriptor, zero past q_len), FULL
+    runs; ragged lengths and split rows included."""
     assert default_block_size("triton", 128, torch.bfloat16, Triangle(), 8192, 8192, group=4, device="cuda") == (32, 32)
     run(PATTERNS["triangle"], 1, 16, 4, q_len, kv_len, 128, torch.bfloat16, (32, 32), max_chunk=max_chunk)
