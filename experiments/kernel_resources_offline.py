@@ -7,7 +7,7 @@ with Triton reads its resource usage.
 Shared memory decides how many programs a multiprocessor holds (an H200 has 228 KiB per
 multiprocessor, 227 KiB per program at most); a configuration that needs more than half of it runs
 one program per multiprocessor. The figures depend only on the constexprs (tile shape, head dim,
-warps, stages, TMA, head packing, FULL runs), not on lengths or batch. The Triton version here may
+warps, stages, TMA, head packing, FULL runs, query block in registers), not on lengths or batch. The Triton version here may
 differ from the GPU machine's (spills especially): kernel_resources.md has the ones measured there.
 """
 
@@ -21,19 +21,25 @@ from pathlib import Path
 import triton
 
 from sparseattn.kernels.triton_fwd import KernelConfig
-from sparseattn.kernels.triton_fwd_resources import HOPPER_SHARED_PER_SM, kernel_resources
+from sparseattn.kernels.triton_fwd_resources import HOPPER_REGISTERS_PER_SM, HOPPER_SHARED_PER_SM, kernel_resources
 
-# (block_m, block_n, warps, stages, heads per program, FULL runs), head dim 128, TMA loads.
+# (block_m, block_n, warps, stages, heads per program, FULL runs, query block in registers), head dim
+# 128, TMA loads.
 CONFIGS = [
-    (128, 128, 8, 3, 1, True),
-    (128, 128, 8, 3, 1, False),
-    (128, 128, 8, 2, 1, True),
-    (64, 64, 4, 3, 2, True),
-    (64, 64, 4, 3, 2, False),
-    (64, 64, 4, 2, 2, True),
-    (64, 64, 4, 2, 2, False),
-    (64, 32, 4, 3, 2, True),
-    (64, 32, 4, 3, 2, False),
+    (128, 128, 8, 3, 1, True, False),
+    (128, 128, 8, 3, 1, True, True),
+    (128, 128, 8, 3, 1, False, False),
+    (128, 128, 8, 2, 1, True, False),
+    (64, 64, 4, 3, 2, True, False),
+    (64, 64, 4, 3, 2, False, False),
+    (64, 64, 4, 2, 2, True, False),
+    (64, 64, 4, 2, 2, False, False),
+    (64, 32, 4, 3, 2, True, False),
+    (64, 32, 4, 3, 2, False, False),
+    (32, 32, 8, 3, 4, True, False),
+    (32, 32, 8, 3, 4, True, True),
+    (32, 32, 4, 3, 2, True, False),
+    (32, 32, 4, 3, 2, True, True),
 ]
 
 
@@ -48,18 +54,24 @@ def main() -> None:
         "# Kernel resources, compiled for sm_90 without a GPU",
         "",
         f"`{command}` — {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, triton {triton.__version__}.",
-        "Head dim 128, bf16, TMA loads, no gathered columns. `stack`: bytes of local memory per thread",
-        f"(register spills); programs per multiprocessor by shared memory alone ({HOPPER_SHARED_PER_SM // 1024} KiB each).",
+        "Head dim 128, bf16, TMA loads, no gathered columns, no register cap. `stack`: bytes of local memory",
+        "per thread (register spills); programs per multiprocessor by shared memory "
+        f"({HOPPER_SHARED_PER_SM // 1024} KiB each) and by registers (64K each).",
         "",
-        "| block | warps | stages | heads/program | FULL runs | registers | stack B | shared KiB | programs/SM |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| block | warps | stages | heads/program | FULL runs | Q in registers | registers | stack B | shared KiB "
+        "| programs/SM by shared memory | by registers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for block_m, block_n, warps, stages, pack, runs in CONFIGS:
-        config = KernelConfig(num_warps=warps, num_stages=stages, tma=True, pack=pack, full_runs=runs)
+    for block_m, block_n, warps, stages, pack, runs, q_regs in CONFIGS:
+        config = KernelConfig(
+            num_warps=warps, num_stages=stages, tma=True, pack=pack, full_runs=runs, q_in_registers=q_regs
+        )
         r = kernel_resources((block_m, block_n), 128, config)
+        by_registers = HOPPER_REGISTERS_PER_SM // (r.registers * 32 * warps)
         lines.append(
-            f"| {block_m}x{block_n} | {warps} | {stages} | {pack} | {'yes' if runs else 'no'} | {r.registers} | "
-            f"{r.stack_bytes} | {r.shared_bytes / 1024:.0f} | {r.programs_per_sm()} |"
+            f"| {block_m}x{block_n} | {warps} | {stages} | {pack} | {'yes' if runs else 'no'} | "
+            f"{'yes' if q_regs else 'no'} | {r.registers} | {r.stack_bytes} | {r.shared_bytes / 1024:.0f} | "
+            f"{r.programs_per_sm()} | {by_registers} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_resources_offline.md").write_text("\n".join(lines) + "\n")
