@@ -84,3 +84,13 @@ def test_short_rows_default_launch(q_len, kv_len, max_chunk):
     runs; ragged lengths and split rows included."""
     assert default_block_size("triton", 128, torch.bfloat16, Triangle(), 8192, 8192, group=4, device="cuda") == (32, 32)
     run(PATTERNS["triangle"], 1, 16, 4, q_len, kv_len, 128, torch.bfloat16, (32, 32), max_chunk=max_chunk)
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("pack", [1, 2])
+@pytest.mark.parametrize(("name", "block"), [("triangle", (32, 32)), ("streaming", (32, 32)), ("causal", (128, 128))])
+def test_query_block_in_registers(name, block, pack, dim):
+    """The query block through a tensor descriptor (rows past q_len zero-filled), kept in registers:
+    batch 2, GQA, q_len < kv_len with ragged tails, split rows merged per head."""
+    config = KernelConfig(4 if block[0] == 32 else 8, 3, tma=True, pack=pack, q_in_registers=True)
+    run(PATTERNS[name], 2, 8, 2, 1000, 5003, dim, torch.bfloat16, block, config=config, max_chunk=4)
