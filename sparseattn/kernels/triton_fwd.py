@@ -423,8 +423,8 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     73.9 against 84.4 ms at 128K; kernel_options.md).
     Short rows of a head-independent layout pack two query heads of a kv head into one program with TMA
     loads: on 32 x 32 tiles, 4 warps, FULL runs, the query block in registers (Triangle() 0.85 to 0.92 ms
-    at 32K and 3.80 to 3.84 ms at 128K in four runs, against 0.95 to 0.97 and 3.84 to 3.95 ms for the
-    former four-head, 8-warp launch in the same runs; kernel_q_registers.md). On 64 x 64 tiles two heads
+    at 32K and 3.80 to 3.84 ms at 128K over four runs, against 0.95 to 0.97 and 3.84 to 3.95 ms for the
+    former four-head, 8-warp launch in the same calls; kernel_q_registers.md). On 64 x 64 tiles two heads
     with FULL tiles by index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB
     of shared memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing measured
     slower than none, so other devices and per-head layouts keep one head per program with pointer loads.
