@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import cudnn_dense, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, cudnn_dense, inputs, run_line, run_meta, write_json
 
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
 from sparseattn.patterns import Causal
@@ -120,7 +120,7 @@ def main() -> None:
         "# Dense causal: the block-sparse kernel against a plain causal kernel and cuDNN",
         "",
         run_line(meta),
-        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; TFLOP/s count 4·D flops per causal pair.",
+        f"{SHAPE}; do_bench medians; TFLOP/s count 4·D flops per causal pair.",
         "",
         "| tokens | variant | ms | TFLOP/s | vs cuDNN | max err vs cuDNN |",
         "|---|---|---|---|---|---|",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import cudnn_dense, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, cudnn_dense, inputs, run_line, run_meta, write_json
 
 from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
@@ -79,7 +79,7 @@ def main() -> None:
         "# Host overhead in the timed calls",
         "",
         run_line(meta),
-        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; medians.",
+        f"{SHAPE}; medians.",
         "",
         "| case | tokens | host enqueue µs | do_bench ms | CUDA graph ms | do_bench / graph |",
         "|---|---|---|---|---|---|",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import correct, cudnn_ms, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.attention import default_block_size
@@ -74,7 +74,7 @@ def main() -> None:
         "# How the kernel reads its tile lists",
         "",
         run_line(meta),
-        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; each case on its default "
+        f"{SHAPE}; do_bench medians; each case on its default "
         "tiles, warps, stages, TMA and packing; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import cudnn_ms, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.reference import reference_attention
@@ -102,7 +102,7 @@ def main() -> None:
         "# Kernel resources per launch configuration",
         "",
         run_line(meta),
-        f"B=1, 32 query heads, 8 kv heads, head dim 128, bf16, {n} tokens, TMA loads; cuDNN dense causal {cudnn:.3f} ms.",
+        f"{SHAPE}, {n} tokens, TMA loads; cuDNN dense causal {cudnn:.3f} ms.",
         "",
         "| pattern | block | warps | stages | heads/program | max err | ms | vs cuDNN | registers | spills | shared KiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

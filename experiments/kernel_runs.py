@@ -21,14 +21,18 @@ from sparseattn.kernels.reference import reference_attention
 from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
 from sparseattn.patterns import Pattern
 
+HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
+# The shape as the result tables state it.
+SHAPE = f"B=1, {HEADS} query heads, {KV_HEADS} kv heads, head dim {HEAD_DIM}, bf16"
+
 
 @functools.lru_cache(maxsize=4)
 def inputs(n: int, device: str = "cuda") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of the benchmark shape at ``n`` tokens (seeded, kept for reuse)."""
     torch.manual_seed(0)
-    q = torch.randn(1, 32, n, 128, device=device, dtype=torch.bfloat16)
-    k = torch.randn(1, 8, n, 128, device=device, dtype=torch.bfloat16)
-    v = torch.randn(1, 8, n, 128, device=device, dtype=torch.bfloat16)
+    q = torch.randn(1, HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    k = torch.randn(1, KV_HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    v = torch.randn(1, KV_HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
     return q, k, v
 
 

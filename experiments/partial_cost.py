@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
@@ -83,7 +83,7 @@ def main() -> None:
         "# What PARTIAL tiles cost the kernel",
         "",
         run_line(meta),
-        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians in ms. `all FULL` / `all PARTIAL`:",
+        f"{SHAPE}; do_bench medians in ms. `all FULL` / `all PARTIAL`:",
         "the lowered tiles with every tile unmasked / through the bitmap path (timing only: not the pattern).",
         "",
         "| pattern | tokens | block | FULL tiles | PARTIAL tiles | lowered | all FULL | all PARTIAL | "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, inputs, run_line, run_meta, write_json
 from partial_cost import remasked
 from tqdm import tqdm
 
@@ -75,7 +75,7 @@ def render(out: Path) -> str:
         "# Fixed cost per program against cost per tile",
         "",
         run_line(record["meta"]),
-        f"{TOKENS} tokens, B=1, 32 query heads, 8 kv heads, head dim 128, bf16; every row a band of FULL tiles",
+        f"{TOKENS} tokens, {SHAPE}; every row a band of FULL tiles",
         "ending at its diagonal (`band` + 1 tiles); `tile steps` counts tiles over all programs (a packed",
         "program's tile once); `ns per tile step` is the whole GPU's time over them.",
         "",

@@ -17,7 +17,7 @@ import itertools
 from pathlib import Path
 
 import triton
-from kernel_runs import correct, cudnn_ms, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
@@ -126,7 +126,7 @@ def main() -> None:
         "# Kernel tuning sweep",
         "",
         run_line(meta),
-        "B=1, 32 query heads, 8 kv heads, head dim 128, bf16; do_bench medians; cuDNN dense causal in the same run: "
+        f"{SHAPE}; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
         "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | Q in registers "

@@ -426,8 +426,9 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     at 32K and 3.80 to 3.84 ms at 128K over four runs, against 0.95 to 0.97 and 3.84 to 3.95 ms for the
     former four-head, 8-warp launch in the same calls; kernel_q_registers.md). On 64 x 64 tiles two heads
     with FULL tiles by index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB
-    of shared memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing measured
-    slower than none, so other devices and per-head layouts keep one head per program with pointer loads.
+    of shared memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing
+    measured slower than none, so other devices and per-head layouts keep one head per program with
+    pointer loads.
     """
     tma = _has_tma(layout.device)
     if layout.block_m >= 128 and head_dim >= 64:

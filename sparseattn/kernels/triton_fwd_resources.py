@@ -43,9 +43,10 @@ class KernelResources:
         return shared_per_sm // max(self.shared_bytes, 1)
 
 
-def _signature(block_n: int, head_dim: int, tma: bool, constexprs: dict[str, object]) -> dict[str, str]:
+def _signature(head_dim: int, constexprs: dict[str, object]) -> dict[str, str]:
     """Triton type strings for the kernel's parameters: bf16 q/k/v/out, fp32 lse and scratch, int32
-    lists and sizes, K/V tensor descriptors of one tile when ``tma``."""
+    lists and sizes, tensor descriptors of one K/V tile (``USE_TMA``) and one query box
+    (``Q_IN_REGISTERS``)."""
     types = {}
     for name in inspect.signature(_sparse_fwd_kernel.fn).parameters:
         if name in constexprs:
@@ -57,7 +58,8 @@ def _signature(block_n: int, head_dim: int, tma: bool, constexprs: dict[str, obj
             q_desc = constexprs["Q_IN_REGISTERS"]
             types[name] = f"tensordesc<bf16[1, {pack}, {constexprs['BLOCK_M']}, {head_dim}]>" if q_desc else "*bf16"
         elif name in ("K_DESC", "V_DESC"):
-            types[name] = f"tensordesc<bf16[{block_n}, {head_dim}]>" if tma else "*bf16"
+            block_n = constexprs["BLOCK_N"]
+            types[name] = f"tensordesc<bf16[{block_n}, {head_dim}]>" if constexprs["USE_TMA"] else "*bf16"
         elif name in ("LSE", "O_PART", "LSE_PART"):
             types[name] = "*fp32"
         elif name == "qk_scale":
@@ -83,7 +85,7 @@ def kernel_resources(
     names = list(inspect.signature(_sparse_fwd_kernel.fn).parameters)
     source = ASTSource(
         fn=_sparse_fwd_kernel,
-        signature=_signature(block_n, head_dim, config.tma, constexprs),
+        signature=_signature(head_dim, constexprs),
         constexprs={(names.index(k),): v for k, v in constexprs.items()},
     )
     options: dict[str, object] = {"num_warps": config.num_warps}
