@@ -2,11 +2,13 @@
 
 1. Vertical lines written as ``Causal() & Columns(...)`` inside a top-level union are split off and
    gathered column by column where no computed tile covers them (``gathered.py``).
-2. The rest is lowered by row segments (``by_segments.py``) when the pattern gives its `row_breaks`:
+2. An expression over the interval primitives is compiled so that each question is answered for all
+   its terms at once (``intervals.py``): far fewer device operations, the same layout.
+3. The rest is lowered by row segments (``by_segments.py``) when the pattern gives its `row_breaks`:
    one classification per run of equal tiles on the host, FULL runs expanded on the device. Otherwise
    tile by tile (``by_tiles.py``): candidate tiles from ``pattern.support`` (a superset of the
    non-empty tiles), sorted by ``pattern.classify`` into EMPTY / PARTIAL / FULL.
-3. Either way, PARTIAL tiles are grouped by ``pattern.tile_key`` and one bitmap is evaluated per group
+4. Either way, PARTIAL tiles are grouped by ``pattern.tile_key`` and one bitmap is evaluated per group
    from the token truth, then bitmaps are deduplicated by content.
 
 Both paths give the same layout; the per-tile path is the segment path's oracle in the tests.
@@ -20,6 +22,7 @@ from sparseattn.layout import BlockLayout
 from sparseattn.lowering.by_segments import lower_by_segments
 from sparseattn.lowering.by_tiles import lower_by_tiles
 from sparseattn.lowering.gathered import split_gathered
+from sparseattn.lowering.intervals import compile_intervals
 from sparseattn.patterns.base import MaskContext, Pattern
 from sparseattn.patterns.per_head import PerHead
 
@@ -36,12 +39,14 @@ def lower(
     device: torch.device | str | None = None,
     gather_columns: bool = True,
     by_segments: bool = True,
+    intervals: bool = True,
 ) -> BlockLayout:
     """Lower ``pattern`` for ``q_len`` queries against ``kv_len`` keys (default ``q_len``).
 
     The layout broadcasts over heads (head dimension 1) unless the pattern depends on the head, in
     which case it has one entry per head (``num_heads`` is checked against the pattern's own count).
-    ``by_segments=False`` forces the per-tile path (the oracle of the default one).
+    ``by_segments=False`` forces the per-tile path (the oracle of the default one); ``intervals=False``
+    keeps the segment path on the patterns' own methods instead of their compiled program.
     """
     if not isinstance(pattern, Pattern):
         raise ValueError(f"pattern: expected a Pattern, got {type(pattern).__name__}")
@@ -58,9 +63,9 @@ def lower(
         distinct: dict[Pattern, int] = {}
         group = [distinct.setdefault(p, len(distinct)) for p in pattern.patterns]
         pattern, heads = PerHead(tuple(distinct)), len(distinct)
-        core = _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments)
+        core = _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments, intervals)
         return core.select_heads(group)
-    return _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments)
+    return _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments, intervals)
 
 
 def _lower(
@@ -72,11 +77,15 @@ def _lower(
     device: torch.device,
     gather_columns: bool,
     by_segments: bool,
+    intervals: bool,
 ) -> BlockLayout:
     ctx = MaskContext(q_len, kv_len, heads or 1, *block_size, device)
     tiled, columns = split_gathered(pattern) if gather_columns else (pattern, [])
     if by_segments and tiled is not None:
-        layout = lower_by_segments(pattern, tiled, columns, ctx, heads)
+        program = compile_intervals(tiled, ctx) if intervals else None
+        # The whole pattern's bits come from the program too, unless gathered columns join it.
+        whole = program if program is not None and not columns else pattern
+        layout = lower_by_segments(whole, program or tiled, columns, ctx, heads)
         if layout is not None:
             return layout
     return lower_by_tiles(pattern, tiled, columns, ctx, heads)

@@ -60,6 +60,22 @@ def key_breaks(ctx: MaskContext, cuts: Tensor) -> Tensor:
     return torch.cat([floor, ceil], dim=-1).expand(-1, ctx.num_q_blocks, -1)
 
 
+def block_diagonal_breaks(ctx: MaskContext, block_size: int, cuts: Tensor) -> Tensor:
+    """Row breaks of a predicate on ``q_pos // block_size - k // block_size`` that changes only at the
+    values ``cuts`` [1, T]: `diagonal_breaks` on block differences. Returns ``[1, QB, 2T]``.
+
+    The smallest difference over a tile, ``first // bs - (k_stop - 1) // bs``, reaches ``c`` below kv
+    block ``(first // bs - c + 1) * bs // block_n``; the largest, ``last // bs - k_start // bs``, below
+    ``((last // bs - c + 1) * bs - 1) // block_n + 1``.
+    """
+    first, last = ctx.q_block_span
+    bs, bn = block_size, ctx.block_n
+    c = cuts.view(1, 1, -1)
+    smallest = (first.view(1, -1, 1) // bs - c + 1) * bs // bn
+    largest = ((last.view(1, -1, 1) // bs - c + 1) * bs - 1) // bn + 1
+    return torch.cat([smallest, largest], dim=-1)
+
+
 def no_breaks(ctx: MaskContext) -> Tensor:
     """Row breaks of a pattern whose class is constant along every row."""
     return torch.zeros(1, ctx.num_q_blocks, 0, dtype=torch.long, device=ctx.device)
@@ -314,15 +330,7 @@ class BlockBand(Pattern):
         return ctx.num_q_blocks * min(ctx.num_kv_blocks, -(-span // ctx.block_n) + 1)
 
     def row_breaks(self, ctx: MaskContext) -> Tensor:
-        # As `diagonal_breaks`, on block differences: the smallest, first // bs - (k_stop - 1) // bs,
-        # reaches c below kv block (first // bs - c + 1) * bs // block_n; the largest,
-        # last // bs - k_start // bs, below ((last // bs - c + 1) * bs - 1) // block_n + 1.
-        first, last = ctx.q_block_span
-        bs, bn = self.block_size, ctx.block_n
-        c = _cuts(ctx, 0, self.blocks).view(1, 1, -1)
-        smallest = (first.view(1, -1, 1) // bs - c + 1) * bs // bn
-        largest = ((last.view(1, -1, 1) // bs - c + 1) * bs - 1) // bn + 1
-        return torch.cat([smallest, largest], dim=-1)
+        return block_diagonal_breaks(ctx, self.block_size, _cuts(ctx, 0, self.blocks))
 
     def tile_key(self, tiles: Tiles) -> Tensor:
         cls = self.classify(tiles)
