@@ -40,8 +40,8 @@ class Strided(Pattern):
     # Optional, for speed: an analytic classification. Without it the default evaluates `mask`
     # over each tile, which is exact but costs the tile's area.
     def classify(self, tiles: Tiles) -> Tensor:
-        lo = tiles.q_start - (tiles.k_stop - 1)  # smallest q_pos - k in the tile
-        hi = (tiles.q_stop - 1) - tiles.k_start  # largest
+        lo = tiles.q_start - tiles.k_last  # smallest q_pos - k in the tile
+        hi = tiles.q_last - tiles.k_start  # largest
         full = (lo >= 0) & ((self.stride == 1) | (hi == lo)) & (lo % self.stride == 0)
         empty = hi < 0
         return torch.where(full, FULL, torch.where(empty, EMPTY, PARTIAL)).to(torch.int8)

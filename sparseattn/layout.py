@@ -34,11 +34,9 @@ _WORD = 32
 def _pack_bits(bits: Tensor) -> Tensor:
     """[T, M, N] bool -> [T, M, N // 32] int32, bit b of word w is column 32 * w + b."""
     t, m, n = bits.shape
-    weights = torch.tensor([1 << b for b in range(_WORD)], dtype=torch.int64, device=bits.device)
-    words = (bits.reshape(t, m, n // _WORD, _WORD).to(torch.int64) * weights).sum(-1)
-    # Reinterpret the unsigned 32-bit value as two's-complement int32.
-    words = torch.where(words >= 2**31, words - 2**32, words)
-    return words.to(torch.int32)
+    # Bit 31 weighs -2**31, so each sum already is the word's two's-complement int32 value.
+    weights = torch.tensor([1 << b for b in range(_WORD - 1)] + [-(1 << 31)], dtype=torch.int64, device=bits.device)
+    return (bits.reshape(t, m, n // _WORD, _WORD) * weights).sum(-1).to(torch.int32)
 
 
 def unpack_bits(words: Tensor, block_n: int) -> Tensor:

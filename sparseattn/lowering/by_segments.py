@@ -59,13 +59,12 @@ def lower_by_segments(
     lo, hi = grid
     qbn, kbn = ctx.num_q_blocks, ctx.num_kv_blocks
     rows, width = lo.shape
-    row = torch.arange(rows, device=ctx.device).view(-1, 1).expand(rows, width).reshape(-1)
+    row = torch.arange(rows * width, device=ctx.device) // width
     lo, hi = lo.reshape(-1), hi.reshape(-1)
     cls = tiled.classify(Tiles(ctx, row // qbn, row % qbn, lo.clamp(max=kbn - 1)))
     length = hi - lo
-    f_len = torch.where(cls == FULL, length, 0)
-    p_len = torch.where(cls == PARTIAL, length, 0)
-    n_full, n_part = (int(x) for x in torch.stack([f_len.sum(), p_len.sum()]).tolist())
+    f_len, p_len = length * (cls == FULL), length * (cls == PARTIAL)
+    n_full, n_part = (int(x) for x in torch.stack([f_len, p_len]).sum(1).tolist())
 
     # PARTIAL tiles, one by one, under the whole pattern: the bitmaps give each its true class, as
     # gathered columns may fill a tile up and Kleene logic may call an empty or full tile PARTIAL.
@@ -81,9 +80,12 @@ def lower_by_segments(
         f_row, f_lo, f_len = f_row[order], f_lo[order], f_len[order]
         n_full += int(promoted.sum())
         p_row, p_kb, mask_id = p_row[kept], p_kb[kept], mask_id[kept]
-
-    f_num, f_start = _csr(f_row, rows, f_len)
-    p_num, p_start = _csr(p_row, rows)
+        f_num, f_start = _csr(f_row, rows, f_len)
+        p_num, p_start = _csr(p_row, rows)
+    else:
+        # Runs are laid out row by row, [rows, width]: a row's count is the sum of its runs.
+        f_num, p_num = torch.stack([f_len, p_len]).view(2, rows, width).sum(2)
+        f_start, p_start = torch.cumsum(f_num, 0) - f_num, torch.cumsum(p_num, 0) - p_num
     _, f_idx = expand_runs(f_lo, f_len, n_full)
     lead = (1, heads or 1, qbn)
     col_num = col_start = col_idx = None

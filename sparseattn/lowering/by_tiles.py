@@ -31,8 +31,11 @@ def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Ten
         empty = torch.zeros(0, ctx.block_m, ctx.block_n // 32, dtype=torch.int32, device=ctx.device)
         none = torch.zeros(0, dtype=torch.long, device=ctx.device)
         return empty, none, none
-    extents = torch.stack([tiles.q_stop - tiles.q_start, tiles.k_stop - tiles.k_start], dim=1)
-    keys = torch.cat([pattern.tile_key(tiles), extents], dim=1)
+    keys = pattern.tile_key(tiles)
+    if ctx.q_len % ctx.block_m or ctx.kv_len % ctx.block_n:
+        # Tail tiles are cut short, and their bits with them: equal keys must mean equal extents.
+        extents = torch.stack([tiles.q_last - tiles.q_start, tiles.k_last - tiles.k_start], dim=1)
+        keys = torch.cat([keys, extents], dim=1)
     by_key, first = group_rows(keys)
     groups = first.numel()
     reps = tiles.select(first)
@@ -42,7 +45,7 @@ def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Ten
     for s in range(0, groups, _BITMAP_CHUNK):
         bits, inside = tile_bits(pattern, reps.select(slice(s, s + _BITMAP_CHUNK)), rows, cols)
         kept = bits.sum((-1, -2))
-        classes.append(torch.where(kept == 0, 0, torch.where(kept == inside.sum((-1, -2)), 2, 1)))
+        classes.append((kept > 0).long() + (kept == inside.sum((-1, -2))))
         words.append(_pack_bits(bits))
     packed, true_class = torch.cat(words), torch.cat(classes)
     partial = true_class == 1

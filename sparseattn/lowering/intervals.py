@@ -20,6 +20,7 @@ which then lowers through its own methods.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -55,13 +56,16 @@ _QUERY: Quantity = ("query",)
 
 @dataclass(frozen=True)
 class _Node:
-    """``op`` is "atom" (``arg`` = atom index), "and" / "or" (``arg`` = child nodes) or "not" (one child)."""
+    """``op`` is "atom" (``arg`` = the atom), "and" / "or" (``arg`` = child nodes) or "not" (one child)."""
 
     op: str
     arg: Any
 
 
-def _atom_of(pattern: Pattern, ctx: MaskContext) -> tuple[Quantity, int, int] | None:
+Atom = tuple[Quantity, int, int]
+
+
+def _atom_of(pattern: Pattern, ctx: MaskContext) -> Atom | None:
     kind = type(pattern)
     if kind is Full:
         return _KEY, -_UNBOUNDED, _UNBOUNDED
@@ -86,51 +90,25 @@ def _plain_composite(pattern: Pattern) -> bool:
     )
 
 
-class _Compiler:
-    def __init__(self, ctx: MaskContext) -> None:
-        self.ctx = ctx
-        self.atoms: dict[tuple[Quantity, int, int], int] = {}
-
-    def node(self, pattern: Pattern) -> _Node | None:
-        atom = _atom_of(pattern, self.ctx)
-        if atom is not None:
-            return _Node("atom", self.atoms.setdefault(atom, len(self.atoms)))
-        if _plain_composite(pattern):
-            return self.node(pattern.expression)  # type: ignore[attr-defined]
-        if type(pattern) in (And, Or):
-            children = [self.node(t) for t in pattern.terms]  # type: ignore[attr-defined]
-            if any(c is None for c in children):
-                return None
-            return _Node("and" if type(pattern) is And else "or", tuple(children))
-        if type(pattern) is Not:
-            child = self.node(pattern.term)  # type: ignore[attr-defined]
-            return None if child is None else _Node("not", child)
-        return None
-
-
-def compile_intervals(pattern: Pattern, ctx: MaskContext) -> IntervalProgram | None:
-    """The program of ``pattern`` under ``ctx``, or None when some term is not an interval primitive.
-
-    A `PerHead` compiles when each member does and none depends on the head itself; any other pattern
-    must not depend on the head.
-    """
-    compiler = _Compiler(ctx)
-    if type(pattern) is PerHead:
-        sources: tuple[Pattern, ...] = pattern.patterns  # type: ignore[attr-defined]
-        if any(p.num_heads is not None for p in sources):
+def _node(pattern: Pattern, ctx: MaskContext) -> _Node | None:
+    atom = _atom_of(pattern, ctx)
+    if atom is not None:
+        return _Node("atom", atom)
+    if _plain_composite(pattern):
+        return _node(pattern.expression, ctx)  # type: ignore[attr-defined]
+    if type(pattern) in (And, Or):
+        children = [_node(t, ctx) for t in pattern.terms]  # type: ignore[attr-defined]
+        if any(c is None for c in children):
             return None
-    elif pattern.num_heads is None:
-        sources = (pattern,)
-    else:
-        return None
-    members = [compiler.node(p) for p in sources]
-    if any(m is None for m in members):
-        return None
-    return IntervalProgram(pattern, ctx, tuple(members), tuple(compiler.atoms))  # type: ignore[arg-type]
+        return _Node("and" if type(pattern) is And else "or", tuple(children))
+    if type(pattern) is Not:
+        child = _node(pattern.term, ctx)
+        return None if child is None else _Node("not", child)
+    return None
 
 
-def _fold(node: _Node, leaf: Any, both: Any, either: Any, negate: Any) -> Tensor:
-    """Evaluate ``node`` bottom-up: ``leaf(i)`` for atom ``i``, binary ``both`` / ``either``, unary ``negate``."""
+def _fold(node: _Node, leaf: Any, both: Any, either: Any, negate: Any) -> Any:
+    """Evaluate ``node`` bottom-up: ``leaf(atom)``, binary ``both`` / ``either``, unary ``negate``."""
     if node.op == "atom":
         return leaf(node.arg)
     if node.op == "not":
@@ -142,129 +120,153 @@ def _fold(node: _Node, leaf: Any, both: Any, either: Any, negate: Any) -> Tensor
     return out
 
 
+def _atoms_in(node: _Node) -> list[Atom]:
+    found: list[Atom] = []
+    _fold(node, found.append, lambda a, b: None, lambda a, b: None, lambda a: None)
+    return found
+
+
+def compile_intervals(pattern: Pattern, ctx: MaskContext) -> IntervalProgram | None:
+    """The program of ``pattern`` under ``ctx``, or None when some term is not an interval primitive.
+
+    A `PerHead` compiles when each member does and none depends on the head itself; any other pattern
+    must not depend on the head.
+    """
+    if type(pattern) is PerHead:
+        sources: tuple[Pattern, ...] = pattern.patterns
+        if any(p.num_heads is not None for p in sources):
+            return None
+    elif pattern.num_heads is None:
+        sources = (pattern,)
+    else:
+        return None
+    members = [_node(p, ctx) for p in sources]
+    if any(m is None for m in members):
+        return None
+    return IntervalProgram(pattern, ctx, tuple(members))  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, eq=False)
 class IntervalProgram(Pattern):
     """``source`` compiled under ``ctx`` (see the module docstring); lowering's stand-in for it.
 
-    ``members[h]`` is head ``h``'s expression (one member: the pattern does not depend on the head);
-    ``atoms[i]`` is ``(quantity, lo, hi)``. Only the questions lowering asks are answered: row breaks,
-    tile classes, tile keys and token bits, all under the ``ctx`` it was compiled for.
+    ``members[h]`` is head ``h``'s expression (one member: the pattern does not depend on the head).
+    Only the questions lowering asks are answered: row breaks, tile classes, tile keys and token
+    bits, all under the ``ctx`` it was compiled for.
     """
 
     source: Pattern
     ctx: MaskContext
     members: tuple[_Node, ...]
-    atoms: tuple[tuple[Quantity, int, int], ...]
     _tensors: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_heads(self) -> int | None:
         return self.source.num_heads
 
-    @property
-    def quantities(self) -> list[Quantity]:
-        return list(dict.fromkeys(q for q, _, _ in self.atoms))
+    @cached_property
+    def atoms(self) -> list[Atom]:
+        """Every distinct atom, those of one quantity next to each other."""
+        found = list(dict.fromkeys(a for m in self.members for a in _atoms_in(m)))
+        order = list(dict.fromkeys(q for q, _, _ in found))
+        return sorted(found, key=lambda a: order.index(a[0]))
 
-    def _constants(self) -> dict[str, Tensor]:
-        """Tables on the device, built once: every atom's bounds ``[2, A]`` and quantity ``[A]``, which
-        atoms each member uses ``[M, A]``, and the bounds of each quantity's atoms ``[2, A_q]``."""
+    @cached_property
+    def column(self) -> dict[Atom, int]:
+        return {a: i for i, a in enumerate(self.atoms)}
+
+    @cached_property
+    def quantities(self) -> list[tuple[Quantity, int, int]]:
+        """``(quantity, first, stop)``: the atoms ``[first, stop)`` measure ``quantity``."""
+        out: list[tuple[Quantity, int, int]] = []
+        for i, (q, _, _) in enumerate(self.atoms):
+            if out and out[-1][0] == q:
+                out[-1] = (q, out[-1][1], i + 1)
+            else:
+                out.append((q, i, i + 1))
+        return out
+
+    def _table(self) -> Tensor:
+        """int64 ``[3 + M, A]`` on the device, built once: every atom's ``lo``, ``hi``, its quantity's
+        position in `quantities`, then per member whether it uses the atom (0 / 1)."""
         if not self._tensors:
-            quantities = self.quantities
-            used = [[False] * len(self.atoms) for _ in self.members]
-            for m, member in enumerate(self.members):
+            which = [qi for qi, (_, first, stop) in enumerate(self.quantities) for _ in range(first, stop)]
+            used = [[int(a in set(_atoms_in(m))) for a in self.atoms] for m in self.members]
+            rows = [[lo for _, lo, _ in self.atoms], [hi for _, _, hi in self.atoms], which, *used]
+            self._tensors["table"] = torch.tensor(rows, dtype=torch.long, device=self.ctx.device)
+        return self._tensors["table"]
 
-                def mark(i: int, row: list[bool] = used[m]) -> None:
-                    row[i] = True
-
-                _fold(member, mark, lambda a, b: None, lambda a, b: None, lambda a: None)
-            table = [
-                [lo for _, lo, _ in self.atoms],
-                [hi for _, _, hi in self.atoms],
-                [quantities.index(q) for q, _, _ in self.atoms],
-            ]
-            packed = torch.tensor(table, dtype=torch.long, device=self.ctx.device)
-            self._tensors.update(
-                bounds=packed[:2],
-                column=packed[2],
-                used=torch.tensor(used, dtype=torch.bool, device=self.ctx.device),
-            )
-            for qi, quantity in enumerate(quantities):
-                mine = [i for i, (q, _, _) in enumerate(self.atoms) if q == quantity]
-                self._tensors[f"bounds{qi}"] = packed[:2, mine]
-        return self._tensors
+    def _choose(self, head: Tensor, results: list[Tensor]) -> Tensor:
+        """Each entry from its head's member: ``results[head]``, all broadcast to one shape."""
+        if len(results) == 1:
+            return results[0]
+        shape = torch.broadcast_shapes(head.shape, *(r.shape for r in results))
+        stacked = torch.stack([r.expand(shape) for r in results])
+        return stacked.gather(0, head.expand(shape).unsqueeze(0)).squeeze(0)
 
     # ----------------------------------------------------------------- breaks
     def row_breaks(self, ctx: MaskContext) -> Tensor:
         """Every atom's cuts, for every head: each atom, hence every expression of them, keeps one class
         between two of them."""
         parts = []
-        for quantity in self.quantities:
-            cuts = sorted({c for q, lo, hi in self.atoms if q == quantity for c in (lo, hi) if abs(c) < _UNBOUNDED})
-            if not cuts or quantity == _QUERY:
+        for quantity, first, stop in self.quantities:
+            ends = {c for _, lo, hi in self.atoms[first:stop] for c in (lo, hi) if abs(c) < _UNBOUNDED}
+            if not ends or quantity == _QUERY:
                 continue  # a q_pos predicate has one class along a whole row
-            values = torch.tensor([cuts], dtype=torch.long, device=ctx.device)
+            cuts = torch.tensor([sorted(ends)], dtype=torch.long, device=ctx.device)
             if quantity == _DIAGONAL:
-                parts.append(diagonal_breaks(ctx, values))
+                parts.append(diagonal_breaks(ctx, cuts))
             elif quantity == _KEY:
-                parts.append(key_breaks(ctx, values))
+                parts.append(key_breaks(ctx, cuts))
             else:
-                parts.append(block_diagonal_breaks(ctx, quantity[1], values))
+                parts.append(block_diagonal_breaks(ctx, quantity[1], cuts))
         return torch.cat(parts, dim=-1) if parts else no_breaks(ctx)
 
     # ----------------------------------------------------------------- classes
-    def _spans(self, tiles: Tiles) -> tuple[list[Tensor], list[Tensor]]:
-        """Smallest and largest value of each quantity over each tile."""
-        los, his = [], []
-        for quantity in self.quantities:
-            if quantity == _DIAGONAL:
-                lo, hi = tiles.diagonal_span
-            elif quantity == _KEY:
-                lo, hi = tiles.k_start, tiles.k_last
-            elif quantity == _QUERY:
-                lo, hi = tiles.q_start, tiles.q_last
-            else:
-                bs = quantity[1]
-                lo = tiles.q_start // bs - tiles.k_last // bs
-                hi = tiles.q_last // bs - tiles.k_start // bs
-            los.append(lo)
-            his.append(hi)
-        return los, his
-
     def atom_classes(self, tiles: Tiles) -> Tensor:
         """int8 ``[len(tiles), A]``: every atom's class on every tile, as `interval_class` gives it."""
-        key = ("atom_classes", self)
-        if key not in tiles._memo:
-            los, his = self._spans(tiles)
-            c = self._constants()
-            spans = torch.stack(los + his, dim=1).view(len(tiles), 2, -1)[:, :, c["column"]]  # [n, 2, A]
-            # Each end of the span at or past lo, and each end before hi: 0, 1 or 2 of them; the class
-            # of lo <= x < hi over the whole span is the smaller count.
-            reached = (spans >= c["bounds"][0]).sum(1, dtype=torch.int8)
-            before = (spans < c["bounds"][1]).sum(1, dtype=torch.int8)
-            tiles._memo[key] = torch.minimum(reached, before)
-        return tiles._memo[key]  # type: ignore[no-any-return]
-
-    def _per_head(self, tiles_head: Tensor, results: list[Tensor]) -> Tensor:
-        if len(results) == 1:
-            return results[0]
-        stacked = torch.stack(results, dim=1)  # [n, M, ...]
-        index = tiles_head.view(-1, 1, *([1] * (stacked.dim() - 2))).expand(-1, 1, *stacked.shape[2:])
-        return stacked.gather(1, index).squeeze(1)
+        memo = ("atom_classes", self)
+        if memo not in tiles._memo:
+            los, his = [], []
+            for quantity, _, _ in self.quantities:
+                if quantity == _DIAGONAL:
+                    lo, hi = tiles.diagonal_span
+                elif quantity == _KEY:
+                    lo, hi = tiles.k_start, tiles.k_last
+                elif quantity == _QUERY:
+                    lo, hi = tiles.q_start, tiles.q_last
+                else:
+                    bs = quantity[1]
+                    lo = tiles.q_start // bs - tiles.k_last // bs
+                    hi = tiles.q_last // bs - tiles.k_start // bs
+                los.append(lo)
+                his.append(hi)
+            table = self._table()
+            spans = torch.stack(los + his, dim=1).view(len(tiles), 2, -1)[:, :, table[2]]  # [n, 2, A]
+            # Ends of the span at or past lo, and ends before hi: 0, 1 or 2 of each; the class of
+            # lo <= x < hi over the whole span is the smaller count.
+            reached = (spans >= table[0]).sum(1, dtype=torch.int8)
+            before = (spans < table[1]).sum(1, dtype=torch.int8)
+            tiles._memo[memo] = torch.minimum(reached, before)
+        return tiles._memo[memo]  # type: ignore[no-any-return]
 
     def classify(self, tiles: Tiles) -> Tensor:
         cls = self.atom_classes(tiles)
-        results = [_fold(m, lambda i: cls[:, i], torch.minimum, torch.maximum, lambda x: 2 - x) for m in self.members]
-        return self._per_head(tiles.head, results)
+        column = self.column
+        results = [
+            _fold(m, lambda a: cls[:, column[a]], torch.minimum, torch.maximum, lambda x: 2 - x) for m in self.members
+        ]
+        return self._choose(tiles.head, results)
 
     # ----------------------------------------------------------------- keys
     def tile_key(self, tiles: Tiles) -> Tensor:
-        """``[n, 1 + A]``: the head's member, then per atom its position where it is PARTIAL (the corner
-        offset, first key, first query, or corner offset and first query modulo ``bs``, which fix the
-        atom's bits over the tile's extents) and a per-class constant elsewhere or when unused."""
+        """``[n, 1 + A]``: the head, then per atom its position where it is PARTIAL (the corner offset,
+        first key, first query, or corner offset and first query modulo ``bs``: each fixes the atom's
+        bits over the tile's extents) and a per-class constant where it is not, or is not used."""
         cls = self.atom_classes(tiles)
-        c = self._constants()
+        table = self._table()
         refs = []
-        for quantity in self.quantities:
+        for quantity, _, _ in self.quantities:
             if quantity == _DIAGONAL:
                 refs.append(tiles.corner_offset)
             elif quantity == _KEY:
@@ -274,19 +276,18 @@ class IntervalProgram(Pattern):
             else:
                 bs = quantity[1]
                 refs.append(tiles.corner_offset * bs + tiles.q_start % bs)
-        position = torch.stack(refs, dim=1)[:, c["column"]]  # [n, A]
-        keep = cls == PARTIAL
+        position = torch.stack(refs, dim=1)[:, table[2]]  # [n, A]
         if len(self.members) > 1:
-            keep &= c["used"][tiles.head]
-        key = torch.where(keep, position, _CONSTANT_KEY + cls.long())
+            cls = cls * table[3:][tiles.head]  # an atom the head's member does not use: EMPTY
+        key = torch.where(cls == PARTIAL, position, cls.long() + _CONSTANT_KEY)
         return torch.cat([tiles.head.view(-1, 1), key], dim=1)
 
     # ----------------------------------------------------------------- bits
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         q_pos = q_idx + ctx.offset
-        c = self._constants()
-        atoms: dict[int, Tensor] = {}
-        for qi, quantity in enumerate(self.quantities):
+        table = self._table()
+        kept: dict[Atom, Tensor] = {}
+        for quantity, first, stop in self.quantities:
             if quantity == _DIAGONAL:
                 x = q_pos - kv_idx
             elif quantity == _KEY:
@@ -295,18 +296,11 @@ class IntervalProgram(Pattern):
                 x = q_pos
             else:
                 x = q_pos // quantity[1] - kv_idx // quantity[1]
-            mine = [i for i, (q, _, _) in enumerate(self.atoms) if q == quantity]
-            bounds = c[f"bounds{qi}"].view(2, -1, *([1] * x.dim()))
-            kept = (x >= bounds[0]) & (x < bounds[1])  # [A_q, *x.shape]
-            atoms.update({i: kept[j] for j, i in enumerate(mine)})
-        shape = torch.broadcast_shapes(h.shape, q_idx.shape, kv_idx.shape)
+            bounds = table[:2, first:stop].view(2, -1, *([1] * x.dim()))
+            inside = (x >= bounds[0]) & (x < bounds[1])  # [stop - first, *x.shape]
+            kept.update({a: inside[i] for i, a in enumerate(self.atoms[first:stop])})
         results = [
-            _fold(m, atoms.__getitem__, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not).expand(shape)
-            for m in self.members
+            _fold(m, kept.__getitem__, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not) for m in self.members
         ]
-        if len(results) == 1:
-            return results[0]
-        out = results[0]
-        for i, r in enumerate(results[1:], start=1):
-            out = torch.where(h == i, r, out)
-        return out
+        out = self._choose(h, results)
+        return out.expand(torch.broadcast_shapes(h.shape, q_idx.shape, kv_idx.shape))

@@ -128,9 +128,14 @@ class Tiles:
         return self.q_block * self.ctx.block_m + self.ctx.offset
 
     @cached_property
+    def q_last(self) -> Tensor:
+        """Last in-bounds query position in the tile."""
+        return torch.clamp(self.q_start + (self.ctx.block_m - 1), max=self.ctx.q_len - 1 + self.ctx.offset)
+
+    @cached_property
     def q_stop(self) -> Tensor:
         """One past the last in-bounds query position."""
-        return torch.clamp((self.q_block + 1) * self.ctx.block_m, max=self.ctx.q_len) + self.ctx.offset
+        return self.q_last + 1
 
     @cached_property
     def k_start(self) -> Tensor:
@@ -138,16 +143,13 @@ class Tiles:
 
     @cached_property
     def k_stop(self) -> Tensor:
-        return torch.clamp((self.kv_block + 1) * self.ctx.block_n, max=self.ctx.kv_len)
-
-    # Derived extents, cached like the above: lowering asks every term of a pattern for them.
-    @cached_property
-    def q_last(self) -> Tensor:
-        return self.q_stop - 1
+        """One past the last in-bounds key."""
+        return self.k_last + 1
 
     @cached_property
     def k_last(self) -> Tensor:
-        return self.k_stop - 1
+        """Last in-bounds key in the tile."""
+        return torch.clamp(self.k_start + (self.ctx.block_n - 1), max=self.ctx.kv_len - 1)
 
     @cached_property
     def corner_offset(self) -> Tensor:
