@@ -23,6 +23,7 @@ from torch import Tensor
 from sparseattn.layout import BlockLayout
 from sparseattn.lowering.by_tiles import partial_bitmaps
 from sparseattn.lowering.gathered import gathered_columns
+from sparseattn.lowering.intervals import IntervalProgram
 from sparseattn.patterns.base import FULL, PARTIAL, MaskContext, Pattern, Tiles, expand_runs
 from sparseattn.patterns.columns import Columns
 
@@ -34,10 +35,9 @@ def run_grid(pattern: Pattern, ctx: MaskContext, heads: int | None) -> tuple[Ten
     kb = ctx.num_kv_blocks
     if breaks is None:
         return None
-    breaks = breaks.expand(heads or 1, ctx.num_q_blocks, -1)
-    fixed = torch.tensor([0, kb - 1, kb], dtype=torch.long, device=ctx.device)
-    edges = torch.cat([breaks.clamp(0, kb), fixed.expand(*breaks.shape[:2], 3)], dim=-1)
-    edges = edges.sort(dim=-1).values.reshape(-1, edges.shape[-1])
+    fixed = torch.tensor([0, kb - 1, kb], dtype=torch.long, device=breaks.device)
+    edges = torch.cat([breaks.clamp(0, kb), fixed.expand(*breaks.shape[:2], 3)], dim=-1).sort(dim=-1).values
+    edges = edges.expand(heads or 1, ctx.num_q_blocks, -1).reshape(-1, edges.shape[-1])
     return edges[:, :-1], edges[:, 1:]
 
 
@@ -61,7 +61,8 @@ def lower_by_segments(
     rows, width = lo.shape
     row = torch.arange(rows * width, device=ctx.device) // width
     lo, hi = lo.reshape(-1), hi.reshape(-1)
-    cls = tiled.classify(Tiles(ctx, row // qbn, row % qbn, lo.clamp(max=kbn - 1)))
+    probes = Tiles(ctx, row // qbn, row % qbn, lo.clamp(max=kbn - 1))
+    cls = tiled.classify(probes)
     length = hi - lo
     f_len, p_len = length * (cls == FULL), length * (cls == PARTIAL)
     n_full, n_part = (int(x) for x in torch.stack([f_len, p_len]).sum(1).tolist())
@@ -70,7 +71,10 @@ def lower_by_segments(
     # gathered columns may fill a tile up and Kleene logic may call an empty or full tile PARTIAL.
     run, p_kb = expand_runs(lo, p_len, n_part)
     p_row = row[run]
-    tile_masks, mask_id, true_class = partial_bitmaps(pattern, Tiles(ctx, p_row // qbn, p_row % qbn, p_kb))
+    p_tiles = Tiles(ctx, p_row // qbn, p_row % qbn, p_kb)
+    if isinstance(tiled, IntervalProgram):
+        tiled.share_classes(probes, p_tiles, run)
+    tile_masks, mask_id, true_class = partial_bitmaps(pattern, p_tiles)
     f_row, f_lo = row, lo
     if n_part and bool((true_class != PARTIAL).any()):
         promoted, kept = true_class == FULL, true_class == PARTIAL

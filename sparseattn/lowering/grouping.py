@@ -41,8 +41,8 @@ def group_rows(rows: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Ten
         empty = torch.zeros(0, dtype=torch.long, device=rows.device)
         return empty, empty
     w = _weights(rows.shape[1], rows.device) if weights is None else weights.to(rows.device, torch.long)
-    _, inverse = torch.unique((rows * w).sum(1), return_inverse=True)
-    first = first_of_each(inverse, int(inverse.max()) + 1)
+    hashes, inverse = torch.unique((rows * w).sum(1), return_inverse=True)
+    first = first_of_each(inverse, hashes.numel())
     if bool((rows != rows[first[inverse]]).any()):
         return _group_rows_exactly(rows)
     return inverse, first

@@ -19,7 +19,7 @@ which then lowers through its own methods.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -172,10 +172,6 @@ class IntervalProgram(Pattern):
         return sorted(found, key=lambda a: order.index(a[0]))
 
     @cached_property
-    def column(self) -> dict[Atom, int]:
-        return {a: i for i, a in enumerate(self.atoms)}
-
-    @cached_property
     def quantities(self) -> list[tuple[Quantity, int, int]]:
         """``(quantity, first, stop)``: the atoms ``[first, stop)`` measure ``quantity``."""
         out: list[tuple[Quantity, int, int]] = []
@@ -201,26 +197,32 @@ class IntervalProgram(Pattern):
         if len(results) == 1:
             return results[0]
         shape = torch.broadcast_shapes(head.shape, *(r.shape for r in results))
-        stacked = torch.stack([r.expand(shape) for r in results])
-        return stacked.gather(0, head.expand(shape).unsqueeze(0)).squeeze(0)
+        stacked = torch.stack([r if r.shape == shape else r.expand(shape) for r in results])
+        index = head if head.shape == shape else head.expand(shape)
+        return stacked.gather(0, index.unsqueeze(0)).squeeze(0)
 
     # ----------------------------------------------------------------- breaks
     def row_breaks(self, ctx: MaskContext) -> Tensor:
         """Every atom's cuts, for every head: each atom, hence every expression of them, keeps one class
-        between two of them."""
+        between two of them.
+
+        Computed on the host and copied once: a few dozen operations on ``[QB, P]`` integers cost less
+        there than as device launches (op_overhead_cuda.md).
+        """
+        host = ctx if ctx.device.type == "cpu" else replace(ctx, device=torch.device("cpu"))
         parts = []
         for quantity, first, stop in self.quantities:
             ends = {c for _, lo, hi in self.atoms[first:stop] for c in (lo, hi) if abs(c) < _UNBOUNDED}
             if not ends or quantity == _QUERY:
                 continue  # a q_pos predicate has one class along a whole row
-            cuts = torch.tensor([sorted(ends)], dtype=torch.long, device=ctx.device)
+            cuts = torch.tensor([sorted(ends)], dtype=torch.long)
             if quantity == _DIAGONAL:
-                parts.append(diagonal_breaks(ctx, cuts))
+                parts.append(diagonal_breaks(host, cuts))
             elif quantity == _KEY:
-                parts.append(key_breaks(ctx, cuts))
+                parts.append(key_breaks(host, cuts))
             else:
-                parts.append(block_diagonal_breaks(ctx, quantity[1], cuts))
-        return torch.cat(parts, dim=-1) if parts else no_breaks(ctx)
+                parts.append(block_diagonal_breaks(host, quantity[1], cuts))
+        return (torch.cat(parts, dim=-1) if parts else no_breaks(host)).to(ctx.device)
 
     # ----------------------------------------------------------------- classes
     def atom_classes(self, tiles: Tiles) -> Tensor:
@@ -250,12 +252,16 @@ class IntervalProgram(Pattern):
             tiles._memo[memo] = torch.minimum(reached, before)
         return tiles._memo[memo]  # type: ignore[no-any-return]
 
+    def share_classes(self, probes: Tiles, tiles: Tiles, run: Tensor) -> None:
+        """Give ``tiles`` the atom classes of ``probes``, tile ``i`` lying in the run of row breaks that
+        ``probes[run[i]]`` stands for: every atom keeps one class along such a run."""
+        memo = ("atom_classes", self)
+        if memo in probes._memo:
+            tiles._memo[memo] = probes._memo[memo][run]
+
     def classify(self, tiles: Tiles) -> Tensor:
-        cls = self.atom_classes(tiles)
-        column = self.column
-        results = [
-            _fold(m, lambda a: cls[:, column[a]], torch.minimum, torch.maximum, lambda x: 2 - x) for m in self.members
-        ]
+        leaves = dict(zip(self.atoms, self.atom_classes(tiles).unbind(1)))
+        results = [_fold(m, leaves.__getitem__, torch.minimum, torch.maximum, lambda x: 2 - x) for m in self.members]
         return self._choose(tiles.head, results)
 
     # ----------------------------------------------------------------- keys
@@ -298,7 +304,7 @@ class IntervalProgram(Pattern):
                 x = q_pos // quantity[1] - kv_idx // quantity[1]
             bounds = table[:2, first:stop].view(2, -1, *([1] * x.dim()))
             inside = (x >= bounds[0]) & (x < bounds[1])  # [stop - first, *x.shape]
-            kept.update({a: inside[i] for i, a in enumerate(self.atoms[first:stop])})
+            kept.update(zip(self.atoms[first:stop], inside.unbind(0)))
         results = [
             _fold(m, kept.__getitem__, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not) for m in self.members
         ]
