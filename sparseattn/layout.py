@@ -22,6 +22,7 @@ column ``32 * w + b`` of the tile. Bits outside the sequence (tail tiles) are ze
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,9 +35,13 @@ _WORD = 32
 def _pack_bits(bits: Tensor) -> Tensor:
     """[T, M, N] bool -> [T, M, N // 32] int32, bit b of word w is column 32 * w + b."""
     t, m, n = bits.shape
-    # Bit 31 weighs -2**31, so each sum already is the word's two's-complement int32 value.
-    weights = torch.tensor([1 << b for b in range(_WORD - 1)] + [-(1 << 31)], dtype=torch.int64, device=bits.device)
-    return (bits.reshape(t, m, n // _WORD, _WORD) * weights).sum(-1).to(torch.int32)
+    return (bits.reshape(t, m, n // _WORD, _WORD) * _bit_weights(bits.device)).sum(-1).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=8)
+def _bit_weights(device: torch.device) -> Tensor:
+    """Bit 31 weighs -2**31, so each word's sum already is its two's-complement int32 value."""
+    return torch.tensor([1 << b for b in range(_WORD - 1)] + [-(1 << 31)], dtype=torch.int64, device=device)
 
 
 def unpack_bits(words: Tensor, block_n: int) -> Tensor:

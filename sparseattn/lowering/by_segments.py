@@ -17,6 +17,8 @@ list lengths, the number of bitmap groups).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -24,20 +26,24 @@ from sparseattn.layout import BlockLayout
 from sparseattn.lowering.by_tiles import partial_bitmaps
 from sparseattn.lowering.gathered import gathered_columns
 from sparseattn.lowering.intervals import IntervalProgram
-from sparseattn.patterns.base import FULL, PARTIAL, MaskContext, Pattern, Tiles, expand_runs
+from sparseattn.patterns.base import FULL, PARTIAL, MaskContext, Pattern, Tiles, expand_runs, run_values
 from sparseattn.patterns.columns import Columns
 
 
 def run_grid(pattern: Pattern, ctx: MaskContext, heads: int | None) -> tuple[Tensor, Tensor] | None:
     """``(lo, hi)`` [rows, S] of every run, rows ``head * QB + q_block``, runs ascending within a row
     (some empty); None when the pattern has no breaks."""
-    breaks = pattern.row_breaks(ctx)
+    # A program's breaks depend on the lengths and tiling alone, and are a few dozen operations on
+    # [QB, P] integers: on the host they cost less than as device launches (op_overhead_cuda.md), and
+    # one copy moves the sorted grid. Other patterns may hold device tensors and stay on the device.
+    on_host = isinstance(pattern, IntervalProgram) and ctx.device.type != "cpu"
+    breaks = pattern.row_breaks(replace(ctx, device=torch.device("cpu")) if on_host else ctx)
     kb = ctx.num_kv_blocks
     if breaks is None:
         return None
     fixed = torch.tensor([0, kb - 1, kb], dtype=torch.long, device=breaks.device)
     edges = torch.cat([breaks.clamp(0, kb), fixed.expand(*breaks.shape[:2], 3)], dim=-1).sort(dim=-1).values
-    edges = edges.expand(heads or 1, ctx.num_q_blocks, -1).reshape(-1, edges.shape[-1])
+    edges = edges.to(ctx.device).expand(heads or 1, ctx.num_q_blocks, -1).reshape(-1, edges.shape[-1])
     return edges[:, :-1], edges[:, 1:]
 
 
@@ -90,7 +96,7 @@ def lower_by_segments(
         # Runs are laid out row by row, [rows, width]: a row's count is the sum of its runs.
         f_num, p_num = torch.stack([f_len, p_len]).view(2, rows, width).sum(2)
         f_start, p_start = torch.cumsum(f_num, 0) - f_num, torch.cumsum(p_num, 0) - p_num
-    _, f_idx = expand_runs(f_lo, f_len, n_full)
+    f_idx = run_values(f_lo, f_len, n_full)
     lead = (1, heads or 1, qbn)
     col_num = col_start = col_idx = None
     if columns:

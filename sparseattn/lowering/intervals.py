@@ -19,7 +19,7 @@ which then lowers through its own methods.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -204,25 +204,20 @@ class IntervalProgram(Pattern):
     # ----------------------------------------------------------------- breaks
     def row_breaks(self, ctx: MaskContext) -> Tensor:
         """Every atom's cuts, for every head: each atom, hence every expression of them, keeps one class
-        between two of them.
-
-        Computed on the host and copied once: a few dozen operations on ``[QB, P]`` integers cost less
-        there than as device launches (op_overhead_cuda.md).
-        """
-        host = ctx if ctx.device.type == "cpu" else replace(ctx, device=torch.device("cpu"))
+        between two of them."""
         parts = []
         for quantity, first, stop in self.quantities:
             ends = {c for _, lo, hi in self.atoms[first:stop] for c in (lo, hi) if abs(c) < _UNBOUNDED}
             if not ends or quantity == _QUERY:
                 continue  # a q_pos predicate has one class along a whole row
-            cuts = torch.tensor([sorted(ends)], dtype=torch.long)
+            cuts = torch.tensor([sorted(ends)], dtype=torch.long, device=ctx.device)
             if quantity == _DIAGONAL:
-                parts.append(diagonal_breaks(host, cuts))
+                parts.append(diagonal_breaks(ctx, cuts))
             elif quantity == _KEY:
-                parts.append(key_breaks(host, cuts))
+                parts.append(key_breaks(ctx, cuts))
             else:
-                parts.append(block_diagonal_breaks(host, quantity[1], cuts))
-        return (torch.cat(parts, dim=-1) if parts else no_breaks(host)).to(ctx.device)
+                parts.append(block_diagonal_breaks(ctx, quantity[1], cuts))
+        return torch.cat(parts, dim=-1) if parts else no_breaks(ctx)
 
     # ----------------------------------------------------------------- classes
     def atom_classes(self, tiles: Tiles) -> Tensor:
@@ -260,7 +255,7 @@ class IntervalProgram(Pattern):
             tiles._memo[memo] = probes._memo[memo][run]
 
     def classify(self, tiles: Tiles) -> Tensor:
-        leaves = dict(zip(self.atoms, self.atom_classes(tiles).unbind(1)))
+        leaves = dict(zip(self.atoms, self.atom_classes(tiles).unbind(1), strict=True))
         results = [_fold(m, leaves.__getitem__, torch.minimum, torch.maximum, lambda x: 2 - x) for m in self.members]
         return self._choose(tiles.head, results)
 
@@ -304,7 +299,7 @@ class IntervalProgram(Pattern):
                 x = q_pos // quantity[1] - kv_idx // quantity[1]
             bounds = table[:2, first:stop].view(2, -1, *([1] * x.dim()))
             inside = (x >= bounds[0]) & (x < bounds[1])  # [stop - first, *x.shape]
-            kept.update(zip(self.atoms[first:stop], inside.unbind(0)))
+            kept.update(zip(self.atoms[first:stop], inside.unbind(0), strict=True))
         results = [
             _fold(m, kept.__getitem__, torch.bitwise_and, torch.bitwise_or, torch.bitwise_not) for m in self.members
         ]
