@@ -89,7 +89,7 @@ def _same_layout(a: BlockLayout, b: BlockLayout) -> None:
 def test_program_lowering_equals_both_oracles(members, sizes, block_size, per_head):
     pattern = PerHead(tuple(members)) if per_head else members[0]
     kwargs = dict(block_size=block_size, num_heads=pattern.num_heads)
-    fast = lower(pattern, *sizes, **kwargs)
+    fast = lower(pattern, *sizes, intervals=True, **kwargs)
     check_layout_invariants(fast)
     _same_layout(fast, lower(pattern, *sizes, intervals=False, **kwargs))
     _same_layout(fast, lower(pattern, *sizes, by_segments=False, **kwargs))
@@ -107,6 +107,22 @@ def test_program_lowering_equals_both_oracles(members, sizes, block_size, per_he
 )
 def test_named_shapes_compile(pattern):
     assert isinstance(compile_intervals(pattern, MaskContext(512, 512, pattern.num_heads or 1)), IntervalProgram)
+
+
+def test_the_program_is_the_default_on_gpus_only(monkeypatch):
+    from sparseattn import lowering
+
+    compiled_for = []
+
+    def recording(pattern, ctx):
+        compiled_for.append(ctx.device.type)
+        return compile_intervals(pattern, ctx)
+
+    monkeypatch.setattr(lowering, "compile_intervals", recording)
+    lower(Triangle(), 256, block_size=(32, 32))
+    assert compiled_for == []
+    lower(Triangle(), 256, block_size=(32, 32), intervals=True)
+    assert compiled_for == ["cpu"]
 
 
 def test_atoms_shared_by_terms_are_evaluated_once():
@@ -137,6 +153,6 @@ class _Shifted(Window):
 )
 def test_patterns_it_does_not_know_term_for_term_stay_on_their_own_methods(pattern):
     assert compile_intervals(pattern, MaskContext(256, 256, pattern.num_heads or 1)) is None
-    layout = lower(pattern, 200, 256, block_size=(32, 32), num_heads=pattern.num_heads)
+    layout = lower(pattern, 200, 256, block_size=(32, 32), num_heads=pattern.num_heads, intervals=True)
     truth = pattern.to_dense(200, 256, num_heads=pattern.num_heads)
     assert torch.equal(layout.to_dense()[0].expand_as(truth), truth)

@@ -196,7 +196,8 @@ class IntervalProgram(Pattern):
         """Each entry from its head's member: ``results[head]``, all broadcast to one shape."""
         if len(results) == 1:
             return results[0]
-        shape = torch.broadcast_shapes(head.shape, *(r.shape for r in results))
+        shapes = {head.shape, *(r.shape for r in results)}
+        shape = shapes.pop() if len(shapes) == 1 else torch.broadcast_shapes(*shapes)
         stacked = torch.stack([r if r.shape == shape else r.expand(shape) for r in results])
         index = head if head.shape == shape else head.expand(shape)
         return stacked.gather(0, index.unsqueeze(0)).squeeze(0)
