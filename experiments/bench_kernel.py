@@ -13,6 +13,7 @@ separately), and, once per length, cuDNN SDPA and the SDPA flash backend on dens
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import math
 import os
@@ -57,9 +58,15 @@ def bench(fn) -> float:
 
 
 def timed(fn, repeats: int = 3) -> tuple[float, object]:
-    """Median wall time in ms of a host+device step (lowering, mask build), with its last result."""
+    """Median wall time in ms of a host+device step (lowering, mask build), with its last result.
+
+    Python's garbage is collected before each call, outside the timed region (as ``timeit`` keeps the
+    collector out of its loops): by 128K tokens the process holds Flex's compiled graphs and every
+    earlier length's tensors, and a full collection they trigger is not the step's own cost.
+    """
     times, result = [], None
     for _ in range(repeats):
+        gc.collect()
         torch.cuda.synchronize()
         start = time.perf_counter()
         result = fn()
