@@ -60,9 +60,8 @@ def bench(fn) -> float:
 def timed(fn, repeats: int = 3) -> tuple[float, object]:
     """Median wall time in ms of a host+device step (lowering, mask build), with its last result.
 
-    Python's garbage is collected before each call, outside the timed region (as ``timeit`` keeps the
-    collector out of its loops): by 128K tokens the process holds Flex's compiled graphs and every
-    earlier length's tensors, and a full collection they trigger is not the step's own cost.
+    Python's garbage is collected before each call, outside the timed region, so that a collection of
+    what earlier steps left (Flex's compiled graphs, earlier lengths' tensors) is not charged to it.
     """
     times, result = [], None
     for _ in range(repeats):
