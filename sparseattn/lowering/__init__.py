@@ -48,8 +48,8 @@ def lower(
     ``by_segments=False`` forces the per-tile path (the oracle of the default one). ``intervals`` picks,
     for the segment path, between the compiled program (True) and the patterns' own methods (False);
     the default takes the program on GPUs only. It trades work for operations: a GPU pays about 10 us
-    of host time per operation and little per element, while on the CPU the same lowering runs two to
-    three times slower through the program than through the patterns (lowering_cpu.md).
+    of host time per operation and little per element, while on the CPU the same lowerings ran 1.1 to
+    2.5 times slower through the program than through the patterns (lowering_cpu.md).
     """
     if not isinstance(pattern, Pattern):
         raise ValueError(f"pattern: expected a Pattern, got {type(pattern).__name__}")
