@@ -35,8 +35,8 @@ def run_grid(pattern: Pattern, ctx: MaskContext, heads: int | None) -> tuple[Ten
     (some empty); None when the pattern has no breaks."""
     # A program's breaks depend on the lengths and tiling alone, and are a few dozen operations on
     # [QB, P] integers: on the host they cost less than as device launches (op_overhead_cuda.md), and
-    # one copy moves them. The sort stays on the device: the host's sort of many short rows took
-    # 12 ms at 4096 rows. Other patterns may hold device tensors and stay on the device.
+    # one copy moves them. The sort stays on the device: on the host, sorting thousands of short rows
+    # cost more than the whole lowering. Other patterns may hold device tensors and stay on the device.
     on_host = isinstance(pattern, IntervalProgram) and ctx.device.type != "cpu"
     breaks = pattern.row_breaks(replace(ctx, device=torch.device("cpu")) if on_host else ctx)
     kb = ctx.num_kv_blocks
