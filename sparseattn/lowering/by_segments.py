@@ -10,7 +10,8 @@ every tile has one class, so one probe tile per run classifies the whole row:
 2. FULL runs are counted per row and expanded into the FULL lists by one ``repeat_interleave``;
 3. PARTIAL runs are short (band edges, the diagonal): their tiles get bitmaps as in the per-tile path.
 
-Everything runs on the layout's device. On a GPU the per-tile path costs a boolean selection (a host
+Everything runs on the layout's device, except a compiled program's breaks, which depend on the
+lengths alone and are cheaper on the host (``run_grid``). On a GPU the per-tile path costs a boolean selection (a host
 sync) per step and work proportional to the tiles; here the host waits only for a few sizes (the
 list lengths, the number of bitmap groups).
 """

@@ -19,7 +19,7 @@ which then lowers through its own methods.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -158,7 +158,6 @@ class IntervalProgram(Pattern):
     source: Pattern
     ctx: MaskContext
     members: tuple[_Node, ...]
-    _tensors: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_heads(self) -> int | None:
@@ -182,15 +181,15 @@ class IntervalProgram(Pattern):
                 out.append((q, i, i + 1))
         return out
 
-    def _table(self) -> Tensor:
-        """int64 ``[3 + M, A]`` on the device, built once: every atom's ``lo``, ``hi``, its quantity's
-        position in `quantities`, then per member whether it uses the atom (0 / 1)."""
-        if not self._tensors:
-            which = [qi for qi, (_, first, stop) in enumerate(self.quantities) for _ in range(first, stop)]
-            used = [[int(a in set(_atoms_in(m))) for a in self.atoms] for m in self.members]
-            rows = [[lo for _, lo, _ in self.atoms], [hi for _, _, hi in self.atoms], which, *used]
-            self._tensors["table"] = torch.tensor(rows, dtype=torch.long, device=self.ctx.device)
-        return self._tensors["table"]
+    @cached_property
+    def table(self) -> Tensor:
+        """int64 ``[3 + M, A]`` on the device: every atom's ``lo``, ``hi``, its quantity's position in
+        `quantities`, then per member whether it uses the atom (0 / 1)."""
+        which = [qi for qi, (_, first, stop) in enumerate(self.quantities) for _ in range(first, stop)]
+        member_atoms = [set(_atoms_in(m)) for m in self.members]
+        used = [[int(a in mine) for a in self.atoms] for mine in member_atoms]
+        rows = [[lo for _, lo, _ in self.atoms], [hi for _, _, hi in self.atoms], which, *used]
+        return torch.tensor(rows, dtype=torch.long, device=self.ctx.device)
 
     def _choose(self, head: Tensor, results: list[Tensor]) -> Tensor:
         """Each entry from its head's member: ``results[head]``, all broadcast to one shape."""
@@ -239,7 +238,7 @@ class IntervalProgram(Pattern):
                     hi = tiles.q_last // bs - tiles.k_start // bs
                 los.append(lo)
                 his.append(hi)
-            table = self._table()
+            table = self.table
             spans = torch.stack(los + his, dim=1).view(len(tiles), 2, -1)[:, :, table[2]]  # [n, 2, A]
             # Ends of the span at or past lo, and ends before hi: 0, 1 or 2 of each; the class of
             # lo <= x < hi over the whole span is the smaller count.
@@ -266,7 +265,7 @@ class IntervalProgram(Pattern):
         first key, first query, or corner offset and first query modulo ``bs``: each fixes the atom's
         bits over the tile's extents) and a per-class constant where it is not, or is not used."""
         cls = self.atom_classes(tiles)
-        table = self._table()
+        table = self.table
         refs = []
         for quantity, _, _ in self.quantities:
             if quantity == _DIAGONAL:
@@ -287,7 +286,7 @@ class IntervalProgram(Pattern):
     # ----------------------------------------------------------------- bits
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         q_pos = q_idx + ctx.offset
-        table = self._table()
+        table = self.table
         kept: dict[Atom, Tensor] = {}
         for quantity, first, stop in self.quantities:
             if quantity == _DIAGONAL:
