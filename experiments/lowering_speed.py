@@ -1,4 +1,5 @@
-"""Lowering cost: wall time (median of repeats) by row segments and tile by tile, plus the kernel's plan.
+"""Lowering cost: wall time (median of repeats) of each row-segment variant and tile by tile, plus the
+kernel's plan.
 
     python experiments/lowering_speed.py                      # CPU: writes experiments/results/lowering_cpu.{json,md}
     python experiments/lowering_speed.py --device cuda --out $OUT   # the kernel benchmark's patterns at 128K
@@ -48,40 +49,50 @@ def timed(step, device: str, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+# The row-segment variants timed per device, the device's default first: (column, `lower` options).
+VARIANTS = {
+    "cuda": [
+        ("triton program", {}),
+        ("torch program", {"intervals": True, "triton": False}),
+        ("own methods", {"intervals": False}),
+    ],
+    "cpu": [("own methods", {}), ("torch program", {"intervals": True})],
+}
+EXPLAINED = {
+    "triton program": "the expression compiled into one interval program, run by three Triton kernels",
+    "torch program": "the same program answered by torch operations (`intervals=True, triton=False`)",
+    "own methods": "on the patterns' own methods (`intervals=False`)",
+}
+
+
 def measure(name: str, pattern: Pattern, n: int, block: tuple[int, int], device: str, repeats: int) -> dict:
     heads = pattern.num_heads
-
-    def by(segments: bool):
-        return lambda: lower(pattern, n, block_size=block, num_heads=heads, device=device, by_segments=segments)
-
-    seg_ms, layout = timed(by(True), device, repeats)
-    # The segment path's other variant than the device's default (the interval program on a GPU, the
-    # patterns' own methods on the CPU), timed in the same run.
-    other = device == "cpu"
-    other_ms, other_layout = timed(
-        lambda: lower(pattern, n, block_size=block, num_heads=heads, device=device, intervals=other), device, repeats
-    )
-    tile_ms, oracle = timed(by(False), device, max(1, repeats // 3))
-    same = layouts_differ(layout, oracle) is None and layouts_differ(layout, other_layout) is None
+    times, layouts = {}, []
+    for column, options in VARIANTS[device]:
+        step = lambda options=options: lower(pattern, n, block_size=block, num_heads=heads, device=device, **options)
+        times[column], layout = timed(step, device, repeats)
+        layouts.append(layout)
+    tiles = lambda: lower(pattern, n, block_size=block, num_heads=heads, device=device, by_segments=False)
+    tile_ms, oracle = timed(tiles, device, max(1, repeats // 3))
+    same = all(layouts_differ(layout, oracle) is None for layout in layouts)
     plan_ms = None
     if device == "cuda":
         plans = [lower(pattern, n, block_size=block, num_heads=heads, device=device) for _ in range(repeats)]
         it = iter(plans)
         plan_ms, _ = timed(lambda: work_list(next(it), 1, HEADS), device, repeats)
-    full, partial = layout.num_tiles()
+    full, partial = layouts[0].num_tiles()
     return {
         "pattern": name,
         "tokens": n,
         "block": f"{block[0]}x{block[1]}",
-        "segments_ms": seg_ms,
-        "other_variant_ms": other_ms,
+        "segments_ms": times,
         "tiles_ms": tile_ms,
         "plan_ms": plan_ms,
         "equal_layouts": same,
         "full_tiles": full,
         "partial_tiles": partial,
-        "distinct_bitmaps": int(layout.tile_masks.shape[0]),
-        "layout_MiB": layout.nbytes / 2**20,
+        "distinct_bitmaps": int(layouts[0].tile_masks.shape[0]),
+        "layout_MiB": layouts[0].nbytes / 2**20,
     }
 
 
@@ -118,7 +129,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lower(Triangle(), 4096, device=args.device)  # first-use costs (CUDA context, allocator) out of the way
+    # First-use costs (CUDA context, allocator, kernel compilation) out of the way.
+    for _, options in VARIANTS[args.device]:
+        lower(PerHead((Triangle(), Causal())), 4096, device=args.device, **options)
     rows = [measure(*case, args.device, args.repeats) for case in tqdm(cases(args.device), desc="lowering")]
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
     meta = {
@@ -134,23 +147,23 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"lowering_{args.device}"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    program = "through the expression compiled into one interval program (`intervals=True`)"
-    own = "on the patterns' own methods (`intervals=False`)"
-    default, other, other_how = (own, "program", program) if args.device == "cpu" else (program, "own methods", own)
+    columns = [column for column, _ in VARIANTS[args.device]]
     lines = [
         f"# Lowering on {meta['device']}\n\n`{meta['command']}` — {meta['date']}, torch {meta['torch']}, "
         f"{meta['host_threads']} host threads, median of {args.repeats} (tile by tile: of {max(1, args.repeats // 3)}).\n",
-        f"`by segments`: the default lowering on this device, row segments {default}; `{other}`: row"
-        f" segments {other_how}, in the same run; `tile by tile`: the per-tile oracle. `same layout`: all three agree.\n",
-        f"| pattern | tokens | block | by segments ms | {other} ms | tile by tile ms | plan ms | same layout "
-        "| full tiles | partial tiles | bitmaps | layout MiB |",
-        "|" + "---|" * 12,
+        "Row segments, each variant timed in the same run, this device's default first: "
+        + "; ".join(f"`{c}`: {EXPLAINED[c]}" for c in columns)
+        + ". `tile by tile`: the per-tile oracle. `same layout`: every variant's layout equals the oracle's.\n",
+        "| pattern | tokens | block | "
+        + " | ".join(f"{c} ms" for c in columns)
+        + " | tile by tile ms | plan ms | same layout | full tiles | partial tiles | bitmaps | layout MiB |",
+        "|" + "---|" * (10 + len(columns)),
     ]
     for r in rows:
         plan = "—" if r["plan_ms"] is None else f"{r['plan_ms']:.2f}"
+        variants = " | ".join(f"{r['segments_ms'][c]:.2f}" for c in columns)
         lines.append(
-            f"| {r['pattern']} | {r['tokens']:,} | {r['block']} | {r['segments_ms']:.2f} | "
-            f"{r['other_variant_ms']:.2f} | {r['tiles_ms']:.1f} | "
+            f"| {r['pattern']} | {r['tokens']:,} | {r['block']} | {variants} | {r['tiles_ms']:.1f} | "
             f"{plan} | {'yes' if r['equal_layouts'] else 'NO'} | {r['full_tiles']:,} | {r['partial_tiles']:,} | "
             f"{r['distinct_bitmaps']} | {r['layout_MiB']:.2f} |"
         )

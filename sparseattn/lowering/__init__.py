@@ -4,17 +4,22 @@
    gathered column by column where no computed tile covers them (``gathered.py``).
 2. An expression over the interval primitives is compiled so that each question is answered for all
    its terms at once (``intervals.py``): far fewer device operations, the same layout.
-3. The rest is lowered by row segments (``by_segments.py``) when the pattern gives its `row_breaks`:
+3. On CUDA a compiled program is lowered by row segments in three Triton kernels that run its
+   expression as straight-line code (``by_program.py``): a few dozen launches in all.
+4. The rest is lowered by row segments (``by_segments.py``) when the pattern gives its `row_breaks`:
    one classification per run of equal tiles on the host, FULL runs expanded on the device. Otherwise
    tile by tile (``by_tiles.py``): candidate tiles from ``pattern.support`` (a superset of the
    non-empty tiles), sorted by ``pattern.classify`` into EMPTY / PARTIAL / FULL.
-4. Either way, PARTIAL tiles are grouped by ``pattern.tile_key`` and one bitmap is evaluated per group
+5. Either way, PARTIAL tiles are grouped by ``pattern.tile_key`` and one bitmap is evaluated per group
    from the token truth, then bitmaps are deduplicated by content.
 
-Both paths give the same layout; the per-tile path is the segment path's oracle in the tests.
+All paths give the same layout; the per-tile path is the segment path's oracle in the tests, and the
+segment path on the same program the Triton path's.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -40,6 +45,7 @@ def lower(
     gather_columns: bool = True,
     by_segments: bool = True,
     intervals: bool | None = None,
+    triton: bool | None = None,
 ) -> BlockLayout:
     """Lower ``pattern`` for ``q_len`` queries against ``kv_len`` keys (default ``q_len``).
 
@@ -49,7 +55,9 @@ def lower(
     for the segment path, between the compiled program (True) and the patterns' own methods (False);
     the default takes the program on GPUs only. It trades work for operations: a GPU pays about 10 us
     of host time per operation and little per element, while on the CPU the same lowerings ran 1.1 to
-    2.5 times slower through the program than through the patterns (lowering_cpu.md).
+    2.5 times slower through the program than through the patterns (lowering_cpu.md). ``triton``
+    evaluates the program in Triton kernels (``by_program.py``) instead of torch operations; the
+    default takes them on CUDA, and elsewhere they need ``TRITON_INTERPRET=1`` (tests).
     """
     if not isinstance(pattern, Pattern):
         raise ValueError(f"pattern: expected a Pattern, got {type(pattern).__name__}")
@@ -60,6 +68,13 @@ def lower(
     pattern._resolve_heads(num_heads)
     device = torch.device(device or "cpu")
     intervals = device.type != "cpu" if intervals is None else intervals
+    triton = device.type == "cuda" if triton is None else triton
+    if triton and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"triton: the lowering kernels need a CUDA device, got {device} "
+            "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)"
+        )
+    options = (gather_columns, by_segments, intervals, triton)
     heads = pattern.num_heads
     if isinstance(pattern, PerHead) and all(p.num_heads is None for p in pattern.patterns):
         # Heads with equal patterns share rows: lower one head per distinct pattern, then point
@@ -67,9 +82,9 @@ def lower(
         distinct: dict[Pattern, int] = {}
         group = [distinct.setdefault(p, len(distinct)) for p in pattern.patterns]
         pattern, heads = PerHead(tuple(distinct)), len(distinct)
-        core = _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments, intervals)
+        core = _lower(pattern, heads, q_len, kv_len, block_size, device, *options)
         return core.select_heads(group)
-    return _lower(pattern, heads, q_len, kv_len, block_size, device, gather_columns, by_segments, intervals)
+    return _lower(pattern, heads, q_len, kv_len, block_size, device, *options)
 
 
 def _lower(
@@ -82,11 +97,16 @@ def _lower(
     gather_columns: bool,
     by_segments: bool,
     intervals: bool,
+    triton: bool,
 ) -> BlockLayout:
     ctx = MaskContext(q_len, kv_len, heads or 1, *block_size, device)
     tiled, columns = split_gathered(pattern) if gather_columns else (pattern, [])
     if by_segments and tiled is not None:
         program = compile_intervals(tiled, ctx) if intervals else None
+        if program is not None and triton and not columns:
+            from sparseattn.lowering.by_program import lower_by_program
+
+            return lower_by_program(program, ctx, heads)
         # The whole pattern's bits come from the program too, unless gathered columns join it.
         whole = program if program is not None and not columns else pattern
         layout = lower_by_segments(whole, program or tiled, columns, ctx, heads)

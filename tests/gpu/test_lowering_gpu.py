@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Columns, Documents, PerHead, Streaming, Triangle, Window
-from sparseattn.testing import layouts_differ
+from sparseattn.testing import check_layout_invariants, layouts_differ
+from sparseattn.testing.strategies import patterns
 
 pytestmark = [
     pytest.mark.gpu,
@@ -44,3 +47,22 @@ def test_cuda_lowering_equals_cpu_and_tile_by_tile(name, block):
         on_gpu,
         lower(pattern, q_len, kv_len, block_size=block, num_heads=pattern.num_heads, device="cuda", by_segments=False),
     )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    members=st.lists(patterns(max_leaves=4), min_size=1, max_size=4),
+    per_head=st.booleans(),
+    kv_len=st.integers(1, 6000),
+    chunk=st.integers(0, 6000),
+    block=st.sampled_from([(32, 32), (64, 64), (128, 128), (16, 64), (128, 32)]),
+)
+def test_triton_lowering_equals_the_cpu_on_random_patterns(members, per_head, kv_len, chunk, block):
+    """The CUDA default (interval program in Triton kernels, where the pattern compiles) against the
+    CPU default (the patterns' own methods) on random expressions and per-head mixtures of them."""
+    pattern = PerHead(tuple(members)) if per_head else members[0]
+    q_len = max(1, kv_len - chunk)
+    kwargs = dict(block_size=block, num_heads=pattern.num_heads)
+    on_gpu = lower(pattern, q_len, kv_len, device="cuda", **kwargs)
+    check_layout_invariants(on_gpu)
+    _equal(on_gpu, lower(pattern, q_len, kv_len, **kwargs))
