@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--registers", type=int, nargs="*", default=[], help="only these caps (0: none)")
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     parser.add_argument("--q-registers", choices=["on", "off"], help="only the query block in registers, or not")
+    parser.add_argument("--packs", type=int, nargs="*", default=[], help="only these query heads per program")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 8192),
@@ -92,6 +93,7 @@ def main() -> None:
         and (not args.shapes or f"{block[0]}x{block[1]}" in args.shapes)
         and (not args.registers or (regs or 0) in args.registers)
         and (args.q_registers is None or q_regs == (args.q_registers == "on"))
+        and (not args.packs or pack in args.packs)
         and (tma or not q_regs)
     ]
     for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs), chunk in tqdm(todo, desc="configs"):

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseattn.kernels.triton_interval_program import classify_rows, partial_bits
+from sparseattn.kernels.triton_interval_program import AND, ATOM, NOT, OR, classify_rows, partial_bits
 from sparseattn.layout import _pack_bits
 from sparseattn.lowering import lower
-from sparseattn.lowering.by_program import lower_by_program
+from sparseattn.lowering.by_program import encode, lower_by_program
 from sparseattn.lowering.intervals import compile_intervals
 from sparseattn.patterns import (
     AShape,
@@ -93,8 +93,8 @@ def test_kernels_answer_as_the_program_does(members, sizes, block_size):
     program = compile_intervals(pattern, ctx)
     if program is None:
         return
-    code, spans = program.instructions
-    shape = dict(q_len=ctx.q_len, kv_len=ctx.kv_len, block_size=block_size, lines=program.longest_block)
+    code, spans, lines = encode(program)
+    shape = dict(q_len=ctx.q_len, kv_len=ctx.kv_len, block_size=block_size, lines=lines)
     qb, kb = ctx.num_q_blocks, ctx.num_kv_blocks
     lo, counts, nums = classify_rows(code, spans, **shape)
     # Runs tile each row in order, and each run's class is every one of its tiles' class.
@@ -124,3 +124,14 @@ def test_triton_lowering_is_the_default_on_cuda_only(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="triton: the lowering kernels need a CUDA device"):
         lower(Sink(4), 64, block_size=(32, 32), triton=True)
+
+
+def test_encoding_runs_each_member_on_its_own_block_of_lines():
+    pattern = PerHead((Causal(), Causal() & ~Causal(), Sink(4) | (Sink(4) & Window(8))))
+    program = compile_intervals(pattern, MaskContext(64, 64, 3, 32, 32))
+    assert program is not None
+    code, spans, lines = encode(program)
+    # Causal; then Causal (once), its negation and the And; then Sink, Window, And, Or.
+    assert spans.tolist() == [[0, 1], [1, 3], [4, 4]] and lines == 4
+    assert code[:, 0].tolist() == [ATOM, ATOM, NOT, AND, ATOM, ATOM, AND, OR]
+    assert code[3, 5:].tolist() == [0, 1] and code[7, 5:].tolist() == [0, 2]  # operands within the block

@@ -2,8 +2,8 @@
 
 On a GPU the segment lowering is bound by host time per operation, not by work (op_overhead_cuda.md:
 8 to 12 us per launch). Its two expensive stages become one kernel each, and the list expansion a
-third; the program's expression runs in them as straight-line code (`IntervalProgram.instructions`)
-over a small register file of node values, so one compiled kernel serves every expression:
+third; the program's expression runs in them as straight-line code (the instruction set below) over a
+small register file of node values, so one compiled kernel serves every expression:
 
 1. `classify_rows`: each row's breaks (where some atom's class may change: found by binary search,
    as each is monotone along the row), sorted into runs, and each run's class from its first tile:
@@ -23,20 +23,25 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparseattn.lowering.intervals import AND, ATOM, NOT, QUANTITY_CODE
-
 # Rows classified per program, rows of a tile per bitmap step, entries written per store.
 ROWS_PER_PROGRAM = 8
 BITMAP_ROWS = 128
 LIST_CHUNK = 256
 
-# The program's opcodes and quantity codes, as compile-time constants of the kernels.
+# The instruction set. A program is int64 lines ``(op, quantity, bs, lo, hi, a, b)``, one block of lines
+# per member (head pattern) in evaluation order, each ending with the member's result: ``op`` ATOM is
+# the class (or bits) of ``lo <= quantity < hi``, with ``bs`` the block size of the BLOCKS quantity
+# (``q_pos // bs - k // bs``; else 1); NOT, AND, OR combine lines ``a`` and ``b`` of the same block.
+# Quantities: DIAGONAL ``q_pos - k``, KEY ``k``, QUERY ``q_pos``. `sparseattn.lowering.by_program`
+# encodes an `IntervalProgram` into it.
+ATOM, NOT, AND, OR = 0, 1, 2, 3
+DIAGONAL, KEY, QUERY, BLOCKS = 0, 1, 2, 3
 _ATOM = tl.constexpr(ATOM)
 _NOT = tl.constexpr(NOT)
 _AND = tl.constexpr(AND)
-_DIAGONAL = tl.constexpr(QUANTITY_CODE["diagonal"])
-_KEY = tl.constexpr(QUANTITY_CODE["key"])
-_QUERY = tl.constexpr(QUANTITY_CODE["query"])
+_DIAGONAL = tl.constexpr(DIAGONAL)
+_KEY = tl.constexpr(KEY)
+_QUERY = tl.constexpr(QUERY)
 
 
 @triton.jit
@@ -317,8 +322,7 @@ def classify_rows(
     ``(lo [rows, W], counts [2, rows, W], nums [2, rows])``, int64. Run ``j`` of a row starts at
     key block ``lo[:, j]`` and ends where the next begins (the last at the row's end); ``counts``
     are its FULL and PARTIAL tiles (the rest are EMPTY), ``nums`` the row's totals. Runs ascend
-    along a row; empty ones are kept, so ``W`` is fixed by ``lines``, the longest member block's length
-    (`IntervalProgram.longest_block`)."""
+    along a row; empty ones are kept, so ``W`` is fixed by ``lines``, the longest member block's length."""
     bm, bn = block_size
     members = spans.shape[0]
     q_blocks, k_blocks = -(-q_len // bm), -(-kv_len // bn)

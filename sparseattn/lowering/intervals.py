@@ -54,13 +54,8 @@ _KEY: Quantity = ("key",)
 _QUERY: Quantity = ("query",)
 
 
-# Opcodes of `IntervalProgram.instructions`, and the codes of the quantities there.
-ATOM, NOT, AND, OR = 0, 1, 2, 3
-QUANTITY_CODE = {"diagonal": 0, "key": 1, "query": 2, "blocks": 3}
-
-
 @dataclass(frozen=True)
-class _Node:
+class Node:
     """``op`` is "atom" (``arg`` = the atom), "and" / "or" (``arg`` = child nodes) or "not" (one child)."""
 
     op: str
@@ -95,24 +90,24 @@ def _plain_composite(pattern: Pattern) -> bool:
     )
 
 
-def _node(pattern: Pattern, ctx: MaskContext) -> _Node | None:
+def _node(pattern: Pattern, ctx: MaskContext) -> Node | None:
     atom = _atom_of(pattern, ctx)
     if atom is not None:
-        return _Node("atom", atom)
+        return Node("atom", atom)
     if _plain_composite(pattern):
         return _node(pattern.expression, ctx)  # type: ignore[attr-defined]
     if type(pattern) in (And, Or):
         children = [_node(t, ctx) for t in pattern.terms]  # type: ignore[attr-defined]
         if any(c is None for c in children):
             return None
-        return _Node("and" if type(pattern) is And else "or", tuple(children))
+        return Node("and" if type(pattern) is And else "or", tuple(children))
     if type(pattern) is Not:
         child = _node(pattern.term, ctx)
-        return None if child is None else _Node("not", child)
+        return None if child is None else Node("not", child)
     return None
 
 
-def _fold(node: _Node, leaf: Any, both: Any, either: Any, negate: Any) -> Any:
+def _fold(node: Node, leaf: Any, both: Any, either: Any, negate: Any) -> Any:
     """Evaluate ``node`` bottom-up: ``leaf(atom)``, binary ``both`` / ``either``, unary ``negate``."""
     if node.op == "atom":
         return leaf(node.arg)
@@ -125,7 +120,7 @@ def _fold(node: _Node, leaf: Any, both: Any, either: Any, negate: Any) -> Any:
     return out
 
 
-def _atoms_in(node: _Node) -> list[Atom]:
+def _atoms_in(node: Node) -> list[Atom]:
     found: list[Atom] = []
     _fold(node, found.append, lambda a, b: None, lambda a, b: None, lambda a: None)
     return found
@@ -162,7 +157,7 @@ class IntervalProgram(Pattern):
 
     source: Pattern
     ctx: MaskContext
-    members: tuple[_Node, ...]
+    members: tuple[Node, ...]
 
     @property
     def num_heads(self) -> int | None:
@@ -195,61 +190,6 @@ class IntervalProgram(Pattern):
         used = [[int(a in mine) for a in self.atoms] for mine in member_atoms]
         rows = [[lo for _, lo, _ in self.atoms], [hi for _, _, hi in self.atoms], which, *used]
         return torch.tensor(rows, dtype=torch.long, device=self.ctx.device)
-
-    @cached_property
-    def _lines(self) -> tuple[list[list[int]], list[list[int]]]:
-        """`instructions` as host lists."""
-        code: list[list[int]] = []
-        spans: list[list[int]] = []
-        for member in self.members:
-            first = len(code)
-            emitted: dict[_Node, int] = {}
-
-            def emit(node: _Node, first: int = first, emitted: dict[_Node, int] = emitted) -> int:
-                if node not in emitted:
-                    if node.op == "atom":
-                        quantity, lo, hi = node.arg
-                        kind = QUANTITY_CODE[quantity[0]]
-                        code.append([ATOM, kind, quantity[1] if kind == QUANTITY_CODE["blocks"] else 1, lo, hi, 0, 0])
-                    elif node.op == "not":
-                        code.append([NOT, 0, 1, 0, 0, emit(node.arg), 0])
-                    else:
-                        acc = emit(node.arg[0])
-                        for child in node.arg[1:]:
-                            right = emit(child)
-                            code.append([AND if node.op == "and" else OR, 0, 1, 0, 0, acc, right])
-                            acc = len(code) - 1 - first
-                        emitted[node] = acc
-                        return acc
-                    emitted[node] = len(code) - 1 - first
-                return emitted[node]
-
-            root = emit(member)
-            if root != len(code) - 1 - first:  # the result must be the block's last line: copy it there
-                code.append([OR, 0, 1, 0, 0, root, root])
-            spans.append([first, len(code) - first])
-        return code, spans
-
-    @cached_property
-    def instructions(self) -> tuple[Tensor, Tensor]:
-        """The expression as straight-line code for the Triton lowering kernels, on the device.
-
-        int64 ``[N, 7]`` lines ``(op, quantity, bs, lo, hi, a, b)``, each member's block of lines in
-        evaluation order (every line after its operands) and ending with its result: ``op`` is `ATOM`
-        (class of ``lo <= quantity < hi``; ``bs`` is the block size of a block-index quantity, else
-        1), `NOT` (of line ``a``), `AND` or `OR` (of lines ``a`` and ``b``; wider nodes become chains).
-        Operands count from the start of their member's block, and equal subtrees of a member are
-        emitted once. Then int64 ``[M, 2]``: each member's first line and number of lines. A tile of
-        one member runs only that member's block.
-        """
-        code, spans = self._lines
-        flat = torch.tensor([x for line in code + spans for x in line], dtype=torch.long).to(self.ctx.device)
-        return flat[: 7 * len(code)].view(-1, 7), flat[7 * len(code) :].view(-1, 2)  # one copy to the device
-
-    @property
-    def longest_block(self) -> int:
-        """Lines in the longest member block of `instructions` (the kernels' register file holds one)."""
-        return max(count for _, count in self._lines[1])
 
     def _choose(self, head: Tensor, results: list[Tensor]) -> Tensor:
         """Each entry from its head's member: ``results[head]``, all broadcast to one shape."""
