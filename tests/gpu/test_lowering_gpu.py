@@ -66,3 +66,14 @@ def test_triton_lowering_equals_the_cpu_on_random_patterns(members, per_head, kv
     on_gpu = lower(pattern, q_len, kv_len, device="cuda", **kwargs)
     check_layout_invariants(on_gpu)
     _equal(on_gpu, lower(pattern, q_len, kv_len, **kwargs))
+
+
+@pytest.mark.parametrize("name", ["triangle", "streaming", "ashape"])
+def test_cuda_lowering_at_a_million_tokens(name):
+    """The Triton lowering at the lengths the kernel benchmark's long rows reach and beyond (64-wide
+    tiles: 16,384 key blocks per row), against the CPU's patterns' own methods."""
+    pattern = PATTERNS[name]
+    n, block = 1 << 20, (64, 64)
+    on_gpu = lower(pattern, n, block_size=block, device="cuda")
+    check_layout_invariants(on_gpu)
+    _equal(on_gpu, lower(pattern, n, block_size=block))
