@@ -8,7 +8,9 @@ a GPU each is a kernel launch worth 8 to 12 us of host time (op_overhead_cuda.md
 benchmark's per-head mixture spent about 500 of them. Compiled here, the terms become *atoms*
 ``(quantity, lo, hi)``: each question computes each quantity's span over the tiles once, answers for
 all atoms together in a handful of operations, and only the And / Or / Not nodes and the choice of
-the head's member remain per term.
+the head's member remain per term. On CUDA the program goes one step further: `by_program.py`
+encodes it as straight-line code that three Triton kernels run, a few dozen launches in all; the torch
+answers below are then those kernels' oracle.
 
 The source pattern stays the truth: the program gives the same classes and bits (tests compare them),
 breaks that are a superset of the source's (every atom's cuts, shared by all heads), and tile keys
