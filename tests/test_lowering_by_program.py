@@ -135,3 +135,20 @@ def test_encoding_runs_each_member_on_its_own_block_of_lines():
     assert spans.tolist() == [[0, 1], [1, 3], [4, 4]] and lines == 4
     assert code[:, 0].tolist() == [ATOM, ATOM, NOT, AND, ATOM, ATOM, AND, OR]
     assert code[3, 5:].tolist() == [0, 1] and code[7, 5:].tolist() == [0, 2]  # operands within the block
+
+
+def test_a_long_expression_gives_the_same_layout():
+    """Its register files take fewer rows per step (ROWS_PER_PROGRAM and BITMAP_ROWS are cut to fit)."""
+    terms = [Window(w) for w in (3, 5, 9, 17, 33)] + [Sink(s) for s in (1, 2, 4)] + [LastQueries(9), BlockBand(1, 16)]
+    union = terms[0]
+    for term in terms[1:]:
+        union = union | term
+    pattern = Causal() & union & ~Window(2)
+    for block_size in ((32, 32), (16, 64)):
+        ctx = MaskContext(200, 256, 1, *block_size)
+        program = compile_intervals(pattern, ctx)
+        assert program is not None and encode(program)[2] > 16  # a register file past the default rows
+        layout = lower_by_program(program, ctx, None)
+        check_layout_invariants(layout)
+        want = lower(pattern, 200, 256, block_size=block_size, intervals=True, triton=False)
+        assert layouts_differ(layout, want) is None

@@ -24,10 +24,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Rows classified per program, rows of a tile per bitmap step, entries written per store.
+# Rows classified per program, rows of a tile per bitmap step, entries written per store. The node
+# register files ([nodes, rows, slots] and [nodes, rows, words]) are capped at REGISTER_FILE entries by
+# taking fewer rows per step, so that long expressions stay out of local memory as far as possible.
 ROWS_PER_PROGRAM = 8
 BITMAP_ROWS = 128
 LIST_CHUNK = 256
+REGISTER_FILE = 8192
 
 # The instruction set. A program is int64 lines ``(op, quantity, bs, lo, hi, a, b)``, one block of lines
 # per member (head pattern) in evaluation order, each ending with the member's result: ``op`` ATOM is
@@ -316,6 +319,11 @@ def _register_file(lines: int) -> int:
     return max(2, triton.next_power_of_2(lines))
 
 
+def _rows(most: int, per_row: int) -> int:
+    """Rows per step: at most ``most``, fewer when the register file would pass REGISTER_FILE."""
+    return max(1, min(most, triton.next_power_of_2(max(1, REGISTER_FILE // per_row) + 1) // 2))
+
+
 def classify_rows(
     program: Tensor, spans: Tensor, *, q_len: int, kv_len: int, block_size: tuple[int, int], lines: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -332,7 +340,8 @@ def classify_rows(
     lo = torch.empty(rows, slots - 1, dtype=torch.long, device=program.device)
     counts = torch.empty(2, rows, slots - 1, dtype=torch.long, device=program.device)
     nums = torch.empty(2, rows, dtype=torch.long, device=program.device)
-    _classify_rows_kernel[(triton.cdiv(q_blocks, ROWS_PER_PROGRAM), members)](
+    rows_per_program = _rows(ROWS_PER_PROGRAM, _register_file(lines) * slots)
+    _classify_rows_kernel[(triton.cdiv(q_blocks, rows_per_program), members)](
         program,
         spans,
         lo,
@@ -346,7 +355,7 @@ def classify_rows(
         bm,
         bn,
         k_blocks.bit_length(),
-        ROWS=ROWS_PER_PROGRAM,
+        ROWS=rows_per_program,
         SLOTS=slots,
         NODES=_register_file(lines),
     )
@@ -393,6 +402,7 @@ def partial_bits(
     bm, bn = block_size
     n = p_row.numel()
     words = torch.empty(n, bm, bn // 32, dtype=torch.int32, device=p_row.device)
+    words_per_row = triton.next_power_of_2(bn // 32)
     cls = torch.empty(n, dtype=torch.int8, device=p_row.device)
     if n:
         _partial_bits_kernel[(n,)](
@@ -407,8 +417,8 @@ def partial_bits(
             kv_len,
             bm,
             bn,
-            ROWS=min(BITMAP_ROWS, triton.next_power_of_2(bm)),
-            WORDS_PER_ROW=triton.next_power_of_2(bn // 32),
+            ROWS=_rows(min(BITMAP_ROWS, triton.next_power_of_2(bm)), _register_file(lines) * words_per_row),
+            WORDS_PER_ROW=words_per_row,
             NODES=_register_file(lines),
         )
     return words, cls

@@ -8,7 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparseattn.lowering import lower
-from sparseattn.patterns import AShape, Causal, Columns, Documents, PerHead, Streaming, Triangle, Window
+from sparseattn.patterns import (
+    AShape,
+    BlockBand,
+    Causal,
+    Columns,
+    Documents,
+    LastQueries,
+    PerHead,
+    Sink,
+    Streaming,
+    Triangle,
+    Window,
+)
 from sparseattn.testing import check_layout_invariants, layouts_differ
 from sparseattn.testing.strategies import patterns
 
@@ -27,6 +39,11 @@ PATTERNS = {
     ),
     "columns": Causal() & (Columns(tuple(range(0, 30000, 97))) | Window(1000)),
     "documents": Causal() & Documents(tuple(range(1000, 32768, 1000))),
+    # 23 lines of straight-line code: the Triton lowering takes fewer rows per step to fit them.
+    "long expression": Causal()
+    & (Window(3) | Window(65) | Window(700) | Sink(1) | Sink(100) | LastQueries(900) | BlockBand(2, 48))
+    & ~Window(2)
+    & ~(Sink(50) & Window(5000)),
 }
 
 
