@@ -11,6 +11,9 @@ Kleene logic may call a tile PARTIAL that its bits show EMPTY or FULL (``Causal(
 block band and the diagonal that miss each other inside a tile); such tiles are dropped or moved to
 the FULL lists afterwards, in a few more operations, only when there are any.
 
+The kernels compile on first use for each size of program (its longest member's number of lines sets
+their register files) and tile width; Triton caches them on disk across processes.
+
 Every PARTIAL tile gets its bitmap evaluated (a word per 32 keys and row, cheap on a GPU) rather than
 one per group of equal tile keys, which saves the key computation and its grouping; the bitmaps are
 then deduplicated by content as on the other paths.
