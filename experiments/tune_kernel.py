@@ -50,8 +50,6 @@ RUNS = {"causal": [True], "triangle": [False, True]}
 REGISTERS = {"causal": [None], "triangle": [None, 128, 160]}
 # Query block kept in registers as the first matmul's operand (``KernelConfig.q_in_registers``).
 Q_REGISTERS = {"causal": [False, True], "triangle": [False, True]}
-# Blocks per step along FULL runs (``KernelConfig.full_step``; more than one needs TMA and FULL runs).
-FULL_STEPS = {"causal": [1], "triangle": [1, 2, 4]}
 
 
 def main() -> None:
@@ -68,7 +66,6 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     parser.add_argument("--q-registers", choices=["on", "off"], help="only the query block in registers, or not")
     parser.add_argument("--packs", type=int, nargs="*", default=[], help="only these query heads per program")
-    parser.add_argument("--full-steps", type=int, nargs="*", default=[], help="only these blocks per FULL step")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 8192),
@@ -84,17 +81,11 @@ def main() -> None:
     rows = []
     cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
     todo = [
-        (case, (block, warps, pack, stages, tma, runs, regs, q_regs, step), chunk)
+        (case, (block, warps, pack, stages, tma, runs, regs, q_regs), chunk)
         for case in cases
         for chunk in args.chunks or [None]
-        for (block, warps, pack), stages, tma, runs, regs, q_regs, step in itertools.product(
-            SHAPES[case[0]],
-            STAGES[case[0]],
-            TMA[case[0]],
-            RUNS[case[0]],
-            REGISTERS[case[0]],
-            Q_REGISTERS[case[0]],
-            FULL_STEPS[case[0]],
+        for (block, warps, pack), stages, tma, runs, regs, q_regs in itertools.product(
+            SHAPES[case[0]], STAGES[case[0]], TMA[case[0]], RUNS[case[0]], REGISTERS[case[0]], Q_REGISTERS[case[0]]
         )
         if (not args.stages or stages in args.stages)
         and (args.tma is None or tma == (args.tma == "on"))
@@ -103,13 +94,9 @@ def main() -> None:
         and (not args.registers or (regs or 0) in args.registers)
         and (args.q_registers is None or q_regs == (args.q_registers == "on"))
         and (not args.packs or pack in args.packs)
-        and (not args.full_steps or step in args.full_steps)
-        and (step == 1 or (tma and runs))
         and (tma or not q_regs)
     ]
-    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs, step), chunk in tqdm(
-        todo, desc="configs"
-    ):
+    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs), chunk in tqdm(todo, desc="configs"):
         config = KernelConfig(
             num_warps=warps,
             num_stages=stages,
@@ -118,11 +105,9 @@ def main() -> None:
             full_runs=runs,
             max_registers=regs,
             q_in_registers=q_regs,
-            full_step=step,
         )
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
         row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, q_in_registers=q_regs, max_chunk=chunk)
-        row["full_step"] = step
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
@@ -146,15 +131,15 @@ def main() -> None:
         f"{SHAPE}; do_bench medians; cuDNN dense causal in the same run: "
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
-        "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | FULL step | registers "
-        "| Q in registers | max chunk | max err | ms | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | Q in registers "
+        "| max chunk | max err | ms | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
             f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} | "
-            f"{r.get('full_step', 1)} | {r.get('max_registers') or 'any'} | {'yes' if r.get('q_in_registers') else 'no'} | "
+            f"{r.get('max_registers') or 'any'} | {'yes' if r.get('q_in_registers') else 'no'} | "
             f"{'default' if r.get('max_chunk') is None else r['max_chunk']} |"
         )
         if "error" in r:

@@ -123,8 +123,6 @@ def test_kernel_matches_oracle(data):
         default_config(layout, dim), tma=data.draw(st.booleans(), "tma"), full_runs=data.draw(st.booleans(), "runs")
     )
     config = replace(config, q_in_registers=config.tma and data.draw(st.booleans(), "q in registers"))
-    if config.tma and config.full_runs:
-        config = replace(config, full_step=data.draw(st.sampled_from([1, 2, 4]), "blocks per FULL step"))
     if layout.num_heads == 1:  # heads of one kv head may share a program
         config = replace(
             config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))
@@ -161,20 +159,6 @@ def test_split_rows_with_full_runs(pack):
     q, k, v = random_inputs(1, 4, 2, 512, 512, 32, torch.float16, 3)
     config = replace(default_config(layout, 32), pack=pack, full_runs=True)
     out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=3, heavy_first=True, config=config)
-    assert_close_to_oracle(out, lse, q, k, v, mask)
-
-
-@pytest.mark.parametrize("full_step", [2, 4])
-@pytest.mark.parametrize(("q_len", "kv_len"), [(512, 512), (300, 487)])
-def test_full_runs_in_wide_steps(full_step, q_len, kv_len):
-    """FULL runs walked several blocks at a time, their remainders block by block: runs of every length
-    mod the step (a sink, a window, dense last rows), ragged tails, split rows, packed heads."""
-    q_pos, k = positions(q_len, kv_len)
-    mask = ((k <= q_pos) & ((k < 40) | (q_pos - k < 150) | (q_pos >= kv_len - 40)))[None, None]
-    layout = BlockLayout.from_dense(mask, (32, 32))
-    q, k, v = random_inputs(1, 4, 2, q_len, kv_len, 32, torch.float16, 5)
-    config = KernelConfig(4, 3, tma=True, pack=2, full_runs=True, full_step=full_step)
-    out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=5, heavy_first=True, config=config)
     assert_close_to_oracle(out, lse, q, k, v, mask)
 
 
@@ -242,8 +226,6 @@ def test_rejects_unsupported_block_size():
         ({"pack": 3}, "pack: expected 1, 2 or 4"),
         ({"max_registers": 16}, "max_registers: expected None or 24 to 255"),
         ({"q_in_registers": True, "tma": False}, "q_in_registers: needs tma=True"),
-        ({"full_step": 3, "tma": True}, "full_step: expected 1, 2 or 4"),
-        ({"full_step": 2, "tma": True, "full_runs": False}, "full_step: steps over several blocks need"),
     ],
 )
 def test_kernel_config_rejects_bad_knobs(knobs, message):

@@ -162,8 +162,6 @@ def _sparse_fwd_kernel(
     Q_DESC,
     K_DESC,
     V_DESC,
-    K_STEP_DESC,
-    V_STEP_DESC,
     Out,
     LSE,
     O_PART,
@@ -206,7 +204,6 @@ def _sparse_fwd_kernel(
     PACK: tl.constexpr,
     FULL_RUNS: tl.constexpr,
     Q_IN_REGISTERS: tl.constexpr,
-    FULL_STEP: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -271,38 +268,9 @@ def _sparse_fwd_kernel(
     f_hi = tl.minimum(t1, n_full)
     idx_lo = f_lo
     if FULL_RUNS:
-        if FULL_STEP > 1:
-            # Each run in steps of FULL_STEP consecutive blocks (one wider K/V box), then the runs'
-            # remainders block by block: fewer softmax rescales and loop trips per key on short-tile
-            # layouts, whose FULL runs are contiguous keys anyway.
-            n_a = tl.maximum(a_end - f_lo, 0)
-            n_b = b_end - a_end
-            w_a = n_a // FULL_STEP
-            w_b = n_b // FULL_STEP
-            offs_step = tl.arange(0, FULL_STEP * BLOCK_N)  # [FULL_STEP * BLOCK_N]
-            if w_a + w_b > 0:
-                for s in tl.range(0, w_a + w_b, num_stages=NUM_STAGES):
-                    in_a = s < w_a
-                    i = tl.where(in_a, f_lo + s * FULL_STEP, a_end + (s - w_a) * FULL_STEP)
-                    base = tl.where(in_a, a_base, b_base)
-                    acc, l_i, m_i = _full_step(
-                        acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_step, k_base, v_base, k_offs, v_offs,
-                        K_STEP_DESC, V_STEP_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
-                    )  # fmt: skip
-            r_a = n_a - w_a * FULL_STEP
-            r_b = n_b - w_b * FULL_STEP
-            if r_a + r_b > 0:
-                for j in tl.range(0, r_a + r_b, num_stages=NUM_STAGES):
-                    in_a = j < r_a
-                    i = tl.where(in_a, f_lo + w_a * FULL_STEP + j, a_end + w_b * FULL_STEP + (j - r_a))
-                    base = tl.where(in_a, a_base, b_base)
-                    acc, l_i, m_i = _full_step(
-                        acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                        V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
-                    )  # fmt: skip
-        elif f_lo < b_end:
-            # One loop over both runs: a scalar select picks the run's base, so the loop stays load-free
-            # (a loop per run measured slower on long rows).
+        # One loop over both runs: a scalar select picks the run's base, so the loop stays load-free
+        # (a loop per run measured slower on long rows).
+        if f_lo < b_end:
             for i in tl.range(f_lo, b_end, num_stages=NUM_STAGES):
                 base = tl.where(i < a_end, a_base, b_base)
                 acc, l_i, m_i = _full_step(
@@ -379,8 +347,6 @@ class KernelConfig:
     (experiments/results/kernel_options.md, dense_ceiling.md).
     ``max_registers`` caps the registers per thread (PTX ``.maxnreg``): at 128 with 8 warps two programs
     share a multiprocessor's 64K registers, where the compiler would otherwise take up to 255.
-    ``full_step`` walks FULL runs that many blocks at a time through a wider K/V box (needs ``tma`` and
-    ``full_runs``), the remainders block by block.
     ``q_in_registers`` loads the query block through a tensor descriptor (needs ``tma``) in a form the
     compiler keeps in registers as the first matmul's operand. Otherwise the matmul reads it from shared
     memory for every K tile: on 32-column tiles that re-read weighs as much as the matmul itself, while
@@ -394,7 +360,6 @@ class KernelConfig:
     full_runs: bool = True
     max_registers: int | None = None
     q_in_registers: bool = False
-    full_step: int = 1
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -405,10 +370,6 @@ class KernelConfig:
             )
         if self.q_in_registers and not self.tma:
             raise ValueError("q_in_registers: needs tma=True (the query block is loaded through a tensor descriptor)")
-        if self.full_step not in (1, 2, 4):
-            raise ValueError(f"full_step: expected 1, 2 or 4 blocks per FULL step, got {self.full_step}")
-        if self.full_step > 1 and not (self.tma and self.full_runs):
-            raise ValueError("full_step: steps over several blocks need tma=True and full_runs=True")
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -625,15 +586,8 @@ def triton_sparse_attention(
             raise ValueError(f"k: {tuple(k.shape)} has over 2**31 rows, beyond a tensor descriptor; use tma=False")
         k_desc = TensorDescriptor.from_tensor(k.view(-1, dim), [layout.block_n, dim])
         v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [layout.block_n, dim])
-        step = [layout.block_n * config.full_step, dim]
-        k_step, v_step = (
-            (TensorDescriptor.from_tensor(k.view(-1, dim), step), TensorDescriptor.from_tensor(v.view(-1, dim), step))
-            if config.full_step > 1
-            else (k_desc, v_desc)
-        )
     else:
         k_desc, v_desc = k, v  # unread: the pointer path is compiled
-        k_step, v_step = k, v
     q_desc = q  # unread unless q_in_registers
     if config.q_in_registers:
         if q.data_ptr() % 16 or any(s * q.element_size() % 16 for s in q.stride()[:-1]):
@@ -665,8 +619,6 @@ def triton_sparse_attention(
         q_desc,
         k_desc,
         v_desc,
-        k_step,
-        v_step,
         out,
         lse,
         out_part,
@@ -709,7 +661,6 @@ def triton_sparse_attention(
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
         Q_IN_REGISTERS=config.q_in_registers,
-        FULL_STEP=config.full_step,
         num_warps=config.num_warps,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )

@@ -45,8 +45,8 @@ class KernelResources:
 
 def _signature(head_dim: int, constexprs: dict[str, object]) -> dict[str, str]:
     """Triton type strings for the kernel's parameters: bf16 q/k/v/out, fp32 lse and scratch, int32
-    lists and sizes, tensor descriptors of one K/V tile and of ``FULL_STEP`` tiles (``USE_TMA``) and one
-    query box (``Q_IN_REGISTERS``)."""
+    lists and sizes, tensor descriptors of one K/V tile (``USE_TMA``) and one query box
+    (``Q_IN_REGISTERS``)."""
     types = {}
     for name in inspect.signature(_sparse_fwd_kernel.fn).parameters:
         if name in constexprs:
@@ -57,9 +57,9 @@ def _signature(head_dim: int, constexprs: dict[str, object]) -> dict[str, str]:
             pack = constexprs["PACK"]
             q_desc = constexprs["Q_IN_REGISTERS"]
             types[name] = f"tensordesc<bf16[1, {pack}, {constexprs['BLOCK_M']}, {head_dim}]>" if q_desc else "*bf16"
-        elif name in ("K_DESC", "V_DESC", "K_STEP_DESC", "V_STEP_DESC"):
-            rows = constexprs["BLOCK_N"] * (constexprs["FULL_STEP"] if "STEP" in name else 1)  # type: ignore[operator]
-            types[name] = f"tensordesc<bf16[{rows}, {head_dim}]>" if constexprs["USE_TMA"] else "*bf16"
+        elif name in ("K_DESC", "V_DESC"):
+            block_n = constexprs["BLOCK_N"]
+            types[name] = f"tensordesc<bf16[{block_n}, {head_dim}]>" if constexprs["USE_TMA"] else "*bf16"
         elif name in ("LSE", "O_PART", "LSE_PART"):
             types[name] = "*fp32"
         elif name == "qk_scale":
@@ -80,7 +80,7 @@ def kernel_resources(
     constexprs: dict[str, object] = dict(
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, EVEN_KV=True, HAS_COLS=False,
         NUM_STAGES=config.num_stages, USE_TMA=config.tma, PACK=config.pack, FULL_RUNS=config.full_runs,
-        Q_IN_REGISTERS=config.q_in_registers, FULL_STEP=config.full_step,
+        Q_IN_REGISTERS=config.q_in_registers,
     )  # fmt: skip
     names = list(inspect.signature(_sparse_fwd_kernel.fn).parameters)
     source = ASTSource(
