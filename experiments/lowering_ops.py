@@ -4,7 +4,8 @@
 
 On a GPU every operation is a kernel launch, and at 128K tokens a static pattern's lowering is bound
 by their number, not by their size (lowering_cuda.md); this count, taken on the CPU for the kernel
-benchmark's patterns at 131072 tokens, is the lever. Operations are attributed to the innermost
+benchmark's patterns at 131072 tokens, is the torch paths' lever (the CUDA default now runs a compiled
+program in three Triton kernels: lowering_launches.md). Operations are attributed to the innermost
 `sparseattn` function on the stack.
 """
 
@@ -38,8 +39,10 @@ def main() -> None:
         "",
         f"`PYTHONPATH=. python experiments/lowering_ops.py` — "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}, counted on the CPU, "
-        "131072 tokens. `program`: row segments through the compiled interval program (the default on a GPU,",
-        "where each operation is a launch); `own methods`: row segments on the patterns' own methods (the",
+        "131072 tokens. `program`: row segments through the compiled interval program answered by torch",
+        "operations (`intervals=True, triton=False`; on a GPU, where each operation is a launch, the default",
+        "runs the same program in three Triton kernels instead: lowering_launches.md counts its launches);",
+        "`own methods`: row segments on the patterns' own methods (the",
         "default on the CPU; `PerHead` then runs each member on its own tiles, a selection per member);",
         "`tile by tile`: the per-tile oracle. Views (reshapes, slices) are counted with the rest.",
         "",
@@ -49,7 +52,7 @@ def main() -> None:
     for name, pattern, block in cases:
         lower(pattern, 4096, block_size=block, num_heads=pattern.num_heads)  # first-use caches out of the way
         totals = []
-        for options in ({"intervals": True}, {"intervals": False}, {"by_segments": False}):
+        for options in ({"intervals": True, "triton": False}, {"intervals": False}, {"by_segments": False}):
             with HostClock() as counter:
                 lower(pattern, 131072, block_size=block, num_heads=pattern.num_heads, **options)
             totals.append(sum(counter.ops.values()))
