@@ -119,9 +119,11 @@ def test_kernels_answer_as_the_program_does(members, sizes, block_size):
     assert torch.equal(true_class.long(), (kept > 0).long() + (kept == inside.sum((1, 2))))
 
 
-def test_triton_lowering_is_the_default_on_cuda_only(monkeypatch):
-    assert lower(Triangle(), 256, block_size=(32, 32), intervals=True) is not None  # CPU: torch program
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+def test_the_kernels_stay_off_the_cpu_unless_forced(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the kernels would now refuse a CPU device
+    layout = lower(Triangle(), 256, block_size=(32, 32), intervals=True)  # CPU default: the torch program
+    want = lower(Triangle(), 256, block_size=(32, 32), intervals=True, triton=False)
+    assert layouts_differ(layout, want) is None
     with pytest.raises(ValueError, match="triton: the lowering kernels need a CUDA device"):
         lower(Sink(4), 64, block_size=(32, 32), triton=True)
 
