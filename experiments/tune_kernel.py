@@ -5,9 +5,11 @@
 Options: tile shape with its warp count and the query heads packed per program (``pack``: heads of one
 kv head sharing each K/V tile), pipeline depth, K/V loads through tensor descriptors (TMA), FULL tiles
 by runs or by index (``full_runs``), a register cap, the query block kept in registers
-(``q_in_registers``). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
+(``q_in_registers``), a persistent grid (``persistent`` programs per multiprocessor walking the work
+list). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
 configuration must not win), then timed with ``triton.testing.do_bench`` (median). Writes
-``kernel_tuning.json`` and ``kernel_tuning.md``.
+``kernel_tuning.json`` and ``kernel_tuning.md``, with TFLOP/s over the tiles each layout computes (4·D
+flops per computed query-key pair, as ``bench_kernel.py`` counts them) so that tile shapes compare.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import itertools
 from pathlib import Path
 
 import triton
-from kernel_runs import SHAPE, correct, cudnn_ms, inputs, run_line, run_meta, write_json
+from kernel_runs import HEAD_DIM, HEADS, SHAPE, correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
@@ -35,6 +37,7 @@ SHAPES = {
         ((64, 32), 4, 2),
         ((64, 32), 8, 4),
         ((32, 64), 4, 4),
+        ((32, 64), 4, 2),
         ((32, 64), 8, 4),
         ((32, 32), 4, 4),
         ((32, 32), 8, 4),
@@ -50,6 +53,8 @@ RUNS = {"causal": [True], "triangle": [False, True]}
 REGISTERS = {"causal": [None], "triangle": [None, 128, 160]}
 # Query block kept in registers as the first matmul's operand (``KernelConfig.q_in_registers``).
 Q_REGISTERS = {"causal": [False, True], "triangle": [False, True]}
+# Programs per multiprocessor of a persistent grid (``KernelConfig.persistent``; 0: one per work item).
+PERSISTENT = {"causal": [0, 1], "triangle": [0, 1, 2]}
 
 
 def main() -> None:
@@ -66,6 +71,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     parser.add_argument("--q-registers", choices=["on", "off"], help="only the query block in registers, or not")
     parser.add_argument("--packs", type=int, nargs="*", default=[], help="only these query heads per program")
+    parser.add_argument("--persistent", type=int, nargs="*", default=[], help="only these persistent grids")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 8192),
@@ -81,11 +87,17 @@ def main() -> None:
     rows = []
     cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
     todo = [
-        (case, (block, warps, pack, stages, tma, runs, regs, q_regs), chunk)
+        (case, (block, warps, pack, stages, tma, runs, regs, q_regs, resident), chunk)
         for case in cases
         for chunk in args.chunks or [None]
-        for (block, warps, pack), stages, tma, runs, regs, q_regs in itertools.product(
-            SHAPES[case[0]], STAGES[case[0]], TMA[case[0]], RUNS[case[0]], REGISTERS[case[0]], Q_REGISTERS[case[0]]
+        for (block, warps, pack), stages, tma, runs, regs, q_regs, resident in itertools.product(
+            SHAPES[case[0]],
+            STAGES[case[0]],
+            TMA[case[0]],
+            RUNS[case[0]],
+            REGISTERS[case[0]],
+            Q_REGISTERS[case[0]],
+            PERSISTENT[case[0]],
         )
         if (not args.stages or stages in args.stages)
         and (args.tma is None or tma == (args.tma == "on"))
@@ -94,9 +106,12 @@ def main() -> None:
         and (not args.registers or (regs or 0) in args.registers)
         and (args.q_registers is None or q_regs == (args.q_registers == "on"))
         and (not args.packs or pack in args.packs)
+        and (not args.persistent or resident in args.persistent)
         and (tma or not q_regs)
     ]
-    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs), chunk in tqdm(todo, desc="configs"):
+    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs, resident), chunk in tqdm(
+        todo, desc="configs"
+    ):
         config = KernelConfig(
             num_warps=warps,
             num_stages=stages,
@@ -105,9 +120,11 @@ def main() -> None:
             full_runs=runs,
             max_registers=regs,
             q_in_registers=q_regs,
+            persistent=resident,
         )
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
         row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, q_in_registers=q_regs, max_chunk=chunk)
+        row.update(persistent=resident)
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
@@ -119,6 +136,8 @@ def main() -> None:
                 return_mode="median",
             )
             row["speedup_vs_cudnn"] = cudnn[n] / row["ms"]
+            pairs = layout.computed_pairs() * HEADS // (layout.batch_size * layout.num_heads)
+            row["tflops"] = 4 * HEAD_DIM * pairs / row["ms"] / 1e9
         except Exception as exc:  # a configuration that does not compile (shared memory) is recorded, not fatal
             row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         rows.append(row)
@@ -132,20 +151,22 @@ def main() -> None:
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
         "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | Q in registers "
-        "| max chunk | max err | ms | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| persistent | max chunk | max err | ms | TFLOP/s | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
             f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} | "
             f"{r.get('max_registers') or 'any'} | {'yes' if r.get('q_in_registers') else 'no'} | "
-            f"{'default' if r.get('max_chunk') is None else r['max_chunk']} |"
+            f"{r.get('persistent') or 'no'} | {'default' if r.get('max_chunk') is None else r['max_chunk']} |"
         )
         if "error" in r:
-            lines.append(f"{head} — | {r['error']} | — |")
+            lines.append(f"{head} — | {r['error']} | — | — |")
         else:
-            lines.append(f"{head} {r['max_err']:.1e} | {r['ms']:.3f} | {r['speedup_vs_cudnn']:.2f}x |")
+            lines.append(
+                f"{head} {r['max_err']:.1e} | {r['ms']:.3f} | {r['tflops']:.0f} | {r['speedup_vs_cudnn']:.2f}x |"
+            )
     (args.out / "kernel_tuning.md").write_text("\n".join(lines) + "\n")
     best = {}
     for r in rows:
@@ -157,7 +178,8 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
-            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']}  {r['ms']:.3f} ms  {r['speedup_vs_cudnn']:.2f}x cuDNN"
+            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']} persistent={r['persistent']}  {r['ms']:.3f} ms  "
+            f"{r['tflops']:.0f} TFLOP/s  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 
 
