@@ -43,26 +43,50 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 @triton.jit
-def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
+def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr, LAZY: tl.constexpr):
     """One online-softmax step on raw scores ``qk`` [ROWS, BLOCK_N] (masked entries -inf).
 
     ``qk_scale`` includes log2(e), so exp2 gives exp and the scaling folds into one FMA with the max.
     SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
-    always hold a finite score per row and skip it. (Skipping the rescale of ``acc`` until the max grows
-    by 2**8, and computing half the exponentials by polynomial on the FMA pipe, both measured slower on
-    the H200: experiments/results/kernel_options_softmax.md.)
+    always hold a finite score per row and skip it.
+    LAZY > 0 keeps each row's reference max ``m_i`` until some row of the program outgrows it by more
+    than LAZY (log2 units): until then probabilities stay below 2**LAZY, exact in fp32 and as precise in
+    bf16, and the [ROWS, HEAD_DIM] rescale of ``acc`` is skipped. On 32 x 32 tiles that rescale is a
+    quarter of a tile's instructions (64 multiplies per thread against 16 scores). The test is one
+    program-wide branch, so every row rescales when one must. (Computing half the exponentials by
+    polynomial on the FMA pipe measured slower on the H200: kernel_options_softmax.md.)
     """
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [ROWS]
-    if SAFE:
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if LAZY > 0:
+        if tl.max((m_new > m_i + LAZY).to(tl.int32), 0) > 0:
+            if SAFE:
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            else:
+                m_ref = m_new
+            alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
+            l_i = l_i * alpha
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        if SAFE:
+            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
+        else:
+            m_use = m_i
+        p = tl.math.exp2(qk * qk_scale - m_use[:, None])  # [ROWS, BLOCK_N]
+        l_i = l_i + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
+        m_out = m_i
     else:
-        m_ref = m_new
-    alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
-    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [ROWS, BLOCK_N]
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
-    return acc, l_i, m_new
+        if SAFE:
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
+        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [ROWS, BLOCK_N]
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
+        m_out = m_new
+    return acc, l_i, m_out
 
 
 @triton.jit
@@ -103,7 +127,7 @@ def _load_tile_tma(k_desc, v_desc, row0, start, keys, kv_len, BOUNDED: tl.conste
 def _full_step(
     acc, l_i, m_i, q, start, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0,
     stride_ks, stride_vs, kv_len, qk_scale,
-    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
+    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, LAZY: tl.constexpr,
 ):  # fmt: skip
     """One FULL tile at key ``start``: no mask beyond the bounds of a ragged last block."""
     keys = start + offs_n  # [BLOCK_N]
@@ -114,7 +138,7 @@ def _full_step(
     qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
     if not EVEN_KV:
         qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-    return _update(acc, l_i, m_i, qk, v, qk_scale, False)
+    return _update(acc, l_i, m_i, qk, v, qk_scale, False, LAZY)
 
 
 @triton.jit
@@ -122,6 +146,7 @@ def _partial_step(
     acc, l_i, m_i, q, start, mask_id, TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base, k_offs, v_offs,
     K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
+    LAZY: tl.constexpr,
 ):  # fmt: skip
     """One PARTIAL tile at key ``start``: bit (row, col) of bitmap ``mask_id`` decides (tail bits are zero).
 
@@ -140,7 +165,7 @@ def _partial_step(
     else:
         k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
     qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-    return _update(acc, l_i, m_i, qk, v, qk_scale, True)
+    return _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY)
 
 
 @triton.jit
@@ -176,7 +201,7 @@ def _attend_item(
     stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_KV: tl.constexpr,
     HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr, PACK: tl.constexpr,
-    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr,
+    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr, LAZY: tl.constexpr,
 ):  # fmt: skip
     """One work item: its row chunk's tiles through the online softmax, then its output (or partials)."""
     WORDS: tl.constexpr = BLOCK_N // 32
@@ -239,14 +264,14 @@ def _attend_item(
                 base = tl.where(i < a_end, a_base, b_base)
                 acc, l_i, m_i = _full_step(
                     acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY,
                 )  # fmt: skip
         idx_lo = b_end
     if idx_lo < f_hi:
         for i in tl.range(idx_lo, f_hi, num_stages=NUM_STAGES):
             acc, l_i, m_i = _full_step(
                 acc, l_i, m_i, q, tl.load(full_row + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY,
             )  # fmt: skip
 
     # PARTIAL tiles, by index. (Reading their ids ahead in one vector load, as FULL runs avoid index
@@ -262,7 +287,7 @@ def _attend_item(
             acc, l_i, m_i = _partial_step(
                 acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
                 shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
-                kv_len, qk_scale, BLOCK_M, BLOCK_N, EVEN_KV, USE_TMA,
+                kv_len, qk_scale, BLOCK_M, BLOCK_N, EVEN_KV, USE_TMA, LAZY,
             )  # fmt: skip
 
     # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
@@ -280,7 +305,7 @@ def _attend_item(
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
                 k, v = _gather_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len)
                 qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
+                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY)
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
@@ -304,7 +329,7 @@ def _sparse_fwd_kernel(
     stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_KV: tl.constexpr,
     HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr, PACK: tl.constexpr,
-    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr, PERSISTENT: tl.constexpr,
+    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr, PERSISTENT: tl.constexpr, LAZY: tl.constexpr,
 ):  # fmt: skip
     if PERSISTENT:
         # A fixed grid walks the work list, item pid, pid + grid, ...; each item's fields are read one
@@ -325,6 +350,7 @@ def _sparse_fwd_kernel(
                 stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
                 stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
                 BLOCK_M, BLOCK_N, HEAD_DIM, EVEN_KV, HAS_COLS, NUM_STAGES, USE_TMA, PACK, FULL_RUNS, Q_IN_REGISTERS,
+                LAZY,
             )  # fmt: skip
             (b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
              b_base) = (nb, nh, nqb, nlrow, nt0, nt1, nslot, nslot_stride, nn_full, nn_total, nfull_start,
@@ -341,6 +367,7 @@ def _sparse_fwd_kernel(
             stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
             BLOCK_M, BLOCK_N, HEAD_DIM, EVEN_KV, HAS_COLS, NUM_STAGES, USE_TMA, PACK, FULL_RUNS, Q_IN_REGISTERS,
+            LAZY,
         )  # fmt: skip
 
 
@@ -366,6 +393,8 @@ class KernelConfig:
     ``persistent`` > 0 launches that many programs per multiprocessor, each walking the work list
     (items pid, pid + grid, ...) and reading an item's fields while it runs the one before; 0 launches
     one program per item.
+    ``lazy_rescale`` > 0 rescales the output accumulator only when some row's max outgrows its reference
+    by more than that many powers of two (see `_update`).
     """
 
     num_warps: int = 8
@@ -376,6 +405,7 @@ class KernelConfig:
     max_registers: int | None = None
     q_in_registers: bool = False
     persistent: int = 0
+    lazy_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -387,6 +417,10 @@ class KernelConfig:
         if not 0 <= self.persistent <= 8:
             raise ValueError(
                 f"persistent: expected 0 (a program per work item) to 8 programs per SM, got {self.persistent}"
+            )
+        if not 0.0 <= self.lazy_rescale <= 16.0:
+            raise ValueError(
+                f"lazy_rescale: expected a log2 growth in [0, 16] (0: rescale every tile), got {self.lazy_rescale}"
             )
         if self.q_in_registers and not self.tma:
             raise ValueError("q_in_registers: needs tma=True (the query block is loaded through a tensor descriptor)")
@@ -685,6 +719,7 @@ def triton_sparse_attention(
         FULL_RUNS=config.full_runs,
         Q_IN_REGISTERS=config.q_in_registers,
         PERSISTENT=config.persistent > 0,
+        LAZY=config.lazy_rescale,
         num_warps=config.num_warps,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )
