@@ -10,13 +10,12 @@ profiled. Same shape and default launch as ``bench_kernel.py``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import torch
 from kernel_runs import inputs
 
 from sparseattn.attention import default_block_size
-from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
+from sparseattn.kernels.triton_fwd import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle
 
 PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle()}
@@ -26,7 +25,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pattern", choices=sorted(PATTERNS))
     parser.add_argument("tokens", type=int)
-    parser.add_argument("--lazy", type=float, default=0.0, help="KernelConfig.lazy_rescale on the default launch")
     args = parser.parse_args()
     pattern = PATTERNS[args.pattern]
     q, k, v = inputs(args.tokens)
@@ -35,9 +33,8 @@ def main() -> None:
         "triton", q.shape[-1], q.dtype, pattern, args.tokens, args.tokens, group=group, device="cuda"
     )
     layout = pattern.lower(args.tokens, block_size=block, device="cuda")
-    config = replace(default_config(layout, q.shape[-1], group), lazy_rescale=args.lazy)
     for _ in range(2):
-        triton_sparse_attention(q, k, v, layout, config=config)
+        triton_sparse_attention(q, k, v, layout)
     torch.cuda.synchronize()
 
 

@@ -5,8 +5,7 @@
 Options: tile shape with its warp count and the query heads packed per program (``pack``: heads of one
 kv head sharing each K/V tile), pipeline depth, K/V loads through tensor descriptors (TMA), FULL tiles
 by runs or by index (``full_runs``), a register cap, the query block kept in registers
-(``q_in_registers``), a persistent grid (``persistent`` programs per multiprocessor walking the work
-list), lazy rescaling of the output accumulator (``lazy_rescale``). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
+(``q_in_registers``). Each configuration is first checked against the fp32 reference on a short prompt (a miscompiled
 configuration must not win), then timed with ``triton.testing.do_bench`` (median). Writes
 ``kernel_tuning.json`` and ``kernel_tuning.md``, with TFLOP/s over the tiles each layout computes (4·D
 flops per computed query-key pair, as ``bench_kernel.py`` counts them) so that tile shapes compare.
@@ -53,10 +52,6 @@ RUNS = {"causal": [True], "triangle": [False, True]}
 REGISTERS = {"causal": [None], "triangle": [None, 128, 160]}
 # Query block kept in registers as the first matmul's operand (``KernelConfig.q_in_registers``).
 Q_REGISTERS = {"causal": [False, True], "triangle": [False, True]}
-# Programs per multiprocessor of a persistent grid (``KernelConfig.persistent``; 0: one per work item).
-PERSISTENT = {"causal": [0, 1], "triangle": [0, 1, 2]}
-# Rescale the accumulator only when a row's max outgrows its reference by this many powers of two.
-LAZY = {"causal": [0.0, 8.0], "triangle": [0.0, 8.0]}
 
 
 def main() -> None:
@@ -73,8 +68,6 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     parser.add_argument("--q-registers", choices=["on", "off"], help="only the query block in registers, or not")
     parser.add_argument("--packs", type=int, nargs="*", default=[], help="only these query heads per program")
-    parser.add_argument("--persistent", type=int, nargs="*", default=[], help="only these persistent grids")
-    parser.add_argument("--lazy", type=float, nargs="*", default=[], help="only these lazy-rescale thresholds")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 8192),
@@ -90,18 +83,16 @@ def main() -> None:
     rows = []
     cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
     todo = [
-        (case, (block, warps, pack, stages, tma, runs, regs, q_regs, resident, lazy), chunk)
+        (case, (block, warps, pack, stages, tma, runs, regs, q_regs), chunk)
         for case in cases
         for chunk in args.chunks or [None]
-        for (block, warps, pack), stages, tma, runs, regs, q_regs, resident, lazy in itertools.product(
+        for (block, warps, pack), stages, tma, runs, regs, q_regs in itertools.product(
             SHAPES[case[0]],
             STAGES[case[0]],
             TMA[case[0]],
             RUNS[case[0]],
             REGISTERS[case[0]],
             Q_REGISTERS[case[0]],
-            PERSISTENT[case[0]],
-            LAZY[case[0]],
         )
         if (not args.stages or stages in args.stages)
         and (args.tma is None or tma == (args.tma == "on"))
@@ -110,13 +101,9 @@ def main() -> None:
         and (not args.registers or (regs or 0) in args.registers)
         and (args.q_registers is None or q_regs == (args.q_registers == "on"))
         and (not args.packs or pack in args.packs)
-        and (not args.persistent or resident in args.persistent)
-        and (not args.lazy or lazy in args.lazy)
         and (tma or not q_regs)
     ]
-    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs, resident, lazy), chunk in tqdm(
-        todo, desc="configs"
-    ):
+    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs), chunk in tqdm(todo, desc="configs"):
         config = KernelConfig(
             num_warps=warps,
             num_stages=stages,
@@ -125,12 +112,9 @@ def main() -> None:
             full_runs=runs,
             max_registers=regs,
             q_in_registers=q_regs,
-            persistent=resident,
-            lazy_rescale=lazy,
         )
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
         row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, q_in_registers=q_regs, max_chunk=chunk)
-        row.update(persistent=resident, lazy_rescale=lazy)
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
@@ -157,15 +141,15 @@ def main() -> None:
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
         "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | Q in registers "
-        "| persistent | lazy rescale | max chunk | max err | ms | TFLOP/s | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| max chunk | max err | ms | TFLOP/s | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
             f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} | "
             f"{r.get('max_registers') or 'any'} | {'yes' if r.get('q_in_registers') else 'no'} | "
-            f"{r.get('persistent') or 'no'} | {r.get('lazy_rescale') or 'no'} | {'default' if r.get('max_chunk') is None else r['max_chunk']} |"
+            f"{'default' if r.get('max_chunk') is None else r['max_chunk']} |"
         )
         if "error" in r:
             lines.append(f"{head} — | {r['error']} | — | — |")
@@ -184,8 +168,8 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
-            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']} persistent={r['persistent']} "
-            f"lazy={r['lazy_rescale']}  {r['ms']:.3f} ms  "
+            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']} "
+            f" {r['ms']:.3f} ms  "
             f"{r['tflops']:.0f} TFLOP/s  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 

@@ -123,9 +123,6 @@ def test_kernel_matches_oracle(data):
         default_config(layout, dim), tma=data.draw(st.booleans(), "tma"), full_runs=data.draw(st.booleans(), "runs")
     )
     config = replace(config, q_in_registers=config.tma and data.draw(st.booleans(), "q in registers"))
-    # A persistent grid of 4 multiprocessors (the interpreter's count) x 0 to 2 programs walks the items.
-    config = replace(config, persistent=data.draw(st.sampled_from([0, 1, 2]), "persistent"))
-    config = replace(config, lazy_rescale=data.draw(st.sampled_from([0.0, 8.0]), "lazy rescale"))
     if layout.num_heads == 1:  # heads of one kv head may share a program
         config = replace(
             config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))
@@ -161,20 +158,6 @@ def test_split_rows_with_full_runs(pack):
     layout = BlockLayout.from_dense(mask, (32, 32))
     q, k, v = random_inputs(1, 4, 2, 512, 512, 32, torch.float16, 3)
     config = replace(default_config(layout, 32), pack=pack, full_runs=True)
-    out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=3, heavy_first=True, config=config)
-    assert_close_to_oracle(out, lse, q, k, v, mask)
-
-
-@pytest.mark.parametrize("lazy", [0.0, 1.0, 8.0])
-def test_lazy_rescale_follows_scores_that_grow_along_the_row(lazy):
-    """Keys whose norm grows 40-fold along the sequence: the row max climbs tile after tile, by far more
-    than the lazy threshold at once and by less (rows with empty leading tiles included)."""
-    q_pos, k = positions(256, 256)
-    mask = ((k <= q_pos) & ((k < 4) | (q_pos - k < 96) | (q_pos >= 224)) & (q_pos >= 16))[None, None]
-    layout = BlockLayout.from_dense(mask, (32, 32))
-    q, k, v = random_inputs(1, 4, 2, 256, 256, 32, torch.float32, 5)
-    k = k * torch.linspace(0.2, 8.0, 256).view(1, 1, -1, 1)
-    config = replace(default_config(layout, 32), lazy_rescale=lazy)
     out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=3, heavy_first=True, config=config)
     assert_close_to_oracle(out, lse, q, k, v, mask)
 
@@ -243,8 +226,6 @@ def test_rejects_unsupported_block_size():
         ({"pack": 3}, "pack: expected 1, 2 or 4"),
         ({"max_registers": 16}, "max_registers: expected None or 24 to 255"),
         ({"q_in_registers": True, "tma": False}, "q_in_registers: needs tma=True"),
-        ({"persistent": -1}, "persistent: expected 0"),
-        ({"lazy_rescale": 17.0}, "lazy_rescale: expected a log2 growth in"),
     ],
 )
 def test_kernel_config_rejects_bad_knobs(knobs, message):

@@ -43,50 +43,26 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 @triton.jit
-def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr, LAZY: tl.constexpr):
+def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
     """One online-softmax step on raw scores ``qk`` [ROWS, BLOCK_N] (masked entries -inf).
 
     ``qk_scale`` includes log2(e), so exp2 gives exp and the scaling folds into one FMA with the max.
     SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
-    always hold a finite score per row and skip it.
-    LAZY > 0 keeps each row's reference max ``m_i`` until some row of the program outgrows it by more
-    than LAZY (log2 units): until then probabilities stay below 2**LAZY, exact in fp32 and as precise in
-    bf16, and the [ROWS, HEAD_DIM] rescale of ``acc`` is skipped. On 32 x 32 tiles that rescale is a
-    quarter of a tile's instructions (64 multiplies per thread against 16 scores). The test is one
-    program-wide branch, so every row rescales when one must. (Computing half the exponentials by
-    polynomial on the FMA pipe measured slower on the H200: kernel_options_softmax.md.)
+    always hold a finite score per row and skip it. (Skipping the rescale of ``acc`` until the max grows
+    by 2**8, and computing half the exponentials by polynomial on the FMA pipe, both measured slower on
+    the H200: experiments/results/kernel_options_softmax.md.)
     """
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [ROWS]
-    if LAZY > 0:
-        if tl.max((m_new > m_i + LAZY).to(tl.int32), 0) > 0:
-            if SAFE:
-                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            else:
-                m_ref = m_new
-            alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        if SAFE:
-            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
-        else:
-            m_use = m_i
-        p = tl.math.exp2(qk * qk_scale - m_use[:, None])  # [ROWS, BLOCK_N]
-        l_i = l_i + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
-        m_out = m_i
+    if SAFE:
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        if SAFE:
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_ref = m_new
-        alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
-        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [ROWS, BLOCK_N]
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
-        m_out = m_new
-    return acc, l_i, m_out
+        m_ref = m_new
+    alpha = tl.math.exp2(m_i - m_ref)  # [ROWS]
+    p = tl.math.exp2(qk * qk_scale - m_ref[:, None])  # [ROWS, BLOCK_N]
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -127,7 +103,7 @@ def _load_tile_tma(k_desc, v_desc, row0, start, keys, kv_len, BOUNDED: tl.conste
 def _full_step(
     acc, l_i, m_i, q, start, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0,
     stride_ks, stride_vs, kv_len, qk_scale,
-    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, LAZY: tl.constexpr,
+    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
     """One FULL tile at key ``start``: no mask beyond the bounds of a ragged last block."""
     keys = start + offs_n  # [BLOCK_N]
@@ -138,7 +114,7 @@ def _full_step(
     qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
     if not EVEN_KV:
         qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-    return _update(acc, l_i, m_i, qk, v, qk_scale, False, LAZY)
+    return _update(acc, l_i, m_i, qk, v, qk_scale, False)
 
 
 @triton.jit
@@ -146,7 +122,6 @@ def _partial_step(
     acc, l_i, m_i, q, start, mask_id, TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base, k_offs, v_offs,
     K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
-    LAZY: tl.constexpr,
 ):  # fmt: skip
     """One PARTIAL tile at key ``start``: bit (row, col) of bitmap ``mask_id`` decides (tail bits are zero).
 
@@ -165,7 +140,7 @@ def _partial_step(
     else:
         k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
     qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-    return _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY)
+    return _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
 
 @triton.jit
@@ -180,40 +155,76 @@ def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
 
 
 @triton.jit
-def _work_item(WORK, index, stride_work):
-    """The 16 int32 fields of work item ``index`` (see triton_schedule.WorkList)."""
-    item = WORK + index.to(tl.int64) * stride_work
-    return (
-        tl.load(item + 0), tl.load(item + 1), tl.load(item + 2), tl.load(item + 3),
-        tl.load(item + 4), tl.load(item + 5), tl.load(item + 6), tl.load(item + 7),
-        tl.load(item + 8), tl.load(item + 9), tl.load(item + 10), tl.load(item + 11),
-        tl.load(item + 12), tl.load(item + 13), tl.load(item + 14), tl.load(item + 15),
-    )  # fmt: skip
-
-
-@triton.jit
-def _attend_item(
-    b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-    b_base,
-    Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, FULL_IDX, PART_IDX, PART_MID, TILE_MASKS,
-    COL_NUM, COL_START, COL_IDX,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_KV: tl.constexpr,
-    HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr, PACK: tl.constexpr,
-    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr, LAZY: tl.constexpr,
-):  # fmt: skip
-    """One work item: its row chunk's tiles through the online softmax, then its output (or partials)."""
+def _sparse_fwd_kernel(
+    Q,
+    K,
+    V,
+    Q_DESC,
+    K_DESC,
+    V_DESC,
+    Out,
+    LSE,
+    O_PART,
+    LSE_PART,
+    WORK,
+    stride_work,
+    FULL_IDX,
+    PART_IDX,
+    PART_MID,
+    TILE_MASKS,
+    COL_NUM,
+    COL_START,
+    COL_IDX,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_lb,
+    stride_lh,
+    q_len,
+    kv_len,
+    group,
+    kv_heads,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    EVEN_KV: tl.constexpr,
+    HAS_COLS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    PACK: tl.constexpr,
+    FULL_RUNS: tl.constexpr,
+    Q_IN_REGISTERS: tl.constexpr,
+):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
-    b = b.to(tl.int64)
-    h = h.to(tl.int64)
-    qb = qb.to(tl.int64)
-    lrow = lrow.to(tl.int64)
-    slot = slot.to(tl.int64)
-    slot_stride = slot_stride.to(tl.int64)
-    full_start = full_start.to(tl.int64)
-    part_start = part_start.to(tl.int64)
+    item = WORK + tl.program_id(0).to(tl.int64) * stride_work
+    b = tl.load(item + 0).to(tl.int64)
+    h = tl.load(item + 1).to(tl.int64)
+    qb = tl.load(item + 2).to(tl.int64)
+    lrow = tl.load(item + 3).to(tl.int64)
+    t0 = tl.load(item + 4)
+    t1 = tl.load(item + 5)
+    slot = tl.load(item + 6).to(tl.int64)
+    slot_stride = tl.load(item + 7).to(tl.int64)
+    n_full = tl.load(item + 8)
+    n_total = tl.load(item + 9)
+    full_start = tl.load(item + 10).to(tl.int64)
+    part_start = tl.load(item + 11).to(tl.int64)
+    a_end = tl.load(item + 12)  # the chunk's first run of FULL blocks: end position, block - position
+    a_base = tl.load(item + 13)
+    b_end = tl.load(item + 14)  # its second run
+    b_base = tl.load(item + 15)
+
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
     # computing any pair the layout does not list.
@@ -264,14 +275,14 @@ def _attend_item(
                 base = tl.where(i < a_end, a_base, b_base)
                 acc, l_i, m_i = _full_step(
                     acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY,
+                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
                 )  # fmt: skip
         idx_lo = b_end
     if idx_lo < f_hi:
         for i in tl.range(idx_lo, f_hi, num_stages=NUM_STAGES):
             acc, l_i, m_i = _full_step(
                 acc, l_i, m_i, q, tl.load(full_row + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA, LAZY,
+                V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
             )  # fmt: skip
 
     # PARTIAL tiles, by index. (Reading their ids ahead in one vector load, as FULL runs avoid index
@@ -287,7 +298,7 @@ def _attend_item(
             acc, l_i, m_i = _partial_step(
                 acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
                 shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
-                kv_len, qk_scale, BLOCK_M, BLOCK_N, EVEN_KV, USE_TMA, LAZY,
+                kv_len, qk_scale, BLOCK_M, BLOCK_N, EVEN_KV, USE_TMA,
             )  # fmt: skip
 
     # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
@@ -305,7 +316,7 @@ def _attend_item(
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
                 k, v = _gather_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len)
                 qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
-                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True, LAZY)
+                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
@@ -319,56 +330,6 @@ def _attend_item(
         slot_r = slot + (r // BLOCK_M) * slot_stride  # [ROWS] each packed head's own scratch slot
         tl.store(O_PART + slot_r[:, None] * (BLOCK_M * HEAD_DIM) + rm[:, None] * HEAD_DIM + offs_d[None, :], out)
         tl.store(LSE_PART + slot_r * BLOCK_M + rm, lse)
-
-
-@triton.jit
-def _sparse_fwd_kernel(
-    Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, WORK, stride_work, n_items,
-    FULL_IDX, PART_IDX, PART_MID, TILE_MASKS, COL_NUM, COL_START, COL_IDX,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_KV: tl.constexpr,
-    HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr, PACK: tl.constexpr,
-    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr, PERSISTENT: tl.constexpr, LAZY: tl.constexpr,
-):  # fmt: skip
-    if PERSISTENT:
-        # A fixed grid walks the work list, item pid, pid + grid, ...; each item's fields are read one
-        # item ahead, so their load overlaps the previous item's tiles instead of opening a new program
-        # with a memory round trip that its query and K/V addresses wait on.
-        step = tl.num_programs(0)
-        index = tl.program_id(0)
-        (b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-         b_base) = _work_item(WORK, index, stride_work)  # fmt: skip
-        while index < n_items:
-            (nb, nh, nqb, nlrow, nt0, nt1, nslot, nslot_stride, nn_full, nn_total, nfull_start, npart_start,
-             na_end, na_base, nb_end, nb_base) = _work_item(WORK, tl.minimum(index + step, n_items - 1), stride_work)  # fmt: skip
-            _attend_item(
-                b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base,
-                b_end, b_base,
-                Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, FULL_IDX, PART_IDX, PART_MID,
-                TILE_MASKS, COL_NUM, COL_START, COL_IDX,
-                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-                stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-                BLOCK_M, BLOCK_N, HEAD_DIM, EVEN_KV, HAS_COLS, NUM_STAGES, USE_TMA, PACK, FULL_RUNS, Q_IN_REGISTERS,
-                LAZY,
-            )  # fmt: skip
-            (b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-             b_base) = (nb, nh, nqb, nlrow, nt0, nt1, nslot, nslot_stride, nn_full, nn_total, nfull_start,
-                        npart_start, na_end, na_base, nb_end, nb_base)  # fmt: skip
-            index += step
-    else:
-        (b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-         b_base) = _work_item(WORK, tl.program_id(0), stride_work)  # fmt: skip
-        _attend_item(
-            b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base,
-            b_end, b_base,
-            Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, FULL_IDX, PART_IDX, PART_MID,
-            TILE_MASKS, COL_NUM, COL_START, COL_IDX,
-            stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-            stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-            BLOCK_M, BLOCK_N, HEAD_DIM, EVEN_KV, HAS_COLS, NUM_STAGES, USE_TMA, PACK, FULL_RUNS, Q_IN_REGISTERS,
-            LAZY,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -390,11 +351,6 @@ class KernelConfig:
     compiler keeps in registers as the first matmul's operand. Otherwise the matmul reads it from shared
     memory for every K tile: on 32-column tiles that re-read weighs as much as the matmul itself, while
     on dense 128 x 128 rows the registers it takes cost more than it saves (kernel_q_registers.md).
-    ``persistent`` > 0 launches that many programs per multiprocessor, each walking the work list
-    (items pid, pid + grid, ...) and reading an item's fields while it runs the one before; 0 launches
-    one program per item.
-    ``lazy_rescale`` > 0 rescales the output accumulator only when some row's max outgrows its reference
-    by more than that many powers of two (see `_update`).
     """
 
     num_warps: int = 8
@@ -404,8 +360,6 @@ class KernelConfig:
     full_runs: bool = True
     max_registers: int | None = None
     q_in_registers: bool = False
-    persistent: int = 0
-    lazy_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -413,14 +367,6 @@ class KernelConfig:
         if self.max_registers is not None and not 24 <= self.max_registers <= 255:
             raise ValueError(
                 f"max_registers: expected None or 24 to 255 registers per thread, got {self.max_registers}"
-            )
-        if not 0 <= self.persistent <= 8:
-            raise ValueError(
-                f"persistent: expected 0 (a program per work item) to 8 programs per SM, got {self.persistent}"
-            )
-        if not 0.0 <= self.lazy_rescale <= 16.0:
-            raise ValueError(
-                f"lazy_rescale: expected a log2 growth in [0, 16] (0: rescale every tile), got {self.lazy_rescale}"
             )
         if self.q_in_registers and not self.tma:
             raise ValueError("q_in_registers: needs tma=True (the query block is loaded through a tensor descriptor)")
@@ -666,9 +612,7 @@ def triton_sparse_attention(
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
 
-    n_items = work.items.shape[0]
-    grid = min(n_items, config.persistent * _num_sms(q.device)) if config.persistent else n_items
-    _sparse_fwd_kernel[(grid,)](
+    _sparse_fwd_kernel[(work.items.shape[0],)](
         q,
         k,
         v,
@@ -681,7 +625,6 @@ def triton_sparse_attention(
         lse_part,
         work.items,
         work.items.stride(0),
-        n_items,
         arg(layout.full_kv_indices),
         arg(layout.kv_indices),
         arg(layout.kv_mask_ids),
@@ -718,8 +661,6 @@ def triton_sparse_attention(
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
         Q_IN_REGISTERS=config.q_in_registers,
-        PERSISTENT=config.persistent > 0,
-        LAZY=config.lazy_rescale,
         num_warps=config.num_warps,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )
