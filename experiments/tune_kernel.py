@@ -49,7 +49,7 @@ TMA = {"causal": [True], "triangle": [True]}
 # FULL tiles by runs (``KernelConfig.full_runs``) or by index.
 RUNS = {"causal": [True], "triangle": [False, True]}
 # Register cap per thread (``KernelConfig.max_registers``; None: the compiler's choice).
-REGISTERS = {"causal": [None], "triangle": [None, 128, 160]}
+REGISTERS = {"causal": [None], "triangle": [None, 128, 160, 168]}
 # Query block kept in registers as the first matmul's operand (``KernelConfig.q_in_registers``).
 Q_REGISTERS = {"causal": [False, True], "triangle": [False, True]}
 
