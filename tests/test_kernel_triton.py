@@ -22,7 +22,6 @@ from sparseattn.kernels.triton_fwd import (
     triton_sparse_attention,
     work_list,
 )
-from sparseattn.kernels.triton_schedule import PLANNED_PARTIAL, WORK_FIELDS
 from sparseattn.layout import BlockLayout
 from sparseattn.patterns import Triangle
 from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
@@ -184,26 +183,18 @@ def test_work_list_covers_every_tile_once_heaviest_first(pack):
     slots = []
     full_start, part_start = layout.full_kv_start.view(-1), layout.kv_start.view(-1)
     blocks = layout.full_kv_indices.tolist()
-    part_blocks, part_masks = layout.kv_indices.tolist(), layout.kv_mask_ids.tolist()
-    assert items.shape[1] == WORK_FIELDS
-    for b, h, qb, lrow, t0, t1, slot, stride, n_full, n_total, f_start, p_start, *fields in items.tolist():
+    for b, h, qb, lrow, t0, t1, slot, stride, n_full, n_total, f_start, p_start, *runs in items.tolist():
         assert 0 <= t0 <= t1 <= n_tiles[lrow] and t1 - t0 <= 3 and h % pack == 0
         # The row facts copied into the item are the layout's.
         assert n_full == layout.full_kv_num_blocks.view(-1)[lrow] and n_total == n_tiles[lrow]
         assert f_start == full_start[lrow] and p_start == part_start[lrow]
         # Its first two runs give the blocks of their FULL positions; the first is maximal.
         lo, hi = min(t0, n_full), min(t1, n_full)
-        a_end, a_base, b_end, b_base, planned, *tiles = fields
+        a_end, a_base, b_end, b_base = runs
         assert lo <= a_end <= b_end <= hi and (a_end > lo or lo == hi)
         assert all(blocks[f_start + i] == a_base + i for i in range(lo, a_end))
         assert all(blocks[f_start + i] == b_base + i for i in range(a_end, b_end))
         assert a_end == hi or blocks[f_start + a_end] != blocks[f_start + a_end - 1] + 1
-        # Then its first PARTIAL tiles, block and bitmap, as many as fit (zeros past them).
-        p_lo = max(t0, n_full) - n_full
-        assert planned == min(max(t1 - n_full - p_lo, 0), PLANNED_PARTIAL)
-        at = [p_start + p_lo + j for j in range(planned)]
-        expected = [x for i in at for x in (part_blocks[i], part_masks[i])]
-        assert tiles == expected + [0] * (len(tiles) - len(expected))
         covered[b, h : h + pack, qb] += t1 - t0
         slots += [slot + p * stride for p in range(pack)] if slot >= 0 else []
     assert torch.equal(covered, n_tiles.view(1, 1, -1).expand(2, 4, -1))

@@ -118,39 +118,6 @@ def _full_step(
 
 
 @triton.jit
-def _expand_bits(words, shifts, BLOCK_N: tl.constexpr):
-    """Packed bitmap rows ``words`` [ROWS, BLOCK_N // 32] -> keep flags [ROWS, BLOCK_N] (bit c of word c // 32)."""
-    ROWS: tl.constexpr = words.shape[0]
-    WORDS: tl.constexpr = BLOCK_N // 32
-    bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
-    return ((bits >> shifts[None, :]) & 1) != 0
-
-
-@triton.jit
-def _run_step(
-    acc, l_i, m_i, q, start, j, w0, w1, w2, shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC,
-    desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
-):  # fmt: skip
-    """A tile of the runs loop at key ``start``: FULL while ``j < 0``, else planned PARTIAL tile ``j``
-    masked by its preloaded bitmap (``w0``, ``w1``, ``w2``). The branch is uniform over the program and
-    the K/V loads stay outside it, where the pipeliner issues them ahead."""
-    BLOCK_N: tl.constexpr = offs_n.shape[0]
-    keys = start + offs_n  # [BLOCK_N]
-    if USE_TMA:
-        k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
-    else:
-        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
-    qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
-    if not EVEN_KV:
-        qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-    if j >= 0:
-        words = tl.where(j == 0, w0, tl.where(j == 1, w1, w2))  # [ROWS, WORDS]
-        qk = tl.where(_expand_bits(words, shifts, BLOCK_N), qk, float("-inf"))
-    # SAFE: a chunk may start with PARTIAL tiles, whose rows can be empty so far.
-    return _update(acc, l_i, m_i, qk, v, qk_scale, True)
-
-
-@triton.jit
 def _partial_step(
     acc, l_i, m_i, q, start, mask_id, TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base, k_offs, v_offs,
     K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
@@ -163,9 +130,11 @@ def _partial_step(
     registers and back to shared memory before the second matmul.
     """
     WORDS: tl.constexpr = BLOCK_N // 32
+    ROWS: tl.constexpr = q.shape[0]
     keys = start + offs_n  # [BLOCK_N]
     words = tl.load(TILE_MASKS + mask_id.to(tl.int64) * (BLOCK_M * WORDS) + words_offs)  # [ROWS, WORDS]
-    keep = _expand_bits(words, shifts, BLOCK_N)  # [ROWS, BLOCK_N]
+    bits = tl.reshape(tl.broadcast_to(words[:, :, None], [ROWS, WORDS, 32]), [ROWS, BLOCK_N])
+    keep = ((bits >> shifts[None, :]) & 1) != 0  # [ROWS, BLOCK_N]
     if USE_TMA:
         k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
     else:
@@ -255,13 +224,6 @@ def _sparse_fwd_kernel(
     a_base = tl.load(item + 13)
     b_end = tl.load(item + 14)  # its second run
     b_base = tl.load(item + 15)
-    n_planned = tl.load(item + 16)  # the chunk's first PARTIAL tiles, planned in the item: count, (block, bitmap)
-    p_blk0 = tl.load(item + 17)
-    p_mid0 = tl.load(item + 18)
-    p_blk1 = tl.load(item + 19)
-    p_mid1 = tl.load(item + 20)
-    p_blk2 = tl.load(item + 21)
-    p_mid2 = tl.load(item + 22)
 
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
@@ -304,26 +266,16 @@ def _sparse_fwd_kernel(
     full_row = FULL_IDX + full_start
     f_lo = tl.minimum(t0, n_full)
     f_hi = tl.minimum(t1, n_full)
-    words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
-    shifts = offs_n % 32  # [BLOCK_N]
     idx_lo = f_lo
     if FULL_RUNS:
-        # One loop over both runs and then the planned PARTIAL tiles: scalar selects pick each tile's
-        # block, so the loop stays load-free (a loop per run measured slower on long rows) and a short
-        # row's few PARTIAL tiles share the runs' pipeline instead of filling one of their own. Their
-        # bitmaps are read before the loop.
-        if f_lo < b_end + n_planned:
-            tile_words = TILE_MASKS + words_offs
-            w0 = tl.load(tile_words + p_mid0.to(tl.int64) * (BLOCK_M * WORDS), mask=n_planned > 0, other=0)
-            w1 = tl.load(tile_words + p_mid1.to(tl.int64) * (BLOCK_M * WORDS), mask=n_planned > 1, other=0)
-            w2 = tl.load(tile_words + p_mid2.to(tl.int64) * (BLOCK_M * WORDS), mask=n_planned > 2, other=0)
-            for i in tl.range(f_lo, b_end + n_planned, num_stages=NUM_STAGES):
-                j = i - b_end  # planned PARTIAL tile j once past the runs
-                block = tl.where(j == 0, p_blk0, tl.where(j == 1, p_blk1, p_blk2))
-                block = tl.where(i < a_end, a_base + i, tl.where(i < b_end, b_base + i, block))
-                acc, l_i, m_i = _run_step(
-                    acc, l_i, m_i, q, block * BLOCK_N, j, w0, w1, w2, shifts, offs_n, k_base, v_base, k_offs,
-                    v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+        # One loop over both runs: a scalar select picks the run's base, so the loop stays load-free
+        # (a loop per run measured slower on long rows).
+        if f_lo < b_end:
+            for i in tl.range(f_lo, b_end, num_stages=NUM_STAGES):
+                base = tl.where(i < a_end, a_base, b_base)
+                acc, l_i, m_i = _full_step(
+                    acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
+                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
                 )  # fmt: skip
         idx_lo = b_end
     if idx_lo < f_hi:
@@ -337,7 +289,9 @@ def _sparse_fwd_kernel(
     # loads, gained nothing: experiments/results/kernel_options_unguarded.md.)
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
-    p_lo = tl.maximum(t0, n_full) - n_full + n_planned
+    words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]
+    shifts = offs_n % 32  # [BLOCK_N]
+    p_lo = tl.maximum(t0, n_full) - n_full
     p_hi = t1 - n_full
     if p_lo < p_hi:
         for j in tl.range(p_lo, p_hi, num_stages=NUM_STAGES):

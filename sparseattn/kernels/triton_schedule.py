@@ -11,9 +11,8 @@ tiles), so the list is built to keep every multiprocessor busy until the end:
 - items are ordered heaviest first, so long items start early and short ones fill the tail; ties keep
   (batch, query block, head) order, so the query heads that share a kv head run side by side and reuse
   its K/V through L2.
-- each item carries its chunk's first two runs of consecutive FULL blocks (`run_ends`) and its first
-  ``PLANNED_PARTIAL`` PARTIAL tiles (block and bitmap id), so the kernel walks them in one pipelined loop
-  without loading block ids.
+- each item carries its chunk's first two runs of consecutive FULL blocks (`run_ends`), so the kernel
+  can walk them without loading block ids.
 
 Everything is built with torch ops on the layout's device. Splitting rows costs one host sync (how many
 items and split rows there are); deciding whether and how finely to split costs one more (`RowStats`).
@@ -36,10 +35,7 @@ from sparseattn.layout import BlockLayout
 # -> list. Timings did not move either way (experiments/results/kernel_tuning_items.md); the kernel
 # just needs four fewer list arguments. The last four give the chunk's first two runs of consecutive FULL
 # blocks (see `run_ends`): end position and base of each, so the kernel walks them with no load at all.
-# Then the number of the chunk's PARTIAL tiles planned in the item (at most PLANNED_PARTIAL) and each one's
-# block and bitmap id, padded to WORK_FIELDS.
-PLANNED_PARTIAL = 3
-WORK_FIELDS = 24
+WORK_FIELDS = 16
 # Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
 MIN_CHUNK_TILES = 16
 # Aim for about this many chunk-lengths of work per multiprocessor.
@@ -52,7 +48,7 @@ UNEQUAL_ROWS = 2.0
 
 @dataclass(frozen=True)
 class WorkList:
-    """``items`` [W, WORK_FIELDS] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
+    """``items`` [W, 16] int32 (see ``WORK_FIELDS``); ``merges`` [R, 5] int32 rows (batch, head, query block,
     first scratch slot, number of chunks) for the (row, head) pairs that were split; ``num_slots``
     scratch slots; ``pack`` query heads per item (they share one kv head and the layout row)."""
 
@@ -61,30 +57,6 @@ class WorkList:
     num_slots: int
     max_chunk: int
     pack: int = 1
-
-
-def planned_partials(
-    layout: BlockLayout, part_start: Tensor, t0: Tensor, t1: Tensor, n_full: Tensor, runs: bool
-) -> list[Tensor]:
-    """Per item, the count of its chunk's PARTIAL tiles planned in the item (up to ``PLANNED_PARTIAL``,
-    0 without ``runs``), each planned tile's block and bitmap id (zeros past the count), and padding up to
-    ``WORK_FIELDS``.
-
-    The kernel walks these tiles in the loop of the FULL runs, with addresses from the item instead of
-    loads, so a short row (a triangle's sink, window edge and diagonal) needs no second, unpipelined loop.
-    """
-    lo = torch.maximum(t0, n_full) - n_full  # the chunk's PARTIAL positions [lo, hi) in the row
-    hi = t1 - n_full
-    planned = (hi - lo).clamp(min=0, max=PLANNED_PARTIAL) if runs else torch.zeros_like(t0)
-    fields = [planned]
-    last = layout.kv_indices.numel() - 1
-    for j in range(PLANNED_PARTIAL):
-        inside = planned > j
-        at = (part_start + lo + j).clamp(min=0, max=max(last, 0))
-        for flat in (layout.kv_indices, layout.kv_mask_ids):
-            value = flat.long()[at] if last >= 0 else torch.zeros_like(at)
-            fields.append(torch.where(inside, value, 0))
-    return fields + [torch.zeros_like(t0)] * (WORK_FIELDS - 16 - len(fields))
 
 
 def run_ends(indices: Tensor) -> Tensor:
@@ -148,8 +120,8 @@ def build_work_list(
 ) -> WorkList:
     """Work list for ``batch`` x ``heads`` query heads over ``layout``; ``max_chunk <= 0`` never splits.
 
-    ``runs=False`` leaves the run and planned-PARTIAL fields zero, for launches that read every tile by
-    index: the planning passes over the whole FULL list, which on a large device-built layout is not free.
+    ``runs=False`` leaves the run fields zero, for launches that read every FULL block by index: the
+    planning passes over the whole FULL list, which on a large device-built layout is not free.
 
     ``pack > 1`` makes each item run ``pack`` consecutive query heads (the layout must not depend on
     the head): a split chunk then writes one scratch slot per head, ``chunks`` slots apart, so each
@@ -216,7 +188,6 @@ def build_work_list(
             lo = end
     else:  # the kernel walks nothing by runs: empty first and second runs at position 0
         fields = [torch.zeros_like(t0)] * 4
-    fields += planned_partials(layout, part_start[row_of], t0, t1, n_full[row_of], runs)
     items = torch.stack(
         [
             *(x[row_of] for x in (b, h, qb, lrow)),
