@@ -123,8 +123,6 @@ def test_kernel_matches_oracle(data):
         default_config(layout, dim), tma=data.draw(st.booleans(), "tma"), full_runs=data.draw(st.booleans(), "runs")
     )
     config = replace(config, q_in_registers=config.tma and data.draw(st.booleans(), "q in registers"))
-    # A persistent grid of 4 multiprocessors (the interpreter's count) x 0 to 2 programs walks the items.
-    config = replace(config, persistent=data.draw(st.sampled_from([0, 1, 2]), "persistent"))
     if layout.num_heads == 1:  # heads of one kv head may share a program
         config = replace(
             config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))
@@ -228,7 +226,6 @@ def test_rejects_unsupported_block_size():
         ({"pack": 3}, "pack: expected 1, 2 or 4"),
         ({"max_registers": 16}, "max_registers: expected None or 24 to 255"),
         ({"q_in_registers": True, "tma": False}, "q_in_registers: needs tma=True"),
-        ({"persistent": -1}, "persistent: expected 0"),
     ],
 )
 def test_kernel_config_rejects_bad_knobs(knobs, message):

@@ -155,40 +155,76 @@ def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
 
 
 @triton.jit
-def _work_item(WORK, index, stride_work):
-    """The 16 int32 fields of work item ``index`` (see triton_schedule.WorkList)."""
-    item = WORK + index.to(tl.int64) * stride_work
-    return (
-        tl.load(item + 0), tl.load(item + 1), tl.load(item + 2), tl.load(item + 3),
-        tl.load(item + 4), tl.load(item + 5), tl.load(item + 6), tl.load(item + 7),
-        tl.load(item + 8), tl.load(item + 9), tl.load(item + 10), tl.load(item + 11),
-        tl.load(item + 12), tl.load(item + 13), tl.load(item + 14), tl.load(item + 15),
-    )  # fmt: skip
-
-
-@triton.jit
-def _attend_item(
-    b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-    b_base,
-    Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, FULL_IDX, PART_IDX, PART_MID, TILE_MASKS,
-    COL_NUM, COL_START, COL_IDX,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_KV: tl.constexpr,
-    HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr, PACK: tl.constexpr,
-    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr,
-):  # fmt: skip
-    """One work item: its row chunk's tiles through the online softmax, then its output (or partials)."""
+def _sparse_fwd_kernel(
+    Q,
+    K,
+    V,
+    Q_DESC,
+    K_DESC,
+    V_DESC,
+    Out,
+    LSE,
+    O_PART,
+    LSE_PART,
+    WORK,
+    stride_work,
+    FULL_IDX,
+    PART_IDX,
+    PART_MID,
+    TILE_MASKS,
+    COL_NUM,
+    COL_START,
+    COL_IDX,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_lb,
+    stride_lh,
+    q_len,
+    kv_len,
+    group,
+    kv_heads,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    EVEN_KV: tl.constexpr,
+    HAS_COLS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    PACK: tl.constexpr,
+    FULL_RUNS: tl.constexpr,
+    Q_IN_REGISTERS: tl.constexpr,
+):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
-    b = b.to(tl.int64)
-    h = h.to(tl.int64)
-    qb = qb.to(tl.int64)
-    lrow = lrow.to(tl.int64)
-    slot = slot.to(tl.int64)
-    slot_stride = slot_stride.to(tl.int64)
-    full_start = full_start.to(tl.int64)
-    part_start = part_start.to(tl.int64)
+    item = WORK + tl.program_id(0).to(tl.int64) * stride_work
+    b = tl.load(item + 0).to(tl.int64)
+    h = tl.load(item + 1).to(tl.int64)
+    qb = tl.load(item + 2).to(tl.int64)
+    lrow = tl.load(item + 3).to(tl.int64)
+    t0 = tl.load(item + 4)
+    t1 = tl.load(item + 5)
+    slot = tl.load(item + 6).to(tl.int64)
+    slot_stride = tl.load(item + 7).to(tl.int64)
+    n_full = tl.load(item + 8)
+    n_total = tl.load(item + 9)
+    full_start = tl.load(item + 10).to(tl.int64)
+    part_start = tl.load(item + 11).to(tl.int64)
+    a_end = tl.load(item + 12)  # the chunk's first run of FULL blocks: end position, block - position
+    a_base = tl.load(item + 13)
+    b_end = tl.load(item + 14)  # its second run
+    b_base = tl.load(item + 15)
+
     # With PACK > 1 the program's rows are PACK query heads (one kv head, one layout row) stacked:
     # K/V tiles are read once for all of them, the way one taller query block would, without
     # computing any pair the layout does not list.
@@ -296,53 +332,6 @@ def _attend_item(
         tl.store(LSE_PART + slot_r * BLOCK_M + rm, lse)
 
 
-@triton.jit
-def _sparse_fwd_kernel(
-    Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, WORK, stride_work, n_items, COUNTER,
-    FULL_IDX, PART_IDX, PART_MID, TILE_MASKS, COL_NUM, COL_START, COL_IDX,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, EVEN_KV: tl.constexpr,
-    HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr, PACK: tl.constexpr,
-    FULL_RUNS: tl.constexpr, Q_IN_REGISTERS: tl.constexpr, PERSISTENT: tl.constexpr,
-):  # fmt: skip
-    if PERSISTENT:
-        # A fixed grid claims items from a shared counter, one item ahead: the next item's fields load
-        # while this one's tiles run, and a program that drew a long chunk takes fewer short items.
-        index = tl.atomic_add(COUNTER, 1, sem="relaxed")
-        (b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-         b_base) = _work_item(WORK, tl.minimum(index, n_items - 1), stride_work)  # fmt: skip
-        while index < n_items:
-            claimed = tl.atomic_add(COUNTER, 1, sem="relaxed")
-            (nb, nh, nqb, nlrow, nt0, nt1, nslot, nslot_stride, nn_full, nn_total, nfull_start, npart_start,
-             na_end, na_base, nb_end, nb_base) = _work_item(WORK, tl.minimum(claimed, n_items - 1), stride_work)  # fmt: skip
-            _attend_item(
-                b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base,
-                b_end, b_base,
-                Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, FULL_IDX, PART_IDX, PART_MID,
-                TILE_MASKS, COL_NUM, COL_START, COL_IDX,
-                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-                stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-                BLOCK_M, BLOCK_N, HEAD_DIM, EVEN_KV, HAS_COLS, NUM_STAGES, USE_TMA, PACK, FULL_RUNS, Q_IN_REGISTERS,
-            )  # fmt: skip
-            (b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-             b_base) = (nb, nh, nqb, nlrow, nt0, nt1, nslot, nslot_stride, nn_full, nn_total, nfull_start,
-                        npart_start, na_end, na_base, nb_end, nb_base)  # fmt: skip
-            index = claimed
-    else:
-        (b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base, b_end,
-         b_base) = _work_item(WORK, tl.program_id(0), stride_work)  # fmt: skip
-        _attend_item(
-            b, h, qb, lrow, t0, t1, slot, slot_stride, n_full, n_total, full_start, part_start, a_end, a_base,
-            b_end, b_base,
-            Q, K, V, Q_DESC, K_DESC, V_DESC, Out, LSE, O_PART, LSE_PART, FULL_IDX, PART_IDX, PART_MID,
-            TILE_MASKS, COL_NUM, COL_START, COL_IDX,
-            stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-            stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len, group, kv_heads, qk_scale,
-            BLOCK_M, BLOCK_N, HEAD_DIM, EVEN_KV, HAS_COLS, NUM_STAGES, USE_TMA, PACK, FULL_RUNS, Q_IN_REGISTERS,
-        )  # fmt: skip
-
-
 @dataclass(frozen=True)
 class KernelConfig:
     """Launch knobs: warps per program, software-pipelining depth of the kv loops, and TMA loads.
@@ -362,9 +351,6 @@ class KernelConfig:
     compiler keeps in registers as the first matmul's operand. Otherwise the matmul reads it from shared
     memory for every K tile: on 32-column tiles that re-read weighs as much as the matmul itself, while
     on dense 128 x 128 rows the registers it takes cost more than it saves (kernel_q_registers.md).
-    ``persistent`` > 0 launches that many programs per multiprocessor, each walking the work list
-    (items pid, pid + grid, ...) and reading an item's fields while it runs the one before; 0 launches
-    one program per item.
     """
 
     num_warps: int = 8
@@ -374,7 +360,6 @@ class KernelConfig:
     full_runs: bool = True
     max_registers: int | None = None
     q_in_registers: bool = False
-    persistent: int = 0
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -382,10 +367,6 @@ class KernelConfig:
         if self.max_registers is not None and not 24 <= self.max_registers <= 255:
             raise ValueError(
                 f"max_registers: expected None or 24 to 255 registers per thread, got {self.max_registers}"
-            )
-        if not 0 <= self.persistent <= 8:
-            raise ValueError(
-                f"persistent: expected 0 (a program per work item) to 8 programs per SM, got {self.persistent}"
             )
         if self.q_in_registers and not self.tma:
             raise ValueError("q_in_registers: needs tma=True (the query block is loaded through a tensor descriptor)")
@@ -631,9 +612,7 @@ def triton_sparse_attention(
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
 
-    n_items = work.items.shape[0]
-    grid = min(n_items, config.persistent * _num_sms(q.device)) if config.persistent else n_items
-    _sparse_fwd_kernel[(grid,)](
+    _sparse_fwd_kernel[(work.items.shape[0],)](
         q,
         k,
         v,
@@ -646,8 +625,6 @@ def triton_sparse_attention(
         lse_part,
         work.items,
         work.items.stride(0),
-        n_items,
-        torch.zeros(1, dtype=torch.int32, device=q.device) if config.persistent else unused,
         arg(layout.full_kv_indices),
         arg(layout.kv_indices),
         arg(layout.kv_mask_ids),
@@ -684,7 +661,6 @@ def triton_sparse_attention(
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
         Q_IN_REGISTERS=config.q_in_registers,
-        PERSISTENT=config.persistent > 0,
         num_warps=config.num_warps,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )

@@ -94,12 +94,3 @@ def test_query_block_in_registers(name, block, pack, dim):
     batch 2, GQA, q_len < kv_len with ragged tails, split rows merged per head."""
     config = KernelConfig(4 if block[0] == 32 else 8, 3, tma=True, pack=pack, q_in_registers=True)
     run(PATTERNS[name], 2, 8, 2, 1000, 5003, dim, torch.bfloat16, block, config=config, max_chunk=4)
-
-
-@pytest.mark.parametrize("persistent", [1, 2])
-@pytest.mark.parametrize(("name", "block", "pack"), [("triangle", (32, 32), 2), ("mixture", (128, 128), 1)])
-def test_persistent_grid(name, block, pack, persistent):
-    """A fixed grid walking the work list, fields read an item ahead: ragged lengths, GQA, split rows."""
-    warps = 4 if block[0] == 32 else 8
-    config = KernelConfig(warps, 3, tma=True, pack=pack, q_in_registers=pack > 1, persistent=persistent)
-    run(PATTERNS[name], 2, 8, 2, 1000, 5003, 128, torch.bfloat16, block, config=config, max_chunk=4)
