@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import HEAD_DIM, HEADS, KV_HEADS, SHAPE, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, default_layout, inputs, run_line, run_meta, write_json
 from torch.profiler import ProfilerActivity, profile
 
-from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle
 
@@ -107,8 +106,7 @@ def main() -> None:
     rows = []
     for name, pattern, n in CASES:
         q, k, v = inputs(n)
-        block = default_block_size("triton", HEAD_DIM, q.dtype, pattern, n, n, group=HEADS // KV_HEADS, device="cuda")
-        layout = pattern.lower(n, block_size=block, device="cuda")
+        layout = default_layout(pattern, n)
 
         def call(q=q, k=k, v=v, layout=layout):
             return triton_sparse_attention(q, k, v, layout)
@@ -123,7 +121,7 @@ def main() -> None:
             {
                 "pattern": name,
                 "tokens": n,
-                "block": list(block),
+                "block": list(layout.block_size),
                 "host_ms_per_call": host_ms,
                 "back_to_back_ms": back_to_back_ms,
                 "do_bench_ms": bench_ms,

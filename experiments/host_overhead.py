@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import SHAPE, cudnn_dense, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, cudnn_dense, default_layout, inputs, run_line, run_meta, write_json
 
-from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Streaming, Triangle
 
@@ -56,10 +55,7 @@ def main() -> None:
                 return cudnn_dense(q, k, v)
 
         else:
-            block = default_block_size(
-                "triton", 128, q.dtype, pattern, n, n, group=4, device="cuda"
-            )  # as sparse_attention picks
-            layout = pattern.lower(n, block_size=block, device="cuda")
+            layout = default_layout(pattern, n)
 
             def fn(q=q, k=k, v=v, layout=layout):
                 return triton_sparse_attention(q, k, v, layout)

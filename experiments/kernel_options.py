@@ -15,12 +15,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import torch
 import triton
-from kernel_runs import SHAPE, correct, cudnn_ms, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, correct, cudnn_ms, default_layout, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
-from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
 from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
 
@@ -55,8 +53,8 @@ def main() -> None:
     rows = []
     for (name, pattern, n), variant in tqdm(todo, desc="options"):
         q, k, v = inputs(n)
-        block = default_block_size("triton", 128, torch.bfloat16, pattern, n, n, group=4, device="cuda")
-        layout = pattern.lower(n, block_size=block, num_heads=pattern.num_heads, device="cuda")
+        layout = default_layout(pattern, n)
+        block = layout.block_size
         base = default_config(layout, 128, group=q.shape[1] // k.shape[1])
         config = dataclasses.replace(base, **VARIANTS[variant])  # type: ignore[arg-type]
         row = {"pattern": name, "tokens": n, "block": list(block), "variant": variant}

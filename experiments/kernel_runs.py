@@ -1,5 +1,6 @@
-"""What the kernel experiments share: the benchmark shape's inputs, the cuDNN baseline, a correctness
-check against the fp32 reference, and the record of a run (date, GPU, versions, command line).
+"""What the kernel experiments share: the benchmark shape's inputs, the layout the default launch runs,
+the cuDNN baseline, a correctness check against the fp32 reference, TFLOP/s over computed tiles, and the
+record of a run (date, GPU, versions, command line).
 
 Shape of Llama-3.1-8B: B=1, 32 query heads, 8 kv heads, head dim 128, bf16.
 """
@@ -17,8 +18,10 @@ import torch
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from sparseattn.attention import default_block_size
 from sparseattn.kernels.reference import reference_attention
 from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
+from sparseattn.layout import BlockLayout
 from sparseattn.patterns import Pattern
 
 HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
@@ -34,6 +37,21 @@ def inputs(n: int, device: str = "cuda") -> tuple[torch.Tensor, torch.Tensor, to
     k = torch.randn(1, KV_HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
     v = torch.randn(1, KV_HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
     return q, k, v
+
+
+def default_layout(pattern: Pattern, n: int) -> BlockLayout:
+    """``pattern`` at ``n`` tokens on the tiles `sparse_attention` picks for the benchmark shape."""
+    block = default_block_size(
+        "triton", HEAD_DIM, torch.bfloat16, pattern, n, n, group=HEADS // KV_HEADS, device="cuda"
+    )
+    return pattern.lower(n, block_size=block, num_heads=pattern.num_heads, device="cuda")
+
+
+def computed_tflops(layout: BlockLayout, ms: float) -> float:
+    """TFLOP/s of a call of ``ms`` on the benchmark shape: 4·D flops per query-key pair of the computed
+    tiles, over every query head (a layout shared by the heads counts once per head)."""
+    pairs = layout.computed_pairs() * HEADS // (layout.batch_size * layout.num_heads)
+    return 4 * HEAD_DIM * pairs / ms / 1e9
 
 
 def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from kernel_runs import inputs
+from kernel_runs import default_layout, inputs
 
-from sparseattn.attention import default_block_size
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle
 
@@ -28,11 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     pattern = PATTERNS[args.pattern]
     q, k, v = inputs(args.tokens)
-    group = q.shape[1] // k.shape[1]
-    block = default_block_size(
-        "triton", q.shape[-1], q.dtype, pattern, args.tokens, args.tokens, group=group, device="cuda"
-    )
-    layout = pattern.lower(args.tokens, block_size=block, device="cuda")
+    layout = default_layout(pattern, args.tokens)
     for _ in range(2):
         triton_sparse_attention(q, k, v, layout)
     torch.cuda.synchronize()

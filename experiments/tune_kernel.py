@@ -18,7 +18,7 @@ import itertools
 from pathlib import Path
 
 import triton
-from kernel_runs import HEAD_DIM, HEADS, SHAPE, correct, cudnn_ms, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, computed_tflops, correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
@@ -126,8 +126,7 @@ def main() -> None:
                 return_mode="median",
             )
             row["speedup_vs_cudnn"] = cudnn[n] / row["ms"]
-            pairs = layout.computed_pairs() * HEADS // (layout.batch_size * layout.num_heads)
-            row["tflops"] = 4 * HEAD_DIM * pairs / row["ms"] / 1e9
+            row["tflops"] = computed_tflops(layout, row["ms"])
         except Exception as exc:  # a configuration that does not compile (shared memory) is recorded, not fatal
             row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         rows.append(row)
@@ -168,9 +167,8 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
-            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']} "
-            f" {r['ms']:.3f} ms  "
-            f"{r['tflops']:.0f} TFLOP/s  {r['speedup_vs_cudnn']:.2f}x cuDNN"
+            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']}  "
+            f"{r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 
 
