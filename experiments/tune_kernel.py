@@ -52,8 +52,6 @@ RUNS = {"causal": [True], "triangle": [False, True]}
 REGISTERS = {"causal": [None], "triangle": [None, 128, 160, 168]}
 # Query block kept in registers as the first matmul's operand (``KernelConfig.q_in_registers``).
 Q_REGISTERS = {"causal": [False, True], "triangle": [False, True]}
-# The next tile's Q K^T issued before this tile's softmax (``KernelConfig.overlap_qk``, FULL runs only).
-OVERLAP = {"causal": [False, True], "triangle": [False, True]}
 
 
 def main() -> None:
@@ -70,7 +68,6 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=[], help="only these tile shapes (64x32)")
     parser.add_argument("--q-registers", choices=["on", "off"], help="only the query block in registers, or not")
     parser.add_argument("--packs", type=int, nargs="*", default=[], help="only these query heads per program")
-    parser.add_argument("--overlap", choices=["on", "off"], help="only the overlapped Q K^T on, or off")
     args = parser.parse_args()
     cases: list[tuple[str, Pattern, int]] = [
         ("causal", Causal(), 8192),
@@ -86,17 +83,16 @@ def main() -> None:
     rows = []
     cudnn = {n: cudnn_ms(n) for n in sorted({n for _, _, n in cases})}
     todo = [
-        (case, (block, warps, pack, stages, tma, runs, regs, q_regs, overlap), chunk)
+        (case, (block, warps, pack, stages, tma, runs, regs, q_regs), chunk)
         for case in cases
         for chunk in args.chunks or [None]
-        for (block, warps, pack), stages, tma, runs, regs, q_regs, overlap in itertools.product(
+        for (block, warps, pack), stages, tma, runs, regs, q_regs in itertools.product(
             SHAPES[case[0]],
             STAGES[case[0]],
             TMA[case[0]],
             RUNS[case[0]],
             REGISTERS[case[0]],
             Q_REGISTERS[case[0]],
-            OVERLAP[case[0]],
         )
         if (not args.stages or stages in args.stages)
         and (args.tma is None or tma == (args.tma == "on"))
@@ -105,13 +101,9 @@ def main() -> None:
         and (not args.registers or (regs or 0) in args.registers)
         and (args.q_registers is None or q_regs == (args.q_registers == "on"))
         and (not args.packs or pack in args.packs)
-        and (args.overlap is None or overlap == (args.overlap == "on"))
         and (tma or not q_regs)
-        and (runs or not overlap)
     ]
-    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs, overlap), chunk in tqdm(
-        todo, desc="configs"
-    ):
+    for (name, pattern, n), (block, warps, pack, stages, tma, runs, regs, q_regs), chunk in tqdm(todo, desc="configs"):
         config = KernelConfig(
             num_warps=warps,
             num_stages=stages,
@@ -120,11 +112,9 @@ def main() -> None:
             full_runs=runs,
             max_registers=regs,
             q_in_registers=q_regs,
-            overlap_qk=overlap,
         )
         row = {"pattern": name, "tokens": n, "block": list(block), "num_warps": warps, "num_stages": stages}
-        row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, q_in_registers=q_regs, overlap_qk=overlap)
-        row["max_chunk"] = chunk
+        row.update(tma=tma, pack=pack, full_runs=runs, max_registers=regs, q_in_registers=q_regs, max_chunk=chunk)
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
@@ -150,15 +140,14 @@ def main() -> None:
         + ", ".join(f"{n}: {ms:.3f} ms" for n, ms in cudnn.items()),
         "",
         "| pattern | tokens | block | warps | heads/program | stages | TMA | FULL runs | registers | Q in registers "
-        "| overlapped Q K^T | max chunk | max err | ms | TFLOP/s | vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| max chunk | max err | ms | TFLOP/s | vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["pattern"], r["tokens"], r.get("ms", float("inf")))):
         head = (
             f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {r['num_warps']} | "
             f"{r['pack']} | {r['num_stages']} | {'yes' if r['tma'] else 'no'} | {'yes' if r['full_runs'] else 'no'} | "
             f"{r.get('max_registers') or 'any'} | {'yes' if r.get('q_in_registers') else 'no'} | "
-            f"{'yes' if r.get('overlap_qk') else 'no'} | "
             f"{'default' if r.get('max_chunk') is None else r['max_chunk']} |"
         )
         if "error" in r:
@@ -178,8 +167,7 @@ def main() -> None:
     for (name, n), r in best.items():
         print(
             f"  {name:9s} {n:7d}  {r['block']} w{r['num_warps']} pack{r['pack']} s{r['num_stages']} "
-            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']} "
-            f"overlap={r['overlap_qk']}  "
+            f"tma={r['tma']} runs={r['full_runs']} regs={r['max_registers']} q_regs={r['q_in_registers']}  "
             f"{r['ms']:.3f} ms  {r['tflops']:.0f} TFLOP/s  {r['speedup_vs_cudnn']:.2f}x cuDNN"
         )
 

@@ -123,7 +123,6 @@ def test_kernel_matches_oracle(data):
         default_config(layout, dim), tma=data.draw(st.booleans(), "tma"), full_runs=data.draw(st.booleans(), "runs")
     )
     config = replace(config, q_in_registers=config.tma and data.draw(st.booleans(), "q in registers"))
-    config = replace(config, overlap_qk=config.full_runs and data.draw(st.booleans(), "overlap qk"))
     if layout.num_heads == 1:  # heads of one kv head may share a program
         config = replace(
             config, pack=data.draw(st.sampled_from([p for p in (1, 2, 4) if (heads // kv_heads) % p == 0]))

@@ -118,91 +118,6 @@ def _full_step(
 
 
 @triton.jit
-def _load_one(desc, base, row0, start, offs, keys, stride, kv_len, BOUNDED: tl.constexpr, USE_TMA: tl.constexpr):
-    """One [BLOCK_N, HEAD_DIM] tile (K or V) of the key block at ``start``, zeros past kv_len."""
-    if USE_TMA:
-        t = desc.load([row0 + start, 0])
-        if BOUNDED:
-            t = tl.where(keys[:, None] < kv_len, t, 0.0)
-    else:
-        ptrs = base + start.to(tl.int64) * stride + offs
-        if BOUNDED:
-            t = tl.load(ptrs, mask=keys[:, None] < kv_len, other=0.0)
-        else:
-            t = tl.load(ptrs)
-    return t
-
-
-@triton.jit
-def _run_block(i, a_end, a_base, b_base):
-    return tl.where(i < a_end, a_base, b_base) + i
-
-
-@triton.jit
-def _probs(l_i, m_i, qk, qk_scale):
-    """The softmax half of `_update` (FULL tiles): probabilities, the rescale factor, new sum and max."""
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [ROWS]
-    alpha = tl.math.exp2(m_i - m_new)  # [ROWS]
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # [ROWS, BLOCK_N]
-    return p, alpha, l_i * alpha + tl.sum(p, 1), m_new
-
-
-@triton.jit
-def _run_scores(q, i, a_end, a_base, b_base, offs_n, k_base, k_offs, K_DESC, desc_row0, stride_ks, kv_len,
-                BLOCK_N: tl.constexpr, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr):  # fmt: skip
-    start = _run_block(i, a_end, a_base, b_base) * BLOCK_N
-    keys = start + offs_n
-    k = _load_one(K_DESC, k_base, desc_row0, start, k_offs, keys, stride_ks, kv_len, not EVEN_KV, USE_TMA)
-    qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
-    if not EVEN_KV:
-        qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
-    return qk
-
-
-@triton.jit
-def _run_values(i, a_end, a_base, b_base, offs_n, v_base, v_offs, V_DESC, desc_row0, stride_vs, kv_len,
-                BLOCK_N: tl.constexpr, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr):  # fmt: skip
-    start = _run_block(i, a_end, a_base, b_base) * BLOCK_N
-    return _load_one(V_DESC, v_base, desc_row0, start, v_offs, start + offs_n, stride_vs, kv_len, not EVEN_KV, USE_TMA)
-
-
-@triton.jit
-def _full_runs_overlapped(
-    acc, l_i, m_i, q, lo, hi, a_end, a_base, b_base, offs_n, k_base, v_base, k_offs, v_offs,
-    K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
-    BLOCK_N: tl.constexpr, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, NUM_STAGES: tl.constexpr,
-):  # fmt: skip
-    """The FULL runs, software-pipelined by hand: step i multiplies tile i-1's probabilities by its V
-    (synchronously, so the wait also completes tile i's scores), issues tile i+1's ``Q K^T`` and runs
-    tile i's softmax while that matmul is on the tensor cores."""
-    qk = _run_scores(q, lo, a_end, a_base, b_base, offs_n, k_base, k_offs, K_DESC, desc_row0, stride_ks, kv_len,
-                     BLOCK_N, EVEN_KV, USE_TMA)  # fmt: skip
-    p, alpha, l_i, m_i = _probs(l_i, m_i, qk, qk_scale)
-    acc = acc * alpha[:, None]
-    if lo + 1 < hi:
-        qk = _run_scores(q, lo + 1, a_end, a_base, b_base, offs_n, k_base, k_offs, K_DESC, desc_row0, stride_ks,
-                         kv_len, BLOCK_N, EVEN_KV, USE_TMA)  # fmt: skip
-        for i in tl.range(lo + 1, hi - 1, num_stages=NUM_STAGES):
-            v = _run_values(i - 1, a_end, a_base, b_base, offs_n, v_base, v_offs, V_DESC, desc_row0, stride_vs,
-                            kv_len, BLOCK_N, EVEN_KV, USE_TMA)  # fmt: skip
-            acc = tl.dot(p.to(v.dtype), v, acc)  # [ROWS, HEAD_DIM]
-            qk_next = _run_scores(q, i + 1, a_end, a_base, b_base, offs_n, k_base, k_offs, K_DESC, desc_row0,
-                                  stride_ks, kv_len, BLOCK_N, EVEN_KV, USE_TMA)  # fmt: skip
-            p, alpha, l_i, m_i = _probs(l_i, m_i, qk, qk_scale)
-            acc = acc * alpha[:, None]
-            qk = qk_next
-        v = _run_values(hi - 2, a_end, a_base, b_base, offs_n, v_base, v_offs, V_DESC, desc_row0, stride_vs,
-                        kv_len, BLOCK_N, EVEN_KV, USE_TMA)  # fmt: skip
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        p, alpha, l_i, m_i = _probs(l_i, m_i, qk, qk_scale)
-        acc = acc * alpha[:, None]
-    v = _run_values(hi - 1, a_end, a_base, b_base, offs_n, v_base, v_offs, V_DESC, desc_row0, stride_vs, kv_len,
-                    BLOCK_N, EVEN_KV, USE_TMA)  # fmt: skip
-    acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, l_i, m_i
-
-
-@triton.jit
 def _partial_step(
     acc, l_i, m_i, q, start, mask_id, TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base, k_offs, v_offs,
     K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
@@ -289,7 +204,6 @@ def _sparse_fwd_kernel(
     PACK: tl.constexpr,
     FULL_RUNS: tl.constexpr,
     Q_IN_REGISTERS: tl.constexpr,
-    OVERLAP_QK: tl.constexpr,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -353,15 +267,7 @@ def _sparse_fwd_kernel(
     f_lo = tl.minimum(t0, n_full)
     f_hi = tl.minimum(t1, n_full)
     idx_lo = f_lo
-    if FULL_RUNS and OVERLAP_QK:
-        if f_lo < b_end:
-            acc, l_i, m_i = _full_runs_overlapped(
-                acc, l_i, m_i, q, f_lo, b_end, a_end, a_base, b_base, offs_n, k_base, v_base, k_offs, v_offs,
-                K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, BLOCK_N, EVEN_KV, USE_TMA,
-                NUM_STAGES,
-            )  # fmt: skip
-        idx_lo = b_end
-    elif FULL_RUNS:
+    if FULL_RUNS:
         # One loop over both runs: a scalar select picks the run's base, so the loop stays load-free
         # (a loop per run measured slower on long rows).
         if f_lo < b_end:
@@ -454,7 +360,6 @@ class KernelConfig:
     full_runs: bool = True
     max_registers: int | None = None
     q_in_registers: bool = False
-    overlap_qk: bool = False
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -756,7 +661,6 @@ def triton_sparse_attention(
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
         Q_IN_REGISTERS=config.q_in_registers,
-        OVERLAP_QK=config.overlap_qk,
         num_warps=config.num_warps,
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )

@@ -80,7 +80,7 @@ def kernel_resources(
     constexprs: dict[str, object] = dict(
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, EVEN_KV=True, HAS_COLS=False,
         NUM_STAGES=config.num_stages, USE_TMA=config.tma, PACK=config.pack, FULL_RUNS=config.full_runs,
-        Q_IN_REGISTERS=config.q_in_registers, OVERLAP_QK=config.overlap_qk,
+        Q_IN_REGISTERS=config.q_in_registers,
     )  # fmt: skip
     names = list(inspect.signature(_sparse_fwd_kernel.fn).parameters)
     source = ASTSource(
