@@ -3,13 +3,16 @@
     PYTHONPATH=. python experiments/band_loop_gap.py --out $OUT      # on a Hopper GPU
 
 Every query block of a 32K prompt gets a band of 18 FULL 32 x 32 tiles ending at its diagonal (as in
-``row_length_cost.py``; Triangle()'s window rows have as many tiles), B=1, 32 query heads, 8 kv heads, head dim 128, bf16. The shared kernel runs it
-with its short-row launch (two heads per program, 4 warps, TMA, the query block in registers), uncapped
-and under register caps. A bare kernel runs the same tiles with the same loop body, first with nothing
-else, then adding, one at a time, what the shared kernel does besides the loop: K/V and queries per
-head in the work list's order (``heads``), the work item's fields (``items``), and the epilogue with
-lse, masked stores and split-row slots (``epilogue``). Outputs are checked against the shared kernel.
-Writes ``band_loop_gap.json`` and ``band_loop_gap.md``.
+``row_length_cost.py``; Triangle()'s window rows have as many tiles); B=1, 32 query heads, 8 kv heads,
+head dim 128, bf16. The shared kernel runs it with its short-row launch (two heads per program,
+4 warps, TMA, the query block in registers), uncapped and under register caps. A bare kernel runs the
+same tiles with the same loop body: first every program on one head's queries and K/V, then adding,
+one at a time, what the real work and the shared kernel add: each program's own heads in the work
+list's order (``heads``), the work item's fields (``items``), the epilogue in steps (the output under
+the ``q_len`` mask, the lse, the split-row branch; also the output through a tensor descriptor), and
+the query block of an item further down the list pulled into L2 ahead of its program. Outputs are
+checked against the shared kernel. Every variant is timed once per round, rounds in turn. Writes
+``band_loop_gap.json`` and ``band_loop_gap.md``.
 """
 
 from __future__ import annotations
