@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import inputs, run_line, run_meta, write_json
+from kernel_runs import computed_tflops, inputs, run_line, run_meta, timed_rounds, write_json
 from partial_cost import remasked
-from tqdm import tqdm
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention, work_list
@@ -142,7 +141,6 @@ def main() -> None:
     if work.merges.shape[0]:
         raise RuntimeError("the band's rows were split; the bare kernel writes whole rows only")
     expected = triton_sparse_attention(q, k, v, layout)[0]
-    flops = sum(layout.num_tiles()) * heads * 32 * 32 * 4 * dim
     variants = []  # (name, launch, registers, max diff against the shared kernel)
     for cap in (None, 168, 144):
         cfg = replace(config, max_registers=cap)
@@ -177,15 +175,10 @@ def main() -> None:
         handle = launch()
         diff = (out.float() - expected.float()).abs().max().item() if heads_on else None
         variants.append((name, launch, handle.n_regs, diff))
-    # Runs differ by up to a tenth on this GPU (clocks under the power limit), so every variant is timed
-    # once per round, rounds in turn, and the table gives the median round with the range.
-    times: list[list[float]] = [[] for _ in variants]
-    for _ in tqdm(range(args.rounds), desc="rounds"):
-        for i, (_, launch, _, _) in enumerate(variants):
-            times[i].append(triton.testing.do_bench(launch, return_mode="median"))
+    times = timed_rounds([launch for _, launch, _, _ in variants], args.rounds)
     rows = [
         {"variant": name, "registers": regs, "max_diff": diff, "ms_rounds": t, "ms": statistics.median(t),
-         "tflops": flops / statistics.median(t) / 1e9}
+         "tflops": computed_tflops(layout, statistics.median(t))}
         for (name, _, regs, diff), t in zip(variants, times, strict=True)
     ]  # fmt: skip
     meta = run_meta("band_loop_gap.py", args.out)

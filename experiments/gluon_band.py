@@ -20,10 +20,8 @@ import statistics
 from pathlib import Path
 
 import torch
-import triton
 from band_loop_gap import _bare_band_kernel
-from kernel_runs import run_line, run_meta, write_json
-from tqdm import tqdm
+from kernel_runs import HEAD_DIM, HEADS, KV_HEADS, run_line, run_meta, timed_rounds, write_json
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -37,7 +35,6 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.tools.tensor_descriptor import TensorDescriptor as TritonDescriptor
 
 TOKENS = 32768
-HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 BAND = 17  # tiles before the diagonal one
 ROWS, BLOCK_N, STAGES = 64, 32, 3
 LOG2E = 1.4426950408889634
@@ -228,10 +225,9 @@ def main() -> None:
         )
         if not err < 0.02:
             raise RuntimeError(f"{name}: max error {err} against the fp32 reference")
-        rows.append({"variant": name, "max_err": err, "ms_rounds": []})
-    for _ in tqdm(range(args.rounds), desc="rounds"):
-        for row, (_, launch, _) in zip(rows, variants, strict=True):
-            row["ms_rounds"].append(triton.testing.do_bench(launch, return_mode="median"))
+        rows.append({"variant": name, "max_err": err})
+    for row, ms_rounds in zip(rows, timed_rounds([launch for _, launch, _ in variants], args.rounds), strict=True):
+        row["ms_rounds"] = ms_rounds
     flops = sum(min(qb, BAND) + 1 for qb in range(TOKENS // 32)) * HEADS * 32 * BLOCK_N * 4 * HEAD_DIM
     for row in rows:
         row["ms"] = statistics.median(row["ms_rounds"])

@@ -1,6 +1,6 @@
 """What the kernel experiments share: the benchmark shape's inputs, the layout the default launch runs,
-the cuDNN baseline, a correctness check against the fp32 reference, TFLOP/s over computed tiles, and the
-record of a run (date, GPU, versions, command line).
+the cuDNN baseline, a correctness check against the fp32 reference, TFLOP/s over computed tiles, timing
+in rounds, and the record of a run (date, GPU, versions, command line).
 
 Shape of Llama-3.1-8B: B=1, 32 query heads, 8 kv heads, head dim 128, bf16.
 """
@@ -11,12 +11,14 @@ import functools
 import json
 import platform
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm import tqdm
 
 from sparseattn.attention import default_block_size
 from sparseattn.kernels.reference import reference_attention
@@ -52,6 +54,16 @@ def computed_tflops(layout: BlockLayout, ms: float) -> float:
     tiles, over every query head (a layout shared by the heads counts once per head)."""
     pairs = layout.computed_pairs() * HEADS // (layout.batch_size * layout.num_heads)
     return 4 * HEAD_DIM * pairs / ms / 1e9
+
+
+def timed_rounds(launches: list[Callable[[], object]], rounds: int) -> list[list[float]]:
+    """``rounds`` do_bench medians (ms) per launch, one each per round, rounds in turn: runs differ by up
+    to a tenth on the H200 (clocks under its power limit), so variants compared in a table share rounds."""
+    times: list[list[float]] = [[] for _ in launches]
+    for _ in tqdm(range(rounds), desc="rounds"):
+        for slot, launch in zip(times, launches, strict=True):
+            slot.append(triton.testing.do_bench(launch, return_mode="median"))
+    return times
 
 
 def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
