@@ -18,14 +18,13 @@ checked against the shared kernel. Every variant is timed once per round, rounds
 from __future__ import annotations
 
 import argparse
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import computed_tflops, inputs, run_line, run_meta, timed_rounds, write_json
+from kernel_runs import Variant, inputs, run_line, run_meta, timed_rounds, variant_rows, variant_table, write_json
 from partial_cost import remasked
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -141,7 +140,7 @@ def main() -> None:
     if work.merges.shape[0]:
         raise RuntimeError("the band's rows were split; the bare kernel writes whole rows only")
     expected = triton_sparse_attention(q, k, v, layout)[0]
-    variants = []  # (name, launch, registers, max diff against the shared kernel)
+    variants: list[Variant] = []
     for cap in (None, 168, 144):
         cfg = replace(config, max_registers=cap)
         variants.append(
@@ -176,11 +175,7 @@ def main() -> None:
         diff = (out.float() - expected.float()).abs().max().item() if heads_on else None
         variants.append((name, launch, handle.n_regs, diff))
     times = timed_rounds([launch for _, launch, _, _ in variants], args.rounds)
-    rows = [
-        {"variant": name, "registers": regs, "max_diff": diff, "ms_rounds": t, "ms": statistics.median(t),
-         "tflops": computed_tflops(layout, statistics.median(t))}
-        for (name, _, regs, diff), t in zip(variants, times, strict=True)
-    ]  # fmt: skip
+    rows = variant_rows(variants, times, layout)
     meta = run_meta("band_loop_gap.py", args.out)
     write_json(args.out, "band_loop_gap", meta, rows)
     lines = [
@@ -191,15 +186,8 @@ def main() -> None:
         f"do_bench medians, {args.rounds} rounds taken in turn: `ms` is the median round, `range` the fastest "
         "and slowest; `max diff` against the shared kernel's output (bare variants that read every head's own K/V).",
         "",
-        "| variant | registers (cap or used) | ms | range | TFLOP/s | max diff |",
-        "|---|---|---|---|---|---|",
+        *variant_table(rows, "registers (cap or used)"),
     ]
-    for r in rows:
-        diff = "—" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
-        spread = f"{min(r['ms_rounds']):.3f}–{max(r['ms_rounds']):.3f}"
-        lines.append(
-            f"| {r['variant']} | {r['registers'] or '—'} | {r['ms']:.3f} | {spread} | {r['tflops']:.0f} | {diff} |"
-        )
     (args.out / "band_loop_gap.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

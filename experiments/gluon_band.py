@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from band_loop_gap import _bare_band_kernel
-from kernel_runs import HEAD_DIM, HEADS, KV_HEADS, run_line, run_meta, timed_rounds, write_json
+from kernel_runs import HEAD_DIM, HEADS, KV_HEADS, run_line, run_meta, spread, timed_rounds, write_json
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -246,8 +246,9 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        spread = f"{min(r['ms_rounds']):.3f}–{max(r['ms_rounds']):.3f}"
-        lines.append(f"| {r['variant']} | {r['ms']:.3f} | {spread} | {r['tflops']:.0f} | {r['max_err']:.1e} |")
+        lines.append(
+            f"| {r['variant']} | {r['ms']:.3f} | {spread(r['ms_rounds'])} | {r['tflops']:.0f} | {r['max_err']:.1e} |"
+        )
     (args.out / "gluon_band.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

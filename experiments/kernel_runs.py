@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import statistics
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -64,6 +65,41 @@ def timed_rounds(launches: list[Callable[[], object]], rounds: int) -> list[list
         for slot, launch in zip(times, launches, strict=True):
             slot.append(triton.testing.do_bench(launch, return_mode="median"))
     return times
+
+
+def spread(ms_rounds: list[float]) -> str:
+    """A variant's fastest and slowest round, as a table's ``range`` cell."""
+    return f"{min(ms_rounds):.3f}–{max(ms_rounds):.3f}"
+
+
+# A variant of the band experiments: its name, launch, registers (cap or used) and max difference from
+# the shared kernel's output (None where it is not compared).
+Variant = tuple[str, Callable[[], object], int | None, float | None]
+
+
+def variant_rows(variants: list[Variant], times: list[list[float]], layout: BlockLayout) -> list[dict]:
+    """One result row per variant, from its rounds (`timed_rounds`): median ms and the TFLOP/s of that
+    median over ``layout``'s computed tiles."""
+    rows = []
+    for (name, _, registers, diff), ms_rounds in zip(variants, times, strict=True):
+        ms = statistics.median(ms_rounds)
+        rows.append(
+            {"variant": name, "registers": registers, "max_diff": diff, "ms_rounds": ms_rounds, "ms": ms,
+             "tflops": computed_tflops(layout, ms)}
+        )  # fmt: skip
+    return rows
+
+
+def variant_table(rows: list[dict], registers: str = "registers") -> list[str]:
+    """`variant_rows` as Markdown table lines, the registers column headed ``registers``."""
+    lines = [f"| variant | {registers} | ms | range | TFLOP/s | max diff |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "—" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
+        lines.append(
+            f"| {r['variant']} | {r['registers'] or '—'} | {r['ms']:.3f} | {spread(r['ms_rounds'])} "
+            f"| {r['tflops']:.0f} | {diff} |"
+        )
+    return lines
 
 
 def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

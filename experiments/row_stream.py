@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import computed_tflops, inputs, run_line, run_meta, timed_rounds, write_json
+from kernel_runs import Variant, inputs, run_line, run_meta, timed_rounds, variant_rows, variant_table, write_json
 from partial_cost import remasked
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -110,7 +109,7 @@ def main() -> None:
     k_desc = TensorDescriptor.from_tensor(k.view(-1, dim), [32, dim])
     v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [32, dim])
     out = torch.empty_like(q)
-    variants = [("shared kernel", lambda: triton_sparse_attention(q, k, v, layout), None, None)]
+    variants: list[Variant] = [("shared kernel", lambda: triton_sparse_attention(q, k, v, layout), None, None)]
     for rows, stages, (steps, (reload_q, store)) in itertools.product(args.rows, args.stages, STEPS.items()):
 
         def launch(rows=rows, stages=stages, reload_q=reload_q, store=store):
@@ -127,11 +126,7 @@ def main() -> None:
         diff = (out[:, :, checked].float() - expected[:, :, checked].float()).abs().max().item() if store else None
         variants.append((f"{rows} rows per program, {stages} stages, {steps}", launch, handle.n_regs, diff))
     times = timed_rounds([launch for _, launch, _, _ in variants], args.rounds)
-    rows_out = [
-        {"variant": name, "registers": regs, "max_diff": diff, "ms_rounds": t, "ms": statistics.median(t),
-         "tflops": computed_tflops(layout, statistics.median(t))}
-        for (name, _, regs, diff), t in zip(variants, times, strict=True)
-    ]  # fmt: skip
+    rows_out = variant_rows(variants, times, layout)
     meta = run_meta("row_stream.py", args.out)
     write_json(args.out, "row_stream", meta, rows_out)
     lines = [
@@ -142,15 +137,8 @@ def main() -> None:
         f"two heads per program; do_bench medians, {args.rounds} rounds taken in turn (`ms` the median round); "
         "`max diff` against the shared kernel from the 18th query block on (partial steps: not the band's output).",
         "",
-        "| variant | registers | ms | range | TFLOP/s | max diff |",
-        "|---|---|---|---|---|---|",
+        *variant_table(rows_out),
     ]
-    for r in rows_out:
-        diff = "—" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
-        lines.append(
-            f"| {r['variant']} | {r['registers'] or '—'} | {r['ms']:.3f} | {min(r['ms_rounds']):.3f}–"
-            f"{max(r['ms_rounds']):.3f} | {r['tflops']:.0f} | {diff} |"
-        )
     (args.out / "row_stream.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -21,7 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from kernel_runs import computed_tflops, default_layout, inputs, run_line, run_meta, timed_rounds, write_json
+from kernel_runs import (
+    computed_tflops,
+    default_layout,
+    inputs,
+    run_line,
+    run_meta,
+    spread,
+    timed_rounds,
+    write_json,
+)
 
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
 from sparseattn.layout import BlockLayout
@@ -101,8 +110,7 @@ def main() -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['tokens']} | {r['variant']} | {r['ms']:.3f} | {min(r['ms_rounds']):.3f}–{max(r['ms_rounds']):.3f} "
-            f"| {r['tflops']:.0f} |"
+            f"| {r['tokens']} | {r['variant']} | {r['ms']:.3f} | {spread(r['ms_rounds'])} | {r['tflops']:.0f} |"
         )
     (args.out / "strip_split.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
