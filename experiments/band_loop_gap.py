@@ -10,8 +10,11 @@ same tiles with the same loop body: first every program on one head's queries an
 one at a time, what the real work and the shared kernel add: each program's own heads in the work
 list's order (``heads``), the work item's fields (``items``), the epilogue in steps (the output under
 the ``q_len`` mask, the lse, the split-row branch; also the output through a tensor descriptor), and
-the query block of an item further down the list pulled into L2 ahead of its program. Outputs are
-checked against the shared kernel. Every variant is timed once per round, rounds in turn. Writes
+the query block of an item further down the list pulled into L2 ahead of its program. Then the
+softmax's exponentials two per MUFU instruction in fp16, or none at all (a bound on any cheaper
+exponential; its output is not attention), and the bare loop with only its queries and output, or
+only its K/V, read from each program's own heads (which memory traffic costs). Outputs are checked
+against the shared kernel. Every variant is timed once per round, rounds in turn. Writes
 ``band_loop_gap.json`` and ``band_loop_gap.md``.
 """
 
@@ -36,6 +39,9 @@ BAND = 17  # tiles before the diagonal one
 PREFETCHES = [132, 264, 396, 792]
 EPILOGUES = {0: "output stored unmasked", 1: "output stored under the q_len mask", 2: "+ lse stored",
              3: "+ split-row branch (the shared kernel's)", 4: "the shared kernel's, output by tensor descriptor"}  # fmt: skip
+HEAD_READS = {0: "every program on heads 0-1 and kv head 0", 1: "each program's own heads",
+              2: "own query and output heads, K/V of kv head 0", 3: "own K/V, queries and output of heads 0-1"}  # fmt: skip
+EXPS = {1: "exponentials two per instruction (ex2.approx.f16x2)", 2: "no exponential (a bound: not attention)"}
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -44,12 +50,12 @@ LN2 = tl.constexpr(0.6931471805599453)
 def _bare_band_kernel(
     WORK, n_items, Q, Q_DESC, K_DESC, V_DESC, O_DESC, Out, LSE, q_len, kv_len, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BAND: tl.constexpr,
-    HEADS: tl.constexpr, ITEMS: tl.constexpr, EPILOGUE: tl.constexpr,  # EPILOGUE: a key of EPILOGUES
-    PREFETCH: tl.constexpr,
+    HEADS: tl.constexpr, ITEMS: tl.constexpr, EPILOGUE: tl.constexpr,  # HEADS, EPILOGUE: keys of HEAD_READS, EPILOGUES
+    PREFETCH: tl.constexpr, EXP: tl.constexpr = 0,  # EXP: a key of EXPS
 ):  # fmt: skip
     ROWS: tl.constexpr = 2 * BLOCK_M
     pid = tl.program_id(0)
-    if ITEMS:
+    if ITEMS == 1:
         item = WORK + pid.to(tl.int64) * 16
         h = tl.load(item + 1)
         qb = tl.load(item + 2)
@@ -68,8 +74,14 @@ def _bare_band_kernel(
         a_base = qb - tl.minimum(qb, BAND)
         b_end = a_end
         b_base = a_base
-    if not HEADS:
-        h = 0
+        if ITEMS == 2:
+            # The item's field read and waited on, but not used: what the read's latency alone costs.
+            h = tl.where(tl.load(WORK + pid.to(tl.int64) * 16 + 1) >= 0, h, 0)
+    h_kv = h // 4
+    if HEADS == 0 or HEADS == 3:  # noqa: PLR1714 (Triton compiles no set literals)
+        h = 0  # queries and output of heads 0 and 1 for every program
+    if HEADS == 0 or HEADS == 2:  # noqa: PLR1714
+        h_kv = 0  # K/V of kv head 0 for every program
     if PREFETCH:
         # The query block of the item PREFETCH places ahead, pulled into L2: one 128-byte line per thread.
         ahead = WORK + tl.minimum(pid + PREFETCH, n_items - 1).to(tl.int64) * 16
@@ -83,7 +95,7 @@ def _bare_band_kernel(
             "mov.u32 $0, 0;\n\tprefetch.global.L2 [$1];", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1
         )
     q = tl.reshape(Q_DESC.load([0, h, qb * BLOCK_M, 0]), [ROWS, HEAD_DIM])
-    row0 = (h // 4) * kv_len
+    row0 = h_kv * kv_len
     acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
@@ -95,7 +107,16 @@ def _bare_band_kernel(
             qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             alpha = tl.math.exp2(m_i - m_new)
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            x = qk * qk_scale - m_new[:, None]  # [ROWS, BLOCK_N]
+            if EXP == 0:
+                p = tl.math.exp2(x)
+            elif EXP == 1:
+                # Two exponentials per MUFU instruction; x rounded to fp16 costs less than P's own bf16 rounding.
+                p = tl.inline_asm_elementwise(
+                    "ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)], dtype=tl.float16, is_pure=True, pack=2
+                ).to(tl.float32)
+            else:
+                p = x  # no transcendental at all: a bound on what any cheaper exponential could gain
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
             m_i = m_new
@@ -155,24 +176,28 @@ def main() -> None:
     o_desc = TensorDescriptor.from_tensor(out, [1, 2, 32, dim])
     lse = torch.empty(q.shape[:3], device="cuda", dtype=torch.float32)
     items = work.items.contiguous()
-    steps = [("bare loop", False, False, 0, 0), ("+ heads", True, False, 0, 0), ("+ items", True, True, 0, 0)]
-    steps += [(f"+ items, {text}", True, True, e, 0) for e, text in EPILOGUES.items() if e]
+    steps = [("bare loop", 0, False, 0, 0, 0), ("+ heads", 1, False, 0, 0, 0), ("+ items", 1, True, 0, 0, 0)]
+    steps += [(f"+ items, {text}", 1, True, e, 0, 0) for e, text in EPILOGUES.items() if e]
     steps += [
-        (f"+ items, the shared kernel's epilogue, Q of item pid+{d} prefetched", True, True, 3, d) for d in PREFETCHES
+        (f"+ items, the shared kernel's epilogue, Q of item pid+{d} prefetched", 1, True, 3, d, 0) for d in PREFETCHES
     ]
-    for name, heads_on, items_on, epilogue, prefetch in steps:
-        grid = (items.shape[0] if items_on else TOKENS // 32 * heads // 2,)
+    steps += [(f"+ heads, {text}", 1, False, 0, 0, e) for e, text in EXPS.items()]
+    steps += [(f"+ items, the shared kernel's epilogue, {text}", 1, True, 3, 0, e) for e, text in EXPS.items()]
+    steps += [(f"bare loop, {HEAD_READS[r]}", r, False, 0, 0, 0) for r in (2, 3)]
+    steps += [("+ heads, each program's work item read but its order kept", 1, 2, 0, 0, 0)]
+    for name, heads_on, items_on, epilogue, prefetch, exp in steps:
+        grid = (items.shape[0] if items_on == 1 else TOKENS // 32 * heads // 2,)
 
-        def launch(grid=grid, heads_on=heads_on, items_on=items_on, epilogue=epilogue, prefetch=prefetch):
+        def launch(grid=grid, heads_on=heads_on, items_on=items_on, epilogue=epilogue, prefetch=prefetch, exp=exp):
             return _bare_band_kernel[grid](
                 items, items.shape[0], q, q_desc, k_desc, v_desc, o_desc, out, lse, TOKENS, TOKENS,
                 dim**-0.5 * LOG2E, BLOCK_M=32, BLOCK_N=32, HEAD_DIM=dim, BAND=BAND, HEADS=heads_on,
-                ITEMS=items_on, EPILOGUE=epilogue, PREFETCH=prefetch, num_warps=4,
+                ITEMS=items_on, EPILOGUE=epilogue, PREFETCH=prefetch, EXP=exp, num_warps=4,
             )  # fmt: skip
 
         out.fill_(float("nan"))
         handle = launch()
-        diff = (out.float() - expected.float()).abs().max().item() if heads_on else None
+        diff = (out.float() - expected.float()).abs().max().item() if heads_on == 1 else None
         variants.append((name, launch, handle.n_regs, diff))
     times = timed_rounds([launch for _, launch, _, _ in variants], args.rounds)
     rows = variant_rows(variants, times, layout)
