@@ -13,15 +13,16 @@ the ``q_len`` mask, the lse, the split-row branch; also the output through a ten
 the query block of an item further down the list pulled into L2 ahead of its program. Then the
 softmax's exponentials two per MUFU instruction in fp16, or none at all (a bound on any cheaper
 exponential; its output is not attention), and the bare loop with only its queries and output, or
-only its K/V, read from each program's own heads (which memory traffic costs). Outputs are checked
-against the shared kernel. Every variant is timed once per round, rounds in turn. Writes
+only its K/V, read from each program's own heads (which memory traffic costs); last, the bare loop
+with all four query heads of a kv head in one program, so that each K/V tile is read once for them.
+Outputs are checked against the shared kernel. Every variant is timed once per round, rounds in turn. Writes
 ``band_loop_gap.json`` and ``band_loop_gap.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +44,22 @@ HEAD_READS = {0: "every program on heads 0-1 and kv head 0", 1: "each program's 
               2: "own query and output heads, K/V of kv head 0", 3: "own K/V, queries and output of heads 0-1"}  # fmt: skip
 EXPS = {1: "exponentials two per instruction (ex2.approx.f16x2)", 2: "no exponential (a bound: not attention)"}
 LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class Step:
+    """One bare-kernel variant: its constexpr flags (keys of the tables above) and launch shape."""
+
+    name: str
+    heads: int = 1  # a key of HEAD_READS
+    items: int = 0  # 0: item from the program id; 1: from the work list; 2: read but unused
+    epilogue: int = 0
+    prefetch: int = 0
+    exp: int = 0
+    pack: int = 2
+    warps: int = 4
+
+
 LN2 = tl.constexpr(0.6931471805599453)
 
 
@@ -51,9 +68,11 @@ def _bare_band_kernel(
     WORK, n_items, Q, Q_DESC, K_DESC, V_DESC, O_DESC, Out, LSE, q_len, kv_len, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BAND: tl.constexpr,
     HEADS: tl.constexpr, ITEMS: tl.constexpr, EPILOGUE: tl.constexpr,  # HEADS, EPILOGUE: keys of HEAD_READS, EPILOGUES
-    PREFETCH: tl.constexpr, EXP: tl.constexpr = 0,  # EXP: a key of EXPS
+    PREFETCH: tl.constexpr, EXP: tl.constexpr,  # EXP: a key of EXPS
+    PACK: tl.constexpr,  # query heads per program (4: all of a kv head's, each K/V tile read once for them)
 ):  # fmt: skip
-    ROWS: tl.constexpr = 2 * BLOCK_M
+    ROWS: tl.constexpr = PACK * BLOCK_M
+    GROUPS: tl.constexpr = 32 // PACK  # programs per query block
     pid = tl.program_id(0)
     if ITEMS == 1:
         item = WORK + pid.to(tl.int64) * 16
@@ -66,8 +85,8 @@ def _bare_band_kernel(
         b_end = tl.load(item + 14)
         b_base = tl.load(item + 15)
     else:
-        qb = pid // 16
-        h = (pid % 16) * 2
+        qb = pid // GROUPS
+        h = (pid % GROUPS) * PACK
         lo = 0
         slot = -1
         a_end = tl.minimum(qb, BAND) + 1
@@ -169,36 +188,45 @@ def main() -> None:
              lambda cfg=cfg: triton_sparse_attention(q, k, v, layout, config=cfg), cap, None)
         )  # fmt: skip
 
-    q_desc = TensorDescriptor.from_tensor(q, [1, 2, 32, dim])
+    q_descs = {pack: TensorDescriptor.from_tensor(q, [1, pack, 32, dim]) for pack in (2, 4)}
     k_desc = TensorDescriptor.from_tensor(k.view(-1, dim), [32, dim])
     v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [32, dim])
     out = torch.empty_like(q)
     o_desc = TensorDescriptor.from_tensor(out, [1, 2, 32, dim])
     lse = torch.empty(q.shape[:3], device="cuda", dtype=torch.float32)
     items = work.items.contiguous()
-    steps = [("bare loop", 0, False, 0, 0, 0), ("+ heads", 1, False, 0, 0, 0), ("+ items", 1, True, 0, 0, 0)]
-    steps += [(f"+ items, {text}", 1, True, e, 0, 0) for e, text in EPILOGUES.items() if e]
+    steps = [Step("bare loop", heads=0), Step("+ heads"), Step("+ items", items=1)]
+    steps += [Step(f"+ items, {text}", items=1, epilogue=e) for e, text in EPILOGUES.items() if e]
     steps += [
-        (f"+ items, the shared kernel's epilogue, Q of item pid+{d} prefetched", 1, True, 3, d, 0) for d in PREFETCHES
+        Step(f"+ items, the shared kernel's epilogue, Q of item pid+{d} prefetched", items=1, epilogue=3, prefetch=d)
+        for d in PREFETCHES
     ]
-    steps += [(f"+ heads, {text}", 1, False, 0, 0, e) for e, text in EXPS.items()]
-    steps += [(f"+ items, the shared kernel's epilogue, {text}", 1, True, 3, 0, e) for e, text in EXPS.items()]
-    steps += [(f"bare loop, {HEAD_READS[r]}", r, False, 0, 0, 0) for r in (2, 3)]
-    steps += [("+ heads, each program's work item read but its order kept", 1, 2, 0, 0, 0)]
-    for name, heads_on, items_on, epilogue, prefetch, exp in steps:
-        grid = (items.shape[0] if items_on == 1 else TOKENS // 32 * heads // 2,)
+    steps += [Step(f"+ heads, {text}", exp=e) for e, text in EXPS.items()]
+    steps += [
+        Step(f"+ items, the shared kernel's epilogue, {text}", items=1, epilogue=3, exp=e) for e, text in EXPS.items()
+    ]
+    steps += [Step(f"bare loop, {HEAD_READS[r]}", heads=r) for r in (2, 3)]
+    steps += [Step("+ heads, each program's work item read but its order kept", items=2)]
+    steps += [
+        Step(f"{name}, four heads per program, {warps} warps", heads=r, pack=4, warps=warps)
+        for name, r in (("bare loop", 0), ("+ heads", 1))
+        for warps in (8, 4)
+    ]
+    for step in steps:
+        grid = (items.shape[0] if step.items == 1 else TOKENS // 32 * heads // step.pack,)
 
-        def launch(grid=grid, heads_on=heads_on, items_on=items_on, epilogue=epilogue, prefetch=prefetch, exp=exp):
+        def launch(grid=grid, step=step):
             return _bare_band_kernel[grid](
-                items, items.shape[0], q, q_desc, k_desc, v_desc, o_desc, out, lse, TOKENS, TOKENS,
-                dim**-0.5 * LOG2E, BLOCK_M=32, BLOCK_N=32, HEAD_DIM=dim, BAND=BAND, HEADS=heads_on,
-                ITEMS=items_on, EPILOGUE=epilogue, PREFETCH=prefetch, EXP=exp, num_warps=4,
+                items, items.shape[0], q, q_descs[step.pack], k_desc, v_desc, o_desc, out, lse, TOKENS, TOKENS,
+                dim**-0.5 * LOG2E, BLOCK_M=32, BLOCK_N=32, HEAD_DIM=dim, BAND=BAND, HEADS=step.heads,
+                ITEMS=step.items, EPILOGUE=step.epilogue, PREFETCH=step.prefetch, EXP=step.exp, PACK=step.pack,
+                num_warps=step.warps,
             )  # fmt: skip
 
         out.fill_(float("nan"))
         handle = launch()
-        diff = (out.float() - expected.float()).abs().max().item() if heads_on == 1 else None
-        variants.append((name, launch, handle.n_regs, diff))
+        diff = (out.float() - expected.float()).abs().max().item() if step.heads == 1 else None
+        variants.append((step.name, launch, handle.n_regs, diff))
     times = timed_rounds([launch for _, launch, _, _ in variants], args.rounds)
     rows = variant_rows(variants, times, layout)
     meta = run_meta("band_loop_gap.py", args.out)
@@ -207,7 +235,7 @@ def main() -> None:
         "# The shared kernel against a bare loop on band rows of 18 FULL 32 x 32 tiles",
         "",
         run_line(meta),
-        f"{TOKENS} tokens, B=1, 32 query heads, 8 kv heads, head dim 128, bf16; two heads per program; "
+        f"{TOKENS} tokens, B=1, 32 query heads, 8 kv heads, head dim 128, bf16; two heads per program unless named; "
         f"do_bench medians, {args.rounds} rounds taken in turn: `ms` is the median round, `range` the fastest "
         "and slowest; `max diff` against the shared kernel's output (bare variants that read every head's own K/V).",
         "",
