@@ -44,6 +44,7 @@ HEAD_READS = {0: "every program on heads 0-1 and kv head 0", 1: "each program's 
               2: "own query and output heads, K/V of kv head 0", 3: "own K/V, queries and output of heads 0-1"}  # fmt: skip
 EXPS = {1: "exponentials two per instruction (ex2.approx.f16x2)", 2: "no exponential (a bound: not attention)"}
 LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,11 @@ class Step:
     name: str
     heads: int = 1  # a key of HEAD_READS
     items: int = 0  # 0: item from the program id; 1: from the work list; 2: read but unused
-    epilogue: int = 0
-    prefetch: int = 0
-    exp: int = 0
-    pack: int = 2
+    epilogue: int = 0  # a key of EPILOGUES
+    prefetch: int = 0  # items ahead whose query block is pulled into L2; 0: none
+    exp: int = 0  # 0: exp2 in fp32, else a key of EXPS
+    pack: int = 2  # query heads per program
     warps: int = 4
-
-
-LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
