@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import Variant, inputs, run_line, run_meta, timed_rounds, variant_rows, variant_table, write_json
+from kernel_runs import Variant, inputs, report_variants
 from partial_cost import remasked
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -225,22 +225,15 @@ def main() -> None:
         handle = launch()
         diff = (out.float() - expected.float()).abs().max().item() if step.heads == 1 else None
         variants.append((step.name, launch, handle.n_regs, diff))
-    times = timed_rounds([launch for _, launch, _, _ in variants], args.rounds)
-    rows = variant_rows(variants, times, layout)
-    meta = run_meta("band_loop_gap.py", args.out)
-    write_json(args.out, "band_loop_gap", meta, rows)
-    lines = [
-        "# The shared kernel against a bare loop on band rows of 18 FULL 32 x 32 tiles",
-        "",
-        run_line(meta),
+    caption = (
         f"{TOKENS} tokens, B=1, 32 query heads, 8 kv heads, head dim 128, bf16; two heads per program unless named; "
         f"do_bench medians, {args.rounds} rounds taken in turn: `ms` is the median round, `range` the fastest "
-        "and slowest; `max diff` against the shared kernel's output (bare variants that read every head's own K/V).",
-        "",
-        *variant_table(rows, "registers (cap or used)"),
-    ]
-    (args.out / "band_loop_gap.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        "and slowest; `max diff` against the shared kernel's output (bare variants that read every head's own K/V)."
+    )
+    report_variants(
+        args.out, "band_loop_gap.py", "The shared kernel against a bare loop on band rows of 18 FULL 32 x 32 tiles",
+        caption, variants, layout, args.rounds, registers="registers (cap or used)",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -102,6 +102,22 @@ def variant_table(rows: list[dict], registers: str = "registers") -> list[str]:
     return lines
 
 
+def report_variants(
+    out: Path, script: str, title: str, caption: str, variants: list[Variant], layout: BlockLayout, rounds: int,
+    registers: str = "registers",
+) -> None:  # fmt: skip
+    """Time ``variants`` in turn (`timed_rounds`) and write ``out/<stem>.json`` and ``.md`` for
+    ``script`` (``<stem>.py``): ``title``, how it was run, ``caption``, then the `variant_table`; print the
+    Markdown."""
+    rows = variant_rows(variants, timed_rounds([launch for _, launch, _, _ in variants], rounds), layout)
+    meta = run_meta(script, out)
+    stem = Path(script).stem
+    write_json(out, stem, meta, rows)
+    lines = [f"# {title}", "", run_line(meta), caption, "", *variant_table(rows, registers)]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """cuDNN SDPA dense causal attention with native GQA."""
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import Variant, inputs, run_line, run_meta, timed_rounds, variant_rows, variant_table, write_json
+from kernel_runs import Variant, inputs, report_variants
 from partial_cost import remasked
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -125,22 +125,16 @@ def main() -> None:
         checked = slice(BAND * 32, None)
         diff = (out[:, :, checked].float() - expected[:, :, checked].float()).abs().max().item() if store else None
         variants.append((f"{rows} rows per program, {stages} stages, {steps}", launch, handle.n_regs, diff))
-    times = timed_rounds([launch for _, launch, _, _ in variants], args.rounds)
-    rows_out = variant_rows(variants, times, layout)
-    meta = run_meta("row_stream.py", args.out)
-    write_json(args.out, "row_stream", meta, rows_out)
-    lines = [
-        "# Short rows streamed through one pipelined loop (bare kernel) against the shared kernel",
-        "",
-        run_line(meta),
+    caption = (
         f"{TOKENS} tokens, B=1, 32 query heads, 8 kv heads, head dim 128, bf16; rows of 18 FULL 32 x 32 tiles, "
         f"two heads per program; do_bench medians, {args.rounds} rounds taken in turn (`ms` the median round); "
-        "`max diff` against the shared kernel from the 18th query block on (partial steps: not the band's output).",
-        "",
-        *variant_table(rows_out),
-    ]
-    (args.out / "row_stream.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        "`max diff` against the shared kernel from the 18th query block on (partial steps: not the band's output)."
+    )
+    report_variants(
+        args.out, "row_stream.py",
+        "Short rows streamed through one pipelined loop (bare kernel) against the shared kernel",
+        caption, variants, layout, args.rounds,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
