@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -161,6 +162,28 @@ def reference_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, programs: 
     return found
 
 
+def triton_bare_loop(
+    q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, qk_scale: float
+) -> tuple[Callable[[], None], Callable[[], torch.Tensor]]:
+    """The band rows through ``band_loop_gap.py``'s bare Triton loop: its launch, and its output as
+    ``[programs * 64, D]`` in the work list's order (the Gluon kernels' layout)."""
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    descs = [TritonDescriptor.from_tensor(q, [1, 2, 32, HEAD_DIM]),
+             TritonDescriptor.from_tensor(k_rows, [BLOCK_N, HEAD_DIM]),
+             TritonDescriptor.from_tensor(v_rows, [BLOCK_N, HEAD_DIM]),
+             TritonDescriptor.from_tensor(out, [1, 2, 32, HEAD_DIM])]  # fmt: skip
+
+    def launch() -> None:
+        _bare_band_kernel[(TOKENS // 32 * HEADS // 2,)](
+            q, 1, q, descs[0], descs[1], descs[2], descs[3], out, lse, TOKENS, TOKENS, qk_scale,
+            BLOCK_M=32, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, BAND=BAND, HEADS=True, ITEMS=False, EPILOGUE=0,
+            PREFETCH=0, EXP=0, PACK=2, num_warps=4,
+        )  # fmt: skip
+
+    return launch, lambda: out[0].view(HEADS, -1, 32, HEAD_DIM).transpose(0, 1).reshape(-1, HEAD_DIM)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
@@ -196,29 +219,14 @@ def main() -> None:
         order = "FlashAttention-3's overlap" if ahead else "the kernel's loop"
         variants.append((f"Gluon, {order}, {stages} stages", launch, out))
 
-    bare_out = torch.empty_like(q)
-    lse = torch.empty(q.shape[:3], device="cuda", dtype=torch.float32)
-    descs = [TritonDescriptor.from_tensor(q, [1, 2, 32, HEAD_DIM]),
-             TritonDescriptor.from_tensor(k_rows, [BLOCK_N, HEAD_DIM]),
-             TritonDescriptor.from_tensor(v_rows, [BLOCK_N, HEAD_DIM]),
-             TritonDescriptor.from_tensor(bare_out, [1, 2, 32, HEAD_DIM])]  # fmt: skip
-
-    def bare() -> None:
-        _bare_band_kernel[(programs,)](
-            q, 1, q, descs[0], descs[1], descs[2], descs[3], bare_out, lse, TOKENS, TOKENS, qk_scale,
-            BLOCK_M=32, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, BAND=BAND, HEADS=True, ITEMS=False, EPILOGUE=0,
-            PREFETCH=0, num_warps=4,
-        )  # fmt: skip
-
+    bare, bare_rows = triton_bare_loop(q, k_rows, v_rows, qk_scale)
     variants.append(("Triton, the kernel's loop (band_loop_gap.py's bare loop)", bare, None))
 
     rows = []
     for name, launch, out in variants:
         launch()
         torch.cuda.synchronize()
-        got = (
-            out if out is not None else bare_out[0].view(HEADS, -1, 32, HEAD_DIM).transpose(0, 1).reshape(-1, HEAD_DIM)
-        )
+        got = out if out is not None else bare_rows()
         err = max(
             (got[pid * ROWS : (pid + 1) * ROWS].float().view(2, 32, HEAD_DIM) - ref).abs().max().item()
             for pid, ref in expected.items()
