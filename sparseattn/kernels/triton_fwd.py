@@ -32,6 +32,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from sparseattn.kernels.gluon_fwd import gluon_sparse_attention
 from sparseattn.kernels.triton_merge import merge_partials
 from sparseattn.kernels.triton_schedule import RowStats, WorkList, build_work_list
 from sparseattn.layout import BlockLayout
@@ -351,6 +352,12 @@ class KernelConfig:
     compiler keeps in registers as the first matmul's operand. Otherwise the matmul reads it from shared
     memory for every K tile: on 32-column tiles that re-read weighs as much as the matmul itself, while
     on dense 128 x 128 rows the registers it takes cost more than it saves (kernel_q_registers.md).
+    ``warp_specialized`` runs the same computation as ``gluon_fwd.py``'s kernel, written in Gluon for
+    Hopper: a load warp and two compute warpgroups overlapping each tile's softmax with matmuls, which
+    Triton cannot express (dense causal 1.0x of cuDNN against 0.92x, gluon_dense.md). It takes 128 x 128
+    tiles and ``num_warps=4`` (the first compute warpgroup; the kernel adds the others), ``num_stages``
+    2 or 3 K/V stages, TMA, one head per program; ``ping_pong`` makes its warpgroups take turns at the
+    tensor cores.
     """
 
     num_warps: int = 8
@@ -360,6 +367,8 @@ class KernelConfig:
     full_runs: bool = True
     max_registers: int | None = None
     q_in_registers: bool = False
+    warp_specialized: bool = False
+    ping_pong: bool = False
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -370,6 +379,17 @@ class KernelConfig:
             )
         if self.q_in_registers and not self.tma:
             raise ValueError("q_in_registers: needs tma=True (the query block is loaded through a tensor descriptor)")
+        if self.ping_pong and not self.warp_specialized:
+            raise ValueError("ping_pong: needs warp_specialized=True")
+        if self.warp_specialized and not (
+            self.tma and self.num_warps == 4 and self.num_stages in (2, 3) and self.pack == 1 and self.full_runs
+        ):
+            raise ValueError(
+                "warp_specialized: expected tma=True, num_warps=4, num_stages 2 or 3, pack=1 and full_runs=True, "
+                f"got {self}"
+            )
+        if self.warp_specialized and (self.max_registers is not None or self.q_in_registers):
+            raise ValueError("warp_specialized: sets its own registers and keeps the query block in registers")
 
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
@@ -414,7 +434,9 @@ def packable_heads(group: int, head_dim: int, per_head: bool, device: torch.devi
     return 2
 
 
-def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> KernelConfig:
+def default_config(
+    layout: BlockLayout, head_dim: int, group: int = 1, dtype: torch.dtype = torch.bfloat16
+) -> KernelConfig:
     """Fastest launch knobs measured per tile shape (experiments/results/kernel_tuning*.md), for query
     heads in GQA groups of ``group``.
 
@@ -428,9 +450,12 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     with FULL tiles by index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB
     of shared memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing
     measured slower than none, so other devices and per-head layouts keep one head per program with
-    pointer loads.
+    pointer loads. On Hopper, 128 x 128 layouts the Gluon kernel takes (`warp_specialized_unsupported`)
+    run warp-specialised, with two K/V stages (gluon_kernel.md).
     """
     tma = _has_tma(layout.device)
+    if warp_specialized_unsupported(layout, head_dim, dtype) is None:
+        return KernelConfig(num_warps=4, num_stages=2, tma=True, warp_specialized=True)
     if layout.block_m >= 128 and head_dim >= 64:
         return KernelConfig(num_warps=8, num_stages=3, tma=True) if tma else KernelConfig(num_warps=8, num_stages=2)
     pack = packable_heads(group, head_dim, layout.num_heads > 1, layout.device)
@@ -439,6 +464,28 @@ def default_config(layout: BlockLayout, head_dim: int, group: int = 1) -> Kernel
     if pack == 2:
         return KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, full_runs=False)
     return KernelConfig(num_warps=4, num_stages=2, full_runs=False)
+
+
+def warp_specialized_unsupported(layout: BlockLayout, head_dim: int, dtype: torch.dtype) -> str | None:
+    """Why ``KernelConfig(warp_specialized=True)`` cannot run ``layout`` for these inputs, or None."""
+    if not _is_hopper(layout.device):
+        return f"needs a Hopper GPU (sm_90) and Triton's Gluon, got device {layout.device}"
+    if layout.block_size != (128, 128):
+        return f"needs 128 x 128 tiles, got a layout on {layout.block_size}"
+    if head_dim not in (64, 128):
+        return f"needs head dim 64 or 128, got {head_dim}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"needs float16 or bfloat16 inputs, got {dtype}"
+    if layout.kv_len % 128:
+        return f"needs kv_len a multiple of 128, got {layout.kv_len}"
+    if layout.col_num is not None:
+        return "does not take gathered key columns"
+    return None
+
+
+@functools.cache
+def _is_hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
 
 
 @functools.cache
@@ -576,7 +623,11 @@ def triton_sparse_attention(
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
     if not scale > 0:
         raise ValueError(f"scale: expected a positive float (the kernel folds it into the running max), got {scale}")
-    config = config or default_config(layout, dim, heads // k.shape[1])
+    config = config or default_config(layout, dim, heads // k.shape[1], q.dtype)
+    if config.warp_specialized:
+        reason = warp_specialized_unsupported(layout, dim, q.dtype)
+        if reason is not None:
+            raise ValueError(f"config: warp_specialized {reason}")
     if config.tma:
         # Descriptors need contiguous rows and a 16-byte aligned base (a view may start mid-allocation).
         k, v = (
@@ -604,6 +655,10 @@ def triton_sparse_attention(
     )
 
     out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
+    if config.warp_specialized:
+        gluon_sparse_attention(q, k, v, layout, work, (out, lse, out_part, lse_part), scale * LOG2E, config)
+        merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
+        return out, lse
 
     has_cols = layout.col_num is not None
     # Empty or absent lists are never read, but the kernel still wants a real pointer for them.

@@ -17,10 +17,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
+from triton.runtime.jit import mangle_type
 
+from sparseattn.kernels.gluon_fwd import HALF_ROWS, MAX_REGISTERS, _descriptor, _gluon_fwd_kernel
 from sparseattn.kernels.triton_fwd import KernelConfig, _sparse_fwd_kernel
 
 # Hopper (sm_90): shared memory per multiprocessor, the most one program may take, and 32-bit registers
@@ -91,7 +95,42 @@ def kernel_resources(
     options: dict[str, object] = {"num_warps": config.num_warps}
     if config.max_registers:
         options["maxnreg"] = config.max_registers
-    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+    return _resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options))
+
+
+def warp_specialized_resources(head_dim: int, config: KernelConfig, *, capability: int = 90) -> KernelResources:
+    """Compile ``gluon_fwd``'s kernel (bf16, 128 x 128 tiles, ``config``'s stages and ping-pong) for
+    compute capability ``capability`` and read its resources: the registers are the cap the kernel
+    runs under, which setmaxnreg then splits between its partitions."""
+    rows = torch.empty(128, head_dim, dtype=torch.bfloat16)  # only the shape and dtype make the signature
+    descriptors = {
+        name: _descriptor(rows, box) for name, box in (("q_desc", HALF_ROWS), ("k_desc", 128), ("v_desc", 128))
+    }
+    constexprs = {"STAGES": config.num_stages, "PING_PONG": config.ping_pong}
+    signature = {}
+    for name in inspect.signature(_gluon_fwd_kernel.fn).parameters:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in descriptors:
+            signature[name] = mangle_type(descriptors[name])
+        elif name == "Out":
+            signature[name] = "*bf16"
+        elif name in ("LSE", "O_PART", "LSE_PART"):
+            signature[name] = "*fp32"
+        elif name == "qk_scale":
+            signature[name] = "fp32"
+        elif name.isupper():  # work list, tile lists, bitmaps
+            signature[name] = "*i32"
+        else:
+            signature[name] = "i32"
+    source = GluonASTSource(_gluon_fwd_kernel, signature, constexprs=constexprs)
+    options = {"num_warps": 4, "maxnreg": MAX_REGISTERS}
+    return _resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options))
+
+
+def _resources(compiled: triton.compiler.CompiledKernel) -> KernelResources:
+    """Registers and stack from the cubin (the cuobjdump that ships with Triton), shared memory from
+    the compiler's metadata."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"

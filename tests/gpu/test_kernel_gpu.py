@@ -6,12 +6,18 @@ pattern's token truth, so these tests hold lowering and kernel together to the d
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sparseattn.attention import default_block_size
-from sparseattn.kernels.triton_fwd import KernelConfig, preferred_block_size, triton_sparse_attention
+from sparseattn.kernels import triton_fwd
+from sparseattn.kernels.triton_fwd import KernelConfig, default_config, preferred_block_size, triton_sparse_attention
 from sparseattn.patterns import AShape, Causal, LastQueries, PerHead, Streaming, Triangle
+from sparseattn.testing.strategies import patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
 pytestmark = [
@@ -94,3 +100,78 @@ def test_query_block_in_registers(name, block, pack, dim):
     batch 2, GQA, q_len < kv_len with ragged tails, split rows merged per head."""
     config = KernelConfig(4 if block[0] == 32 else 8, 3, tma=True, pack=pack, q_in_registers=True)
     run(PATTERNS[name], 2, 8, 2, 1000, 5003, dim, torch.bfloat16, block, config=config, max_chunk=4)
+
+
+WARP_SPECIALIZED = {
+    f"{stages} stages{', ping-pong' if ping_pong else ''}": KernelConfig(
+        4, stages, tma=True, warp_specialized=True, ping_pong=ping_pong
+    )
+    for stages in (2, 3)
+    for ping_pong in (False, True)
+}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every output and scratch buffer starts as NaN, so an unwritten row cannot pass as correct."""
+    original = triton_fwd._new_outputs
+    monkeypatch.setattr(triton_fwd, "_new_outputs", lambda *a: tuple(t.fill_(math.nan) for t in original(*a)))
+
+
+def test_warp_specialized_is_the_default_for_long_rows():
+    layout = Causal().lower(4096, block_size=(128, 128), device="cuda")
+    assert default_config(layout, 128, group=4, dtype=torch.bfloat16).warp_specialized
+    assert not default_config(Causal().lower(4000, block_size=(128, 128), device="cuda"), 128).warp_specialized
+
+
+@pytest.mark.parametrize("config", list(WARP_SPECIALIZED.values()), ids=list(WARP_SPECIALIZED))
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_warp_specialized(name, config, poisoned):
+    """The Gluon kernel: batch 2, GQA 4:1, chunked prefill (q_len < kv_len, q_len ragged), rows split
+    into chunks merged by lse, per-head layouts."""
+    run(PATTERNS[name], 2, 8, 2, 1000, 4992, 128, torch.bfloat16, (128, 128), config=config, max_chunk=4)
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (8, 1)])
+def test_warp_specialized_dtypes_head_dims_groups(dim, dtype, heads, kv_heads, poisoned):
+    config = WARP_SPECIALIZED["2 stages, ping-pong"]
+    run(PATTERNS["mixture"] if heads == 8 else Causal(), 1, heads, kv_heads, 4096, 4096, dim, dtype, (128, 128),
+        config=config)  # fmt: skip
+
+
+def test_warp_specialized_empty_rows(poisoned):
+    run(Causal() & LastQueries(1000), 1, 4, 1, 4096, 4096, 128, torch.bfloat16, (128, 128),
+        config=WARP_SPECIALIZED["2 stages"])  # fmt: skip
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_warp_specialized_matches_oracle_on_random_patterns(data, poisoned):
+    """Random compositions of the pattern algebra, random lengths (kv_len a multiple of 128), GQA, split
+    rows and every launch of the Gluon kernel."""
+    pattern = data.draw(patterns(max_len=2048), "pattern")
+    kv_len = 128 * data.draw(st.integers(1, 16), "kv blocks")
+    q_len = data.draw(st.one_of(st.just(kv_len), st.integers(1, kv_len)), "q_len")
+    kv_heads = data.draw(st.sampled_from([1, 2]), "kv_heads")
+    heads = kv_heads * data.draw(st.sampled_from([1, 4]), "group")
+    config = data.draw(st.sampled_from(list(WARP_SPECIALIZED.values())), "config")
+    max_chunk = data.draw(st.sampled_from([None, 0, 2]), "max_chunk")
+    batch = data.draw(st.sampled_from([1, 2]), "batch")
+    args = (pattern, batch, heads, kv_heads, q_len, kv_len, 128, torch.bfloat16, (128, 128))
+    if pattern.lower(q_len, kv_len, block_size=(128, 128), device="cuda").col_num is not None:
+        with pytest.raises(ValueError, match="does not take gathered key columns"):
+            run(*args, config=config, max_chunk=max_chunk)
+    else:
+        run(*args, config=config, max_chunk=max_chunk)
+
+
+def test_warp_specialized_refuses_what_it_does_not_take():
+    q = torch.randn(1, 4, 1000, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 4, 1000, 128, device="cuda", dtype=torch.bfloat16)
+    layout = Causal().lower(1000, block_size=(128, 128), device="cuda")
+    with pytest.raises(ValueError, match="warp_specialized needs kv_len a multiple of 128, got 1000"):
+        triton_sparse_attention(q, k, k, layout, config=WARP_SPECIALIZED["2 stages"])

@@ -1,0 +1,338 @@
+"""The block-sparse forward kernel for long rows on Hopper, warp-specialised, in Gluon.
+
+The same computation as ``triton_fwd.py``'s kernel on the same work list (``triton_schedule.py``): a
+program takes one work item, a (batch, query head, 128-row query block) row and a chunk of its tiles,
+FULL tiles first (the chunk's two planned runs, then by index), then PARTIAL tiles through their
+bitmaps, and writes the output and the natural-log lse, or a split row's fp32 partials. What differs
+is the schedule, which Triton cannot express and which takes dense rows from 0.92x to 1.0x of cuDNN
+on the H200 (``experiments/results/gluon_dense.md``), the way FlashAttention-3 does it:
+
+- a load warp (24 registers) issues every TMA load, the query block and each tile's K and V, into
+  stages guarded by mbarriers, so the compute warps never wait on an address or a copy;
+- two compute warpgroups (240 registers each) take 64 query rows each and share the K/V stages;
+- each issues tile j+1's ``Q K^T`` and tile j's ``P V`` together and runs tile j+1's softmax while
+  ``P V`` is still on the tensor cores;
+- optionally (``PING_PONG``), the warpgroups pass each other the tensor cores through a pair of
+  mbarriers, one issuing its matmuls while the other runs its softmax.
+
+Scope: 128 x 128 tiles, head dim 64 or 128, fp16 or bf16, ``kv_len`` a multiple of 128, no gathered
+key columns, one query head per program; ``triton_fwd.default_config`` picks this kernel only there,
+and ``triton_sparse_attention`` refuses it elsewhere. Gluon has no interpreter, so it runs on a Hopper
+GPU only: CI compiles it for sm_90 without a GPU, and ``tests/gpu`` compares it with the oracle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from sparseattn.layout import BlockLayout
+
+if TYPE_CHECKING:
+    from sparseattn.kernels.triton_fwd import KernelConfig
+    from sparseattn.kernels.triton_schedule import WorkList
+
+LN2 = gl.constexpr(0.6931471805599453)
+HALF_ROWS = 64  # query rows per compute warpgroup: wgmma's M
+# Registers per thread: the kernel's cap (a program's 12 warps fill the 64K register file), and the
+# split that setmaxnreg makes of it between the compute warpgroups and the load warp.
+MAX_REGISTERS = 168
+COMPUTE_REGISTERS = gl.constexpr(240)
+LOAD_REGISTERS = gl.constexpr(24)
+
+# Triton 3.6 names the barrier among a partition's warps `thread_barrier`; 3.7 renamed it `barrier`.
+_warps_sync = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
+
+
+@gluon.jit
+def _item(WORK, stride_work, field: gl.constexpr):
+    """Field ``field`` of this program's work item (``triton_schedule.WORK_FIELDS``)."""
+    return gl.load(WORK + gl.program_id(0).to(gl.int64) * stride_work + field)
+
+
+@gluon.jit
+def _tile_block(t, n_full, a_end, a_base, b_end, b_base, full_row, part_row):
+    """Key block of the chunk's tile ``t``: FULL tiles in the two planned runs need no load."""
+    if t < n_full:
+        if t < a_end:
+            block = a_base + t
+        elif t < b_end:
+            block = b_base + t
+        else:
+            block = gl.load(full_row + t)
+    else:
+        block = gl.load(part_row + (t - n_full))
+    return block
+
+
+@gluon.jit
+def _load_partition(descs, smem, bars, tiles, dims):
+    q_desc, k_desc, v_desc = descs
+    WORK, stride_work, FULL_IDX, PART_IDX = tiles
+    q_len, kv_len, heads, group, kv_heads = dims
+    q_smem, k_smem, v_smem = smem
+    q_ready, k_ready, k_empty, v_ready, v_empty, _ = bars
+    STAGES: gl.constexpr = k_smem.type.shape[0]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    HALF: gl.constexpr = q_desc.block_type.shape[0]
+    b = _item(WORK, stride_work, 0)
+    h = _item(WORK, stride_work, 1)
+    qb = _item(WORK, stride_work, 2)
+    t0 = _item(WORK, stride_work, 4)
+    t1 = _item(WORK, stride_work, 5)
+    n_full = _item(WORK, stride_work, 8)
+    full_row = FULL_IDX + _item(WORK, stride_work, 10).to(gl.int64)
+    part_row = PART_IDX + _item(WORK, stride_work, 11).to(gl.int64)
+    a_end = _item(WORK, stride_work, 12)
+    a_base = _item(WORK, stride_work, 13)
+    b_end = _item(WORK, stride_work, 14)
+    b_base = _item(WORK, stride_work, 15)
+
+    # Rows past q_len read the next head's (or TMA's zero fill): never stored.
+    q_row = (b * heads + h) * q_len + qb * (2 * HALF)
+    mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_smem.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row + HALF, 0], q_ready, q_smem.index(1))
+    kv_row = (b * kv_heads + h // group) * kv_len
+    for t in range(t0, t1):
+        j = t - t0
+        stage = j % STAGES
+        phase = (j // STAGES & 1) ^ 1  # a fresh barrier passes phase 1: the first round finds stages free
+        start = kv_row + _tile_block(t, n_full, a_end, a_base, b_end, b_base, full_row, part_row) * BLOCK_N
+        mbarrier.wait(k_empty.index(stage), phase)
+        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [start, 0], k_ready.index(stage), k_smem.index(stage))
+        mbarrier.wait(v_empty.index(stage), phase)
+        mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [start, 0], v_ready.index(stage), v_smem.index(stage))
+
+
+@gluon.jit
+def _scores(s, t, n_full, mid_row, TILE_MASKS, rows, cols, BLOCK_M: gl.constexpr, WORDS: gl.constexpr):
+    """Scores of tile ``t`` [HALF, BLOCK_N] with a PARTIAL tile's dropped pairs at -inf (bit (row, col)
+    of its packed bitmap; ``rows`` are the warpgroup's rows within the tile)."""
+    if t >= n_full:
+        mask_id = gl.load(mid_row + (t - n_full)).to(gl.int64)
+        word = gl.expand_dims(rows, 1) * WORDS + gl.expand_dims(cols // 32, 0)  # [HALF, BLOCK_N]
+        bits = gl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + word)
+        keep = ((bits >> gl.expand_dims(cols % 32, 0)) & 1) != 0
+        s = gl.where(keep, s, float("-inf"))
+    return s
+
+
+@gluon.jit
+def _softmax(s, m_i, l_i, qk_scale, O_ROWS: gl.constexpr):
+    """One online-softmax step on raw scores ``s``: probabilities, the factor that moves the running
+    output to the new maxima (in the output's row layout), and the new row sums and maxima. A row whose
+    scores are all -inf so far keeps 0 (its reference max is taken as 0, not -inf: no NaN)."""
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    m_ref = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_ref)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_ref, 1))
+    return p, gl.convert_layout(alpha, O_ROWS), l_i * alpha + gl.sum(p, 1), m_new
+
+
+@gluon.jit
+def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, qk_scale, half: gl.constexpr,
+                       PING_PONG: gl.constexpr):  # fmt: skip
+    WORK, stride_work, PART_MID, TILE_MASKS = tiles
+    Out, LSE, O_PART, LSE_PART = outs
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh = out_strides
+    q_smem, k_smem, v_smem = smem
+    q_ready, k_ready, k_empty, v_ready, v_empty, turn = bars
+    STAGES: gl.constexpr = k_smem.type.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
+    HALF: gl.constexpr = q_smem.type.shape[1]
+    BLOCK_M: gl.constexpr = 2 * HALF
+    WORDS: gl.constexpr = BLOCK_N // 32
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
+    )
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
+    )
+    q_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
+    p_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    b = _item(WORK, stride_work, 0).to(gl.int64)
+    h = _item(WORK, stride_work, 1).to(gl.int64)
+    qb = _item(WORK, stride_work, 2)
+    t0 = _item(WORK, stride_work, 4)
+    t1 = _item(WORK, stride_work, 5)
+    slot = _item(WORK, stride_work, 6).to(gl.int64)
+    n_full = _item(WORK, stride_work, 8)
+    mid_row = PART_MID + _item(WORK, stride_work, 11).to(gl.int64)
+    rows = half * HALF + gl.arange(0, HALF, s_rows)  # [HALF] rows within the tile
+    cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))  # [BLOCK_N]
+    zeros = gl.zeros([HALF, BLOCK_N], gl.float32, s_layout)
+    mine = turn.index(half)
+    other = turn.index(1 - half)
+
+    mbarrier.wait(q_ready, 0)
+    q = q_smem.index(half).load(q_operand)  # [HALF, HEAD_DIM], the first matmul's operand in registers
+    m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
+    l_i = gl.zeros([HALF], gl.float32, s_rows)
+    acc = gl.zeros([HALF, HEAD_DIM], gl.float32, o_layout)
+    n = t1 - t0
+    if n > 0:
+        # Tile 0's scores and softmax. Turns: warpgroup 0 passes its fresh barrier at phase 1, warpgroup 1
+        # waits for phase 0, the first arrival of warpgroup 0; then they alternate.
+        mbarrier.wait(k_ready.index(0), 0)
+        if PING_PONG:
+            mbarrier.wait(mine, 1 - half)
+        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
+        if PING_PONG:
+            mbarrier.arrive(other)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        _warps_sync()  # every warp's matmul has read the stage before the load warp may refill it
+        mbarrier.arrive(k_empty.index(0))
+        s = _scores(s, t0, n_full, mid_row, TILE_MASKS, rows, cols, BLOCK_M, WORDS)
+        p, alpha, l_i, m_i = _softmax(s, m_i, l_i, qk_scale, o_rows)
+        p = gl.convert_layout(p.to(q_smem.dtype), p_operand)
+        acc = warpgroup_mma_init(acc)
+        for j in range(1, n):
+            stage = j % STAGES
+            prev = (j - 1) % STAGES
+            mbarrier.wait(k_ready.index(stage), j // STAGES & 1)
+            if PING_PONG:
+                mbarrier.wait(mine, (j & 1) ^ (1 - half))
+            s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), zeros, use_acc=False, is_async=True)
+            mbarrier.wait(v_ready.index(prev), (j - 1) // STAGES & 1)
+            acc = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
+            if PING_PONG:
+                mbarrier.arrive(other)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # tile j's scores; tile j-1's P V runs on
+            _warps_sync()
+            mbarrier.arrive(k_empty.index(stage))
+            s = _scores(s, t0 + j, n_full, mid_row, TILE_MASKS, rows, cols, BLOCK_M, WORDS)
+            p_next, alpha, l_i, m_i = _softmax(s, m_i, l_i, qk_scale, o_rows)
+            acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
+            _warps_sync()
+            mbarrier.arrive(v_empty.index(prev))
+            acc = warpgroup_mma_init(acc * gl.expand_dims(alpha, 1))
+            p = gl.convert_layout(p_next.to(q_smem.dtype), p_operand)
+        last = (n - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), (n - 1) // STAGES & 1)
+        acc = warpgroup_mma(p, v_smem.index(last), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+    nonempty = l_i > 0
+    l_safe = gl.where(nonempty, l_i, 1.0)
+    out = acc / gl.expand_dims(gl.convert_layout(l_safe, o_rows), 1)  # [HALF, HEAD_DIM]
+    lse = gl.where(nonempty, (m_i + gl.log2(l_safe)) * LN2, float("-inf"))  # [HALF]
+    rows_o = half * HALF + gl.arange(0, HALF, o_rows)
+    d = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
+    if slot < 0:
+        q_idx = qb * BLOCK_M + rows_o  # [HALF]
+        o_ptrs = Out + b * stride_ob + h * stride_oh + gl.expand_dims(q_idx.to(gl.int64) * stride_os, 1)
+        gl.store(o_ptrs + gl.expand_dims(d, 0), out.to(Out.dtype.element_ty), mask=gl.expand_dims(q_idx < q_len, 1))
+        q_idx_s = qb * BLOCK_M + rows
+        gl.store(LSE + b * stride_lb + h * stride_lh + q_idx_s, lse, mask=q_idx_s < q_len)
+    else:
+        part = O_PART + slot * (BLOCK_M * HEAD_DIM) + gl.expand_dims(rows_o * HEAD_DIM, 1) + gl.expand_dims(d, 0)
+        gl.store(part, out)
+        gl.store(LSE_PART + slot * BLOCK_M + rows, lse)
+
+
+@gluon.jit
+def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, stride_work, FULL_IDX, PART_IDX,
+                      PART_MID, TILE_MASKS, stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len,
+                      heads, group, kv_heads, qk_scale, STAGES: gl.constexpr, PING_PONG: gl.constexpr):  # fmt: skip
+    HALF: gl.constexpr = q_desc.block_type.shape[0]
+    HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, HALF, HEAD_DIM], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout()).index(0)
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)  # both warpgroups read every stage
+        mbarrier.init(v_empty.index(i), count=2)
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)
+    smem = (q_smem, k_smem, v_smem)
+    bars = (q_ready, k_ready, k_empty, v_ready, v_empty, turn)
+    outs = (Out, LSE, O_PART, LSE_PART)
+    out_strides = (stride_ob, stride_oh, stride_os, stride_lb, stride_lh)
+    tiles = (WORK, stride_work, PART_MID, TILE_MASKS)
+    descs = (q_desc, k_desc, v_desc)
+    dims = (q_len, kv_len, heads, group, kv_heads)
+    gl.warp_specialize(
+        [
+            (_compute_partition, (smem, bars, tiles, outs, out_strides, q_len, qk_scale, 0, PING_PONG)),
+            (_compute_partition, (smem, bars, tiles, outs, out_strides, q_len, qk_scale, 1, PING_PONG)),
+            (_load_partition, (descs, smem, bars, (WORK, stride_work, FULL_IDX, PART_IDX), dims)),
+        ],
+        [4, 1],
+        [COMPUTE_REGISTERS, LOAD_REGISTERS],
+    )
+
+
+_GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+
+
+def _descriptor(t: Tensor, rows: int) -> TensorDescriptor:
+    """``t`` [..., D] (contiguous) viewed as rows of D, in boxes of ``rows`` x D."""
+    dim = t.shape[-1]
+    box = [rows, dim]
+    return TensorDescriptor.from_tensor(
+        t.view(-1, dim), box, gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[t.dtype])
+    )
+
+
+def gluon_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: BlockLayout,
+    work: WorkList,
+    outputs: tuple[Tensor, Tensor, Tensor, Tensor],
+    qk_scale: float,
+    config: KernelConfig,
+) -> None:
+    """Run the warp-specialised kernel over ``work`` into ``outputs`` (out, lse, split-row partials), as
+    ``triton_fwd.triton_sparse_attention`` does with ``KernelConfig(warp_specialized=True)``; it has checked
+    the inputs (`triton_fwd.warp_specialized_unsupported`). ``qk_scale`` includes log2(e)."""
+    out, lse, out_part, lse_part = outputs
+    heads, q_len = q.shape[1:3]
+    # Descriptors view the tensors as rows and need a 16-byte aligned base.
+    q, k, v = (
+        t.contiguous() if t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v)
+    )
+    _gluon_fwd_kernel[(work.items.shape[0],)](
+        _descriptor(q, HALF_ROWS), _descriptor(k, layout.block_n), _descriptor(v, layout.block_n),
+        out, lse, out_part, lse_part, work.items, work.items.stride(0),
+        _nonempty(layout.full_kv_indices, q.device), _nonempty(layout.kv_indices, q.device),
+        _nonempty(layout.kv_mask_ids, q.device), _nonempty(layout.tile_masks, q.device),
+        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+        q_len, k.shape[2], heads, heads // k.shape[1], k.shape[1], qk_scale,
+        STAGES=config.num_stages, PING_PONG=config.ping_pong, num_warps=4, maxnreg=MAX_REGISTERS,
+    )  # fmt: skip
+
+
+def _nonempty(t: Tensor | None, device: torch.device) -> Tensor:
+    """A list the kernel may index (empty or absent lists are never read, but need a real pointer)."""
+    return torch.zeros(1, dtype=torch.int32, device=device) if t is None or t.numel() == 0 else t.contiguous()
