@@ -245,9 +245,14 @@ def main() -> None:
             "our kernel, Triton (128 x 128 tiles, 8 warps, 3 stages)": lambda q=q, k=k, v=v, layout=layout: (
                 triton_sparse_attention(q, k, v, layout, config=TRITON_LAUNCH)[0]
             ),
-            f"our kernel, warp-specialised (gluon_fwd, {warp_specialized.num_stages} stages)": (
+            f"our kernel, warp-specialised (gluon_fwd, {warp_specialized.num_stages} stages), heaviest rows first": (
                 lambda q=q, k=k, v=v, layout=layout, c=warp_specialized: triton_sparse_attention(
                     q, k, v, layout, config=c
+                )[0]
+            ),
+            "our kernel, warp-specialised, grid order": (
+                lambda q=q, k=k, v=v, layout=layout, c=warp_specialized: triton_sparse_attention(
+                    q, k, v, layout, config=c, heavy_first=False, max_chunk=0
                 )[0]
             ),
         }

@@ -650,6 +650,11 @@ def triton_sparse_attention(
             f"config: pack={config.pack} needs a layout shared by all heads (got {layout.num_heads} heads) "
             f"and a GQA group divisible by it (got {heads // k.shape[1]})"
         )
+    if config.warp_specialized and heavy_first is None and not layout.device_built:
+        # One warp-specialised program fills a multiprocessor, so the grid's last wave is long: heaviest
+        # rows first even when rows are near-uniform (dense causal), where Triton's launch, two or more
+        # programs per multiprocessor, measured faster in grid order (triton_schedule.UNEQUAL_ROWS).
+        heavy_first = True
     work = work_list(
         layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack, runs=config.full_runs
     )
