@@ -57,3 +57,32 @@ def test_default_configs_fit_hopper_shared_memory(monkeypatch):
         assert HOPPER_SHARED_PER_SM // shared >= case["least"], (case, shared)
         threads = 32 * case["config"]["num_warps"]
         assert HOPPER_REGISTERS_PER_SM // (registers * threads) >= case["least"], (case, registers)
+
+
+WARP_SPECIALIZED_CHILD = """
+import json
+from sparseattn.kernels.triton_fwd import KernelConfig
+from sparseattn.kernels.triton_fwd_resources import warp_specialized_resources
+found = []
+for dim in (64, 128):
+    for stages in (2, 3):
+        for ping_pong in (False, True):
+            config = KernelConfig(4, stages, tma=True, warp_specialized=True, ping_pong=ping_pong)
+            r = warp_specialized_resources(dim, config)
+            found.append([dim, stages, ping_pong, r.shared_bytes, r.registers, r.stack_bytes])
+print(json.dumps(found))
+"""
+
+
+def test_warp_specialized_kernel_compiles_for_hopper_without_spills():
+    """The Gluon kernel (no interpreter: CI only compiles it) builds for sm_90 on this Triton, with every
+    launch in one program's shared memory, its 12 warps within the register file, and nothing spilled."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    child = subprocess.run(
+        [sys.executable, "-c", WARP_SPECIALIZED_CHILD], env=env, check=True, capture_output=True, text=True
+    )
+    for dim, stages, ping_pong, shared, registers, stack in json.loads(child.stdout):
+        case = (dim, stages, ping_pong)
+        assert shared <= HOPPER_SHARED_PER_PROGRAM, (case, shared)
+        assert registers * 32 * 12 <= HOPPER_REGISTERS_PER_SM, (case, registers)
+        assert stack == 0, (case, stack)

@@ -20,10 +20,11 @@ from sparseattn.kernels.triton_fwd import (
     packable_heads,
     preferred_block_size,
     triton_sparse_attention,
+    warp_specialized_unsupported,
     work_list,
 )
 from sparseattn.layout import BlockLayout
-from sparseattn.patterns import Triangle
+from sparseattn.patterns import Causal, Triangle
 from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
@@ -226,6 +227,12 @@ def test_rejects_unsupported_block_size():
         ({"pack": 3}, "pack: expected 1, 2 or 4"),
         ({"max_registers": 16}, "max_registers: expected None or 24 to 255"),
         ({"q_in_registers": True, "tma": False}, "q_in_registers: needs tma=True"),
+        ({"ping_pong": True}, "ping_pong: needs warp_specialized=True"),
+        ({"warp_specialized": True, "tma": True}, "warp_specialized: expected tma=True, num_warps=4"),
+        ({"warp_specialized": True, "num_warps": 4}, "warp_specialized: expected tma=True"),
+        ({"warp_specialized": True, "num_warps": 4, "tma": True, "num_stages": 4}, "num_stages 2 or 3"),
+        ({"warp_specialized": True, "num_warps": 4, "tma": True, "pack": 2}, "pack=1"),
+        ({"warp_specialized": True, "num_warps": 4, "tma": True, "max_registers": 128}, "sets its own registers"),
     ],
 )
 def test_kernel_config_rejects_bad_knobs(knobs, message):
@@ -254,6 +261,39 @@ def test_short_rows_pack_a_gqa_group_on_hopper(monkeypatch):
     monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: False)
     assert packable_heads(4, 128, per_head=False, device="cpu") == 1
     assert default_config(layout, 128, group=4).pack == 1
+
+
+def test_warp_specialized_launch_where_it_applies(monkeypatch):
+    """On Hopper, 128 x 128 layouts of fp16/bf16 inputs with head dim 64 or 128, kv_len a multiple of 128
+    and no gathered columns default to the warp-specialised Gluon kernel; anything else keeps Triton's
+    launch, and asking for it anyway names the reason."""
+    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)
+    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: True)
+    layout = Causal().lower(1024, block_size=(128, 128))
+    assert default_config(layout, 128, group=4) == KernelConfig(4, 2, tma=True, warp_specialized=True)
+    assert default_config(layout, 64, dtype=torch.float16).warp_specialized
+    cases = [
+        (layout, 256, torch.bfloat16, "needs head dim 64 or 128, got 256"),
+        (layout, 128, torch.float32, "needs float16 or bfloat16 inputs, got torch.float32"),
+        (Causal().lower(1000, block_size=(128, 128)), 128, torch.bfloat16, "needs kv_len a multiple of 128, got 1000"),
+        (
+            Causal().lower(1024, block_size=(64, 64)),
+            128,
+            torch.bfloat16,
+            "needs 128 x 128 tiles, got a layout on (64, 64)",
+        ),
+    ]
+    for other, dim, dtype, reason in cases:
+        assert warp_specialized_unsupported(other, dim, dtype) == reason
+        assert not default_config(other, dim, dtype=dtype).warp_specialized
+    columns = with_columns(layout, torch.Generator().manual_seed(0), 24)
+    assert warp_specialized_unsupported(columns, 128, torch.bfloat16) == "does not take gathered key columns"
+    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: False)
+    assert warp_specialized_unsupported(layout, 128, torch.bfloat16).startswith("needs a Hopper GPU (sm_90)")
+    assert default_config(layout, 128, group=4) == KernelConfig(num_warps=8, num_stages=3, tma=True)
+    q, k, v = random_inputs(1, 2, 1, 1024, 1024, 128, torch.float16, 0)
+    with pytest.raises(ValueError, match="config: warp_specialized needs a Hopper GPU"):
+        triton_sparse_attention(q, k, v, layout, config=KernelConfig(4, 2, tma=True, warp_specialized=True))
 
 
 def test_rejects_layout_of_other_lengths():
