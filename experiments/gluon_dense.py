@@ -2,18 +2,19 @@
 
     PYTHONPATH=. python experiments/gluon_dense.py --out $OUT      # on a Hopper GPU (Triton 3.6's Gluon)
 
-Our kernel runs dense causal rows at 0.92x to 0.96x of cuDNN SDPA (``kernel_bench.md``). Triton cannot
-express the two schedules FlashAttention-3 credits for its last 10% to 20% on Hopper: a tile's softmax
-overlapping the same warpgroup's matmuls (tried in Gluon on short rows: ``gluon_band.md``), and two
-warpgroups taking turns at the tensor cores, one's softmax running while the other's matmuls do
-("ping-pong"). This kernel writes both, warp-specialised: per program a 128-row query tile in two
-64-row halves, one compute warpgroup each (240 registers), and a load warp (24 registers) issuing
-every TMA load through mbarriers. The warpgroups share K/V stages and hand each other the tensor cores
-through a pair of mbarriers: each issues its tile's ``Q K^T`` and the previous tile's ``P V``, passes
-the turn, then runs its softmax.
+Our Triton launch runs dense causal rows at 0.92x to 0.96x of cuDNN SDPA. Triton cannot express the two
+schedules FlashAttention-3 credits for its last 10% to 20% on Hopper: a tile's softmax overlapping the
+same warpgroup's matmuls (tried in Gluon on short rows: ``gluon_band.md``), and two warpgroups taking
+turns at the tensor cores, one's softmax running while the other's matmuls do ("ping-pong"). This
+kernel, dense causal only, writes both, warp-specialised: per program a 128-row query tile in two
+64-row halves, one compute warpgroup each (240 registers), and a load warp (24 registers) issuing every
+TMA load through mbarriers. The warpgroups share K/V stages and may hand each other the tensor cores
+through a pair of mbarriers: each issues its tile's ``Q K^T`` and the previous tile's ``P V``, passes the
+turn, then runs its softmax. It became ``sparseattn/kernels/gluon_fwd.py``, the block-sparse kernel's
+launch for 128 x 128 layouts on Hopper, which this script times too, in both row orders, beside the
+Triton launch.
 
-Checked against cuDNN's output, then timed in rounds taken in turn with cuDNN and our kernel on the
-dense causal layout (its default launch: 128 x 128 tiles, 8 warps). Writes ``gluon_dense.json`` and
+Checked against cuDNN's output, then timed in rounds taken in turn. Writes ``gluon_dense.json`` and
 ``gluon_dense.md``.
 """
 
