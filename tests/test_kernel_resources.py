@@ -64,12 +64,12 @@ import json
 from sparseattn.kernels.triton_fwd import KernelConfig
 from sparseattn.kernels.triton_fwd_resources import warp_specialized_resources
 found = []
-for dim in (64, 128):
+for dim, even_kv in ((64, True), (128, True), (128, False)):
     for stages in (2, 3):
         for ping_pong in (False, True):
             config = KernelConfig(4, stages, tma=True, warp_specialized=True, ping_pong=ping_pong)
-            r = warp_specialized_resources(dim, config)
-            found.append([dim, stages, ping_pong, r.shared_bytes, r.registers, r.stack_bytes])
+            r = warp_specialized_resources(dim, config, even_kv=even_kv)
+            found.append([[dim, even_kv, stages, ping_pong], r.shared_bytes, r.registers, r.stack_bytes])
 print(json.dumps(found))
 """
 
@@ -81,8 +81,7 @@ def test_warp_specialized_kernel_compiles_for_hopper_without_spills():
     child = subprocess.run(
         [sys.executable, "-c", WARP_SPECIALIZED_CHILD], env=env, check=True, capture_output=True, text=True
     )
-    for dim, stages, ping_pong, shared, registers, stack in json.loads(child.stdout):
-        case = (dim, stages, ping_pong)
+    for case, shared, registers, stack in json.loads(child.stdout):
         assert shared <= HOPPER_SHARED_PER_PROGRAM, (case, shared)
         assert registers * 32 * 12 <= HOPPER_REGISTERS_PER_SM, (case, registers)
         assert stack == 0, (case, stack)

@@ -16,9 +16,9 @@ to 1.02x and 1.04x at 32K and 128K on the H200 (``experiments/results/kernel_ben
 - optionally (``PING_PONG``), the warpgroups pass each other the tensor cores through a pair of
   mbarriers, one issuing its matmuls while the other runs its softmax.
 
-Scope: 128 x 128 tiles, head dim 64 or 128, fp16 or bf16, ``kv_len`` a multiple of 128, no gathered
-key columns, one query head per program; ``triton_fwd.default_config`` picks this kernel only there,
-and ``triton_sparse_attention`` refuses it elsewhere. Gluon has no interpreter, so it runs on a Hopper
+Scope: 128 x 128 tiles, head dim 64 or 128, fp16 or bf16, no gathered key columns, one query head per
+program; ``triton_fwd.default_config`` picks this kernel only there, and ``triton_sparse_attention``
+refuses it elsewhere. Gluon has no interpreter, so it runs on a Hopper
 GPU only: CI compiles it for sm_90 without a GPU, and ``tests/gpu`` compares it with the oracle.
 """
 
@@ -82,11 +82,11 @@ def _tile_block(t, n_full, a_end, a_base, b_end, b_base, full_row, part_row):
 def _load_partition(descs, smem, bars, tiles, dims):
     q_desc, k_desc, v_desc = descs
     WORK, stride_work, FULL_IDX, PART_IDX = tiles
-    q_len, kv_len, heads, group, kv_heads = dims
+    q_len, _, heads, group, kv_heads = dims
     q_smem, k_smem, v_smem = smem
     q_ready, k_ready, k_empty, v_ready, v_empty, _ = bars
     STAGES: gl.constexpr = k_smem.type.shape[0]
-    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     HALF: gl.constexpr = q_desc.block_type.shape[0]
     b = _item(WORK, stride_work, 0)
     h = _item(WORK, stride_work, 1)
@@ -106,24 +106,35 @@ def _load_partition(descs, smem, bars, tiles, dims):
     mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_smem.index(0))
     tma.async_copy_global_to_shared(q_desc, [q_row + HALF, 0], q_ready, q_smem.index(1))
-    kv_row = (b * kv_heads + h // group) * kv_len
+    kv_head = b * kv_heads + h // group
     for t in range(t0, t1):
         j = t - t0
         stage = j % STAGES
         phase = (j // STAGES & 1) ^ 1  # a fresh barrier passes phase 1: the first round finds stages free
-        start = kv_row + _tile_block(t, n_full, a_end, a_base, b_end, b_base, full_row, part_row) * BLOCK_N
+        # K/V are [B * Hkv, kv_len, D] boxes of one head: TMA fills rows past kv_len with zeros, so a
+        # ragged last block never reads another head's keys, whatever they hold.
+        start = _tile_block(t, n_full, a_end, a_base, b_end, b_base, full_row, part_row) * BLOCK_N
         mbarrier.wait(k_empty.index(stage), phase)
         mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [start, 0], k_ready.index(stage), k_smem.index(stage))
+        tma.async_copy_global_to_shared(k_desc, [kv_head, start, 0], k_ready.index(stage), k_smem.index(stage))
         mbarrier.wait(v_empty.index(stage), phase)
         mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [start, 0], v_ready.index(stage), v_smem.index(stage))
+        tma.async_copy_global_to_shared(v_desc, [kv_head, start, 0], v_ready.index(stage), v_smem.index(stage))
 
 
 @gluon.jit
-def _scores(s, t, n_full, mid_row, TILE_MASKS, rows, cols, BLOCK_M: gl.constexpr, WORDS: gl.constexpr):
-    """Scores of tile ``t`` [HALF, BLOCK_N] with a PARTIAL tile's dropped pairs at -inf (bit (row, col)
-    of its packed bitmap; ``rows`` are the warpgroup's rows within the tile)."""
+def _tile(buffers, i):
+    """Stage ``i`` of the K or V buffers as [BLOCK_N, HEAD_DIM] (a TMA box carries the head as a leading 1)."""
+    return buffers.index(i).reshape([buffers.type.shape[2], buffers.type.shape[3]])
+
+
+@gluon.jit
+def _scores(s, t, n_full, mid_row, TILE_MASKS, rows, cols, keys, BLOCK_M: gl.constexpr, WORDS: gl.constexpr):
+    """Scores of tile ``t`` [HALF, BLOCK_N] with dropped pairs at -inf: a PARTIAL tile's by its packed
+    bitmap (bit (row, col); ``rows`` are the warpgroup's rows within the tile), a FULL tile's past
+    ``keys``, the keys it holds (fewer than BLOCK_N only in a ragged last block)."""
+    if keys < cols.shape[0]:
+        s = gl.where(gl.expand_dims(cols < keys, 0), s, float("-inf"))
     if t >= n_full:
         mask_id = gl.load(mid_row + (t - n_full)).to(gl.int64)
         word = gl.expand_dims(rows, 1) * WORDS + gl.expand_dims(cols // 32, 0)  # [HALF, BLOCK_N]
@@ -146,16 +157,16 @@ def _softmax(s, m_i, l_i, qk_scale, O_ROWS: gl.constexpr):
 
 
 @gluon.jit
-def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, qk_scale, half: gl.constexpr,
-                       PING_PONG: gl.constexpr):  # fmt: skip
-    WORK, stride_work, PART_MID, TILE_MASKS = tiles
+def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_scale, half: gl.constexpr,
+                       PING_PONG: gl.constexpr, EVEN_KV: gl.constexpr):  # fmt: skip
+    WORK, stride_work, FULL_IDX, PART_MID, TILE_MASKS = tiles
     Out, LSE, O_PART, LSE_PART = outs
     stride_ob, stride_oh, stride_os, stride_lb, stride_lh = out_strides
     q_smem, k_smem, v_smem = smem
     q_ready, k_ready, k_empty, v_ready, v_empty, turn = bars
     STAGES: gl.constexpr = k_smem.type.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_smem.type.shape[2]
+    BLOCK_N: gl.constexpr = k_smem.type.shape[2]
+    HEAD_DIM: gl.constexpr = k_smem.type.shape[3]
     HALF: gl.constexpr = q_smem.type.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
     WORDS: gl.constexpr = BLOCK_N // 32
@@ -178,6 +189,15 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, qk_scale, ha
     slot = _item(WORK, stride_work, 6).to(gl.int64)
     n_full = _item(WORK, stride_work, 8)
     mid_row = PART_MID + _item(WORK, stride_work, 11).to(gl.int64)
+    # Keys in the row's last FULL tile: FULL blocks ascend along a row, so only that tile can be a ragged
+    # last block (PARTIAL tiles' bitmaps already drop keys past kv_len).
+    last_keys = BLOCK_N
+    if not EVEN_KV:  # noqa: SIM102 (the constexpr test apart: even lengths compile without this code)
+        if (t0 < n_full) & (n_full <= t1):  # this chunk holds the row's last FULL tile
+            last_block = _tile_block(n_full - 1, n_full, _item(WORK, stride_work, 12), _item(WORK, stride_work, 13),
+                               _item(WORK, stride_work, 14), _item(WORK, stride_work, 15),
+                               FULL_IDX + _item(WORK, stride_work, 10).to(gl.int64), FULL_IDX)  # fmt: skip
+            last_keys = gl.minimum(kv_len - last_block * BLOCK_N, BLOCK_N)
     rows = half * HALF + gl.arange(0, HALF, s_rows)  # [HALF] rows within the tile
     cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))  # [BLOCK_N]
     zeros = gl.zeros([HALF, BLOCK_N], gl.float32, s_layout)
@@ -196,13 +216,14 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, qk_scale, ha
         mbarrier.wait(k_ready.index(0), 0)
         if PING_PONG:
             mbarrier.wait(mine, 1 - half)
-        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zeros, use_acc=False, is_async=True)
+        s = warpgroup_mma(q, _tile(k_smem, 0).permute((1, 0)), zeros, use_acc=False, is_async=True)
         if PING_PONG:
             mbarrier.arrive(other)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
         _warps_sync()  # every warp's matmul has read the stage before the load warp may refill it
         mbarrier.arrive(k_empty.index(0))
-        s = _scores(s, t0, n_full, mid_row, TILE_MASKS, rows, cols, BLOCK_M, WORDS)
+        keys = gl.where(t0 == n_full - 1, last_keys, BLOCK_N)
+        s = _scores(s, t0, n_full, mid_row, TILE_MASKS, rows, cols, keys, BLOCK_M, WORDS)
         p, alpha, l_i, m_i = _softmax(s, m_i, l_i, qk_scale, o_rows)
         p = gl.convert_layout(p.to(q_smem.dtype), p_operand)
         acc = warpgroup_mma_init(acc)
@@ -212,15 +233,16 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, qk_scale, ha
             mbarrier.wait(k_ready.index(stage), j // STAGES & 1)
             if PING_PONG:
                 mbarrier.wait(mine, (j & 1) ^ (1 - half))
-            s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), zeros, use_acc=False, is_async=True)
+            s = warpgroup_mma(q, _tile(k_smem, stage).permute((1, 0)), zeros, use_acc=False, is_async=True)
             mbarrier.wait(v_ready.index(prev), (j - 1) // STAGES & 1)
-            acc = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
+            acc = warpgroup_mma(p, _tile(v_smem, prev), acc, is_async=True)
             if PING_PONG:
                 mbarrier.arrive(other)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # tile j's scores; tile j-1's P V runs on
             _warps_sync()
             mbarrier.arrive(k_empty.index(stage))
-            s = _scores(s, t0 + j, n_full, mid_row, TILE_MASKS, rows, cols, BLOCK_M, WORDS)
+            keys = gl.where(t0 + j == n_full - 1, last_keys, BLOCK_N)
+            s = _scores(s, t0 + j, n_full, mid_row, TILE_MASKS, rows, cols, keys, BLOCK_M, WORDS)
             p_next, alpha, l_i, m_i = _softmax(s, m_i, l_i, qk_scale, o_rows)
             acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
             _warps_sync()
@@ -229,7 +251,7 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, qk_scale, ha
             p = gl.convert_layout(p_next.to(q_smem.dtype), p_operand)
         last = (n - 1) % STAGES
         mbarrier.wait(v_ready.index(last), (n - 1) // STAGES & 1)
-        acc = warpgroup_mma(p, v_smem.index(last), acc, is_async=True)
+        acc = warpgroup_mma(p, _tile(v_smem, last), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
     nonempty = l_i > 0
@@ -253,13 +275,14 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, qk_scale, ha
 @gluon.jit
 def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, stride_work, FULL_IDX, PART_IDX,
                       PART_MID, TILE_MASKS, stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len,
-                      heads, group, kv_heads, qk_scale, STAGES: gl.constexpr, PING_PONG: gl.constexpr):  # fmt: skip
+                      heads, group, kv_heads, qk_scale, STAGES: gl.constexpr, PING_PONG: gl.constexpr,
+                      EVEN_KV: gl.constexpr):  # fmt: skip
     HALF: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
-    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, HALF, HEAD_DIM], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout()).index(0)
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -278,13 +301,19 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, 
     bars = (q_ready, k_ready, k_empty, v_ready, v_empty, turn)
     outs = (Out, LSE, O_PART, LSE_PART)
     out_strides = (stride_ob, stride_oh, stride_os, stride_lb, stride_lh)
-    tiles = (WORK, stride_work, PART_MID, TILE_MASKS)
+    tiles = (WORK, stride_work, FULL_IDX, PART_MID, TILE_MASKS)
     descs = (q_desc, k_desc, v_desc)
     dims = (q_len, kv_len, heads, group, kv_heads)
     gl.warp_specialize(
         [
-            (_compute_partition, (smem, bars, tiles, outs, out_strides, q_len, qk_scale, 0, PING_PONG)),
-            (_compute_partition, (smem, bars, tiles, outs, out_strides, q_len, qk_scale, 1, PING_PONG)),
+            (
+                _compute_partition,
+                (smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_scale, 0, PING_PONG, EVEN_KV),
+            ),
+            (
+                _compute_partition,
+                (smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_scale, 1, PING_PONG, EVEN_KV),
+            ),
             (_load_partition, (descs, smem, bars, (WORK, stride_work, FULL_IDX, PART_IDX), dims)),
         ],
         [4, 1],
@@ -295,13 +324,9 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, 
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 
-def _descriptor(t: Tensor, rows: int) -> TensorDescriptor:
-    """``t`` [..., D] (contiguous) viewed as rows of D, in boxes of ``rows`` x D."""
-    dim = t.shape[-1]
-    box = [rows, dim]
-    return TensorDescriptor.from_tensor(
-        t.view(-1, dim), box, gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[t.dtype])
-    )
+def _descriptor(t: Tensor, box: list[int]) -> TensorDescriptor:
+    """``t`` (contiguous) in boxes of shape ``box``, in the shared-memory layout wgmma reads."""
+    return TensorDescriptor.from_tensor(t, box, gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[t.dtype]))
 
 
 def gluon_sparse_attention(
@@ -318,19 +343,24 @@ def gluon_sparse_attention(
     ``triton_fwd.triton_sparse_attention`` does with ``KernelConfig(warp_specialized=True)``; it has checked
     the inputs (`triton_fwd.warp_specialized_unsupported`). ``qk_scale`` includes log2(e)."""
     out, lse, out_part, lse_part = outputs
-    heads, q_len = q.shape[1:3]
+    heads, q_len, dim = q.shape[1:]
+    kv_len = k.shape[2]
     # Descriptors view the tensors as rows and need a 16-byte aligned base.
     q, k, v = (
         t.contiguous() if t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v)
     )
     _gluon_fwd_kernel[(work.items.shape[0],)](
-        _descriptor(q, HALF_ROWS), _descriptor(k, layout.block_n), _descriptor(v, layout.block_n),
+        # Queries as rows of D; K and V as [B * Hkv, kv_len, D], one head's keys per box.
+        _descriptor(q.view(-1, dim), [HALF_ROWS, dim]),
+        _descriptor(k.view(-1, kv_len, dim), [1, layout.block_n, dim]),
+        _descriptor(v.view(-1, kv_len, dim), [1, layout.block_n, dim]),
         out, lse, out_part, lse_part, work.items, work.items.stride(0),
         _nonempty(layout.full_kv_indices, q.device), _nonempty(layout.kv_indices, q.device),
         _nonempty(layout.kv_mask_ids, q.device), _nonempty(layout.tile_masks, q.device),
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        q_len, k.shape[2], heads, heads // k.shape[1], k.shape[1], qk_scale,
-        STAGES=config.num_stages, PING_PONG=config.ping_pong, num_warps=4, maxnreg=MAX_REGISTERS,
+        q_len, kv_len, heads, heads // k.shape[1], k.shape[1], qk_scale,
+        STAGES=config.num_stages, PING_PONG=config.ping_pong, EVEN_KV=kv_len % layout.block_n == 0, num_warps=4,
+        maxnreg=MAX_REGISTERS,
     )  # fmt: skip
 
 

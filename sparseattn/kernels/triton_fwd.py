@@ -477,8 +477,6 @@ def warp_specialized_unsupported(layout: BlockLayout, head_dim: int, dtype: torc
         return f"needs head dim 64 or 128, got {head_dim}"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"needs float16 or bfloat16 inputs, got {dtype}"
-    if layout.kv_len % 128:
-        return f"needs kv_len a multiple of 128, got {layout.kv_len}"
     if layout.col_num is not None:
         return "does not take gathered key columns"
     return None

@@ -98,15 +98,20 @@ def kernel_resources(
     return _resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options))
 
 
-def warp_specialized_resources(head_dim: int, config: KernelConfig, *, capability: int = 90) -> KernelResources:
-    """Compile ``gluon_fwd``'s kernel (bf16, 128 x 128 tiles, ``config``'s stages and ping-pong) for
-    compute capability ``capability`` and read its resources: the registers are the cap the kernel
+def warp_specialized_resources(
+    head_dim: int, config: KernelConfig, *, even_kv: bool = True, capability: int = 90
+) -> KernelResources:
+    """Compile ``gluon_fwd``'s kernel (bf16, 128 x 128 tiles, ``config``'s stages and ping-pong, kv_len a
+    multiple of 128 or not) for compute capability ``capability`` and read its resources: the registers are the cap the kernel
     runs under, which setmaxnreg then splits between its partitions."""
-    rows = torch.empty(128, head_dim, dtype=torch.bfloat16)  # only the shape and dtype make the signature
+    # Only shapes and dtypes make the signature: queries as rows, K and V as [B * Hkv, kv_len, D].
+    rows, heads = torch.empty(128, head_dim, dtype=torch.bfloat16), torch.empty(1, 128, head_dim, dtype=torch.bfloat16)
     descriptors = {
-        name: _descriptor(rows, box) for name, box in (("q_desc", HALF_ROWS), ("k_desc", 128), ("v_desc", 128))
+        "q_desc": _descriptor(rows, [HALF_ROWS, head_dim]),
+        "k_desc": _descriptor(heads, [1, 128, head_dim]),
+        "v_desc": _descriptor(heads, [1, 128, head_dim]),
     }
-    constexprs = {"STAGES": config.num_stages, "PING_PONG": config.ping_pong}
+    constexprs = {"STAGES": config.num_stages, "PING_PONG": config.ping_pong, "EVEN_KV": even_kv}
     signature = {}
     for name in inspect.signature(_gluon_fwd_kernel.fn).parameters:
         if name in constexprs:
