@@ -46,9 +46,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from sparseattn.kernels.gluon_fwd import _warps_sync
+
 PAIRS = HEADS // 2  # items per query block: two query heads of one kv head each
-# Triton 3.6 names the barrier among a partition's warps `thread_barrier`; 3.7 renamed it `barrier`.
-_warps_sync = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
 
 
 @gluon.jit

@@ -26,7 +26,6 @@ import statistics
 from pathlib import Path
 
 import torch
-from gluon_band_ws import _warps_sync
 from kernel_runs import (
     HEAD_DIM,
     HEADS,
@@ -51,6 +50,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from sparseattn.kernels.gluon_fwd import _warps_sync
 from sparseattn.kernels.triton_fwd import KernelConfig, default_config, triton_sparse_attention
 from sparseattn.patterns import Causal
 
