@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -184,71 +185,81 @@ def triton_bare_loop(
     return launch, lambda: out[0].view(HEADS, -1, 32, HEAD_DIM).transpose(0, 1).reshape(-1, HEAD_DIM)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("experiments/results"))
-    parser.add_argument("--rounds", type=int, default=5, help="timings per variant, taken in turn")
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class BandRows:
+    """The band experiments' inputs: q [1, H, S, D] and K/V as rows of D, their Gluon descriptors (each
+    item's 64 query rows, two heads of one query block, contiguous in the work list's order), the scale
+    with log2(e), and fp32 outputs of sampled items."""
+
+    q: torch.Tensor
+    k_rows: torch.Tensor
+    v_rows: torch.Tensor
+    q_desc: TensorDescriptor
+    k_desc: TensorDescriptor
+    v_desc: TensorDescriptor
+    qk_scale: float
+    expected: dict[int, torch.Tensor]
+
+
+def band_rows() -> BandRows:
+    """Seeded inputs at TOKENS tokens and the references of five sampled items."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, HEADS, TOKENS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
     k = torch.randn(1, KV_HEADS, TOKENS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
     v = torch.randn(1, KV_HEADS, TOKENS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
-    programs = TOKENS // 32 * HEADS // 2
-    # Each program's 64 query rows (two heads of one query block) contiguous, in the work list's order.
+    items = TOKENS // 32 * HEADS // 2
     q_rows = q[0].view(HEADS, TOKENS // 32, 32, HEAD_DIM).transpose(0, 1).reshape(-1, HEAD_DIM).contiguous()
     k_rows, v_rows = k.view(-1, HEAD_DIM), v.view(-1, HEAD_DIM)
     tile = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.bfloat16)
     q_desc = TensorDescriptor.from_tensor(
         q_rows, [ROWS, HEAD_DIM], gl.NVMMASharedLayout.get_default_for([ROWS, HEAD_DIM], gl.bfloat16)
     )
-    k_desc = TensorDescriptor.from_tensor(k_rows, [BLOCK_N, HEAD_DIM], tile)
-    v_desc = TensorDescriptor.from_tensor(v_rows, [BLOCK_N, HEAD_DIM], tile)
-    qk_scale = HEAD_DIM**-0.5 * LOG2E
-    sample = [0, 17, 16 * 40 + 3, programs // 2 + 5, programs - 1]
-    expected = reference_rows(q, k, v, sample)
+    sample = [0, 17, 16 * 40 + 3, items // 2 + 5, items - 1]
+    return BandRows(
+        q, k_rows, v_rows, q_desc, TensorDescriptor.from_tensor(k_rows, [BLOCK_N, HEAD_DIM], tile),
+        TensorDescriptor.from_tensor(v_rows, [BLOCK_N, HEAD_DIM], tile), HEAD_DIM**-0.5 * LOG2E,
+        reference_rows(q, k, v, sample),
+    )  # fmt: skip
 
-    variants = []  # (name, launch, output as [programs * 64, D])
-    for ahead, stages in ((False, 3), (True, 3), (True, 4)):
-        out = torch.full((programs * ROWS, HEAD_DIM), float("nan"), device="cuda", dtype=torch.bfloat16)
 
-        def launch(out=out, ahead=ahead, stages=stages):
-            _gluon_band_kernel[(programs,)](
-                q_desc, k_desc, v_desc, out, TOKENS, qk_scale, BAND=BAND, STAGES=stages, AHEAD=ahead, num_warps=4
-            )
-
-        order = "FlashAttention-3's overlap" if ahead else "the kernel's loop"
-        variants.append((f"Gluon, {order}, {stages} stages", launch, out))
-
-    bare, bare_rows = triton_bare_loop(q, k_rows, v_rows, qk_scale)
-    variants.append(("Triton, the kernel's loop (band_loop_gap.py's bare loop)", bare, None))
-
+def check_time_and_report(
+    variants: list[tuple[str, Callable[[], None], Callable[[], torch.Tensor]]],
+    expected: dict[int, torch.Tensor],
+    args: argparse.Namespace,
+    stem: str,
+    title: str,
+) -> None:
+    """Check each variant (name, launch, its output as [items * 64, D]) against the sampled references,
+    time them in rounds taken in turn, and write ``stem``.json and .md under ``args.out``."""
     rows = []
-    for name, launch, out in variants:
+    for name, launch, output in variants:
         launch()
         torch.cuda.synchronize()
-        got = out if out is not None else bare_rows()
+        got = output()
+        if got.isnan().any():
+            raise RuntimeError(f"{name}: rows left unwritten")
         err = max(
-            (got[pid * ROWS : (pid + 1) * ROWS].float().view(2, 32, HEAD_DIM) - ref).abs().max().item()
-            for pid, ref in expected.items()
+            (got[i * ROWS : (i + 1) * ROWS].float().view(2, 32, HEAD_DIM) - ref).abs().max().item()
+            for i, ref in expected.items()
         )
         if not err < 0.02:
             raise RuntimeError(f"{name}: max error {err} against the fp32 reference")
         rows.append({"variant": name, "max_err": err})
+        print(f"checked: {name} ({err:.1e})", flush=True)
+    flops = sum(min(qb, BAND) + 1 for qb in range(TOKENS // 32)) * HEADS * 32 * BLOCK_N * 4 * HEAD_DIM
     for row, ms_rounds in zip(rows, timed_rounds([launch for _, launch, _ in variants], args.rounds), strict=True):
         row["ms_rounds"] = ms_rounds
-    flops = sum(min(qb, BAND) + 1 for qb in range(TOKENS // 32)) * HEADS * 32 * BLOCK_N * 4 * HEAD_DIM
-    for row in rows:
-        row["ms"] = statistics.median(row["ms_rounds"])
+        row["ms"] = statistics.median(ms_rounds)
         row["tflops"] = flops / row["ms"] / 1e9
-    meta = run_meta("gluon_band.py", args.out)
-    write_json(args.out, "gluon_band", meta, rows)
+    meta = run_meta(f"{stem}.py", args.out)
+    write_json(args.out, stem, meta, rows)
     lines = [
-        "# The short-row loop in Gluon: FlashAttention-3's overlap against the kernel's loop",
+        f"# {title}",
         "",
         run_line(meta),
         f"{TOKENS} tokens, {HEADS} query heads, {KV_HEADS} kv heads, head dim {HEAD_DIM}, bf16; band rows of "
-        f"{BAND + 1} FULL 32 x 32 tiles, two heads per program; do_bench medians, {args.rounds} rounds in turn "
-        "(`ms`: median round; `range`: fastest and slowest); `max err` on sampled programs against fp32.",
+        f"{BAND + 1} FULL 32 x 32 tiles, two heads per item; do_bench medians, {args.rounds} rounds in turn "
+        "(`ms`: median round; `range`: fastest and slowest); `max err` on sampled items against fp32.",
         "",
         "| variant | ms | range | TFLOP/s | max err |",
         "|---|---|---|---|---|",
@@ -257,8 +268,36 @@ def main() -> None:
         lines.append(
             f"| {r['variant']} | {r['ms']:.3f} | {spread(r['ms_rounds'])} | {r['tflops']:.0f} | {r['max_err']:.1e} |"
         )
-    (args.out / "gluon_band.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    parser.add_argument("--rounds", type=int, default=5, help="timings per variant, taken in turn")
+    args = parser.parse_args()
+    band = band_rows()
+    programs = TOKENS // 32 * HEADS // 2
+    variants = []
+    for ahead, stages in ((False, 3), (True, 3), (True, 4)):
+        out = torch.full((programs * ROWS, HEAD_DIM), float("nan"), device="cuda", dtype=torch.bfloat16)
+
+        def launch(out=out, ahead=ahead, stages=stages):
+            _gluon_band_kernel[(programs,)](
+                band.q_desc, band.k_desc, band.v_desc, out, TOKENS, band.qk_scale, BAND=BAND, STAGES=stages,
+                AHEAD=ahead, num_warps=4,
+            )  # fmt: skip
+
+        order = "FlashAttention-3's overlap" if ahead else "the kernel's loop"
+        variants.append((f"Gluon, {order}, {stages} stages", launch, lambda out=out: out))
+
+    bare, bare_rows = triton_bare_loop(band.q, band.k_rows, band.v_rows, band.qk_scale)
+    variants.append(("Triton, the kernel's loop (band_loop_gap.py's bare loop)", bare, bare_rows))
+    check_time_and_report(
+        variants, band.expected, args, "gluon_band", "The short-row loop in Gluon: FlashAttention-3's overlap "
+        "against the kernel's loop",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,22 +19,20 @@ sampled items. Writes ``gluon_band_ws.json`` and ``gluon_band_ws.md``.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import torch
 from gluon_band import (
     BAND,
-    BLOCK_N,
-    LOG2E,
     ROWS,
     TOKENS,
     _gluon_band_kernel,
     _softmax,
-    reference_rows,
+    band_rows,
+    check_time_and_report,
     triton_bare_loop,
 )
-from kernel_runs import HEAD_DIM, HEADS, KV_HEADS, run_line, run_meta, spread, timed_rounds, write_json
+from kernel_runs import HEAD_DIM, HEADS
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -44,7 +42,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_init,
     warpgroup_mma_wait,
 )
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from sparseattn.kernels.gluon_fwd import _warps_sync
 
@@ -216,25 +213,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--rounds", type=int, default=5, help="timings per variant, taken in turn")
     args = parser.parse_args()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(1, HEADS, TOKENS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
-    k = torch.randn(1, KV_HEADS, TOKENS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
-    v = torch.randn(1, KV_HEADS, TOKENS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
+    band = band_rows()
     items = TOKENS // 32 * PAIRS
-    q_rows = q[0].view(HEADS, TOKENS // 32, 32, HEAD_DIM).transpose(0, 1).reshape(-1, HEAD_DIM).contiguous()
-    k_rows, v_rows = k.view(-1, HEAD_DIM), v.view(-1, HEAD_DIM)
-    tile = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.bfloat16)
-    q_desc = TensorDescriptor.from_tensor(
-        q_rows, [ROWS, HEAD_DIM], gl.NVMMASharedLayout.get_default_for([ROWS, HEAD_DIM], gl.bfloat16)
-    )
-    k_desc = TensorDescriptor.from_tensor(k_rows, [BLOCK_N, HEAD_DIM], tile)
-    v_desc = TensorDescriptor.from_tensor(v_rows, [BLOCK_N, HEAD_DIM], tile)
-    qk_scale = HEAD_DIM**-0.5 * LOG2E
-    sample = [0, 17, 16 * 40 + 3, items // 2 + 5, items - 1]
-    expected = reference_rows(q, k, v, sample)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
 
-    variants = []  # (name, launch, output as [items * 64, D])
+    variants = []
     # (programs per multiprocessor, compute warpgroups per program, K/V stages, register cap per thread,
     # registers of the second and third warpgroups): a program's warps are counted in whole warpgroups
     # (one warpgroup and one load warp take 8 warps, three and three take 16), and the cap times its
@@ -249,65 +232,28 @@ def main() -> None:
 
         def launch(out=out, per_sm=per_sm, lanes=lanes, stages=stages, maxnreg=maxnreg, regs=regs):
             _ws_band_kernel[(sms * per_sm,)](
-                q_desc, k_desc, v_desc, out, items, TOKENS, qk_scale, BAND=BAND, STAGES=stages, LANES=lanes,
-                COMPUTE_REGS=regs, num_warps=4, maxnreg=maxnreg,
+                band.q_desc, band.k_desc, band.v_desc, out, items, TOKENS, band.qk_scale, BAND=BAND,
+                STAGES=stages, LANES=lanes, COMPUTE_REGS=regs, num_warps=4, maxnreg=maxnreg,
             )  # fmt: skip
 
         name = f"Gluon, specialised: {per_sm * lanes} warpgroups per SM ({per_sm} x {lanes}), {stages} stages"
-        variants.append((name, launch, out))
+        variants.append((name, launch, lambda out=out: out))
 
     plain_out = torch.full((items * ROWS, HEAD_DIM), float("nan"), device="cuda", dtype=torch.bfloat16)
 
     def plain() -> None:
         _gluon_band_kernel[(items,)](
-            q_desc, k_desc, v_desc, plain_out, TOKENS, qk_scale, BAND=BAND, STAGES=3, AHEAD=False, num_warps=4
-        )
+            band.q_desc, band.k_desc, band.v_desc, plain_out, TOKENS, band.qk_scale, BAND=BAND, STAGES=3,
+            AHEAD=False, num_warps=4,
+        )  # fmt: skip
 
-    variants.append(("Gluon, one program per item (gluon_band.py's loop, 3 stages)", plain, plain_out))
+    variants.append(("Gluon, one program per item (gluon_band.py's loop, 3 stages)", plain, lambda: plain_out))
 
-    bare, bare_rows = triton_bare_loop(q, k_rows, v_rows, qk_scale)
-    variants.append(("Triton, one program per item (band_loop_gap.py's bare loop)", bare, None))
-
-    rows = []
-    for name, launch, out in variants:
-        launch()
-        torch.cuda.synchronize()
-        got = out if out is not None else bare_rows()
-        if got.isnan().any():
-            raise RuntimeError(f"{name}: rows left unwritten")
-        err = max(
-            (got[i * ROWS : (i + 1) * ROWS].float().view(2, 32, HEAD_DIM) - ref).abs().max().item()
-            for i, ref in expected.items()
-        )
-        if not err < 0.02:
-            raise RuntimeError(f"{name}: max error {err} against the fp32 reference")
-        rows.append({"variant": name, "max_err": err})
-        print(f"checked: {name} ({err:.1e})", flush=True)
-    for row, ms_rounds in zip(rows, timed_rounds([launch for _, launch, _ in variants], args.rounds), strict=True):
-        row["ms_rounds"] = ms_rounds
-    flops = sum(min(qb, BAND) + 1 for qb in range(TOKENS // 32)) * HEADS * 32 * BLOCK_N * 4 * HEAD_DIM
-    for row in rows:
-        row["ms"] = statistics.median(row["ms_rounds"])
-        row["tflops"] = flops / row["ms"] / 1e9
-    meta = run_meta("gluon_band_ws.py", args.out)
-    write_json(args.out, "gluon_band_ws", meta, rows)
-    lines = [
-        "# The short-row loop warp-specialised and persistent, in Gluon",
-        "",
-        run_line(meta),
-        f"{TOKENS} tokens, {HEADS} query heads, {KV_HEADS} kv heads, head dim {HEAD_DIM}, bf16; band rows of "
-        f"{BAND + 1} FULL 32 x 32 tiles, two heads per item; do_bench medians, {args.rounds} rounds in turn "
-        "(`ms`: median round; `range`: fastest and slowest); `max err` on sampled items against fp32.",
-        "",
-        "| variant | ms | range | TFLOP/s | max err |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['ms']:.3f} | {spread(r['ms_rounds'])} | {r['tflops']:.0f} | {r['max_err']:.1e} |"
-        )
-    (args.out / "gluon_band_ws.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bare, bare_rows = triton_bare_loop(band.q, band.k_rows, band.v_rows, band.qk_scale)
+    variants.append(("Triton, one program per item (band_loop_gap.py's bare loop)", bare, bare_rows))
+    check_time_and_report(
+        variants, band.expected, args, "gluon_band_ws", "The short-row loop warp-specialised and persistent, in Gluon"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ bf16 is not tested here: the interpreter's bf16 ``tl.dot`` is wrong; the GPU tes
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparseattn.kernels import triton_fwd
+from sparseattn.kernels import gluon_fwd, triton_fwd
 from sparseattn.kernels.triton_fwd import (
     KernelConfig,
     default_config,
@@ -349,3 +350,38 @@ def test_tma_loads_accept_misaligned_and_strided_views(pack):
     for q in (q_misaligned, q_strided):
         out, lse = triton_sparse_attention(q, k, v, layout, config=config)
         assert_close_to_oracle(out, lse, q, k, v, mask)
+
+
+def test_warp_specialized_launch_wiring(monkeypatch):
+    """Gluon cannot run here, so this checks what the warp-specialised launch hands its kernel: each
+    argument bound to the parameter it is meant for (the layout's lists, sizes, strides, flags)."""
+    calls = []
+
+    class Recorder:
+        fn = gluon_fwd._gluon_fwd_kernel.fn
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
+
+    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: True)
+    monkeypatch.setattr(gluon_fwd, "_gluon_fwd_kernel", Recorder())
+    layout = Triangle(8, 256, 128).lower(1000, 1100, block_size=(128, 128))
+    q, k, v = random_inputs(2, 4, 2, 1000, 1100, 64, torch.float16, 0)
+    config = KernelConfig(4, 3, tma=True, warp_specialized=True, ping_pong=True)
+    triton_sparse_attention(q, k, v, layout, config=config, max_chunk=0, heavy_first=True)
+
+    ((grid, args, kwargs),) = calls
+    bound = inspect.signature(Recorder.fn).bind(
+        *args, **{k: v for k, v in kwargs.items() if k not in ("num_warps", "maxnreg")}
+    )
+    work = work_list(layout, 2, 4, max_chunk=0, heavy_first=True)
+    assert grid == (work.items.shape[0],)
+    got = bound.arguments
+    assert torch.equal(got["WORK"], work.items) and got["stride_work"] == work.items.stride(0)
+    for name, expected in (("FULL_IDX", layout.full_kv_indices), ("PART_IDX", layout.kv_indices),
+                           ("PART_MID", layout.kv_mask_ids), ("TILE_MASKS", layout.tile_masks)):  # fmt: skip
+        assert torch.equal(got[name], expected), name
+    assert (got["q_len"], got["kv_len"], got["heads"], got["group"], got["kv_heads"]) == (1000, 1100, 4, 2, 2)
+    assert (got["STAGES"], got["PING_PONG"], got["EVEN_KV"]) == (3, True, False)
+    assert got["k_desc"].block_shape == [1, 128, 64] and got["q_desc"].block_shape == [gluon_fwd.HALF_ROWS, 64]
+    assert kwargs["num_warps"] == 4 and kwargs["maxnreg"] == gluon_fwd.MAX_REGISTERS

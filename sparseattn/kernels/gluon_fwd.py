@@ -39,8 +39,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from sparseattn.layout import BlockLayout
-
 if TYPE_CHECKING:
     from sparseattn.kernels.triton_fwd import KernelConfig
     from sparseattn.kernels.triton_schedule import WorkList
@@ -333,15 +331,17 @@ def gluon_sparse_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    layout: BlockLayout,
+    block_n: int,
     work: WorkList,
+    tile_lists: tuple[Tensor, Tensor, Tensor, Tensor],
     outputs: tuple[Tensor, Tensor, Tensor, Tensor],
     qk_scale: float,
     config: KernelConfig,
 ) -> None:
     """Run the warp-specialised kernel over ``work`` into ``outputs`` (out, lse, split-row partials), as
     ``triton_fwd.triton_sparse_attention`` does with ``KernelConfig(warp_specialized=True)``; it has checked
-    the inputs (`triton_fwd.warp_specialized_unsupported`). ``qk_scale`` includes log2(e)."""
+    the inputs (`triton_fwd.warp_specialized_unsupported`) and passes the layout's FULL list, PARTIAL list,
+    bitmap ids and bitmaps (``tile_lists``, a placeholder for an empty one). ``qk_scale`` includes log2(e)."""
     out, lse, out_part, lse_part = outputs
     heads, q_len, dim = q.shape[1:]
     kv_len = k.shape[2]
@@ -352,18 +352,11 @@ def gluon_sparse_attention(
     _gluon_fwd_kernel[(work.items.shape[0],)](
         # Queries as rows of D; K and V as [B * Hkv, kv_len, D], one head's keys per box.
         _descriptor(q.view(-1, dim), [HALF_ROWS, dim]),
-        _descriptor(k.view(-1, kv_len, dim), [1, layout.block_n, dim]),
-        _descriptor(v.view(-1, kv_len, dim), [1, layout.block_n, dim]),
-        out, lse, out_part, lse_part, work.items, work.items.stride(0),
-        _nonempty(layout.full_kv_indices, q.device), _nonempty(layout.kv_indices, q.device),
-        _nonempty(layout.kv_mask_ids, q.device), _nonempty(layout.tile_masks, q.device),
+        _descriptor(k.view(-1, kv_len, dim), [1, block_n, dim]),
+        _descriptor(v.view(-1, kv_len, dim), [1, block_n, dim]),
+        out, lse, out_part, lse_part, work.items, work.items.stride(0), *tile_lists,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         q_len, kv_len, heads, heads // k.shape[1], k.shape[1], qk_scale,
-        STAGES=config.num_stages, PING_PONG=config.ping_pong, EVEN_KV=kv_len % layout.block_n == 0, num_warps=4,
+        STAGES=config.num_stages, PING_PONG=config.ping_pong, EVEN_KV=kv_len % block_n == 0, num_warps=4,
         maxnreg=MAX_REGISTERS,
     )  # fmt: skip
-
-
-def _nonempty(t: Tensor | None, device: torch.device) -> Tensor:
-    """A list the kernel may index (empty or absent lists are never read, but need a real pointer)."""
-    return torch.zeros(1, dtype=torch.int32, device=device) if t is None or t.numel() == 0 else t.contiguous()

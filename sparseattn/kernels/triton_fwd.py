@@ -627,7 +627,7 @@ def triton_sparse_attention(
         reason = warp_specialized_unsupported(layout, dim, q.dtype)
         if reason is not None:
             raise ValueError(f"config: warp_specialized {reason}")
-    if config.tma:
+    if config.tma and not config.warp_specialized:  # the Gluon launch builds its own descriptors
         # Descriptors need contiguous rows and a 16-byte aligned base (a view may start mid-allocation).
         k, v = (
             t.contiguous() if t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format) for t in (k, v)
@@ -637,7 +637,7 @@ def triton_sparse_attention(
         k_desc = TensorDescriptor.from_tensor(k.view(-1, dim), [layout.block_n, dim])
         v_desc = TensorDescriptor.from_tensor(v.view(-1, dim), [layout.block_n, dim])
     else:
-        k_desc, v_desc = k, v  # unread: the pointer path is compiled
+        k_desc, v_desc = k, v  # unread: the pointer path is compiled, or the Gluon launch runs
     q_desc = q  # unread unless q_in_registers
     if config.q_in_registers:
         if q.data_ptr() % 16 or any(s * q.element_size() % 16 for s in q.stride()[:-1]):
@@ -659,17 +659,20 @@ def triton_sparse_attention(
     )
 
     out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
-    if config.warp_specialized:
-        gluon_sparse_attention(q, k, v, layout, work, (out, lse, out_part, lse_part), scale * LOG2E, config)
-        merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
-        return out, lse
-
-    has_cols = layout.col_num is not None
     # Empty or absent lists are never read, but the kernel still wants a real pointer for them.
     unused = torch.zeros(1, dtype=torch.int32, device=q.device)
 
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
+
+    tile_lists = (arg(layout.full_kv_indices), arg(layout.kv_indices), arg(layout.kv_mask_ids), arg(layout.tile_masks))
+    if config.warp_specialized:
+        outputs = (out, lse, out_part, lse_part)
+        gluon_sparse_attention(q, k, v, layout.block_n, work, tile_lists, outputs, scale * LOG2E, config)
+        merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
+        return out, lse
+
+    has_cols = layout.col_num is not None
 
     _sparse_fwd_kernel[(work.items.shape[0],)](
         q,
@@ -684,10 +687,7 @@ def triton_sparse_attention(
         lse_part,
         work.items,
         work.items.stride(0),
-        arg(layout.full_kv_indices),
-        arg(layout.kv_indices),
-        arg(layout.kv_mask_ids),
-        arg(layout.tile_masks),
+        *tile_lists,
         arg(layout.col_num),
         arg(layout.col_start),
         arg(layout.col_indices),
