@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 from kernel_runs import (
@@ -54,21 +55,34 @@ def main() -> None:
         for name, pattern, shape in cases:
             layout = pattern.lower(n, block_size=shape, device="cuda")
             config = default_config(layout, HEAD_DIM, group)
-            err = correct(pattern, shape, config)
-            if not err < 0.02:
-                raise RuntimeError(f"{name} on {shape}: max error {err} against the fp32 reference")
-            launch = "warp-specialised" if config.warp_specialized else f"Triton, {config.pack} head(s) per program"
-            found.append({"tokens": n, "variant": f"{name}, {shape[0]}x{shape[1]} tiles ({launch})", "layout": layout,
-                          "max_err": err})  # fmt: skip
-            launches.append(
-                lambda q=q, k=k, v=v, layout=layout, c=config: triton_sparse_attention(q, k, v, layout, config=c)
-            )
+            configs = [config]
+            if config.warp_specialized:
+                configs = [replace(config, persistent=False), replace(config, persistent=True)]
+                if name == "triangle":
+                    configs += [replace(config, persistent=True, ping_pong=True),
+                                replace(config, persistent=True, num_stages=3)]  # fmt: skip
+            for config in configs:
+                err = correct(pattern, shape, config)
+                if not err < 0.02:
+                    raise RuntimeError(f"{name} on {shape}, {config}: max error {err} against the fp32 reference")
+                launch = f"Triton, {config.pack} head(s) per program"
+                if config.warp_specialized:
+                    launch = (
+                        f"warp-specialised, {config.num_stages} stages, "
+                        + ("persistent" if config.persistent else "a program per item")
+                        + (", ping-pong" if config.ping_pong else "")
+                    )
+                found.append({"tokens": n, "variant": f"{name}, {shape[0]}x{shape[1]} tiles ({launch})",
+                              "layout": layout, "max_err": err})  # fmt: skip
+                launches.append(
+                    lambda q=q, k=k, v=v, layout=layout, c=config: triton_sparse_attention(q, k, v, layout, config=c)
+                )
         for row, ms_rounds in zip(found, timed_rounds(launches, args.rounds), strict=True):
             row["ms_rounds"] = ms_rounds
             row["ms"] = statistics.median(ms_rounds)
             layout = row.pop("layout", None)
             row["tflops"] = computed_tflops(layout, row["ms"]) if layout is not None else None
-        dense = found[1]["tflops"]
+        dense = max(r["tflops"] for r in found[1:] if r["variant"].startswith("causal"))
         for row in found:
             row["of_dense"] = row["tflops"] / dense if row["tflops"] else None
             row["vs_cudnn"] = found[0]["ms"] / row["ms"]

@@ -31,6 +31,7 @@ from torch import Tensor
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
     mbarrier,
     tma,
     warpgroup_mma,
@@ -56,68 +57,80 @@ _warps_sync = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
 
 
 @gluon.jit
-def _item(WORK, stride_work, field: gl.constexpr):
-    """Field ``field`` of this program's work item (``triton_schedule.WORK_FIELDS``)."""
-    return gl.load(WORK + gl.program_id(0).to(gl.int64) * stride_work + field)
+def _item(WORK, stride_work, item, field: gl.constexpr):
+    """Field ``field`` of work item ``item`` (``triton_schedule.WORK_FIELDS``)."""
+    return gl.load(WORK + item.to(gl.int64) * stride_work + field)
 
 
 @gluon.jit
-def _tile_block(t, n_full, a_end, a_base, b_end, b_base, full_row, part_row):
-    """Key block of the chunk's tile ``t``: FULL tiles in the two planned runs need no load."""
+def _tile_block(t, n_full, runs, FULL_IDX, full_start, PART_IDX, part_start):
+    """Key block of the chunk's tile ``t``: FULL tiles in the two planned runs (``runs``: each run's end
+    and base) need no load; the others are read from the row's lists, which start at ``full_start`` and
+    ``part_start`` (int32 offsets: they hold fewer registers in the load warp than pointers)."""
+    a_end, a_base, b_end, b_base = runs
     if t < n_full:
         if t < a_end:
             block = a_base + t
         elif t < b_end:
             block = b_base + t
         else:
-            block = gl.load(full_row + t)
+            block = gl.load(FULL_IDX + (full_start + t).to(gl.int64))
     else:
-        block = gl.load(part_row + (t - n_full))
+        block = gl.load(PART_IDX + (part_start + t - n_full).to(gl.int64))
     return block
 
 
 @gluon.jit
 def _load_partition(descs, smem, bars, tiles, dims):
     q_desc, k_desc, v_desc = descs
-    WORK, stride_work, FULL_IDX, PART_IDX = tiles
+    WORK, stride_work, n_items, FULL_IDX, PART_IDX = tiles
     q_len, _, heads, group, kv_heads = dims
     q_smem, k_smem, v_smem = smem
-    q_ready, k_ready, k_empty, v_ready, v_empty, _ = bars
+    q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, _ = bars
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     HALF: gl.constexpr = q_desc.block_type.shape[0]
-    b = _item(WORK, stride_work, 0)
-    h = _item(WORK, stride_work, 1)
-    qb = _item(WORK, stride_work, 2)
-    t0 = _item(WORK, stride_work, 4)
-    t1 = _item(WORK, stride_work, 5)
-    n_full = _item(WORK, stride_work, 8)
-    full_row = FULL_IDX + _item(WORK, stride_work, 10).to(gl.int64)
-    part_row = PART_IDX + _item(WORK, stride_work, 11).to(gl.int64)
-    a_end = _item(WORK, stride_work, 12)
-    a_base = _item(WORK, stride_work, 13)
-    b_end = _item(WORK, stride_work, 14)
-    b_base = _item(WORK, stride_work, 15)
+    loaded = 0  # K/V tiles this program has loaded so far: their count gives each stage's phase
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        done = item // gl.num_programs(0)  # items this program loaded before this one
+        b = _item(WORK, stride_work, item, 0)
+        h = _item(WORK, stride_work, item, 1)
+        qb = _item(WORK, stride_work, item, 2)
+        t0 = _item(WORK, stride_work, item, 4)
+        t1 = _item(WORK, stride_work, item, 5)
+        n_full = _item(WORK, stride_work, item, 8)
+        full_start = _item(WORK, stride_work, item, 10)
+        part_start = _item(WORK, stride_work, item, 11)
+        runs = (
+            _item(WORK, stride_work, item, 12),
+            _item(WORK, stride_work, item, 13),
+            _item(WORK, stride_work, item, 14),
+            _item(WORK, stride_work, item, 15),
+        )
 
-    # Rows past q_len read the next head's (or TMA's zero fill): never stored.
-    q_row = (b * heads + h) * q_len + qb * (2 * HALF)
-    mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_smem.index(0))
-    tma.async_copy_global_to_shared(q_desc, [q_row + HALF, 0], q_ready, q_smem.index(1))
-    kv_head = b * kv_heads + h // group
-    for t in range(t0, t1):
-        j = t - t0
-        stage = j % STAGES
-        phase = (j // STAGES & 1) ^ 1  # a fresh barrier passes phase 1: the first round finds stages free
-        # K/V are [B * Hkv, kv_len, D] boxes of one head: TMA fills rows past kv_len with zeros, so a
-        # ragged last block never reads another head's keys, whatever they hold.
-        start = _tile_block(t, n_full, a_end, a_base, b_end, b_base, full_row, part_row) * BLOCK_N
-        mbarrier.wait(k_empty.index(stage), phase)
-        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [kv_head, start, 0], k_ready.index(stage), k_smem.index(stage))
-        mbarrier.wait(v_empty.index(stage), phase)
-        mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [kv_head, start, 0], v_ready.index(stage), v_smem.index(stage))
+        # The compute warpgroups free the query block as soon as it is in their registers, so the next
+        # item's block loads while they still work on this one. A fresh barrier passes phase 1.
+        mbarrier.wait(q_empty, (done & 1) ^ 1)
+        # Rows past q_len read the next head's (or TMA's zero fill): never stored.
+        q_row = (b * heads + h) * q_len + qb * (2 * HALF)
+        mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_smem.index(0))
+        tma.async_copy_global_to_shared(q_desc, [q_row + HALF, 0], q_ready, q_smem.index(1))
+        kv_head = b * kv_heads + h // group
+        for t in range(t0, t1):
+            g = loaded + t - t0
+            stage = g % STAGES
+            phase = (g // STAGES & 1) ^ 1  # the first round finds every stage free
+            # K/V are [B * Hkv, kv_len, D] boxes of one head: TMA fills rows past kv_len with zeros, so a
+            # ragged last block never reads another head's keys, whatever they hold.
+            start = _tile_block(t, n_full, runs, FULL_IDX, full_start, PART_IDX, part_start) * BLOCK_N
+            mbarrier.wait(k_empty.index(stage), phase)
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [kv_head, start, 0], k_ready.index(stage), k_smem.index(stage))
+            mbarrier.wait(v_empty.index(stage), phase)
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [kv_head, start, 0], v_ready.index(stage), v_smem.index(stage))
+        loaded += t1 - t0
 
 
 @gluon.jit
@@ -127,17 +140,42 @@ def _tile(buffers, i):
 
 
 @gluon.jit
-def _scores(s, t, n_full, mid_row, TILE_MASKS, rows, cols, keys, BLOCK_M: gl.constexpr, WORDS: gl.constexpr):
-    """Scores of tile ``t`` [HALF, BLOCK_N] with dropped pairs at -inf: a PARTIAL tile's by its packed
-    bitmap (bit (row, col); ``rows`` are the warpgroup's rows within the tile), a FULL tile's past
-    ``keys``, the keys it holds (fewer than BLOCK_N only in a ragged last block)."""
+def _bitmap_words(t, n_full, mid_row, TILE_MASKS, rows, BLOCK_M: gl.constexpr):
+    """The four words (128 columns) of tile ``t``'s packed bitmap for this warpgroup's ``rows`` when the
+    tile is PARTIAL: issued before its scores are awaited, so that the two dependent loads run under the
+    matmul rather than after it. Four [HALF] vectors hold 8 registers where one word per score would
+    hold 64."""
+    partial = t >= n_full
+    mask_id = gl.load(mid_row + (t - n_full), mask=partial, other=0).to(gl.int64)
+    row_words = TILE_MASKS + mask_id * (BLOCK_M * 4) + rows * 4  # [HALF]
+    return (
+        gl.load(row_words, mask=partial, other=-1),
+        gl.load(row_words + 1, mask=partial, other=-1),
+        gl.load(row_words + 2, mask=partial, other=-1),
+        gl.load(row_words + 3, mask=partial, other=-1),
+    )
+
+
+@gluon.jit
+def _scores(s, t, n_full, words, cols, keys):
+    """Scores of tile ``t`` [HALF, BLOCK_N] with dropped pairs at -inf: a PARTIAL tile's by its bitmap
+    ``words`` (`_bitmap_words`; bit (row, col)), a FULL tile's past ``keys``, the keys it holds (fewer
+    than BLOCK_N only in a ragged last block)."""
     if keys < cols.shape[0]:
         s = gl.where(gl.expand_dims(cols < keys, 0), s, float("-inf"))
     if t >= n_full:
-        mask_id = gl.load(mid_row + (t - n_full)).to(gl.int64)
-        word = gl.expand_dims(rows, 1) * WORDS + gl.expand_dims(cols // 32, 0)  # [HALF, BLOCK_N]
-        bits = gl.load(TILE_MASKS + mask_id * (BLOCK_M * WORDS) + word)
-        keep = ((bits >> gl.expand_dims(cols % 32, 0)) & 1) != 0
+        w0, w1, w2, w3 = words
+        word_of = gl.expand_dims(cols // 32, 0)  # [1, BLOCK_N]
+        word = gl.where(
+            word_of == 0,
+            gl.expand_dims(w0, 1),
+            gl.where(
+                word_of == 1,
+                gl.expand_dims(w1, 1),
+                gl.where(word_of == 2, gl.expand_dims(w2, 1), gl.expand_dims(w3, 1)),
+            ),
+        )  # [HALF, BLOCK_N]
+        keep = ((word >> gl.expand_dims(cols % 32, 0)) & 1) != 0
         s = gl.where(keep, s, float("-inf"))
     return s
 
@@ -157,105 +195,167 @@ def _softmax(s, m_i, l_i, qk_scale, O_ROWS: gl.constexpr):
 @gluon.jit
 def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_scale, half: gl.constexpr,
                        PING_PONG: gl.constexpr, EVEN_KV: gl.constexpr):  # fmt: skip
-    WORK, stride_work, FULL_IDX, PART_MID, TILE_MASKS = tiles
-    Out, LSE, O_PART, LSE_PART = outs
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh = out_strides
+    WORK, stride_work, n_items, FULL_IDX, PART_MID, TILE_MASKS = tiles
+    q_smem, k_smem = smem[0], smem[1]
+    q_ready, q_empty = bars[0], bars[1]
+    BLOCK_N: gl.constexpr = k_smem.type.shape[2]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
+    )
+    q_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
+
+    computed = 0  # K/V tiles this program has computed so far: their count gives each stage's phase
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        done = item // gl.num_programs(0)  # items this program computed before this one
+        t0 = _item(WORK, stride_work, item, 4)
+        t1 = _item(WORK, stride_work, item, 5)
+        n_full = _item(WORK, stride_work, item, 8)
+        # Where the row goes, read with the fields above: one load latency per item, not a second one
+        # after the row.
+        place = (
+            _item(WORK, stride_work, item, 0).to(gl.int64),
+            _item(WORK, stride_work, item, 1).to(gl.int64),
+            _item(WORK, stride_work, item, 2),
+            _item(WORK, stride_work, item, 6).to(gl.int64),
+        )
+        # Keys in the row's last FULL tile: FULL blocks ascend along a row, so only that tile can be a
+        # ragged last block (PARTIAL tiles' bitmaps already drop keys past kv_len).
+        last_keys = BLOCK_N
+        if not EVEN_KV:  # noqa: SIM102 (the constexpr test apart: even lengths compile without this code)
+            if (t0 < n_full) & (n_full <= t1):  # this chunk holds the row's last FULL tile
+                runs = (
+                    _item(WORK, stride_work, item, 12),
+                    _item(WORK, stride_work, item, 13),
+                    _item(WORK, stride_work, item, 14),
+                    _item(WORK, stride_work, item, 15),
+                )
+                last_block = _tile_block(
+                    n_full - 1, n_full, runs, FULL_IDX, _item(WORK, stride_work, item, 10), FULL_IDX, 0
+                )
+                last_keys = gl.minimum(kv_len - last_block * BLOCK_N, BLOCK_N)
+        mid_row = PART_MID + _item(WORK, stride_work, item, 11).to(gl.int64)
+
+        mbarrier.wait(q_ready, done & 1)
+        q = q_smem.index(half).load(q_operand)  # [HALF, HEAD_DIM], the first matmul's operand in registers
+        # The block was read through the generic proxy and TMA (the async proxy) overwrites it next, an order
+        # that only this fence gives. Without it identical calls gave differing outputs on the H200 (3 stages,
+        # several items per program; tests/gpu checks that repeated calls agree bit for bit).
+        fence_async_shared()
+        _warps_sync()  # every warp holds its rows before the load warp may bring the next item's block
+        mbarrier.arrive(q_empty)
+        n = t1 - t0
+        acc, l_i, m_i = _row(q, smem, bars, (t0, n_full, mid_row, last_keys, computed), n, TILE_MASKS, qk_scale,
+                             half, PING_PONG)  # fmt: skip
+        _store_row(acc, l_i, m_i, place, outs, out_strides, q_len, half)
+        computed += n
+
+
+@gluon.jit
+def _row(q, smem, bars, chunk, n, TILE_MASKS, qk_scale, half: gl.constexpr, PING_PONG: gl.constexpr):
+    """The online softmax over a chunk's ``n`` tiles from the K/V stages: the unnormalised output
+    [HALF, HEAD_DIM], row sums and maxima (log2 units) of this warpgroup's rows. ``chunk`` holds the
+    chunk's first tile, the row's FULL count, its bitmap ids, the keys in its last FULL tile and the
+    tiles this program computed before it (their count gives the stages and phases)."""
+    t0, n_full, mid_row, last_keys, computed = chunk
     q_smem, k_smem, v_smem = smem
-    q_ready, k_ready, k_empty, v_ready, v_empty, turn = bars
+    k_ready, k_empty, v_ready, v_empty, turn = bars[2], bars[3], bars[4], bars[5], bars[6]
     STAGES: gl.constexpr = k_smem.type.shape[0]
     BLOCK_N: gl.constexpr = k_smem.type.shape[2]
     HEAD_DIM: gl.constexpr = k_smem.type.shape[3]
     HALF: gl.constexpr = q_smem.type.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
-    WORDS: gl.constexpr = BLOCK_N // 32
+    gl.static_assert(BLOCK_N == 128, "PARTIAL bitmaps are read as four 32-column words")
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
     )
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
     )
-    q_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     p_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-
-    b = _item(WORK, stride_work, 0).to(gl.int64)
-    h = _item(WORK, stride_work, 1).to(gl.int64)
-    qb = _item(WORK, stride_work, 2)
-    t0 = _item(WORK, stride_work, 4)
-    t1 = _item(WORK, stride_work, 5)
-    slot = _item(WORK, stride_work, 6).to(gl.int64)
-    n_full = _item(WORK, stride_work, 8)
-    mid_row = PART_MID + _item(WORK, stride_work, 11).to(gl.int64)
-    # Keys in the row's last FULL tile: FULL blocks ascend along a row, so only that tile can be a ragged
-    # last block (PARTIAL tiles' bitmaps already drop keys past kv_len).
-    last_keys = BLOCK_N
-    if not EVEN_KV:  # noqa: SIM102 (the constexpr test apart: even lengths compile without this code)
-        if (t0 < n_full) & (n_full <= t1):  # this chunk holds the row's last FULL tile
-            last_block = _tile_block(n_full - 1, n_full, _item(WORK, stride_work, 12), _item(WORK, stride_work, 13),
-                               _item(WORK, stride_work, 14), _item(WORK, stride_work, 15),
-                               FULL_IDX + _item(WORK, stride_work, 10).to(gl.int64), FULL_IDX)  # fmt: skip
-            last_keys = gl.minimum(kv_len - last_block * BLOCK_N, BLOCK_N)
     rows = half * HALF + gl.arange(0, HALF, s_rows)  # [HALF] rows within the tile
     cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))  # [BLOCK_N]
     zeros = gl.zeros([HALF, BLOCK_N], gl.float32, s_layout)
     mine = turn.index(half)
     other = turn.index(1 - half)
 
-    mbarrier.wait(q_ready, 0)
-    q = q_smem.index(half).load(q_operand)  # [HALF, HEAD_DIM], the first matmul's operand in registers
     m_i = gl.full([HALF], float("-inf"), gl.float32, s_rows)
     l_i = gl.zeros([HALF], gl.float32, s_rows)
     acc = gl.zeros([HALF, HEAD_DIM], gl.float32, o_layout)
-    n = t1 - t0
     if n > 0:
-        # Tile 0's scores and softmax. Turns: warpgroup 0 passes its fresh barrier at phase 1, warpgroup 1
-        # waits for phase 0, the first arrival of warpgroup 0; then they alternate.
-        mbarrier.wait(k_ready.index(0), 0)
+        # Tile 0's scores and softmax. Turns, counted over the program's tiles: warpgroup 0 passes its
+        # fresh barrier at phase 1, warpgroup 1 waits for phase 0, the first arrival of warpgroup 0; then
+        # they alternate.
+        g = computed
+        stage = g % STAGES
+        mbarrier.wait(k_ready.index(stage), g // STAGES & 1)
         if PING_PONG:
-            mbarrier.wait(mine, 1 - half)
-        s = warpgroup_mma(q, _tile(k_smem, 0).permute((1, 0)), zeros, use_acc=False, is_async=True)
+            mbarrier.wait(mine, (g & 1) ^ (1 - half))
+        s = warpgroup_mma(q, _tile(k_smem, stage).permute((1, 0)), zeros, use_acc=False, is_async=True)
         if PING_PONG:
             mbarrier.arrive(other)
+        words = _bitmap_words(t0, n_full, mid_row, TILE_MASKS, rows, BLOCK_M)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
         _warps_sync()  # every warp's matmul has read the stage before the load warp may refill it
-        mbarrier.arrive(k_empty.index(0))
+        mbarrier.arrive(k_empty.index(stage))
         keys = gl.where(t0 == n_full - 1, last_keys, BLOCK_N)
-        s = _scores(s, t0, n_full, mid_row, TILE_MASKS, rows, cols, keys, BLOCK_M, WORDS)
+        s = _scores(s, t0, n_full, words, cols, keys)
         p, alpha, l_i, m_i = _softmax(s, m_i, l_i, qk_scale, o_rows)
         p = gl.convert_layout(p.to(q_smem.dtype), p_operand)
         acc = warpgroup_mma_init(acc)
         for j in range(1, n):
-            stage = j % STAGES
-            prev = (j - 1) % STAGES
-            mbarrier.wait(k_ready.index(stage), j // STAGES & 1)
+            g = computed + j
+            stage = g % STAGES
+            prev = (g - 1) % STAGES
+            mbarrier.wait(k_ready.index(stage), g // STAGES & 1)
             if PING_PONG:
-                mbarrier.wait(mine, (j & 1) ^ (1 - half))
+                mbarrier.wait(mine, (g & 1) ^ (1 - half))
             s = warpgroup_mma(q, _tile(k_smem, stage).permute((1, 0)), zeros, use_acc=False, is_async=True)
-            mbarrier.wait(v_ready.index(prev), (j - 1) // STAGES & 1)
+            mbarrier.wait(v_ready.index(prev), (g - 1) // STAGES & 1)
             acc = warpgroup_mma(p, _tile(v_smem, prev), acc, is_async=True)
             if PING_PONG:
                 mbarrier.arrive(other)
+            words = _bitmap_words(t0 + j, n_full, mid_row, TILE_MASKS, rows, BLOCK_M)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # tile j's scores; tile j-1's P V runs on
             _warps_sync()
             mbarrier.arrive(k_empty.index(stage))
             keys = gl.where(t0 + j == n_full - 1, last_keys, BLOCK_N)
-            s = _scores(s, t0 + j, n_full, mid_row, TILE_MASKS, rows, cols, keys, BLOCK_M, WORDS)
+            s = _scores(s, t0 + j, n_full, words, cols, keys)
             p_next, alpha, l_i, m_i = _softmax(s, m_i, l_i, qk_scale, o_rows)
             acc, p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p))
             _warps_sync()
             mbarrier.arrive(v_empty.index(prev))
             acc = warpgroup_mma_init(acc * gl.expand_dims(alpha, 1))
             p = gl.convert_layout(p_next.to(q_smem.dtype), p_operand)
-        last = (n - 1) % STAGES
-        mbarrier.wait(v_ready.index(last), (n - 1) // STAGES & 1)
+        g = computed + n - 1
+        last = g % STAGES
+        mbarrier.wait(v_ready.index(last), g // STAGES & 1)
         acc = warpgroup_mma(p, _tile(v_smem, last), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        _warps_sync()
+        mbarrier.arrive(v_empty.index(last))
+    return acc, l_i, m_i
 
+
+@gluon.jit
+def _store_row(acc, l_i, m_i, place, outs, out_strides, q_len, half: gl.constexpr):
+    """Normalise this warpgroup's rows and store them with their lse, or a split row's fp32 partials
+    (``place``: the item's batch, head, query block and partial slot). A row with nothing to attend
+    gets 0 and lse -inf."""
+    b, h, qb, slot = place
+    Out, LSE, O_PART, LSE_PART = outs
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh = out_strides
+    HALF: gl.constexpr = acc.type.shape[0]
+    HEAD_DIM: gl.constexpr = acc.type.shape[1]
+    BLOCK_M: gl.constexpr = 2 * HALF
+    o_layout: gl.constexpr = acc.type.layout
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     nonempty = l_i > 0
     l_safe = gl.where(nonempty, l_i, 1.0)
     out = acc / gl.expand_dims(gl.convert_layout(l_safe, o_rows), 1)  # [HALF, HEAD_DIM]
     lse = gl.where(nonempty, (m_i + gl.log2(l_safe)) * LN2, float("-inf"))  # [HALF]
+    rows = half * HALF + gl.arange(0, HALF, l_i.type.layout)
     rows_o = half * HALF + gl.arange(0, HALF, o_rows)
     d = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
     if slot < 0:
@@ -271,9 +371,9 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_s
 
 
 @gluon.jit
-def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, stride_work, FULL_IDX, PART_IDX,
-                      PART_MID, TILE_MASKS, stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len, kv_len,
-                      heads, group, kv_heads, qk_scale, STAGES: gl.constexpr, PING_PONG: gl.constexpr,
+def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, stride_work, n_items, FULL_IDX,
+                      PART_IDX, PART_MID, TILE_MASKS, stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len,
+                      kv_len, heads, group, kv_heads, qk_scale, STAGES: gl.constexpr, PING_PONG: gl.constexpr,
                       EVEN_KV: gl.constexpr):  # fmt: skip
     HALF: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
@@ -282,12 +382,14 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, 
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout()).index(0)
+    q_empty = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout()).index(0)
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_ready, count=1)
+    mbarrier.init(q_empty, count=2)  # both warpgroups read the query block
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
@@ -296,10 +398,10 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, 
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
     smem = (q_smem, k_smem, v_smem)
-    bars = (q_ready, k_ready, k_empty, v_ready, v_empty, turn)
+    bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn)
     outs = (Out, LSE, O_PART, LSE_PART)
     out_strides = (stride_ob, stride_oh, stride_os, stride_lb, stride_lh)
-    tiles = (WORK, stride_work, FULL_IDX, PART_MID, TILE_MASKS)
+    tiles = (WORK, stride_work, n_items, FULL_IDX, PART_MID, TILE_MASKS)
     descs = (q_desc, k_desc, v_desc)
     dims = (q_len, kv_len, heads, group, kv_heads)
     gl.warp_specialize(
@@ -312,11 +414,16 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, 
                 _compute_partition,
                 (smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_scale, 1, PING_PONG, EVEN_KV),
             ),
-            (_load_partition, (descs, smem, bars, (WORK, stride_work, FULL_IDX, PART_IDX), dims)),
+            (_load_partition, (descs, smem, bars, (WORK, stride_work, n_items, FULL_IDX, PART_IDX), dims)),
         ],
         [4, 1],
         [COMPUTE_REGISTERS, LOAD_REGISTERS],
     )
+
+
+def resident_programs(device: torch.device) -> int:
+    """Programs of a persistent launch: one per multiprocessor, which one program fills."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -349,12 +456,14 @@ def gluon_sparse_attention(
     q, k, v = (
         t.contiguous() if t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v)
     )
-    _gluon_fwd_kernel[(work.items.shape[0],)](
+    n_items = work.items.shape[0]
+    programs = min(n_items, resident_programs(q.device)) if config.persistent else n_items
+    _gluon_fwd_kernel[(max(programs, 1),)](
         # Queries as rows of D; K and V as [B * Hkv, kv_len, D], one head's keys per box.
         _descriptor(q.view(-1, dim), [HALF_ROWS, dim]),
         _descriptor(k.view(-1, kv_len, dim), [1, block_n, dim]),
         _descriptor(v.view(-1, kv_len, dim), [1, block_n, dim]),
-        out, lse, out_part, lse_part, work.items, work.items.stride(0), *tile_lists,
+        out, lse, out_part, lse_part, work.items, work.items.stride(0), n_items, *tile_lists,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
         q_len, kv_len, heads, heads // k.shape[1], k.shape[1], qk_scale,
         STAGES=config.num_stages, PING_PONG=config.ping_pong, EVEN_KV=kv_len % block_n == 0, num_warps=4,

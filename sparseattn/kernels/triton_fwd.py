@@ -357,7 +357,9 @@ class KernelConfig:
     Triton cannot express (dense causal 1.0x of cuDNN against 0.92x, gluon_dense.md). It takes 128 x 128
     tiles and ``num_warps=4`` (the first compute warpgroup; the kernel adds the others), ``num_stages``
     2 or 3 K/V stages, TMA, one head per program; ``ping_pong`` makes its warpgroups take turns at the
-    tensor cores.
+    tensor cores. ``persistent`` launches it as one program per multiprocessor, each taking work items
+    by a fixed stride in the list's order: the load warp then brings the next item's query block and
+    first tiles while the warpgroups finish this one, which hides a short row's start and end.
     """
 
     num_warps: int = 8
@@ -369,6 +371,7 @@ class KernelConfig:
     q_in_registers: bool = False
     warp_specialized: bool = False
     ping_pong: bool = False
+    persistent: bool = False
 
     def __post_init__(self) -> None:
         if self.pack not in (1, 2, 4):
@@ -381,6 +384,8 @@ class KernelConfig:
             raise ValueError("q_in_registers: needs tma=True (the query block is loaded through a tensor descriptor)")
         if self.ping_pong and not self.warp_specialized:
             raise ValueError("ping_pong: needs warp_specialized=True")
+        if self.persistent and not self.warp_specialized:
+            raise ValueError("persistent: needs warp_specialized=True")
         if self.warp_specialized and not (
             self.tma and self.num_warps == 4 and self.num_stages in (2, 3) and self.pack == 1 and self.full_runs
         ):

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparseattn.attention import default_block_size
-from sparseattn.kernels import triton_fwd
+from sparseattn.kernels import gluon_fwd, triton_fwd
 from sparseattn.kernels.triton_fwd import KernelConfig, default_config, preferred_block_size, triton_sparse_attention
 from sparseattn.patterns import AShape, Causal, LastQueries, PerHead, Streaming, Triangle
 from sparseattn.testing.strategies import patterns
@@ -103,12 +103,20 @@ def test_query_block_in_registers(name, block, pack, dim):
 
 
 WARP_SPECIALIZED = {
-    f"{stages} stages{', ping-pong' if ping_pong else ''}": KernelConfig(
-        4, stages, tma=True, warp_specialized=True, ping_pong=ping_pong
+    f"{stages} stages{', ping-pong' if ping_pong else ''}{', persistent' if persistent else ''}": KernelConfig(
+        4, stages, tma=True, warp_specialized=True, ping_pong=ping_pong, persistent=persistent
     )
     for stages in (2, 3)
     for ping_pong in (False, True)
+    for persistent in (False, True)
 }
+
+
+@pytest.fixture
+def few_programs(monkeypatch):
+    """Persistent launches on 7 programs: each then runs many work items, of every length, through the
+    same barriers (at real sizes one per multiprocessor)."""
+    monkeypatch.setattr(gluon_fwd, "resident_programs", lambda device: 7)
 
 
 @pytest.fixture
@@ -127,10 +135,28 @@ def test_warp_specialized_is_the_default_for_long_rows():
 
 @pytest.mark.parametrize("config", list(WARP_SPECIALIZED.values()), ids=list(WARP_SPECIALIZED))
 @pytest.mark.parametrize("name", list(PATTERNS))
-def test_warp_specialized(name, config, poisoned):
+def test_warp_specialized(name, config, poisoned, few_programs):
     """The Gluon kernel: batch 2, GQA 4:1, chunked prefill (q_len < kv_len, both ragged), rows split
     into chunks merged by lse, per-head layouts."""
     run(PATTERNS[name], 2, 8, 2, 1000, 5003, 128, torch.bfloat16, (128, 128), config=config, max_chunk=4)
+
+
+@pytest.mark.parametrize("programs", [1, 5, 7])
+@pytest.mark.parametrize("stages", [2, 3])
+def test_persistent_launch_is_deterministic(stages, programs, monkeypatch):
+    """Each program refills the query block and the K/V stages while its warpgroups still read them; a
+    missing ordering there shows as outputs that differ between identical calls."""
+    monkeypatch.setattr(gluon_fwd, "resident_programs", lambda device: programs)
+    gen = torch.Generator(device="cuda").manual_seed(programs)
+    q = torch.randn(2, 8, 1000, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(2, 2, 5003, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(2, 2, 5003, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    layout = Triangle().lower(1000, 5003, block_size=(128, 128), device="cuda")
+    config = KernelConfig(4, stages, tma=True, warp_specialized=True, persistent=True)
+    first, first_lse = triton_sparse_attention(q, k, v, layout, config=config, max_chunk=4)
+    for _ in range(100):
+        out, lse = triton_sparse_attention(q, k, v, layout, config=config, max_chunk=4)
+        assert torch.equal(out, first) and torch.equal(lse, first_lse)
 
 
 @pytest.mark.parametrize("kv_len", [4992, 5003, 4097])
@@ -153,7 +179,7 @@ def test_warp_specialized_ragged_keys_stay_in_their_head(kv_len, poisoned):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (8, 1)])
 def test_warp_specialized_dtypes_head_dims_groups(dim, dtype, heads, kv_heads, poisoned):
-    config = WARP_SPECIALIZED["2 stages, ping-pong"]
+    config = WARP_SPECIALIZED["2 stages, ping-pong, persistent"]
     run(PATTERNS["mixture"] if heads == 8 else Causal(), 1, heads, kv_heads, 4096, 4096, dim, dtype, (128, 128),
         config=config)  # fmt: skip
 
@@ -167,7 +193,7 @@ def test_warp_specialized_empty_rows(poisoned):
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
-def test_warp_specialized_matches_oracle_on_random_patterns(data, poisoned):
+def test_warp_specialized_matches_oracle_on_random_patterns(data, poisoned, few_programs):
     """Random compositions of the pattern algebra, random lengths, GQA, split rows and every launch of
     the Gluon kernel."""
     pattern = data.draw(patterns(max_len=2048), "pattern")
