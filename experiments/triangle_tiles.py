@@ -59,8 +59,7 @@ def main() -> None:
             if config.warp_specialized:
                 configs = [replace(config, persistent=False), replace(config, persistent=True)]
                 if name == "triangle":
-                    configs += [replace(config, persistent=True, ping_pong=True),
-                                replace(config, persistent=True, num_stages=3)]  # fmt: skip
+                    configs.append(replace(config, persistent=True, ping_pong=True))
             for config in configs:
                 err = correct(pattern, shape, config)
                 if not err < 0.02:

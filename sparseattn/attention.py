@@ -93,11 +93,14 @@ def default_block_size(
     picks smaller tiles for short-row (sparse) patterns, smallest when the query heads of a GQA group
     of ``group`` can share each program on ``device``."""
     if impl == "triton":
-        from sparseattn.kernels.triton_fwd import packable_heads, preferred_block_size
+        from sparseattn.kernels.triton_fwd import packable_heads, preferred_block_size, warp_specialized_available
 
         row_tiles = mean_row_tiles(pattern, q_len, kv_len, (128, 128)) if pattern is not None and q_len else None
         per_head = pattern is not None and pattern.num_heads is not None
-        return preferred_block_size(head_dim, dtype, row_tiles, packable_heads(group, head_dim, per_head, device))
+        pack = packable_heads(group, head_dim, per_head, device)
+        return preferred_block_size(
+            head_dim, dtype, row_tiles, pack, warp_specialized_available(head_dim, dtype, device)
+        )
     return (128, 128) if impl == "flex" else (64, 64)
 
 

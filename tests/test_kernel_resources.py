@@ -65,11 +65,10 @@ from sparseattn.kernels.triton_fwd import KernelConfig
 from sparseattn.kernels.triton_fwd_resources import warp_specialized_resources
 found = []
 for dim, even_kv in ((64, True), (128, True), (128, False)):
-    for stages in (2, 3):
-        for ping_pong in (False, True):
-            config = KernelConfig(4, stages, tma=True, warp_specialized=True, ping_pong=ping_pong)
-            r = warp_specialized_resources(dim, config, even_kv=even_kv)
-            found.append([[dim, even_kv, stages, ping_pong], r.shared_bytes, r.registers, r.stack_bytes])
+    for ping_pong in (False, True):
+        config = KernelConfig(4, 2, tma=True, warp_specialized=True, ping_pong=ping_pong)
+        r = warp_specialized_resources(dim, config, even_kv=even_kv)
+        found.append([[dim, even_kv, ping_pong], r.shared_bytes, r.registers, r.stack_bytes])
 print(json.dumps(found))
 """
 

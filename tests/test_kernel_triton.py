@@ -231,9 +231,12 @@ def test_rejects_unsupported_block_size():
         ({"ping_pong": True}, "ping_pong: needs warp_specialized=True"),
         ({"warp_specialized": True, "tma": True}, "warp_specialized: expected tma=True, num_warps=4"),
         ({"warp_specialized": True, "num_warps": 4}, "warp_specialized: expected tma=True"),
-        ({"warp_specialized": True, "num_warps": 4, "tma": True, "num_stages": 4}, "num_stages 2 or 3"),
+        ({"warp_specialized": True, "num_warps": 4, "tma": True, "num_stages": 3}, "num_stages=2"),
         ({"warp_specialized": True, "num_warps": 4, "tma": True, "pack": 2}, "pack=1"),
-        ({"warp_specialized": True, "num_warps": 4, "tma": True, "max_registers": 128}, "sets its own registers"),
+        (
+            {"warp_specialized": True, "num_warps": 4, "num_stages": 2, "tma": True, "max_registers": 128},
+            "sets its own registers",
+        ),
     ],
 )
 def test_kernel_config_rejects_bad_knobs(knobs, message):
@@ -271,7 +274,12 @@ def test_warp_specialized_launch_where_it_applies(monkeypatch):
     monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)
     monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: True)
     layout = Causal().lower(1024, block_size=(128, 128))
-    assert default_config(layout, 128, group=4) == KernelConfig(4, 2, tma=True, warp_specialized=True)
+    long_rows = Causal().lower(8192, block_size=(128, 128))  # 32.5 tiles per row on average
+    assert default_config(long_rows, 128, group=4) == KernelConfig(4, 2, tma=True, warp_specialized=True)
+    # Short rows (4.5 tiles on average; Triangle()'s about 6) run persistent.
+    short = KernelConfig(4, 2, tma=True, warp_specialized=True, persistent=True)
+    assert default_config(layout, 128, group=4) == short
+    assert default_config(Triangle().lower(8192, block_size=(128, 128)), 128, group=4) == short
     assert default_config(layout, 64, dtype=torch.float16).warp_specialized
     assert default_config(Causal().lower(1000, 5003, block_size=(128, 128)), 128).warp_specialized
     cases = [
@@ -309,6 +317,7 @@ def test_preferred_block_size():
     assert preferred_block_size(64, torch.float16) == (128, 128)
     assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0) == (64, 64)
     assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0, pack=2) == (32, 32)
+    assert preferred_block_size(128, torch.bfloat16, row_tiles=4.0, pack=2, warp_specialized=True) == (128, 128)
     assert preferred_block_size(128, torch.bfloat16, row_tiles=40.0, pack=2) == (128, 128)
     assert preferred_block_size(256, torch.bfloat16, row_tiles=4.0, pack=2) == (64, 64)
     with pytest.raises(ValueError, match="head_dim"):
@@ -367,7 +376,7 @@ def test_warp_specialized_launch_wiring(monkeypatch):
     monkeypatch.setattr(gluon_fwd, "_gluon_fwd_kernel", Recorder())
     layout = Triangle(8, 256, 128).lower(1000, 1100, block_size=(128, 128))
     q, k, v = random_inputs(2, 4, 2, 1000, 1100, 64, torch.float16, 0)
-    config = KernelConfig(4, 3, tma=True, warp_specialized=True, ping_pong=True)
+    config = KernelConfig(4, 2, tma=True, warp_specialized=True, ping_pong=True)
     triton_sparse_attention(q, k, v, layout, config=config, max_chunk=0, heavy_first=True)
 
     ((grid, args, kwargs),) = calls
@@ -382,6 +391,12 @@ def test_warp_specialized_launch_wiring(monkeypatch):
                            ("PART_MID", layout.kv_mask_ids), ("TILE_MASKS", layout.tile_masks)):  # fmt: skip
         assert torch.equal(got[name], expected), name
     assert (got["q_len"], got["kv_len"], got["heads"], got["group"], got["kv_heads"]) == (1000, 1100, 4, 2, 2)
-    assert (got["STAGES"], got["PING_PONG"], got["EVEN_KV"]) == (3, True, False)
+    assert (got["STAGES"], got["PING_PONG"], got["EVEN_KV"], got["n_items"]) == (2, True, False, work.items.shape[0])
     assert got["k_desc"].block_shape == [1, 128, 64] and got["q_desc"].block_shape == [gluon_fwd.HALF_ROWS, 64]
+    assert got["o_desc"].block_shape == [1, 1, gluon_fwd.HALF_ROWS, 64] and list(got["o_desc"].shape) == [
+        2,
+        4,
+        1000,
+        64,
+    ]
     assert kwargs["num_warps"] == 4 and kwargs["maxnreg"] == gluon_fwd.MAX_REGISTERS

@@ -238,8 +238,8 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_s
         mbarrier.wait(q_ready, done & 1)
         q = q_smem.index(half).load(q_operand)  # [HALF, HEAD_DIM], the first matmul's operand in registers
         # The block was read through the generic proxy and TMA (the async proxy) overwrites it next, an order
-        # that only this fence gives. Without it identical calls gave differing outputs on the H200 (3 stages,
-        # several items per program; tests/gpu checks that repeated calls agree bit for bit).
+        # that only this fence gives. Without it identical calls gave differing outputs on the H200 (three
+        # K/V stages, several items per program; tests/gpu checks that repeated calls agree bit for bit).
         fence_async_shared()
         _warps_sync()  # every warp holds its rows before the load warp may bring the next item's block
         mbarrier.arrive(q_empty)
@@ -248,6 +248,7 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_s
                              half, PING_PONG)  # fmt: skip
         _store_row(acc, l_i, m_i, place, outs, out_strides, q_len, half)
         computed += n
+    tma.store_wait(0)  # the last output store reads shared memory, which lives as long as the program
 
 
 @gluon.jit
@@ -344,8 +345,8 @@ def _store_row(acc, l_i, m_i, place, outs, out_strides, q_len, half: gl.constexp
     (``place``: the item's batch, head, query block and partial slot). A row with nothing to attend
     gets 0 and lse -inf."""
     b, h, qb, slot = place
-    Out, LSE, O_PART, LSE_PART = outs
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh = out_strides
+    o_desc, o_smem, LSE, O_PART, LSE_PART = outs
+    stride_lb, stride_lh = out_strides
     HALF: gl.constexpr = acc.type.shape[0]
     HEAD_DIM: gl.constexpr = acc.type.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
@@ -356,29 +357,38 @@ def _store_row(acc, l_i, m_i, place, outs, out_strides, q_len, half: gl.constexp
     out = acc / gl.expand_dims(gl.convert_layout(l_safe, o_rows), 1)  # [HALF, HEAD_DIM]
     lse = gl.where(nonempty, (m_i + gl.log2(l_safe)) * LN2, float("-inf"))  # [HALF]
     rows = half * HALF + gl.arange(0, HALF, l_i.type.layout)
-    rows_o = half * HALF + gl.arange(0, HALF, o_rows)
-    d = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
     if slot < 0:
-        q_idx = qb * BLOCK_M + rows_o  # [HALF]
-        o_ptrs = Out + b * stride_ob + h * stride_oh + gl.expand_dims(q_idx.to(gl.int64) * stride_os, 1)
-        gl.store(o_ptrs + gl.expand_dims(d, 0), out.to(Out.dtype.element_ty), mask=gl.expand_dims(q_idx < q_len, 1))
+        # Through shared memory and one TMA store, which drops rows past q_len: per-element pointers
+        # would hold 128 registers here. The previous item's store must have read the buffer first.
+        buffer = o_smem.index(half).reshape([HALF, HEAD_DIM])
+        tma.store_wait(0)
+        _warps_sync()
+        buffer.store(out.to(o_smem.dtype))
+        fence_async_shared()
+        _warps_sync()
+        tma.async_copy_shared_to_global(
+            o_desc, [b.to(gl.int32), h.to(gl.int32), qb * BLOCK_M + half * HALF, 0], o_smem.index(half)
+        )
         q_idx_s = qb * BLOCK_M + rows
         gl.store(LSE + b * stride_lb + h * stride_lh + q_idx_s, lse, mask=q_idx_s < q_len)
     else:
+        rows_o = half * HALF + gl.arange(0, HALF, o_rows)
+        d = gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout))
         part = O_PART + slot * (BLOCK_M * HEAD_DIM) + gl.expand_dims(rows_o * HEAD_DIM, 1) + gl.expand_dims(d, 0)
         gl.store(part, out)
         gl.store(LSE_PART + slot * BLOCK_M + rows, lse)
 
 
 @gluon.jit
-def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, stride_work, n_items, FULL_IDX,
-                      PART_IDX, PART_MID, TILE_MASKS, stride_ob, stride_oh, stride_os, stride_lb, stride_lh, q_len,
+def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, O_PART, LSE_PART, WORK, stride_work, n_items, FULL_IDX,
+                      PART_IDX, PART_MID, TILE_MASKS, stride_lb, stride_lh, q_len,
                       kv_len, heads, group, kv_heads, qk_scale, STAGES: gl.constexpr, PING_PONG: gl.constexpr,
                       EVEN_KV: gl.constexpr):  # fmt: skip
     HALF: gl.constexpr = q_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, HALF, HEAD_DIM], q_desc.layout)
+    o_smem = gl.allocate_shared_memory(o_desc.dtype, [2, 1, 1, HALF, HEAD_DIM], o_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout()).index(0)
@@ -399,8 +409,8 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, Out, LSE, O_PART, LSE_PART, WORK, 
         mbarrier.init(turn.index(i), count=1)
     smem = (q_smem, k_smem, v_smem)
     bars = (q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn)
-    outs = (Out, LSE, O_PART, LSE_PART)
-    out_strides = (stride_ob, stride_oh, stride_os, stride_lb, stride_lh)
+    outs = (o_desc, o_smem, LSE, O_PART, LSE_PART)
+    out_strides = (stride_lb, stride_lh)
     tiles = (WORK, stride_work, n_items, FULL_IDX, PART_MID, TILE_MASKS)
     descs = (q_desc, k_desc, v_desc)
     dims = (q_len, kv_len, heads, group, kv_heads)
@@ -463,8 +473,9 @@ def gluon_sparse_attention(
         _descriptor(q.view(-1, dim), [HALF_ROWS, dim]),
         _descriptor(k.view(-1, kv_len, dim), [1, block_n, dim]),
         _descriptor(v.view(-1, kv_len, dim), [1, block_n, dim]),
-        out, lse, out_part, lse_part, work.items, work.items.stride(0), n_items, *tile_lists,
-        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+        # The output in boxes of one head's 64 rows, whatever its strides: TMA drops rows past q_len.
+        _descriptor(out, [1, 1, HALF_ROWS, dim]),
+        lse, out_part, lse_part, work.items, work.items.stride(0), n_items, *tile_lists, lse.stride(0), lse.stride(1),
         q_len, kv_len, heads, heads // k.shape[1], k.shape[1], qk_scale,
         STAGES=config.num_stages, PING_PONG=config.ping_pong, EVEN_KV=kv_len % block_n == 0, num_warps=4,
         maxnreg=MAX_REGISTERS,

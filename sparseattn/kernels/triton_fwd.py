@@ -356,10 +356,13 @@ class KernelConfig:
     Hopper: a load warp and two compute warpgroups overlapping each tile's softmax with matmuls, which
     Triton cannot express (dense causal 1.0x of cuDNN against 0.92x, gluon_dense.md). It takes 128 x 128
     tiles and ``num_warps=4`` (the first compute warpgroup; the kernel adds the others), ``num_stages``
-    2 or 3 K/V stages, TMA, one head per program; ``ping_pong`` makes its warpgroups take turns at the
+    two K/V stages (with the query block and the output's staging buffer they fill shared memory), TMA,
+    one head per program; ``ping_pong`` makes its warpgroups take turns at the
     tensor cores. ``persistent`` launches it as one program per multiprocessor, each taking work items
     by a fixed stride in the list's order: the load warp then brings the next item's query block and
-    first tiles while the warpgroups finish this one, which hides a short row's start and end.
+    first tiles while the warpgroups finish this one, which hides a short row's start and end
+    (Triangle() on 128 x 128 tiles 0.907 against 1.034 ms at 32K; dense causal, whose rows are long,
+    1.01x cuDNN against 1.06x at 128K: triangle_tiles.md). `default_config` takes it for short rows.
     """
 
     num_warps: int = 8
@@ -387,11 +390,10 @@ class KernelConfig:
         if self.persistent and not self.warp_specialized:
             raise ValueError("persistent: needs warp_specialized=True")
         if self.warp_specialized and not (
-            self.tma and self.num_warps == 4 and self.num_stages in (2, 3) and self.pack == 1 and self.full_runs
+            self.tma and self.num_warps == 4 and self.num_stages == 2 and self.pack == 1 and self.full_runs
         ):
             raise ValueError(
-                "warp_specialized: expected tma=True, num_warps=4, num_stages 2 or 3, pack=1 and full_runs=True, "
-                f"got {self}"
+                f"warp_specialized: expected tma=True, num_warps=4, num_stages=2, pack=1 and full_runs=True, got {self}"
             )
         if self.warp_specialized and (self.max_registers is not None or self.q_in_registers):
             raise ValueError("warp_specialized: sets its own registers and keeps the query block in registers")
@@ -405,7 +407,7 @@ SHORT_ROW_TILES = 16
 
 
 def preferred_block_size(
-    head_dim: int, dtype: torch.dtype, row_tiles: float | None = None, pack: int = 1
+    head_dim: int, dtype: torch.dtype, row_tiles: float | None = None, pack: int = 1, warp_specialized: bool = False
 ) -> tuple[int, int]:
     """The (block_m, block_n) to lower patterns with for the Triton path.
 
@@ -413,16 +415,25 @@ def preferred_block_size(
     expansion) small against two 128-deep matmuls, for long rows. ``row_tiles``, the mean number of
     128 x 128 tiles per (head, query block) row when known, picks smaller tiles for short-row (sparse)
     layouts: 32 x 32 when query heads of a kv head share each program (``pack``, see `packable_heads`),
-    64 x 64 otherwise. 256-wide heads would spill, so they take 64 x 64; fp32 inputs (interpreter
-    tests) too.
+    64 x 64 otherwise, unless the warp-specialised launch runs them (``warp_specialized``: Hopper, head
+    dim 64 or 128, fp16 or bf16, see `warp_specialized_available`). Persistent, it runs short rows on
+    128 x 128 tiles faster than the small tiles do, though it computes more pairs (Triangle() 0.907
+    against 0.942 ms at 32K, 3.666 against 3.870 ms at 128K: triangle_tiles.md). 256-wide heads would
+    spill, so they take 64 x 64; fp32 inputs (interpreter tests) too.
     """
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head_dim: expected one of {SUPPORTED_HEAD_DIMS}, got {head_dim}")
     if head_dim > 128 or dtype == torch.float32:
         return (64, 64)
-    if row_tiles is not None and row_tiles < SHORT_ROW_TILES:
+    if row_tiles is not None and row_tiles < SHORT_ROW_TILES and not warp_specialized:
         return (32, 32) if pack >= 2 else (64, 64)
     return (128, 128)
+
+
+def warp_specialized_available(head_dim: int, dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether the warp-specialised launch takes ``head_dim`` and ``dtype`` inputs on ``device`` (for
+    a 128 x 128 layout without gathered key columns; `warp_specialized_unsupported` says why not)."""
+    return head_dim in (64, 128) and dtype in (torch.float16, torch.bfloat16) and _is_hopper(torch.device(device))
 
 
 def packable_heads(group: int, head_dim: int, per_head: bool, device: torch.device | str) -> int:
@@ -457,11 +468,12 @@ def default_config(
     measured slower than none, so other devices and per-head layouts keep one head per program with
     pointer loads. On Hopper, 128 x 128 layouts the Gluon kernel takes (`warp_specialized_unsupported`)
     run warp-specialised, with two K/V stages (dense causal 1.02x cuDNN at 32K and 1.04x at 128K
-    against 0.92x and 0.96x for the Triton launch: kernel_bench.md, gluon_dense.md).
+    against 0.92x and 0.96x for the Triton launch: kernel_bench.md, gluon_dense.md), persistent when
+    their rows are short (`short_rows`).
     """
     tma = _has_tma(layout.device)
     if warp_specialized_unsupported(layout, head_dim, dtype) is None:
-        return KernelConfig(num_warps=4, num_stages=2, tma=True, warp_specialized=True)
+        return KernelConfig(num_warps=4, num_stages=2, tma=True, warp_specialized=True, persistent=short_rows(layout))
     if layout.block_m >= 128 and head_dim >= 64:
         return KernelConfig(num_warps=8, num_stages=3, tma=True) if tma else KernelConfig(num_warps=8, num_stages=2)
     pack = packable_heads(group, head_dim, layout.num_heads > 1, layout.device)
@@ -496,6 +508,26 @@ def _is_hopper(device: torch.device) -> bool:
 def _has_tma(device: torch.device) -> bool:
     # Planning for a CUDA device on a machine without one (configs, tests) assumes no TMA.
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+_SHORT_ROWS: weakref.WeakKeyDictionary[BlockLayout, bool] = weakref.WeakKeyDictionary()
+
+
+def short_rows(layout: BlockLayout) -> bool:
+    """Whether ``layout``'s rows hold fewer than ``SHORT_ROW_TILES`` tiles of 128 x 128 on average: read
+    back once per layout (one host sync), and False for a ``device_built`` layout, which must not sync.
+
+    The warp-specialised launch runs such layouts persistent, where the load warp brings the next row's
+    query block and first tiles while the warpgroups finish a row (Triangle() 0.907 against 1.034 ms at
+    32K on 128 x 128 tiles). Long rows have no start to hide and lose the balance of one program per
+    row (dense causal 1.01x cuDNN persistent against 1.06x at 128K): triangle_tiles.md.
+    """
+    if layout.device_built:
+        return False
+    if layout not in _SHORT_ROWS:
+        tiles_128 = RowStats.of(layout).mean * layout.block_m * layout.block_n / (128 * 128)
+        _SHORT_ROWS[layout] = tiles_128 < SHORT_ROW_TILES
+    return _SHORT_ROWS[layout]
 
 
 _WORK_CACHE: weakref.WeakKeyDictionary[BlockLayout, dict[tuple, WorkList]] = weakref.WeakKeyDictionary()

@@ -110,6 +110,7 @@ def warp_specialized_resources(
         "q_desc": _descriptor(rows, [HALF_ROWS, head_dim]),
         "k_desc": _descriptor(heads, [1, 128, head_dim]),
         "v_desc": _descriptor(heads, [1, 128, head_dim]),
+        "o_desc": _descriptor(torch.empty(1, 1, 128, head_dim, dtype=torch.bfloat16), [1, 1, HALF_ROWS, head_dim]),
     }
     constexprs = {"STAGES": config.num_stages, "PING_PONG": config.ping_pong, "EVEN_KV": even_kv}
     signature = {}
