@@ -1,13 +1,14 @@
-"""Triangle() on each tile shape with that shape's default launch: time, and TFLOP/s on computed tiles.
+"""Triangle() on each tile shape and launch: time, and TFLOP/s on computed tiles.
 
     PYTHONPATH=. python experiments/triangle_tiles.py --out $OUT      # on the GPU
 
-Short rows take 32 x 32 tiles with Triton's launch (two heads per program), which computes the fewest
-pairs but runs at about two thirds of our dense rate. 128 x 128 tiles compute more pairs (1.27 times as
-many at 32K), on the warp-specialised Gluon launch that runs dense rows at cuDNN's rate or above. This times
-both, and 64 x 64, against our kernel on dense causal (128 x 128, its default launch) and cuDNN in the
-same rounds, after checking each launch against the fp32 reference on a 2K prompt. Writes
-``triangle_tiles.json`` and ``triangle_tiles.md``.
+On 32 x 32 tiles with Triton's launch (two heads per program) Triangle() computes the fewest pairs but
+runs at about two thirds of our dense rate. 128 x 128 tiles compute more pairs (1.27 times as many at
+32K), on the warp-specialised Gluon launch that runs dense rows at cuDNN's rate or above: with a program
+per item, persistent, and persistent with ping-pong turns. This times them, and 64 x 64, against our
+kernel on dense causal (128 x 128, with a program per item and persistent; `of dense` is against the
+faster) and cuDNN in the same rounds, after checking each launch against the fp32 reference on a 2K
+prompt. Writes ``triangle_tiles.json`` and ``triangle_tiles.md``.
 """
 
 from __future__ import annotations

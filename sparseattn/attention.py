@@ -91,16 +91,23 @@ def default_block_size(
 ) -> tuple[int, int]:
     """The tile shape a pattern is lowered to for ``impl``; with the pattern and lengths, the Triton path
     picks smaller tiles for short-row (sparse) patterns, smallest when the query heads of a GQA group
-    of ``group`` can share each program on ``device``."""
+    of ``group`` can share each program on ``device``, except from ``WARP_SPECIALIZED_SHORT_ROWS_FROM``
+    keys on Hopper, where 128 x 128 tiles on the persistent warp-specialised launch run them faster."""
     if impl == "triton":
-        from sparseattn.kernels.triton_fwd import packable_heads, preferred_block_size, warp_specialized_available
+        from sparseattn.kernels.triton_fwd import (
+            WARP_SPECIALIZED_SHORT_ROWS_FROM,
+            packable_heads,
+            preferred_block_size,
+            warp_specialized_available,
+        )
 
         row_tiles = mean_row_tiles(pattern, q_len, kv_len, (128, 128)) if pattern is not None and q_len else None
         per_head = pattern is not None and pattern.num_heads is not None
         pack = packable_heads(group, head_dim, per_head, device)
-        return preferred_block_size(
-            head_dim, dtype, row_tiles, pack, warp_specialized_available(head_dim, dtype, device)
+        warp_specialized = kv_len >= WARP_SPECIALIZED_SHORT_ROWS_FROM and warp_specialized_available(
+            head_dim, dtype, device
         )
+        return preferred_block_size(head_dim, dtype, row_tiles, pack, warp_specialized)
     return (128, 128) if impl == "flex" else (64, 64)
 
 

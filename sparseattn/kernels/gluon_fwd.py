@@ -1,11 +1,11 @@
-"""The block-sparse forward kernel for long rows on Hopper, warp-specialised, in Gluon.
+"""The block-sparse forward kernel on Hopper, warp-specialised, in Gluon.
 
 The same computation as ``triton_fwd.py``'s kernel on the same work list (``triton_schedule.py``): a
 program takes one work item, a (batch, query head, 128-row query block) row and a chunk of its tiles,
 FULL tiles first (the chunk's two planned runs, then by index), then PARTIAL tiles through their
 bitmaps, and writes the output and the natural-log lse, or a split row's fp32 partials. What differs
 is the schedule, which Triton cannot express and which takes dense causal from 0.92x and 0.96x of cuDNN
-to 1.02x and 1.04x at 32K and 128K on the H200 (``experiments/results/kernel_bench.md``,
+to 1.03x at 32K and at 128K on the H200 (``experiments/results/kernel_bench.md`` at 38e5055,
 ``gluon_dense.md``), the way FlashAttention-3 does it:
 
 - a load warp (24 registers) issues every TMA load, the query block and each tile's K and V, into
@@ -13,11 +13,17 @@ to 1.02x and 1.04x at 32K and 128K on the H200 (``experiments/results/kernel_ben
 - two compute warpgroups (240 registers each) take 64 query rows each and share the K/V stages;
 - each issues tile j+1's ``Q K^T`` and tile j's ``P V`` together and runs tile j+1's softmax while
   ``P V`` is still on the tensor cores;
+- each warpgroup's output leaves through shared memory and one TMA store;
 - optionally (``PING_PONG``), the warpgroups pass each other the tensor cores through a pair of
   mbarriers, one issuing its matmuls while the other runs its softmax.
 
-Scope: 128 x 128 tiles, head dim 64 or 128, fp16 or bf16, no gathered key columns, one query head per
-program; ``triton_fwd.default_config`` picks this kernel only there, and ``triton_sparse_attention``
+Launched persistent (``KernelConfig(persistent=True)``, one program per multiprocessor taking items by
+a fixed stride), the load warp brings the next item's query block and first tiles while the warpgroups
+finish the current one: short rows, such as Triangle()'s, then run at 86% to 91% of the dense rate
+(``kernel_bench.md`` at 38e5055; 74% to 76% on a program per item, ``triangle_tiles.md``).
+
+Scope: 128 x 128 tiles, two K/V stages, head dim 64 or 128, fp16 or bf16, no gathered key columns, one
+query head per program; ``triton_fwd.default_config`` picks this kernel only there, and ``triton_sparse_attention``
 refuses it elsewhere. Gluon has no interpreter, so it runs on a Hopper
 GPU only: CI compiles it for sm_90 without a GPU, and ``tests/gpu`` compares it with the oracle.
 """

@@ -405,6 +405,12 @@ class KernelConfig:
 # Triangle() at 128K, 4.99 ms on 64 x 64 against 5.71 ms on 128 x 128; dense causal the other way round).
 SHORT_ROW_TILES = 16
 
+# Keys from which short rows take 128 x 128 tiles and the persistent warp-specialised launch on Hopper
+# (`preferred_block_size`): there Triangle() ran 0.907 against 0.942 ms at 32K and 3.666 against 3.870 ms
+# at 128K (triangle_tiles.md), but at 8K 0.473 ms against 0.228 ms on 32 x 32 tiles (kernel_bench.md
+# at commits 38e5055 and dd1ecc6). Lengths between were not measured.
+WARP_SPECIALIZED_SHORT_ROWS_FROM = 32768
+
 
 def preferred_block_size(
     head_dim: int, dtype: torch.dtype, row_tiles: float | None = None, pack: int = 1, warp_specialized: bool = False

@@ -87,9 +87,11 @@ def test_empty_rows_give_zero_and_neg_inf():
 def test_short_rows_default_launch(q_len, kv_len, max_chunk, poisoned):
     """What sparse_attention picks for short rows: on Hopper 128 x 128 tiles, the warp-specialised
     launch persistent; ragged lengths and split rows included."""
-    block = default_block_size("triton", 128, torch.bfloat16, Triangle(), 8192, 8192, group=4, device="cuda")
+    block = default_block_size("triton", 128, torch.bfloat16, Triangle(), 32768, 32768, group=4, device="cuda")
     if torch.cuda.get_device_capability()[0] == 9:
         assert block == (128, 128)
+        short_prompt = default_block_size("triton", 128, torch.bfloat16, Triangle(), 8192, 8192, group=4, device="cuda")
+        assert short_prompt == (32, 32)
         layout = Triangle().lower(q_len, kv_len, block_size=block, device="cuda")
         assert default_config(layout, 128, group=4) == KernelConfig(
             4, 2, tma=True, warp_specialized=True, persistent=True
