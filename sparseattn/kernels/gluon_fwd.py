@@ -69,6 +69,17 @@ def _item(WORK, stride_work, item, field: gl.constexpr):
 
 
 @gluon.jit
+def _runs(WORK, stride_work, item):
+    """Work item ``item``'s two planned FULL runs: each run's end and base (`_tile_block`)."""
+    return (
+        _item(WORK, stride_work, item, 12),
+        _item(WORK, stride_work, item, 13),
+        _item(WORK, stride_work, item, 14),
+        _item(WORK, stride_work, item, 15),
+    )
+
+
+@gluon.jit
 def _tile_block(t, n_full, runs, FULL_IDX, full_start, PART_IDX, part_start):
     """Key block of the chunk's tile ``t``: FULL tiles in the two planned runs (``runs``: each run's end
     and base) need no load; the others are read from the row's lists, which start at ``full_start`` and
@@ -107,12 +118,7 @@ def _load_partition(descs, smem, bars, tiles, dims):
         n_full = _item(WORK, stride_work, item, 8)
         full_start = _item(WORK, stride_work, item, 10)
         part_start = _item(WORK, stride_work, item, 11)
-        runs = (
-            _item(WORK, stride_work, item, 12),
-            _item(WORK, stride_work, item, 13),
-            _item(WORK, stride_work, item, 14),
-            _item(WORK, stride_work, item, 15),
-        )
+        runs = _runs(WORK, stride_work, item)
 
         # The compute warpgroups free the query block as soon as it is in their registers, so the next
         # item's block loads while they still work on this one. A fresh barrier passes phase 1.
@@ -229,15 +235,9 @@ def _compute_partition(smem, bars, tiles, outs, out_strides, q_len, kv_len, qk_s
         last_keys = BLOCK_N
         if not EVEN_KV:  # noqa: SIM102 (the constexpr test apart: even lengths compile without this code)
             if (t0 < n_full) & (n_full <= t1):  # this chunk holds the row's last FULL tile
-                runs = (
-                    _item(WORK, stride_work, item, 12),
-                    _item(WORK, stride_work, item, 13),
-                    _item(WORK, stride_work, item, 14),
-                    _item(WORK, stride_work, item, 15),
-                )
-                last_block = _tile_block(
-                    n_full - 1, n_full, runs, FULL_IDX, _item(WORK, stride_work, item, 10), FULL_IDX, 0
-                )
+                runs = _runs(WORK, stride_work, item)
+                last_block = _tile_block(n_full - 1, n_full, runs, FULL_IDX, _item(WORK, stride_work, item, 10),
+                                         FULL_IDX, 0)  # fmt: skip
                 last_keys = gl.minimum(kv_len - last_block * BLOCK_N, BLOCK_N)
         mid_row = PART_MID + _item(WORK, stride_work, item, 11).to(gl.int64)
 
