@@ -516,7 +516,14 @@ def _has_tma(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-_SHORT_ROWS: weakref.WeakKeyDictionary[BlockLayout, bool] = weakref.WeakKeyDictionary()
+_ROW_STATS: weakref.WeakKeyDictionary[BlockLayout, RowStats] = weakref.WeakKeyDictionary()
+
+
+def _row_stats(layout: BlockLayout) -> RowStats:
+    """``RowStats.of(layout)``, read back once per layout: the launch choice and the work list both ask."""
+    if layout not in _ROW_STATS:
+        _ROW_STATS[layout] = RowStats.of(layout)
+    return _ROW_STATS[layout]
 
 
 def short_rows(layout: BlockLayout) -> bool:
@@ -530,10 +537,7 @@ def short_rows(layout: BlockLayout) -> bool:
     """
     if layout.device_built:
         return False
-    if layout not in _SHORT_ROWS:
-        tiles_128 = RowStats.of(layout).mean * layout.block_m * layout.block_n / (128 * 128)
-        _SHORT_ROWS[layout] = tiles_128 < SHORT_ROW_TILES
-    return _SHORT_ROWS[layout]
+    return _row_stats(layout).mean * layout.block_m * layout.block_n / (128 * 128) < SHORT_ROW_TILES
 
 
 _WORK_CACHE: weakref.WeakKeyDictionary[BlockLayout, dict[tuple, WorkList]] = weakref.WeakKeyDictionary()
@@ -570,7 +574,7 @@ def work_list(
             # Built once per layer and prompt: plan without reading the counts back (no split).
             max_chunk, heavy_first = 0, True
         # One host sync reads what the defaults need, and only when they are needed.
-        stats = RowStats.of(layout) if heavy_first is None or (max_chunk is None and heavy_first) else None
+        stats = _row_stats(layout) if heavy_first is None or (max_chunk is None and heavy_first) else None
         balance = stats.unequal if stats is not None and heavy_first is None else bool(heavy_first)
         chunk = max_chunk
         if chunk is None and not balance:
