@@ -57,6 +57,15 @@ def bench(fn) -> float:
     return float(do_bench(fn, return_mode="median"))
 
 
+def bench_device(fn) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph: device time only. At 8K keys a sparse call is
+    ~0.2 ms of device work, the order of the host's time to enqueue it, and do_bench then times the
+    host whenever it falls behind (experiments/results/short_prompt_launch.md)."""
+    from triton.testing import do_bench_cudagraph
+
+    return float(do_bench_cudagraph(fn, return_mode="median"))
+
+
 def timed(fn, repeats: int = 3) -> tuple[float, object]:
     """Median wall time in ms of a host+device step (lowering, mask build), with its last result.
 
@@ -110,6 +119,8 @@ def dense_baselines(q, k, v) -> dict:
             with sdpa_kernel(backend):
                 sdpa(q, k, v, is_causal=True, enable_gqa=True)
                 res[f"{name}_ms"] = bench(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True))
+                if name == "cudnn":
+                    res["cudnn_device_ms"] = bench_device(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True))
             res[f"{name}_gqa"] = "enable_gqa"
         except RuntimeError:
             group = q.shape[1] // k.shape[1]
@@ -159,10 +170,14 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
     rec["triton_plain_ms"] = bench(
         lambda: triton_sparse_attention(q, k, v, layout, max_chunk=0, heavy_first=False, config=config)
     )
+    rec["triton_device_ms"] = bench_device(lambda: triton_sparse_attention(q, k, v, layout, config=config))
     rec["tflops"] = 4 * pairs * cfg.head_dim / rec["triton_ms"] / 1e9
+    rec["device_tflops"] = 4 * pairs * cfg.head_dim / rec["triton_device_ms"] / 1e9
     for base in ("cudnn", "flash"):
         if f"{base}_ms" in dense:
             rec[f"speedup_vs_{base}_dense"] = dense[f"{base}_ms"] / rec["triton_ms"]
+    if "cudnn_device_ms" in dense:
+        rec["device_speedup_vs_cudnn_dense"] = dense["cudnn_device_ms"] / rec["triton_device_ms"]
     if length <= cfg.flex_max_len:
         try:
             rec["flex_mask_ms"], block_mask = timed(layout.to_flex, repeats=1)
@@ -236,39 +251,47 @@ def render(data: dict, out_dir: Path) -> None:
         "4·D flops per computed query-key pair (tiles actually computed); `plain` is the kernel without "
         "load balancing (grid order, no row splitting); `of dense` is the TFLOP/s as a share of our kernel's "
         "on dense causal at the same length; `lower share` is the lowering time as a share of the kernel time",
+        "- `device` columns replay the call from a CUDA graph (`do_bench_cudagraph`, median): device time "
+        "without the host's time to enqueue it, which do_bench also times whenever the host falls behind a "
+        "short call (short_prompt_launch.md)",
         "",
         "## Dense baselines (causal)",
         "",
-        "| length | cuDNN ms | cuDNN TFLOP/s | flash ms |",
-        "|---|---|---|---|",
+        "| length | cuDNN ms | cuDNN TFLOP/s | cuDNN device ms | flash ms |",
+        "|---|---|---|---|---|",
     ]
     for length, d in sorted(dense.items(), key=lambda kv: int(kv[0])):
         n = int(length)
         flops = 4 * data["shape"]["batch"] * data["shape"]["heads"] * n * (n + 1) / 2 * data["shape"]["head_dim"]
         lines.append(
             f"| {n} | {d.get('cudnn_ms', float('nan')):.3f} | {flops / d.get('cudnn_ms', float('nan')) / 1e9:.0f} "
-            f"| {d.get('flash_ms', float('nan')):.3f} |"
+            f"| {d.get('cudnn_device_ms', float('nan')):.3f} | {d.get('flash_ms', float('nan')):.3f} |"
         )
     lines += [
         "",
         "## Patterns",
         "",
         "| pattern | length | tiles | pairs/causal | ok (max err) | ours ms | plain ms | balance gain | TFLOP/s "
-        "| of dense | vs cuDNN dense | Flex ms | vs Flex | Flex mask ms | lower ms | lower share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| of dense | vs cuDNN dense | device ms | of dense (device) | vs cuDNN (device) "
+        "| Flex ms | vs Flex | Flex mask ms | lower ms | lower share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    dense_tflops = {r["length"]: r["tflops"] for r in records if r["pattern"] == "causal"}
+    dense_tflops = {r["length"]: r for r in records if r["pattern"] == "causal"}
     for r in records:
-        of_dense = f"{r['tflops'] / dense_tflops[r['length']]:.0%}" if r["length"] in dense_tflops else "—"
 
         def f(key, fmt="{:.3f}", r=r):
             return fmt.format(r[key]) if key in r else "—"
 
+        def share(key, r=r):
+            dense_rec = dense_tflops.get(r["length"], {})
+            return f"{r[key] / dense_rec[key]:.0%}" if key in r and key in dense_rec else "—"
+
         lines.append(
             f"| {r['pattern']} | {r['length']} | {'x'.join(map(str, r.get('block', ['?'])))} | {r['pairs_fraction_of_causal']:.4f} | {'yes' if r['ok'] else 'NO'} "
             f"({r['max_err']:.1e}) | {r['triton_ms']:.3f} | {r['triton_plain_ms']:.3f} | "
-            f"{r['triton_plain_ms'] / r['triton_ms']:.2f}x | {r['tflops']:.0f} | {of_dense} | "
-            f"{f('speedup_vs_cudnn_dense', '{:.2f}x')} | {f('flex_ms')} | {f('speedup_vs_flex', '{:.2f}x')} | "
+            f"{r['triton_plain_ms'] / r['triton_ms']:.2f}x | {r['tflops']:.0f} | {share('tflops')} | "
+            f"{f('speedup_vs_cudnn_dense', '{:.2f}x')} | {f('triton_device_ms')} | {share('device_tflops')} | "
+            f"{f('device_speedup_vs_cudnn_dense', '{:.2f}x')} | {f('flex_ms')} | {f('speedup_vs_flex', '{:.2f}x')} | "
             f"{f('flex_mask_ms', '{:.1f}')} | {r['lower_ms']:.1f} | {r['lower_ms'] / r['triton_ms']:.1%} |"
         )
     if data.get("sweep"):

@@ -30,6 +30,7 @@ GPU only: CI compiles it for sm_90 without a GPU, and ``tests/gpu`` compares it 
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -437,6 +438,7 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, o_desc, LSE, O_PART, LSE_PART, WOR
     )
 
 
+@functools.cache
 def resident_programs(device: torch.device) -> int:
     """Programs of a persistent launch: one per multiprocessor, which one program fills."""
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -445,9 +447,16 @@ def resident_programs(device: torch.device) -> int:
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 
+@functools.cache
+def _box_layout(box: tuple[int, ...], dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    # Built once per box: at 8K keys a Triangle() call is ~0.2 ms of device work, and the host's time to
+    # enqueue it showed in do_bench's timings (experiments/results/short_prompt_launch.md).
+    return gl.NVMMASharedLayout.get_default_for(list(box), _GL_DTYPES[dtype])
+
+
 def _descriptor(t: Tensor, box: list[int]) -> TensorDescriptor:
     """``t`` (contiguous) in boxes of shape ``box``, in the shared-memory layout wgmma reads."""
-    return TensorDescriptor.from_tensor(t, box, gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[t.dtype]))
+    return TensorDescriptor.from_tensor(t, box, _box_layout(tuple(box), t.dtype))
 
 
 def gluon_sparse_attention(

@@ -406,10 +406,11 @@ class KernelConfig:
 SHORT_ROW_TILES = 16
 
 # Keys from which short rows take 128 x 128 tiles and the persistent warp-specialised launch on Hopper
-# (`preferred_block_size`): there Triangle() ran 0.907 against 0.942 ms at 32K and 3.666 against 3.870 ms
-# at 128K (triangle_tiles.md), but at 8K 0.473 ms against 0.228 ms on 32 x 32 tiles (kernel_bench.md
-# at commits 38e5055 and dd1ecc6). Lengths between were not measured.
-WARP_SPECIALIZED_SHORT_ROWS_FROM = 32768
+# (`preferred_block_size`). Replayed from CUDA graphs (device time), Triangle() ran there in 0.226 against
+# 0.228 ms on 32 x 32 tiles at 8K and 0.452 against 0.478 ms at 16K, but 0.116 against 0.113 ms at 4K and
+# 0.060 against 0.056 ms at 2K (short_prompt_launch.md); 0.907 against 0.942 ms at 32K and 3.666 against
+# 3.870 ms at 128K (triangle_tiles.md).
+WARP_SPECIALIZED_SHORT_ROWS_FROM = 8192
 
 
 def preferred_block_size(
@@ -641,6 +642,13 @@ def _new_outputs(q: Tensor, slots: int, block_m: int) -> tuple[Tensor, Tensor, T
     )
 
 
+@functools.cache
+def _placeholder(device: torch.device) -> Tensor:
+    """Stands for an empty or absent list, which the kernel never reads but still wants a pointer for
+    (one per device, not allocated on every call)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
 def triton_sparse_attention(
     q: Tensor,
     k: Tensor,
@@ -706,8 +714,7 @@ def triton_sparse_attention(
     )
 
     out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
-    # Empty or absent lists are never read, but the kernel still wants a real pointer for them.
-    unused = torch.zeros(1, dtype=torch.int32, device=q.device)
+    unused = _placeholder(q.device)
 
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
