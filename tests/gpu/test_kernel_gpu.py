@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 from sparseattn.attention import default_block_size
 from sparseattn.kernels import gluon_fwd, triton_fwd
-from sparseattn.kernels.triton_fwd import KernelConfig, default_config, preferred_block_size, triton_sparse_attention
+from sparseattn.kernels.triton_fwd import (
+    WARP_SPECIALIZED_SHORT_ROWS_FROM,
+    KernelConfig,
+    default_config,
+    preferred_block_size,
+    triton_sparse_attention,
+)
 from sparseattn.patterns import AShape, Causal, LastQueries, PerHead, Streaming, Triangle
 from sparseattn.testing.strategies import patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
@@ -85,13 +91,17 @@ def test_empty_rows_give_zero_and_neg_inf():
 
 @pytest.mark.parametrize(("q_len", "kv_len", "max_chunk"), [(8192, 8192, None), (1000, 5003, None), (8192, 8192, 4)])
 def test_short_rows_default_launch(q_len, kv_len, max_chunk, poisoned):
-    """What sparse_attention picks for short rows: on Hopper 128 x 128 tiles, the warp-specialised
-    launch persistent; ragged lengths and split rows included."""
-    block = default_block_size("triton", 128, torch.bfloat16, Triangle(), 32768, 32768, group=4, device="cuda")
+    """What sparse_attention picks for short rows: on Hopper 128 x 128 tiles from
+    WARP_SPECIALIZED_SHORT_ROWS_FROM keys, the warp-specialised launch persistent, and 32 x 32 below;
+    ragged lengths and split rows included."""
+    keys = WARP_SPECIALIZED_SHORT_ROWS_FROM
+    block = default_block_size("triton", 128, torch.bfloat16, Triangle(), keys, keys, group=4, device="cuda")
     if torch.cuda.get_device_capability()[0] == 9:
         assert block == (128, 128)
-        short_prompt = default_block_size("triton", 128, torch.bfloat16, Triangle(), 8192, 8192, group=4, device="cuda")
-        assert short_prompt == (32, 32)
+        below = default_block_size(
+            "triton", 128, torch.bfloat16, Triangle(), keys // 2, keys // 2, group=4, device="cuda"
+        )
+        assert below == (32, 32)
         layout = Triangle().lower(q_len, kv_len, block_size=block, device="cuda")
         assert default_config(layout, 128, group=4) == KernelConfig(
             4, 2, tma=True, warp_specialized=True, persistent=True
