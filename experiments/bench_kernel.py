@@ -58,9 +58,10 @@ def bench(fn) -> float:
 
 
 def bench_device(fn) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph: device time only. At 8K keys a sparse call is
-    ~0.2 ms of device work, the order of the host's time to enqueue it, and do_bench then times the
-    host whenever it falls behind (experiments/results/short_prompt_launch.md)."""
+    """Median ms of ``fn`` replayed back to back from a CUDA graph (``do_bench_cudagraph``): device time,
+    without the host's time to enqueue the call and without do_bench's L2 flush between calls. At 8K
+    keys a sparse call is ~0.2 ms of device work, the order of the host's time to enqueue it, and
+    do_bench then times the host whenever it falls behind (experiments/results/short_prompt_launch.md)."""
     from triton.testing import do_bench_cudagraph
 
     return float(do_bench_cudagraph(fn, return_mode="median"))
@@ -251,9 +252,9 @@ def render(data: dict, out_dir: Path) -> None:
         "4·D flops per computed query-key pair (tiles actually computed); `plain` is the kernel without "
         "load balancing (grid order, no row splitting); `of dense` is the TFLOP/s as a share of our kernel's "
         "on dense causal at the same length; `lower share` is the lowering time as a share of the kernel time",
-        "- `device` columns replay the call from a CUDA graph (`do_bench_cudagraph`, median): device time "
-        "without the host's time to enqueue it, which do_bench also times whenever the host falls behind a "
-        "short call (short_prompt_launch.md)",
+        "- `device` columns replay the call back to back from a CUDA graph (`do_bench_cudagraph`, median): "
+        "device time without the host's time to enqueue the call, which do_bench also times whenever the host "
+        "falls behind a short call (short_prompt_launch.md), and without do_bench's L2 flush between calls",
         "",
         "## Dense baselines (causal)",
         "",

@@ -5,7 +5,7 @@
 At 8K keys a Triangle() call computes about 0.2 ms of tiles, the same order as the host's work to
 enqueue it (0.16 ms for the Triton launch: call_time_breakdown.md). ``do_bench`` then times the host as
 much as the kernel whenever the host falls behind. For each launch this measures the host's enqueue time
-per call, the ``do_bench`` median and the same call replayed from a CUDA graph (device time only),
+per call, the ``do_bench`` median and the same call replayed from a CUDA graph (device time only, L2 warm),
 against dense causal on 128 x 128 tiles at the same length; and for the persistent warp-specialised
 call, the host time of its parts and its cProfile. Writes ``short_prompt_launch.json``,
 ``short_prompt_launch.md`` and ``short_prompt_launch_profile_<tokens>.txt``.
@@ -147,7 +147,7 @@ def main() -> None:
         "",
         run_line(meta),
         f"{SHAPE}. `host µs`: median enqueue time per call with the device queue absorbing the calls; "
-        "`do_bench`: its median (L2 flushed before each call); `graph`: the call replayed from a CUDA graph "
+        "`do_bench`: its median (L2 flushed before each call); `graph`: the call replayed back to back from a CUDA graph, without the L2 flush "
         "(device time only); TFLOP/s count 4·D flops per pair of the computed tiles.",
         "",
         "| tokens | variant | host µs | do_bench ms | graph ms | TFLOP/s (do_bench) | TFLOP/s (graph) | max err |",

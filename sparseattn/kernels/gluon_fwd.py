@@ -5,7 +5,7 @@ program takes one work item, a (batch, query head, 128-row query block) row and 
 FULL tiles first (the chunk's two planned runs, then by index), then PARTIAL tiles through their
 bitmaps, and writes the output and the natural-log lse, or a split row's fp32 partials. What differs
 is the schedule, which Triton cannot express and which takes dense causal from 0.92x and 0.96x of cuDNN
-to 1.03x at 32K and at 128K on the H200 (``experiments/results/kernel_bench.md`` at 38e5055,
+to 1.03x at 32K and 1.07x at 128K on the H200 (``experiments/results/kernel_bench.md`` at dda58e0,
 ``gluon_dense.md``), the way FlashAttention-3 does it:
 
 - a load warp (24 registers) issues every TMA load, the query block and each tile's K and V, into
@@ -19,8 +19,9 @@ to 1.03x at 32K and at 128K on the H200 (``experiments/results/kernel_bench.md``
 
 Launched persistent (``KernelConfig(persistent=True)``, one program per multiprocessor taking items by
 a fixed stride), the load warp brings the next item's query block and first tiles while the warpgroups
-finish the current one: short rows, such as Triangle()'s, then run at 86% to 91% of the dense rate
-(``kernel_bench.md`` at 38e5055; 74% to 76% on a program per item, ``triangle_tiles.md``).
+finish the current one: short rows, such as Triangle()'s, then run at 86% to 89% of the dense rate
+from 32K keys and 87% at 8K on device time (``kernel_bench.md`` at dda58e0; 74% to 76% on a program
+per item, ``triangle_tiles.md``).
 
 Scope: 128 x 128 tiles, two K/V stages, head dim 64 or 128, fp16 or bf16, no gathered key columns, one
 query head per program; ``triton_fwd.default_config`` picks this kernel only there, and ``triton_sparse_attention``
