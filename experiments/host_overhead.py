@@ -11,28 +11,13 @@ figures. Writes ``host_overhead.json`` and ``host_overhead.md``.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import torch
 import triton
-from kernel_runs import SHAPE, cudnn_dense, default_layout, inputs, run_line, run_meta, write_json
+from kernel_runs import SHAPE, cudnn_dense, default_layout, enqueue_us, inputs, run_line, run_meta, write_json
 
 from sparseattn.kernels.triton_fwd import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Streaming, Triangle
-
-
-def enqueue_us(fn, calls: int = 200) -> float:
-    """Median host time of one call, the device kept busy so that nothing waits for it."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e6)
-    torch.cuda.synchronize()
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -64,7 +49,7 @@ def main() -> None:
             {
                 "case": name,
                 "tokens": n,
-                "enqueue_us": enqueue_us(fn),
+                "enqueue_us": enqueue_us(fn, calls=200, batch=200),  # one batch: the device kept busy
                 "do_bench_ms": triton.testing.do_bench(fn, return_mode="median"),
                 "cudagraph_ms": triton.testing.do_bench_cudagraph(fn, return_mode="median"),
             }

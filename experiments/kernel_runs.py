@@ -12,6 +12,7 @@ import json
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,6 +66,21 @@ def timed_rounds(launches: list[Callable[[], object]], rounds: int) -> list[list
         for slot, launch in zip(times, launches, strict=True):
             slot.append(triton.testing.do_bench(launch, return_mode="median"))
     return times
+
+
+def enqueue_us(fn: Callable[[], object], calls: int = 300, batch: int = 10) -> float:
+    """Median host time (µs) of one call, in batches of ``batch`` calls between synchronisations, so that
+    a device slower than the host never fills its queue and makes the host wait."""
+    fn()
+    times = []
+    for _ in range(calls // batch):
+        torch.cuda.synchronize()
+        for _ in range(batch):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e6)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
 
 
 def spread(ms_rounds: list[float]) -> str:

@@ -17,7 +17,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from kernel_runs import (
     SHAPE,
     computed_tflops,
     correct,
+    enqueue_us,
     inputs,
     run_line,
     run_meta,
@@ -39,24 +39,16 @@ from kernel_runs import (
 from tqdm import tqdm
 
 from sparseattn.kernels import gluon_fwd
-from sparseattn.kernels.triton_fwd import LOG2E, _new_outputs, default_config, triton_sparse_attention, work_list
+from sparseattn.kernels.triton_fwd import (
+    LOG2E,
+    _new_outputs,
+    _placeholder,
+    default_config,
+    triton_sparse_attention,
+    work_list,
+)
 from sparseattn.kernels.triton_merge import merge_partials
 from sparseattn.patterns import Causal, Triangle
-
-
-def enqueue_us(fn: Callable[[], object], calls: int = 300, batch: int = 10) -> float:
-    """Median host time of one call, in batches of ``batch`` calls between synchronisations so that the
-    device queue never fills up and makes the host wait."""
-    fn()
-    times = []
-    for _ in range(calls // batch):
-        torch.cuda.synchronize()
-        for _ in range(batch):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e6)
-    torch.cuda.synchronize()
-    return sorted(times)[len(times) // 2]
 
 
 def host_profile(fn: Callable[[], object], calls: int = 200, batch: int = 10) -> str:
@@ -79,7 +71,7 @@ def host_parts(q, k, v, layout, config) -> dict[str, float]:
     """Host µs of the warp-specialised call's parts, each enqueued alone."""
     work = work_list(layout, 1, HEADS, pack=1)
     outputs = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
-    unused = torch.zeros(1, dtype=torch.int32, device=q.device)
+    unused = _placeholder(q.device)
     lists = tuple(
         unused if t is None or t.numel() == 0 else t
         for t in (layout.full_kv_indices, layout.kv_indices, layout.kv_mask_ids, layout.tile_masks)
