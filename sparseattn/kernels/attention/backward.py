@@ -1,0 +1,159 @@
+"""`triton_sparse_attention_backward`: validates, plans (the layout's kv-major view and both launch
+orders, memoised on the layout) and launches the backward kernels of `triton_bwd.py`.
+
+`BackwardConfig` holds the launch knobs, apart from the kernel bodies as `KernelConfig` is for the
+forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparseattn.kernels.attention.config import LOG2E
+from sparseattn.kernels.attention.launch import _check, _placeholder
+from sparseattn.kernels.attention.triton_bwd import _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel
+from sparseattn.kernels.planning.kv_major import backward_orders, kv_major
+from sparseattn.layout import BlockLayout
+
+_DELTA_ROWS = 64
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    """Launch knobs of the backward kernels.
+
+    ``sub_m``: query rows the dK/dV kernel takes per step of a tile (divides the layout's ``block_m``);
+    ``sub_n``: key columns the dQ kernel takes per step (a multiple of 32 dividing ``block_n``), so a
+    128 x 128 layout does not hold a whole tile's scores, both of its operands and a 128-row accumulator
+    in registers at once. Warps and software-pipelining stages per kernel.
+    """
+
+    sub_m: int = 64
+    sub_n: int = 64
+    dq_warps: int = 4
+    dq_stages: int = 2
+    dkdv_warps: int = 4
+    dkdv_stages: int = 2
+
+    def __post_init__(self) -> None:
+        if self.sub_m not in (16, 32, 64, 128):
+            raise ValueError(f"sub_m: expected 16, 32, 64 or 128 query rows, got {self.sub_m}")
+        if self.sub_n not in (32, 64, 128):
+            raise ValueError(f"sub_n: expected 32, 64 or 128 key columns, got {self.sub_n}")
+        for name in ("dq_warps", "dkdv_warps"):
+            if getattr(self, name) not in (1, 2, 4, 8, 16):
+                raise ValueError(f"{name}: expected a power of two from 1 to 16, got {getattr(self, name)}")
+        for name in ("dq_stages", "dkdv_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
+
+
+def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfig:
+    """Sub-tiles of at most 64 rows / columns (32 at head dim 256, where the operands are twice as
+    wide), 8 warps where a program holds 128-row (dQ) or 128-column (dK/dV) accumulators."""
+    sub = 32 if head_dim > 128 else 64
+    return BackwardConfig(
+        sub_m=min(layout.block_m, sub),
+        sub_n=min(layout.block_n, sub),
+        dq_warps=8 if layout.block_m >= 128 else 4,
+        dkdv_warps=8 if layout.block_n >= 128 else 4,
+    )
+
+
+def _new_grads(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Uninitialised dq, dk, dv and Delta (tests replace this to poison them with NaN)."""
+    return (
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        torch.empty_like(k, memory_format=torch.contiguous_format),
+        torch.empty_like(v, memory_format=torch.contiguous_format),
+        torch.empty(q.shape[:3], dtype=torch.float32, device=q.device),
+    )
+
+
+def triton_sparse_attention_backward(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    layout: BlockLayout,
+    *,
+    scale: float | None = None,
+    config: BackwardConfig | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of block-sparse attention on ``layout`` with respect to q, k and v.
+
+    ``q`` [B, Hq, q_len, D], ``k, v`` [B, Hkv, kv_len, D] (GQA when Hkv divides Hq), ``out`` and ``dout``
+    [B, Hq, q_len, D] (the forward's output and its gradient), ``lse`` [B, Hq, q_len] (the forward's
+    natural-log row sums, ``-inf`` on rows with nothing to attend). Returns ``(dq, dk, dv)`` in the inputs'
+    dtype and shapes; rows and keys the layout never pairs get exact zeros. Deterministic: dK and dV of a
+    kv head are summed over its query heads in a fixed order, no atomics.
+    """
+    _check(q, k, v, layout)
+    batch, heads, q_len, dim = q.shape
+    kv_heads = k.shape[1]
+    for name, t in (("out", out), ("dout", dout)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name}: expected the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected it on {q.device}, got {t.device}")
+    if lse.shape != q.shape[:3]:
+        raise ValueError(f"lse: expected shape {tuple(q.shape[:3])}, got {tuple(lse.shape)}")
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale: expected a positive float, got {scale}")
+    config = config or default_backward_config(layout, dim)
+    if layout.block_m % config.sub_m or layout.block_n % config.sub_n:
+        raise ValueError(f"config: sub_m={config.sub_m}, sub_n={config.sub_n} must divide {layout.block_size}")
+    # Row strides are free, but each row's head_dim must be contiguous (autograd may hand an expanded dout).
+    q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, dout))
+    dout = dout.to(q.dtype)
+    lse = lse.to(torch.float32).contiguous()
+
+    view = kv_major(layout)
+    orders = backward_orders(layout, batch, heads, kv_heads)
+    dq, dk, dv, delta = _new_grads(q, k, v)
+    unused = _placeholder(q.device)
+
+    def arg(t: Tensor | None) -> Tensor:
+        return unused if t is None or t.numel() == 0 else t.contiguous()
+
+    _bwd_delta_kernel[(-(-q_len // _DELTA_ROWS), batch * heads)](
+        out, dout, delta,
+        out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
+        delta.stride(0), delta.stride(1),
+        heads, q_len,
+        BLOCK=_DELTA_ROWS, HEAD_DIM=dim,
+    )  # fmt: skip
+
+    has_cols = layout.col_num is not None
+    even_kv = k.shape[2] % layout.block_n == 0
+    lead_b, lead_h = layout.batch_size, layout.num_heads
+    qkv_strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
+    _bwd_dq_kernel[(orders.dq.numel(),)](
+        q, k, v, dout, lse, delta, dq, orders.dq,
+        layout.full_kv_num_blocks, layout.full_kv_start, arg(layout.full_kv_indices),
+        layout.kv_num_blocks, layout.kv_start, arg(layout.kv_indices), arg(layout.kv_mask_ids),
+        arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
+        *qkv_strides, *dq.stride()[:3], lse.stride(0), lse.stride(1),
+        q_len, k.shape[2], heads, heads // kv_heads, lead_b, lead_h, layout.num_q_blocks, scale * LOG2E, scale,
+        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
+        HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, num_warps=config.dq_warps,
+    )  # fmt: skip
+    _bwd_dkdv_kernel[(orders.dkdv.numel(),)](
+        q, k, v, dout, lse, delta, dk, dv, orders.dkdv,
+        view.full_q_num, view.full_q_start, arg(view.full_q_indices),
+        view.part_q_num, view.part_q_start, arg(view.part_q_indices), arg(view.part_mask_ids),
+        arg(layout.tile_masks), view.col_q_num, view.col_q_start, arg(view.col_q_indices), arg(view.col_slot),
+        arg(view.col_count), arg(layout.col_indices),
+        *qkv_strides, *dk.stride()[:3], *dv.stride()[:3], lse.stride(0), lse.stride(1),
+        q_len, k.shape[2], kv_heads, heads // kv_heads, lead_b, lead_h, layout.num_kv_blocks, scale * LOG2E, scale,
+        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, HEAD_DIM=dim, EVEN_KV=even_kv,
+        HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, num_warps=config.dkdv_warps,
+    )  # fmt: skip
+    return dq, dk, dv

@@ -1,0 +1,298 @@
+"""The block-sparse attention backward kernels, driven by the same `BlockLayout` as the forward.
+
+With ``P = softmax(scale * Q K^T)`` restricted to the layout's pairs, ``dO`` the output's gradient,
+``lse`` the forward's natural-log row sums and ``Delta = rowsum(dO * O)``:
+
+``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - Delta)``, ``dQ = scale * dS K``, ``dK = scale * dS^T Q``.
+
+Three kernels:
+
+1. `_bwd_delta_kernel`: ``Delta`` [B, Hq, q_len] fp32 from O and dO.
+2. `_bwd_dq_kernel`: one program per (batch, query head, query block), query-major like the forward: the
+   row's FULL tiles unmasked, PARTIAL tiles through their bitmaps, then its gathered key columns (K/V rows
+   gathered by position, kept where ``k <= q_pos``). The key tiles are walked ``SUB_N`` columns at a time.
+3. `_bwd_dkdv_kernel`: one program per (batch, kv head, key block), kv-major: for each query head of the
+   kv head's GQA group in turn, the query blocks that hold the key block as FULL, PARTIAL, or through
+   gathered columns inside it (``planning/kv_major.py``), ``SUB_M`` query rows at a time. dK and dV of a
+   kv head are so summed over its query heads in one program, in a fixed order: deterministic, no
+   atomics. Gathered columns reach dK/dV the same way: a (query block, key block) pair whose row gathers
+   columns in the key block is one more tile, masked to those columns (and ``k <= q_pos``).
+
+P is recomputed as ``exp2(scale * log2(e) * (q . k) - lse * log2(e))``. A row with nothing to attend has
+``lse = -inf``; it is replaced by ``+inf`` so that its P is exactly 0 (never ``exp2(-inf + inf)`` = NaN),
+and rows past ``q_len`` read ``+inf`` too. Masked entries are zeroed with ``where`` after the exponential,
+so an overflow there never reaches a product. Addresses are computed in int64.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E_BWD = tl.constexpr(1.4426950408889634)  # a constexpr: kernels may read it
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    OUT, DO, DELTA,
+    stride_ob, stride_oh, stride_os, stride_dob, stride_doh, stride_dos, stride_db, stride_dh,
+    heads, q_len,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """Delta[b, h, i] = sum_d O[b, h, i, d] * dO[b, h, i, d] in fp32; grid (row blocks, B * Hq)."""
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // heads
+    h = bh % heads
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
+    in_q = rows < q_len
+    o = tl.load(
+        OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + offs_d[None, :], mask=in_q[:, None], other=0.0
+    )  # [BLOCK, HEAD_DIM]
+    do = tl.load(
+        DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + offs_d[None, :],
+        mask=in_q[:, None],
+        other=0.0,
+    )  # [BLOCK, HEAD_DIM]
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK]
+    tl.store(DELTA + b * stride_db + h * stride_dh + rows, delta, mask=in_q)
+
+
+@triton.jit
+def _load_query_rows(q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len):
+    """Q and dO rows ``rows`` [R] -> ([R, HEAD_DIM] x 2, lse * log2(e) [R] with +inf for empty or
+    out-of-range rows, Delta [R]); zeros past q_len."""
+    in_q = rows < q_len
+    q = tl.load(q_base + rows[:, None] * stride_qs + offs_d[None, :], mask=in_q[:, None], other=0.0)
+    do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :], mask=in_q[:, None], other=0.0)
+    lse = tl.load(lse_base + rows, mask=in_q, other=float("-inf"))  # [R]
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E_BWD)
+    delta = tl.load(delta_base + rows, mask=in_q, other=0.0)  # [R]
+    return q, do, lse2, delta
+
+
+@triton.jit
+def _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED: tl.constexpr):
+    """K and V rows at positions ``keys`` [C] -> two [C, HEAD_DIM] tiles (zeros past kv_len when BOUNDED)."""
+    k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
+    v_ptrs = v_base + keys[:, None].to(tl.int64) * stride_vs + offs_d[None, :]
+    if BOUNDED:
+        inside = keys[:, None] < kv_len
+        k = tl.load(k_ptrs, mask=inside, other=0.0)
+        v = tl.load(v_ptrs, mask=inside, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
+def _bitmap_bits(TILE_MASKS, mask_id, tile_rows, word0, shifts, BLOCK_M: tl.constexpr, WORDS: tl.constexpr,
+                 R: tl.constexpr, C: tl.constexpr):  # fmt: skip
+    """Bits of bitmap ``mask_id`` for tile rows ``tile_rows`` [R] and the C columns from word ``word0``:
+    [R, C] bool (bit b of word w is column 32 * w + b)."""
+    CW: tl.constexpr = C // 32
+    words = tl.load(
+        TILE_MASKS
+        + mask_id.to(tl.int64) * (BLOCK_M * WORDS)
+        + tile_rows[:, None] * WORDS
+        + word0
+        + tl.arange(0, CW)[None, :]
+    )  # [R, CW]
+    bits = tl.reshape(tl.broadcast_to(words[:, :, None], [R, CW, 32]), [R, C])
+    return ((bits >> shifts[None, :]) & 1) != 0  # [R, C]
+
+
+@triton.jit
+def _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, MASKED: tl.constexpr):
+    """dq [R, HEAD_DIM] += dS K over one key tile k, v [C, HEAD_DIM]; ``keep`` [R, C] when MASKED."""
+    qk = tl.dot(q, tl.trans(k))  # [R, C]
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])  # [R, C]
+    if MASKED:
+        p = tl.where(keep, p, 0.0)
+    dp = tl.dot(do, tl.trans(v))  # [R, C]
+    ds = p * (dp - delta[:, None])  # [R, C]
+    return tl.dot(ds.to(k.dtype), k, dq)  # [R, HEAD_DIM]
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, MASKED: tl.constexpr):
+    """dk, dv [C, HEAD_DIM] += dS^T Q, P^T dO over query rows q, do [R, HEAD_DIM]; ``keep`` [R, C]."""
+    qk = tl.dot(q, tl.trans(k))  # [R, C]
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])  # [R, C]
+    if MASKED:
+        p = tl.where(keep, p, 0.0)
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)  # [C, HEAD_DIM]
+    dp = tl.dot(do, tl.trans(v))  # [R, C]
+    ds = p * (dp - delta[:, None])  # [R, C]
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)  # [C, HEAD_DIM]
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, ORDER,
+    FULL_NUM, FULL_START, FULL_IDX, PART_NUM, PART_START, PART_IDX, PART_MID, TILE_MASKS,
+    COL_NUM, COL_START, COL_IDX,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs, stride_lb, stride_lh,
+    q_len, kv_len, heads, group, lead_b, lead_h, num_q_blocks, qk_scale, sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
+):  # fmt: skip
+    WORDS: tl.constexpr = BLOCK_N // 32
+    row = tl.load(ORDER + tl.program_id(0)).to(tl.int64)  # flat (batch, head, query block)
+    qb = row % num_q_blocks
+    b = row // num_q_blocks // heads
+    h = row // num_q_blocks % heads
+    lrow = ((b % lead_b) * lead_h + h % lead_h) * num_q_blocks + qb  # the layout row it broadcasts from
+    kv_head = h // group
+
+    rm = tl.arange(0, BLOCK_M)  # [BLOCK_M] row within the tile
+    offs_m = qb * BLOCK_M + rm  # [BLOCK_M] query index
+    offs_sn = tl.arange(0, SUB_N)  # [SUB_N]
+    offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
+    shifts = offs_sn % 32  # [SUB_N]
+    q, do, lse2, delta = _load_query_rows(
+        Q + b * stride_qb + h * stride_qh, DO + b * stride_dob + h * stride_doh, LSE + b * stride_lb + h * stride_lh,
+        DELTA + b * stride_lb + h * stride_lh, offs_m, offs_d, stride_qs, stride_dos, q_len,
+    )  # fmt: skip
+    k_base = K + b * stride_kb + kv_head * stride_kh
+    v_base = V + b * stride_vb + kv_head * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    # FULL tiles: no mask beyond the bounds of a ragged last key block. Loops are skipped when empty:
+    # a pipelined loop's prologue costs even with no iteration.
+    n_full = tl.load(FULL_NUM + lrow)
+    full_row = FULL_IDX + tl.load(FULL_START + lrow)
+    if n_full > 0:
+        for i in tl.range(0, n_full, num_stages=NUM_STAGES):
+            start = tl.load(full_row + i).to(tl.int64) * BLOCK_N
+            for s in tl.static_range(BLOCK_N // SUB_N):
+                keys = start + s * SUB_N + offs_sn  # [SUB_N]
+                k, v = _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, not EVEN_KV)
+                dq = _dq_step(dq, q, do, lse2, delta, k, v, keys[None, :] < kv_len, qk_scale, not EVEN_KV)
+
+    # PARTIAL tiles: the tile's bitmap (its bits past kv_len or q_len are zero).
+    n_part = tl.load(PART_NUM + lrow)
+    part_start = tl.load(PART_START + lrow)
+    if n_part > 0:
+        for j in tl.range(0, n_part, num_stages=NUM_STAGES):
+            start = tl.load(PART_IDX + part_start + j).to(tl.int64) * BLOCK_N
+            mask_id = tl.load(PART_MID + part_start + j)
+            for s in tl.static_range(BLOCK_N // SUB_N):
+                keys = start + s * SUB_N + offs_sn  # [SUB_N]
+                keep = _bitmap_bits(TILE_MASKS, mask_id, rm, s * (SUB_N // 32), shifts, BLOCK_M, WORDS, BLOCK_M, SUB_N)
+                k, v = _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, not EVEN_KV)
+                dq = _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, True)
+
+    # Gathered columns, SUB_N at a time; the constexpr test compiles them out of layouts without any.
+    if HAS_COLS:
+        n_cols = tl.load(COL_NUM + lrow)
+        col_row = COL_IDX + tl.load(COL_START + lrow)
+        q_pos = offs_m + (kv_len - q_len)  # [BLOCK_M] bottom-right aligned positions
+        for c0 in range(0, n_cols, SUB_N):
+            slots = c0 + offs_sn  # [SUB_N]
+            valid = slots < n_cols
+            cols = tl.load(col_row + slots, mask=valid, other=0)  # [SUB_N]
+            keep = valid[None, :] & (cols[None, :] <= q_pos[:, None])  # [BLOCK_M, SUB_N]
+            cols = tl.where(valid, cols, kv_len)  # padding reads nothing
+            k, v = _load_key_rows(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len, True)
+            dq = _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, True)
+
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=(offs_m < q_len)[:, None])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, ORDER,
+    FQ_NUM, FQ_START, FQ_IDX, PQ_NUM, PQ_START, PQ_IDX, PQ_MID, TILE_MASKS,
+    CQ_NUM, CQ_START, CQ_IDX, CQ_SLOT, CQ_COUNT, COL_IDX,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
+    stride_lb, stride_lh,
+    q_len, kv_len, kv_heads, group, lead_b, lead_h, num_kv_blocks, qk_scale, sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
+):  # fmt: skip
+    WORDS: tl.constexpr = BLOCK_N // 32
+    prog = tl.load(ORDER + tl.program_id(0)).to(tl.int64)  # flat (batch, kv head, key block)
+    kb = prog % num_kv_blocks
+    b = prog // num_kv_blocks // kv_heads
+    kv_head = prog // num_kv_blocks % kv_heads
+
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_sm = tl.arange(0, SUB_M)  # [SUB_M]
+    offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
+    shifts = offs_n % 32  # [BLOCK_N]
+    keys = kb * BLOCK_N + offs_n  # [BLOCK_N]
+    in_k = keys < kv_len
+    k, v = _load_key_rows(
+        K + b * stride_kb + kv_head * stride_kh, V + b * stride_vb + kv_head * stride_vh, keys, offs_d, stride_ks,
+        stride_vs, kv_len, not EVEN_KV,
+    )  # fmt: skip
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+
+    # The kv head's query heads one after another, in a fixed order: their sum is deterministic.
+    for g in range(group):
+        h = kv_head * group + g
+        vrow = ((b % lead_b) * lead_h + h % lead_h) * num_kv_blocks + kb  # kv-major row it broadcasts from
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_dob + h * stride_doh
+        lse_base = LSE + b * stride_lb + h * stride_lh
+        delta_base = DELTA + b * stride_lb + h * stride_lh
+
+        n_full = tl.load(FQ_NUM + vrow)
+        full_col = FQ_IDX + tl.load(FQ_START + vrow)
+        if n_full > 0:
+            for i in tl.range(0, n_full, num_stages=NUM_STAGES):
+                qb = tl.load(full_col + i).to(tl.int64)
+                for s in tl.static_range(BLOCK_M // SUB_M):
+                    rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
+                    q, do, lse2, delta = _load_query_rows(
+                        q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
+                    )
+                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, in_k[None, :], qk_scale, not EVEN_KV)
+
+        n_part = tl.load(PQ_NUM + vrow)
+        part_start = tl.load(PQ_START + vrow)
+        if n_part > 0:
+            for j in tl.range(0, n_part, num_stages=NUM_STAGES):
+                qb = tl.load(PQ_IDX + part_start + j).to(tl.int64)
+                mask_id = tl.load(PQ_MID + part_start + j)
+                for s in tl.static_range(BLOCK_M // SUB_M):
+                    rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
+                    keep = _bitmap_bits(
+                        TILE_MASKS, mask_id, s * SUB_M + offs_sm, 0, shifts, BLOCK_M, WORDS, SUB_M, BLOCK_N
+                    )  # [SUB_M, BLOCK_N]
+                    q, do, lse2, delta = _load_query_rows(
+                        q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
+                    )
+                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, True)
+
+        if HAS_COLS:
+            # Query blocks whose rows gather columns inside this key block: the columns (at most
+            # BLOCK_N, distinct) become a key mask, and each row keeps them where k <= q_pos.
+            n_groups = tl.load(CQ_NUM + vrow)
+            col_start = tl.load(CQ_START + vrow)
+            for c in range(n_groups):
+                qb = tl.load(CQ_IDX + col_start + c).to(tl.int64)
+                slot = tl.load(CQ_SLOT + col_start + c)
+                count = tl.load(CQ_COUNT + col_start + c)
+                cols = tl.load(COL_IDX + slot + offs_n, mask=offs_n < count, other=-1)  # [BLOCK_N]
+                hit = tl.max((cols[:, None] == keys[None, :]).to(tl.int32), 0) > 0  # [BLOCK_N] gathered keys
+                for s in tl.static_range(BLOCK_M // SUB_M):
+                    rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
+                    q_pos = rows + (kv_len - q_len)  # [SUB_M]
+                    keep = hit[None, :] & (keys[None, :] <= q_pos[:, None])  # [SUB_M, BLOCK_N]
+                    q, do, lse2, delta = _load_query_rows(
+                        q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
+                    )
+                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, True)
+
+    dk_ptrs = DK + b * stride_dkb + kv_head * stride_dkh + keys[:, None] * stride_dks + offs_d[None, :]
+    dv_ptrs = DV + b * stride_dvb + kv_head * stride_dvh + keys[:, None] * stride_dvs + offs_d[None, :]
+    tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_k[:, None])
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=in_k[:, None])
