@@ -1,0 +1,207 @@
+"""The block-sparse backward kernels equal fp64 autograd through the oracle (CPU: Triton's interpreter).
+
+bf16 is not tested here: the interpreter's bf16 ``tl.dot`` is wrong; the GPU tests cover it. Sizes stay
+small (the interpreter runs every program in Python) and examples few: the structure is what matters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_kernel_triton import random_inputs, random_mask, with_columns
+
+from sparseattn.kernels.attention import backward, launch
+from sparseattn.kernels.attention.backward import BackwardConfig, triton_sparse_attention_backward
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.kernels.planning.kv_major import backward_orders, build_kv_major, kv_major
+from sparseattn.layout import BlockLayout
+from sparseattn.lowering import lower
+from sparseattn.patterns import Causal, Columns, Triangle, Window
+from sparseattn.testing.gradients import assert_grads_close_to_oracle
+from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
+
+SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True)
+def poison_buffers(monkeypatch):
+    """Fill every gradient, Delta, output and scratch buffer with NaN: an unwritten row cannot pass."""
+    grads, outputs = backward._new_grads, launch._new_outputs
+    monkeypatch.setattr(backward, "_new_grads", lambda *a: tuple(t.fill_(math.nan) for t in grads(*a)))
+    monkeypatch.setattr(launch, "_new_outputs", lambda *a: tuple(t.fill_(math.nan) for t in outputs(*a)))
+
+
+def gradients(q, k, v, layout, dout, *, scale=None, config=None):
+    """The forward kernel's out and lse, then the backward kernels, as the autograd function runs them."""
+    out, lse = triton_sparse_attention(q, k, v, layout, scale=scale)
+    return triton_sparse_attention_backward(dout, q, k, v, out, lse, layout, scale=scale, config=config)
+
+
+def sub_tiles(draw, block: tuple[int, int]) -> BackwardConfig:
+    sub_m = draw(st.sampled_from([s for s in (16, 32, 64) if block[0] % s == 0]), "sub_m")
+    sub_n = draw(st.sampled_from([s for s in (32, 64) if block[1] % s == 0]), "sub_n")
+    return BackwardConfig(sub_m=sub_m, sub_n=sub_n)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_backward_matches_oracle_on_random_layouts(data):
+    """Random masks (structured, random tiles, empty rows), any lead broadcast, GQA, ragged lengths,
+    q_len < kv_len, gathered columns, fp16 and fp32, sub-tiled steps."""
+    batch = data.draw(st.sampled_from([1, 2]), "batch")
+    kv_heads = data.draw(st.sampled_from([1, 2]), "kv_heads")
+    heads = kv_heads * data.draw(st.sampled_from([1, 2, 4]), "group")
+    kv_len = data.draw(st.integers(1, 200), "kv_len")
+    q_len = data.draw(st.one_of(st.just(kv_len), st.integers(1, kv_len)), "q_len")
+    dim = data.draw(st.sampled_from([16, 32, 64]), "dim")
+    dtype = data.draw(st.sampled_from([torch.float16, torch.float32]), "dtype")
+    block = (data.draw(st.sampled_from([32, 64]), "block_m"), data.draw(st.sampled_from([32, 64]), "block_n"))
+    lead = data.draw(st.sampled_from([(1, 1), (1, heads), (batch, heads), (batch, 1)]), "layout lead")
+    mask = random_mask(data.draw, lead, q_len, kv_len)
+    layout = BlockLayout.from_dense(mask, block)
+    if data.draw(st.booleans(), "gathered columns"):
+        layout = with_columns(layout, torch.Generator().manual_seed(data.draw(st.integers(0, 999))), 24)
+        mask = layout.to_dense()
+    scale = data.draw(st.sampled_from([None, 0.3]), "scale")
+    q, k, v = random_inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype, data.draw(st.integers(0, 999)))
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+
+    grads = gradients(q, k, v, layout, dout, scale=scale, config=sub_tiles(data.draw, block))
+
+    assert all(g.dtype == dtype for g in grads)
+    assert_grads_close_to_oracle(grads, q, k, v, mask, dout, scale=scale)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pattern=st.one_of(patterns(max_len=160, max_leaves=4), per_head_patterns(max_len=160)),
+    lens=lengths(max_len=160),
+    block=st.tuples(st.sampled_from([32, 64]), st.sampled_from([32, 64])),
+    group=st.sampled_from([1, 2]),
+    dtype=st.sampled_from([torch.float16, torch.float32]),
+    seed=st.integers(0, 999),
+)
+def test_backward_of_lowered_patterns(pattern, lens, block, group, dtype, seed):
+    """Random composed patterns, lowered as `sparse_attention` lowers them, against their token truth."""
+    q_len, kv_len = lens
+    heads = pattern.num_heads or 2
+    kv_heads = heads // group if heads % group == 0 else heads
+    layout = lower(pattern, q_len, kv_len, block_size=block, num_heads=pattern.num_heads)
+    q, k, v = random_inputs(1, heads, kv_heads, q_len, kv_len, 32, dtype, seed)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    mask = pattern.to_dense(q_len, kv_len, num_heads=pattern.num_heads).unsqueeze(0)
+    assert_grads_close_to_oracle(gradients(q, k, v, layout, dout), q, k, v, mask, dout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gathered_columns_from_lowering(dtype):
+    """A window with vertical lines lowers the lines outside the window's tiles to gathered columns; their
+    keys get gradient from every query block that gathers them (chunked prefill, GQA 2:1, batch 2)."""
+    pattern = Causal() & (Window(20) | Columns((3, 40, 41, 100, 170)))
+    layout = lower(pattern, 150, 200, block_size=(32, 32))
+    assert layout.has_columns and int(layout.col_num.sum()) > 0
+    q, k, v = random_inputs(2, 4, 2, 150, 200, 32, dtype, 5)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    mask = pattern.to_dense(150, 200).view(1, 1, 150, 200)
+    assert_grads_close_to_oracle(gradients(q, k, v, layout, dout), q, k, v, mask, dout)
+
+
+def test_wide_tiles_head_dim_128_sub_tiled():
+    """128 x 128 tiles at head dim 128, walked 64 rows (dK/dV) and 64 columns (dQ) at a time; a triangle
+    with a ragged end."""
+    pattern = Triangle(sink=8, window=100, last=40)
+    layout = lower(pattern, 300, 300, block_size=(128, 128))
+    q, k, v = random_inputs(1, 2, 1, 300, 300, 128, torch.float16, 2)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).to(torch.float16)
+    config = BackwardConfig(sub_m=64, sub_n=64)
+    mask = pattern.to_dense(300, 300).view(1, 1, 300, 300)
+    assert_grads_close_to_oracle(gradients(q, k, v, layout, dout, config=config), q, k, v, mask, dout)
+
+
+def test_empty_layout_and_unattended_keys_give_zero_gradients():
+    """No pair at all: lse is -inf on every row, and every gradient must be exactly 0, never NaN."""
+    layout = BlockLayout.from_dense(torch.zeros(1, 1, 64, 96, dtype=torch.bool), (32, 32))
+    q, k, v = random_inputs(1, 2, 1, 64, 96, 32, torch.float32, 1)
+    dout = torch.randn_like(q)
+    for g in gradients(q, k, v, layout, dout):
+        assert torch.equal(g, torch.zeros_like(g))
+
+
+def test_deterministic():
+    """dK/dV are summed over a GQA group in a fixed order: two runs agree bit for bit."""
+    layout = lower(Triangle(sink=4, window=40, last=20), 160, 192, block_size=(32, 32))
+    q, k, v = random_inputs(2, 4, 1, 160, 192, 32, torch.float16, 3)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(torch.float16)
+    out, lse = triton_sparse_attention(q, k, v, layout)
+    first = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout)
+    second = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_kv_major_view_is_the_transposed_layout(data):
+    """For each (lead batch, lead head, key block): the ascending query blocks holding it FULL, PARTIAL
+    (with the tile's bitmap), and the gathered columns inside it per query block."""
+    lead = data.draw(st.sampled_from([(1, 1), (1, 3), (2, 3), (2, 1)]), "lead")
+    kv_len = data.draw(st.integers(1, 300), "kv_len")
+    q_len = data.draw(st.integers(1, kv_len), "q_len")
+    block = (data.draw(st.sampled_from([16, 32, 64]), "block_m"), data.draw(st.sampled_from([32, 64]), "block_n"))
+    layout = BlockLayout.from_dense(random_mask(data.draw, lead, q_len, kv_len), block)
+    if data.draw(st.booleans(), "gathered columns"):
+        layout = with_columns(layout, torch.Generator().manual_seed(data.draw(st.integers(0, 99))), 40)
+    view = build_kv_major(layout)
+    grid, mask_ids = layout._tile_grid()  # [B, H, QB, KB]
+    for b in range(lead[0]):
+        for h in range(lead[1]):
+            for kb in range(layout.num_kv_blocks):
+                f0, fn = int(view.full_q_start[b, h, kb]), int(view.full_q_num[b, h, kb])
+                p0, pn = int(view.part_q_start[b, h, kb]), int(view.part_q_num[b, h, kb])
+                full = view.full_q_indices[f0 : f0 + fn].tolist()
+                part = view.part_q_indices[p0 : p0 + pn].tolist()
+                assert full == torch.nonzero(grid[b, h, :, kb] == 2).flatten().tolist()
+                assert part == torch.nonzero(grid[b, h, :, kb] == 1).flatten().tolist()
+                assert view.part_mask_ids[p0 : p0 + pn].tolist() == mask_ids[b, h, part, kb].tolist()
+                c0, cn = int(view.col_q_start[b, h, kb]), int(view.col_q_num[b, h, kb])
+                got = {}
+                for g in range(c0, c0 + cn):
+                    slot, count = int(view.col_slot[g]), int(view.col_count[g])
+                    got[int(view.col_q_indices[g])] = layout.col_indices[slot : slot + count].tolist()
+                assert list(got) == sorted(got)
+                want = {}
+                if layout.col_indices is not None:
+                    for qb in range(layout.num_q_blocks):
+                        s0, sn = int(layout.col_start[b, h, qb]), int(layout.col_num[b, h, qb])
+                        cols = [c for c in layout.col_indices[s0 : s0 + sn].tolist() if c // block[1] == kb]
+                        if cols:
+                            want[qb] = cols
+                assert got == want
+    assert kv_major(layout) is kv_major(layout)  # memoised on the layout
+
+
+def test_backward_orders_put_heavy_programs_first():
+    """A triangle's first key block (the sink, read by every query block) and its last query blocks
+    (the dense last rows) lead their kernels' launch orders; every program appears once."""
+    layout = lower(Triangle(sink=8, window=64, last=64), 512, 512, block_size=(32, 32))
+    orders = backward_orders(layout, 2, 4, 2)
+    kbs, qbs = layout.num_kv_blocks, layout.num_q_blocks
+    assert sorted(orders.dkdv.tolist()) == list(range(2 * 2 * kbs))
+    assert sorted(orders.dq.tolist()) == list(range(2 * 4 * qbs))
+    assert int(orders.dkdv[0]) % kbs == 0
+    assert int(orders.dq[0]) % qbs >= qbs - 2
+
+
+def test_rejects_mismatched_gradient_shapes():
+    layout = BlockLayout.from_dense(torch.ones(1, 1, 32, 32, dtype=torch.bool), (32, 32))
+    q, k, v = random_inputs(1, 1, 1, 32, 32, 32, torch.float32, 0)
+    out, lse = triton_sparse_attention(q, k, v, layout)
+    with pytest.raises(ValueError, match="dout"):
+        triton_sparse_attention_backward(out[:, :, :16], q, k, v, out, lse, layout)
+    with pytest.raises(ValueError, match="lse"):
+        triton_sparse_attention_backward(out, q, k, v, out, lse[..., :16], layout)
+    with pytest.raises(ValueError, match="sub_m"):
+        triton_sparse_attention_backward(out, q, k, v, out, lse, layout, config=BackwardConfig(sub_m=64))
