@@ -44,7 +44,8 @@ def gradients(q, k, v, layout, dout, *, scale=None, config=None):
 def sub_tiles(draw, block: tuple[int, int]) -> BackwardConfig:
     sub_m = draw(st.sampled_from([s for s in (16, 32, 64) if block[0] % s == 0]), "sub_m")
     sub_n = draw(st.sampled_from([s for s in (32, 64) if block[1] % s == 0]), "sub_n")
-    return BackwardConfig(sub_m=sub_m, sub_n=sub_n)
+    keys = draw(st.sampled_from([s for s in (32, 64) if block[1] % s == 0]), "keys per dK/dV program")
+    return BackwardConfig(sub_m=sub_m, sub_n=sub_n, keys=keys)
 
 
 @SETTINGS
@@ -111,13 +112,13 @@ def test_gathered_columns_from_lowering(dtype):
 
 
 def test_wide_tiles_head_dim_128_sub_tiled():
-    """128 x 128 tiles at head dim 128, walked 64 rows (dK/dV) and 64 columns (dQ) at a time; a triangle
-    with a ragged end."""
+    """128 x 128 tiles at head dim 128, walked 64 rows (dK/dV) and 64 columns (dQ) at a time, each key
+    block split over two dK/dV programs; a triangle with a ragged end."""
     pattern = Triangle(sink=8, window=100, last=40)
     layout = lower(pattern, 300, 300, block_size=(128, 128))
     q, k, v = random_inputs(1, 2, 1, 300, 300, 128, torch.float16, 2)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).to(torch.float16)
-    config = BackwardConfig(sub_m=64, sub_n=64)
+    config = BackwardConfig(sub_m=64, sub_n=64, keys=64)
     mask = pattern.to_dense(300, 300).view(1, 1, 300, 300)
     assert_grads_close_to_oracle(gradients(q, k, v, layout, dout, config=config), q, k, v, mask, dout)
 
@@ -203,5 +204,5 @@ def test_rejects_mismatched_gradient_shapes():
         triton_sparse_attention_backward(out[:, :, :16], q, k, v, out, lse, layout)
     with pytest.raises(ValueError, match="lse"):
         triton_sparse_attention_backward(out, q, k, v, out, lse[..., :16], layout)
-    with pytest.raises(ValueError, match="sub_m"):
+    with pytest.raises(ValueError, match="must divide"):
         triton_sparse_attention_backward(out, q, k, v, out, lse, layout, config=BackwardConfig(sub_m=64))

@@ -29,11 +29,14 @@ class BackwardConfig:
     ``sub_m``: query rows the dK/dV kernel takes per step of a tile (divides the layout's ``block_m``);
     ``sub_n``: key columns the dQ kernel takes per step (a multiple of 32 dividing ``block_n``), so a
     128 x 128 layout does not hold a whole tile's scores, both of its operands and a 128-row accumulator
-    in registers at once. Warps and software-pipelining stages per kernel.
+    in registers at once; ``keys``: key columns per dK/dV program (a multiple of 32 dividing ``block_n``:
+    a wider key block is split over programs, each holding dK and dV of its slice only). Warps and
+    software-pipelining stages per kernel.
     """
 
     sub_m: int = 64
     sub_n: int = 64
+    keys: int = 64
     dq_warps: int = 4
     dq_stages: int = 2
     dkdv_warps: int = 4
@@ -44,6 +47,8 @@ class BackwardConfig:
             raise ValueError(f"sub_m: expected 16, 32, 64 or 128 query rows, got {self.sub_m}")
         if self.sub_n not in (32, 64, 128):
             raise ValueError(f"sub_n: expected 32, 64 or 128 key columns, got {self.sub_n}")
+        if self.keys not in (32, 64, 128):
+            raise ValueError(f"keys: expected 32, 64 or 128 key columns per program, got {self.keys}")
         for name in ("dq_warps", "dkdv_warps"):
             if getattr(self, name) not in (1, 2, 4, 8, 16):
                 raise ValueError(f"{name}: expected a power of two from 1 to 16, got {getattr(self, name)}")
@@ -53,14 +58,15 @@ class BackwardConfig:
 
 
 def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfig:
-    """Sub-tiles of at most 64 rows / columns (32 at head dim 256, where the operands are twice as
-    wide), 8 warps where a program holds 128-row (dQ) or 128-column (dK/dV) accumulators."""
+    """Sub-tiles and dK/dV slices of at most 64 rows / columns (32 at head dim 256, where the operands are
+    twice as wide); 8 warps where a dQ program holds a 128-row accumulator. Not tuned on a GPU yet."""
     sub = 32 if head_dim > 128 else 64
     return BackwardConfig(
         sub_m=min(layout.block_m, sub),
         sub_n=min(layout.block_n, sub),
+        keys=min(layout.block_n, sub),
         dq_warps=8 if layout.block_m >= 128 else 4,
-        dkdv_warps=8 if layout.block_n >= 128 else 4,
+        dkdv_warps=4,
     )
 
 
@@ -108,8 +114,11 @@ def triton_sparse_attention_backward(
     if not scale > 0:
         raise ValueError(f"scale: expected a positive float, got {scale}")
     config = config or default_backward_config(layout, dim)
-    if layout.block_m % config.sub_m or layout.block_n % config.sub_n:
-        raise ValueError(f"config: sub_m={config.sub_m}, sub_n={config.sub_n} must divide {layout.block_size}")
+    if layout.block_m % config.sub_m or layout.block_n % config.sub_n or layout.block_n % config.keys:
+        raise ValueError(
+            f"config: sub_m={config.sub_m}, sub_n={config.sub_n} and keys={config.keys} must divide "
+            f"the layout's tiles {layout.block_size}"
+        )
     # Row strides are free, but each row's head_dim must be contiguous (autograd may hand an expanded dout).
     q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, dout))
     dout = dout.to(q.dtype)
@@ -145,7 +154,7 @@ def triton_sparse_attention_backward(
         BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
         HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, num_warps=config.dq_warps,
     )  # fmt: skip
-    _bwd_dkdv_kernel[(orders.dkdv.numel(),)](
+    _bwd_dkdv_kernel[(orders.dkdv.numel() * (layout.block_n // config.keys),)](
         q, k, v, dout, lse, delta, dk, dv, orders.dkdv,
         view.full_q_num, view.full_q_start, arg(view.full_q_indices),
         view.part_q_num, view.part_q_start, arg(view.part_q_indices), arg(view.part_mask_ids),
@@ -153,7 +162,8 @@ def triton_sparse_attention_backward(
         arg(view.col_count), arg(layout.col_indices),
         *qkv_strides, *dk.stride()[:3], *dv.stride()[:3], lse.stride(0), lse.stride(1),
         q_len, k.shape[2], kv_heads, heads // kv_heads, lead_b, lead_h, layout.num_kv_blocks, scale * LOG2E, scale,
-        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, HEAD_DIM=dim, EVEN_KV=even_kv,
+        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, KEYS=config.keys, HEAD_DIM=dim,
+        EVEN_KV=even_kv,
         HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, num_warps=config.dkdv_warps,
     )  # fmt: skip
     return dq, dk, dv

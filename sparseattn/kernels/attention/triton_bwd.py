@@ -11,7 +11,8 @@ Three kernels:
 2. `_bwd_dq_kernel`: one program per (batch, query head, query block), query-major like the forward: the
    row's FULL tiles unmasked, PARTIAL tiles through their bitmaps, then its gathered key columns (K/V rows
    gathered by position, kept where ``k <= q_pos``). The key tiles are walked ``SUB_N`` columns at a time.
-3. `_bwd_dkdv_kernel`: one program per (batch, kv head, key block), kv-major: for each query head of the
+3. `_bwd_dkdv_kernel`: one program per (batch, kv head, key block) (or per ``KEYS``-wide slice of it, so
+   that a 128-wide key block at head dim 128 does not hold two 128 x 128 fp32 accumulators), kv-major: for each query head of the
    kv head's GQA group in turn, the query blocks that hold the key block as FULL, PARTIAL, or through
    gathered columns inside it (``planning/kv_major.py``), ``SUB_M`` query rows at a time. dK and dV of a
    kv head are so summed over its query heads in one program, in a fixed order: deterministic, no
@@ -213,27 +214,29 @@ def _bwd_dkdv_kernel(
     stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
     stride_lb, stride_lh,
     q_len, kv_len, kv_heads, group, lead_b, lead_h, num_kv_blocks, qk_scale, sm_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr, HEAD_DIM: tl.constexpr,
     EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     WORDS: tl.constexpr = BLOCK_N // 32
-    prog = tl.load(ORDER + tl.program_id(0)).to(tl.int64)  # flat (batch, kv head, key block)
+    PARTS: tl.constexpr = BLOCK_N // KEYS  # programs per key block, KEYS keys each
+    prog = tl.load(ORDER + tl.program_id(0) // PARTS).to(tl.int64)  # flat (batch, kv head, key block)
+    part = tl.program_id(0) % PARTS
     kb = prog % num_kv_blocks
     b = prog // num_kv_blocks // kv_heads
     kv_head = prog // num_kv_blocks % kv_heads
 
-    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_n = tl.arange(0, KEYS)  # [KEYS] key within the program's slice of the key block
     offs_sm = tl.arange(0, SUB_M)  # [SUB_M]
     offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
-    shifts = offs_n % 32  # [BLOCK_N]
-    keys = kb * BLOCK_N + offs_n  # [BLOCK_N]
+    shifts = offs_n % 32  # [KEYS]
+    keys = kb * BLOCK_N + part * KEYS + offs_n  # [KEYS]
     in_k = keys < kv_len
     k, v = _load_key_rows(
         K + b * stride_kb + kv_head * stride_kh, V + b * stride_vb + kv_head * stride_vh, keys, offs_d, stride_ks,
         stride_vs, kv_len, not EVEN_KV,
     )  # fmt: skip
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dk = tl.zeros([KEYS, HEAD_DIM], tl.float32)
+    dv = tl.zeros([KEYS, HEAD_DIM], tl.float32)
 
     # The kv head's query heads one after another, in a fixed order: their sum is deterministic.
     for g in range(group):
@@ -265,8 +268,16 @@ def _bwd_dkdv_kernel(
                 for s in tl.static_range(BLOCK_M // SUB_M):
                     rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
                     keep = _bitmap_bits(
-                        TILE_MASKS, mask_id, s * SUB_M + offs_sm, 0, shifts, BLOCK_M, WORDS, SUB_M, BLOCK_N
-                    )  # [SUB_M, BLOCK_N]
+                        TILE_MASKS,
+                        mask_id,
+                        s * SUB_M + offs_sm,
+                        part * (KEYS // 32),
+                        shifts,
+                        BLOCK_M,
+                        WORDS,
+                        SUB_M,
+                        KEYS,
+                    )  # [SUB_M, KEYS]
                     q, do, lse2, delta = _load_query_rows(
                         q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
                     )
@@ -281,12 +292,13 @@ def _bwd_dkdv_kernel(
                 qb = tl.load(CQ_IDX + col_start + c).to(tl.int64)
                 slot = tl.load(CQ_SLOT + col_start + c)
                 count = tl.load(CQ_COUNT + col_start + c)
-                cols = tl.load(COL_IDX + slot + offs_n, mask=offs_n < count, other=-1)  # [BLOCK_N]
-                hit = tl.max((cols[:, None] == keys[None, :]).to(tl.int32), 0) > 0  # [BLOCK_N] gathered keys
+                offs_c = tl.arange(0, BLOCK_N)  # [BLOCK_N] a key block holds at most BLOCK_N of a row's columns
+                cols = tl.load(COL_IDX + slot + offs_c, mask=offs_c < count, other=-1)  # [BLOCK_N]
+                hit = tl.max((cols[:, None] == keys[None, :]).to(tl.int32), 0) > 0  # [KEYS] gathered keys
                 for s in tl.static_range(BLOCK_M // SUB_M):
                     rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
                     q_pos = rows + (kv_len - q_len)  # [SUB_M]
-                    keep = hit[None, :] & (keys[None, :] <= q_pos[:, None])  # [SUB_M, BLOCK_N]
+                    keep = hit[None, :] & (keys[None, :] <= q_pos[:, None])  # [SUB_M, KEYS]
                     q, do, lse2, delta = _load_query_rows(
                         q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
                     )
