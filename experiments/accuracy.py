@@ -38,8 +38,8 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, rows_path: Path, done: set[tuple]) -> list[dict]:
     from sparseattn.eval.masked_backend import AttentionSwitch
-    from sparseattn.eval.models import load
     from sparseattn.eval.tasks import TaskGenerator
+    from sparseattn.integrations.model_loading import load_pretrained as load
 
     model, tokenizer = load(cfg.model, cfg.threads)
     schedules = build_schedules(cfg)

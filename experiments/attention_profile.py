@@ -32,8 +32,8 @@ def main(cfg: DictConfig) -> None:
 
 def measure(cfg: DictConfig) -> dict:
     from sparseattn.eval.attention_profile import mass_kept
-    from sparseattn.eval.models import load
     from sparseattn.eval.tasks import TaskGenerator
+    from sparseattn.integrations.model_loading import load_pretrained as load
 
     model, tokenizer = load(cfg.model, cfg.threads)
     generator = TaskGenerator(tokenizer, seed=cfg.seed)

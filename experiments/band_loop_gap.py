@@ -32,7 +32,10 @@ from kernel_runs import Variant, inputs, report_variants
 from partial_cost import remasked
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention, work_list
+from sparseattn.kernels.attention.config import default_config
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.kernels.planning.work_list import work_list
+from sparseattn.lowering import lower
 from sparseattn.patterns import Window
 
 TOKENS = 32768
@@ -172,7 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     q, k, v = inputs(TOKENS)
     heads, dim = q.shape[1], q.shape[-1]
-    layout = remasked(Window(BAND * 32).lower(TOKENS, block_size=(32, 32), device="cuda"), True)
+    layout = remasked(lower(Window(BAND * 32), TOKENS, block_size=(32, 32), device="cuda"), True)
     config = default_config(layout, dim, heads // k.shape[1])
     work = work_list(layout, 1, heads, pack=config.pack, runs=config.full_runs)
     if work.merges.shape[0]:

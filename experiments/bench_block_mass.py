@@ -19,8 +19,9 @@ import triton
 from triton.testing import do_bench
 
 from experiments.bench_dynamic import structured_qkv
-from sparseattn.kernels.triton_fwd import triton_sparse_attention
-from sparseattn.patterns import BlockMass, BlockTopK
+from sparseattn.estimation import BlockMass, BlockTopK
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
 
 
 def main() -> None:
@@ -33,16 +34,16 @@ def main() -> None:
     rows = []
     for pattern in (BlockMass(0.95), BlockMass(0.8), BlockTopK(64)):
         tiles = pattern.estimate(q, k)
-        layout = tiles.lower(n, n)
+        layout = lower(tiles, n, n)
         kept = tiles.tiles.sum(-1).float()
         row = {
             "pattern": repr(pattern),
             "mean_blocks_per_row": kept.mean().item(),
             "max_blocks_per_row": kept.max().item(),
-            "estimate_and_lower_ms": do_bench(lambda p=pattern: p.estimate(q, k).lower(n, n), return_mode="median"),
+            "estimate_and_lower_ms": do_bench(lambda p=pattern: lower(p.estimate(q, k), n, n), return_mode="median"),
             "attention_ms": do_bench(lambda lay=layout: triton_sparse_attention(q, k, v, lay), return_mode="median"),
             "end_to_end_ms": do_bench(
-                lambda p=pattern: triton_sparse_attention(q, k, v, p.estimate(q, k).lower(n, n)), return_mode="median"
+                lambda p=pattern: triton_sparse_attention(q, k, v, lower(p.estimate(q, k), n, n)), return_mode="median"
             ),
         }
         rows.append(row)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from sparseattn.lowering import lower
+
 # Our dynamic layouts use 64 x 64 tiles; compiled Flex must be told to tile the same way.
 FLEX_64 = {"BLOCK_M": 64, "BLOCK_N": 64}
 
@@ -71,9 +73,9 @@ def measure(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
     from triton.testing import do_bench
 
     from sparseattn.attention import sparse_attention
+    from sparseattn.estimation import BlockTopK, VerticalSlash
+    from sparseattn.kernels.attention.launch import triton_sparse_attention
     from sparseattn.kernels.flex import flex_sparse_attention
-    from sparseattn.kernels.triton_fwd import triton_sparse_attention
-    from sparseattn.patterns.dynamic import BlockTopK, VerticalSlash
     from sparseattn.testing.dynamic_reference import reference_vertical_slash
     from sparseattn.testing.tolerance import assert_close_to_oracle
 
@@ -113,7 +115,7 @@ def measure(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
         q, k, v = structured_qkv(heads, kv_heads, 4096, dim, seed=2)
         for pattern in (vs, bt):
             concrete = pattern.estimate(q, k)
-            layout = concrete.lower(4096, 4096)
+            layout = lower(concrete, 4096, 4096)
             mask = concrete.to_dense(4096, 4096).unsqueeze(0)
             out, lse = sparse_attention(q, k, v, layout, impl="triton", return_lse=True)
             assert_close_to_oracle(out, lse, q, k, v, mask)
@@ -123,7 +125,7 @@ def measure(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
     def no_host_sync():
         q, k, v = structured_qkv(heads, kv_heads, 8192, dim, seed=3)
         for pattern in (vs, bt):
-            attend = lambda pattern=pattern: triton_sparse_attention(q, k, v, pattern.estimate(q, k).lower(8192, 8192))
+            attend = lambda pattern=pattern: triton_sparse_attention(q, k, v, lower(pattern.estimate(q, k), 8192, 8192))
             attend()  # warm caches and allocator
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
@@ -151,7 +153,7 @@ def measure(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
 
     for tag, pattern in (("vertical_slash", vs), ("block_topk", bt)):
         concrete = pattern.estimate(q, k)
-        layout = concrete.lower(n, n)
+        layout = lower(concrete, n, n)
         full, partial = layout.num_tiles()
         result["layouts"][tag] = {
             "pattern": repr(pattern),
@@ -165,13 +167,13 @@ def measure(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
         timed(f"{tag}_estimate", lambda pattern=pattern: pattern.estimate(q, k))
         if tag == "block_topk":  # where estimation goes: pooled scores, then the top-k selection
             timed("block_topk_pooled_scores", lambda: bt.pooled_scores(q, k))
-        timed(f"{tag}_lower", lambda concrete=concrete: concrete.lower(n, n))
-        timed(f"{tag}_estimate_and_lower", lambda pattern=pattern: pattern.estimate(q, k).lower(n, n))
+        timed(f"{tag}_lower", lambda concrete=concrete: lower(concrete, n, n))
+        timed(f"{tag}_estimate_and_lower", lambda pattern=pattern: lower(pattern.estimate(q, k), n, n))
         timed(f"{tag}_triton", lambda layout=layout: triton_sparse_attention(q, k, v, layout))
         # What a prefill layer pays: estimate, lower and attend on a fresh layout every call.
         timed(
             f"{tag}_end_to_end",
-            lambda pattern=pattern: triton_sparse_attention(q, k, v, pattern.estimate(q, k).lower(n, n)),
+            lambda pattern=pattern: triton_sparse_attention(q, k, v, lower(pattern.estimate(q, k), n, n)),
         )
         if not skip_flex:
             try:

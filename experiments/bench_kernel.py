@@ -27,6 +27,7 @@ from bench_dynamic import measure, portable
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from sparseattn.lowering import lower
 from sparseattn.patterns import PerHead
 
 
@@ -146,14 +147,16 @@ def tile_shape(cfg, name, pattern, length, dtype) -> tuple[int, int]:
 
 
 def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
+    from sparseattn.kernels.attention.config import default_config
+    from sparseattn.kernels.attention.launch import triton_sparse_attention
     from sparseattn.kernels.flex import flex_sparse_attention
-    from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention, work_list
+    from sparseattn.kernels.planning.work_list import work_list
 
     rec: dict = {"pattern": name, "length": length}
     block = tile_shape(cfg, name, pattern, length, q.dtype)
     rec["block"] = list(block)
     rec["lower_ms"], layout = timed(
-        lambda: pattern.lower(length, length, block_size=block, num_heads=pattern.num_heads, device="cuda")
+        lambda: lower(pattern, length, length, block_size=block, num_heads=pattern.num_heads, device="cuda")
     )
     entries = layout.batch_size * layout.num_heads
     pairs = layout.computed_pairs() * (cfg.batch * cfg.heads) // entries
@@ -202,14 +205,15 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
 
 
 def run_sweep(cfg, pats) -> list[dict]:
-    from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
+    from sparseattn.kernels.attention.config import KernelConfig
+    from sparseattn.kernels.attention.launch import triton_sparse_attention
 
     rows = []
     length = cfg.sweep.length
     q, k, v = inputs(cfg, length)
     for name in cfg.sweep.patterns:
         block = tile_shape(cfg, name, pats[name], length, q.dtype)
-        layout = pats[name].lower(length, length, block_size=block, num_heads=pats[name].num_heads, device="cuda")
+        layout = lower(pats[name], length, length, block_size=block, num_heads=pats[name].num_heads, device="cuda")
         for warps, stages in cfg.sweep.configs:
             config = KernelConfig(num_warps=warps, num_stages=stages)
             try:
@@ -381,7 +385,7 @@ def main(cfg: DictConfig) -> None:
 
     config = None
     if cfg.sweep.configs:
-        from sparseattn.kernels.triton_fwd import KernelConfig
+        from sparseattn.kernels.attention.config import KernelConfig
 
         data["sweep"] = run_sweep(cfg, pats)
         # The rest of the run uses the config fastest on the sweep's first pattern.

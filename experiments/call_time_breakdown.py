@@ -21,7 +21,7 @@ import triton
 from kernel_runs import SHAPE, default_layout, inputs, run_line, run_meta, write_json
 from torch.profiler import ProfilerActivity, profile
 
-from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle
 
 CASES: list[tuple[str, Pattern, int]] = [

@@ -21,7 +21,9 @@ import triton
 import triton.language as tl
 from kernel_runs import SHAPE, cudnn_dense, inputs, run_line, run_meta, write_json
 
-from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
+from sparseattn.kernels.attention.config import default_config
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal
 
 LOG2E = 1.4426950408889634
@@ -86,7 +88,7 @@ def plain_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 def measure(n: int) -> list[dict]:
     """Each variant at ``n`` tokens: max error against cuDNN's output, then its do_bench median."""
     q, k, v = inputs(n)
-    layout = Causal().lower(n, block_size=(128, 128), device="cuda")
+    layout = lower(Causal(), n, block_size=(128, 128), device="cuda")
     config = default_config(layout, 128, group=4)
     variants = {
         "cuDNN SDPA": lambda: cudnn_dense(q, k, v),

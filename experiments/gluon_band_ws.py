@@ -43,7 +43,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from sparseattn.kernels.gluon_fwd import _warps_sync
+from sparseattn.kernels.attention.gluon_fwd import _warps_sync
 
 PAIRS = HEADS // 2  # items per query block: two query heads of one kv head each
 

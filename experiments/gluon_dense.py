@@ -10,7 +10,7 @@ kernel, dense causal only, writes both, warp-specialised: per program a 128-row 
 64-row halves, one compute warpgroup each (240 registers), and a load warp (24 registers) issuing every
 TMA load through mbarriers. The warpgroups share K/V stages and may hand each other the tensor cores
 through a pair of mbarriers: each issues its tile's ``Q K^T`` and the previous tile's ``P V``, passes the
-turn, then runs its softmax. It became ``sparseattn/kernels/gluon_fwd.py``, the block-sparse kernel's
+turn, then runs its softmax. It became ``sparseattn/kernels/attention/gluon_fwd.py``, the block-sparse kernel's
 launch for 128 x 128 layouts on Hopper, which this script times too, in both row orders, beside the
 Triton launch.
 
@@ -50,8 +50,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from sparseattn.kernels.gluon_fwd import _warps_sync
-from sparseattn.kernels.triton_fwd import KernelConfig, default_config, triton_sparse_attention
+from sparseattn.kernels.attention.config import KernelConfig, default_config
+from sparseattn.kernels.attention.gluon_fwd import _warps_sync
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal
 
 BLOCK = 128  # query rows and key columns per tile
@@ -239,7 +241,7 @@ def main() -> None:
     rows = []
     for n in args.lengths:
         q, k, v = inputs(n)
-        layout = Causal().lower(n, block_size=(128, 128), device="cuda")
+        layout = lower(Causal(), n, block_size=(128, 128), device="cuda")
         warp_specialized = default_config(layout, HEAD_DIM, group=HEADS // KV_HEADS)
         variants = {
             "cuDNN SDPA": lambda q=q, k=k, v=v: cudnn_dense(q, k, v),

@@ -16,7 +16,7 @@ from pathlib import Path
 import triton
 from kernel_runs import SHAPE, cudnn_dense, default_layout, enqueue_us, inputs, run_line, run_meta, write_json
 
-from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Streaming, Triangle
 
 

@@ -19,7 +19,8 @@ import triton
 from kernel_runs import SHAPE, correct, cudnn_ms, default_layout, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
-from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
+from sparseattn.kernels.attention.config import default_config
+from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
 
 MIXTURE = PerHead(tuple([Causal(), Streaming(128, 4096), AShape(1, 32, 128), Triangle()][h % 4] for h in range(32)))

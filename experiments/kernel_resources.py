@@ -18,8 +18,11 @@ import triton
 from kernel_runs import SHAPE, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.kernels.attention.triton_fwd import _sparse_fwd_kernel
 from sparseattn.kernels.reference import reference_attention
-from sparseattn.kernels.triton_fwd import KernelConfig, _sparse_fwd_kernel, triton_sparse_attention
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Pattern, Triangle
 
 
@@ -48,7 +51,7 @@ def max_error(pattern: Pattern, block: tuple[int, int], config: KernelConfig) ->
     q = torch.randn(2, 8, q_len, 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(2, 2, kv_len, 128, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    layout = pattern.lower(q_len, kv_len, block_size=block, device="cuda")
+    layout = lower(pattern, q_len, kv_len, block_size=block, device="cuda")
     out, _ = triton_sparse_attention(q, k, v, layout, config=config)
     ref, _ = reference_attention(q, k, v, pattern.to_dense(q_len, kv_len).unsqueeze(0).cuda())
     return float((out.float() - ref.float()).abs().max())
@@ -70,7 +73,7 @@ def main() -> None:
             cache[0].clear()
         try:
             err = max_error(pattern, block, config)
-            layout = pattern.lower(n, block_size=block, device="cuda")
+            layout = lower(pattern, n, block_size=block, device="cuda")
             before = set(compiled_kernels())
             ms = triton.testing.do_bench(
                 lambda layout=layout, config=config: triton_sparse_attention(q, k, v, layout, config=config),

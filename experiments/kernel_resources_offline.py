@@ -20,8 +20,8 @@ from pathlib import Path
 
 import triton
 
-from sparseattn.kernels.triton_fwd import KernelConfig
-from sparseattn.kernels.triton_fwd_resources import HOPPER_REGISTERS_PER_SM, HOPPER_SHARED_PER_SM, kernel_resources
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.resources import HOPPER_REGISTERS_PER_SM, HOPPER_SHARED_PER_SM, kernel_resources
 
 # (block_m, block_n, warps, stages, heads per program, FULL runs, query block in registers), head dim
 # 128, TMA loads.

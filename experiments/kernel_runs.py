@@ -23,9 +23,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from sparseattn.attention import default_block_size
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.kernels.reference import reference_attention
-from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
 from sparseattn.layout import BlockLayout
+from sparseattn.lowering import lower
 from sparseattn.patterns import Pattern
 
 HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
@@ -48,7 +50,7 @@ def default_layout(pattern: Pattern, n: int) -> BlockLayout:
     block = default_block_size(
         "triton", HEAD_DIM, torch.bfloat16, pattern, n, n, group=HEADS // KV_HEADS, device="cuda"
     )
-    return pattern.lower(n, block_size=block, num_heads=pattern.num_heads, device="cuda")
+    return lower(pattern, n, block_size=block, num_heads=pattern.num_heads, device="cuda")
 
 
 def computed_tflops(layout: BlockLayout, ms: float) -> float:
@@ -153,7 +155,7 @@ def correct(pattern: Pattern, block: tuple[int, int], config: KernelConfig) -> f
     q, k, v = inputs(2048)
     q = q[:, :heads]
     k, v = k[:, : heads // 4], v[:, : heads // 4]
-    layout = pattern.lower(2048, block_size=block, num_heads=pattern.num_heads, device="cuda")
+    layout = lower(pattern, 2048, block_size=block, num_heads=pattern.num_heads, device="cuda")
     out, _ = triton_sparse_attention(q, k, v, layout, config=config)
     dense = pattern.to_dense(2048, num_heads=pattern.num_heads)
     ref, _ = reference_attention(q, k, v, dense.unsqueeze(0).cuda())

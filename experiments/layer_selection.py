@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> None:
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
     loaded = None
     if not cfg.report_only:
-        from sparseattn.eval.models import load
+        from sparseattn.integrations.model_loading import load_pretrained as load
 
         record_run(out / f"{cfg.name}_runs.json", cfg.threads)
         loaded = load(cfg.model, cfg.threads)

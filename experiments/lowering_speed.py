@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sparseattn.kernels.triton_fwd import work_list
+from sparseattn.kernels.planning.work_list import work_list
 from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Documents, Pattern, PerHead, Streaming, Triangle
 from sparseattn.testing import layouts_differ

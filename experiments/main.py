@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 
 from sparseattn import AShape, Causal, Columns, PerHead, Streaming, Triangle, Window, sparse_attention
 from sparseattn.attention import default_block_size
+from sparseattn.lowering import lower
 from sparseattn.patterns import Pattern
 from sparseattn.testing import oracle_and_tolerance
 
@@ -39,7 +40,7 @@ def show_lowering() -> None:
     print("\nLowering (analytic, O(non-empty tiles)):")
     for pattern, n in ((Triangle(), 1 << 20), (Streaming(sink=128, window=4096), 1 << 17), (Causal(), 1 << 15)):
         start = time.perf_counter()
-        layout = pattern.lower(n, block_size=(64, 64))
+        layout = lower(pattern, n, block_size=(64, 64))
         print(f"  {pattern!r} at {n:,} tokens: {1e3 * (time.perf_counter() - start):.1f} ms")
         print("   " + layout.summary().replace("\n", "\n   "))
 
@@ -71,7 +72,7 @@ def check_backends() -> bool:
         cells = []
         for impl in impls:
             block = default_block_size(impl, dim, dtype, pattern, n, n, group=heads // kv_heads, device=device)
-            layout = pattern.lower(n, block_size=block, device=device)
+            layout = lower(pattern, n, block_size=block, device=device)
             out = sparse_attention(q, k, v, layout, impl=impl)  # type: ignore[arg-type]
             err = float((out.double() - oracle.out).abs().max())
             ok = "ok" if err <= oracle.tolerance.out_atol else "FAIL"

@@ -20,8 +20,9 @@ import triton
 from kernel_runs import SHAPE, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
-from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.layout import BlockLayout
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Pattern, Triangle
 
 CASES: list[tuple[str, Pattern, int, tuple[int, int]]] = [
@@ -63,7 +64,7 @@ def main() -> None:
     rows = []
     for name, pattern, n, block in tqdm(CASES, desc="layouts"):
         q, k, v = inputs(n)
-        lowered = pattern.lower(n, block_size=block, device="cuda")
+        lowered = lower(pattern, n, block_size=block, device="cuda")
         full, partial = lowered.num_tiles()
         row = {"pattern": name, "tokens": n, "block": list(block), "full_tiles": full, "partial_tiles": partial}
         for tag, layout in (

@@ -19,8 +19,10 @@ from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
 from experiments.bench_dynamic import structured_qkv
-from sparseattn.kernels.triton_fwd import triton_sparse_attention, work_list
-from sparseattn.patterns.dynamic import BlockTopK, VerticalSlash
+from sparseattn.estimation import BlockTopK, VerticalSlash
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.kernels.planning.work_list import work_list
+from sparseattn.lowering import lower
 
 
 def table(fn, rows: int = 14) -> str:
@@ -45,12 +47,12 @@ def main() -> None:
     report = []
     for tag, pattern in (("block_topk", BlockTopK(topk=64)), ("vertical_slash", VerticalSlash(512, 2048))):
         concrete = pattern.estimate(q, k)
-        layout = concrete.lower(n, n)
+        layout = lower(concrete, n, n)
         triton_sparse_attention(q, k, v, layout)
         stages = {
             "estimate": lambda pattern=pattern: pattern.estimate(q, k),
-            "lower": lambda concrete=concrete: concrete.lower(n, n),
-            "work_list_of_a_fresh_layout": lambda concrete=concrete: work_list(concrete.lower(n, n), 1, 32),
+            "lower": lambda concrete=concrete: lower(concrete, n, n),
+            "work_list_of_a_fresh_layout": lambda concrete=concrete: work_list(lower(concrete, n, n), 1, 32),
         }
         for stage, fn in stages.items():
             ms = do_bench(fn, warmup=3, rep=30, return_mode="median")
@@ -58,7 +60,7 @@ def main() -> None:
             print(report[-1], flush=True)
         attention = do_bench(lambda layout=layout: triton_sparse_attention(q, k, v, layout), return_mode="median")
         end_to_end = do_bench(
-            lambda pattern=pattern: triton_sparse_attention(q, k, v, pattern.estimate(q, k).lower(n, n)),
+            lambda pattern=pattern: triton_sparse_attention(q, k, v, lower(pattern.estimate(q, k), n, n)),
             return_mode="median",
         )
         line = (

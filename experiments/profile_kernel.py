@@ -14,7 +14,7 @@ import argparse
 import torch
 from kernel_runs import default_layout, inputs
 
-from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle
 
 PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle()}

@@ -23,7 +23,10 @@ from kernel_runs import SHAPE, inputs, run_line, run_meta, write_json
 from partial_cost import remasked
 from tqdm import tqdm
 
-from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention, work_list
+from sparseattn.kernels.attention.config import default_config
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.kernels.planning.work_list import work_list
+from sparseattn.lowering import lower
 from sparseattn.patterns import Window
 
 TOKENS = 32768
@@ -52,7 +55,7 @@ def main() -> None:
     rows = []
     for block, bands in BANDS.items():
         for n in tqdm(bands, desc=f"{block[0]}x{block[1]}"):
-            layout = remasked(Window(n * block[1]).lower(TOKENS, block_size=block, device="cuda"), True)
+            layout = remasked(lower(Window(n * block[1]), TOKENS, block_size=block, device="cuda"), True)
             config = default_config(layout, q.shape[-1], group)
             programs = work_list(layout, 1, q.shape[1], pack=config.pack, runs=config.full_runs).items.shape[0]
             tiles = sum(layout.num_tiles()) * q.shape[1] // config.pack  # tile loads over all programs

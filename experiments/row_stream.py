@@ -32,7 +32,8 @@ from kernel_runs import Variant, inputs, report_variants
 from partial_cost import remasked
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
 from sparseattn.patterns import Window
 
 TOKENS = 32768
@@ -103,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     q, k, v = inputs(TOKENS)
     dim = q.shape[-1]
-    layout = remasked(Window(BAND * 32).lower(TOKENS, block_size=(32, 32), device="cuda"), True)
+    layout = remasked(lower(Window(BAND * 32), TOKENS, block_size=(32, 32), device="cuda"), True)
     expected = triton_sparse_attention(q, k, v, layout)[0]
     q_desc = TensorDescriptor.from_tensor(q, [1, 2, 32, dim])
     k_desc = TensorDescriptor.from_tensor(k.view(-1, dim), [32, dim])

@@ -39,15 +39,11 @@ from kernel_runs import (
 from tqdm import tqdm
 
 from sparseattn.kernels import gluon_fwd
-from sparseattn.kernels.triton_fwd import (
-    LOG2E,
-    _new_outputs,
-    _placeholder,
-    default_config,
-    triton_sparse_attention,
-    work_list,
-)
-from sparseattn.kernels.triton_merge import merge_partials
+from sparseattn.kernels.attention.config import LOG2E, default_config
+from sparseattn.kernels.attention.launch import _new_outputs, _placeholder, triton_sparse_attention
+from sparseattn.kernels.attention.triton_merge import merge_partials
+from sparseattn.kernels.planning.work_list import work_list
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Triangle
 
 
@@ -99,9 +95,9 @@ def main() -> None:
     rows, parts = [], []
     for n in tqdm(args.lengths, desc="lengths"):
         q, k, v = inputs(n)
-        dense = Causal().lower(n, block_size=(128, 128), device="cuda")
-        small = Triangle().lower(n, block_size=(32, 32), device="cuda")
-        big = Triangle().lower(n, block_size=(128, 128), device="cuda")
+        dense = lower(Causal(), n, block_size=(128, 128), device="cuda")
+        small = lower(Triangle(), n, block_size=(32, 32), device="cuda")
+        big = lower(Triangle(), n, block_size=(128, 128), device="cuda")
         ws = default_config(big, HEAD_DIM, group)
         cases = [
             ("causal 128x128, default", dense, default_config(dense, HEAD_DIM, group), {}),

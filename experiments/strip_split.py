@@ -32,8 +32,9 @@ from kernel_runs import (
     write_json,
 )
 
-from sparseattn.kernels.triton_fwd import triton_sparse_attention
+from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.layout import BlockLayout
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, LastQueries, Triangle
 
 LAST = 128
@@ -46,8 +47,8 @@ def launches(n: int) -> tuple[list[tuple[str, Callable[[], object], list[BlockLa
     q, k, v = inputs(n)
     whole = default_layout(Triangle(), n)
     band = default_layout(Triangle(last=0) & ~LastQueries(LAST), n)
-    strip_128 = Causal().lower(LAST, n, block_size=(128, 128), device="cuda")
-    strip_32 = Causal().lower(LAST, n, block_size=whole.block_size, device="cuda")
+    strip_128 = lower(Causal(), LAST, n, block_size=(128, 128), device="cuda")
+    strip_32 = lower(Causal(), LAST, n, block_size=whole.block_size, device="cuda")
     dense = default_layout(Causal(), n)
     q_last = q[:, :, n - LAST :]
 

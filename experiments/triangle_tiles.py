@@ -34,7 +34,9 @@ from kernel_runs import (
     write_json,
 )
 
-from sparseattn.kernels.triton_fwd import default_config, triton_sparse_attention
+from sparseattn.kernels.attention.config import default_config
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Triangle
 
 SHAPES = ((32, 32), (64, 64), (128, 128))
@@ -54,7 +56,7 @@ def main() -> None:
         launches = [lambda q=q, k=k, v=v: cudnn_dense(q, k, v)]
         found = [{"tokens": n, "variant": "cuDNN SDPA dense causal"}]
         for name, pattern, shape in cases:
-            layout = pattern.lower(n, block_size=shape, device="cuda")
+            layout = lower(pattern, n, block_size=shape, device="cuda")
             config = default_config(layout, HEAD_DIM, group)
             configs = [config]
             if config.warp_specialized:

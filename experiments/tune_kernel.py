@@ -21,7 +21,9 @@ import triton
 from kernel_runs import SHAPE, computed_tflops, correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
-from sparseattn.kernels.triton_fwd import KernelConfig, triton_sparse_attention
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Pattern, Triangle
 
 # (tile shape, warps, heads per program): the pairs measured best before, and head packing around
@@ -120,7 +122,7 @@ def main() -> None:
         try:
             row["max_err"] = correct(pattern, block, config)
             q, k, v = inputs(n)
-            layout = pattern.lower(n, block_size=block, device="cuda")
+            layout = lower(pattern, n, block_size=block, device="cuda")
             row["ms"] = triton.testing.do_bench(
                 lambda q=q, k=k, v=v, layout=layout, config=config, chunk=chunk: triton_sparse_attention(
                     q, k, v, layout, config=config, max_chunk=chunk

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from triton.testing import do_bench
 
-from sparseattn.kernels.triton_tile_lists import CHUNK, WARPS, triton_column_lists, triton_tile_lists
-from sparseattn.kernels.triton_topk import triton_block_topk_keep
-from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps
+from sparseattn.kernels.estimation.triton_topk import triton_block_topk_keep
+from sparseattn.kernels.lowering.triton_tile_lists import CHUNK, WARPS, triton_column_lists, triton_tile_lists
+from sparseattn.lowering.tile_grid import causal_bitmaps
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ import torch
 from bench_dynamic import structured_qkv
 from tqdm import tqdm
 
-from sparseattn.patterns import VerticalSlash
+from sparseattn.estimation import VerticalSlash
+from sparseattn.lowering import lower
 
 HEADS, KV_HEADS, DIM = 8, 2, 128
 
@@ -44,7 +45,7 @@ def main() -> None:
             "structured": structured_qkv(HEADS, KV_HEADS, n, DIM, seed=0, device="cpu", dtype=torch.float32)[:2],
         }
         for kind, (q, k) in inputs.items():
-            layout = pattern.estimate(q, k).lower(n, n, num_heads=HEADS)
+            layout = lower(pattern.estimate(q, k), n, n, num_heads=HEADS)
             causal_pairs = n * (n + 1) // 2
             rows.append(
                 {

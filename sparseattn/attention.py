@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from sparseattn.kernels.attention.config import default_block_size
 from sparseattn.layout import BlockLayout
-from sparseattn.patterns import MaskContext, Pattern
+from sparseattn.lowering import lower
+from sparseattn.memo import LRU
+from sparseattn.patterns import Pattern
 
 Impl = Literal["triton", "flex", "reference"]
 IMPLS: tuple[str, ...] = ("triton", "flex", "reference")
@@ -57,76 +59,19 @@ def validate_layout(layout: BlockLayout, q: Tensor, k: Tensor) -> None:
         raise ValueError(f"layout: {layout.num_heads} heads do not broadcast to {q.shape[1]} query heads")
 
 
-def mean_row_tiles(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> float | None:
-    """Upper bound on the mean number of tiles per (head, query block) row, from the pattern's support
-    bound alone (no lowering); None when the pattern gives no bound. Memoised like `lowered`: the
-    schedule asks for it on every layer call, before its layout cache."""
-    if type(pattern).__hash__ is object.__hash__:
-        return _mean_row_tiles(pattern, q_len, kv_len, block_size)
-    return _mean_row_tiles_by_value(pattern, q_len, kv_len, block_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _mean_row_tiles_by_value(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> float | None:
-    return _mean_row_tiles(pattern, q_len, kv_len, block_size)
-
-
-def _mean_row_tiles(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> float | None:
-    heads = pattern.num_heads or 1
-    ctx = MaskContext(q_len, kv_len, heads, *block_size)
-    size = pattern.support_size(ctx)
-    return None if size is None else size / (heads * ctx.num_q_blocks)
-
-
-def default_block_size(
-    impl: str,
-    head_dim: int,
-    dtype: torch.dtype,
-    pattern: Pattern | None = None,
-    q_len: int = 0,
-    kv_len: int = 0,
-    *,
-    group: int = 1,
-    device: torch.device | str = "cpu",
-) -> tuple[int, int]:
-    """The tile shape a pattern is lowered to for ``impl``; with the pattern and lengths, the Triton path
-    picks smaller tiles for short-row (sparse) patterns, smallest when the query heads of a GQA group
-    of ``group`` can share each program on ``device``, except from ``WARP_SPECIALIZED_SHORT_ROWS_FROM``
-    keys on Hopper, where 128 x 128 tiles on the persistent warp-specialised launch run them faster."""
-    if impl == "triton":
-        from sparseattn.kernels.triton_fwd import (
-            WARP_SPECIALIZED_SHORT_ROWS_FROM,
-            packable_heads,
-            preferred_block_size,
-            warp_specialized_available,
-        )
-
-        row_tiles = mean_row_tiles(pattern, q_len, kv_len, (128, 128)) if pattern is not None and q_len else None
-        per_head = pattern is not None and pattern.num_heads is not None
-        pack = packable_heads(group, head_dim, per_head, device)
-        warp_specialized = kv_len >= WARP_SPECIALIZED_SHORT_ROWS_FROM and warp_specialized_available(
-            head_dim, dtype, device
-        )
-        return preferred_block_size(head_dim, dtype, row_tiles, pack, warp_specialized)
-    return (128, 128) if impl == "flex" else (64, 64)
+_LOWERED: LRU[tuple[Pattern, int, int, tuple[int, int], torch.device], BlockLayout] = LRU(64)
 
 
 def lowered(
     pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device
 ) -> BlockLayout:
-    """``pattern.lower(...)``, memoised for patterns compared by value: a frozen pattern called again at
+    """``lower(pattern, ...)``, memoised for patterns compared by value: a frozen pattern called again at
     the same lengths (every layer of a model, every step of a benchmark) reuses its layout. Patterns
     compared by identity (estimated ones, new at every call) are lowered afresh and not kept."""
     if type(pattern).__hash__ is object.__hash__:
-        return pattern.lower(q_len, kv_len, block_size=block_size, device=device)
-    return _lowered_by_value(pattern, q_len, kv_len, block_size, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _lowered_by_value(
-    pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device
-) -> BlockLayout:
-    return pattern.lower(q_len, kv_len, block_size=block_size, device=device)
+        return lower(pattern, q_len, kv_len, block_size=block_size, device=device)
+    key = (pattern, q_len, kv_len, block_size, device)
+    return _LOWERED.get(key, lambda: lower(pattern, q_len, kv_len, block_size=block_size, device=device))
 
 
 def sparse_attention(
@@ -189,7 +134,7 @@ def sparse_attention(
 
         out, lse = flex_sparse_attention(q, k, v, layout, scale=scale)
     else:
-        from sparseattn.kernels.triton_fwd import triton_sparse_attention
+        from sparseattn.kernels.attention.launch import triton_sparse_attention
 
         out, lse = triton_sparse_attention(q, k, v, layout, scale=scale)
     return (out, lse) if return_lse else out

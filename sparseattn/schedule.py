@@ -23,7 +23,6 @@ each layer's own queries and keys on every forward, and that concrete pattern is
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
@@ -31,6 +30,8 @@ from typing import Any, Protocol, TypeGuard
 from torch import Tensor
 
 from sparseattn.layout import BlockLayout
+from sparseattn.lowering import lower
+from sparseattn.memo import LRU
 from sparseattn.patterns import Causal, Pattern, PerHead
 
 
@@ -136,7 +137,7 @@ class LayerSchedule:
         self.num_layers = num_layers
         self.num_heads = num_heads
         self._patterns: tuple[LayerPattern, ...] | None = None
-        self._layouts: OrderedDict[tuple[object, ...], BlockLayout] = OrderedDict()
+        self._layouts: LRU[tuple[object, ...], BlockLayout] = LRU(cache_size)
         self.lowerings = 0  # static lowerings done (cache misses); tests and logs read it
         self.estimates = 0  # dynamic estimations done
         if num_layers is not None:
@@ -157,7 +158,7 @@ class LayerSchedule:
         num_heads: int | None = None,
         model: str | None = None,
     ) -> LayerSchedule:
-        """Layer ``i`` uses ``layers[i]`` (lists such as ``sparseattn.patterns.dynamic.load_yaml`` returns).
+        """Layer ``i`` uses ``layers[i]`` (lists such as ``sparseattn.estimation.load_yaml`` returns).
 
         ``num_layers`` and ``num_heads``, if given, are what the list was written for; ``model`` names that
         model (informational: MInference's per-head configs are fitted to one model).
@@ -259,19 +260,15 @@ class LayerSchedule:
                 raise ValueError(f"q: dynamic patterns are estimated per sequence; expected batch 1, got {q.shape[0]}")
             self.estimates += 1
             # An estimate is lowered on its own tiles: a block-rounded vertical-slash is defined on them.
-            return pattern.estimate(q, k).lower(q_len, kv_len, num_heads=heads, device=q.device)
+            return lower(pattern.estimate(q, k), q_len, kv_len, num_heads=heads, device=q.device)
         assert isinstance(pattern, Pattern)
         block = _tile_shape(block_size, pattern, q_len, kv_len)
         key = (_pattern_key(pattern), q_len, kv_len, block, str(q.device), heads)
-        layout = self._layouts.get(key)
-        if layout is None:
-            self.lowerings += 1
-            layout = pattern.lower(q_len, kv_len, block_size=block, num_heads=heads, device=q.device)
-            self._layouts[key] = layout
-            if len(self._layouts) > self.cache_size:
-                self._layouts.popitem(last=False)
-        else:
-            self._layouts.move_to_end(key)
+        misses = self._layouts.misses
+        layout = self._layouts.get(
+            key, lambda: lower(pattern, q_len, kv_len, block_size=block, num_heads=heads, device=q.device)
+        )
+        self.lowerings += self._layouts.misses - misses
         return layout
 
     def clear_cache(self) -> None:

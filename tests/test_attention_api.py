@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sparseattn import BlockLayout, Causal, Columns, Triangle, Window, sparse_attention
 from sparseattn.kernels.reference import reference_attention
+from sparseattn.lowering import lower
 from sparseattn.testing import assert_close_to_oracle, lengths, patterns, per_head_patterns
 
 
@@ -31,7 +32,7 @@ def test_flex_equals_oracle(p, sizes, group, seed):
     heads = p.num_heads or 2 * group
     kv_heads = heads // group if heads % group == 0 else heads
     q, k, v = qkv(1, heads, kv_heads, *sizes, seed=seed)
-    layout = p.lower(*sizes, block_size=(32, 32))
+    layout = lower(p, *sizes, block_size=(32, 32))
     out, lse = sparse_attention(q, k, v, layout, impl="flex", return_lse=True)
     mask = p.to_dense(*sizes, num_heads=p.num_heads).unsqueeze(0)
     assert_close_to_oracle(out, lse, q, k, v, mask)
@@ -41,7 +42,7 @@ def test_reference_from_pattern_and_from_layout_agree():
     q, k, v = qkv(2, 4, 2, 50, 70)
     p = Triangle(sink=2, window=9, last=5)
     a = sparse_attention(q, k, v, p, impl="reference")
-    b = sparse_attention(q, k, v, p.lower(50, 70, block_size=(32, 32)), impl="reference")
+    b = sparse_attention(q, k, v, lower(p, 50, 70, block_size=(32, 32)), impl="reference")
     torch.testing.assert_close(a, b)
 
 
@@ -94,7 +95,7 @@ def test_bad_pattern_layout_and_impl_are_named():
     with pytest.raises(ValueError, match="impl"):
         sparse_attention(q, k, v, Causal(), impl="cuda")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="layout: built for"):
-        sparse_attention(q, k, v, Causal().lower(16, 16), impl="reference")
+        sparse_attention(q, k, v, lower(Causal(), 16, 16), impl="reference")
     with pytest.raises(ValueError, match="heads"):
         sparse_attention(q, k, v, Columns(((1,), (2,), (3,))), impl="reference")
     with pytest.raises(ValueError, match="pattern_or_layout"):

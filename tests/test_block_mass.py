@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparseattn.attention import sparse_attention
-from sparseattn.patterns import BlockMass, BlockTopK
+from sparseattn.estimation import BlockMass, BlockTopK
+from sparseattn.lowering import lower
 from sparseattn.testing.dynamic_reference import reference_block_mass
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
@@ -67,7 +68,7 @@ def test_backends_on_estimate_match_oracle(impl):
     q, k = _qk(7, 4, 2, 192, 256, dim=32)
     v = torch.randn_like(k)
     concrete = BlockMass((0.5, 0.8, 0.95, 0.3), block_size=64).estimate(q, k)
-    layout = concrete.lower(192, 256)
+    layout = lower(concrete, 192, 256)
     out, lse = sparse_attention(q, k, v, layout, impl=impl, return_lse=True)
     assert_close_to_oracle(out, lse, q, k, v, concrete.to_dense(192, 256).unsqueeze(0))
 

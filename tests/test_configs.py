@@ -77,7 +77,7 @@ def test_paper_presets_match_the_generic_trianglemix():
 def test_model_configs_instantiate(name):
     cfg = ttft_config(f"model={name}")
     if name in LOADS_REAL_WEIGHTS:
-        assert cfg.model.load._target_ == "sparseattn.integrations.models.gguf_model"
+        assert cfg.model.load._target_ == "sparseattn.integrations.model_loading.gguf_model"
         return
     # The 8B shapes are built on the meta device: the config is fully checked, no memory is used.
     device = "cpu" if name.startswith("tiny") else "meta"

@@ -10,9 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparseattn.attention import sparse_attention
-from sparseattn.kernels.triton_topk import triton_block_topk, triton_block_topk_keep, triton_select_top
-from sparseattn.patterns import AShape, PerHead
-from sparseattn.patterns.dynamic import (
+from sparseattn.estimation import (
     BlockTopK,
     BlockTopKTiles,
     HeadTiles,
@@ -23,9 +21,12 @@ from sparseattn.patterns.dynamic import (
     load_yaml,
     to_yaml,
 )
-from sparseattn.patterns.dynamic.block_topk import reachable_blocks
-from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps, torch_tile_lists
-from sparseattn.patterns.dynamic.topk import PAD, select_top
+from sparseattn.estimation.block_topk import reachable_blocks
+from sparseattn.estimation.topk import PAD, select_top
+from sparseattn.kernels.estimation.triton_topk import triton_block_topk, triton_block_topk_keep, triton_select_top
+from sparseattn.lowering import lower
+from sparseattn.lowering.tile_grid import causal_bitmaps, torch_tile_lists
+from sparseattn.patterns import AShape, PerHead
 from sparseattn.testing.checks import check_layout_invariants
 from sparseattn.testing.dynamic_reference import reference_block_topk, reference_vertical_slash
 from sparseattn.testing.tolerance import assert_close_to_oracle
@@ -125,7 +126,7 @@ def _token_lines(p: VerticalSlashIndices, q_len: int, kv_len: int) -> torch.Tens
 @settings(max_examples=40, deadline=None)
 def test_block_form_lowering_is_exact_and_covers_every_line(case):
     pattern, q_len, kv_len = case
-    layout = pattern.lower(q_len, kv_len)
+    layout = lower(pattern, q_len, kv_len)
     check_layout_invariants(layout)
     truth = pattern.to_dense(q_len, kv_len)
     assert torch.equal(layout.to_dense()[0], truth)
@@ -137,7 +138,7 @@ def test_block_form_lowering_is_exact_and_covers_every_line(case):
 @settings(max_examples=30, deadline=None)
 def test_token_form_computes_exactly_the_lines(case, block_size):
     pattern, q_len, kv_len = case
-    layout = pattern.lower(q_len, kv_len, block_size=block_size)
+    layout = lower(pattern, q_len, kv_len, block_size=block_size)
     check_layout_invariants(layout)
     lines = _token_lines(pattern, q_len, kv_len)
     assert torch.equal(pattern.to_dense(q_len, kv_len), lines)
@@ -153,7 +154,7 @@ def test_block_topk_lowering_is_exact(kv_len, data):
     # The tightest true bound on kept tiles per row sizes the lists exactly; the layout must not change.
     bound = data.draw(st.sampled_from([None, max(int(tiles.sum(-1).max()), 1)]), "max_per_row")
     pattern = BlockTopKTiles(tiles, 32, q_len, kv_len, max_per_row=bound)
-    layout = pattern.lower(q_len, kv_len)
+    layout = lower(pattern, q_len, kv_len)
     check_layout_invariants(layout)
     assert torch.equal(layout.to_dense()[0], pattern.to_dense(q_len, kv_len))
 
@@ -161,7 +162,7 @@ def test_block_topk_lowering_is_exact(kv_len, data):
 def test_block_topk_row_bound_is_checked():
     tiles = torch.ones(1, 3, 3, dtype=torch.bool)  # the last query block keeps two FULL tiles
     with pytest.raises(RuntimeError):
-        BlockTopKTiles(tiles, 32, 96, 96, max_per_row=1).lower(96, 96)
+        lower(BlockTopKTiles(tiles, 32, 96, 96, max_per_row=1), 96, 96)
 
 
 # ---------------------------------------------------------------- backends on the estimate == oracle
@@ -178,7 +179,7 @@ def test_backends_on_estimate_match_oracle(impl, which):
         )
     else:
         concrete = VerticalSlash(35, 101, form=which[3:]).estimate(q, k)
-    layout = concrete.lower(192, 192)
+    layout = lower(concrete, 192, 192)
     out, lse = sparse_attention(q, k, v, layout, impl=impl, return_lse=True)
     assert_close_to_oracle(out, lse, q, k, v, concrete.to_dense(192, 192).unsqueeze(0))
 
@@ -209,7 +210,7 @@ def test_repr_round_trips(pattern):
         (lambda: VerticalSlash(10, 10).estimate(torch.zeros(2, 2, 8, 4), torch.zeros(2, 2, 8, 4)), "q"),
         (lambda: VerticalSlash((5, 5), 10).estimate(torch.zeros(1, 3, 8, 4), torch.zeros(1, 3, 8, 4)), "vertical"),
         (
-            lambda: VerticalSlash(5, 10).estimate(*_qk(0, 1, 1, 64, 64)).lower(64, 64, block_size=(128, 128)),
+            lambda: lower(VerticalSlash(5, 10).estimate(*_qk(0, 1, 1, 64, 64)), 64, 64, block_size=(128, 128)),
             "block_size",
         ),
     ],
@@ -261,7 +262,7 @@ def test_mixed_dynamic_heads_estimate_to_head_tiles(q_len, kv_len):
     dense = concrete.to_dense(q_len, kv_len)
     is_vs = torch.tensor([True, False, True, False]).view(-1, 1, 1)
     assert torch.equal(dense, torch.where(is_vs, vs, bt))
-    layout = concrete.lower(q_len, kv_len)
+    layout = lower(concrete, q_len, kv_len)
     check_layout_invariants(layout)
     assert torch.equal(layout.to_dense()[0], dense)
 

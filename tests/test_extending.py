@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from examples.strided import Strided
+from sparseattn.lowering import lower
 from sparseattn.testing import pattern_property_test
 
 test_strided = pattern_property_test(st.builds(Strided, st.integers(1, 9)))
@@ -20,5 +21,5 @@ def test_yaml_points_at_the_class():
     config = OmegaConf.load(Path(__file__).parents[1] / "examples" / "strided.yaml")
     pattern = hydra.utils.instantiate(config)
     assert pattern == Strided(4)
-    layout = pattern.lower(300, block_size=(64, 64))
+    layout = lower(pattern, 300, block_size=(64, 64))
     assert layout.to_dense()[0, 0].equal(pattern.to_dense(300)[0])

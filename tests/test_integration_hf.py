@@ -157,7 +157,7 @@ def test_smollm2_gguf_prefills_with_a_schedule():
 
 
 def test_vertical_slash_layers_are_estimated_per_layer_and_per_sequence():
-    from sparseattn.patterns import VerticalSlash
+    from sparseattn.estimation import VerticalSlash
 
     model = tiny()
     ids = torch.randint(0, TINY["vocab_size"], (2, 40))

@@ -14,13 +14,14 @@ import os
 import subprocess
 import sys
 
-from sparseattn.kernels import triton_fwd
-from sparseattn.kernels.triton_fwd import default_config
-from sparseattn.kernels.triton_fwd_resources import (
+from sparseattn.kernels.attention import config as launch_config
+from sparseattn.kernels.attention.config import default_config
+from sparseattn.kernels.attention.resources import (
     HOPPER_REGISTERS_PER_SM,
     HOPPER_SHARED_PER_PROGRAM,
     HOPPER_SHARED_PER_SM,
 )
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, PerHead, Triangle, Window
 
 CASES = [
@@ -32,8 +33,8 @@ CASES = [
 
 CHILD = """
 import json, sys
-from sparseattn.kernels.triton_fwd import KernelConfig
-from sparseattn.kernels.triton_fwd_resources import kernel_resources
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.resources import kernel_resources
 cases = json.loads(sys.stdin.read())
 found = [kernel_resources(tuple(c["block"]), 128, KernelConfig(**c["config"])) for c in cases]
 print(json.dumps([[r.shared_bytes, r.registers] for r in found]))
@@ -41,10 +42,10 @@ print(json.dumps([[r.shared_bytes, r.registers] for r in found]))
 
 
 def test_default_configs_fit_hopper_shared_memory(monkeypatch):
-    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)  # as on Hopper
+    monkeypatch.setattr(launch_config, "_has_tma", lambda device: True)  # as on Hopper
     cases = []
     for name, pattern, block, least in CASES:
-        layout = pattern.lower(2048, block_size=block, num_heads=pattern.num_heads)
+        layout = lower(pattern, 2048, block_size=block, num_heads=pattern.num_heads)
         group = 2 if "pairs" in name else 4
         config = dataclasses.asdict(default_config(layout, 128, group=group))
         cases.append({"name": name, "block": block, "config": config, "least": least})
@@ -61,8 +62,8 @@ def test_default_configs_fit_hopper_shared_memory(monkeypatch):
 
 WARP_SPECIALIZED_CHILD = """
 import json
-from sparseattn.kernels.triton_fwd import KernelConfig
-from sparseattn.kernels.triton_fwd_resources import warp_specialized_resources
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.resources import warp_specialized_resources
 found = []
 for dim, even_kv in ((64, True), (128, True), (128, False)):
     for ping_pong in (False, True):

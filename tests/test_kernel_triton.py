@@ -15,17 +15,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparseattn.attention import default_block_size
-from sparseattn.kernels import gluon_fwd, triton_fwd
-from sparseattn.kernels.triton_fwd import (
+from sparseattn.kernels.attention import config as launch_config
+from sparseattn.kernels.attention import gluon_fwd, launch
+from sparseattn.kernels.attention.config import (
     KernelConfig,
     default_config,
     packable_heads,
     preferred_block_size,
-    triton_sparse_attention,
     warp_specialized_unsupported,
-    work_list,
 )
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.kernels.planning.work_list import work_list
 from sparseattn.layout import BlockLayout
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Triangle
 from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
@@ -36,8 +38,8 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Fill every output and scratch buffer with NaN, so an unwritten row cannot pass as correct."""
-    original = triton_fwd._new_outputs
-    monkeypatch.setattr(triton_fwd, "_new_outputs", lambda *a: tuple(t.fill_(math.nan) for t in original(*a)))
+    original = launch._new_outputs
+    monkeypatch.setattr(launch, "_new_outputs", lambda *a: tuple(t.fill_(math.nan) for t in original(*a)))
 
 
 def positions(q_len: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,21 +251,21 @@ def test_short_rows_pack_a_gqa_group_on_hopper(monkeypatch):
     """Head-independent short-row layouts run two heads of a GQA group per program where TMA exists (the
     tile shape and the launch agree); odd groups, per-head layouts and devices without TMA run one head
     per program."""
-    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)
+    monkeypatch.setattr(launch_config, "_has_tma", lambda device: True)
     assert packable_heads(4, 128, per_head=False, device="cpu") == 2
     assert packable_heads(6, 128, per_head=False, device="cpu") == 2
     assert packable_heads(3, 128, per_head=False, device="cpu") == 1
     assert packable_heads(4, 128, per_head=True, device="cpu") == 1
     assert packable_heads(4, 32, per_head=False, device="cpu") == 1
-    layout = Triangle(8, 64, 32).lower(512, block_size=(32, 32))
+    layout = lower(Triangle(8, 64, 32), 512, block_size=(32, 32))
     expected = KernelConfig(num_warps=4, num_stages=3, tma=True, pack=2, q_in_registers=True)
     assert default_config(layout, 128, group=4) == expected
     assert default_config(layout, 128, group=3).pack == 1
-    wide = Triangle(8, 64, 32).lower(512, block_size=(64, 64))
+    wide = lower(Triangle(8, 64, 32), 512, block_size=(64, 64))
     assert default_config(wide, 128, group=4) == KernelConfig(
         num_warps=4, num_stages=3, tma=True, pack=2, full_runs=False
     )
-    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: False)
+    monkeypatch.setattr(launch_config, "_has_tma", lambda device: False)
     assert packable_heads(4, 128, per_head=False, device="cpu") == 1
     assert default_config(layout, 128, group=4).pack == 1
 
@@ -272,22 +274,22 @@ def test_warp_specialized_launch_where_it_applies(monkeypatch):
     """On Hopper, 128 x 128 layouts of fp16/bf16 inputs with head dim 64 or 128 and no gathered columns
     default to the warp-specialised Gluon kernel; anything else keeps Triton's
     launch, and asking for it anyway names the reason."""
-    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)
-    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: True)
-    layout = Causal().lower(1024, block_size=(128, 128))
-    long_rows = Causal().lower(8192, block_size=(128, 128))  # 32.5 tiles per row on average
+    monkeypatch.setattr(launch_config, "_has_tma", lambda device: True)
+    monkeypatch.setattr(launch_config, "_is_hopper", lambda device: True)
+    layout = lower(Causal(), 1024, block_size=(128, 128))
+    long_rows = lower(Causal(), 8192, block_size=(128, 128))  # 32.5 tiles per row on average
     assert default_config(long_rows, 128, group=4) == KernelConfig(4, 2, tma=True, warp_specialized=True)
     # Short rows (4.5 tiles on average; Triangle()'s about 6) run persistent.
     short = KernelConfig(4, 2, tma=True, warp_specialized=True, persistent=True)
     assert default_config(layout, 128, group=4) == short
-    assert default_config(Triangle().lower(8192, block_size=(128, 128)), 128, group=4) == short
+    assert default_config(lower(Triangle(), 8192, block_size=(128, 128)), 128, group=4) == short
     assert default_config(layout, 64, dtype=torch.float16).warp_specialized
-    assert default_config(Causal().lower(1000, 5003, block_size=(128, 128)), 128).warp_specialized
+    assert default_config(lower(Causal(), 1000, 5003, block_size=(128, 128)), 128).warp_specialized
     cases = [
         (layout, 256, torch.bfloat16, "needs head dim 64 or 128, got 256"),
         (layout, 128, torch.float32, "needs float16 or bfloat16 inputs, got torch.float32"),
         (
-            Causal().lower(1024, block_size=(64, 64)),
+            lower(Causal(), 1024, block_size=(64, 64)),
             128,
             torch.bfloat16,
             "needs 128 x 128 tiles, got a layout on (64, 64)",
@@ -298,7 +300,7 @@ def test_warp_specialized_launch_where_it_applies(monkeypatch):
         assert not default_config(other, dim, dtype=dtype).warp_specialized
     columns = with_columns(layout, torch.Generator().manual_seed(0), 24)
     assert warp_specialized_unsupported(columns, 128, torch.bfloat16) == "does not take gathered key columns"
-    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: False)
+    monkeypatch.setattr(launch_config, "_is_hopper", lambda device: False)
     assert warp_specialized_unsupported(layout, 128, torch.bfloat16).startswith("needs a Hopper GPU (sm_90)")
     assert default_config(layout, 128, group=4) == KernelConfig(num_warps=8, num_stages=3, tma=True)
     q, k, v = random_inputs(1, 2, 1, 1024, 1024, 128, torch.float16, 0)
@@ -339,7 +341,7 @@ def test_lowered_patterns_match_oracle(pattern, lens, block, group, dtype, seed)
     q_len, kv_len = lens
     heads = pattern.num_heads or 2
     kv_heads = heads // group if heads % group == 0 else heads
-    layout = pattern.lower(q_len, kv_len, block_size=block, num_heads=pattern.num_heads)
+    layout = lower(pattern, q_len, kv_len, block_size=block, num_heads=pattern.num_heads)
     q, k, v = random_inputs(1, heads, kv_heads, q_len, kv_len, 32, dtype, seed)
     out, lse = triton_sparse_attention(q, k, v, layout, max_chunk=2)
     mask = pattern.to_dense(q_len, kv_len, num_heads=pattern.num_heads).unsqueeze(0)
@@ -373,9 +375,9 @@ def test_warp_specialized_launch_wiring(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append((grid, args, kwargs))
 
-    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: True)
+    monkeypatch.setattr(launch_config, "_is_hopper", lambda device: True)
     monkeypatch.setattr(gluon_fwd, "_gluon_fwd_kernel", Recorder())
-    layout = Triangle(8, 256, 128).lower(1000, 1100, block_size=(128, 128))
+    layout = lower(Triangle(8, 256, 128), 1000, 1100, block_size=(128, 128))
     q, k, v = random_inputs(2, 4, 2, 1000, 1100, 64, torch.float16, 0)
     config = KernelConfig(4, 2, tma=True, warp_specialized=True, ping_pong=True)
     triton_sparse_attention(q, k, v, layout, config=config, max_chunk=0, heavy_first=True)
@@ -407,9 +409,9 @@ def test_short_rows_take_the_warp_specialized_launch_from_8k_keys(monkeypatch):
     """On Hopper, Triangle()'s short rows lower on 128 x 128 tiles for the persistent warp-specialised
     launch from WARP_SPECIALIZED_SHORT_ROWS_FROM keys, and keep 32 x 32 tiles below (where they measured
     faster); other GPUs with TMA keep 32 x 32 tiles at every length."""
-    monkeypatch.setattr(triton_fwd, "_has_tma", lambda device: True)
-    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: True)
-    long_prompt = triton_fwd.WARP_SPECIALIZED_SHORT_ROWS_FROM
+    monkeypatch.setattr(launch_config, "_has_tma", lambda device: True)
+    monkeypatch.setattr(launch_config, "_is_hopper", lambda device: True)
+    long_prompt = launch_config.WARP_SPECIALIZED_SHORT_ROWS_FROM
     assert default_block_size("triton", 128, torch.bfloat16, Triangle(), long_prompt, long_prompt, group=4) == (
         128,
         128,
@@ -420,5 +422,5 @@ def test_short_rows_take_the_warp_specialized_launch_from_8k_keys(monkeypatch):
         32,
     )
     assert default_block_size("triton", 128, torch.float32, Triangle(), long_prompt, long_prompt, group=4) == (64, 64)
-    monkeypatch.setattr(triton_fwd, "_is_hopper", lambda device: False)
+    monkeypatch.setattr(launch_config, "_is_hopper", lambda device: False)
     assert default_block_size("triton", 128, torch.bfloat16, Triangle(), long_prompt, long_prompt, group=4) == (32, 32)

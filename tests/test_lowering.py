@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sparseattn import BlockLayout
+from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Columns, Diagonals, PerHead, Streaming, Triangle, Window
 from sparseattn.testing import check_layout_invariants, check_lowering
 
@@ -25,7 +26,7 @@ def test_triangle_structure():
 
 
 def test_head_independent_patterns_broadcast_and_per_head_do_not():
-    assert Triangle().lower(256).num_heads == 1
+    assert lower(Triangle(), 256).num_heads == 1
     mixed = PerHead((Causal(), Triangle(window=64), Streaming(4, 32)))
     layout = check_lowering(mixed, 256, 256, (64, 64))
     assert layout.num_heads == 3
@@ -58,7 +59,7 @@ def test_columns_can_stay_tiled():
 
 
 def test_one_million_tokens_stay_proportional_to_tiles():
-    layout = Triangle().lower(1 << 20, block_size=(64, 64))
+    layout = lower(Triangle(), 1 << 20, block_size=(64, 64))
     full, partial = layout.num_tiles()
     nbytes = layout.nbytes
     rows = layout.num_q_blocks
@@ -86,11 +87,11 @@ def test_from_dense_round_trips():
 )
 def test_bad_lowering_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Causal().lower(**kwargs)
+        lower(Causal(), **kwargs)
 
 
 def test_summary_and_repr_describe_the_layout():
-    layout = Triangle().lower(8192)
+    layout = lower(Triangle(), 8192)
     text = layout.summary()
     assert "q_len=8192" in text and "distinct bitmaps" in text and "MiB" in text
     assert repr(layout).startswith("BlockLayout(q_len=8192")

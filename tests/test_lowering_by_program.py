@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseattn.kernels.triton_interval_program import AND, ATOM, NOT, OR, classify_rows, partial_bits
-from sparseattn.layout import _pack_bits
+from sparseattn.kernels.lowering.triton_interval_program import AND, ATOM, NOT, OR, classify_rows, partial_bits
+from sparseattn.layout import pack_bits
 from sparseattn.lowering import lower
 from sparseattn.lowering.by_program import encode, lower_by_program
 from sparseattn.lowering.intervals import compile_intervals
@@ -25,7 +25,7 @@ from sparseattn.patterns import (
     Triangle,
     Window,
 )
-from sparseattn.patterns.base import FULL, PARTIAL, expand_runs, tile_bits
+from sparseattn.patterns.tiles import FULL, PARTIAL, expand_runs, tile_bits
 from sparseattn.testing import check_layout_invariants, layouts_differ
 from sparseattn.testing.strategies import block_sizes, lengths, patterns
 
@@ -114,7 +114,7 @@ def test_kernels_answer_as_the_program_does(members, sizes, block_size):
     tiles = Tiles.grid(ctx, len(members))
     words, true_class = partial_bits(code, spans, tiles.head * qb + tiles.q_block, tiles.kv_block, **shape)
     bits, inside = tile_bits(pattern, tiles, torch.arange(ctx.block_m), torch.arange(ctx.block_n))
-    assert torch.equal(words, _pack_bits(bits))
+    assert torch.equal(words, pack_bits(bits))
     kept = bits.sum((1, 2))
     assert torch.equal(true_class.long(), (kept > 0).long() + (kept == inside.sum((1, 2))))
 

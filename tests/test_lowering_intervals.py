@@ -24,7 +24,7 @@ from sparseattn.patterns import (
     Triangle,
     Window,
 )
-from sparseattn.patterns.base import tile_bits
+from sparseattn.patterns.tiles import tile_bits
 from sparseattn.testing import check_layout_invariants, check_row_breaks, layouts_differ
 from sparseattn.testing.strategies import block_sizes, lengths, patterns
 

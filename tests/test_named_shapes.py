@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from sparseattn.lowering import lower
 from sparseattn.patterns import (
     AShape,
     BlockBand,
@@ -106,7 +107,7 @@ def test_head_count_mismatch_is_an_error():
     with pytest.raises(ValueError, match="num_heads"):
         Columns(((1,), (2,))).to_dense(4, num_heads=3)
     with pytest.raises(ValueError, match="num_heads"):
-        Columns(((1,), (2,))).lower(4, num_heads=3)
+        lower(Columns(((1,), (2,))), 4, num_heads=3)
 
 
 def test_frozen():

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseattn.kernels.triton_schedule import run_ends
+from sparseattn.kernels.planning.work_list import run_ends
 
 
 @settings(max_examples=200, deadline=None)

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseattn.kernels.triton_pooled_scores import triton_block_means, triton_pooled_scores
-from sparseattn.patterns.dynamic.block_topk import BlockTopK, block_means, reachable_blocks
+from sparseattn.estimation.block_topk import BlockTopK, block_means, reachable_blocks
+from sparseattn.kernels.estimation.triton_pooled_scores import triton_block_means, triton_pooled_scores
 
 
 @given(st.data())

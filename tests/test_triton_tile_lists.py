@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparseattn.kernels.triton_tile_lists import triton_column_lists, triton_tile_lists
-from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps, torch_column_lists, torch_tile_lists
-from sparseattn.patterns.dynamic.topk import PAD
+from sparseattn.estimation.topk import PAD
+from sparseattn.kernels.lowering.triton_tile_lists import triton_column_lists, triton_tile_lists
+from sparseattn.lowering.tile_grid import causal_bitmaps, torch_column_lists, torch_tile_lists
 
 
 def _rows(num: torch.Tensor, start: torch.Tensor, *flats: torch.Tensor) -> list[list[tuple[int, ...]]]:

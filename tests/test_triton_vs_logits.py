@@ -12,9 +12,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparseattn.kernels import triton_vs_logits
-from sparseattn.kernels.triton_vs_logits import triton_last_query_logits
-from sparseattn.patterns.dynamic.vs_scores import last_query_logits
+from sparseattn.estimation.vs_scores import last_query_logits
+from sparseattn.kernels.estimation import triton_vs_logits
+from sparseattn.kernels.estimation.triton_vs_logits import triton_last_query_logits
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,7 +1,7 @@
 """Integrations with other libraries; importing this package imports transformers (the ``hf`` extra)."""
 
 from sparseattn.integrations.huggingface import ScheduledAttention, check_model, use_dense, use_schedule
-from sparseattn.integrations.models import gguf_model, gguf_tokenizer, random_model, smollm2_gguf
+from sparseattn.integrations.model_loading import gguf_model, gguf_tokenizer, random_model, smollm2_gguf
 from sparseattn.integrations.timing import LayerTimer
 
 __all__ = [

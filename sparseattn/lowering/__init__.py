@@ -28,8 +28,9 @@ from sparseattn.lowering.by_segments import lower_by_segments
 from sparseattn.lowering.by_tiles import lower_by_tiles
 from sparseattn.lowering.gathered import split_gathered
 from sparseattn.lowering.intervals import compile_intervals
-from sparseattn.patterns.base import MaskContext, Pattern
+from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.per_head import PerHead
+from sparseattn.patterns.tiles import MaskContext
 
 __all__ = ["lower", "split_gathered"]
 
@@ -39,7 +40,7 @@ def lower(
     q_len: int,
     kv_len: int | None = None,
     *,
-    block_size: tuple[int, int] = (64, 64),
+    block_size: tuple[int, int] | None = None,
     num_heads: int | None = None,
     device: torch.device | str | None = None,
     gather_columns: bool = True,
@@ -48,6 +49,10 @@ def lower(
     triton: bool | None = None,
 ) -> BlockLayout:
     """Lower ``pattern`` for ``q_len`` queries against ``kv_len`` keys (default ``q_len``).
+
+    ``block_size`` defaults to the pattern's `Pattern.native_block_size` (an estimate's tiles) or 64 x 64;
+    a pattern defined on its own tiles refuses others. A pattern that builds its own layout
+    (`Pattern.own_layout`) is asked first.
 
     The layout broadcasts over heads (head dimension 1) unless the pattern depends on the head, in
     which case it has one entry per head (``num_heads`` is checked against the pattern's own count).
@@ -62,10 +67,22 @@ def lower(
     if not isinstance(pattern, Pattern):
         raise ValueError(f"pattern: expected a Pattern, got {type(pattern).__name__}")
     kv_len = q_len if kv_len is None else kv_len
+    native = pattern.native_block_size
+    if block_size is None:
+        block_size = native or (64, 64)
+    block_size = _block_shape(block_size)
+    if native is not None and block_size != native:
+        raise ValueError(
+            f"block_size: {type(pattern).__name__} is defined on {native} tiles, got {block_size}; "
+            f"lower with block_size={native} or None"
+        )
     bm, bn = block_size
     if bm < 1 or bn < 32 or bn % 32:
         raise ValueError(f"block_size: expected (block_m >= 1, block_n a positive multiple of 32), got {block_size}")
     pattern._resolve_heads(num_heads)
+    own = pattern.own_layout(q_len, kv_len, block_size, None if device is None else torch.device(device))
+    if own is not None:
+        return own
     device = torch.device(device or "cpu")
     intervals = device.type != "cpu" if intervals is None else intervals
     triton = device.type == "cuda" if triton is None else triton
@@ -113,3 +130,16 @@ def _lower(
         if layout is not None:
             return layout
     return lower_by_tiles(pattern, tiled, columns, ctx, heads)
+
+
+def _block_shape(block_size: object) -> tuple[int, int]:
+    """``block_size`` as ``(block_m, block_n)``: an int means a square tile."""
+    if isinstance(block_size, int) and not isinstance(block_size, bool):
+        return (block_size, block_size)
+    if (
+        isinstance(block_size, (tuple, list))
+        and len(block_size) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in block_size)
+    ):
+        return (int(block_size[0]), int(block_size[1]))
+    raise ValueError(f"block_size: expected an int (square tiles) or a pair (block_m, block_n), got {block_size!r}")

@@ -2,7 +2,7 @@
 
 The same three steps as ``by_segments.py`` (classify each run of the run grid by its first tile,
 expand FULL runs into lists, give PARTIAL tiles bitmaps), but each step is one kernel that runs the
-program's straight-line code (`sparseattn.kernels.triton_interval_program`) instead of a few torch
+program's straight-line code (`sparseattn.kernels.lowering.triton_interval_program`) instead of a few torch
 operations per term: the benchmark's 32-head mixture at 128K lowers in 42 launches and 7 host waits,
 against 215 and 11 through the torch program (lowering_launches.md). ``by_segments.py`` on the same
 program is its oracle in the tests.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparseattn.kernels.triton_interval_program import (
+from sparseattn.kernels.lowering.triton_interval_program import (
     AND,
     ATOM,
     BLOCKS,
@@ -40,7 +40,7 @@ from sparseattn.kernels.triton_interval_program import (
 from sparseattn.layout import BlockLayout
 from sparseattn.lowering.grouping import group_rows
 from sparseattn.lowering.intervals import IntervalProgram, Node
-from sparseattn.patterns.base import FULL, PARTIAL, MaskContext
+from sparseattn.patterns.tiles import FULL, PARTIAL, MaskContext
 
 _QUANTITIES = {"diagonal": DIAGONAL, "key": KEY, "query": QUERY, "blocks": BLOCKS}
 

@@ -27,8 +27,9 @@ from sparseattn.layout import BlockLayout
 from sparseattn.lowering.by_tiles import partial_bitmaps
 from sparseattn.lowering.gathered import gathered_columns
 from sparseattn.lowering.intervals import IntervalProgram
-from sparseattn.patterns.base import FULL, PARTIAL, MaskContext, Pattern, Tiles, expand_runs, run_values
+from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.columns import Columns
+from sparseattn.patterns.tiles import FULL, PARTIAL, MaskContext, Tiles, expand_runs, run_values
 
 
 def run_grid(pattern: Pattern, ctx: MaskContext, heads: int | None) -> tuple[Tensor, Tensor] | None:

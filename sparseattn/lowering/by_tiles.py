@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparseattn.layout import BlockLayout, _pack_bits
+from sparseattn.layout import BlockLayout, pack_bits
 from sparseattn.lowering.gathered import gathered_columns
 from sparseattn.lowering.grouping import group_rows
-from sparseattn.patterns.base import EMPTY, FULL, MaskContext, Pattern, Tiles, tile_bits
+from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.columns import Columns
+from sparseattn.patterns.tiles import EMPTY, FULL, MaskContext, Tiles, tile_bits
 
 _BITMAP_CHUNK = 2048
 
@@ -46,7 +47,7 @@ def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Ten
         bits, inside = tile_bits(pattern, reps.select(slice(s, s + _BITMAP_CHUNK)), rows, cols)
         kept = bits.sum((-1, -2))
         classes.append((kept > 0).long() + (kept == inside.sum((-1, -2))))
-        words.append(_pack_bits(bits))
+        words.append(pack_bits(bits))
     packed, true_class = torch.cat(words), torch.cat(classes)
     partial = true_class == 1
     # Equal contents share one bitmap; groups that are not PARTIAL keep id 0 (never read).

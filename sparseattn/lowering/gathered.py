@@ -13,11 +13,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.algebra import And, Or
-from sparseattn.patterns.base import MaskContext, Pattern
+from sparseattn.patterns.base import And, Or, Pattern
 from sparseattn.patterns.columns import Columns
 from sparseattn.patterns.primitives import Causal
 from sparseattn.patterns.shapes import Composite
+from sparseattn.patterns.tiles import MaskContext
 
 
 def _causal_columns(term: Pattern) -> Columns | None:

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.algebra import And, Not, Or
-from sparseattn.patterns.base import PARTIAL, MaskContext, Pattern, Tiles
+from sparseattn.memo import attached, peek, seed
+from sparseattn.patterns.base import And, Not, Or, Pattern
 from sparseattn.patterns.per_head import PerHead
 from sparseattn.patterns.primitives import (
     _CONSTANT_KEY,
@@ -45,6 +45,7 @@ from sparseattn.patterns.primitives import (
     no_breaks,
 )
 from sparseattn.patterns.shapes import Composite
+from sparseattn.patterns.tiles import PARTIAL, MaskContext, Tiles
 
 # Stands for an unbounded end of an atom's interval; far beyond any position difference.
 _UNBOUNDED = 1 << 60
@@ -224,37 +225,37 @@ class IntervalProgram(Pattern):
     # ----------------------------------------------------------------- classes
     def atom_classes(self, tiles: Tiles) -> Tensor:
         """int8 ``[len(tiles), A]``: every atom's class on every tile, as `interval_class` gives it."""
-        memo = ("atom_classes", self)
-        if memo not in tiles._memo:
-            los, his = [], []
-            for quantity, _, _ in self.quantities:
-                if quantity == _DIAGONAL:
-                    lo, hi = tiles.diagonal_span
-                elif quantity == _KEY:
-                    lo, hi = tiles.k_start, tiles.k_last
-                elif quantity == _QUERY:
-                    lo, hi = tiles.q_start, tiles.q_last
-                else:
-                    bs = quantity[1]
-                    lo = tiles.q_start // bs - tiles.k_last // bs
-                    hi = tiles.q_last // bs - tiles.k_start // bs
-                los.append(lo)
-                his.append(hi)
-            table = self.table
-            spans = torch.stack(los + his, dim=1).view(len(tiles), 2, -1)[:, :, table[2]]  # [n, 2, A]
-            # Ends of the span at or past lo, and ends before hi: 0, 1 or 2 of each; the class of
-            # lo <= x < hi over the whole span is the smaller count.
-            reached = (spans >= table[0]).sum(1, dtype=torch.int8)
-            before = (spans < table[1]).sum(1, dtype=torch.int8)
-            tiles._memo[memo] = torch.minimum(reached, before)
-        return tiles._memo[memo]  # type: ignore[no-any-return]
+        return attached(tiles, ("atom_classes", self), lambda: self._atom_classes(tiles))
+
+    def _atom_classes(self, tiles: Tiles) -> Tensor:
+        los, his = [], []
+        for quantity, _, _ in self.quantities:
+            if quantity == _DIAGONAL:
+                lo, hi = tiles.diagonal_span
+            elif quantity == _KEY:
+                lo, hi = tiles.k_start, tiles.k_last
+            elif quantity == _QUERY:
+                lo, hi = tiles.q_start, tiles.q_last
+            else:
+                bs = quantity[1]
+                lo = tiles.q_start // bs - tiles.k_last // bs
+                hi = tiles.q_last // bs - tiles.k_start // bs
+            los.append(lo)
+            his.append(hi)
+        table = self.table
+        spans = torch.stack(los + his, dim=1).view(len(tiles), 2, -1)[:, :, table[2]]  # [n, 2, A]
+        # Ends of the span at or past lo, and ends before hi: 0, 1 or 2 of each; the class of
+        # lo <= x < hi over the whole span is the smaller count.
+        reached = (spans >= table[0]).sum(1, dtype=torch.int8)
+        before = (spans < table[1]).sum(1, dtype=torch.int8)
+        return torch.minimum(reached, before)
 
     def share_classes(self, probes: Tiles, tiles: Tiles, run: Tensor) -> None:
         """Give ``tiles`` the atom classes of ``probes``, tile ``i`` lying in the run of row breaks that
         ``probes[run[i]]`` stands for: every atom keeps one class along such a run."""
-        memo = ("atom_classes", self)
-        if memo in probes._memo:
-            tiles._memo[memo] = probes._memo[memo][run]
+        classes = peek(probes, ("atom_classes", self))
+        if classes is not None:
+            seed(tiles, ("atom_classes", self), classes[run])
 
     def classify(self, tiles: Tiles) -> Tensor:
         leaves = dict(zip(self.atoms, self.atom_classes(tiles).unbind(1), strict=True))

@@ -1,20 +1,12 @@
 """Attention patterns: token-level truth, a mask algebra, and analytic tile classification."""
 
-from sparseattn.patterns.algebra import And, Not, Or
-from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, TileClass, Tiles
+from sparseattn.patterns.base import And, Not, Or, Pattern
 from sparseattn.patterns.columns import Columns, Diagonals
 from sparseattn.patterns.documents import Documents
-from sparseattn.patterns.dynamic import (
-    BlockMass,
-    BlockTopK,
-    BlockTopKTiles,
-    MixedHeads,
-    VerticalSlash,
-    VerticalSlashIndices,
-)
 from sparseattn.patterns.per_head import PerHead
 from sparseattn.patterns.primitives import BlockBand, Causal, Full, LastQueries, Sink, Window
 from sparseattn.patterns.shapes import AShape, Composite, Streaming, Triangle
+from sparseattn.patterns.tiles import EMPTY, FULL, PARTIAL, MaskContext, TileClass, Tiles
 
 __all__ = [
     "EMPTY",
@@ -23,9 +15,6 @@ __all__ = [
     "AShape",
     "And",
     "BlockBand",
-    "BlockMass",
-    "BlockTopK",
-    "BlockTopKTiles",
     "Causal",
     "Columns",
     "Composite",
@@ -34,7 +23,6 @@ __all__ = [
     "Full",
     "LastQueries",
     "MaskContext",
-    "MixedHeads",
     "Not",
     "Or",
     "Pattern",
@@ -44,7 +32,5 @@ __all__ = [
     "TileClass",
     "Tiles",
     "Triangle",
-    "VerticalSlash",
-    "VerticalSlashIndices",
     "Window",
 ]

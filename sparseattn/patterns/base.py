@@ -1,4 +1,5 @@
-"""The `Pattern` base class: token-level truth, tile classification and the algebra operators.
+"""The `Pattern` base class and its algebra: token-level truth, tile classification, and the `And`,
+`Or`, `Not` nodes that ``&``, ``|``, ``~`` build (plain frozen data whose ``repr`` is the expression).
 
 A pattern answers three questions, from the most exact to the cheapest:
 
@@ -16,246 +17,18 @@ and O(tile area).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import IntEnum
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
+from sparseattn.patterns.tiles import EMPTY, FULL, PARTIAL, MaskContext, Tiles, tile_bits
+
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from sparseattn.layout import BlockLayout
-
-
-class TileClass(IntEnum):
-    """Tile classes ordered so that Kleene logic is ``min`` / ``max`` / ``2 - x``."""
-
-    EMPTY = 0
-    PARTIAL = 1
-    FULL = 2
-
-
-EMPTY, PARTIAL, FULL = TileClass.EMPTY, TileClass.PARTIAL, TileClass.FULL
-
-
-@dataclass(frozen=True)
-class MaskContext:
-    """Lengths, heads and tiling a pattern is evaluated under.
-
-    Queries are aligned bottom-right: query row ``i`` sits at key position ``q_pos = i + kv_len - q_len``,
-    so a chunk of a prompt attends as its rows would in the whole prompt.
-    """
-
-    q_len: int
-    kv_len: int
-    num_heads: int = 1
-    block_m: int = 64
-    block_n: int = 64
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    _memo: dict[object, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.q_len <= self.kv_len:
-            raise ValueError(f"lengths: expected 0 < q_len <= kv_len, got q_len={self.q_len}, kv_len={self.kv_len}")
-        if self.num_heads < 1:
-            raise ValueError(f"num_heads: expected >= 1, got {self.num_heads}")
-        if self.block_m < 1 or self.block_n < 1:
-            raise ValueError(f"block_size: expected positive sizes, got ({self.block_m}, {self.block_n})")
-
-    @property
-    def offset(self) -> int:
-        """``q_pos - q_idx``."""
-        return self.kv_len - self.q_len
-
-    @property
-    def num_q_blocks(self) -> int:
-        return -(-self.q_len // self.block_m)
-
-    @property
-    def num_kv_blocks(self) -> int:
-        return -(-self.kv_len // self.block_n)
-
-    # Cached on the context, which a lowering builds for itself: every term of a pattern asks for
-    # these, and on a GPU each recomputation is a few kernel launches. Callers never write them.
-    def breaks_of(self, pattern: Pattern) -> Tensor | None:
-        """``pattern.row_breaks(self)``, computed once per equal pattern under this context."""
-        return _memoised(self._memo, ("row_breaks", pattern), lambda: pattern.row_breaks(self))
-
-    @cached_property
-    def q_block_span(self) -> tuple[Tensor, Tensor]:
-        """(first, last) query position of every query block, ``[QB]`` each."""
-        qb = torch.arange(self.num_q_blocks, device=self.device)
-        first = qb * self.block_m + self.offset
-        last = torch.clamp((qb + 1) * self.block_m, max=self.q_len) - 1 + self.offset
-        return first, last
-
-    @cached_property
-    def row_ends(self) -> tuple[Tensor, Tensor]:
-        """``first + 1`` and ``last`` query positions of every query block, ``[1, QB, 1]`` each."""
-        first, last = self.q_block_span
-        return (first + 1).view(1, -1, 1), last.view(1, -1, 1)
-
-
-@dataclass(frozen=True, eq=False)
-class Tiles:
-    """A flat set of tiles ``(head, q_block, kv_block)`` with the token ranges they cover.
-
-    ``head`` is 0 for every tile when the set does not depend on the head. Ranges are clipped to the
-    sequence, so tail tiles are described by their in-bounds tokens only.
-    """
-
-    ctx: MaskContext
-    head: Tensor
-    q_block: Tensor
-    kv_block: Tensor
-    _memo: dict[object, Any] = field(default_factory=dict, init=False, repr=False)
-
-    # Terms recur inside expressions (every member of a per-head mixture has its own ``Causal()``), and
-    # on a GPU each evaluation is several launches: equal patterns are evaluated once per tile set.
-    def classes_of(self, pattern: Pattern) -> Tensor:
-        """``pattern.classify(self)``, computed once per equal pattern."""
-        return _memoised(self._memo, ("classify", pattern), lambda: pattern.classify(self))
-
-    def keys_of(self, pattern: Pattern) -> Tensor:
-        """``pattern.tile_key(self)``, computed once per equal pattern."""
-        return _memoised(self._memo, ("tile_key", pattern), lambda: pattern.tile_key(self))
-
-    @cached_property
-    def q_start(self) -> Tensor:
-        """First query position (``q_pos``) in the tile."""
-        return self.q_block * self.ctx.block_m + self.ctx.offset
-
-    @cached_property
-    def q_last(self) -> Tensor:
-        """Last in-bounds query position in the tile."""
-        return torch.clamp(self.q_start + (self.ctx.block_m - 1), max=self.ctx.q_len - 1 + self.ctx.offset)
-
-    @cached_property
-    def q_stop(self) -> Tensor:
-        """One past the last in-bounds query position."""
-        return self.q_last + 1
-
-    @cached_property
-    def k_start(self) -> Tensor:
-        return self.kv_block * self.ctx.block_n
-
-    @cached_property
-    def k_stop(self) -> Tensor:
-        """One past the last in-bounds key."""
-        return self.k_last + 1
-
-    @cached_property
-    def k_last(self) -> Tensor:
-        """Last in-bounds key in the tile."""
-        return torch.clamp(self.k_start + (self.ctx.block_n - 1), max=self.ctx.kv_len - 1)
-
-    @cached_property
-    def corner_offset(self) -> Tensor:
-        """``q_pos - k`` at the tile's first row and first column."""
-        return self.q_start - self.k_start
-
-    @cached_property
-    def diagonal_span(self) -> tuple[Tensor, Tensor]:
-        """Smallest and largest ``q_pos - k`` over each tile."""
-        return self.q_start - self.k_last, self.q_last - self.k_start
-
-    def __len__(self) -> int:
-        return int(self.head.numel())
-
-    def select(self, keep: Tensor | slice) -> Tiles:
-        return Tiles(self.ctx, self.head[keep], self.q_block[keep], self.kv_block[keep])
-
-    @staticmethod
-    def grid(ctx: MaskContext, heads: int = 1) -> Tiles:
-        """Every tile of the plane, for ``heads`` head entries (the fallback when nothing bounds the support)."""
-        h, qb, kb = torch.meshgrid(
-            torch.arange(heads, device=ctx.device),
-            torch.arange(ctx.num_q_blocks, device=ctx.device),
-            torch.arange(ctx.num_kv_blocks, device=ctx.device),
-            indexing="ij",
-        )
-        return Tiles(ctx, h.reshape(-1), qb.reshape(-1), kb.reshape(-1))
-
-    @staticmethod
-    def from_ranges(ctx: MaskContext, lo: Tensor, hi: Tensor, head: Tensor | None = None) -> Tiles:
-        """Tiles ``[lo[i], hi[i])`` of kv blocks for query block ``i`` (of head ``head[i]`` if given).
-
-        ``lo`` and ``hi`` have one entry per (head, q block) row; rows with ``hi <= lo`` contribute nothing.
-        """
-        row, kv_block = expand_runs(lo, (hi - lo).clamp(min=0))
-        q_block = row % ctx.num_q_blocks
-        heads = torch.zeros_like(row) if head is None else head[row]
-        return Tiles(ctx, heads, q_block, kv_block)
-
-    def union(self, other: Tiles) -> Tiles:
-        """Set union; a head-independent side (all heads 0) must be expanded by the caller first."""
-        key = torch.cat([self.key(), other.key()]).unique()
-        return Tiles.from_key(self.ctx, key)
-
-    def key(self) -> Tensor:
-        """One int64 per tile, ordered by (head, q_block, kv_block)."""
-        return (self.head * self.ctx.num_q_blocks + self.q_block) * self.ctx.num_kv_blocks + self.kv_block
-
-    @staticmethod
-    def from_key(ctx: MaskContext, key: Tensor) -> Tiles:
-        kv_block = key % ctx.num_kv_blocks
-        rest = key // ctx.num_kv_blocks
-        return Tiles(ctx, rest // ctx.num_q_blocks, rest % ctx.num_q_blocks, kv_block)
-
-    def for_heads(self, heads: int) -> Tiles:
-        """Repeat a head-independent tile set once per head."""
-        n = len(self)
-        head = torch.arange(heads, device=self.head.device).repeat_interleave(n)
-        return Tiles(self.ctx, head, self.q_block.repeat(heads), self.kv_block.repeat(heads))
-
-
-def expand_runs(lo: Tensor, count: Tensor, total: int | None = None) -> tuple[Tensor, Tensor]:
-    """(run, value) of every value of the runs ``[lo[i], lo[i] + count[i])``, concatenated in order.
-
-    ``total`` (the sum of ``count``, when the caller knows it) spares a device sync.
-    """
-    run = torch.repeat_interleave(torch.arange(lo.numel(), device=lo.device), count, output_size=total)
-    shift = lo - (torch.cumsum(count, 0) - count)  # value = position in the output + the run's shift
-    return run, torch.arange(run.numel(), device=lo.device) + shift[run]
-
-
-def run_values(lo: Tensor, count: Tensor, total: int) -> Tensor:
-    """The values of `expand_runs` alone, in fewer operations (no run index)."""
-    shift = lo - (torch.cumsum(count, 0) - count)
-    return torch.repeat_interleave(shift, count, output_size=total) + torch.arange(total, device=lo.device)
-
-
-_Result = TypeVar("_Result")
-
-
-def _memoised(memo: dict[object, Any], key: tuple[str, Pattern], compute: Callable[[], _Result]) -> _Result:
-    """``memo[key]``, computed on first use; patterns that cannot be hashed are computed every time."""
-    try:
-        if key in memo:
-            cached: _Result = memo[key]
-            return cached
-    except TypeError:
-        return compute()
-    memo[key] = result = compute()
-    return result
-
-
-def interval_class(lo: Tensor, hi: Tensor, keep_lo: Tensor | int, keep_hi: Tensor | int | None) -> Tensor:
-    """Class of a predicate ``keep_lo <= x < keep_hi`` over a tile whose ``x`` spans every integer in ``[lo, hi]``.
-
-    Exact when ``x`` takes every integer value in the range over the tile, which holds for ``q_pos``,
-    ``k``, ``q_pos - k`` and block-index differences over a rectangle. ``keep_hi=None`` is unbounded.
-    Written in few ops (``1 + full - empty``, or a count of the span's ends inside when unbounded):
-    lowering evaluates it for every term of a pattern.
-    """
-    if keep_hi is None:
-        # Each end of the span is in or out: 0 (EMPTY), 1 (PARTIAL) or 2 (FULL) of them are in.
-        return (lo >= keep_lo).to(torch.int8) + (hi >= keep_lo)
-    full = (lo >= keep_lo) & (hi < keep_hi)
-    empty = (hi < keep_lo) | (lo >= keep_hi)
-    return (full.to(torch.int8) - empty.to(torch.int8)) + 1
 
 
 class Pattern:
@@ -343,45 +116,223 @@ class Pattern:
         return torch.stack([tiles.head, tiles.q_block, tiles.kv_block], dim=1)
 
     # ----------------------------------------------------------------- lowering
-    def lower(
-        self,
-        q_len: int,
-        kv_len: int | None = None,
-        block_size: tuple[int, int] = (64, 64),
-        num_heads: int | None = None,
-        device: torch.device | str | None = None,
-    ) -> BlockLayout:
-        """Lower to a `BlockLayout` analytically, in O(non-empty tiles); see `sparseattn.lowering`."""
-        from sparseattn.lowering import lower
+    @property
+    def native_block_size(self) -> tuple[int, int] | None:
+        """The tile shape the pattern is defined on, for patterns given tile by tile (an estimate's kept
+        tiles); None for token-level patterns, which lower to any tile shape."""
+        return None
 
-        return lower(self, q_len, kv_len, block_size=block_size, num_heads=num_heads, device=device)
+    def own_layout(
+        self, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device | None
+    ) -> BlockLayout | None:
+        """A layout the pattern builds itself on ``block_size`` tiles (its `native_block_size` when it has
+        one) on ``device`` (where its own data lives when None), or None to be lowered analytically.
+
+        Estimated patterns that already hold their kept tiles override this (`sparseattn.lowering.lower`
+        asks first); analytic patterns never need to.
+        """
+        return None
 
     # ----------------------------------------------------------------- algebra
     def __and__(self, other: Pattern) -> Pattern:
-        from sparseattn.patterns.algebra import And
-
         return And.of(self, other)
 
     def __or__(self, other: Pattern) -> Pattern:
-        from sparseattn.patterns.algebra import Or
-
         return Or.of(self, other)
 
     def __invert__(self) -> Pattern:
-        from sparseattn.patterns.algebra import Not
-
         return Not.of(self)
 
 
-def tile_bits(pattern: Pattern, tiles: Tiles, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-    """(mask bits, in-bounds bits) of each tile: bool ``[n, block_m, block_n]`` each."""
-    ctx = tiles.ctx
-    q_idx = (tiles.q_block * ctx.block_m).view(-1, 1, 1) + rows.view(1, -1, 1)
-    k_idx = (tiles.kv_block * ctx.block_n).view(-1, 1, 1) + cols.view(1, 1, -1)
-    bits = pattern.mask(tiles.head.view(-1, 1, 1), q_idx, k_idx, ctx)
-    shape = (len(tiles), ctx.block_m, ctx.block_n)
-    if ctx.q_len % ctx.block_m == 0 and ctx.kv_len % ctx.block_n == 0:
-        # No tail tiles: every bit is in bounds (the common case, spared three operations).
-        return bits.expand(shape), torch.ones((), dtype=torch.bool, device=bits.device).expand(shape)
-    inside = (q_idx < ctx.q_len) & (k_idx < ctx.kv_len)
-    return bits & inside, inside
+def common_heads(terms: tuple[Pattern, ...]) -> int | None:
+    """The head count the terms agree on (None if none depends on heads); conflicting counts are an error."""
+    counts = {t.num_heads for t in terms if t.num_heads is not None}
+    if len(counts) > 1:
+        raise ValueError(f"terms: patterns written for different head counts {sorted(counts)} cannot be combined")
+    return counts.pop() if counts else None
+
+
+def _check_terms(terms: tuple[Pattern, ...], name: str) -> None:
+    if len(terms) < 2:
+        raise ValueError(f"terms: {name} needs at least two patterns, got {len(terms)}")
+    for t in terms:
+        if not isinstance(t, Pattern):
+            raise ValueError(f"terms: expected Pattern instances, got {type(t).__name__}")
+    common_heads(terms)
+
+
+def stack_breaks(parts: list[Tensor]) -> Tensor:
+    """Concatenate row breaks ``[H|1, QB, P_i]`` along P, expanding head-independent ones to H heads."""
+    heads = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand(heads, -1, -1) for p in parts], dim=-1)
+
+
+def heads_of(tiles: Tiles, pattern_heads: int | None, wanted: int | None) -> Tiles:
+    """Tiles of a pattern with ``pattern_heads`` heads, expanded when ``wanted`` heads are needed."""
+    if wanted is not None and pattern_heads is None:
+        return tiles.for_heads(wanted)
+    return tiles
+
+
+class Nary(Pattern):
+    """Shared shape of `And` and `Or`: a flat tuple of terms combined by one associative operator.
+
+    Subclasses are frozen dataclasses with a ``terms`` field and set ``symbol`` (for ``repr``),
+    ``combine_masks`` (the token operator) and ``combine_classes`` (its Kleene counterpart).
+    """
+
+    terms: tuple[Pattern, ...]
+    symbol: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "terms", tuple(self.terms))
+        _check_terms(self.terms, type(self).__name__)
+
+    @classmethod
+    def of(cls, *patterns: Pattern) -> Self:
+        flat: list[Pattern] = []
+        for p in patterns:
+            flat.extend(p.terms if isinstance(p, cls) else (p,))
+        return cls(tuple(flat))  # type: ignore[call-arg]
+
+    def __repr__(self) -> str:
+        return "(" + f" {self.symbol} ".join(map(repr, self.terms)) + ")"
+
+    @property
+    def num_heads(self) -> int | None:
+        return common_heads(self.terms)
+
+    @staticmethod
+    def combine_masks(a: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def combine_classes(classes: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        out = self.terms[0].mask(h, q_idx, kv_idx, ctx)
+        for t in self.terms[1:]:
+            out = self.combine_masks(out, t.mask(h, q_idx, kv_idx, ctx))
+        return out
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        return self.combine_classes(torch.stack([tiles.classes_of(t) for t in self.terms]))
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return torch.cat([tiles.keys_of(t) for t in self.terms], dim=1)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        # Kleene min / max of the terms' classes changes only where some term's class does.
+        parts = [ctx.breaks_of(t) for t in self.terms]
+        if any(p is None for p in parts):
+            return None
+        return stack_breaks(parts)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, repr=False)
+class And(Nary):
+    """Pairs every term keeps (intersection). Built by ``a & b``; nested Ands are flattened."""
+
+    terms: tuple[Pattern, ...]
+    symbol: ClassVar[str] = "&"
+
+    @staticmethod
+    def combine_masks(a: Tensor, b: Tensor) -> Tensor:
+        return a & b
+
+    @staticmethod
+    def combine_classes(classes: Tensor) -> Tensor:
+        return classes.amin(0)
+
+    def _tightest(self, ctx: MaskContext) -> Pattern | None:
+        sized = [(size, i) for i, t in enumerate(self.terms) if (size := t.support_size(ctx)) is not None]
+        return self.terms[min(sized)[1]] if sized else None
+
+    def support(self, ctx: MaskContext) -> Tiles | None:
+        # Any one term's support bounds the intersection; the smallest is the cheapest to filter.
+        term = self._tightest(ctx)
+        if term is None:
+            return None
+        tiles = term.support(ctx)
+        assert tiles is not None
+        return heads_of(tiles, term.num_heads, self.num_heads)
+
+    def support_size(self, ctx: MaskContext) -> int | None:
+        term = self._tightest(ctx)
+        if term is None:
+            return None
+        size = term.support_size(ctx)
+        assert size is not None
+        return size * (self.num_heads or 1) if term.num_heads is None else size
+
+
+@dataclass(frozen=True, repr=False)
+class Or(Nary):
+    """Pairs any term keeps (union). Built by ``a | b``; nested Ors are flattened."""
+
+    terms: tuple[Pattern, ...]
+    symbol: ClassVar[str] = "|"
+
+    @staticmethod
+    def combine_masks(a: Tensor, b: Tensor) -> Tensor:
+        return a | b
+
+    @staticmethod
+    def combine_classes(classes: Tensor) -> Tensor:
+        return classes.amax(0)
+
+    def support(self, ctx: MaskContext) -> Tiles | None:
+        if self.support_size(ctx) is None:
+            return None
+        heads = self.num_heads
+        keys = []
+        for t in self.terms:
+            tiles = t.support(ctx)
+            assert tiles is not None
+            keys.append(heads_of(tiles, t.num_heads, heads).key())
+        return Tiles.from_key(ctx, torch.cat(keys).unique())
+
+    def support_size(self, ctx: MaskContext) -> int | None:
+        heads = self.num_heads or 1
+        total = 0
+        for t in self.terms:
+            size = t.support_size(ctx)
+            if size is None:
+                return None
+            total += size * (heads if t.num_heads is None else 1)
+        return total
+
+
+@dataclass(frozen=True)
+class Not(Pattern):
+    """Pairs the term drops (complement). Built by ``~a``."""
+
+    term: Pattern
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.term, Pattern):
+            raise ValueError(f"term: expected a Pattern, got {type(self.term).__name__}")
+
+    @classmethod
+    def of(cls, pattern: Pattern) -> Not:
+        return cls(pattern)
+
+    def __repr__(self) -> str:
+        return f"~{self.term!r}"
+
+    @property
+    def num_heads(self) -> int | None:
+        return self.term.num_heads
+
+    def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
+        return ~self.term.mask(h, q_idx, kv_idx, ctx)
+
+    def classify(self, tiles: Tiles) -> Tensor:
+        return (2 - tiles.classes_of(self.term)).to(torch.int8)
+
+    def tile_key(self, tiles: Tiles) -> Tensor:
+        return tiles.keys_of(self.term)
+
+    def row_breaks(self, ctx: MaskContext) -> Tensor | None:
+        return ctx.breaks_of(self.term)

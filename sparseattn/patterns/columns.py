@@ -13,8 +13,9 @@ from typing import cast
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
+from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.primitives import diagonal_breaks, key_breaks, partial_key
+from sparseattn.patterns.tiles import EMPTY, FULL, PARTIAL, MaskContext, Tiles
 
 IndexSet = tuple[int, ...] | tuple[tuple[int, ...], ...]
 

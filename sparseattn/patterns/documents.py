@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import EMPTY, FULL, PARTIAL, MaskContext, Pattern, Tiles
+from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.primitives import key_breaks, no_breaks
+from sparseattn.patterns.tiles import EMPTY, FULL, PARTIAL, MaskContext, Tiles
 
 # Row breaks are worth their cost only while they are a fraction of a row's tiles (as for index sets).
 _FEW_BREAKS = 64

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import MaskContext, Pattern, Tiles
+from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.tiles import MaskContext, Tiles
 
 
 @dataclass(frozen=True)

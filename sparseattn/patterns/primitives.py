@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import PARTIAL, MaskContext, Pattern, Tiles, interval_class
+from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.tiles import PARTIAL, MaskContext, Tiles, interval_class
 
 # Keys of tiles on which a pattern is FULL or EMPTY: the bitmap is constant there, whatever the tile.
 _CONSTANT_KEY = -(1 << 40)

@@ -11,8 +11,9 @@ from functools import cached_property
 
 from torch import Tensor
 
-from sparseattn.patterns.base import MaskContext, Pattern, Tiles
+from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.primitives import BlockBand, Causal, LastQueries, Sink, Window, _check_int
+from sparseattn.patterns.tiles import MaskContext, Tiles
 
 
 class Composite(Pattern):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from sparseattn.layout import BlockLayout, unpack_bits
+from sparseattn.lowering import lower
 from sparseattn.patterns import EMPTY, FULL, MaskContext, Pattern, Tiles
 from sparseattn.testing.strategies import block_sizes, lengths
 
@@ -148,7 +149,7 @@ def layouts_differ(a: BlockLayout, b: BlockLayout) -> str | None:
 
 def check_lowering(pattern: Pattern, q_len: int, kv_len: int, block_size: tuple[int, int]) -> BlockLayout:
     """Lowering is exact (the layout's token mask is the pattern's) and the layout is well formed."""
-    layout = pattern.lower(q_len, kv_len, block_size=block_size)
+    layout = lower(pattern, q_len, kv_len, block_size=block_size)
     check_layout_invariants(layout)
     truth = pattern.to_dense(q_len, kv_len, num_heads=pattern.num_heads)
     got = layout.to_dense()[0].expand_as(truth)

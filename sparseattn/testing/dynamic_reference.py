@@ -1,6 +1,6 @@
 """Slow, obvious reference implementations of the dynamic estimators (loops over heads and rows, fp64).
 
-They define the algorithms the fast paths in `sparseattn.patterns.dynamic` must reproduce index for
+They define the algorithms the fast paths in `sparseattn.estimation` must reproduce index for
 index; the ranking rule is "higher score first, then lower index", forced entries first of all.
 """
 

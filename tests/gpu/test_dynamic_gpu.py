@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sparseattn.attention import sparse_attention
-from sparseattn.patterns.dynamic import BlockTopK, VerticalSlash
+from sparseattn.estimation import BlockTopK, VerticalSlash
+from sparseattn.lowering import lower
 from sparseattn.testing.tolerance import assert_close_to_oracle
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -21,7 +22,7 @@ def _qkv(heads, kv_heads, length, dim=128, dtype=torch.bfloat16, seed=0):
 @pytest.mark.parametrize("pattern", [VerticalSlash(512, 2048), BlockTopK(32)], ids=repr)
 def test_estimate_lower_and_attend_never_sync(pattern):
     q, k, v = _qkv(32, 8, 32768)
-    attend = lambda: sparse_attention(q, k, v, pattern.estimate(q, k).lower(32768, 32768), impl="triton")
+    attend = lambda: sparse_attention(q, k, v, lower(pattern.estimate(q, k), 32768, 32768), impl="triton")
     attend()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -35,7 +36,7 @@ def test_estimate_lower_and_attend_never_sync(pattern):
 def test_layout_is_exact_and_kernel_matches_oracle(pattern):
     q, k, v = _qkv(4, 2, 6000, seed=1)
     concrete = pattern.estimate(q, k)
-    layout = concrete.lower(6000, 6000)
+    layout = lower(concrete, 6000, 6000)
     mask = concrete.to_dense(6000, 6000)
     assert torch.equal(layout.to_dense()[0], mask)
     out, lse = sparse_attention(q, k, v, layout, impl="triton", return_lse=True)
@@ -51,8 +52,8 @@ def test_gpu_estimate_equals_cpu_estimate():
 
 def test_triton_top_k_selection_equals_torch_rule_at_128k_size():
     """The block top-k grid of a 128K prompt: [32, 2048, 2048] scores with ties, +-inf and per-head budgets."""
-    from sparseattn.kernels.triton_topk import triton_select_top
-    from sparseattn.patterns.dynamic.topk import select_top
+    from sparseattn.estimation.topk import select_top
+    from sparseattn.kernels.estimation.triton_topk import triton_select_top
 
     gen = torch.Generator(device="cuda").manual_seed(3)
     scores = torch.randint(-50, 50, (32, 2048, 2048), device="cuda", generator=gen).float()
@@ -71,9 +72,9 @@ def test_block_topk_gpu_estimate_equals_cpu_estimate():
 
 
 def test_triton_block_topk_keep_equals_masked_rule_at_128k_size():
-    from sparseattn.kernels.triton_topk import triton_block_topk_keep
-    from sparseattn.patterns.dynamic.block_topk import reachable_blocks
-    from sparseattn.patterns.dynamic.topk import select_top
+    from sparseattn.estimation.block_topk import reachable_blocks
+    from sparseattn.estimation.topk import select_top
+    from sparseattn.kernels.estimation.triton_topk import triton_block_topk_keep
 
     gen = torch.Generator(device="cuda").manual_seed(5)
     scores = torch.randint(-50, 50, (32, 2048, 2048), device="cuda", generator=gen).float()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sparseattn import Causal, Triangle
-from sparseattn.patterns import VerticalSlash
+from sparseattn.estimation import VerticalSlash
 from sparseattn.schedule import LayerSchedule
 
 pytestmark = [

@@ -14,14 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparseattn.attention import default_block_size
-from sparseattn.kernels import gluon_fwd, triton_fwd
-from sparseattn.kernels.triton_fwd import (
+from sparseattn.kernels.attention import gluon_fwd, launch
+from sparseattn.kernels.attention.config import (
     WARP_SPECIALIZED_SHORT_ROWS_FROM,
     KernelConfig,
     default_config,
     preferred_block_size,
-    triton_sparse_attention,
 )
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, LastQueries, PerHead, Streaming, Triangle
 from sparseattn.testing.strategies import patterns
 from sparseattn.testing.tolerance import assert_close_to_oracle
@@ -46,7 +47,7 @@ def run(pattern, batch, heads, kv_heads, q_len, kv_len, dim, dtype, block=None, 
     k = torch.randn(batch, kv_heads, kv_len, dim, device="cuda", dtype=dtype, generator=gen)
     v = torch.randn(batch, kv_heads, kv_len, dim, device="cuda", dtype=dtype, generator=gen)
     block = block or preferred_block_size(dim, dtype)
-    layout = pattern.lower(q_len, kv_len, block_size=block, num_heads=pattern.num_heads, device="cuda")
+    layout = lower(pattern, q_len, kv_len, block_size=block, num_heads=pattern.num_heads, device="cuda")
     out, lse = triton_sparse_attention(q, k, v, layout, **kwargs)
     mask = pattern.to_dense(q_len, kv_len, num_heads=pattern.num_heads).unsqueeze(0).cuda()
     assert_close_to_oracle(out, lse, q, k, v, mask)
@@ -102,7 +103,7 @@ def test_short_rows_default_launch(q_len, kv_len, max_chunk, poisoned):
             "triton", 128, torch.bfloat16, Triangle(), keys // 2, keys // 2, group=4, device="cuda"
         )
         assert below == (32, 32)
-        layout = Triangle().lower(q_len, kv_len, block_size=block, device="cuda")
+        layout = lower(Triangle(), q_len, kv_len, block_size=block, device="cuda")
         assert default_config(layout, 128, group=4) == KernelConfig(
             4, 2, tma=True, warp_specialized=True, persistent=True
         )
@@ -147,15 +148,15 @@ def few_programs(monkeypatch):
 @pytest.fixture
 def poisoned(monkeypatch):
     """Every output and scratch buffer starts as NaN, so an unwritten row cannot pass as correct."""
-    original = triton_fwd._new_outputs
-    monkeypatch.setattr(triton_fwd, "_new_outputs", lambda *a: tuple(t.fill_(math.nan) for t in original(*a)))
+    original = launch._new_outputs
+    monkeypatch.setattr(launch, "_new_outputs", lambda *a: tuple(t.fill_(math.nan) for t in original(*a)))
 
 
 def test_warp_specialized_is_the_default_for_long_rows():
     for q_len, kv_len in ((4096, 4096), (1000, 5003)):
-        layout = Causal().lower(q_len, kv_len, block_size=(128, 128), device="cuda")
+        layout = lower(Causal(), q_len, kv_len, block_size=(128, 128), device="cuda")
         assert default_config(layout, 128, group=4, dtype=torch.bfloat16).warp_specialized
-    assert not default_config(Causal().lower(4096, block_size=(64, 64), device="cuda"), 128).warp_specialized
+    assert not default_config(lower(Causal(), 4096, block_size=(64, 64), device="cuda"), 128).warp_specialized
 
 
 @pytest.mark.parametrize("config", list(WARP_SPECIALIZED.values()), ids=list(WARP_SPECIALIZED))
@@ -175,7 +176,7 @@ def test_persistent_launch_is_deterministic(programs, monkeypatch):
     q = torch.randn(2, 8, 1000, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
     k = torch.randn(2, 2, 5003, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
     v = torch.randn(2, 2, 5003, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
-    layout = Triangle().lower(1000, 5003, block_size=(128, 128), device="cuda")
+    layout = lower(Triangle(), 1000, 5003, block_size=(128, 128), device="cuda")
     config = KernelConfig(4, 2, tma=True, warp_specialized=True, persistent=True)
     first, first_lse = triton_sparse_attention(q, k, v, layout, config=config, max_chunk=4)
     for _ in range(100):
@@ -193,7 +194,7 @@ def test_warp_specialized_ragged_keys_stay_in_their_head(kv_len, poisoned):
     v = torch.randn(1, 2, kv_len, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
     k[:, 1], v[:, 1] = float("inf"), float("nan")
     pattern = PATTERNS["mixture"]
-    layout = pattern.lower(1000, kv_len, block_size=(128, 128), num_heads=pattern.num_heads, device="cuda")
+    layout = lower(pattern, 1000, kv_len, block_size=(128, 128), num_heads=pattern.num_heads, device="cuda")
     out, lse = triton_sparse_attention(q, k, v, layout, config=WARP_SPECIALIZED["2 stages"], max_chunk=4)
     mask = pattern.to_dense(1000, kv_len, num_heads=pattern.num_heads).unsqueeze(0).cuda()
     assert_close_to_oracle(out[:, :4], lse[:, :4], q[:, :4], k[:, :1], v[:, :1], mask[:, :4])
@@ -229,7 +230,7 @@ def test_warp_specialized_matches_oracle_on_random_patterns(data, poisoned, few_
     max_chunk = data.draw(st.sampled_from([None, 0, 2]), "max_chunk")
     batch = data.draw(st.sampled_from([1, 2]), "batch")
     args = (pattern, batch, heads, kv_heads, q_len, kv_len, 128, torch.bfloat16, (128, 128))
-    if pattern.lower(q_len, kv_len, block_size=(128, 128), device="cuda").col_num is not None:
+    if lower(pattern, q_len, kv_len, block_size=(128, 128), device="cuda").col_num is not None:
         with pytest.raises(ValueError, match="does not take gathered key columns"):
             run(*args, config=config, max_chunk=max_chunk)
     else:
@@ -238,6 +239,6 @@ def test_warp_specialized_matches_oracle_on_random_patterns(data, poisoned, few_
 
 def test_warp_specialized_refuses_what_it_does_not_take():
     q = torch.randn(1, 4, 1024, 128, device="cuda", dtype=torch.bfloat16)
-    layout = Causal().lower(1024, block_size=(64, 64), device="cuda")
+    layout = lower(Causal(), 1024, block_size=(64, 64), device="cuda")
     with pytest.raises(ValueError, match=r"warp_specialized needs 128 x 128 tiles, got a layout on \(64, 64\)"):
         triton_sparse_attention(q, q, q, layout, config=WARP_SPECIALIZED["2 stages"])

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from sparseattn.kernels.triton_vs_logits import triton_last_query_logits
-from sparseattn.patterns.dynamic.vs_scores import last_query_logits, last_query_probs
+from sparseattn.estimation.vs_scores import last_query_logits, last_query_probs
+from sparseattn.kernels.estimation.triton_vs_logits import triton_last_query_logits
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -8,10 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.kernels.triton_pooled_scores import triton_block_means, triton_pooled_scores
-from sparseattn.kernels.triton_topk import triton_block_topk
-from sparseattn.layout import BlockLayout
-from sparseattn.patterns.dynamic.budgets import (
+from sparseattn.estimation.budgets import (
     Budget,
     budget_heads,
     budget_max,
@@ -20,9 +17,10 @@ from sparseattn.patterns.dynamic.budgets import (
     check_int,
     check_qk,
 )
-from sparseattn.patterns.dynamic.tile_estimate import TileEstimate
-from sparseattn.patterns.dynamic.tile_grid import causal_bitmaps, layout_from_lists, layout_from_tile_grid, tile_bounds
-from sparseattn.patterns.dynamic.topk import select_top
+from sparseattn.estimation.tile_estimate import TileEstimate
+from sparseattn.estimation.topk import select_top
+from sparseattn.layout import BlockLayout
+from sparseattn.lowering.tile_grid import causal_bitmaps, layout_from_lists, layout_from_tile_grid, tile_bounds
 
 
 def block_means(x: Tensor, block: int) -> Tensor:
@@ -96,6 +94,9 @@ class BlockTopK:
         # (fp32-accurate tensor-core products) and select in one read of the grid; the torch path is
         # their oracle and the CPU path.
         if q.is_cuda:
+            from sparseattn.kernels.estimation.triton_pooled_scores import triton_block_means, triton_pooled_scores
+            from sparseattn.kernels.estimation.triton_topk import triton_block_topk
+
             q_pool, k_pool = triton_block_means(q[0], self.block_size), triton_block_means(k[0], self.block_size)
             raw = triton_pooled_scores(q_pool, k_pool, q_len=q_len, kv_len=kv_len, block=self.block_size)
             kind_ids = causal_bitmaps(self.block_size, q_len, kv_len)[1]

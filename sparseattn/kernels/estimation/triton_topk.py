@@ -1,6 +1,6 @@
 """Per-row top-k selection with the deterministic tie rule, one program per row, for block top-k estimation.
 
-Same contract as the torch oracle `sparseattn.patterns.dynamic.topk.select_top`: keep the ``k`` highest
+Same contract as the torch oracle `sparseattn.estimation.topk.select_top`: keep the ``k`` highest
 scores of each row; among scores equal to the k-th one, the lowest indices. ``torch.topk`` plus the tie
 rule costs ~7 ms on the [32, 2048, 2048] score grid of a 128K prompt (many passes over the grid); here a
 program holds its row in registers and finds the k-th largest value by a bisection (at most 32 steps,
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparseattn.kernels.triton_tile_lists import store_row_tiles
+from sparseattn.kernels.lowering.triton_tile_lists import store_row_tiles
 
 # Rows longer than this would not fit one program's registers (a 1M-token prompt has 16384 key blocks).
 MAX_ROW = 16384
@@ -237,7 +237,7 @@ def triton_block_topk(
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """`triton_block_topk_keep` and, from the same pass, the layout lists of the kept tiles.
 
-    The lists are those of `sparseattn.kernels.triton_tile_lists.triton_tile_lists` with ``row_bound``
+    The lists are those of `sparseattn.kernels.lowering.triton_tile_lists.triton_tile_lists` with ``row_bound``
     FULL slots per row (``(full counts, starts, indices, partial counts, starts, indices, bitmap ids)``);
     ``kind_ids [8]`` maps each diagonal-tile kind to its bitmap (``tile_grid.causal_bitmaps``).
     """

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from sparseattn.patterns.dynamic.budgets import (
+from sparseattn.estimation.budgets import (
     Budget,
     budget_heads,
     budget_max,
@@ -16,9 +16,9 @@ from sparseattn.patterns.dynamic.budgets import (
     check_int,
     check_qk,
 )
-from sparseattn.patterns.dynamic.topk import top_indices
-from sparseattn.patterns.dynamic.vs_indices import FORMS, VerticalSlashIndices
-from sparseattn.patterns.dynamic.vs_scores import column_sums, diagonal_sums, last_query_probs
+from sparseattn.estimation.topk import top_indices
+from sparseattn.estimation.vs_indices import FORMS, VerticalSlashIndices
+from sparseattn.estimation.vs_scores import column_sums, diagonal_sums, last_query_probs
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Dynamic patterns decide, per (head, query block, key block), whether a tile is c
 splits kept tiles into FULL ones and PARTIAL ones on the diagonal. Every output is allocated at a size
 known from the shapes alone (an upper bound), so nothing waits for the device:
 
-- CSR lists are filled by row scans on CUDA (`sparseattn.kernels.triton_tile_lists`) and with
+- CSR lists are filled by row scans on CUDA (`sparseattn.kernels.lowering.triton_tile_lists`) and with
   ``torch.nonzero_static`` here (the oracle, and the CPU path); slots past a list's real end are never
   pointed at by any row (``*_start`` is the exclusive prefix sum of the counts);
 - ``tile_masks`` is the small table of distinct causal bitmaps the lengths allow (at most 8), built on
@@ -21,8 +21,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from sparseattn.kernels.triton_tile_lists import triton_column_lists, triton_tile_lists
-from sparseattn.layout import BlockLayout, _pack_bits
+from sparseattn.layout import BlockLayout, pack_bits
 
 
 @lru_cache(maxsize=64)
@@ -44,7 +43,7 @@ def causal_bitmaps(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]
         for row_limit in (block, tail_rows):
             for col_limit in (block, tail_cols):
                 kinds.append((shift + rows - cols >= 0) & (rows < row_limit) & (cols < col_limit))
-    words = _pack_bits(torch.stack(kinds)).reshape(len(kinds), -1)
+    words = pack_bits(torch.stack(kinds)).reshape(len(kinds), -1)
     nonempty = torch.stack(kinds).flatten(1).any(1)
     distinct, ids = torch.unique(words[nonempty], dim=0, return_inverse=True)
     kind_ids = torch.zeros(len(kinds), dtype=torch.long)
@@ -84,7 +83,7 @@ def layout_from_tile_grid(
     twice. ``max_tiles_per_row``, when the caller knows one (a top-k budget), bounds the FULL list's
     allocation; it must hold, since entries past the bound would be dropped.
 
-    On CUDA the lists come from `sparseattn.kernels.triton_tile_lists` (rows scanned in place); the
+    On CUDA the lists come from `sparseattn.kernels.lowering.triton_tile_lists` (rows scanned in place); the
     torch path below is its oracle and the CPU path.
     """
     heads, qb_dim, kb_dim = keep.shape
@@ -92,6 +91,8 @@ def layout_from_tile_grid(
     kind_ids = causal_bitmaps(block, q_len, kv_len)[1].to(device, non_blocking=True)
     bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
     if keep.is_cuda:
+        from sparseattn.kernels.lowering.triton_tile_lists import triton_column_lists, triton_tile_lists
+
         lists = triton_tile_lists(keep, kind_ids, q_len=q_len, kv_len=kv_len, block=block, row_bound=max_tiles_per_row)
         cols = None if columns is None else triton_column_lists(columns, keep, q_len=q_len, kv_len=kv_len, block=block)
     else:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from sparseattn.estimation.tile_estimate import TileEstimate
 from sparseattn.layout import BlockLayout
-from sparseattn.patterns.base import MaskContext
-from sparseattn.patterns.dynamic.tile_estimate import TileEstimate
-from sparseattn.patterns.dynamic.tile_grid import index_table, layout_from_tile_grid
+from sparseattn.lowering.tile_grid import index_table, layout_from_tile_grid
+from sparseattn.patterns.tiles import MaskContext
 
 
 @dataclass(frozen=True, eq=False)
@@ -18,7 +18,7 @@ class HeadTiles(TileEstimate):
 
     ``tiles`` is bool ``[H, QB, KB]`` for the ``q_len`` x ``kv_len`` problem it was estimated on, with
     ``B = block_size``; ``columns`` is ``[H, C]``, each head's key columns ascending, padded with
-    `PAD <sparseattn.patterns.dynamic.topk.PAD>` (any value ``>= kv_len`` is ignored). A block-rounded
+    `PAD <sparseattn.estimation.topk.PAD>` (any value ``>= kv_len`` is ignored). A block-rounded
     vertical-slash estimate is this with the slash tiles and the verticals, a block top-k estimate with
     its tiles and no columns; a layer mixing both kinds of head (`MixedHeads`) lowers in one pass on the
     GPU through it.

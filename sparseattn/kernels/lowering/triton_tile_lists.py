@@ -1,6 +1,6 @@
 """`BlockLayout` lists from a per-head tile grid on the GPU: one program per (head, query block) row.
 
-`sparseattn.patterns.dynamic.tile_grid` defines the lists with torch ops (its torch path is the oracle):
+`sparseattn.lowering.tile_grid` defines the lists with torch ops (its torch path is the oracle):
 kept tiles below the causal diagonal are FULL, kept tiles crossing it PARTIAL with one of 8 causal
 bitmap kinds, and vertical key columns no kept tile covers are gathered. There, every list costs a
 grid-sized boolean, a ``nonzero_static`` over it and value arithmetic over the bound (2.5 ms per layout

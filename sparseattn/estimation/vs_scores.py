@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparseattn.kernels.triton_vs_logits import triton_last_query_logits
-
 
 def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> Tensor:
     """fp32 softmax of the last ``n = min(last_q, q_len)`` query rows over all keys: ``[Hq, n, kv_len]``.
@@ -25,6 +23,8 @@ def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> 
     n = min(last_q, q.shape[2])
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if q.is_cuda:
+        from sparseattn.kernels.estimation.triton_vs_logits import triton_last_query_logits
+
         logits = triton_last_query_logits(q, k, n, scale)
     else:
         logits = last_query_logits(q, k, n, scale)

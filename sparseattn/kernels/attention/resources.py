@@ -24,8 +24,9 @@ from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.runtime.jit import mangle_type
 
-from sparseattn.kernels.gluon_fwd import HALF_ROWS, MAX_REGISTERS, _descriptor, _gluon_fwd_kernel
-from sparseattn.kernels.triton_fwd import KernelConfig, _sparse_fwd_kernel
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.gluon_fwd import HALF_ROWS, MAX_REGISTERS, _descriptor, _gluon_fwd_kernel
+from sparseattn.kernels.attention.triton_fwd import _sparse_fwd_kernel
 
 # Hopper (sm_90): shared memory per multiprocessor, the most one program may take, and 32-bit registers
 # per multiprocessor.

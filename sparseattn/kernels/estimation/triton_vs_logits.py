@@ -1,7 +1,7 @@
 """Scaled, causally masked fp32 logits of the last query rows over all keys, for vertical-slash estimation.
 
 MInference estimates a vertical-slash pattern from the softmax of the last ``n = min(last_q, q_len)``
-query rows over every key. Computed in torch (``sparseattn.patterns.dynamic.vs_scores``) that costs, on an
+query rows over every key. Computed in torch (``sparseattn.estimation.vs_scores``) that costs, on an
 H200 at 128K tokens (q [1, 32, 131072, 128] bf16, k [1, 8, 131072, 128] bf16, n = 64), an fp32 copy of all
 of k (512 MB, ~1 ms), an fp32 batched matmul (1.7 ms) and a separate pass to apply the scale (0.5 ms).
 This kernel reads q and k in their own dtype, accumulates in fp32 and writes the final logits

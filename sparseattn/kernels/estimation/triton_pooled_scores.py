@@ -1,6 +1,6 @@
 """Block top-k's pooled scores on the GPU: block means of q and k, then their dot products, causal half only.
 
-`sparseattn.patterns.dynamic.block_topk` defines the scores with torch (its path is the oracle and the
+`sparseattn.estimation.block_topk` defines the scores with torch (its path is the oracle and the
 CPU path): fp32 means of each ``block`` rows, then an fp32 batched matmul over the whole
 ``[Hq, QB, KB]`` grid. At 128K tokens that costs 1.3 ms on an H200 (``block_topk_pooled_scores`` in
 experiments/results/dynamic_bench.md): the reduction converts q to fp32 first, and cuBLAS runs the fp32

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparseattn.estimation.block_topk import BlockTopK, BlockTopKTiles
+from sparseattn.estimation.budgets import check_qk, scalar_budget
+from sparseattn.estimation.head_tiles import HeadTiles
+from sparseattn.estimation.topk import PAD
+from sparseattn.estimation.vertical_slash import VerticalSlash
+from sparseattn.estimation.vs_indices import VerticalSlashIndices
 from sparseattn.patterns.base import Pattern
-from sparseattn.patterns.dynamic.block_topk import BlockTopK, BlockTopKTiles
-from sparseattn.patterns.dynamic.budgets import check_qk, scalar_budget
-from sparseattn.patterns.dynamic.head_tiles import HeadTiles
-from sparseattn.patterns.dynamic.topk import PAD
-from sparseattn.patterns.dynamic.vertical_slash import VerticalSlash
-from sparseattn.patterns.dynamic.vs_indices import VerticalSlashIndices
 from sparseattn.patterns.per_head import PerHead
 
 HeadPattern = VerticalSlash | BlockTopK | Pattern

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from sparseattn.layout import BlockLayout
-from sparseattn.patterns.base import MaskContext, Pattern
-from sparseattn.patterns.dynamic.tile_grid import layout_from_tile_grid
+from sparseattn.lowering.tile_grid import layout_from_tile_grid
+from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.tiles import MaskContext
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,23 +55,15 @@ class TileEstimate(Pattern):
         """Whether head ``h`` keeps key ``kv`` given its tile's decision ``tile`` (causality applied apart)."""
         return tile
 
-    def lower(
-        self,
-        q_len: int,
-        kv_len: int | None = None,
-        block_size: tuple[int, int] | None = None,
-        num_heads: int | None = None,
-        device: torch.device | str | None = None,
+    @property
+    def native_block_size(self) -> tuple[int, int]:
+        return (self.block_size, self.block_size)
+
+    def own_layout(
+        self, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device | None
     ) -> BlockLayout:
         """Kept tiles as FULL (below the diagonal) or causal PARTIAL tiles, on the GPU, without host sync."""
-        kv_len = q_len if kv_len is None else kv_len
         self._check_lengths(q_len, kv_len)
-        self._resolve_heads(num_heads)
-        native = (self.block_size, self.block_size)
-        if block_size is not None and tuple(block_size) != native:
-            raise ValueError(
-                f"block_size: these tiles are {native}, got {tuple(block_size)}; lower with block_size={native} or None"
-            )
         return self._lower_tiles(self.tiles if device is None else self.tiles.to(device))
 
     def _lower_tiles(self, tiles: Tensor) -> BlockLayout:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.layout import BlockLayout
+from sparseattn.memo import attached
 
 # Columns for a work item (int32): batch, (first) query head, query block, layout row (flat index into
 # the layout's [B|1, H|1, QB] lead), first and end tile of the chunk, scratch slot (-1: write the
@@ -216,3 +217,55 @@ def build_work_list(
     else:
         merges, num_slots = torch.zeros(0, 5, dtype=torch.long, device=dev), 0
     return WorkList(items.to(torch.int32).contiguous(), merges.to(torch.int32).contiguous(), num_slots, max_chunk, pack)
+
+
+def row_stats(layout: BlockLayout) -> RowStats:
+    """``RowStats.of(layout)``, read back once per layout: the launch choice and the work list both ask."""
+    return attached(layout, "row_stats", lambda: RowStats.of(layout))
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def work_list(
+    layout: BlockLayout,
+    batch: int,
+    heads: int,
+    *,
+    max_chunk: int | None = None,
+    heavy_first: bool | None = None,
+    pack: int = 1,
+    runs: bool = True,
+) -> WorkList:
+    """The (cached) work list of ``layout`` for ``batch`` x ``heads`` query heads, ``pack`` heads per
+    item; see `build_work_list`.
+
+    ``heavy_first=None`` balances (heavy rows first, long rows split) only when the rows are unequal;
+    ``runs`` plans the FULL runs that ``KernelConfig(full_runs=True)`` walks.
+    """
+    # Keyed by the arguments as given: resolving the defaults reads the layout's counts on the host,
+    # a device sync that must not recur on every call.
+    key = ("work_list", batch, heads, max_chunk, heavy_first, pack, runs)
+    return attached(layout, key, lambda: _plan(layout, batch, heads, max_chunk, heavy_first, pack, runs))
+
+
+def _plan(
+    layout: BlockLayout, batch: int, heads: int, max_chunk: int | None, heavy_first: bool | None, pack: int, runs: bool
+) -> WorkList:
+    if layout.device_built and max_chunk is None and heavy_first is None:
+        # Built once per layer and prompt: plan without reading the counts back (no split).
+        max_chunk, heavy_first = 0, True
+    # One host sync reads what the defaults need, and only when they are needed.
+    stats = row_stats(layout) if heavy_first is None or (max_chunk is None and heavy_first) else None
+    balance = stats.unequal if stats is not None and heavy_first is None else bool(heavy_first)
+    chunk = max_chunk
+    if chunk is None and not balance:
+        chunk = 0
+    elif chunk is None:
+        assert stats is not None
+        repeats = (batch // layout.batch_size) * (heads // pack // layout.num_heads)
+        chunk = stats.max_chunk(repeats, _num_sms(layout.device))
+    return build_work_list(layout, batch, heads, max_chunk=chunk, heavy_first=balance, pack=pack, runs=runs)

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparseattn.estimation.topk import PAD
 from sparseattn.layout import BlockLayout
-from sparseattn.patterns.base import MaskContext, Pattern
+from sparseattn.lowering import lower
+from sparseattn.lowering.tile_grid import index_table, layout_from_tile_grid, tile_bounds
+from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.columns import Columns, Diagonals
-from sparseattn.patterns.dynamic.tile_grid import index_table, layout_from_tile_grid, tile_bounds
-from sparseattn.patterns.dynamic.topk import PAD
 from sparseattn.patterns.primitives import Causal
+from sparseattn.patterns.tiles import MaskContext
 
 FORMS = ("block", "token")
 
@@ -116,32 +118,24 @@ class VerticalSlashIndices(Pattern):
         grid[:, :, -1:] = _count(prefix, head3, first.view(1, -1, 1) - k_hi[-1], last.view(1, -1, 1) - k_lo[-1]) > 0
         return grid
 
-    def lower(
-        self,
-        q_len: int,
-        kv_len: int | None = None,
-        block_size: tuple[int, int] | None = None,
-        num_heads: int | None = None,
-        device: torch.device | str | None = None,
+    @property
+    def native_block_size(self) -> tuple[int, int] | None:
+        """The block form is defined on square tiles of ``block_size``; the token form on any tiles."""
+        return None if self.form == "token" else (self.block_size, self.block_size)
+
+    def own_layout(
+        self, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device | None
     ) -> BlockLayout:
         """Slash tiles plus gathered verticals the tiles miss.
 
-        ``form="block"`` builds the layout on the GPU without host synchronisation, with square tiles of
-        ``block_size`` (the mask is defined on them; asking for other tiles is an error). ``form="token"``
-        goes through the analytic lowering of ``Causal() & (Columns | Diagonals)`` (host side, any tiles).
+        ``form="block"`` builds the layout on the GPU without host synchronisation, on its own square
+        tiles. ``form="token"`` goes through the analytic lowering of ``Causal() & (Columns | Diagonals)``
+        (host side, any tiles).
         """
-        kv_len = q_len if kv_len is None else kv_len
-        self._resolve_heads(num_heads)
-        if device is not None and torch.device(device) != self.vertical.device:
-            return self.to(device).lower(q_len, kv_len, block_size)
+        if device is not None and device != self.vertical.device:
+            return self.to(device).own_layout(q_len, kv_len, block_size, None)
         if self.form == "token":
-            return self.expression().lower(q_len, kv_len, block_size=block_size or (64, 64), device=device)
-        native = (self.block_size, self.block_size)
-        if block_size is not None and tuple(block_size) != native:
-            raise ValueError(
-                f"block_size: the block form is defined on {native} tiles, got {tuple(block_size)}; "
-                f"lower with block_size={native} or None"
-            )
+            return lower(self.expression(), q_len, kv_len, block_size=block_size, device=self.vertical.device)
         keep = self.tile_grid(q_len, kv_len)
         return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=self.vertical)
 

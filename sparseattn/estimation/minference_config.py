@@ -12,7 +12,7 @@ to ``[type, vertical, slash, score]``:
 Ours is Hydra YAML with named fields and real ``_target_`` classes (no registries)::
 
     layers:
-      - _target_: sparseattn.patterns.dynamic.VerticalSlash
+      - _target_: sparseattn.estimation.VerticalSlash
         vertical: [1000, 3500, ...]   # one per head, or one int for all heads
         slash: [6096, 100, ...]
 """
@@ -24,11 +24,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from sparseattn.estimation.block_topk import BlockTopK
+from sparseattn.estimation.budgets import scalar_budget
+from sparseattn.estimation.mixed_heads import HeadPattern, MixedHeads
+from sparseattn.estimation.vertical_slash import VerticalSlash
 from sparseattn.patterns.base import Pattern
-from sparseattn.patterns.dynamic.block_topk import BlockTopK
-from sparseattn.patterns.dynamic.budgets import scalar_budget
-from sparseattn.patterns.dynamic.mixed_heads import HeadPattern, MixedHeads
-from sparseattn.patterns.dynamic.vertical_slash import VerticalSlash
 from sparseattn.patterns.shapes import AShape
 
 LayerPattern = VerticalSlash | BlockTopK | MixedHeads | Pattern
@@ -102,7 +102,7 @@ def _node(p: Any) -> Any:
         return [_node(v) for v in p]
     if hasattr(p, "__dataclass_fields__"):
         node: dict[str, Any] = {
-            "_target_": f"{type(p).__module__.rsplit('.', 1)[0] if type(p).__module__.startswith('sparseattn.patterns.dynamic') else type(p).__module__}.{type(p).__qualname__}"
+            "_target_": f"{type(p).__module__.rsplit('.', 1)[0] if type(p).__module__.startswith('sparseattn.estimation') else type(p).__module__}.{type(p).__qualname__}"
         }
         for f in fields(p):
             node[f.name] = _node(getattr(p, f.name))

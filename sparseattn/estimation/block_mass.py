@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.dynamic.block_topk import BlockTopK, BlockTopKTiles, reachable_blocks
-from sparseattn.patterns.dynamic.budgets import check_int, check_qk
+from sparseattn.estimation.block_topk import BlockTopK, BlockTopKTiles, reachable_blocks
+from sparseattn.estimation.budgets import check_int, check_qk
 
 Threshold = float | tuple[float, ...]
 

@@ -112,3 +112,20 @@ def gguf_tokenizer(gguf_path: str | None = None) -> Any:
 
     file = find_gguf(gguf_path)
     return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
+
+
+def load_pretrained(spec: Mapping[str, Any], threads: int | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from ``spec``: ``hf_path`` (a local folder) or ``gguf_path`` (None: SmolLM2)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    dtype, device = spec.get("dtype", "bfloat16"), spec.get("device", "auto")
+    if spec.get("hf_path"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            spec["hf_path"], dtype=resolve_dtype(dtype), local_files_only=True, attn_implementation="sdpa"
+        )
+        model = model.to(resolve_device(device))
+        return model.eval(), AutoTokenizer.from_pretrained(spec["hf_path"], local_files_only=True)
+    model = gguf_model(spec.get("gguf_path"), dtype=dtype, device=device)
+    return model, gguf_tokenizer(spec.get("gguf_path"))

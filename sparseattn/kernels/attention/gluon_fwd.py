@@ -49,8 +49,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 if TYPE_CHECKING:
-    from sparseattn.kernels.triton_fwd import KernelConfig
-    from sparseattn.kernels.triton_schedule import WorkList
+    from sparseattn.kernels.attention.config import KernelConfig
+    from sparseattn.kernels.planning.work_list import WorkList
 
 LN2 = gl.constexpr(0.6931471805599453)
 HALF_ROWS = 64  # query rows per compute warpgroup: wgmma's M
