@@ -32,7 +32,7 @@ from torch import Tensor
 _WORD = 32
 
 
-def _pack_bits(bits: Tensor) -> Tensor:
+def pack_bits(bits: Tensor) -> Tensor:
     """[T, M, N] bool -> [T, M, N // 32] int32, bit b of word w is column 32 * w + b."""
     t, m, n = bits.shape
     return (bits.reshape(t, m, n // _WORD, _WORD) * _bit_weights(bits.device)).sum(-1).to(torch.int32)
@@ -287,7 +287,7 @@ class BlockLayout:
         b, h, qb, kb = torch.nonzero(count > 0, as_tuple=True)
         is_full = count[b, h, qb, kb] == capacity[b, h, qb, kb]
         bitmaps = tiles[b, h, qb, kb]
-        words = _pack_bits(bitmaps[~is_full]) if bitmaps.numel() else torch.zeros(0, bm, bn // _WORD, dtype=torch.int32)
+        words = pack_bits(bitmaps[~is_full]) if bitmaps.numel() else torch.zeros(0, bm, bn // _WORD, dtype=torch.int32)
         mask_id = torch.zeros_like(b)
         if words.shape[0]:
             uniq, inverse = torch.unique(words.reshape(words.shape[0], -1), dim=0, return_inverse=True)
