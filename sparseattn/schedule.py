@@ -243,8 +243,14 @@ class LayerSchedule:
     def is_dynamic(self, layer: int) -> bool:
         return is_dynamic(self.pattern(layer))
 
-    def layout(self, layer: int, q: Tensor, k: Tensor, block_size: BlockSize) -> BlockLayout:
+    def layout(
+        self, layer: int, q: Tensor, k: Tensor, block_size: BlockSize, *, prompt_len: int | None = None
+    ) -> BlockLayout:
         """The layout ``layer`` attends with for these queries and keys (``[1, H, S, D]`` for dynamic layers).
+
+        ``q`` may be a chunk of a prompt over the keys cached so far (``q_len < kv_len``, chunked prefill);
+        ``prompt_len`` is then the whole prompt's length, if known (`MaskContext.prompt_len`: `LastQueries`
+        counts from the prompt's end, not from this chunk's).
 
         ``block_size`` is a tile shape, or a function ``(pattern, q_len, kv_len) -> tile shape`` (a backend
         may prefer other tiles for sparse rows than for dense ones), for static patterns, which come from
@@ -260,13 +266,19 @@ class LayerSchedule:
                 raise ValueError(f"q: dynamic patterns are estimated per sequence; expected batch 1, got {q.shape[0]}")
             self.estimates += 1
             # An estimate is lowered on its own tiles: a block-rounded vertical-slash is defined on them.
-            return lower(pattern.estimate(q, k), q_len, kv_len, num_heads=heads, device=q.device)
+            estimate = pattern.estimate(q, k)
+            return lower(estimate, q_len, kv_len, num_heads=heads, device=q.device, prompt_len=prompt_len)
         assert isinstance(pattern, Pattern)
         block = _tile_shape(block_size, pattern, q_len, kv_len)
-        key = (_pattern_key(pattern), q_len, kv_len, block, str(q.device), heads)
+        if prompt_len == kv_len:  # the same semantics as no prompt_len: one cache entry
+            prompt_len = None
+        key = (_pattern_key(pattern), q_len, kv_len, block, str(q.device), heads, prompt_len)
         misses = self._layouts.misses
         layout = self._layouts.get(
-            key, lambda: lower(pattern, q_len, kv_len, block_size=block, num_heads=heads, device=q.device)
+            key,
+            lambda: lower(
+                pattern, q_len, kv_len, block_size=block, num_heads=heads, device=q.device, prompt_len=prompt_len
+            ),
         )
         self.lowerings += self._layouts.misses - misses
         return layout

@@ -47,8 +47,12 @@ def lower(
     by_segments: bool = True,
     intervals: bool | None = None,
     triton: bool | None = None,
+    prompt_len: int | None = None,
 ) -> BlockLayout:
     """Lower ``pattern`` for ``q_len`` queries against ``kv_len`` keys (default ``q_len``).
+
+    ``prompt_len`` is the whole prompt's length when the queries are a chunk that the prompt continues
+    past (chunked prefill; `MaskContext.prompt_len`): `LastQueries` then counts from the prompt's end.
 
     ``block_size`` defaults to the pattern's `Pattern.native_block_size` (an estimate's tiles) or 64 x 64;
     a pattern defined on its own tiles refuses others. A pattern that builds its own layout
@@ -67,6 +71,8 @@ def lower(
     if not isinstance(pattern, Pattern):
         raise ValueError(f"pattern: expected a Pattern, got {type(pattern).__name__}")
     kv_len = q_len if kv_len is None else kv_len
+    if prompt_len is not None and prompt_len < kv_len:
+        raise ValueError(f"prompt_len: expected None or at least kv_len={kv_len}, got {prompt_len}")
     native = pattern.native_block_size
     if block_size is None:
         block_size = native or (64, 64)
@@ -91,7 +97,7 @@ def lower(
             f"triton: the lowering kernels need a CUDA device, got {device} "
             "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)"
         )
-    options = (gather_columns, by_segments, intervals, triton)
+    options = (gather_columns, by_segments, intervals, triton, prompt_len)
     heads = pattern.num_heads
     if isinstance(pattern, PerHead) and all(p.num_heads is None for p in pattern.patterns):
         # Heads with equal patterns share rows: lower one head per distinct pattern, then point
@@ -115,8 +121,9 @@ def _lower(
     by_segments: bool,
     intervals: bool,
     triton: bool,
+    prompt_len: int | None,
 ) -> BlockLayout:
-    ctx = MaskContext(q_len, kv_len, heads or 1, *block_size, device)
+    ctx = MaskContext(q_len, kv_len, heads or 1, *block_size, device, prompt_len)
     tiled, columns = split_gathered(pattern) if gather_columns else (pattern, [])
     if by_segments and tiled is not None:
         program = compile_intervals(tiled, ctx) if intervals else None

@@ -79,7 +79,7 @@ def _atom_of(pattern: Pattern, ctx: MaskContext) -> Atom | None:
     if kind is Sink:
         return _KEY, 0, pattern.size  # type: ignore[attr-defined]
     if kind is LastQueries:
-        return _QUERY, ctx.kv_len - pattern.n, _UNBOUNDED  # type: ignore[attr-defined]
+        return _QUERY, ctx.prompt_end - pattern.n, _UNBOUNDED  # type: ignore[attr-defined]
     if kind is BlockBand:
         return ("blocks", pattern.block_size), 0, pattern.blocks  # type: ignore[attr-defined]
     return None

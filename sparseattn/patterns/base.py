@@ -48,11 +48,16 @@ class Pattern:
         """Number of heads the pattern is written for, or None if it does not depend on the head."""
         return None
 
-    def to_dense(self, q_len: int, kv_len: int | None = None, num_heads: int | None = None) -> Tensor:
-        """The token truth: bool ``[H|1, q_len, kv_len]`` (``H`` only when the pattern depends on heads)."""
+    def to_dense(
+        self, q_len: int, kv_len: int | None = None, num_heads: int | None = None, prompt_len: int | None = None
+    ) -> Tensor:
+        """The token truth: bool ``[H|1, q_len, kv_len]`` (``H`` only when the pattern depends on heads).
+
+        ``prompt_len`` is the whole prompt's length when these queries are a chunk it continues past
+        (`MaskContext.prompt_len`)."""
         kv_len = q_len if kv_len is None else kv_len
         heads = self._resolve_heads(num_heads)
-        ctx = MaskContext(q_len, kv_len, heads or 1)
+        ctx = MaskContext(q_len, kv_len, heads or 1, prompt_len=prompt_len)
         h = torch.arange(heads or 1).view(-1, 1, 1)
         q = torch.arange(q_len).view(1, -1, 1)
         k = torch.arange(kv_len).view(1, 1, -1)

@@ -246,7 +246,11 @@ class Window(Pattern):
 
 @dataclass(frozen=True)
 class LastQueries(Pattern):
-    """The last ``n`` query positions of the whole prompt see every key: ``q_pos >= kv_len - n``.
+    """The last ``n`` query positions of the whole prompt see every key: ``q_pos >= prompt_end - n``.
+
+    ``prompt_end`` is ``kv_len`` unless the context carries the prompt's total length (`MaskContext.prompt_len`,
+    chunked prefill): a chunk that the prompt continues past then has last rows only where they fall within
+    the prompt's last ``n`` positions. Without it, a chunk's own final rows count as the last ones.
 
     >>> print(LastQueries(2).render(4))
     ----
@@ -261,27 +265,27 @@ class LastQueries(Pattern):
         _check_int("n", self.n, 0)
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
-        return (q_idx + ctx.offset >= ctx.kv_len - self.n) & (kv_idx >= 0)
+        return (q_idx + ctx.offset >= ctx.prompt_end - self.n) & (kv_idx >= 0)
 
     def classify(self, tiles: Tiles) -> Tensor:
-        return interval_class(tiles.q_start, tiles.q_last, tiles.ctx.kv_len - self.n, None)
+        return interval_class(tiles.q_start, tiles.q_last, tiles.ctx.prompt_end - self.n, None)
 
     def support(self, ctx: MaskContext) -> Tiles:
         _, last = ctx.q_block_span
-        hit = last >= ctx.kv_len - self.n
+        hit = last >= ctx.prompt_end - self.n
         return _all_q_blocks(ctx, torch.zeros_like(last), torch.where(hit, ctx.num_kv_blocks, 0))
 
     def support_size(self, ctx: MaskContext) -> int:
-        rows = min(ctx.q_len, self.n)
+        rows = min(ctx.q_len, max(self.n - (ctx.prompt_end - ctx.kv_len), 0))
         return (-(-rows // ctx.block_m) + 1) * ctx.num_kv_blocks if rows else 0
 
     def row_breaks(self, ctx: MaskContext) -> Tensor:
         return no_breaks(ctx)
 
     def tile_key(self, tiles: Tiles) -> Tensor:
-        # q_start - (kv_len - n) >= 0: FULL; <= -block_m: EMPTY.
+        # q_start - (prompt_end - n) >= 0: FULL; <= -block_m: EMPTY.
         ctx = tiles.ctx
-        return clamped_key(tiles.q_start - (ctx.kv_len - self.n), -ctx.block_m, 0)
+        return clamped_key(tiles.q_start - (ctx.prompt_end - self.n), -ctx.block_m, 0)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,12 @@ class MaskContext:
 
     Queries are aligned bottom-right: query row ``i`` sits at key position ``q_pos = i + kv_len - q_len``,
     so a chunk of a prompt attends as its rows would in the whole prompt.
+
+    ``prompt_len`` is the length of the whole prompt when the queries are a chunk of it that the prompt
+    continues past (chunked prefill: ``kv_len`` keys cached so far, ``prompt_len >= kv_len``). Only
+    patterns that refer to the prompt's end read it, through `prompt_end` (`LastQueries`: ``q_pos >=
+    prompt_end - n``); position-relative ones (`Causal`, `Sink`, `Window`, ...) need nothing. ``None``
+    means the prompt ends with these queries (``prompt_end == kv_len``).
     """
 
     q_len: int
@@ -42,10 +48,16 @@ class MaskContext:
     block_m: int = 64
     block_n: int = 64
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    prompt_len: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.q_len <= self.kv_len:
             raise ValueError(f"lengths: expected 0 < q_len <= kv_len, got q_len={self.q_len}, kv_len={self.kv_len}")
+        if self.prompt_len is not None and self.prompt_len < self.kv_len:
+            raise ValueError(
+                f"prompt_len: expected None or at least kv_len={self.kv_len} (the prompt holds every cached key), "
+                f"got {self.prompt_len}"
+            )
         if self.num_heads < 1:
             raise ValueError(f"num_heads: expected >= 1, got {self.num_heads}")
         if self.block_m < 1 or self.block_n < 1:
@@ -55,6 +67,11 @@ class MaskContext:
     def offset(self) -> int:
         """``q_pos - q_idx``."""
         return self.kv_len - self.q_len
+
+    @property
+    def prompt_end(self) -> int:
+        """Where the whole prompt ends: ``prompt_len``, or ``kv_len`` when the queries end it."""
+        return self.kv_len if self.prompt_len is None else self.prompt_len
 
     @property
     def num_q_blocks(self) -> int:
