@@ -3,7 +3,7 @@
 Same shapes and structured synthetic q/k as ``bench_dynamic.py``; ``BlockTopK(64)`` timed beside it.
 Writes ``block_mass_bench.json`` and ``.md`` to ``--out``:
 
-    PYTHONPATH=$PWD python experiments/bench_block_mass.py --out $OUT
+    python experiments/bench_block_mass.py --out $OUT
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 import triton
+from harness import structured_qkv
 from triton.testing import do_bench
 
-from experiments.bench_dynamic import structured_qkv
 from sparseattn.estimation import BlockMass, BlockTopK
 from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.lowering import lower
@@ -51,7 +51,7 @@ def main() -> None:
     out = Path(os.environ.get("OUT") or args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "PYTHONPATH=$PWD python experiments/bench_block_mass.py --out $OUT",
+        "command": "python experiments/bench_block_mass.py --out $OUT",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from bench_dynamic import measure, portable
+from harness import measure_dynamic, portable
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
@@ -423,7 +423,7 @@ def main(cfg: DictConfig) -> None:
         torch.cuda.empty_cache()
     if cfg.dynamic_length:
         # Dynamic patterns are estimated from q and k on every call: estimate + lower + attention.
-        data["dynamic"] = measure(cfg.dynamic_length, out_dir, skip_flex=False, command=command)
+        data["dynamic"] = measure_dynamic(cfg.dynamic_length, out_dir, skip_flex=False, command=command)
         save()
     render(data, out_dir)
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from harness import LOWERING_VARIANTS, RESULTS, wall_median
 from tqdm import tqdm
 
 from sparseattn.kernels.planning.work_list import work_list
@@ -28,36 +27,8 @@ from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Documents, Pattern, PerHead, Streaming, Triangle
 from sparseattn.testing import layouts_differ
 
-RESULTS = Path(__file__).parent / "results"
 HEADS = 32
 
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(step, device: str, repeats: int) -> tuple[float, object]:
-    """Median wall time in ms of ``step()``, the device drained before and after each call."""
-    times, result = [], None
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = step()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), result
-
-
-# The row-segment variants timed per device, the device's default first: (column, `lower` options).
-VARIANTS = {
-    "cuda": [
-        ("triton program", {}),
-        ("torch program", {"intervals": True, "triton": False}),
-        ("own methods", {"intervals": False}),
-    ],
-    "cpu": [("own methods", {}), ("torch program", {"intervals": True})],
-}
 EXPLAINED = {
     "triton program": "the expression compiled into one interval program, run by three Triton kernels",
     "torch program": "the same program answered by torch operations (`intervals=True, triton=False`)",
@@ -68,18 +39,18 @@ EXPLAINED = {
 def measure(name: str, pattern: Pattern, n: int, block: tuple[int, int], device: str, repeats: int) -> dict:
     heads = pattern.num_heads
     times, layouts = {}, []
-    for column, options in VARIANTS[device]:
+    for column, options in LOWERING_VARIANTS[device]:
         step = lambda options=options: lower(pattern, n, block_size=block, num_heads=heads, device=device, **options)
-        times[column], layout = timed(step, device, repeats)
+        times[column], layout = wall_median(step, device, repeats)
         layouts.append(layout)
     tiles = lambda: lower(pattern, n, block_size=block, num_heads=heads, device=device, by_segments=False)
-    tile_ms, oracle = timed(tiles, device, max(1, repeats // 3))
+    tile_ms, oracle = wall_median(tiles, device, max(1, repeats // 3))
     same = all(layouts_differ(layout, oracle) is None for layout in layouts)
     plan_ms = None
     if device == "cuda":
         plans = [lower(pattern, n, block_size=block, num_heads=heads, device=device) for _ in range(repeats)]
         it = iter(plans)
-        plan_ms, _ = timed(lambda: work_list(next(it), 1, HEADS), device, repeats)
+        plan_ms, _ = wall_median(lambda: work_list(next(it), 1, HEADS), device, repeats)
     full, partial = layouts[0].num_tiles()
     return {
         "pattern": name,
@@ -130,7 +101,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     # First-use costs (CUDA context, allocator, kernel compilation) out of the way.
-    for _, options in VARIANTS[args.device]:
+    for _, options in LOWERING_VARIANTS[args.device]:
         lower(PerHead((Triangle(), Causal())), 4096, device=args.device, **options)
     rows = [measure(*case, args.device, args.repeats) for case in tqdm(cases(args.device), desc="lowering")]
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
@@ -147,7 +118,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"lowering_{args.device}"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    columns = [column for column, _ in VARIANTS[args.device]]
+    columns = [column for column, _ in LOWERING_VARIANTS[args.device]]
     lines = [
         f"# Lowering on {meta['device']}\n\n`{meta['command']}` — {meta['date']}, torch {meta['torch']}, "
         f"{meta['host_threads']} host threads, median of {args.repeats} (tile by tile: of {max(1, args.repeats // 3)}).\n",

@@ -1,6 +1,6 @@
 """Sweep the kernel's launch options per pattern, with cuDNN timed in the same run.
 
-    PYTHONPATH=. python experiments/tune_kernel.py --out experiments/results   # on a CUDA machine
+    python experiments/tune_kernel.py --out experiments/results   # on a CUDA machine
 
 Options: tile shape with its warp count and the query heads packed per program (``pack``: heads of one
 kv head sharing each K/V tile), pipeline depth, K/V loads through tensor descriptors (TMA), FULL tiles
@@ -18,7 +18,7 @@ import itertools
 from pathlib import Path
 
 import triton
-from kernel_runs import SHAPE, computed_tflops, correct, cudnn_ms, inputs, run_line, run_meta, write_json
+from harness import SHAPE, computed_tflops, correct, cudnn_ms, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.attention.config import KernelConfig
@@ -134,7 +134,7 @@ def main() -> None:
         except Exception as exc:  # a configuration that does not compile (shared memory) is recorded, not fatal
             row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         rows.append(row)
-    meta = {**run_meta("tune_kernel.py", args.out), "cudnn_ms": cudnn}
+    meta = {**run_meta(__file__, args.out), "cudnn_ms": cudnn}
     write_json(args.out, "kernel_tuning", meta, rows)
     lines = [
         "# Kernel tuning sweep",

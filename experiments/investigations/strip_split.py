@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from kernel_runs import (
+from harness import (
     computed_tflops,
     default_layout,
     inputs,
@@ -96,7 +96,7 @@ def main() -> None:
                 {"tokens": n, "variant": name, "ms": ms, "ms_rounds": t, "tflops": tflops,
                  "max_diff": diff, "lse_max_diff": lse_diff}
             )  # fmt: skip
-    meta = run_meta("strip_split.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "strip_split", meta, rows)
     lines = [
         "# Triangle() in two launches: window rows on 32 x 32 tiles, the dense last rows on 128 x 128",

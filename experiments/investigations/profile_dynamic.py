@@ -5,7 +5,7 @@ For block top-k and vertical-slash (the shapes of ``bench_dynamic.py``) this pro
 call adds for a fresh layout (building its work list), then prints the kernels by device time and
 writes the tables to ``--out``:
 
-    PYTHONPATH=$PWD python experiments/profile_dynamic.py --out $OUT
+    PYTHONPATH=experiments python experiments/investigations/profile_dynamic.py --out $OUT
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 
 import torch
+from harness import structured_qkv
 from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
-from experiments.bench_dynamic import structured_qkv
 from sparseattn.estimation import BlockTopK, VerticalSlash
 from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.kernels.planning.work_list import work_list

@@ -8,7 +8,7 @@ program pays whatever its length (Q load, pipeline fill, epilogue). Each tile sh
 default launch: 32 x 32 tiles with two query heads per program (short rows) and 128 x 128 with one
 (dense rows). B=1, 32 query heads, 8 kv heads, head dim 128, bf16, ``triton.testing.do_bench`` medians.
 
-    PYTHONPATH=. python experiments/row_length_cost.py --out $OUT      # on a CUDA machine
+    PYTHONPATH=experiments python experiments/investigations/row_length_cost.py --out $OUT      # on a CUDA machine
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import SHAPE, inputs, run_line, run_meta, write_json
-from partial_cost import remasked
+from harness import SHAPE, inputs, remasked, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.attention.config import default_config
@@ -65,7 +64,7 @@ def main() -> None:
             rows.append(
                 {"block": list(block), "band": n, "pack": config.pack, "programs": programs, "tiles": tiles, "ms": ms}
             )
-    meta = run_meta("row_length_cost.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "row_length_cost", meta, rows)
     print(render(args.out))
 

@@ -1,6 +1,6 @@
 """Several short rows in one pipelined loop: does streaming rows remove the fixed cost per program?
 
-    PYTHONPATH=. python experiments/row_stream.py --out $OUT      # on a Hopper GPU
+    PYTHONPATH=experiments python experiments/investigations/row_stream.py --out $OUT      # on a Hopper GPU
 
 ``row_length_cost.md`` splits the short-row launch's time into a cost per tile (500 TFLOP/s at the
 margin on 32 x 32 two-head tiles) and a fixed cost per program (0.130 ms over Triangle()'s 16,384
@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import Variant, inputs, report_variants
-from partial_cost import remasked
+from harness import Variant, inputs, remasked, report_variants
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.attention.launch import triton_sparse_attention
@@ -132,7 +131,7 @@ def main() -> None:
         "`max diff` against the shared kernel from the 18th query block on (partial steps: not the band's output)."
     )
     report_variants(
-        args.out, "row_stream.py",
+        args.out, __file__,
         "Short rows streamed through one pipelined loop (bare kernel) against the shared kernel",
         caption, variants, layout, args.rounds,
     )  # fmt: skip

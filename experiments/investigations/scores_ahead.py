@@ -1,6 +1,6 @@
 """Issuing the next tile's ``Q K^T`` before this tile's softmax, measured on its own.
 
-    PYTHONPATH=. python experiments/scores_ahead.py --out experiments/results   # on a Hopper GPU
+    PYTHONPATH=experiments python experiments/investigations/scores_ahead.py --out experiments/results   # on a Hopper GPU
 
 FlashAttention-3 overlaps a warpgroup's softmax with its next ``Q K^T``. In the shared kernel that form
 makes ptxas serialise every wgmma (``kernel_options_rejected.md``), so this script isolates the loop:
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import run_line, run_meta, write_json
+from harness import run_line, run_meta, write_json
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 LOG2E = 1.4426950408889634
@@ -116,7 +116,7 @@ def main() -> None:
         if diff > 0.02:
             raise RuntimeError(f"the two loops disagree by {diff} at {n_tiles} tiles")
         rows[-1]["max_diff"] = rows[-2]["max_diff"] = diff
-    meta = run_meta("scores_ahead.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "scores_ahead", meta, rows)
     lines = [
         "# Next tile's scores issued before this tile's softmax (band rows of FULL 32 x 32 tiles, two heads)",

@@ -1,6 +1,6 @@
 """How much of a timed call is host work: enqueue time per call, and do_bench with and without a CUDA graph.
 
-    PYTHONPATH=. python experiments/host_overhead.py --out $OUT     # on a CUDA machine
+    PYTHONPATH=experiments python experiments/investigations/host_overhead.py --out $OUT     # on a CUDA machine
 
 ``triton.testing.do_bench`` times each call between two CUDA events; host work that outlasts the cache
 flush queued before each call leaves the GPU idle inside that window. ``do_bench_cudagraph`` replays the
@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import triton
-from kernel_runs import SHAPE, cudnn_dense, default_layout, enqueue_us, inputs, run_line, run_meta, write_json
+from harness import SHAPE, cudnn_dense, default_layout, enqueue_us, inputs, run_line, run_meta, write_json
 
 from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Streaming, Triangle
@@ -54,7 +54,7 @@ def main() -> None:
                 "cudagraph_ms": triton.testing.do_bench_cudagraph(fn, return_mode="median"),
             }
         )
-    meta = run_meta("host_overhead.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "host_overhead", meta, rows)
     lines = [
         "# Host overhead in the timed calls",

@@ -1,6 +1,6 @@
 """What one lowering asks of the GPU: kernel launches, host waits and device time, per variant.
 
-    PYTHONPATH=. python experiments/lowering_launches.py --out $OUT      # on a CUDA machine
+    PYTHONPATH=experiments python experiments/investigations/lowering_launches.py --out $OUT      # on a CUDA machine
 
 For the kernel benchmark's per-head mixture and dense causal at 131072 tokens on 128x128 tiles, each
 row-segment variant of `lowering_speed.py` is run once under ``torch.profiler`` (after a warm-up call):
@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from lowering_speed import VARIANTS
+from harness import LOWERING_VARIANTS
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -45,7 +45,7 @@ def profiled(pattern: Pattern, n: int, options: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results")
     parser.add_argument("--tokens", type=int, default=131072)
     args = parser.parse_args()
     streaming, ashape, triangle = Streaming(128, 4096), AShape(1, 32, 128), Triangle(8, 512, 128)
@@ -53,13 +53,15 @@ def main() -> None:
     rows = [
         {"pattern": name, "variant": variant, **profiled(pattern, args.tokens, options)}
         for name, pattern in (("mixture", mixture), ("causal", Causal()))
-        for variant, options in VARIANTS["cuda"]
+        for variant, options in LOWERING_VARIANTS["cuda"]
     ]
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "command": " ".join(["python experiments/lowering_launches.py", *sys.argv[1:]]).replace(str(args.out), "$OUT"),
+        "command": " ".join(
+            ["PYTHONPATH=experiments python experiments/investigations/lowering_launches.py", *sys.argv[1:]]
+        ).replace(str(args.out), "$OUT"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lowering_launches.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

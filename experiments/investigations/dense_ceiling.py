@@ -3,7 +3,7 @@ block-sparse kernel on Causal(), the same kernel told the FULL tiles of a row ar
 loads; exact for causal only), and a plain causal flash-attention kernel written here with no layout
 at all (off-diagonal tiles unmasked, the diagonal tile masked from indices, heaviest q-blocks first).
 
-    PYTHONPATH=. python experiments/dense_ceiling.py --out $OUT      # on a CUDA machine
+    PYTHONPATH=experiments python experiments/investigations/dense_ceiling.py --out $OUT      # on a CUDA machine
 
 B=1, 32 query heads, 8 kv heads, head dim 128, bf16, 128 x 128 tiles, 8 warps, 3 stages;
 ``triton.testing.do_bench`` medians. Each variant is checked against cuDNN's output first.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import SHAPE, cudnn_dense, inputs, run_line, run_meta, write_json
+from harness import SHAPE, cudnn_dense, inputs, run_line, run_meta, write_json
 
 from sparseattn.kernels.attention.config import default_config
 from sparseattn.kernels.attention.launch import triton_sparse_attention
@@ -116,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row for n in args.lengths for row in measure(n)]
     cudnn = {r["tokens"]: r["ms"] for r in rows if r["variant"] == "cuDNN SDPA"}
-    meta = run_meta("dense_ceiling.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "dense_ceiling", meta, rows)
     lines = [
         "# Dense causal: the block-sparse kernel against a plain causal kernel and cuDNN",

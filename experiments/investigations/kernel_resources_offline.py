@@ -2,7 +2,7 @@
 Hopper (sm_90) without a GPU: Triton compiles to a cubin on any machine, and the cuobjdump that ships
 with Triton reads its resource usage.
 
-    PYTHONPATH=. python experiments/kernel_resources_offline.py --out experiments/results
+    PYTHONPATH=experiments python experiments/investigations/kernel_resources_offline.py --out experiments/results
 
 Shared memory decides how many programs a multiprocessor holds (an H200 has 228 KiB per
 multiprocessor, 227 KiB per program at most); a configuration that needs more than half of it runs
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args()
-    command = "PYTHONPATH=. python experiments/kernel_resources_offline.py " + " ".join(
+    command = "PYTHONPATH=experiments python experiments/investigations/kernel_resources_offline.py " + " ".join(
         "$OUT" if a == str(args.out) else a for a in sys.argv[1:]
     )
     lines = [

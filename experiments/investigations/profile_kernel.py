@@ -1,7 +1,7 @@
 """One kernel call per pattern, for a profiler to capture (Nsight Compute replays the launch it picks).
 
     ncu --kernel-name regex:_sparse_fwd_kernel --launch-skip 1 --launch-count 1 --section SpeedOfLight \
-        python experiments/profile_kernel.py triangle 32768
+        PYTHONPATH=experiments python experiments/investigations/profile_kernel.py triangle 32768
 
 The first call compiles and plans the work list (skipped by ``--launch-skip 1``); the second is the one
 profiled. Same shape and default launch as ``bench_kernel.py``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from kernel_runs import default_layout, inputs
+from harness import default_layout, inputs
 
 from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.patterns import Causal, Pattern, Triangle

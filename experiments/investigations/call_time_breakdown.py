@@ -2,7 +2,7 @@
 the device time of each kernel as the profiler records it, and the SM clock and power while the call runs
 back to back for two seconds (nvidia-smi, read only).
 
-    PYTHONPATH=. python experiments/call_time_breakdown.py --out $OUT
+    PYTHONPATH=experiments python experiments/investigations/call_time_breakdown.py --out $OUT
 
 Same shape and default launch as ``bench_kernel.py``. Writes ``call_time_breakdown.{json,md}``.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import triton
-from kernel_runs import SHAPE, default_layout, inputs, run_line, run_meta, write_json
+from harness import SHAPE, default_layout, inputs, run_line, run_meta, write_json
 from torch.profiler import ProfilerActivity, profile
 
 from sparseattn.kernels.attention.launch import triton_sparse_attention
@@ -130,7 +130,7 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    meta = run_meta("call_time_breakdown.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "call_time_breakdown", meta, rows)
     lines = [
         "# A call's time against its kernels' device time",

@@ -1,11 +1,11 @@
 """How the kernel reads its tile lists, each way against the default, with cuDNN in the same run.
 
-    PYTHONPATH=. python experiments/kernel_options.py --out $OUT     # on a CUDA machine
+    PYTHONPATH=experiments python experiments/investigations/kernel_options.py --out $OUT     # on a CUDA machine
 
 Variants (`KernelConfig` fields): ``full_runs`` on and off (FULL tiles of a run step from the run's
 first block, against one index load per tile). Every variant runs on the default tile shape, warps,
 stages, TMA and head packing of each case, is first checked against the fp32 reference on a 2K prompt
-(tune_kernel.correct), then timed with ``triton.testing.do_bench`` (median). Writes
+(`harness.correct`), then timed with ``triton.testing.do_bench`` (median). Writes
 ``kernel_options.json`` and ``kernel_options.md``.
 """
 
@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 import triton
-from kernel_runs import SHAPE, correct, cudnn_ms, default_layout, inputs, run_line, run_meta, write_json
+from harness import SHAPE, correct, cudnn_ms, default_layout, inputs, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.attention.config import default_config
@@ -67,7 +67,7 @@ def main() -> None:
         )
         row["speedup_vs_cudnn"] = cudnn[n] / row["ms"]
         rows.append(row)
-    meta = {**run_meta("kernel_options.py", args.out), "cudnn_ms": cudnn}
+    meta = {**run_meta(__file__, args.out), "cudnn_ms": cudnn}
     write_json(args.out, "kernel_options", meta, rows)
     lines = [
         "# How the kernel reads its tile lists",

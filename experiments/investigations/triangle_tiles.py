@@ -1,6 +1,6 @@
 """Triangle() on each tile shape and launch: time, and TFLOP/s on computed tiles.
 
-    PYTHONPATH=. python experiments/triangle_tiles.py --out $OUT      # on the GPU
+    PYTHONPATH=experiments python experiments/investigations/triangle_tiles.py --out $OUT      # on the GPU
 
 On 32 x 32 tiles with Triton's launch (two heads per program) Triangle() computes the fewest pairs but
 runs at about two thirds of our dense rate. 128 x 128 tiles compute more pairs (1.27 times as many at
@@ -18,7 +18,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from kernel_runs import (
+from harness import (
     HEAD_DIM,
     HEADS,
     KV_HEADS,
@@ -89,7 +89,7 @@ def main() -> None:
             row["of_dense"] = row["tflops"] / dense if row["tflops"] else None
             row["vs_cudnn"] = found[0]["ms"] / row["ms"]
         rows += found
-    meta = run_meta("triangle_tiles.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "triangle_tiles", meta, rows)
     lines = [
         "# Triangle() on each tile shape, against dense causal",

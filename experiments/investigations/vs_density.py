@@ -1,6 +1,6 @@
 """How much of the causal plane a vertical-slash layout covers, on random q/k and on structured q/k.
 
-    python experiments/vs_density.py          # CPU; writes experiments/results/vs_density.{json,md}
+    PYTHONPATH=experiments python experiments/investigations/vs_density.py          # CPU; writes experiments/results/vs_density.{json,md}
 
 The TTFT runs use models with random weights, whose queries and keys carry no positional structure;
 `bench_dynamic.py` uses structured synthetic q/k (a shared direction, rotary positions, sinks). This
@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from bench_dynamic import structured_qkv
+from harness import structured_qkv
 from tqdm import tqdm
 
 from sparseattn.estimation import VerticalSlash
@@ -34,7 +34,7 @@ def random_qk(length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results")
     parser.add_argument("--lengths", type=int, nargs="*", default=[8192, 16384, 32768])
     args = parser.parse_args()
     pattern = VerticalSlash(vertical=512, slash=2048)
@@ -61,7 +61,7 @@ def main() -> None:
         "torch": torch.__version__,
         "pattern": repr(pattern),
         "shape": f"{HEADS} q heads, {KV_HEADS} kv heads, head dim {DIM}, fp32 on the CPU",
-        "command": "python experiments/vs_density.py",
+        "command": "PYTHONPATH=experiments python experiments/investigations/vs_density.py",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vs_density.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -1,6 +1,6 @@
 """Where the shared kernel loses to a bare loop on short FULL rows.
 
-    PYTHONPATH=. python experiments/band_loop_gap.py --out $OUT      # on a Hopper GPU
+    PYTHONPATH=experiments python experiments/investigations/band_loop_gap.py --out $OUT      # on a Hopper GPU
 
 Every query block of a 32K prompt gets a band of 18 FULL 32 x 32 tiles ending at its diagonal (as in
 ``row_length_cost.py``; Triangle()'s window rows have as many tiles); B=1, 32 query heads, 8 kv heads,
@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from kernel_runs import Variant, inputs, report_variants
-from partial_cost import remasked
+from harness import Variant, inputs, remasked, report_variants
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.attention.config import default_config
@@ -234,7 +233,7 @@ def main() -> None:
         "and slowest; `max diff` against the shared kernel's output (bare variants that read every head's own K/V)."
     )
     report_variants(
-        args.out, "band_loop_gap.py", "The shared kernel against a bare loop on band rows of 18 FULL 32 x 32 tiles",
+        args.out, __file__, "The shared kernel against a bare loop on band rows of 18 FULL 32 x 32 tiles",
         caption, variants, layout, args.rounds, registers="registers (cap or used)",
     )  # fmt: skip
 

@@ -5,7 +5,7 @@ the layout lists (`triton_tile_lists`, `triton_column_lists`). Each variant is f
 the default's output, then timed with ``triton.testing.do_bench`` (median) on block top-k's shapes
 (32 heads, 2048 x 2048 grid of 64-wide blocks) and vertical-slash's 512 columns per head:
 
-    PYTHONPATH=$PWD python experiments/tune_row_kernels.py --out $OUT
+    PYTHONPATH=experiments python experiments/investigations/tune_row_kernels.py --out $OUT
 """
 
 from __future__ import annotations

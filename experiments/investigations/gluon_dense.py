@@ -1,6 +1,6 @@
 """Dense causal attention in Gluon, scheduled as FlashAttention-3 does, against cuDNN and our kernel.
 
-    PYTHONPATH=. python experiments/gluon_dense.py --out $OUT      # on a Hopper GPU (Triton 3.6's Gluon)
+    PYTHONPATH=experiments python experiments/investigations/gluon_dense.py --out $OUT      # on a Hopper GPU (Triton 3.6's Gluon)
 
 Our Triton launch runs dense causal rows at 0.92x to 0.96x of cuDNN SDPA. Triton cannot express the two
 schedules FlashAttention-3 credits for its last 10% to 20% on Hopper: a tile's softmax overlapping the
@@ -26,7 +26,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from kernel_runs import (
+from harness import (
     HEAD_DIM,
     HEADS,
     KV_HEADS,
@@ -51,7 +51,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from sparseattn.kernels.attention.config import KernelConfig, default_config
-from sparseattn.kernels.attention.gluon_fwd import _warps_sync
 from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.lowering import lower
 from sparseattn.patterns import Causal
@@ -59,6 +58,8 @@ from sparseattn.patterns import Causal
 BLOCK = 128  # query rows and key columns per tile
 HALF = 64  # query rows per compute warpgroup
 LOG2E = 1.4426950408889634
+# A barrier over the program's warps, spelled as the installed Gluon spells it (as gluon_fwd.py does).
+warps_sync = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
 # The Triton kernel's launch for dense rows before the warp-specialised one became the default.
 TRITON_LAUNCH = KernelConfig(num_warps=8, num_stages=3, tma=True)
 
@@ -141,7 +142,7 @@ def _dense_compute(smem, bars, Out, n_tokens, qk_scale, HEADS: gl.constexpr, hal
     if PING_PONG:
         mbarrier.arrive(other)
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-    _warps_sync()
+    warps_sync()
     mbarrier.arrive(k_empty.index(0))
     m_i = gl.full([HALF], float("-inf"), gl.float32, row_layout)
     l_i = gl.zeros([HALF], gl.float32, row_layout)
@@ -160,11 +161,11 @@ def _dense_compute(smem, bars, Out, n_tokens, qk_scale, HEADS: gl.constexpr, hal
         if PING_PONG:
             mbarrier.arrive(other)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # this tile's scores; the older P V runs on
-        _warps_sync()
+        warps_sync()
         mbarrier.arrive(k_empty.index(stage))
         p_next, alpha, l_i, m_i = _softmax_step(s, m_i, l_i, qk_scale, rows, j * BLOCK_N + cols, j == n - 1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        _warps_sync()
+        warps_sync()
         mbarrier.arrive(v_empty.index(prev))
         acc = warpgroup_mma_init(acc * gl.expand_dims(alpha, 1))
         p = p_next.to(gl.bfloat16)
@@ -276,7 +277,7 @@ def main() -> None:
             row["ms_rounds"] = ms_rounds
             row["ms"] = statistics.median(ms_rounds)
             row["tflops"] = 4 * HEAD_DIM * HEADS * n * (n + 1) / 2 / (row["ms"] * 1e-3) / 1e12
-    meta = run_meta("gluon_dense.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "gluon_dense", meta, rows)
     cudnn = {r["tokens"]: r["ms"] for r in rows if r["variant"] == "cuDNN SDPA"}
     lines = [

@@ -2,7 +2,7 @@
 FULL (no bitmap, no masking), then all PARTIAL (every tile through the bitmap path, all-ones
 bitmaps for the FULL ones).
 
-    PYTHONPATH=. python experiments/partial_cost.py --out $OUT      # on a CUDA machine
+    PYTHONPATH=experiments python experiments/investigations/partial_cost.py --out $OUT      # on a CUDA machine
 
 The variants compute the same tiles and differ only in how each is masked, so their outputs are not
 the pattern's (only the lowered layout is); this measures where the kernel's time goes, and bounds
@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 import triton
-from kernel_runs import SHAPE, inputs, run_line, run_meta, write_json
+from harness import SHAPE, inputs, remasked, run_line, run_meta, write_json
 from tqdm import tqdm
 
 from sparseattn.kernels.attention.launch import triton_sparse_attention
-from sparseattn.layout import BlockLayout
 from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, Pattern, Triangle
 
@@ -30,31 +28,6 @@ CASES: list[tuple[str, Pattern, int, tuple[int, int]]] = [
     ("triangle", Triangle(), 131072, (32, 32)),
     ("causal", Causal(), 32768, (128, 128)),
 ]
-
-
-def remasked(layout: BlockLayout, as_full: bool) -> BlockLayout:
-    """The same tiles, all FULL (``as_full``) or all PARTIAL (FULL tiles on an all-ones bitmap)."""
-    parts = []
-    for which in ("full_kv", "kv"):
-        b, h, qb, slot = layout.entries(which)
-        kv = getattr(layout, f"{which}_indices")[slot].long()
-        mask_id = layout.kv_mask_ids[slot].long() + 1 if which == "kv" else torch.zeros_like(kv)
-        parts.append((b, h, qb, kv, mask_id))
-    b, h, qb, kv, mask_id = (torch.cat(x) for x in zip(*parts, strict=True))
-    ones = torch.full((1, layout.block_m, layout.block_n // 32), -1, dtype=torch.int32, device=layout.device)
-    return BlockLayout.from_tiles(
-        q_len=layout.q_len,
-        kv_len=layout.kv_len,
-        block_size=layout.block_size,
-        lead_shape=(layout.batch_size, layout.num_heads),
-        batch=b,
-        head=h,
-        q_block=qb,
-        kv_block=kv,
-        is_full=torch.full_like(b, as_full, dtype=torch.bool),
-        mask_id=mask_id,
-        tile_masks=torch.cat([ones, layout.tile_masks]),
-    )
 
 
 def main() -> None:
@@ -78,7 +51,7 @@ def main() -> None:
             )
         rows.append(row)
         tqdm.write(str(row))
-    meta = run_meta("partial_cost.py", args.out)
+    meta = run_meta(__file__, args.out)
     write_json(args.out, "partial_cost", meta, rows)
     lines = [
         "# What PARTIAL tiles cost the kernel",

@@ -2,7 +2,7 @@
 the host time spent inside them (a device sync shows up here, as the wait for the queue to drain)
 and the Python time between them.
 
-    PYTHONPATH=. python experiments/lowering_profile.py --device cuda --out $OUT
+    PYTHONPATH=experiments python experiments/investigations/lowering_profile.py --device cuda --out $OUT
 
 Cases are the kernel benchmark's per-head mixture and dense causal at 131072 tokens on 128x128
 tiles. The counting itself costs host time, so the totals are above `lowering_speed.py`'s wall
@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lowering_speed import timed
+from harness import wall_median
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Triangle
 
-PACKAGE = str(Path(__file__).resolve().parent.parent / "sparseattn")
+PACKAGE = str(Path(__file__).resolve().parents[2] / "sparseattn")
 
 
 def _caller() -> str:
@@ -70,14 +70,14 @@ class HostClock(TorchDispatchMode):
 
 def wall_ms(pattern: Pattern, n: int, device: str, repeats: int = 9) -> float:
     step = lambda: lower(pattern, n, block_size=(128, 128), num_heads=pattern.num_heads, device=device)
-    return timed(step, device, repeats)[0]
+    return wall_median(step, device, repeats)[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tokens", type=int, default=131072)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results")
     args = parser.parse_args()
     members = [Causal(), Streaming(128, 4096), AShape(1, 32, 128), Triangle(8, 512, 128)]
     cases = {"mixture": PerHead(tuple(members[h % 4] for h in range(32))), "causal": Causal()}
@@ -85,7 +85,7 @@ def main() -> None:
     lines = [
         "# Lowering host time by function",
         "",
-        f"`PYTHONPATH=. python experiments/lowering_profile.py --device {args.device}` — "
+        f"`PYTHONPATH=experiments python experiments/investigations/lowering_profile.py --device {args.device}` — "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {where}, torch {torch.__version__}, "
         f"{args.tokens} tokens, 128x128 tiles. `inside`: host time within the function's torch ops (device",
         "syncs included); `between`: Python time before each of them. Counting adds its own host time.",

@@ -1,6 +1,6 @@
 """What one small torch operation costs the host, on the CPU and on the GPU, beside the lowering.
 
-    PYTHONPATH=. python experiments/op_overhead.py --out $OUT      # writes op_overhead_<device>.md
+    PYTHONPATH=experiments python experiments/investigations/op_overhead.py --out $OUT      # writes op_overhead_<device>.md
 
 A static lowering at 128K tokens dispatches a few hundred operations on tensors of a few thousand
 elements (lowering_ops.md), so its wall time is about their count times the host cost of one. This
@@ -82,7 +82,7 @@ def lowering_times(device: str, tokens: int) -> tuple[float, float | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results")
     parser.add_argument("--tokens", type=int, default=131072)
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -90,7 +90,7 @@ def main() -> None:
     lines = [
         "# Host cost of one small torch operation",
         "",
-        f"`PYTHONPATH=. python experiments/op_overhead.py` — {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"`PYTHONPATH=experiments python experiments/investigations/op_overhead.py` — {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
         f"{where}, torch {torch.__version__}, {torch.get_num_threads()} host threads. Microseconds per call on",
         "4096 int64 elements, median of 5 loops of 2000 calls (a CUDA loop is drained once at its end, so",
         "this is the host's dispatch and launch cost, the device running behind it).",

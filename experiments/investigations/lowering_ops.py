@@ -1,6 +1,6 @@
 """Count the torch operations one lowering dispatches, by the function that issues them.
 
-    PYTHONPATH=. python experiments/lowering_ops.py          # writes experiments/results/lowering_ops.md
+    PYTHONPATH=experiments python experiments/investigations/lowering_ops.py          # writes experiments/results/lowering_ops.md
 
 On a GPU every operation is a kernel launch, and at 128K tokens a static pattern's lowering is bound
 by their number, not by their size (lowering_cuda.md); this count, taken on the CPU for the kernel
@@ -24,7 +24,7 @@ from sparseattn.patterns import AShape, Causal, Pattern, PerHead, Streaming, Tri
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results")
     args = parser.parse_args()
     streaming, ashape, triangle = Streaming(128, 4096), AShape(1, 32, 128), Triangle(8, 512, 128)
     cases: list[tuple[str, Pattern, tuple[int, int]]] = [
@@ -37,7 +37,7 @@ def main() -> None:
     lines = [
         "# Torch operations per lowering",
         "",
-        f"`PYTHONPATH=. python experiments/lowering_ops.py` — "
+        f"`PYTHONPATH=experiments python experiments/investigations/lowering_ops.py` — "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}, counted on the CPU, "
         "131072 tokens. `program`: row segments through the compiled interval program answered by torch",
         "operations (`intervals=True, triton=False`; on a GPU, where each operation is a launch, the default",

@@ -1,0 +1,452 @@
+"""What the experiments share, the apps in ``experiments/`` and the scripts in ``experiments/investigations/``.
+
+- The kernel benchmark's shape (Llama-3.1-8B: B=1, 32 query heads, 8 kv heads, head dim 128, bf16): its
+  inputs, the layout the default launch runs, the cuDNN baseline, a correctness check against the fp32
+  reference, TFLOP/s over computed tiles, timing in rounds, variant tables.
+- Dynamic patterns: structured synthetic q/k (`structured_qkv`) and the dynamic benchmark itself
+  (`measure_dynamic`, which ``bench_dynamic.py`` runs alone and ``bench_kernel.py`` beside the kernel's).
+- Lowering: wall-time medians (`wall_median`) and the row-segment variants timed per device.
+- Layouts rebuilt with every tile FULL or every tile PARTIAL (`remasked`).
+- The record of a run: date, GPU, versions and the command line (`run_meta`, `portable`).
+
+The apps import it as ``from harness import ...`` (their folder is on ``sys.path``); the investigations
+run with ``PYTHONPATH=experiments``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm import tqdm
+from triton.testing import do_bench
+
+from sparseattn.attention import default_block_size, sparse_attention
+from sparseattn.estimation import BlockTopK, VerticalSlash
+from sparseattn.kernels.attention.config import KernelConfig
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.kernels.flex import flex_sparse_attention
+from sparseattn.kernels.reference import reference_attention
+from sparseattn.layout import BlockLayout
+from sparseattn.lowering import lower
+from sparseattn.patterns import Pattern
+from sparseattn.testing.dynamic_reference import reference_vertical_slash
+from sparseattn.testing.tolerance import assert_close_to_oracle
+
+EXPERIMENTS = Path(__file__).resolve().parent
+RESULTS = EXPERIMENTS / "results"
+HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
+# The shape as the result tables state it.
+SHAPE = f"B=1, {HEADS} query heads, {KV_HEADS} kv heads, head dim {HEAD_DIM}, bf16"
+
+
+@functools.lru_cache(maxsize=4)
+def inputs(n: int, device: str = "cuda") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of the benchmark shape at ``n`` tokens (seeded, kept for reuse)."""
+    torch.manual_seed(0)
+    q = torch.randn(1, HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    k = torch.randn(1, KV_HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    v = torch.randn(1, KV_HEADS, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    return q, k, v
+
+
+def default_layout(pattern: Pattern, n: int) -> BlockLayout:
+    """``pattern`` at ``n`` tokens on the tiles `sparse_attention` picks for the benchmark shape."""
+    block = default_block_size(
+        "triton", HEAD_DIM, torch.bfloat16, pattern, n, n, group=HEADS // KV_HEADS, device="cuda"
+    )
+    return lower(pattern, n, block_size=block, num_heads=pattern.num_heads, device="cuda")
+
+
+def computed_tflops(layout: BlockLayout, ms: float) -> float:
+    """TFLOP/s of a call of ``ms`` on the benchmark shape: 4·D flops per query-key pair of the computed
+    tiles, over every query head (a layout shared by the heads counts once per head)."""
+    pairs = layout.computed_pairs() * HEADS // (layout.batch_size * layout.num_heads)
+    return 4 * HEAD_DIM * pairs / ms / 1e9
+
+
+def timed_rounds(launches: list[Callable[[], object]], rounds: int) -> list[list[float]]:
+    """``rounds`` do_bench medians (ms) per launch, one each per round, rounds in turn: runs differ by up
+    to a tenth on the H200 (clocks under its power limit), so variants compared in a table share rounds."""
+    times: list[list[float]] = [[] for _ in launches]
+    for _ in tqdm(range(rounds), desc="rounds"):
+        for slot, launch in zip(times, launches, strict=True):
+            slot.append(triton.testing.do_bench(launch, return_mode="median"))
+    return times
+
+
+def enqueue_us(fn: Callable[[], object], calls: int = 300, batch: int = 10) -> float:
+    """Median host time (µs) of one call, in batches of ``batch`` calls between synchronisations, so that
+    a device slower than the host never fills its queue and makes the host wait."""
+    fn()
+    times = []
+    for _ in range(calls // batch):
+        torch.cuda.synchronize()
+        for _ in range(batch):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e6)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
+
+
+def spread(ms_rounds: list[float]) -> str:
+    """A variant's fastest and slowest round, as a table's ``range`` cell."""
+    return f"{min(ms_rounds):.3f}–{max(ms_rounds):.3f}"
+
+
+# A variant of the band experiments: its name, launch, registers (cap or used) and max difference from
+# the shared kernel's output (None where it is not compared).
+Variant = tuple[str, Callable[[], object], int | None, float | None]
+
+
+def variant_rows(variants: list[Variant], times: list[list[float]], layout: BlockLayout) -> list[dict]:
+    """One result row per variant, from its rounds (`timed_rounds`): median ms and the TFLOP/s of that
+    median over ``layout``'s computed tiles."""
+    rows = []
+    for (name, _, registers, diff), ms_rounds in zip(variants, times, strict=True):
+        ms = statistics.median(ms_rounds)
+        rows.append(
+            {"variant": name, "registers": registers, "max_diff": diff, "ms_rounds": ms_rounds, "ms": ms,
+             "tflops": computed_tflops(layout, ms)}
+        )  # fmt: skip
+    return rows
+
+
+def variant_table(rows: list[dict], registers: str = "registers") -> list[str]:
+    """`variant_rows` as Markdown table lines, the registers column headed ``registers``."""
+    lines = [f"| variant | {registers} | ms | range | TFLOP/s | max diff |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "—" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
+        lines.append(
+            f"| {r['variant']} | {r['registers'] or '—'} | {r['ms']:.3f} | {spread(r['ms_rounds'])} "
+            f"| {r['tflops']:.0f} | {diff} |"
+        )
+    return lines
+
+
+def report_variants(
+    out: Path, script: str, title: str, caption: str, variants: list[Variant], layout: BlockLayout, rounds: int,
+    registers: str = "registers",
+) -> None:  # fmt: skip
+    """Time ``variants`` in turn (`timed_rounds`) and write ``out/<stem>.json`` and ``.md`` for
+    ``script`` (the ``__file__`` of ``<stem>.py``): ``title``, how it was run, ``caption``, then the `variant_table`; print the
+    Markdown."""
+    rows = variant_rows(variants, timed_rounds([launch for _, launch, _, _ in variants], rounds), layout)
+    meta = run_meta(script, out)
+    stem = Path(script).stem
+    write_json(out, stem, meta, rows)
+    lines = [f"# {title}", "", run_line(meta), caption, "", *variant_table(rows, registers)]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def cudnn_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """cuDNN SDPA dense causal attention with native GQA."""
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def cudnn_ms(n: int) -> float:
+    """cuDNN SDPA dense causal on the benchmark shape at ``n`` tokens: do_bench median in ms."""
+    q, k, v = inputs(n)
+    return float(triton.testing.do_bench(lambda: cudnn_dense(q, k, v), return_mode="median"))
+
+
+def correct(pattern: Pattern, block: tuple[int, int], config: KernelConfig) -> float:
+    """Max error against the fp32 reference on a 2K-token prompt (with 8 query heads, or the pattern's
+    own number of heads for a per-head pattern)."""
+    heads = pattern.num_heads or 8
+    q, k, v = inputs(2048)
+    q = q[:, :heads]
+    k, v = k[:, : heads // 4], v[:, : heads // 4]
+    layout = lower(pattern, 2048, block_size=block, num_heads=pattern.num_heads, device="cuda")
+    out, _ = triton_sparse_attention(q, k, v, layout, config=config)
+    dense = pattern.to_dense(2048, num_heads=pattern.num_heads)
+    ref, _ = reference_attention(q, k, v, dense.unsqueeze(0).cuda())
+    return float((out.float() - ref.float()).abs().max())
+
+
+def run_meta(script: str, out: Path) -> dict:
+    """Date, GPU, versions and the command line of a run of ``script`` (its ``__file__``), its output
+    folder written as $OUT."""
+    path = Path(script).resolve()
+    prefix = "" if path.parent == EXPERIMENTS else "PYTHONPATH=experiments "
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "host": platform.node(),
+        "command": f"{prefix}python {path.relative_to(EXPERIMENTS.parent)} "
+        + " ".join("$OUT" if a == str(out) else a for a in sys.argv[1:]),
+    }
+
+
+def portable(command: str) -> str:
+    """``command`` with the output folder written as ``$OUT`` when it came from that variable."""
+    out = os.environ.get("OUT")
+    return command.replace(out, "$OUT") if out else command
+
+
+def run_line(meta: dict) -> str:
+    """The Markdown line that says how and where a result was measured."""
+    return f"`{meta['command']}` — {meta['date']}, {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}."
+
+
+def write_json(out: Path, stem: str, meta: dict, rows: list[dict]) -> None:
+    """``out/stem.json`` with the run's record and its rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+
+def remasked(layout: BlockLayout, as_full: bool) -> BlockLayout:
+    """The same tiles, all FULL (``as_full``) or all PARTIAL (FULL tiles on an all-ones bitmap)."""
+    parts = []
+    for which in ("full_kv", "kv"):
+        b, h, qb, slot = layout.entries(which)
+        kv = getattr(layout, f"{which}_indices")[slot].long()
+        mask_id = layout.kv_mask_ids[slot].long() + 1 if which == "kv" else torch.zeros_like(kv)
+        parts.append((b, h, qb, kv, mask_id))
+    b, h, qb, kv, mask_id = (torch.cat(x) for x in zip(*parts, strict=True))
+    ones = torch.full((1, layout.block_m, layout.block_n // 32), -1, dtype=torch.int32, device=layout.device)
+    return BlockLayout.from_tiles(
+        q_len=layout.q_len,
+        kv_len=layout.kv_len,
+        block_size=layout.block_size,
+        lead_shape=(layout.batch_size, layout.num_heads),
+        batch=b,
+        head=h,
+        q_block=qb,
+        kv_block=kv,
+        is_full=torch.full_like(b, as_full, dtype=torch.bool),
+        mask_id=mask_id,
+        tile_masks=torch.cat([ones, layout.tile_masks]),
+    )
+
+
+def sync(device: str) -> None:
+    """Wait for ``device``'s queue to drain (nothing to wait for on the CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def wall_median(step, device: str, repeats: int) -> tuple[float, object]:
+    """Median wall time in ms of ``step()``, the device drained before and after each call."""
+    times, result = [], None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = step()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), result
+
+
+# The row-segment variants timed per device, the device's default first: (column, `lower` options).
+LOWERING_VARIANTS = {
+    "cuda": [
+        ("triton program", {}),
+        ("torch program", {"intervals": True, "triton": False}),
+        ("own methods", {"intervals": False}),
+    ],
+    "cpu": [("own methods", {}), ("torch program", {"intervals": True})],
+}
+
+
+# Our dynamic layouts use 64 x 64 tiles; compiled Flex must be told to tile the same way.
+FLEX_64 = {"BLOCK_M": 64, "BLOCK_N": 64}
+
+
+def structured_qkv(heads, kv_heads, length, dim, seed=0, device="cuda", dtype=torch.bfloat16):
+    """q, k, v shaped like a long-context LLM's: keys and queries share one direction per kv head, rotated
+    by position like RoPE (scores depend on relative position: slashes), plus heavy sink keys (verticals).
+    Random q/k alone give near-uniform attention, hence a near-dense vertical-slash estimate."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pos = torch.arange(length, device=device, dtype=torch.float32)
+    freqs = 500000.0 ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    angle = pos[:, None] * freqs[None, :]  # [S, D/2]
+    cos, sin = angle.cos(), angle.sin()
+
+    def rope(x):
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+
+    u = torch.randn(1, kv_heads, 1, dim, device=device, generator=gen)
+    k = rope(u + 0.7 * torch.randn(1, kv_heads, length, dim, device=device, generator=gen))
+    k[:, :, :4] *= 4.0  # attention sinks
+    group = heads // kv_heads
+    q = rope(0.8 * u.repeat_interleave(group, 1) + torch.randn(1, heads, length, dim, device=device, generator=gen))
+    v = torch.randn(1, kv_heads, length, dim, device=device, generator=gen)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def measure_dynamic(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
+    """Run the checks and timings at ``length`` tokens, write ``dynamic_bench.json`` and ``.md`` to ``out``."""
+    heads, kv_heads, dim, n = 32, 8, 128, length
+    result = {
+        "command": command,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "shape": {"batch": 1, "heads": heads, "kv_heads": kv_heads, "seq_len": n, "head_dim": dim, "dtype": "bfloat16"},
+        "checks": {},
+        "timings_ms": {},
+        "layouts": {},
+    }
+    vs = VerticalSlash(vertical=512, slash=2048)
+    bt = BlockTopK(topk=64)
+
+    def check(name, fn):
+        try:
+            fn()
+            result["checks"][name] = "pass"
+        except Exception as exc:  # recorded, the run goes on
+            result["checks"][name] = f"FAIL: {type(exc).__name__}: {str(exc)[:300]}"
+            traceback.print_exc()
+        print(f"check {name}: {result['checks'][name]}", flush=True)
+
+    # ---------------------------------------------------------------- correctness
+    def estimator_matches_reference():
+        q, k, _ = structured_qkv(4, 2, 1024, 64, seed=1, dtype=torch.float32)
+        est = VerticalSlash((40, 60, 35, 50), (120, 200, 101, 150)).estimate(q, k)
+        ref_v, ref_s = reference_vertical_slash(q.cpu(), k.cpu(), (40, 60, 35, 50), (120, 200, 101, 150))
+        rows = lambda t: [[x for x in r if x < 1 << 62] for r in t.tolist()]
+        assert rows(est.vertical) == ref_v and rows(est.slash) == ref_s, "indices differ from the slow reference"
+
+    def kernels_match_oracle():
+        q, k, v = structured_qkv(heads, kv_heads, 4096, dim, seed=2)
+        for pattern in (vs, bt):
+            concrete = pattern.estimate(q, k)
+            layout = lower(concrete, 4096, 4096)
+            mask = concrete.to_dense(4096, 4096).unsqueeze(0)
+            out, lse = sparse_attention(q, k, v, layout, impl="triton", return_lse=True)
+            assert_close_to_oracle(out, lse, q, k, v, mask)
+            out, lse = flex_sparse_attention(q, k, v, layout, kernel_options=FLEX_64)
+            assert_close_to_oracle(out, lse, q, k, v, mask)
+
+    def no_host_sync():
+        q, k, v = structured_qkv(heads, kv_heads, 8192, dim, seed=3)
+        for pattern in (vs, bt):
+            attend = lambda pattern=pattern: triton_sparse_attention(q, k, v, lower(pattern.estimate(q, k), 8192, 8192))
+            attend()  # warm caches and allocator
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                attend()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    check("estimator_equals_slow_reference", estimator_matches_reference)
+    check("triton_and_flex_equal_oracle_4k", kernels_match_oracle)
+    check("no_host_sync_in_estimate_lower_and_attention", no_host_sync)
+
+    # ---------------------------------------------------------------- timings at full size
+    q, k, v = structured_qkv(heads, kv_heads, n, dim, seed=0)
+    times = result["timings_ms"]
+
+    def timed(name, fn, **kw):
+        try:
+            times[name] = do_bench(fn, warmup=kw.get("warmup", 5), rep=kw.get("rep", 50), return_mode="median")
+        except Exception as exc:
+            times[name] = None
+            result["checks"][f"timing_{name}"] = f"FAIL: {type(exc).__name__}: {str(exc)[:300]}"
+            traceback.print_exc()
+        print(f"{name}: {times[name]}", flush=True)
+
+    for tag, pattern in (("vertical_slash", vs), ("block_topk", bt)):
+        concrete = pattern.estimate(q, k)
+        layout = lower(concrete, n, n)
+        full, partial = layout.num_tiles()
+        result["layouts"][tag] = {
+            "pattern": repr(pattern),
+            "density_of_plane": layout.density(),
+            "fraction_of_causal": layout.density() * 2 * n / (n + 1),
+            "full_tiles": full,
+            "partial_tiles": partial,
+            "gathered_columns": int(layout.col_num.sum()) if layout.col_num is not None else 0,
+        }
+        print(tag, result["layouts"][tag], flush=True)
+        timed(f"{tag}_estimate", lambda pattern=pattern: pattern.estimate(q, k))
+        if tag == "block_topk":  # where estimation goes: pooled scores, then the top-k selection
+            timed("block_topk_pooled_scores", lambda: bt.pooled_scores(q, k))
+        timed(f"{tag}_lower", lambda concrete=concrete: lower(concrete, n, n))
+        timed(f"{tag}_estimate_and_lower", lambda pattern=pattern: lower(pattern.estimate(q, k), n, n))
+        timed(f"{tag}_triton", lambda layout=layout: triton_sparse_attention(q, k, v, layout))
+        # What a prefill layer pays: estimate, lower and attend on a fresh layout every call.
+        timed(
+            f"{tag}_end_to_end",
+            lambda pattern=pattern: triton_sparse_attention(q, k, v, lower(pattern.estimate(q, k), n, n)),
+        )
+        if not skip_flex:
+            try:
+                t0 = time.perf_counter()
+                block_mask = layout.to_flex()
+                torch.cuda.synchronize()
+                result["timings_ms"][f"{tag}_flex_blockmask_build"] = 1e3 * (time.perf_counter() - t0)
+                timed(
+                    f"{tag}_flex",
+                    lambda mask=block_mask: flex_sparse_attention(q, k, v, mask, kernel_options=FLEX_64),
+                    warmup=2,
+                    rep=20,
+                )
+                del block_mask
+            except Exception as exc:
+                result["checks"][f"flex_{tag}"] = f"FAIL: {type(exc).__name__}: {str(exc)[:300]}"
+                traceback.print_exc()
+        if times.get(f"{tag}_triton") and times.get(f"{tag}_estimate_and_lower"):
+            result[f"{tag}_overhead_fraction"] = times[f"{tag}_estimate_and_lower"] / times[f"{tag}_triton"]
+        if times.get(f"{tag}_triton") and times.get(f"{tag}_end_to_end"):
+            result[f"{tag}_end_to_end_overhead_fraction"] = times[f"{tag}_end_to_end"] / times[f"{tag}_triton"] - 1
+        del layout, concrete
+        torch.cuda.empty_cache()
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        timed(
+            "dense_cudnn_sdpa_causal",
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            rep=20,
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dynamic_bench.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"# Dynamic patterns at {n} tokens",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}",
+        f"- GPU: {result['gpu']}; torch {result['torch']}; triton {result['triton']}",
+        f"- shape: B=1, {heads} q heads, {kv_heads} kv heads, head dim {dim}, bf16; structured synthetic q/k (see script)",
+        "",
+        "## Checks",
+        "",
+    ] + [f"- {k}: {v}" for k, v in result["checks"].items()]
+    lines += ["", "## Layouts", ""] + [f"- {k}: {json.dumps(v)}" for k, v in result["layouts"].items()]
+    lines += ["", "## Timings (median ms)", "", "| what | ms |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" if v is not None else f"| {k} | failed |" for k, v in times.items()]
+    for tag in ("vertical_slash", "block_topk"):
+        if f"{tag}_overhead_fraction" in result:
+            lines.append(
+                f"\n{tag}: estimate + lower = {100 * result[f'{tag}_overhead_fraction']:.1f}% of the Triton attention time"
+            )
+        if f"{tag}_end_to_end_overhead_fraction" in result:
+            lines.append(
+                f"\n{tag}: end to end (estimate, lower, attend on a fresh layout) = attention time "
+                f"+ {100 * result[f'{tag}_end_to_end_overhead_fraction']:.1f}%"
+            )
+    (out / "dynamic_bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[-(len(times) + 6) :]))
+    return result
