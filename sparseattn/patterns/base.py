@@ -10,6 +10,9 @@ A pattern answers three questions, from the most exact to the cheapest:
 - ``row_breaks(ctx)``: where along each query-block row can the tile class change? (a superset of
   the change points, so lowering classifies one tile per run of equal tiles instead of every tile)
 
+``to_mask_mod(q_len, kv_len)`` gives the same truth as a FlexAttention ``mask_mod`` written from the
+pattern's own parameters (comparisons, no q x kv table), where the pattern has such a predicate.
+
 Subclasses of primitives answer all three analytically from their parameters. A user subclass only
 has to implement ``mask``: the defaults classify by evaluating ``mask`` on each tile, which is exact
 and O(tile area).
@@ -17,6 +20,7 @@ and O(tile area).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -29,6 +33,9 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from sparseattn.layout import BlockLayout
+
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""A FlexAttention ``mask_mod``: ``(b, h, q_idx, kv_idx) -> bool tensor``, arguments broadcasting."""
 
 
 class Pattern:
@@ -68,6 +75,29 @@ class Pattern:
         dense = self.to_dense(q_len, kv_len, num_heads=self.num_heads)
         rows = dense[head if dense.shape[0] > 1 else 0]
         return "\n".join("".join("#" if kept else "-" for kept in row.tolist()) for row in rows)
+
+    # ----------------------------------------------------------------- FlexAttention predicate
+    def to_mask_mod(self, q_len: int, kv_len: int | None = None) -> MaskMod:
+        """The pattern as a FlexAttention ``mask_mod`` for ``q_len`` queries against ``kv_len`` keys.
+
+        Built from the pattern's own parameters (comparisons on indices, and small per-head or
+        per-document tensors at most; never a q x kv table), with the bottom-right alignment of
+        `MaskContext`: ``q_pos = q_idx + (kv_len - q_len)``. What a FlexAttention user writes::
+
+            block_mask = create_block_mask(pattern.to_mask_mod(q_len, kv_len), B, H, q_len, kv_len)
+
+        Equal to ``to_dense(q_len, kv_len)``. Patterns without an analytic predicate (estimated patterns
+        given by their tiles, user patterns that only implement ``mask``) raise `NotImplementedError`;
+        they reach FlexAttention through the layout path, ``sparseattn.lower(pattern, ...).to_flex()``.
+        """
+        return self.mask_mod(MaskContext(q_len, q_len if kv_len is None else kv_len))
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        """`to_mask_mod` under ``ctx`` (its lengths); subclasses with an analytic predicate override this."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no analytic predicate (to_mask_mod); use the layout path: "
+            "sparseattn.lower(pattern, q_len, kv_len, ...).to_flex()"
+        )
 
     def _resolve_heads(self, num_heads: int | None) -> int | None:
         own = self.num_heads
@@ -221,6 +251,18 @@ class Nary(Pattern):
             out = self.combine_masks(out, t.mask(h, q_idx, kv_idx, ctx))
         return out
 
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        mods = [t.mask_mod(ctx) for t in self.terms]
+        combine = self.combine_masks
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            out = mods[0](b, h, q_idx, kv_idx)
+            for mod in mods[1:]:
+                out = combine(out, mod(b, h, q_idx, kv_idx))
+            return out
+
+        return mask_mod
+
     def classify(self, tiles: Tiles) -> Tensor:
         return self.combine_classes(torch.stack([tiles.classes_of(t) for t in self.terms]))
 
@@ -332,6 +374,14 @@ class Not(Pattern):
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         return ~self.term.mask(h, q_idx, kv_idx, ctx)
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        mod = self.term.mask_mod(ctx)
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return ~mod(b, h, q_idx, kv_idx)
+
+        return mask_mod
 
     def classify(self, tiles: Tiles) -> Tensor:
         return (2 - tiles.classes_of(self.term)).to(torch.int8)

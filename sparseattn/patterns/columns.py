@@ -13,7 +13,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.base import MaskMod, Pattern
 from sparseattn.patterns.primitives import diagonal_breaks, key_breaks, partial_key
 from sparseattn.patterns.tiles import EMPTY, FULL, PARTIAL, MaskContext, Tiles
 
@@ -88,6 +88,26 @@ def _breaks_if_few(
     return breaks(ctx, torch.tensor(padded, dtype=torch.long, device=ctx.device))
 
 
+def _padded(indices: IndexSet, pad: int) -> Tensor:
+    """int64 ``[H|1, max(1, count)]``: each head's set, padded with ``pad`` (a value no index can equal)."""
+    sets = _sets(indices)
+    width = max(1, *(len(s) for s in sets))
+    return torch.tensor([list(s) + [pad] * (width - len(s)) for s in sets], dtype=torch.long)
+
+
+def _member_mod(indices: IndexSet, pad: int, value: Callable[[Tensor, Tensor], Tensor]) -> MaskMod:
+    """``mask_mod`` keeping ``value(q_idx, kv_idx) in indices[h]``: one comparison per index of the head's
+    set (a ``[H|1, count]`` tensor; no table over positions)."""
+    table, per_head = _padded(indices, pad), _per_head(indices)
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        t = table.to(q_idx.device)
+        row = t[h] if per_head else t[0]
+        return (value(q_idx, kv_idx).unsqueeze(-1) == row).any(-1)
+
+    return mask_mod
+
+
 def _range_class(table: Tensor, head: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """Exact class of "x in set" over ``x`` in ``[lo, hi]`` (table coordinates), by prefix sums."""
     size = table.shape[1]
@@ -137,6 +157,10 @@ class Columns(Pattern):
         table = _membership(self.indices, ctx.kv_len, 0, ctx)
         h = h if self.per_head else torch.zeros_like(h)
         return table[h, kv_idx.clamp(0, ctx.kv_len - 1)] & (q_idx >= 0)
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        # Keys are >= 0, so -1 pads.
+        return _member_mod(self.indices, -1, lambda q_idx, kv_idx: kv_idx)
 
     def classify(self, tiles: Tiles) -> Tensor:
         table = _membership(self.indices, tiles.ctx.kv_len, 0, tiles.ctx)
@@ -195,6 +219,11 @@ class Diagonals(Pattern):
         table = self._table(ctx)
         h = h if self.per_head else torch.zeros_like(h)
         return table[h, (q_idx + ctx.offset - kv_idx + ctx.kv_len).clamp(0, 2 * ctx.kv_len - 1)]
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        # q_pos - k lies in (-kv_len, kv_len): kv_len pads, and offsets outside that range never match.
+        offset = ctx.offset
+        return _member_mod(self.offsets, ctx.kv_len, lambda q_idx, kv_idx: q_idx + offset - kv_idx)
 
     def classify(self, tiles: Tiles) -> Tensor:
         lo, hi = tiles.diagonal_span

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.base import MaskMod, Pattern
 from sparseattn.patterns.primitives import key_breaks, no_breaks
 from sparseattn.patterns.tiles import EMPTY, FULL, PARTIAL, MaskContext, Tiles
 
@@ -59,6 +59,18 @@ class Documents(Pattern):
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         bounds = self._bounds(ctx)
         return self._doc(bounds, q_idx + ctx.offset) == self._doc(bounds, kv_idx)
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        """``doc(x)`` as the number of starts at or before ``x``: one comparison per document start."""
+        offset = ctx.offset
+        starts = torch.tensor(self.starts, dtype=torch.long)
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            s = starts.to(q_idx.device)
+            q_doc = ((q_idx + offset).unsqueeze(-1) >= s).sum(-1)
+            return q_doc == (kv_idx.unsqueeze(-1) >= s).sum(-1)
+
+        return mask_mod
 
     def _doc_spans(self, tiles: Tiles) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(bounds, then the documents of each tile's first and last row, first and last column)."""

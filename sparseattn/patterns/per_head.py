@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.base import MaskMod, Pattern
 from sparseattn.patterns.tiles import MaskContext, Tiles
 
 
@@ -52,6 +52,18 @@ class PerHead(Pattern):
         for i, p in enumerate(self.patterns):
             out = torch.where(h == i, p.mask(h, q_idx, kv_idx, ctx), out)
         return out
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        """Head ``h`` takes member ``h``'s predicate: a chain of ``torch.where(h == i, ...)``."""
+        mods = [p.mask_mod(ctx) for p in self.patterns]
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            out = mods[-1](b, h, q_idx, kv_idx)
+            for i in range(len(mods) - 2, -1, -1):
+                out = torch.where(h == i, mods[i](b, h, q_idx, kv_idx), out)
+            return out
+
+        return mask_mod
 
     def _by_member(self, tiles: Tiles, evaluate: Callable[[Pattern, Tiles], Tensor]) -> list[Tensor]:
         """``evaluate(patterns[h], tiles)`` on the tiles of each head ``h``, as ``[len(tiles), ...]`` tensors

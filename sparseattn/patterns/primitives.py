@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.base import MaskMod, Pattern
 from sparseattn.patterns.tiles import PARTIAL, MaskContext, Tiles, interval_class
 
 # Keys of tiles on which a pattern is FULL or EMPTY: the bitmap is constant there, whatever the tile.
@@ -111,6 +111,12 @@ class Full(Pattern):
             torch.broadcast_shapes(h.shape, q_idx.shape, kv_idx.shape), dtype=torch.bool, device=q_idx.device
         )
 
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return (q_idx >= 0) & (kv_idx >= 0)
+
+        return mask_mod
+
     def classify(self, tiles: Tiles) -> Tensor:
         return torch.full((len(tiles),), 2, dtype=torch.int8, device=tiles.head.device)
 
@@ -138,6 +144,14 @@ class Causal(Pattern):
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         return kv_idx <= q_idx + ctx.offset
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        offset = ctx.offset
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return kv_idx <= q_idx + offset
+
+        return mask_mod
 
     def classify(self, tiles: Tiles) -> Tensor:
         lo, hi = tiles.diagonal_span
@@ -179,6 +193,14 @@ class Sink(Pattern):
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         return (kv_idx < self.size) & (q_idx >= 0)
 
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        size = self.size
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return (kv_idx < size) & (q_idx >= 0)
+
+        return mask_mod
+
     def classify(self, tiles: Tiles) -> Tensor:
         return interval_class(tiles.k_start, tiles.k_last, 0, self.size)
 
@@ -218,6 +240,15 @@ class Window(Pattern):
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         d = q_idx + ctx.offset - kv_idx
         return (d >= 0) & (d < self.size)
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        offset, size = ctx.offset, self.size
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            d = q_idx + offset - kv_idx
+            return (d >= 0) & (d < size)
+
+        return mask_mod
 
     def classify(self, tiles: Tiles) -> Tensor:
         lo, hi = tiles.diagonal_span
@@ -263,6 +294,15 @@ class LastQueries(Pattern):
 
     def __post_init__(self) -> None:
         _check_int("n", self.n, 0)
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        # q_pos >= kv_len - n, with q_pos = q_idx + offset: the rows from q_len - n on.
+        first = ctx.kv_len - self.n - ctx.offset
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return (q_idx >= first) & (kv_idx >= 0)
+
+        return mask_mod
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         return (q_idx + ctx.offset >= ctx.prompt_end - self.n) & (kv_idx >= 0)
@@ -316,6 +356,15 @@ class BlockBand(Pattern):
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         d = (q_idx + ctx.offset) // self.block_size - kv_idx // self.block_size
         return (d >= 0) & (d < self.blocks)
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        offset, blocks, bs = ctx.offset, self.blocks, self.block_size
+
+        def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            d = (q_idx + offset) // bs - kv_idx // bs
+            return (d >= 0) & (d < blocks)
+
+        return mask_mod
 
     def classify(self, tiles: Tiles) -> Tensor:
         bs = self.block_size

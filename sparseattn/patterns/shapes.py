@@ -11,7 +11,7 @@ from functools import cached_property
 
 from torch import Tensor
 
-from sparseattn.patterns.base import Pattern
+from sparseattn.patterns.base import MaskMod, Pattern
 from sparseattn.patterns.primitives import BlockBand, Causal, LastQueries, Sink, Window, _check_int
 from sparseattn.patterns.tiles import MaskContext, Tiles
 
@@ -32,6 +32,9 @@ class Composite(Pattern):
 
     def mask(self, h: Tensor, q_idx: Tensor, kv_idx: Tensor, ctx: MaskContext) -> Tensor:
         return self.expression.mask(h, q_idx, kv_idx, ctx)
+
+    def mask_mod(self, ctx: MaskContext) -> MaskMod:
+        return self.expression.mask_mod(ctx)
 
     def classify(self, tiles: Tiles) -> Tensor:
         return tiles.classes_of(self.expression)
