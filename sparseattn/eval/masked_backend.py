@@ -42,7 +42,7 @@ class MaskedSDPAAttention(ScheduledAttention):
         """Bool ``[1, 1|H, q_len, kv_len]`` of ``layer`` for these queries and keys (static masks cached).
 
         Four dimensions on purpose: PyTorch's CPU SDPA takes its fused path only for 2-D or 4-D masks and
-        falls back to a ~10x slower one for a 3-D mask.
+        falls back to a much slower one for a 3-D mask.
         """
         pattern = self.schedule.pattern(layer)
         heads, q_len, kv_len = q.shape[1], q.shape[2], k.shape[2]

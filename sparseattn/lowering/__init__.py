@@ -62,9 +62,9 @@ def lower(
     which case it has one entry per head (``num_heads`` is checked against the pattern's own count).
     ``by_segments=False`` forces the per-tile path (the oracle of the default one). ``intervals`` picks,
     for the segment path, between the compiled program (True) and the patterns' own methods (False);
-    the default takes the program on GPUs only. It trades work for operations: a GPU pays about 10 us
-    of host time per operation and little per element, while on the CPU the same lowerings ran 1.1 to
-    2.5 times slower through the program than through the patterns (lowering_cpu.md). ``triton``
+    the default takes the program on GPUs only. It trades work for operations: a GPU pays host time
+    per operation and little per element, while on the CPU the same lowerings ran slower through the
+    program than through the patterns (measured: the README's lowering section). ``triton``
     evaluates the program in Triton kernels (``by_program.py``) instead of torch operations; the
     default takes them on CUDA, and elsewhere they need ``TRITON_INTERPRET=1`` (tests).
     """

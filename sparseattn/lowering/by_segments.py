@@ -36,7 +36,7 @@ def run_grid(pattern: Pattern, ctx: MaskContext, heads: int | None) -> tuple[Ten
     """``(lo, hi)`` [rows, S] of every run, rows ``head * QB + q_block``, runs ascending within a row
     (some empty); None when the pattern has no breaks."""
     # A program's breaks depend on the lengths and tiling alone, and are a few dozen operations on
-    # [QB, P] integers: on the host they cost less than as device launches (op_overhead_cuda.md), and
+    # [QB, P] integers: on the host they cost less than as device launches, and
     # one copy moves them. The sort stays on the device: on the host, sorting thousands of short rows
     # cost more than the whole lowering. Other patterns may hold device tensors and stay on the device.
     on_host = isinstance(pattern, IntervalProgram) and ctx.device.type != "cpu"

@@ -1,7 +1,7 @@
 """Grouping equal rows of an integer matrix: tile keys, then bitmaps by content.
 
-``torch.unique(dim=0)`` does this exactly, but on a GPU it cost 0.2 to 2 ms per call at 128K tokens
-(lowering_profile_cuda.md: the bitmap dedup was a lowering's slowest step), and
+``torch.unique(dim=0)`` does this exactly, but on a GPU at 128K tokens it made the bitmap dedup a
+lowering's slowest step, and
 on the CPU it compares rows one pair at a time. Here each row is hashed to one int64, the hashes are
 grouped by a one-dimensional ``torch.unique`` (a radix sort), and the grouping is then checked
 row by row against each group's first member: a collision, however unlikely, falls back to

@@ -4,8 +4,8 @@ Each primitive keeps the pairs whose *quantity* lies in ``[lo, hi)``, and there 
 ``q_pos - k`` (`Causal`, `Window`), ``k`` (`Sink`, `Full`), ``q_pos`` (`LastQueries`) and
 ``q_pos // bs - k // bs`` (`BlockBand`). Evaluated term by term, as the patterns' own methods do, an
 expression costs a few torch operations per term and per question (breaks, classes, keys, bits); on
-a GPU each is a kernel launch worth 8 to 12 us of host time (op_overhead_cuda.md), and the kernel
-benchmark's per-head mixture spent about 500 of them. Compiled here, the terms become *atoms*
+a GPU each is a kernel launch with its own host time, and the kernel benchmark's per-head mixture
+spent hundreds of them. Compiled here, the terms become *atoms*
 ``(quantity, lo, hi)``: each question computes each quantity's span over the tiles once, answers for
 all atoms together in a handful of operations, and only the And / Or / Not nodes and the choice of
 the head's member remain per term. On CUDA the program goes one step further: `by_program.py`

@@ -28,30 +28,28 @@ class KernelConfig:
 
     ``tma`` loads K/V tiles through tensor descriptors (the TMA copy engine on sm_90+; the interpreter
     emulates them), which needs K and V contiguous: other layouts are copied first. Triton 3.6's warp
-    specialisation of the kv loop was measured too and changed nothing on the H200 (kernel_tuning.md as of
-    commit 7d1518f).
+    specialisation of the kv loop was measured too and changed nothing on the H200.
     ``pack`` query heads of one kv head share a program (and each K/V tile load) when the layout does
     not depend on the head; the program then computes ``pack * block_m`` rows.
     ``full_runs`` walks a chunk's first two runs of consecutive FULL blocks without index loads, which
     keeps loads out of the K/V address chain so that the pipeliner issues the K/V loads ahead
-    (experiments/results/kernel_options.md, dense_ceiling.md).
+    (measured faster on the H200 for dense rows; see experiments/results/kernel_notes.md).
     ``max_registers`` caps the registers per thread (PTX ``.maxnreg``): at 128 with 8 warps two programs
     share a multiprocessor's 64K registers, where the compiler would otherwise take up to 255.
     ``q_in_registers`` loads the query block through a tensor descriptor (needs ``tma``) in a form the
     compiler keeps in registers as the first matmul's operand. Otherwise the matmul reads it from shared
     memory for every K tile: on 32-column tiles that re-read weighs as much as the matmul itself, while
-    on dense 128 x 128 rows the registers it takes cost more than it saves (kernel_q_registers.md).
+    on dense 128 x 128 rows the registers it takes cost more than it saves.
     ``warp_specialized`` runs the same computation as ``gluon_fwd.py``'s kernel, written in Gluon for
     Hopper: a load warp and two compute warpgroups overlapping each tile's softmax with matmuls, which
-    Triton cannot express (dense causal 1.0x of cuDNN against 0.92x, gluon_dense.md). It takes 128 x 128
+    Triton cannot express (it brings dense causal to cuDNN's rate on the H200). It takes 128 x 128
     tiles and ``num_warps=4`` (the first compute warpgroup; the kernel adds the others), ``num_stages``
     two K/V stages (with the query block and the output's staging buffer they fill shared memory), TMA,
     one head per program; ``ping_pong`` makes its warpgroups take turns at the
     tensor cores. ``persistent`` launches it as one program per multiprocessor, each taking work items
     by a fixed stride in the list's order: the load warp then brings the next item's query block and
-    first tiles while the warpgroups finish this one, which hides a short row's start and end
-    (Triangle() on 128 x 128 tiles 0.907 against 1.034 ms at 32K; dense causal, whose rows are long,
-    1.01x cuDNN against 1.06x at 128K: triangle_tiles.md). `default_config` takes it for short rows.
+    first tiles while the warpgroups finish this one, which hides a short row's start and end (faster
+    for Triangle(), slower for dense causal, whose rows are long). `default_config` takes it for short rows.
     """
 
     num_warps: int = 8
@@ -90,15 +88,12 @@ class KernelConfig:
 
 # Rows shorter than this many 128 x 128 tiles on average run faster on 64 x 64 tiles with 4 warps:
 # the per-program setup (Q load, pipeline fill, epilogue) is then spread over more, smaller programs
-# that keep two per multiprocessor (experiments/results/kernel_tuning.md as of commit 7d1518f:
-# Triangle() at 128K, 4.99 ms on 64 x 64 against 5.71 ms on 128 x 128; dense causal the other way round).
+# that keep two per multiprocessor (measured for Triangle() and dense causal: experiments/results/kernel_notes.md).
 SHORT_ROW_TILES = 16
 
 # Keys from which short rows take 128 x 128 tiles and the persistent warp-specialised launch on Hopper
-# (`preferred_block_size`). Replayed from CUDA graphs (device time), Triangle() ran there in 0.226 against
-# 0.228 ms on 32 x 32 tiles at 8K and 0.452 against 0.478 ms at 16K, but 0.116 against 0.113 ms at 4K and
-# 0.060 against 0.056 ms at 2K (short_prompt_launch.md); 0.907 against 0.942 ms at 32K and 3.666 against
-# 3.870 ms at 128K (triangle_tiles.md).
+# (`preferred_block_size`): on device time Triangle() runs faster there than on 32 x 32 tiles from 8K keys
+# and slower below (experiments/results/kernel_notes.md).
 WARP_SPECIALIZED_SHORT_ROWS_FROM = 8192
 
 
@@ -113,8 +108,7 @@ def preferred_block_size(
     layouts: 32 x 32 when query heads of a kv head share each program (``pack``, see `packable_heads`),
     64 x 64 otherwise, unless the warp-specialised launch runs them (``warp_specialized``: Hopper, head
     dim 64 or 128, fp16 or bf16, see `warp_specialized_available`). Persistent, it runs short rows on
-    128 x 128 tiles faster than the small tiles do, though it computes more pairs (Triangle() 0.907
-    against 0.942 ms at 32K, 3.666 against 3.870 ms at 128K: triangle_tiles.md). 256-wide heads would
+    128 x 128 tiles faster than the small tiles do, though it computes more pairs. 256-wide heads would
     spill, so they take 64 x 64; fp32 inputs (interpreter tests) too.
     """
     if head_dim not in SUPPORTED_HEAD_DIMS:
@@ -149,23 +143,19 @@ def packable_heads(group: int, head_dim: int, per_head: bool, device: torch.devi
 def default_config(
     layout: BlockLayout, head_dim: int, group: int = 1, dtype: torch.dtype = torch.bfloat16
 ) -> KernelConfig:
-    """Fastest launch knobs measured per tile shape (experiments/results/kernel_tuning*.md), for query
-    heads in GQA groups of ``group``.
+    """Fastest launch knobs measured per tile shape, for query heads in GQA groups of ``group`` (the
+    measurements: experiments/results/kernel_notes.md, § Launch defaults).
 
-    Long rows on 128 x 128 tiles gain ~4% from TMA loads with a 3-deep pipeline on Hopper (dense causal,
-    32K and 128K), and walk FULL tiles run by run (dense causal 16.98 against 18.83 ms at 32K, mixture
-    73.9 against 84.4 ms at 128K; kernel_options.md).
+    Long rows on 128 x 128 tiles gain from TMA loads with a 3-deep pipeline on Hopper, and walk FULL
+    tiles run by run.
     Short rows of a head-independent layout pack two query heads of a kv head into one program with TMA
-    loads: on 32 x 32 tiles, 4 warps, FULL runs, the query block in registers (Triangle() 0.85 to 0.92 ms
-    at 32K and 3.80 to 3.84 ms at 128K over four runs, against 0.95 to 0.97 and 3.84 to 3.95 ms for the
-    former four-head, 8-warp launch in the same calls; kernel_q_registers.md). On 64 x 64 tiles two heads
-    with FULL tiles by index (1.14 ms at 32K, where runs measured 1.47 ms: at 3 stages they need 128 KiB
-    of shared memory, one program per multiprocessor; kernel_resources_offline.md). Without TMA packing
+    loads: on 32 x 32 tiles, 4 warps, FULL runs, the query block in registers (faster than the former
+    four-head, 8-warp launch). On 64 x 64 tiles two heads with FULL tiles by index (runs at 3 stages need
+    128 KiB of shared memory, one program per multiprocessor, and measured slower). Without TMA packing
     measured slower than none, so other devices and per-head layouts keep one head per program with
     pointer loads. On Hopper, 128 x 128 layouts the Gluon kernel takes (`warp_specialized_unsupported`)
-    run warp-specialised, with two K/V stages (dense causal 1.02x cuDNN at 32K and 1.04x at 128K
-    against 0.92x and 0.96x for the Triton launch: kernel_bench.md, gluon_dense.md), persistent when
-    their rows are short (`short_rows`).
+    run warp-specialised, with two K/V stages (faster than the Triton launch on dense rows), persistent
+    when their rows are short (`short_rows`).
     """
     tma = _has_tma(layout.device)
     if warp_specialized_unsupported(layout, head_dim, dtype) is None:
@@ -211,9 +201,8 @@ def short_rows(layout: BlockLayout) -> bool:
     back once per layout (one host sync), and False for a ``device_built`` layout, which must not sync.
 
     The warp-specialised launch runs such layouts persistent, where the load warp brings the next row's
-    query block and first tiles while the warpgroups finish a row (Triangle() 0.907 against 1.034 ms at
-    32K on 128 x 128 tiles). Long rows have no start to hide and lose the balance of one program per
-    row (dense causal 1.01x cuDNN persistent against 1.06x at 128K): triangle_tiles.md.
+    query block and first tiles while the warpgroups finish a row. Long rows have no start to hide and
+    lose the balance of one program per row (measured: experiments/results/kernel_notes.md).
     """
     if layout.device_built:
         return False

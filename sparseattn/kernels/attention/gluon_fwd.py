@@ -1,12 +1,11 @@
 """The block-sparse forward kernel on Hopper, warp-specialised, in Gluon.
 
-The same computation as ``triton_fwd.py``'s kernel on the same work list (``triton_schedule.py``): a
+The same computation as ``triton_fwd.py``'s kernel on the same work list (``planning/work_list.py``): a
 program takes one work item, a (batch, query head, 128-row query block) row and a chunk of its tiles,
 FULL tiles first (the chunk's two planned runs, then by index), then PARTIAL tiles through their
 bitmaps, and writes the output and the natural-log lse, or a split row's fp32 partials. What differs
-is the schedule, which Triton cannot express and which takes dense causal from 0.92x and 0.96x of cuDNN
-to 1.03x at 32K and 1.07x at 128K on the H200 (``experiments/results/kernel_bench.md`` at dda58e0,
-``gluon_dense.md``), the way FlashAttention-3 does it:
+is the schedule, which Triton cannot express and which brings dense causal from below cuDNN's rate to
+above it on the H200 (``experiments/results/kernel_notes.md``), the way FlashAttention-3 does it:
 
 - a load warp (24 registers) issues every TMA load, the query block and each tile's K and V, into
   stages guarded by mbarriers, so the compute warps never wait on an address or a copy;
@@ -19,9 +18,7 @@ to 1.03x at 32K and 1.07x at 128K on the H200 (``experiments/results/kernel_benc
 
 Launched persistent (``KernelConfig(persistent=True)``, one program per multiprocessor taking items by
 a fixed stride), the load warp brings the next item's query block and first tiles while the warpgroups
-finish the current one: short rows, such as Triangle()'s, then run at 86% to 89% of the dense rate
-from 32K keys and 87% at 8K on device time (``kernel_bench.md`` at dda58e0; 74% to 76% on a program
-per item, ``triangle_tiles.md``).
+finish the current one, which hides short rows' starts and ends, such as Triangle()'s.
 
 Scope: 128 x 128 tiles, two K/V stages, head dim 64 or 128, fp16 or bf16, no gathered key columns, one
 query head per program; ``triton_fwd.default_config`` picks this kernel only there, and ``triton_sparse_attention``
@@ -450,8 +447,8 @@ _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 @functools.cache
 def _box_layout(box: tuple[int, ...], dtype: torch.dtype) -> gl.NVMMASharedLayout:
-    # Built once per box: at 8K keys a Triangle() call is ~0.2 ms of device work, and the host's time to
-    # enqueue it showed in do_bench's timings (experiments/results/short_prompt_launch.md).
+    # Built once per box: on short prompts a call's device work is as short as the host's time to
+    # enqueue it, which then showed in do_bench's timings.
     return gl.NVMMASharedLayout.get_default_for(list(box), _GL_DTYPES[dtype])
 
 

@@ -4,7 +4,7 @@ Triton compiles to a cubin without a device, and the cuobjdump that ships with T
 resource usage. Shared memory decides how many programs a multiprocessor holds, and with it the
 speed of short-row layouts (two programs per multiprocessor hide each other's pipeline fill):
 tests check the default configurations against Hopper's limits, and
-``experiments/kernel_resources_offline.py`` tabulates them.
+``experiments/investigations/kernel_resources_offline.py`` tabulates them.
 """
 
 from __future__ import annotations

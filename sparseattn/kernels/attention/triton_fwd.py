@@ -34,7 +34,7 @@ def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
     SAFE handles rows whose every score so far is -inf (exp2(-inf - -inf) would be NaN); FULL tiles
     always hold a finite score per row and skip it. (Skipping the rescale of ``acc`` until the max grows
     by 2**8, and computing half the exponentials by polynomial on the FMA pipe, both measured slower on
-    the H200: experiments/results/kernel_options_softmax.md.)
+    the H200: experiments/results/kernel_notes.md.)
     """
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [ROWS]
     if SAFE:
@@ -270,7 +270,7 @@ def _sparse_fwd_kernel(
             )  # fmt: skip
 
     # PARTIAL tiles, by index. (Reading their ids ahead in one vector load, as FULL runs avoid index
-    # loads, gained nothing: experiments/results/kernel_options_unguarded.md.)
+    # loads, gained nothing: experiments/results/kernel_notes.md.)
     part_row = PART_IDX + part_start
     mid_row = PART_MID + part_start
     words_offs = rm[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [ROWS, WORDS]

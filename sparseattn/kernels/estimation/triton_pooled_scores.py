@@ -2,8 +2,8 @@
 
 `sparseattn.estimation.block_topk` defines the scores with torch (its path is the oracle and the
 CPU path): fp32 means of each ``block`` rows, then an fp32 batched matmul over the whole
-``[Hq, QB, KB]`` grid. At 128K tokens that costs 1.3 ms on an H200 (``block_topk_pooled_scores`` in
-experiments/results/dynamic_bench.md): the reduction converts q to fp32 first, and cuBLAS runs the fp32
+``[Hq, QB, KB]`` grid. That is slow on the GPU (``block_topk_pooled_scores`` in the dynamic
+benchmark): the reduction converts q to fp32 first, and cuBLAS runs the fp32
 product on CUDA
 cores over both halves of the grid, although a query block never reaches the key blocks after it.
 

@@ -7,8 +7,8 @@ program holds its row in registers and finds the k-th largest value by a bisecti
 stopping once exactly k keys clear the threshold) on an order-preserving integer key of the fp32 bits,
 then settles ties with a prefix count: one read of the scores, one write of the mask.
 
-The bisection is issue-bound: on that grid (rows launched by width class, all 32 steps) one warp per row
-measured 1.27 ms, two 0.99 ms, four 1.06 ms, eight 1.29 ms (experiments/results/row_kernels.json).
+The bisection is issue-bound: on that grid (rows launched by width class, all 32 steps) two warps per row
+measured fastest, ahead of one, four and eight (experiments/investigations/tune_row_kernels.py).
 
 `triton_block_topk_keep` also applies block top-k's causal rules in the same pass, from the block
 geometry alone: key blocks out of causal reach never count, the sink block and the blocks holding the
@@ -128,7 +128,7 @@ def _select_top_kernel(
 
 
 def _warps(width: int) -> int:
-    """Warps per row of ``width`` entries (experiments/results/row_kernels.json: 2-4 warps per 2048)."""
+    """Warps per row of ``width`` entries, the fastest measured (experiments/investigations/tune_row_kernels.py)."""
     return max(1, min(4, width // 512))
 
 

@@ -1,9 +1,9 @@
 """Scaled, causally masked fp32 logits of the last query rows over all keys, for vertical-slash estimation.
 
 MInference estimates a vertical-slash pattern from the softmax of the last ``n = min(last_q, q_len)``
-query rows over every key. Computed in torch (``sparseattn.estimation.vs_scores``) that costs, on an
-H200 at 128K tokens (q [1, 32, 131072, 128] bf16, k [1, 8, 131072, 128] bf16, n = 64), an fp32 copy of all
-of k (512 MB, ~1 ms), an fp32 batched matmul (1.7 ms) and a separate pass to apply the scale (0.5 ms).
+query rows over every key. Computed in torch (``sparseattn.estimation.vs_scores``) that costs, at 128K
+tokens (q [1, 32, 131072, 128] bf16, k [1, 8, 131072, 128] bf16, n = 64), an fp32 copy of all of k
+(512 MB), an fp32 batched matmul and a separate pass to apply the scale.
 This kernel reads q and k in their own dtype, accumulates in fp32 and writes the final logits
 
     out[h, r, c] = scale * dot(q[0, h, q_len - n + r], k[0, h // group, c])   if c <= kv_len - n + r

@@ -1,8 +1,8 @@
 """Lowering an `IntervalProgram` in three Triton kernels instead of some 200 small torch operations.
 
-On a GPU the segment lowering is bound by host time per operation, not by work (op_overhead_cuda.md:
-8 to 12 us per launch; the benchmark's mixture took 215 launches through the torch program,
-lowering_launches.md). Its two expensive stages become one kernel each, and the list expansion a
+On a GPU the segment lowering is bound by host time per operation, not by work (each operation is a
+kernel launch, and the torch program takes a couple of hundred for the benchmark's mixture; figures in
+the README). Its two expensive stages become one kernel each, and the list expansion a
 third; the program's expression runs in them as straight-line code (the instruction set below) over a
 small register file of node values, so one compiled kernel serves every expression:
 

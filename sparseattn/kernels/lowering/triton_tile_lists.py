@@ -3,9 +3,8 @@
 `sparseattn.lowering.tile_grid` defines the lists with torch ops (its torch path is the oracle):
 kept tiles below the causal diagonal are FULL, kept tiles crossing it PARTIAL with one of 8 causal
 bitmap kinds, and vertical key columns no kept tile covers are gathered. There, every list costs a
-grid-sized boolean, a ``nonzero_static`` over it and value arithmetic over the bound (2.5 ms per layout
-at 128K for block top-k, 6.7 ms for vertical-slash with its gathered columns: dynamic_bench.md as of
-commit 5623ec1). Here each row is
+grid-sized boolean, a ``nonzero_static`` over it and value arithmetic over the bound, over the whole
+grid whatever the row keeps. Here each row is
 scanned in place and writes its entries at its own offset. Rows with a known bound (PARTIAL tiles: two;
 gathered columns: the head's column count; FULL tiles under a top-k budget) get fixed slots and one
 pass; otherwise a counting pass and an exclusive prefix sum of the counts (torch, tiny) come first.
@@ -24,8 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 # Entries of a row scanned per step (a row of key blocks is 2048 long at 128K tokens in 64-wide tiles)
-# and warps per row, the fastest measured (experiments/results/row_kernels.json: 256 entries on one warp
-# scanned both passes of block top-k's lists in 0.73 ms at 128K, 1024 on four warps in 1.03 ms);
+# and warps per row, the fastest measured (experiments/investigations/tune_row_kernels.py);
 # ``chunk`` and ``num_warps`` override them (for tuning).
 CHUNK = 256
 WARPS = 1

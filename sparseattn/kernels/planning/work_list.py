@@ -33,8 +33,7 @@ from sparseattn.memo import attached
 # output), the slot distance between the packed heads' partials (the row's number of chunks), and the
 # row's FULL count, total tile count, and offsets into the FULL and PARTIAL lists. With the row facts
 # in the item a program starts with one round of independent loads instead of the chain item -> row
-# -> list. Timings did not move either way (experiments/results/kernel_tuning_items.md); the kernel
-# just needs four fewer list arguments. The last four give the chunk's first two runs of consecutive FULL
+# -> list. Timings did not move either way; the kernel just needs four fewer list arguments. The last four give the chunk's first two runs of consecutive FULL
 # blocks (see `run_ends`): end position and base of each, so the kernel walks them with no load at all.
 WORK_FIELDS = 16
 # Chunks are never cut shorter than this: below it the scratch round trip costs more than it saves.
@@ -43,7 +42,7 @@ MIN_CHUNK_TILES = 16
 WAVES = 4
 # Balancing pays only when the longest row is this many times the mean row or more; on near-uniform
 # rows (dense causal, streaming, A-shape) the plain grid order measured faster, on unequal rows
-# (triangle, per-head mixtures) the balanced order did (kernel_bench.md, the `plain` column).
+# (triangle, per-head mixtures) the balanced order did.
 UNEQUAL_ROWS = 2.0
 
 
@@ -67,8 +66,8 @@ def run_ends(indices: Tensor) -> Tensor:
     So the run holding position ``p`` ends at ``run_ends(indices)[p + 1]``. A kernel walking a run
     computes each tile's block from the run's first one instead of loading it, which lets Triton's
     software pipeliner issue the K/V loads stages ahead (a load whose address comes from a load inside
-    the loop is not pipelined: dense causal 18.8 ms against 16.4 ms at 32K,
-    experiments/results/dense_ceiling.md). Runs are cut by content, not by row, so rows that share
+    the loop is not pipelined; see experiments/results/kernel_notes.md). Runs are cut by content, not
+    by row, so rows that share
     storage or abut still work: a walk clips each run to its own row. One reversed running minimum,
     on the device, without a host sync (a scatter of run starts measured slow on device-built layouts:
     every non-start wrote one shared slot).
