@@ -57,18 +57,83 @@ def test_generate_decodes_densely_from_the_cache():
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
     assert out.shape == stock.shape and torch.equal(out[:, :20], ids)
     # One prefill (1 dense + 2 sparse layers), then three decode steps of three layers each.
-    assert attention.calls == {"dense_prefill": 1, "sparse_prefill": 2, "dense_cache": 9}
+    assert attention.calls == {"dense_prefill": 1, "sparse_prefill": 2, "dense_decode": 9}
 
 
-def test_chunked_prefill_continuation_attends_densely():
+def prefill_in_chunks(model, ids, sizes, attention=None, prompt_length=None):
+    """Logits of ``ids`` prefilled chunk by chunk over one cache, concatenated along the sequence."""
+    cache, logits, start = None, [], 0
+    for size in sizes:
+        if prompt_length is not None:
+            with attention.prompt_length(prompt_length):
+                out = model(ids[:, start : start + size], past_key_values=cache, use_cache=True)
+        else:
+            out = model(ids[:, start : start + size], past_key_values=cache, use_cache=True)
+        cache, start = out.past_key_values, start + size
+        logits.append(out.logits)
+    return torch.cat(logits, 1)
+
+
+@pytest.mark.parametrize("causal_backend", ["sdpa", "sparse"])
+def test_chunked_prefill_of_causal_layers_equals_the_stock_model(causal_backend):
     model = tiny()
     ids = torch.randint(0, TINY["vocab_size"], (1, 30))
-    stock_last = model(ids).logits[:, -1]
-    attention = use_schedule(model, LayerSchedule.uniform(Causal()), impl="reference", causal_backend="sparse")
-    first = model(ids[:, :18], use_cache=True)
-    second = model(ids[:, 18:], past_key_values=first.past_key_values, use_cache=True)
-    assert attention.calls == {"sparse_prefill": 3, "dense_cache": 3}
-    torch.testing.assert_close(second.logits[:, -1], stock_last, atol=2e-5, rtol=1e-5)
+    stock = model(ids).logits
+    attention = use_schedule(model, LayerSchedule.uniform(Causal()), impl="reference", causal_backend=causal_backend)
+    got = prefill_in_chunks(model, ids, (18, 12))
+    torch.testing.assert_close(got, stock, atol=2e-5, rtol=1e-5)
+    if causal_backend == "sdpa":  # dense is exact for causal layers, also on a chunk
+        assert attention.calls == {"dense_prefill": 3, "dense_cache": 3}
+    else:
+        assert attention.calls == {"sparse_prefill": 3, "sparse_chunk": 3}
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_chunked_prefill_with_the_prompt_length_equals_one_whole_prefill(impl, monkeypatch):
+    if impl == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 40))
+    schedule = LayerSchedule([{"layers": "0", "pattern": Streaming(2, 6)}], default=Triangle(sink=2, window=5, last=9))
+    attention = use_schedule(model, schedule, impl=impl)
+    whole = model(ids).logits
+    # The prompt's last 9 rows straddle the last two chunks: every chunk must know where the prompt ends.
+    got = prefill_in_chunks(model, ids, (16, 19, 5), attention, prompt_length=40)
+    torch.testing.assert_close(got, whole, atol=2e-5, rtol=1e-5)
+    assert attention.calls == {"sparse_prefill": 3 + 3, "sparse_chunk": 3 * 2}
+
+
+def test_chunked_prefill_without_the_prompt_length_makes_each_chunk_end_the_prompt():
+    model = tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (1, 40))
+    streaming = use_schedule(model, LayerSchedule.uniform(Streaming(2, 6)), impl="reference")
+    torch.testing.assert_close(prefill_in_chunks(model, ids, (16, 24)), model(ids).logits, atol=2e-5, rtol=1e-5)
+    assert streaming.calls["sparse_chunk"] == 3
+    attention = use_schedule(model, LayerSchedule.uniform(Triangle(sink=2, window=5, last=9)), impl="reference")
+    whole = model(ids).logits
+    got = prefill_in_chunks(model, ids, (16, 24))
+    # The first chunk's rows 7-15 took every key as "last" rows; the last chunk ends the prompt, but its
+    # keys' values came from those rows in the layers below, so only the first 7 rows agree.
+    torch.testing.assert_close(got[:, :7], whole[:, :7], atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(got[:, 7:16], whole[:, 7:16], atol=1e-3)
+    with pytest.raises(ValueError, match="prompt_length: 20 tokens, but this prefill call already holds 40 keys"):
+        prefill_in_chunks(model, ids, (16, 24), attention, prompt_length=20)
+
+
+def test_dynamic_patterns_estimate_every_chunk_from_its_own_queries():
+    from sparseattn.estimation import VerticalSlash
+
+    model = tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 40))
+    schedule = LayerSchedule(
+        [{"layers": "1-", "pattern": VerticalSlash(vertical=64, slash=64, last_q=8)}], default=Causal()
+    )
+    attention = use_schedule(model, schedule, impl="reference")
+    # Budgets above the prompt length keep every causal pair, so every estimate gives dense attention.
+    got = prefill_in_chunks(model, ids, (24, 16))
+    torch.testing.assert_close(got, model(ids).logits, atol=2e-5, rtol=1e-5)
+    assert attention.schedule.estimates == 3 * 2 * 2  # (2 chunks + the whole prompt) x 2 layers x 2 sequences
+    assert attention.calls == {"dense_prefill": 2, "dense_cache": 1, "sparse_prefill": 2 + 2, "sparse_chunk": 2}
 
 
 def test_padded_batch_equals_each_sequence_alone():

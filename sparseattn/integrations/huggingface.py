@@ -11,9 +11,21 @@ paths, counted in ``ScheduledAttention.calls``:
   the default; ``sdpa_backend`` pins its backend, e.g. cuDNN, for unpadded prompts) — a dense kernel is the
   fastest way to compute dense attention. With ``causal_backend="sparse"`` such layers take the sparse
   path too (to check our kernel on dense work).
-- ``"dense_cache"``: queries that continue a cache (``q_len < kv_len``: decode steps, chunked-prefill
-  continuations, static caches) attend densely to everything cached, through transformers' own SDPA
-  function, exactly as the unmodified model would.
+- ``"sparse_chunk"``: a chunked-prefill continuation (``1 < q_len < kv_len``, no padding) in a layer whose
+  pattern is not plain causal: the schedule's pattern for the chunk's rows over every cached key, queries
+  aligned bottom-right (``q_pos = q_idx + kv_len - q_len``), so `Sink`, `Window` and every other
+  position-relative pattern attend exactly as in one whole-prompt prefill. `LastQueries` (TriangleMix's
+  last rows) counts from the prompt's end: inside ``with attention.prompt_length(total):`` a chunk's rows
+  are last rows only within the prompt's last ``n`` positions, and chunks agree with the whole prompt;
+  without it, each chunk is taken to end the prompt, so a chunk the prompt continues past gives its own
+  final ``n`` rows every key (more than the whole prompt would). Dynamic patterns estimate per chunk,
+  from the chunk's own last queries against every cached key (no agreement with a whole-prompt estimate
+  is claimed).
+- ``"dense_decode"``: decode steps (``q_len == 1``) attend densely to everything cached, through
+  transformers' own SDPA function, exactly as the unmodified model would.
+- ``"dense_cache"``: other continuations, dense over the cache through the same function: plain `Causal()`
+  layers (dense is exact; ``causal_backend="sparse"`` sends them to ``"sparse_chunk"``) and calls whose
+  mask is not the plain causal one (padded batches, static caches).
 
 Padded batches take the sparse path one sequence at a time over their real tokens (left or right
 padding); a mask that is not padding (packed sequences, custom masks) is refused with a ValueError.
@@ -24,14 +36,15 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import Counter
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from sparseattn.attention import IMPLS, default_block_size, sparse_attention
-from sparseattn.integrations.padding import sequence_spans
+from sparseattn.integrations.padding import is_plain_continuation, sequence_spans
 from sparseattn.integrations.timing import LayerTimer
 from sparseattn.schedule import LayerSchedule
 
@@ -68,6 +81,20 @@ class ScheduledAttention:
         self.timer = timer
         self.calls: Counter[str] = Counter()
         self.name: str | None = None
+        self.prompt_len: int | None = None
+
+    @contextmanager
+    def prompt_length(self, total: int) -> Iterator[None]:
+        """Within the block, prefill calls are chunks of one prompt of ``total`` tokens (per sequence, no
+        padding): `LastQueries` counts from its end (`MaskContext.prompt_len`), so every chunk attends
+        as its rows do in a whole-prompt prefill. A call whose cache outgrows ``total`` is refused."""
+        if not (isinstance(total, int) and total > 0):
+            raise ValueError(f"total: expected a positive int (the prompt's length in tokens), got {total!r}")
+        previous, self.prompt_len = self.prompt_len, total
+        try:
+            yield
+        finally:
+            self.prompt_len = previous
 
     def __call__(
         self,
@@ -83,15 +110,24 @@ class ScheduledAttention:
         if dropout and module.training:
             raise ValueError("dropout: sparse prefill is for inference; set model.eval() or attention_dropout=0")
         layer = int(cast(int, module.layer_idx))
-        if query.shape[2] < key.shape[2]:
-            path = "dense_cache"
-        elif self.causal_backend == "sdpa" and self.schedule.is_causal(layer):
+        q_len, kv_len = query.shape[2], key.shape[2]
+        dense_layer = self.causal_backend == "sdpa" and self.schedule.is_causal(layer)
+        if q_len == 1 and kv_len > 1:
+            path = "dense_decode"
+        elif q_len < kv_len:
+            chunk = not dense_layer and is_plain_continuation(attention_mask, q_len, kv_len)
+            path = "sparse_chunk" if chunk else "dense_cache"
+        elif dense_layer:
             path = "dense_prefill"
         else:
             path = "sparse_prefill"
+        if self.prompt_len is not None and path in ("sparse_chunk", "sparse_prefill") and kv_len > self.prompt_len:
+            raise ValueError(
+                f"prompt_length: {self.prompt_len} tokens, but this prefill call already holds {kv_len} keys"
+            )
         self.calls[path] += 1
         token = self.timer.start(query.device) if self.timer else None
-        if path == "dense_cache":
+        if path in ("dense_decode", "dense_cache"):
             from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
             # Left to PyTorch's own backend choice: sdpa_backend names the prefill baseline, and a backend
@@ -99,6 +135,8 @@ class ScheduledAttention:
             out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         elif path == "dense_prefill":
             out = self._dense_prefill(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
+        elif path == "sparse_chunk":
+            out = self._sparse_chunk(layer, query, key, value, scaling).transpose(1, 2).contiguous()
         else:
             out = self._sparse_prefill(layer, query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
         if self.timer is not None:
@@ -113,6 +151,8 @@ class ScheduledAttention:
         size = q.shape[2]
         if spans is not None and all(span == (0, size) for span in spans):
             spans = None
+        if spans is not None and self.prompt_len is not None:
+            raise ValueError("prompt_length: a padded batch has one prompt length per sequence; prefill it unpadded")
         if spans is None and not (self.schedule.is_dynamic(layer) and q.shape[0] > 1):
             return self.attend(layer, q, k, v, scale)
         # One sequence at a time: dynamic patterns are estimated per sequence, padding is cut off.
@@ -123,15 +163,24 @@ class ScheduledAttention:
             out[row] = self.attend(layer, q[row], k[row], v[row], scale)
         return out
 
+    def _sparse_chunk(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+        if not (self.schedule.is_dynamic(layer) and q.shape[0] > 1):
+            return self.attend(layer, q, k, v, scale)
+        # Dynamic patterns are estimated per sequence.
+        return torch.cat(
+            [self.attend(layer, q[b : b + 1], k[b : b + 1], v[b : b + 1], scale) for b in range(q.shape[0])]
+        )
+
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-        """Sparse prefill of one batch of equal-length sequences for ``layer``: the hook a subclass
+        """Sparse prefill of one batch of equal-length sequences for ``layer`` (a whole prompt, or a chunk of
+        ``q_len < kv_len`` queries over the cache, with `prompt_len` for `LastQueries`): the hook a subclass
         overrides to send prefill elsewhere (``sparseattn.eval.masked_backend`` hands SDPA the exact mask)."""
         block = functools.partial(
             default_block_size, self.impl, q.shape[-1], q.dtype, group=q.shape[1] // k.shape[1], device=q.device
         )
         # Triton launches on the current device; a model spread over GPUs has layers on the others.
         with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
-            layout = self.schedule.layout(layer, q, k, block)
+            layout = self.schedule.layout(layer, q, k, block, prompt_len=self.prompt_len)
             return cast(Tensor, sparse_attention(q, k, v, layout, scale=scale, impl=self.impl))  # type: ignore[arg-type]
 
     def _dense_prefill(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:

@@ -40,3 +40,17 @@ def sequence_spans(attention_mask: Tensor) -> list[tuple[int, int]]:
             )
         spans.append((start, stop))
     return spans
+
+
+def is_plain_continuation(attention_mask: Tensor | None, q_len: int, kv_len: int) -> bool:
+    """True when ``q_len`` queries continuing a cache of ``kv_len`` keys attend causally to every key, with no
+    padding: no mask, or the ``[B, 1|H, q_len, kv_len]`` boolean mask ``k <= q_idx + kv_len - q_len`` in
+    every row (what transformers builds for an unpadded chunk over a dynamic cache). Static caches and
+    padded batches give other masks."""
+    if attention_mask is None:
+        return True
+    if attention_mask.dtype != torch.bool or attention_mask.dim() != 4 or attention_mask.shape[-2:] != (q_len, kv_len):
+        return False
+    q = torch.arange(q_len, device=attention_mask.device).view(-1, 1)
+    k = torch.arange(kv_len, device=attention_mask.device).view(1, -1)
+    return bool((attention_mask == (k <= q + (kv_len - q_len))).all())

@@ -94,7 +94,7 @@ def test_generate_with_a_schedule(model):
     attention = use_schedule(model, MIX)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
     assert out.shape == (2, 3004)
-    assert attention.calls == {"dense_prefill": 2, "sparse_prefill": 2, "dense_cache": 12}
+    assert attention.calls == {"dense_prefill": 2, "sparse_prefill": 2, "dense_decode": 12}
 
 
 def test_smollm2_on_the_gpu():
