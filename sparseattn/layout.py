@@ -32,6 +32,19 @@ from torch import Tensor
 _WORD = 32
 
 
+def block_shape(block_size: object) -> tuple[int, int]:
+    """``block_size`` as ``(block_m, block_n)``: an int means a square tile."""
+    if isinstance(block_size, int) and not isinstance(block_size, bool):
+        return (block_size, block_size)
+    if (
+        isinstance(block_size, (tuple, list))
+        and len(block_size) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in block_size)
+    ):
+        return (int(block_size[0]), int(block_size[1]))
+    raise ValueError(f"block_size: expected an int (square tiles) or a pair (block_m, block_n), got {block_size!r}")
+
+
 def pack_bits(bits: Tensor) -> Tensor:
     """[T, M, N] bool -> [T, M, N // 32] int32, bit b of word w is column 32 * w + b."""
     t, m, n = bits.shape
@@ -180,7 +193,7 @@ class BlockLayout:
         *,
         q_len: int,
         kv_len: int,
-        block_size: tuple[int, int],
+        block_size: int | tuple[int, int],
         lead_shape: tuple[int, int],
         batch: Tensor,
         head: Tensor,
@@ -196,7 +209,9 @@ class BlockLayout:
         ``batch, head, q_block, kv_block`` are int tensors of one length; ``is_full`` says which tiles are
         FULL; ``mask_id`` gives each PARTIAL tile its row of ``tile_masks`` (ignored for FULL tiles).
         ``columns`` is ``(batch, head, q_block, key_position)`` of gathered columns, or ``None``.
+        ``block_size`` an int means a square tile.
         """
+        block_size = block_shape(block_size)
         bm, bn = block_size
         b_dim, h_dim = lead_shape
         qb_dim = -(-q_len // bm)
@@ -262,8 +277,9 @@ class BlockLayout:
         return replace(self, **picked)
 
     @classmethod
-    def from_dense(cls, mask: Tensor, block_size: tuple[int, int] = (64, 64)) -> BlockLayout:
-        """Exact layout of a dense boolean mask ``[B|1, H|1, q_len, kv_len]`` (or ``[H|1, q, kv]``).
+    def from_dense(cls, mask: Tensor, block_size: int | tuple[int, int] = (64, 64)) -> BlockLayout:
+        """Exact layout of a dense boolean mask ``[B|1, H|1, q_len, kv_len]`` (or ``[H|1, q, kv]``);
+        ``block_size`` an int means a square tile.
 
         O(q_len * kv_len): for tests and small cases; patterns lower analytically instead.
         """
@@ -273,6 +289,7 @@ class BlockLayout:
             raise ValueError(
                 f"mask: expected a bool tensor [B|1, H|1, q_len, kv_len], got {mask.dtype} {tuple(mask.shape)}"
             )
+        block_size = block_shape(block_size)
         bm, bn = block_size
         b_dim, h_dim, q_len, kv_len = mask.shape
         qb_dim, kb_dim = -(-q_len // bm), -(-kv_len // bn)

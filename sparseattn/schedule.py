@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeGuard
 
 from torch import Tensor
 
-from sparseattn.layout import BlockLayout
+from sparseattn.layout import BlockLayout, block_shape
 from sparseattn.lowering import lower
 from sparseattn.memo import LRU
 from sparseattn.patterns import Causal, Pattern, PerHead
@@ -42,7 +42,7 @@ class DynamicPattern(Protocol):
 
 
 LayerPattern = Pattern | DynamicPattern
-BlockSize = tuple[int, int] | Callable[[Pattern, int, int], tuple[int, int]]
+BlockSize = int | tuple[int, int] | Callable[[Pattern, int, int], tuple[int, int]]
 
 
 def is_dynamic(pattern: object) -> TypeGuard[DynamicPattern]:
@@ -252,8 +252,8 @@ class LayerSchedule:
         ``prompt_len`` is then the whole prompt's length, if known (`MaskContext.prompt_len`: `LastQueries`
         counts from the prompt's end, not from this chunk's).
 
-        ``block_size`` is a tile shape, or a function ``(pattern, q_len, kv_len) -> tile shape`` (a backend
-        may prefer other tiles for sparse rows than for dense ones), for static patterns, which come from
+        ``block_size`` is a tile shape (an int: square), or a function ``(pattern, q_len, kv_len) -> tile
+        shape`` (a backend may prefer other tiles for sparse rows than for dense ones), for static patterns, which come from
         the cache (lowered on first use). Dynamic ones are estimated from ``q`` and ``k`` of this call (so a
         batch must be split into single sequences first) and lowered on the estimate's own tiles.
         """
@@ -335,8 +335,7 @@ def _check_heads(pattern: object, num_heads: int | None, what: str) -> None:
 
 
 def _tile_shape(block_size: BlockSize, pattern: Pattern, q_len: int, kv_len: int) -> tuple[int, int]:
-    shape = block_size(pattern, q_len, kv_len) if callable(block_size) else block_size
-    return (int(shape[0]), int(shape[1]))
+    return block_shape(block_size(pattern, q_len, kv_len) if callable(block_size) else block_size)
 
 
 def _pattern_key(pattern: object) -> object:

@@ -20,10 +20,11 @@ segment path on the same program the Triton path's.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
-from sparseattn.layout import BlockLayout
+from sparseattn.layout import BlockLayout, block_shape
 from sparseattn.lowering.by_segments import lower_by_segments
 from sparseattn.lowering.by_tiles import lower_by_tiles
 from sparseattn.lowering.gathered import split_gathered
@@ -40,7 +41,7 @@ def lower(
     q_len: int,
     kv_len: int | None = None,
     *,
-    block_size: tuple[int, int] | None = None,
+    block_size: int | tuple[int, int] | None = None,
     num_heads: int | None = None,
     device: torch.device | str | None = None,
     gather_columns: bool = True,
@@ -54,7 +55,8 @@ def lower(
     ``prompt_len`` is the whole prompt's length when the queries are a chunk that the prompt continues
     past (chunked prefill; `MaskContext.prompt_len`): `LastQueries` then counts from the prompt's end.
 
-    ``block_size`` defaults to the pattern's `Pattern.native_block_size` (an estimate's tiles) or 64 x 64;
+    ``block_size`` (an int means a square tile) defaults to the pattern's `Pattern.native_block_size` (an
+    estimate's tiles) or 64 x 64;
     a pattern defined on its own tiles refuses others. A pattern that builds its own layout
     (`Pattern.own_layout`) is asked first.
 
@@ -76,7 +78,7 @@ def lower(
     native = pattern.native_block_size
     if block_size is None:
         block_size = native or (64, 64)
-    block_size = _block_shape(block_size)
+    block_size = block_shape(block_size)
     if native is not None and block_size != native:
         raise ValueError(
             f"block_size: {type(pattern).__name__} is defined on {native} tiles, got {block_size}; "
@@ -136,17 +138,47 @@ def _lower(
         layout = lower_by_segments(whole, program or tiled, columns, ctx, heads)
         if layout is not None:
             return layout
+    if by_segments and tiled is not None:
+        _warn_if_slow(tiled, ctx, heads)
     return lower_by_tiles(pattern, tiled, columns, ctx, heads)
 
 
-def _block_shape(block_size: object) -> tuple[int, int]:
-    """``block_size`` as ``(block_m, block_n)``: an int means a square tile."""
-    if isinstance(block_size, int) and not isinstance(block_size, bool):
-        return (block_size, block_size)
-    if (
-        isinstance(block_size, (tuple, list))
-        and len(block_size) == 2
-        and all(isinstance(b, int) and not isinstance(b, bool) for b in block_size)
-    ):
-        return (int(block_size[0]), int(block_size[1]))
-    raise ValueError(f"block_size: expected an int (square tiles) or a pair (block_m, block_n), got {block_size!r}")
+# Above these sizes the tile-by-tile path of a mask-only pattern takes seconds on a CPU (0.5 s at 2K tokens,
+# 3.4 s at 8K, 11 s at 16K for a plain `mask`): more than 4K x 4K token pairs evaluated by the default
+# `classify`, or more than 2**20 candidate tiles.
+SLOW_TOKEN_PAIRS = 2**24
+SLOW_TILES = 2**20
+_WARNED: set[type] = set()
+
+
+def _without_breaks(pattern: Pattern) -> Pattern | None:
+    """The first node of ``pattern``'s expression that neither gives `row_breaks` nor combines terms that do."""
+    if type(pattern).row_breaks is Pattern.row_breaks:
+        return pattern
+    children = [getattr(pattern, name) for name in ("terms", "patterns", "term") if hasattr(pattern, name)]
+    for child in children:
+        for term in child if isinstance(child, tuple) else (child,):
+            found = _without_breaks(term) if isinstance(term, Pattern) else None
+            if found is not None:
+                return found
+    return None
+
+
+def _warn_if_slow(tiled: Pattern, ctx: MaskContext, heads: int | None) -> None:
+    """Warn once per pattern type when a mask-only pattern (default `classify`, no `row_breaks`) is
+    lowered tile by tile at a size where that is slow."""
+    culprit = _without_breaks(tiled)
+    if culprit is None or type(culprit) in _WARNED or type(culprit).classify is not Pattern.classify:
+        return
+    size = tiled.support_size(ctx)
+    tiles = size if size is not None else ctx.num_q_blocks * ctx.num_kv_blocks * (heads or 1)
+    if tiles <= SLOW_TILES and tiles * ctx.block_m * ctx.block_n <= SLOW_TOKEN_PAIRS:
+        return
+    _WARNED.add(type(culprit))
+    warnings.warn(
+        f"{type(culprit).__name__} defines only `mask`: lowering evaluates it tile by tile over {tiles:,} "
+        f"candidate {ctx.block_m}x{ctx.block_n} tiles, which is slow (quadratic in the length). Implement "
+        "`classify` (tile classes from the parameters) and `row_breaks` (where a row's class may change) "
+        "to lower by row segments; see README 'Adding a pattern'",
+        stacklevel=4,
+    )

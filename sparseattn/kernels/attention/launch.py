@@ -106,9 +106,16 @@ def triton_sparse_attention(
     unequal (a triangle's last rows), ``heavy_first=False`` and ``max_chunk=0`` give the plain,
     unbalanced grid (for measuring the balancing). A ``device_built`` layout with both left ``None``
     runs heaviest rows first without splitting, planned without any host synchronisation (see
-    `BlockLayout`). ``config`` overrides warps, stages, TMA and head packing.
+    `BlockLayout`). ``config`` overrides warps, stages, TMA and head packing. Under Triton's interpreter
+    (``TRITON_INTERPRET=1``) bfloat16 inputs are computed in float32 and the output returned in bfloat16.
     """
     _check(q, k, v, layout)
+    if q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        # Triton's interpreter computes bfloat16 tl.dot wrongly (every output ~1e8): compute in float32.
+        out, lse = triton_sparse_attention(
+            q.float(), k.float(), v.float(), layout, scale=scale, max_chunk=max_chunk, heavy_first=heavy_first, config=config
+        )
+        return out.to(torch.bfloat16), lse
     batch, heads, q_len, dim = q.shape
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
