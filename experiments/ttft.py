@@ -9,7 +9,7 @@ time of every layer and the path it took, peak memory, the schedule, command, da
 
     python experiments/ttft.py model=llama31_8b schedule=trianglemix length=131072
     python experiments/ttft.py -m model=llama31_8b schedule=dense,trianglemix length=32768,65536,131072
-    python experiments/ttft.py model=tiny_llama impl=reference sdpa_backend=null length=512   # CPU
+    ./run.sh ttft model=tiny_llama length=512   # CPU: impl and sdpa_backend follow the device (auto)
 """
 
 from __future__ import annotations
@@ -58,6 +58,18 @@ def prefill(model: torch.nn.Module, ids: torch.Tensor, use_cache: bool) -> torch
     return out.logits
 
 
+def resolve_device_defaults(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """``impl: auto`` and ``sdpa_backend: auto`` by the model's device: the Triton kernel and cuDNN on CUDA;
+    on the CPU the dense masked reference and PyTorch's own SDPA choice (cuDNN has no CPU backend)."""
+    cfg = cfg.copy()
+    cuda = device.type == "cuda"
+    if cfg.impl == "auto":
+        cfg.impl = "triton" if cuda else "reference"
+    if cfg.sdpa_backend == "auto":
+        cfg.sdpa_backend = "cudnn" if cuda else None
+    return cfg
+
+
 def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
     """Measure one job of conf/ttft.yaml; returns the record written to ``ttft.json``."""
     if cfg.device_per_job and torch.cuda.is_available():
@@ -66,6 +78,7 @@ def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
         torch.cuda.set_device(gpu)
     model = load_model(cfg.model)
     device = model.get_input_embeddings().weight.device
+    cfg = resolve_device_defaults(cfg, device)
     timer = LayerTimer() if cfg.layer_timing else None
     attention = use_schedule(
         model,
