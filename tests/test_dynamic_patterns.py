@@ -26,7 +26,7 @@ from sparseattn.estimation.topk import PAD, select_top
 from sparseattn.kernels.estimation.triton_topk import triton_block_topk, triton_block_topk_keep, triton_select_top
 from sparseattn.lowering import lower
 from sparseattn.lowering.tile_grid import causal_bitmaps, torch_tile_lists
-from sparseattn.patterns import AShape, PerHead
+from sparseattn.patterns import AShape, PerHead, Streaming
 from sparseattn.testing.checks import check_layout_invariants
 from sparseattn.testing.dynamic_reference import reference_block_topk, reference_vertical_slash
 from sparseattn.testing.tolerance import assert_close_to_oracle
@@ -227,9 +227,10 @@ def test_minference_json_loads_per_head_patterns():
         {"1": ["stream_llm", 1, 4, 0.1], "0": ["block_sparse", 8, 0, 0.2]},
     ]
     layers = from_minference_json(config, last_q=32)
-    assert layers[0] == VerticalSlash((1000, 30), (6096, 800), last_q=32)
-    assert layers[1] == VerticalSlash(500, 700, last_q=32)
-    assert layers[2] == MixedHeads((BlockTopK(8), AShape(1, 4)))
+    assert layers[0] == VerticalSlash((1000, 30), (6096, 800), last_q=32, form="minference")
+    assert layers[1] == VerticalSlash(500, 700, last_q=32, form="minference")
+    assert layers[2] == MixedHeads((BlockTopK(8), Streaming(sink=1, window=4)))
+    assert from_minference_json(config[:1], form="block")[0].form == "block"
     with pytest.raises(ValueError, match=r"config\[0\]\['0'\]"):
         from_minference_json([{"0": ["dilated", 1, 2, 0.0]}])
 

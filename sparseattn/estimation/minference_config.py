@@ -3,9 +3,14 @@
 MInference's searched configs are a JSON list with one dict per layer, mapping a head index (string)
 to ``[type, vertical, slash, score]``:
 
-- ``"vertical_and_slash"``: `VerticalSlash` with those budgets;
+- ``"vertical_and_slash"``: `VerticalSlash` with those budgets, ``form="minference"`` unless
+  ``vs_options`` say otherwise (MInference's own mask: its index builder's merged windows and gathered
+  verticals; see `VerticalSlashIndices`);
 - ``"block_sparse"``: `BlockTopK` keeping ``vertical`` key blocks (MInference passes that field as its top-k);
-- ``"stream_llm"`` / ``"a_shape"``: `AShape` with ``vertical`` sink blocks and ``slash`` local blocks of 64.
+- ``"stream_llm"`` / ``"a_shape"``: `Streaming` with ``vertical`` sink tokens (``n_init``) and a window of
+  ``slash`` tokens (``n_local``), the query itself included: MInference runs both through
+  ``streaming_forward`` / ``a_shape_kernel`` (``ops/streaming_kernel.py``), whose mask is
+  ``k < n_init or 0 <= q_pos - k < n_local``, causal. (`AShape` is the block-granular variant.)
 
 ``score`` (the search's recovery score) is not needed to run the pattern and is dropped.
 
@@ -29,7 +34,7 @@ from sparseattn.estimation.budgets import scalar_budget
 from sparseattn.estimation.mixed_heads import HeadPattern, MixedHeads
 from sparseattn.estimation.vertical_slash import VerticalSlash
 from sparseattn.patterns.base import Pattern
-from sparseattn.patterns.shapes import AShape
+from sparseattn.patterns.shapes import Streaming
 
 LayerPattern = VerticalSlash | BlockTopK | MixedHeads | Pattern
 
@@ -44,7 +49,7 @@ def _head(layer: int, head: str, entry: Any, vs_options: dict[str, Any]) -> Head
     if kind == "block_sparse":
         return BlockTopK(vertical)
     if kind in ("stream_llm", "a_shape"):
-        return AShape(sink_blocks=vertical, local_blocks=slash)
+        return Streaming(sink=vertical, window=slash)
     raise ValueError(f"{where}: type expected 'vertical_and_slash', 'block_sparse' or 'stream_llm', got {kind!r}")
 
 
@@ -80,8 +85,10 @@ def _vs_options(p: VerticalSlash) -> dict[str, Any]:
 def from_minference_json(config: str | Path | list[Any], **vs_options: Any) -> list[LayerPattern]:
     """One pattern per layer from MInference's per-head JSON (a path, or the parsed list).
 
-    ``vs_options`` (``last_q``, ``form``, ``block_size``, ...) are passed to every `VerticalSlash`.
+    ``vs_options`` (``last_q``, ``form``, ``block_size``, ...) are passed to every `VerticalSlash`;
+    ``form`` defaults to ``"minference"``, the mask MInference computes.
     """
+    vs_options = {"form": "minference", **vs_options}
     data = json.loads(Path(config).read_text()) if isinstance(config, (str, Path)) else config
     if not isinstance(data, list) or not data:
         raise ValueError(f"config: expected a non-empty list with one dict per layer, got {type(data).__name__}")

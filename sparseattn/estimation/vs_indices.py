@@ -16,7 +16,7 @@ from sparseattn.patterns.columns import Columns, Diagonals
 from sparseattn.patterns.primitives import Causal
 from sparseattn.patterns.tiles import MaskContext
 
-FORMS = ("block", "token")
+FORMS = ("block", "token", "minference")
 
 
 def _prefix(table: Tensor) -> Tensor:
@@ -45,6 +45,17 @@ class VerticalSlashIndices(Pattern):
       MInference's gathered verticals; its index builder may also extend a merged run of windows by up
       to 63 further keys, which this mask leaves out.
     - ``form="token"``: keep ``(q, k)`` iff ``k <= q_pos`` and (``k in Vh`` or ``q_pos - k in Sh``).
+    - ``form="minference"``: MInference's own mask, the rules of its index builder
+      (``csrc/vertical_slash_index.cu``) and kernel. Query positions go in row blocks of ``B``; for the
+      block ending at ``E = B * (q_pos // B + 1)``, take the slashes ``d < E`` from the largest down, each
+      giving the unaligned key window ``[e - B, e)`` with ``e = max(E - d, B)``. A window starting past
+      the current run's end ``+ B`` closes the run and opens a new one; one ending past the run's end (but
+      not by more than ``B``) extends the run by ``B`` keys; the others lie inside it. Keep ``(q, k)`` iff
+      ``k <= q_pos`` and (``k`` in a run, or ``k in Vh`` below the last run's end: the builder gathers
+      verticals outside the runs and drops those past its last window). A block with no slash below
+      ``E`` keeps nothing (MInference's builder reads past its slash list there; its forced local
+      diagonals make that impossible in practice). Lowered by evaluating the mask on every tile (exact,
+      host-scale; ``block`` is the fast form).
 
     >>> lines = VerticalSlashIndices(torch.tensor([[0]]), torch.tensor([[0, 3]]), form="token", block_size=32)
     >>> print(lines.render(6))
@@ -89,6 +100,8 @@ class VerticalSlashIndices(Pattern):
         kv = kv_idx.clamp(0, ctx.kv_len - 1)
         q_pos = q_idx + ctx.offset
         columns = index_table(self.vertical, ctx.kv_len)[h, kv]
+        if self.form == "minference":
+            return (kv_idx <= q_pos) & self._minference_keep(h, q_pos, kv_idx, columns)
         slashes = index_table(self.slash, ctx.kv_len)
         if self.form == "token":
             d = q_pos - kv_idx
@@ -98,6 +111,53 @@ class VerticalSlashIndices(Pattern):
             g, b = q_idx.clamp(0, ctx.q_len - 1) // self.block_size, kv // self.block_size
             lines = _count(_prefix(slashes), h, first[g] - k_hi[b], last[g] - k_lo[b]) > 0
         return (kv_idx <= q_pos) & (columns | lines)
+
+    def minference_runs(self, num_row_blocks: int) -> tuple[Tensor, Tensor, Tensor]:
+        """MInference's merged windows for each head and row block ``g`` (rows ``[B*g, B*g + B)``).
+
+        Returns ``starts``, ``ends`` (int64 ``[H, G, S]``: the runs ``[start, end)`` in key order, then
+        padding with ``start = end = `PAD```) and ``last_end`` (``[H, G]``: the last run's end, 0 without
+        one). The builder's walk over the slashes, one slash of every (head, row block) per step.
+        """
+        b = self.block_size
+        heads, count = self.slash.shape
+        dev = self.slash.device
+        end_m = (torch.arange(num_row_blocks, device=dev) + 1).mul(b).view(1, -1)  # [1, G]
+        starts = torch.full((heads, num_row_blocks, count), PAD, dtype=torch.long, device=dev)
+        ends = starts.clone()
+        cur_start = torch.zeros(heads, num_row_blocks, dtype=torch.long, device=dev)
+        cur_end = torch.zeros_like(cur_start)
+        active = torch.zeros(heads, num_row_blocks, dtype=torch.bool, device=dev)
+        runs = torch.zeros_like(cur_start)  # runs closed so far
+        for i in range(count - 1, -1, -1):  # slashes from the largest d down: window ends ascending
+            d = self.slash[:, i : i + 1]  # [H, 1]
+            valid = (d != PAD) & (d < end_m)
+            e = torch.clamp(end_m - d, min=b)
+            opens = valid & (~active | (e > cur_end + b))
+            extends = valid & active & ~opens & (e > cur_end)
+            close = opens & active
+            # Slot `runs` is still padding until its run closes, so writing padding there is harmless.
+            starts.scatter_(2, runs.unsqueeze(2), torch.where(close, cur_start, PAD).unsqueeze(2))
+            ends.scatter_(2, runs.unsqueeze(2), torch.where(close, cur_end, PAD).unsqueeze(2))
+            runs = runs + close.long()
+            cur_start = torch.where(opens, e - b, cur_start)
+            cur_end = torch.where(opens, e, torch.where(extends, cur_end + b, cur_end))
+            active = active | opens
+        if count:  # every run holds a slash, so the open one has a slot: runs < count
+            starts.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_start, PAD).unsqueeze(2))
+            ends.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_end, PAD).unsqueeze(2))
+        return starts, ends, torch.where(active, cur_end, 0)
+
+    def _minference_keep(self, h: Tensor, q_pos: Tensor, kv_idx: Tensor, columns: Tensor) -> Tensor:
+        """In a run of the query's row block, or a vertical below its last run's end (causality aside)."""
+        shape = torch.broadcast_shapes(h.shape, q_pos.shape, kv_idx.shape)
+        h, q_pos, kv_idx = h.expand(shape), q_pos.expand(shape), kv_idx.expand(shape)
+        g = q_pos.clamp(min=0) // self.block_size
+        starts, ends, last_end = self.minference_runs(int(g.max()) + 1)
+        row_starts, row_ends = starts[h, g], ends[h, g]  # [..., S]
+        slot = torch.searchsorted(row_starts, kv_idx.unsqueeze(-1).contiguous(), right=True) - 1
+        inside = (slot >= 0) & (kv_idx.unsqueeze(-1) < row_ends.gather(-1, slot.clamp(min=0)))
+        return inside.squeeze(-1) | (columns.expand(shape) & (kv_idx < last_end[h, g]))
 
     # ----------------------------------------------------------------- lowering
     def tile_grid(self, q_len: int, kv_len: int) -> Tensor:
@@ -121,11 +181,11 @@ class VerticalSlashIndices(Pattern):
     @property
     def native_block_size(self) -> tuple[int, int] | None:
         """The block form is defined on square tiles of ``block_size``; the token form on any tiles."""
-        return None if self.form == "token" else (self.block_size, self.block_size)
+        return None if self.form != "block" else (self.block_size, self.block_size)
 
     def own_layout(
         self, q_len: int, kv_len: int, block_size: tuple[int, int], device: torch.device | None
-    ) -> BlockLayout:
+    ) -> BlockLayout | None:
         """Slash tiles plus gathered verticals the tiles miss.
 
         ``form="block"`` builds the layout on the GPU without host synchronisation, on its own square
@@ -136,6 +196,8 @@ class VerticalSlashIndices(Pattern):
             return self.to(device).own_layout(q_len, kv_len, block_size, None)
         if self.form == "token":
             return lower(self.expression(), q_len, kv_len, block_size=block_size, device=self.vertical.device)
+        if self.form == "minference":
+            return None
         keep = self.tile_grid(q_len, kv_len)
         return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=self.vertical)
 
