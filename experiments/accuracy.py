@@ -2,11 +2,14 @@
 
 Every sample is answered by dense and by each schedule; rows (score, prediction, decode-position
 fidelity) are appended to ``<out_dir>/<name>.jsonl`` as they finish, so a stopped run resumes where it
-left off. At the end — or with ``report_only=true`` — the table (.md, .json) and plot (.png) are written.
+left off when given the same ``out_dir``. At the end — or with ``report_only=true`` — the table (.md,
+.json) and plot (.png) are written. ``out_dir`` defaults to a fresh folder, outputs/accuracy/<time>;
+updating the committed results is the explicit ``out_dir=experiments/results``. A run appends its
+provenance to ``<name>_runs.json`` only when it has samples to evaluate.
 
-    python experiments/accuracy.py                                    # headline: SmolLM2-135M, 4K
-    python experiments/accuracy.py samples=20 'tasks=[niah_single]' lengths=[2048] name=accuracy_try
-    python experiments/accuracy.py report_only=true                   # re-render from the JSON lines
+    ./run.sh accuracy                                                 # headline: SmolLM2-135M, 4K (~1 h on 2 cores)
+    ./run.sh accuracy samples=2 'tasks=[niah_single]' lengths=[1024]  # a try in about a minute
+    ./run.sh accuracy out_dir=experiments/results report_only=true    # re-render the committed table
 """
 
 from __future__ import annotations
@@ -21,31 +24,33 @@ from tqdm import tqdm
 
 from sparseattn.eval import report
 from sparseattn.eval.paired_eval import done_keys, evaluate_sample
-from sparseattn.eval.provenance import load_runs, markdown_header, provenance, record_run
+from sparseattn.eval.provenance import load_runs, markdown_header, output_dir, provenance, record_run
 
 
 @hydra.main(config_path="../conf", config_name="accuracy", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out = Path(cfg.out_dir)
+    out = output_dir(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / f"{cfg.name}.jsonl"
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
     if not cfg.report_only:
-        record_run(out / f"{cfg.name}_runs.json", cfg.threads)
-        rows += run(cfg, rows_path, done_keys(rows))
+        rows += run(cfg, out, rows_path, done_keys(rows))
     write_report(cfg, out, rows)
 
 
-def run(cfg: DictConfig, rows_path: Path, done: set[tuple]) -> list[dict]:
+def run(cfg: DictConfig, out: Path, rows_path: Path, done: set[tuple]) -> list[dict]:
     from sparseattn.eval.masked_backend import AttentionSwitch
     from sparseattn.eval.tasks import TaskGenerator
     from sparseattn.integrations.model_loading import load_pretrained as load
 
+    todo = [(t, n, i) for n in cfg.lengths for t in cfg.tasks for i in range(cfg.samples) if (t, n, i) not in done]
+    if not todo:
+        return []  # nothing to evaluate: no model load, no provenance line
+    record_run(out / f"{cfg.name}_runs.json", cfg.threads)
     model, tokenizer = load(cfg.model, cfg.threads)
     schedules = build_schedules(cfg)
     switch = AttentionSwitch(cfg.backend, cfg.impl)
     generator = TaskGenerator(tokenizer, seed=cfg.seed)
-    todo = [(t, n, i) for n in cfg.lengths for t in cfg.tasks for i in range(cfg.samples) if (t, n, i) not in done]
     new: list[dict] = []
     with rows_path.open("a") as sink:
         for task, length, index in tqdm(todo, desc="samples", unit="sample"):

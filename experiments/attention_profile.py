@@ -1,8 +1,11 @@
 """Per-layer, per-head fraction of dense attention mass each pattern keeps (Hydra app; conf/attention_profile.yaml).
 
-python experiments/attention_profile.py
-python experiments/attention_profile.py length=2048 samples_per_task=1 name=attention_profile_try
-python experiments/attention_profile.py report_only=true     # re-plot from the JSON
+Writes to a fresh folder, outputs/attention_profile/<time>, unless ``out_dir`` names one
+(``out_dir=experiments/results`` updates the committed results).
+
+./run.sh attention_profile                                   # ~15 min on 2 cores
+./run.sh attention_profile length=2048 samples_per_task=1 name=attention_profile_try
+./run.sh attention_profile out_dir=experiments/results report_only=true     # re-plot the committed JSON
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sparseattn.eval.provenance import markdown_header, provenance
+from sparseattn.eval.provenance import markdown_header, output_dir, provenance
 
 
 @hydra.main(config_path="../conf", config_name="attention_profile", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out = Path(cfg.out_dir)
+    out = output_dir(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{cfg.name}.json"
     if cfg.report_only:

@@ -434,7 +434,9 @@ def render(data: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT") or "experiments/results")
+    stamp = f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    # A fresh folder by default; --out experiments/results (or $OUT) updates committed results explicitly.
+    parser.add_argument("--out", default=os.environ.get("OUT") or f"outputs/bench_backward/{stamp}")
     parser.add_argument("--tag", default="", help="suffix of the output files (backward_bench<_tag>.json)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
     parser.add_argument("--patterns", nargs="+", default=list(PATTERN_NAMES), choices=PATTERN_NAMES)

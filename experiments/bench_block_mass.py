@@ -1,7 +1,8 @@
 """`BlockMass` (adaptive block budget) at 128K on the GPU: estimate, lower, attention, end to end.
 
 Same shapes and structured synthetic q/k as ``bench_dynamic.py``; ``BlockTopK(64)`` timed beside it.
-Writes ``block_mass_bench.json`` and ``.md`` to ``--out``:
+Writes ``block_mass_bench.json`` and ``.md`` to ``--out`` (default: a fresh folder,
+outputs/bench_block_mass/<time>):
 
     python experiments/bench_block_mass.py --out $OUT
 """
@@ -27,7 +28,9 @@ from sparseattn.lowering import lower
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--length", type=int, default=131072)
-    parser.add_argument("--out", default="experiments/results")
+    stamp = f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    # A fresh folder by default; --out experiments/results (or $OUT) updates committed results explicitly.
+    parser.add_argument("--out", default=f"outputs/bench_block_mass/{stamp}")
     args = parser.parse_args()
     n = args.length
     q, k, v = structured_qkv(32, 8, n, 128, seed=0)

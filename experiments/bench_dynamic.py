@@ -3,7 +3,8 @@
 One run: correctness checks first (fast estimator == slow reference, Triton/Flex on the estimated layout ==
 oracle, no host synchronisation from estimate to attention output), then timings (``triton.testing.do_bench`` medians):
 estimate + lower, the shared Triton kernel on the layout, FlexAttention compiled on the identical layout,
-and dense cuDNN SDPA. Writes ``dynamic_bench.json`` and ``.md`` to ``--out``.
+and dense cuDNN SDPA. Writes ``dynamic_bench.json`` and ``.md`` to ``--out`` (default: a fresh folder,
+outputs/bench_dynamic/<time>; ``--out experiments/results`` updates the committed results).
 
 Inputs are synthetic but structured like a long-context LLM (`harness.structured_qkv`; random q/k alone
 give near-uniform attention, hence a near-dense vertical-slash estimate): keys and queries share one
@@ -17,6 +18,7 @@ plus a few heavy sink keys (verticals). The benchmark's body is `harness.measure
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 from pathlib import Path
@@ -27,7 +29,9 @@ from harness import measure_dynamic, portable
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--length", type=int, default=131072)
-    parser.add_argument("--out", default="experiments/results")
+    stamp = f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    # A fresh folder by default; --out experiments/results (or $OUT) updates committed results explicitly.
+    parser.add_argument("--out", default=f"outputs/bench_dynamic/{stamp}")
     parser.add_argument("--skip-flex", action="store_true")
     args = parser.parse_args()
     command = portable(" ".join(["python", "experiments/bench_dynamic.py", *sys.argv[1:]]))

@@ -5,9 +5,10 @@ reference on two blocks of query rows, then time with ``triton.testing.do_bench`
 with and without load balancing, FlexAttention compiled on the identical layout (its mask build timed
 separately), and, once per length, cuDNN SDPA and the SDPA flash backend on dense causal attention.
 
-    python experiments/bench_kernel.py                       # everything, writes experiments/results/
+    python experiments/bench_kernel.py                       # everything, into outputs/bench_kernel/<time>
+    python experiments/bench_kernel.py out_dir=experiments/results   # the same, updating the committed results
     python experiments/bench_kernel.py lengths=[8192] long_lengths=[] 'sweep.configs=[[8,2],[8,3]]'
-    python experiments/bench_kernel.py render_only=true      # re-render the table and plot from the JSON
+    python experiments/bench_kernel.py out_dir=experiments/results render_only=true   # re-render the committed table
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from harness import measure_dynamic, portable
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from sparseattn.eval.provenance import output_dir
 from sparseattn.lowering import lower
 from sparseattn.patterns import PerHead
 
@@ -368,7 +370,7 @@ def dynamic_section(dyn: dict) -> list[str]:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="bench_kernel")
 def main(cfg: DictConfig) -> None:
-    out_dir = Path(to_absolute_path(cfg.out_dir))
+    out_dir = output_dir(cfg.out_dir and to_absolute_path(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.render_only:
         render(json.loads((out_dir / "kernel_bench.json").read_text()), out_dir)

@@ -6,9 +6,13 @@
 2. Comparison: for each k and method (gradient, deepest, shallowest, random), the schedule with k triangle
    layers answers the evaluation samples paired with dense (accuracy and decode-position fidelity).
 
-    python experiments/layer_selection.py
-    python experiments/layer_selection.py k_values=[15] eval.samples=5 name=layer_selection_try
-    python experiments/layer_selection.py report_only=true
+Writes to a fresh folder, outputs/layer_selection/<time>, unless ``out_dir`` names one (a resumed run, or
+``out_dir=experiments/results`` to update the committed results); a run that computes nothing (gradients
+reused, every sample already evaluated) appends no provenance line.
+
+    ./run.sh layer_selection                                  # ~1 h on 2 cores
+    ./run.sh layer_selection k_values=[15] eval.samples=5 name=layer_selection_try
+    ./run.sh layer_selection out_dir=experiments/results report_only=true
 """
 
 from __future__ import annotations
@@ -25,19 +29,20 @@ from tqdm import tqdm
 
 from sparseattn.eval import report
 from sparseattn.eval.layer_selection import LayerScores, schedule_config, select_layers
-from sparseattn.eval.provenance import load_runs, markdown_header, provenance, record_run
+from sparseattn.eval.provenance import load_runs, markdown_header, output_dir, provenance, record_run
 from sparseattn.patterns import Triangle
 
 
 @hydra.main(config_path="../conf", config_name="layer_selection", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    out = Path(cfg.out_dir)
+    out = output_dir(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     triangle = Triangle(**cfg.triangle)
     grads_path, rows_path = out / f"{cfg.name}_gradients.json", out / f"{cfg.name}.jsonl"
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
     loaded = None
-    if not cfg.report_only:
+    reuse = cfg.reuse_gradients and grads_path.exists()
+    if not cfg.report_only and (not reuse or pending(cfg, rows)):
         from sparseattn.integrations.model_loading import load_pretrained as load
 
         record_run(out / f"{cfg.name}_runs.json", cfg.threads)
@@ -60,9 +65,17 @@ def main(cfg: DictConfig) -> None:
                 f"# Triangle in the {k} layers with the smallest middle-attention gradient ({cfg.name}).\n"
                 + yaml.safe_dump(schedule_config(layers, triangle), sort_keys=False)
             )
-    if not cfg.report_only:
+    if loaded is not None:
         rows += compare(cfg, choices, triangle, *loaded, rows_path, rows)
     write_report(cfg, out, scores, choices, rows)
+
+
+def pending(cfg: DictConfig, rows: list[dict]) -> list[tuple[str, int]]:
+    """(task, index) of the evaluation samples that ``rows`` do not hold yet."""
+    from sparseattn.eval.paired_eval import done_keys
+
+    done = done_keys(rows)
+    return [(t, i) for t in cfg.eval.tasks for i in range(cfg.eval.samples) if (t, cfg.eval.length, i) not in done]
 
 
 def series(method: str, random_seeds: list[int]) -> list[tuple[str, int]]:
@@ -105,7 +118,7 @@ def compute_gradients(cfg: DictConfig, triangle: Triangle, model, tokenizer, pat
 
 def compare(cfg: DictConfig, choices: dict, triangle: Triangle, model, tokenizer, rows_path: Path, rows: list) -> list:
     from sparseattn.eval.masked_backend import AttentionSwitch
-    from sparseattn.eval.paired_eval import done_keys, evaluate_sample
+    from sparseattn.eval.paired_eval import evaluate_sample
     from sparseattn.eval.tasks import TaskGenerator
 
     # Equal layer sets are run once and their rows copied: deepest_k and gradient_k may coincide.
@@ -119,8 +132,7 @@ def compare(cfg: DictConfig, choices: dict, triangle: Triangle, model, tokenizer
     schedules = {name: instantiate(OmegaConf.create(schedule_config(choices[name], triangle))) for name in aliases}
     switch = AttentionSwitch(cfg.backend, cfg.impl)
     generator = TaskGenerator(tokenizer, seed=cfg.eval.seed)
-    done = done_keys(rows)
-    todo = [(t, i) for t in cfg.eval.tasks for i in range(cfg.eval.samples) if (t, cfg.eval.length, i) not in done]
+    todo = pending(cfg, rows)
     new = []
     with rows_path.open("a") as sink:
         for task, index in tqdm(todo, desc="samples", unit="sample"):

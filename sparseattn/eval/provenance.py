@@ -1,7 +1,7 @@
 """What every committed result carries: the exact commands, dates, device and library versions.
 
-A run appends its own record to ``<name>_runs.json`` before computing, so a resumed run lists every
-invocation that contributed rows, and a table re-rendered later still names the commands that produced it.
+A run appends its own record to ``<name>_runs.json`` before computing, and only when it has something to
+compute, so a resumed run lists every invocation that contributed rows and none that added nothing, and a table re-rendered later still names the commands that produced it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,16 @@ import sys
 from pathlib import Path
 
 import torch
+
+
+def output_dir(out_dir: str | None) -> Path:
+    """An app's output folder: ``out_dir`` when given (``experiments/results`` updates the committed results,
+    an explicit choice), else Hydra's fresh run folder (``hydra.run.dir``, outputs/<app>/<time>)."""
+    if out_dir:
+        return Path(out_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
 
 
 def provenance(threads: int | None = None) -> dict:
