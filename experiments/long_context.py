@@ -100,7 +100,7 @@ def is_yarn(cfg: DictConfig, length: int) -> bool:
 # ----------------------------------------------------------------- schedules
 def schedule_specs(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Hydra specs of the schedules under test; the gradient split only once its gradients exist."""
-    specs = {name: spec for name, spec in cfg.schedules.items()}
+    specs = dict(cfg.schedules.items())
     layers = gradient_layers(cfg, out)
     if layers is not None:
         from sparseattn.eval.layer_selection import schedule_config

