@@ -170,8 +170,13 @@ def default_config(
     return KernelConfig(num_warps=4, num_stages=2, full_runs=False)
 
 
-def warp_specialized_unsupported(layout: BlockLayout, head_dim: int, dtype: torch.dtype) -> str | None:
-    """Why ``KernelConfig(warp_specialized=True)`` cannot run ``layout`` for these inputs, or None."""
+def warp_specialized_unsupported(
+    layout: BlockLayout, head_dim: int, dtype: torch.dtype, *, paged: bool = False
+) -> str | None:
+    """Why ``KernelConfig(warp_specialized=True)`` cannot run ``layout`` for these inputs, or None
+    (``paged``: K/V in a paged cache read through a block table, `paged_sparse_attention`)."""
+    if paged:
+        return "does not read a paged KV cache: its TMA loads need contiguous K/V (use the pointer-load kernel)"
     if not _is_hopper(layout.device):
         return f"needs a Hopper GPU (sm_90) and Triton's Gluon, got device {layout.device}"
     if layout.block_size != (128, 128):

@@ -16,6 +16,12 @@ the natural-log lse, or, for a chunk of a split row, fp32 partials that ``triton
 GQA is native: query head ``h`` reads kv head ``h // group``; K/V are never repeated. Layouts broadcast
 over batch and heads through the work list's layout-row index. Rows that attend to nothing give output 0
 and lse -inf. Addresses are computed in int64.
+
+With ``PAGED`` (``paged.py``), K and V are a paged KV cache ``[num_pages, PAGE_SIZE, Hkv, HEAD_DIM]`` (by
+strides) read through a block table ``[B, pages]`` of int32 physical page ids: a key block (``PAGE_SIZE`` a
+multiple of ``BLOCK_N``) lies inside one page, so each tile costs one table load and pointer loads at
+``page * stride_page + (start % PAGE_SIZE) * stride_s``; gathered columns look up each key's page. Without
+``PAGED`` the paged arguments are unread and the code is the contiguous kernel's.
 """
 
 from __future__ import annotations
@@ -50,14 +56,34 @@ def _update(acc, l_i, m_i, qk, v, qk_scale, SAFE: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, BOUNDED: tl.constexpr):
+def _block_offsets(
+    start, table_row, stride_ks, stride_vs, stride_kp, stride_vp, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr
+):
+    """int64 offsets of key ``start``'s row from ``k_base`` and ``v_base``: ``start * stride_s`` in contiguous
+    K/V; in a paged cache, its page's physical id (one block-table load) times the page stride plus
+    the row within the page."""
+    if PAGED:
+        page = start // PAGE_SIZE
+        phys = tl.load(table_row + page).to(tl.int64)
+        row = (start - page * PAGE_SIZE).to(tl.int64)
+        return phys * stride_kp + row * stride_ks, phys * stride_vp + row * stride_vs
+    else:
+        return start.to(tl.int64) * stride_ks, start.to(tl.int64) * stride_vs
+
+
+@triton.jit
+def _load_tile(
+    k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, table_row, stride_kp, stride_vp,
+    BOUNDED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+):  # fmt: skip
     """K and V of the key block starting at ``start`` -> two [BLOCK_N, HEAD_DIM] tiles (zeros past kv_len).
 
     Only the block's base is int64; the in-tile offsets ``k_offs, v_offs`` are precomputed int32, which
-    keeps the per-tile address math off the critical path.
+    keeps the per-tile address math off the critical path (a block lies inside one page when PAGED).
     """
-    k_ptrs = k_base + start.to(tl.int64) * stride_ks + k_offs
-    v_ptrs = v_base + start.to(tl.int64) * stride_vs + v_offs
+    k_off, v_off = _block_offsets(start, table_row, stride_ks, stride_vs, stride_kp, stride_vp, PAGED, PAGE_SIZE)
+    k_ptrs = k_base + k_off + k_offs
+    v_ptrs = v_base + v_off + v_offs
     if BOUNDED:
         inside = keys[:, None] < kv_len
         k = tl.load(k_ptrs, mask=inside, other=0.0)
@@ -86,15 +112,18 @@ def _load_tile_tma(k_desc, v_desc, row0, start, keys, kv_len, BOUNDED: tl.conste
 @triton.jit
 def _full_step(
     acc, l_i, m_i, q, start, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0,
-    stride_ks, stride_vs, kv_len, qk_scale,
-    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
+    stride_ks, stride_vs, kv_len, qk_scale, table_row, stride_kp, stride_vp,
+    EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):  # fmt: skip
     """One FULL tile at key ``start``: no mask beyond the bounds of a ragged last block."""
     keys = start + offs_n  # [BLOCK_N]
     if USE_TMA:
         k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
     else:
-        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
+        k, v = _load_tile(
+            k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, table_row, stride_kp,
+            stride_vp, not EVEN_KV, PAGED, PAGE_SIZE,
+        )  # fmt: skip
     qk = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N]
     if not EVEN_KV:
         qk = tl.where(keys[None, :] < kv_len, qk, float("-inf"))
@@ -104,8 +133,9 @@ def _full_step(
 @triton.jit
 def _partial_step(
     acc, l_i, m_i, q, start, mask_id, TILE_MASKS, words_offs, shifts, offs_n, k_base, v_base, k_offs, v_offs,
-    K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale,
+    K_DESC, V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, table_row, stride_kp, stride_vp,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):  # fmt: skip
     """One PARTIAL tile at key ``start``: bit (row, col) of bitmap ``mask_id`` decides (tail bits are zero).
 
@@ -122,16 +152,29 @@ def _partial_step(
     if USE_TMA:
         k, v = _load_tile_tma(K_DESC, V_DESC, desc_row0, start, keys, kv_len, not EVEN_KV)
     else:
-        k, v = _load_tile(k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, not EVEN_KV)
+        k, v = _load_tile(
+            k_base, v_base, start, k_offs, v_offs, keys, stride_ks, stride_vs, kv_len, table_row, stride_kp,
+            stride_vp, not EVEN_KV, PAGED, PAGE_SIZE,
+        )  # fmt: skip
     qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
     return _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
 
 @triton.jit
-def _gather_kv(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len):
+def _gather_kv(
+    k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, table_row, stride_kp, stride_vp,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+):  # fmt: skip
     """K and V rows at arbitrary positions ``keys`` [BLOCK_N] (gathered columns), zeros out of range."""
-    k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
-    v_ptrs = v_base + keys[:, None].to(tl.int64) * stride_vs + offs_d[None, :]
+    if PAGED:
+        page = keys // PAGE_SIZE  # [BLOCK_N] logical page of each key
+        phys = tl.load(table_row + page, mask=keys < kv_len, other=0).to(tl.int64)  # [BLOCK_N]
+        row = (keys - page * PAGE_SIZE).to(tl.int64)
+        k_ptrs = k_base + (phys * stride_kp + row * stride_ks)[:, None] + offs_d[None, :]
+        v_ptrs = v_base + (phys * stride_vp + row * stride_vs)[:, None] + offs_d[None, :]
+    else:
+        k_ptrs = k_base + keys[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
+        v_ptrs = v_base + keys[:, None].to(tl.int64) * stride_vs + offs_d[None, :]
     inside = keys[:, None] < kv_len
     k = tl.load(k_ptrs, mask=inside, other=0.0)
     v = tl.load(v_ptrs, mask=inside, other=0.0)
@@ -188,6 +231,12 @@ def _sparse_fwd_kernel(
     PACK: tl.constexpr,
     FULL_RUNS: tl.constexpr,
     Q_IN_REGISTERS: tl.constexpr,
+    BLOCK_TABLE=None,  # [B, pages] int32 physical page of each logical page (PAGED only)
+    stride_tb=0,
+    stride_kp=0,  # K/V page strides (PAGED only); stride_kb, stride_vb are then unread
+    stride_vp=0,
+    PAGE_SIZE: tl.constexpr = 0,
+    PAGED: tl.constexpr = False,
 ):
     WORDS: tl.constexpr = BLOCK_N // 32
     ROWS: tl.constexpr = PACK * BLOCK_M  # query rows of a program: PACK heads x BLOCK_M positions
@@ -230,8 +279,14 @@ def _sparse_fwd_kernel(
         q_ptrs = Q + b * stride_qb + head_r[:, None] * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
         q = tl.load(q_ptrs, mask=in_q[:, None], other=0.0)  # [ROWS, HEAD_DIM]
     kv_head = h // group
-    k_base = K + b * stride_kb + kv_head * stride_kh
-    v_base = V + b * stride_vb + kv_head * stride_vh
+    if PAGED:
+        k_base = K + kv_head * stride_kh  # pages hold every sequence: the batch is in the block table
+        v_base = V + kv_head * stride_vh
+        table_row = BLOCK_TABLE + b * stride_tb
+    else:
+        k_base = K + b * stride_kb + kv_head * stride_kh
+        v_base = V + b * stride_vb + kv_head * stride_vh
+        table_row = BLOCK_TABLE  # unread
 
     k_offs = offs_n[:, None] * stride_ks + offs_d[None, :]  # [BLOCK_N, HEAD_DIM] int32, within a block
     v_offs = offs_n[:, None] * stride_vs + offs_d[None, :]
@@ -259,14 +314,16 @@ def _sparse_fwd_kernel(
                 base = tl.where(i < a_end, a_base, b_base)
                 acc, l_i, m_i = _full_step(
                     acc, l_i, m_i, q, (base + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                    V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, table_row, stride_kp, stride_vp,
+                    EVEN_KV, USE_TMA, PAGED, PAGE_SIZE,
                 )  # fmt: skip
         idx_lo = b_end
     if idx_lo < f_hi:
         for i in tl.range(idx_lo, f_hi, num_stages=NUM_STAGES):
             acc, l_i, m_i = _full_step(
                 acc, l_i, m_i, q, tl.load(full_row + i) * BLOCK_N, offs_n, k_base, v_base, k_offs, v_offs, K_DESC,
-                V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, EVEN_KV, USE_TMA,
+                V_DESC, desc_row0, stride_ks, stride_vs, kv_len, qk_scale, table_row, stride_kp, stride_vp,
+                EVEN_KV, USE_TMA, PAGED, PAGE_SIZE,
             )  # fmt: skip
 
     # PARTIAL tiles, by index. (Reading their ids ahead in one vector load, as FULL runs avoid index
@@ -282,7 +339,7 @@ def _sparse_fwd_kernel(
             acc, l_i, m_i = _partial_step(
                 acc, l_i, m_i, q, tl.load(part_row + j) * BLOCK_N, tl.load(mid_row + j), TILE_MASKS, words_offs,
                 shifts, offs_n, k_base, v_base, k_offs, v_offs, K_DESC, V_DESC, desc_row0, stride_ks, stride_vs,
-                kv_len, qk_scale, BLOCK_M, BLOCK_N, EVEN_KV, USE_TMA,
+                kv_len, qk_scale, table_row, stride_kp, stride_vp, BLOCK_M, BLOCK_N, EVEN_KV, USE_TMA, PAGED, PAGE_SIZE,
             )  # fmt: skip
 
     # Gathered columns, done once per row by the chunk that ends it. The constexpr test stays apart
@@ -298,7 +355,10 @@ def _sparse_fwd_kernel(
                 cols = tl.load(col_row + slots, mask=valid, other=0)  # [BLOCK_N]
                 keep = valid[None, :] & (cols[None, :] <= q_pos[:, None])  # [ROWS, BLOCK_N]
                 cols = tl.where(valid, cols, kv_len)  # padding reads nothing
-                k, v = _gather_kv(k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len)
+                k, v = _gather_kv(
+                    k_base, v_base, cols, offs_d, stride_ks, stride_vs, kv_len, table_row, stride_kp, stride_vp,
+                    PAGED, PAGE_SIZE,
+                )  # fmt: skip
                 qk = tl.where(keep, tl.dot(q, tl.trans(k)), float("-inf"))
                 acc, l_i, m_i = _update(acc, l_i, m_i, qk, v, qk_scale, True)
 
