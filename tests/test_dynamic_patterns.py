@@ -184,6 +184,19 @@ def test_backends_on_estimate_match_oracle(impl, which):
     assert_close_to_oracle(out, lse, q, k, v, concrete.to_dense(192, 192).unsqueeze(0))
 
 
+@pytest.mark.parametrize("block", [32, 128])
+def test_estimate_passed_to_sparse_attention_runs_on_its_own_tiles(block):
+    """No tile size chosen: the Triton path takes the estimate's tiles (32 and 128 differ from its default)."""
+    from sparseattn.attention import default_block_size
+
+    q, k = _qk(11, 4, 2, 256, 256, dim=32)
+    v = torch.randn_like(k)
+    concrete = VerticalSlash(35, 101, block_size=block).estimate(q, k)
+    assert default_block_size("triton", 32, q.dtype, concrete, 256, 256, group=2) == (block, block)
+    out, lse = sparse_attention(q, k, v, concrete, impl="triton", return_lse=True)
+    assert_close_to_oracle(out, lse, q, k, v, concrete.to_dense(256, 256).unsqueeze(0))
+
+
 # ---------------------------------------------------------------- parameters, repr, configs
 @pytest.mark.parametrize(
     "pattern",
