@@ -14,3 +14,18 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(1)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """All skips in one line, grouped by reason (most frequent first), instead of a bare 's' each."""
+    from collections import Counter
+
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.write_line(
+            f"skipped {sum(reasons.values())}: " + "; ".join(f"{n} x {r}" for r, n in reasons.most_common())
+        )
