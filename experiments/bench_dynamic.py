@@ -2,9 +2,12 @@
 
 One run: correctness checks first (fast estimator == slow reference, Triton/Flex on the estimated layout ==
 oracle, no host synchronisation from estimate to attention output), then timings (``triton.testing.do_bench`` medians):
-estimate + lower, the shared Triton kernel on the layout, FlexAttention compiled on the identical layout,
-and dense cuDNN SDPA. Writes ``dynamic_bench.json`` and ``.md`` to ``--out`` (default: a fresh folder,
-outputs/bench_dynamic/<time>; ``--out experiments/results`` updates the committed results).
+estimate + lower, the shared Triton kernel on the layout, FlexAttention compiled on the identical layout
+(Flex as written, on the pattern's own ``to_mask_mod()``, is "n/a (layout path)": an estimated pattern has no
+analytic predicate), and dense cuDNN SDPA. MInference's vertical-slash kernel is reported absent where its
+CUDA extension (``minference.cuda``) is not built, as here. Writes ``dynamic_bench.json`` and ``.md`` to
+``--out`` (default: a fresh folder, outputs/bench_dynamic/<time>; ``--out experiments/results`` updates the
+committed results).
 
 Inputs are synthetic but structured like a long-context LLM (`harness.structured_qkv`; random q/k alone
 give near-uniform attention, hence a near-dense vertical-slash estimate): keys and queries share one

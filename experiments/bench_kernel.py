@@ -2,8 +2,13 @@
 
 For each pattern and length: lower the pattern on the GPU (timed), check the kernel against an fp32
 reference on two blocks of query rows, then time with ``triton.testing.do_bench`` (median) the kernel
-with and without load balancing, FlexAttention compiled on the identical layout (its mask build timed
-separately), and, once per length, cuDNN SDPA and the SDPA flash backend on dense causal attention.
+with and without load balancing, FlexAttention compiled two ways (its mask build timed separately): as
+its users write it (`harness.flex_as_written`: ``create_block_mask`` on the pattern's own
+``to_mask_mod()``, default tiles) and on the identical layout (``layout.to_flex()``), the authors' kernel
+where ``.peers/`` holds one for the pattern (MInference's ``tri_shape_kernel`` for `Triangle`,
+``streaming_forward`` for `Streaming`; ``experiments/stage_peers.sh``), and, once per length, cuDNN SDPA
+and the SDPA flash backend on dense causal attention. At the smallest length each peer's output is
+compared with ours (max difference).
 
     python experiments/bench_kernel.py                       # everything, into outputs/bench_kernel/<time>
     python experiments/bench_kernel.py out_dir=experiments/results   # the same, updating the committed results
@@ -24,13 +29,13 @@ from pathlib import Path
 
 import hydra
 import torch
-from harness import measure_dynamic, portable
+from harness import LAYOUT_PATH, flex_as_written, flex_attend, measure_dynamic, peer_module, portable
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
 from sparseattn.eval.provenance import output_dir
 from sparseattn.lowering import lower
-from sparseattn.patterns import PerHead
+from sparseattn.patterns import Pattern, PerHead, Streaming, Triangle
 
 
 def log(msg: str) -> None:
@@ -151,7 +156,6 @@ def tile_shape(cfg, name, pattern, length, dtype) -> tuple[int, int]:
 def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict:
     from sparseattn.kernels.attention.config import default_config
     from sparseattn.kernels.attention.launch import triton_sparse_attention
-    from sparseattn.kernels.flex import flex_sparse_attention
     from sparseattn.kernels.planning.work_list import work_list
 
     rec: dict = {"pattern": name, "length": length}
@@ -171,6 +175,8 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
     out, _ = triton_sparse_attention(q, k, v, layout, config=config)
     rec["max_err"] = check_rows(cfg, pattern, q, k, v, out)
     rec["ok"] = rec["max_err"] <= cfg.check_atol
+    # The peers' outputs are compared with ours at the smallest length.
+    ours = out if length == min(cfg.lengths) else None
     del out
     rec["triton_ms"] = bench(lambda: triton_sparse_attention(q, k, v, layout, config=config))
     rec["triton_plain_ms"] = bench(
@@ -186,24 +192,101 @@ def run_pattern(cfg, name, pattern, length, q, k, v, dense, config=None) -> dict
         rec["device_speedup_vs_cudnn_dense"] = dense["cudnn_device_ms"] / rec["triton_device_ms"]
     if length <= cfg.flex_max_len:
         try:
-            rec["flex_mask_ms"], block_mask = timed(layout.to_flex, repeats=1)
-            options = None
-            start = time.perf_counter()
-            try:
-                flex_sparse_attention(q, k, v, block_mask)
-            except Exception:  # Flex's default tiles can exceed shared memory with D=128 (seen on H200)
-                options = dict(cfg.flex_fallback_options)
-                flex_sparse_attention(q, k, v, block_mask, kernel_options=options)
-                rec["flex_kernel_options"] = options
-            torch.cuda.synchronize()
-            rec["flex_first_call_s"] = time.perf_counter() - start
-            rec["flex_ms"] = bench(lambda: flex_sparse_attention(q, k, v, block_mask, kernel_options=options))
-            rec["speedup_vs_flex"] = rec["flex_ms"] / rec["triton_ms"]
-            del block_mask
-        except Exception as exc:  # a baseline failing (OOM, compile error) must not end the run
-            rec["flex_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            build = flex_as_written(pattern, length, length, cfg.batch)
+        except NotImplementedError:
+            rec["flex_written"] = LAYOUT_PATH
+        else:
+            flex_column(cfg, rec, "flex_written", build, flex_attend, q, k, v, ours)
+        flex_column(cfg, rec, "flex", layout.to_flex, flex_on_layout, q, k, v, ours)
+    authors_column(cfg, rec, pattern, q, k, v, ours)
+    del ours
     torch.cuda.empty_cache()
     return rec
+
+
+def flex_on_layout(q, k, v, block_mask, kernel_options):
+    """FlexAttention compiled on ``layout.to_flex()``: tiles matched to the layout's blocks below 128."""
+    from sparseattn.kernels.flex import flex_sparse_attention
+
+    return flex_sparse_attention(q, k, v, block_mask, kernel_options=kernel_options)[0]
+
+
+def flex_column(cfg, rec, prefix, build, attend, q, k, v, ours) -> None:
+    """One FlexAttention column of ``rec``, its keys under ``prefix``: ``{prefix}_mask_ms`` (median of three
+    ``build()`` calls after an untimed one, which compiles ``create_block_mask`` on the as-written path),
+    ``{prefix}_first_call_s`` (Flex's compilation), ``{prefix}_ms`` (do_bench median of
+    ``attend(q, k, v, block_mask, kernel_options)``) and ``speedup_vs_{prefix}``; ``{prefix}_max_err``
+    against ``ours`` where given. Flex's default tiles, or ``cfg.flex_fallback_options`` (recorded as
+    ``{prefix}_kernel_options``) where they fail to compile. A failure is recorded, never raised."""
+    try:
+        build()
+        rec[f"{prefix}_mask_ms"], block_mask = timed(build)
+        options = None
+        start = time.perf_counter()
+        try:
+            res = attend(q, k, v, block_mask, options)
+        except Exception:  # Flex's default tiles can exceed shared memory with D=128 (seen on H200)
+            options = dict(cfg.flex_fallback_options)
+            res = attend(q, k, v, block_mask, options)
+            rec[f"{prefix}_kernel_options"] = options
+        torch.cuda.synchronize()
+        rec[f"{prefix}_first_call_s"] = time.perf_counter() - start
+        if ours is not None:
+            rec[f"{prefix}_max_err"] = float((res.float() - ours.float()).abs().max())
+        del res
+        rec[f"{prefix}_ms"] = bench(lambda: attend(q, k, v, block_mask, options))
+        rec[f"speedup_vs_{prefix}"] = rec[f"{prefix}_ms"] / rec["triton_ms"]
+    except Exception as exc:  # a baseline failing (OOM, compile error) must not end the run
+        rec[f"{prefix}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def authors_kernel(pattern: Pattern):
+    """The authors' kernel for ``pattern`` as ``(fn(q, k, v) or None, what it is or why it is missing)``,
+    with k and v repeated to the query heads as its API requires; None where no peer kernel computes the
+    pattern. TriangleMix's ``tri_shape_kernel`` for `Triangle` (n_init = sink, n_local = window,
+    n_last = last) and StreamingLLM's ``streaming_forward`` for `Streaming` (n_init = sink, n_local =
+    window), both from MInference's ``minference/ops/streaming_kernel.py`` staged in ``.peers/``."""
+    if not (isinstance(pattern, Streaming) or (isinstance(pattern, Triangle) and pattern.last > 0)):
+        return None
+    module, why = peer_module("minference.ops.streaming_kernel")
+    if module is None:
+        return None, why
+    if isinstance(pattern, Triangle):
+        config = {"attn_forward_config": {"n_init": pattern.sink, "n_local": pattern.window, "n_last": pattern.last}}
+        return (lambda q, k, v: module.tri_shape_kernel(q, k, v, config)), f"tri_shape_kernel, {why}"
+    return (
+        lambda q, k, v: module.streaming_forward(q, k, v, pattern.sink, pattern.window)
+    ), f"streaming_forward, {why}"
+
+
+def authors_column(cfg, rec, pattern, q, k, v, ours) -> None:
+    """The authors' kernel for ``pattern`` (`authors_kernel`) into ``rec``: ``authors`` (what ran, or why
+    none did), ``authors_ms`` (do_bench median, k and v repeated to the query heads beforehand, outside
+    the timing), ``speedup_vs_authors`` and, where ``ours`` is given, ``authors_max_err``. Its first call
+    per length is untimed and unchecked: it autotunes, and the autotuner's reruns of a kernel that
+    accumulates in place may leave that call's output wrong.
+    A failure (e.g. on this Triton) is recorded as ``authors_error``, never raised."""
+    import triton
+
+    peer = authors_kernel(pattern)
+    if peer is None:
+        return
+    fn, rec["authors"] = peer
+    if fn is None:
+        return
+    group = cfg.heads // cfg.kv_heads
+    kr, vr = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    try:
+        fn(q, kr, vr)
+        res = fn(q, kr, vr)
+        torch.cuda.synchronize()
+        if ours is not None:
+            rec["authors_max_err"] = float((res.float() - ours.float()).abs().max())
+        del res
+        rec["authors_ms"] = bench(lambda: fn(q, kr, vr))
+        rec["speedup_vs_authors"] = rec["authors_ms"] / rec["triton_ms"]
+    except Exception as exc:  # the authors' code failing (on this Triton, OOM) must not end the run
+        rec["authors_error"] = f"fails on triton {triton.__version__}: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def run_sweep(cfg, pats) -> list[dict]:
@@ -261,6 +344,16 @@ def render(data: dict, out_dir: Path) -> None:
         "- `device` columns replay the call back to back from a CUDA graph (`do_bench_cudagraph`, median): "
         "device time without the host's time to enqueue the call, which do_bench also times whenever the host "
         "falls behind a short call (short_prompt_launch.md), and without do_bench's L2 flush between calls",
+        "- `Flex (as written)`: FlexAttention as its users write it, `torch.compile(flex_attention)` with "
+        "`enable_gqa=True` on `create_block_mask(pattern.to_mask_mod(L, L), B, H, L, L)` (H = None for a "
+        "head-independent pattern; create_block_mask compiled, Flex's default 128 x 128 blocks and tiles); "
+        f"`{LAYOUT_PATH}` for a pattern without an analytic predicate. `Flex (identical layout)`: FlexAttention "
+        "compiled on `layout.to_flex()`, our tiles and bitmaps through a table-reading mask_mod (its slow path). "
+        "`mask ms`: median of three block-mask builds after an untimed one (which compiles)",
+        "- `authors' kernel`: the authors' own code in the same run, from `.peers/` (experiments/stage_peers.sh): "
+        "MInference's `tri_shape_kernel` (TriangleMix) for triangle, `streaming_forward` for streaming, k and v "
+        "repeated to the query heads outside the timing as their API requires; `—` where no authors' kernel "
+        "computes the pattern",
         "",
         "## Dense baselines (causal)",
         "",
@@ -280,14 +373,24 @@ def render(data: dict, out_dir: Path) -> None:
         "",
         "| pattern | length | tiles | pairs/causal | ok (max err) | ours ms | plain ms | balance gain | TFLOP/s "
         "| of dense | vs cuDNN dense | device ms | of dense (device) | vs cuDNN (device) "
-        "| Flex ms | vs Flex | Flex mask ms | lower ms | lower share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Flex (as written) ms | vs Flex (as written) | Flex (as written) mask ms "
+        "| Flex (identical layout) ms | vs Flex (identical layout) | Flex (identical layout) mask ms "
+        "| authors' kernel ms | vs authors' | lower ms | lower share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     dense_tflops = {r["length"]: r for r in records if r["pattern"] == "causal"}
     for r in records:
 
         def f(key, fmt="{:.3f}", r=r):
             return fmt.format(r[key]) if key in r else "—"
+
+        def peer(key, prefix, fmt="{:.3f}", why=False, r=r):
+            """A peer's cell: its figure, else "failed", else (``why``) the reason it has none: n/a, absent."""
+            if key in r:
+                return fmt.format(r[key])
+            if f"{prefix}_error" in r:
+                return "failed"
+            return r.get(prefix, "—") if why else "—"
 
         def share(key, r=r):
             dense_rec = dense_tflops.get(r["length"], {})
@@ -298,9 +401,14 @@ def render(data: dict, out_dir: Path) -> None:
             f"({r['max_err']:.1e}) | {r['triton_ms']:.3f} | {r['triton_plain_ms']:.3f} | "
             f"{r['triton_plain_ms'] / r['triton_ms']:.2f}x | {r['tflops']:.0f} | {share('tflops')} | "
             f"{f('speedup_vs_cudnn_dense', '{:.2f}x')} | {f('triton_device_ms')} | {share('device_tflops')} | "
-            f"{f('device_speedup_vs_cudnn_dense', '{:.2f}x')} | {f('flex_ms')} | {f('speedup_vs_flex', '{:.2f}x')} | "
-            f"{f('flex_mask_ms', '{:.1f}')} | {r['lower_ms']:.1f} | {r['lower_ms'] / r['triton_ms']:.1%} |"
+            f"{f('device_speedup_vs_cudnn_dense', '{:.2f}x')} | {peer('flex_written_ms', 'flex_written', why=True)} "
+            f"| {peer('speedup_vs_flex_written', 'flex_written', '{:.2f}x')} "
+            f"| {peer('flex_written_mask_ms', 'flex_written', '{:.1f}')} | {peer('flex_ms', 'flex')} "
+            f"| {peer('speedup_vs_flex', 'flex', '{:.2f}x')} | {peer('flex_mask_ms', 'flex', '{:.1f}')} "
+            f"| {peer('authors_ms', 'authors', why=True)} | {peer('speedup_vs_authors', 'authors', '{:.2f}x')} "
+            f"| {r['lower_ms']:.1f} | {r['lower_ms'] / r['triton_ms']:.1%} |"
         )
+    lines += peer_notes(records)
     if data.get("sweep"):
         lines += [
             "",
@@ -344,25 +452,73 @@ def render(data: dict, out_dir: Path) -> None:
     fig.savefig(out_dir / "kernel_bench.png", dpi=120)
 
 
+def peer_notes(records: list[dict]) -> list[str]:
+    """The peers' agreement with our output (max |difference|, at the smallest length), the authors'
+    kernels (source, or why absent), the Flex tiles used where Flex's defaults failed, and failures."""
+    lines = []
+    checked = [r for r in records if any(key.endswith("max_err") and key != "max_err" for key in r)]
+    if checked:
+        lines += [
+            "",
+            f"## Peers against ours at {checked[0]['length']} tokens (max |difference| of the outputs, bf16)",
+            "",
+            "| pattern | ours vs fp32 reference | Flex (as written) | Flex (identical layout) | authors' kernel |",
+            "|---|---|---|---|---|",
+        ]
+        for r in checked:
+            err = lambda key, r=r: f"{r[key]:.1e}" if key in r else "—"
+            lines.append(
+                f"| {r['pattern']} | {r['max_err']:.1e} | {err('flex_written_max_err')} | {err('flex_max_err')} "
+                f"| {err('authors_max_err')} |"
+            )
+    notes = {}
+    for r in records:
+        if "authors" in r:
+            notes.setdefault(f"{r['pattern']}: authors' kernel {r['authors']}", None)
+        for prefix, column in (("flex_written", "Flex (as written)"), ("flex", "Flex (identical layout)")):
+            if f"{prefix}_kernel_options" in r:
+                notes.setdefault(
+                    f"{r['pattern']} L={r['length']}: {column} failed on Flex's default tiles, "
+                    f"ran with kernel_options={r[f'{prefix}_kernel_options']}",
+                    None,
+                )
+        for prefix, column in (("flex_written", "Flex (as written)"), ("flex", "Flex (identical layout)"), ("authors", "authors' kernel")):  # fmt: skip
+            if f"{prefix}_error" in r:
+                notes.setdefault(f"{r['pattern']} L={r['length']}: {column} failed: {r[f'{prefix}_error']}", None)
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    return lines
+
+
 def dynamic_section(dyn: dict) -> list[str]:
     """Markdown rows for the dynamic patterns (their full report is dynamic_bench.md)."""
     t, n = dyn["timings_ms"], dyn["shape"]["seq_len"]
     dense = t.get("dense_cudnn_sdpa_causal") or float("nan")
+
+    def as_written(tag):
+        """The Flex (as written) cell: why there is none (an estimated pattern has no mask_mod), else its ms."""
+        what = dyn.get("flex_as_written", {}).get(tag, "—")
+        if what not in t:
+            return what
+        return "failed" if t[what] is None else f"{t[what]:.2f}"
+
     lines = [
         "",
         f"## Dynamic patterns at {n} tokens (estimated per call, structured synthetic q/k; detail: dynamic_bench.md)",
         "",
-        "| pattern | estimate + lower ms | attention ms | end to end ms | overhead | Flex ms (identical layout) "
-        "| vs Flex | Flex mask ms | cuDNN dense ms | end to end vs cuDNN dense |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | estimate + lower ms | attention ms | end to end ms | overhead | Flex (as written) "
+        "| Flex (identical layout) ms | vs Flex (identical layout) | Flex (identical layout) mask ms "
+        "| authors' kernel | cuDNN dense ms | end to end vs cuDNN dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tag in ("vertical_slash", "block_topk"):
         get = lambda key, tag=tag: t.get(f"{tag}_{key}") or float("nan")
         lines.append(
             f"| {tag} | {get('estimate_and_lower'):.2f} | {get('triton'):.2f} | {get('end_to_end'):.2f} "
-            f"| {100 * (get('end_to_end') / get('triton') - 1):.1f}% | {get('flex'):.2f} "
-            f"| {get('flex') / get('triton'):.2f}x | {get('flex_blockmask_build'):.1f} | {dense:.1f} "
-            f"| {dense / get('end_to_end'):.1f}x |"
+            f"| {100 * (get('end_to_end') / get('triton') - 1):.1f}% "
+            f"| {as_written(tag)} | {get('flex'):.2f} "
+            f"| {get('flex') / get('triton'):.2f}x | {get('flex_blockmask_build'):.1f} "
+            f"| {dyn.get('authors', {}).get(tag, '—')} | {dense:.1f} | {dense / get('end_to_end'):.1f}x |"
         )
     lines += ["", "Checks: " + ", ".join(f"{k} {v}" for k, v in dyn["checks"].items())]
     return lines
@@ -379,6 +535,7 @@ def main(cfg: DictConfig) -> None:
     shape = {key: cfg[key] for key in ("batch", "heads", "kv_heads", "head_dim", "dtype")}
     data = {"env": environment(command.strip()), "shape": shape, "records": [], "dense": {}}
     pats = build_patterns(cfg)
+    log(f"authors' kernels (TriangleMix, StreamingLLM): {peer_module('minference.ops.streaming_kernel')[1]}")
     # Flex recompiles per length and per block-mask shape; the default limit (8) would drop it to eager.
     torch._dynamo.config.recompile_limit = 64
 
@@ -419,8 +576,16 @@ def main(cfg: DictConfig) -> None:
                 f"plain={rec['triton_plain_ms']:.3f} tflops={rec['tflops']:.0f} "
                 f"x_cudnn={rec.get('speedup_vs_cudnn_dense', float('nan')):.2f} flex={rec.get('flex_ms', float('nan')):.3f} "
                 f"x_flex={rec.get('speedup_vs_flex', float('nan')):.2f} lower={rec['lower_ms']:.1f}ms "
-                f"flexmask={rec.get('flex_mask_ms', float('nan')):.1f}ms {rec.get('flex_error', '')}"
+                f"flexmask={rec.get('flex_mask_ms', float('nan')):.1f}ms {rec.get('flex_error', '')} "
+                f"flex_as_written={rec.get('flex_written_ms', rec.get('flex_written', float('nan')))} "
+                f"x_flex_as_written={rec.get('speedup_vs_flex_written', float('nan')):.2f} "
+                f"mask={rec.get('flex_written_mask_ms', float('nan')):.1f}ms {rec.get('flex_written_error', '')} "
+                f"authors={rec.get('authors_ms', rec.get('authors', '—'))} "
+                f"x_authors={rec.get('speedup_vs_authors', float('nan')):.2f} {rec.get('authors_error', '')}"
             )
+            for key in ("flex_written_max_err", "flex_max_err", "authors_max_err"):
+                if key in rec:
+                    log(f"{name:10s} L={length:7d} {key.removesuffix('_max_err')} vs ours: max err {rec[key]:.1e}")
         del q, k, v
         torch.cuda.empty_cache()
     if cfg.dynamic_length:

@@ -5,6 +5,8 @@
   reference, TFLOP/s over computed tiles, timing in rounds, variant tables.
 - Dynamic patterns: structured synthetic q/k (`structured_qkv`) and the dynamic benchmark itself
   (`measure_dynamic`, which ``bench_dynamic.py`` runs alone and ``bench_kernel.py`` beside the kernel's).
+- The peers: FlexAttention as its users write it (`flex_as_written`, `flex_attend`) and the authors'
+  kernels staged into ``.peers/`` by ``experiments/stage_peers.sh`` (`peer_module`).
 - Lowering: wall-time medians (`wall_median`) and the row-segment variants timed per device.
 - Layouts rebuilt with every tile FULL or every tile PARTIAL (`remasked`).
 - The record of a run: date, GPU, versions and the command line (`run_meta`, `portable`).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import importlib
 import json
 import os
 import platform
@@ -26,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import triton
@@ -268,6 +272,57 @@ LOWERING_VARIANTS = {
 
 # Our dynamic layouts use 64 x 64 tiles; compiled Flex must be told to tile the same way.
 FLEX_64 = {"BLOCK_M": 64, "BLOCK_N": 64}
+# The Flex (as written) cell of a pattern without an analytic predicate (`Pattern.to_mask_mod`).
+LAYOUT_PATH = "n/a (layout path)"
+
+
+@functools.cache
+def _compiled_flex_api() -> tuple[Callable, Callable]:
+    """``torch.compile(create_block_mask)`` and ``torch.compile(flex_attention)``, once per process.
+
+    Both compiled with ``dynamic=False`` as PyTorch's examples do; create_block_mask compiled as PyTorch
+    advises for long sequences (eager, it materialises the whole q x kv mask: 128 GiB of int64 at 128K)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    return torch.compile(create_block_mask, dynamic=False), torch.compile(flex_attention, dynamic=False)
+
+
+def flex_as_written(pattern: Pattern, q_len: int, kv_len: int, batch: int, device: str = "cuda") -> Callable:
+    """How a FlexAttention user builds ``pattern``'s block mask: a builder of
+    ``create_block_mask(pattern.to_mask_mod(q_len, kv_len), batch, H, q_len, kv_len, device=device)``
+    with ``H = pattern.num_heads`` (None when the pattern is head-independent), Flex's default 128 x 128
+    blocks. The mask_mod is built once, so repeated builds reuse one compiled graph. Raises
+    `NotImplementedError` for a pattern without an analytic predicate (`LAYOUT_PATH`)."""
+    mask_mod = pattern.to_mask_mod(q_len, kv_len)
+    create_block_mask = _compiled_flex_api()[0]
+    return lambda: create_block_mask(mask_mod, batch, pattern.num_heads, q_len, kv_len, device=device)
+
+
+def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, kernel_options=None) -> torch.Tensor:
+    """Compiled ``flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)`` as its users call it:
+    the output only, Flex's default tiles unless ``kernel_options`` are given."""
+    return _compiled_flex_api()[1](q, k, v, block_mask=block_mask, enable_gqa=True, kernel_options=kernel_options)
+
+
+PEERS = EXPERIMENTS.parent / ".peers"
+
+
+def peer_module(name: str) -> tuple[ModuleType | None, str]:
+    """The authors' module ``name`` (e.g. ``minference.ops.streaming_kernel``) from ``.peers/``, where
+    ``experiments/stage_peers.sh`` copies MInference's kernels, with where it came from; or None and why
+    not (not staged, MInference's CUDA extension missing, or an import failing on this Triton)."""
+    if not (PEERS / "minference").is_dir():
+        return None, "absent (.peers/ not staged: experiments/stage_peers.sh)"
+    if str(PEERS) not in sys.path:
+        sys.path.insert(0, str(PEERS))
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:
+        if getattr(exc, "name", None) == "minference.cuda":
+            return None, "absent: needs MInference's CUDA extension (minference.cuda)"
+        return None, f"fails to import on triton {triton.__version__}: {type(exc).__name__}: {str(exc)[:200]}"
+    source = (PEERS / "SOURCE").read_text().strip() if (PEERS / "SOURCE").exists() else "source unrecorded"
+    return module, f"{name} ({source})"
 
 
 def structured_qkv(heads, kv_heads, length, dim, seed=0, device="cuda", dtype=torch.bfloat16):
@@ -306,6 +361,10 @@ def measure_dynamic(length: int, out: Path, *, skip_flex: bool, command: str) ->
         "checks": {},
         "timings_ms": {},
         "layouts": {},
+        # FlexAttention as its users write it (create_block_mask on the pattern's own mask_mod): an estimated
+        # pattern has no analytic predicate, so only the identical-layout figure ({tag}_flex) exists.
+        "flex_as_written": {},
+        "authors": {},
     }
     vs = VerticalSlash(vertical=512, slash=2048)
     bt = BlockTopK(topk=64)
@@ -407,12 +466,27 @@ def measure_dynamic(length: int, out: Path, *, skip_flex: bool, command: str) ->
             except Exception as exc:
                 result["checks"][f"flex_{tag}"] = f"FAIL: {type(exc).__name__}: {str(exc)[:300]}"
                 traceback.print_exc()
+            try:
+                build = flex_as_written(concrete, n, n, 1)
+            except NotImplementedError:
+                result["flex_as_written"][tag] = LAYOUT_PATH
+            else:
+                block_mask = build()
+                timed(f"{tag}_flex_as_written", lambda mask=block_mask: flex_attend(q, k, v, mask), warmup=2, rep=20)
+                result["flex_as_written"][tag] = f"{tag}_flex_as_written"
+                del block_mask
+            print(f"{tag} Flex (as written): {result['flex_as_written'][tag]}", flush=True)
         if times.get(f"{tag}_triton") and times.get(f"{tag}_estimate_and_lower"):
             result[f"{tag}_overhead_fraction"] = times[f"{tag}_estimate_and_lower"] / times[f"{tag}_triton"]
         if times.get(f"{tag}_triton") and times.get(f"{tag}_end_to_end"):
             result[f"{tag}_end_to_end_overhead_fraction"] = times[f"{tag}_end_to_end"] / times[f"{tag}_triton"] - 1
         del layout, concrete
         torch.cuda.empty_cache()
+
+    # The authors' vertical-slash kernel: MInference's Triton kernel, whose index builder is CUDA C++.
+    module, why = peer_module("minference.ops.pit_sparse_flash_attention_v2")
+    result["authors"]["vertical_slash"] = why if module is None else f"{why}: imports, not timed by this benchmark"
+    print(f"vertical_slash authors' kernel: {result['authors']['vertical_slash']}", flush=True)
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         timed(
@@ -435,6 +509,16 @@ def measure_dynamic(length: int, out: Path, *, skip_flex: bool, command: str) ->
         "",
     ] + [f"- {k}: {v}" for k, v in result["checks"].items()]
     lines += ["", "## Layouts", ""] + [f"- {k}: {json.dumps(v)}" for k, v in result["layouts"].items()]
+    lines += [
+        "",
+        "## Peers",
+        "",
+        "- Flex (identical layout): `{tag}_flex` below, FlexAttention compiled on `layout.to_flex()` (the estimated "
+        "layout's bitmaps, 64 x 64 tiles), its block mask build `{tag}_flex_blockmask_build`",
+        "- Flex (as written), `create_block_mask` on the pattern's own `to_mask_mod()`: "
+        + ("; ".join(f"{tag} {v}" for tag, v in result["flex_as_written"].items()) or "skipped (--skip-flex)"),
+        "- authors' kernels: " + "; ".join(f"{tag} {v}" for tag, v in result["authors"].items()),
+    ]
     lines += ["", "## Timings (median ms)", "", "| what | ms |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" if v is not None else f"| {k} | failed |" for k, v in times.items()]
     for tag in ("vertical_slash", "block_topk"):
