@@ -13,6 +13,7 @@ from sparseattn.estimation.minference_config import from_minference_json, load_y
 from sparseattn.estimation.mixed_heads import MixedHeads
 from sparseattn.estimation.vertical_slash import VerticalSlash
 from sparseattn.estimation.vs_indices import VerticalSlashIndices
+from sparseattn.estimation.vs_mass import VerticalSlashMass
 
 __all__ = [
     "BlockMass",
@@ -22,6 +23,7 @@ __all__ = [
     "MixedHeads",
     "VerticalSlash",
     "VerticalSlashIndices",
+    "VerticalSlashMass",
     "from_minference_json",
     "load_yaml",
     "to_yaml",

@@ -7,39 +7,68 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from sparseattn.estimation.block_topk import BlockTopK, BlockTopKTiles, reachable_blocks
-from sparseattn.estimation.budgets import check_int, check_qk
+from sparseattn.estimation.budgets import Threshold, check_int, check_qk, check_threshold, per_head_tensor
 
-Threshold = float | tuple[float, ...]
+ESTIMATORS = ("pooled", "sampled")
+CHUNK_ELEMENTS = 1 << 27  # fp32 probabilities held at once by `sampled_block_shares` (512 MiB)
 
 
-def _check_threshold(value: object) -> Threshold:
-    """A share in (0, 1] for every head, or one per head (lists, OmegaConf lists accepted and frozen)."""
+def sampled_rows(q_len: int, block: int, samples: int, device: torch.device) -> Tensor:
+    """``[QB, samples]`` query indices sampled from each block: ``first + ceil((j + 1) L / samples) - 1``."""
+    first = torch.arange(-(-q_len // block), device=device).view(-1, 1) * block
+    rows_in = torch.clamp(q_len - first, max=block)
+    j = torch.arange(samples, device=device).view(1, -1)
+    return first + ((j + 1) * rows_in + samples - 1) // samples - 1
 
-    def one(name: str, v: object) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-            raise ValueError(f"{name}: expected a share of the attention mass in (0, 1], got {v!r}")
-        return float(v)
 
-    if isinstance(value, (int, float)):
-        return one("threshold", value)
-    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
-        values = list(value)
-        if not values:
-            raise ValueError("threshold: expected a float or one float per head, got an empty sequence")
-        return tuple(one(f"threshold[{h}]", v) for h, v in enumerate(values))
-    raise ValueError(f"threshold: expected a float or one float per head, got {value!r}")
+def sampled_block_shares(q: Tensor, k: Tensor, block: int, samples: int) -> Tensor:
+    """``[Hq, QB, KB]`` fp32: mean over each query block's sampled rows of the softmax mass per key block.
+
+    Rows go in chunks of query blocks (at most `CHUNK_ELEMENTS` probabilities at a time); the chunks are
+    fixed by the shapes, so nothing waits for the device. GQA reads kv head ``h // (Hq // Hkv)``.
+    """
+    heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    group, scale = heads // kv_heads, 1.0 / math.sqrt(dim)
+    qb_dim, kb_dim = -(-q_len // block), -(-kv_len // block)
+    rows = sampled_rows(q_len, block, samples, q.device)  # [QB, s]
+    keys = k[0].float().transpose(-1, -2)  # [Hkv, D, kv_len]
+    key_idx = torch.arange(kv_len, device=q.device)
+    per_chunk = max(1, CHUNK_ELEMENTS // (heads * samples * kv_len))
+    out = []
+    for g0 in range(0, qb_dim, per_chunk):
+        chunk = rows[g0 : g0 + per_chunk]  # [C, s]
+        count = chunk.numel()
+        picked = q[0, :, chunk.reshape(-1)].float().reshape(kv_heads, group * count, dim)
+        logits = torch.matmul(picked, keys).view(heads, count, kv_len) * scale
+        future = key_idx.view(1, -1) > (chunk.reshape(-1, 1) + kv_len - q_len)  # [C*s, kv_len]
+        probs = torch.softmax(logits.masked_fill_(future, -math.inf), dim=-1)
+        by_block = F.pad(probs, (0, kb_dim * block - kv_len)).view(heads, chunk.shape[0], samples, kb_dim, block)
+        out.append(by_block.sum(-1).mean(2))
+    return torch.cat(out, 1)
 
 
 @dataclass(frozen=True)
 class BlockMass:
     """Each query block keeps the fewest key blocks whose estimated attention mass reaches ``threshold``.
 
-    Queries and keys are mean-pooled per ``block_size`` rows as in `BlockTopK`; query block ``g`` gives
-    key block ``b`` the estimated share ``p[g, b] = softmax_b(q_pool[g] . k_pool[b] / sqrt(D))`` over
-    the key blocks it reaches causally. Blocks are taken in order: forced ones first (the sink block and
+    The estimated share ``p[g, b]`` of key block ``b`` in query block ``g``'s attention, over the key
+    blocks it reaches causally, comes from ``estimator``:
+
+    - ``"pooled"``: queries and keys mean-pooled per ``block_size`` rows as in `BlockTopK`,
+      ``p[g, b] = softmax_b(q_pool[g] . k_pool[b] / sqrt(D))``. One product per block pair, but a key
+      block's mean dilutes the few keys a row attends to, so shares come out flat;
+    - ``"sampled"``: ``samples`` real query rows of the block, ``r_j = first + ceil((j + 1) L / s) - 1``
+      for ``j < s = samples`` (``L`` its in-bounds rows, so the last row is always one), each an fp32
+      softmax over every key it sees (``k <= q_pos``, scaled by ``1/sqrt(D)``); ``p[g, b]`` is the mean
+      over the sampled rows of the probability falling in key block ``b``. Sharper, at the price of
+      ``samples / block_size`` of the attention's score products.
+
+    Blocks are taken in order: forced ones first (the sink block and
     the blocks holding the query block's own positions), then by decreasing share, ties to the lower
     block; a block is kept while the mass taken before it is below ``threshold``. So a peaked row keeps a
     handful of blocks and a flat one many, where `BlockTopK` keeps the same count everywhere. The
@@ -47,17 +76,24 @@ class BlockMass:
     same kernel; per-head thresholds are a tuple.
 
     >>> BlockMass(0.9)
-    BlockMass(threshold=0.9, block_size=64)
+    BlockMass(threshold=0.9, block_size=64, estimator='pooled', samples=4)
     """
 
     threshold: Threshold
     block_size: int = 64
+    estimator: str = "pooled"
+    samples: int = 4
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "threshold", _check_threshold(self.threshold))
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
         check_int("block_size", self.block_size, 32)
         if self.block_size % 32:
             raise ValueError(f"block_size: expected a multiple of 32, got {self.block_size}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
+        check_int("samples", self.samples, 1)
+        if self.samples > self.block_size:
+            raise ValueError(f"samples: expected at most block_size={self.block_size} rows, got {self.samples}")
 
     @property
     def num_heads(self) -> int | None:
@@ -70,6 +106,8 @@ class BlockMass:
         return self._shares(q, k, reach)
 
     def _shares(self, q: Tensor, k: Tensor, reach: Tensor) -> Tensor:
+        if self.estimator == "sampled":
+            return sampled_block_shares(q, k, self.block_size, self.samples)
         logits = BlockTopK(1, self.block_size).pooled_scores(q, k) / math.sqrt(q.shape[-1])
         return torch.softmax(logits.masked_fill(~reach, -math.inf), dim=-1)
 
@@ -77,11 +115,9 @@ class BlockMass:
         """The kept tiles for ``q [1, Hq, q_len, D]`` and ``k [1, Hkv, kv_len, D]``; no host synchronisation."""
         check_qk(q, k)
         heads, q_len, kv_len = q.shape[1], q.shape[2], k.shape[2]
-        if isinstance(self.threshold, tuple) and len(self.threshold) != heads:
-            raise ValueError(f"threshold: {len(self.threshold)} per-head thresholds, but q has {heads} heads")
+        threshold = per_head_tensor("threshold", self.threshold, heads, torch.float32, q.device)
         reach, forced = reachable_blocks(q_len, kv_len, self.block_size, q.device)
         p = self._shares(q, k, reach)
-        threshold = torch.as_tensor(self.threshold, dtype=torch.float32, device=q.device).expand(heads)
         # Forced blocks sort first (+inf); a stable sort keeps equal shares in block order.
         order = torch.sort(torch.where(forced, math.inf, p), dim=-1, descending=True, stable=True).indices
         sorted_p = p.gather(-1, order)

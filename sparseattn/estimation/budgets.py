@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 Budget = int | tuple[int, ...]
+Threshold = float | tuple[float, ...]
 
 
 def scalar_budget(budget: Budget) -> int:
@@ -44,13 +45,46 @@ def budget_heads(*budgets: Budget) -> int | None:
     return counts.pop() if counts else None
 
 
+def check_threshold(value: object, name: str = "threshold") -> Threshold:
+    """A share in (0, 1] for every head, or one per head (lists, OmegaConf lists accepted and frozen)."""
+
+    def one(label: str, v: object) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ValueError(f"{label}: expected a share of the attention mass in (0, 1], got {v!r}")
+        return float(v)
+
+    if isinstance(value, (int, float)):
+        return one(name, value)
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+        values = list(value)
+        if not values:
+            raise ValueError(f"{name}: expected a float or one float per head, got an empty sequence")
+        return tuple(one(f"{name}[{h}]", v) for h, v in enumerate(values))
+    raise ValueError(f"{name}: expected a float or one float per head, got {value!r}")
+
+
+def per_head_tensor(
+    name: str,
+    value: int | float | tuple[int, ...] | tuple[float, ...],
+    heads: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
+    """``[heads]`` tensor of a per-head parameter given once or per head, built without a host sync.
+
+    A single value is filled on the device; a tuple is built on the host and copied without blocking
+    (a blocking copy to a GPU would wait for every kernel queued before it).
+    """
+    if isinstance(value, tuple):
+        if len(value) != heads:
+            raise ValueError(f"{name}: {len(value)} per-head values, but q has {heads} heads")
+        return torch.tensor(value, dtype=dtype).to(device, non_blocking=True)
+    return torch.full((heads,), value, dtype=dtype, device=device)
+
+
 def budget_tensor(name: str, budget: Budget, heads: int, device: torch.device) -> Tensor:
     """``[heads]`` int64 tensor of a budget; a per-head budget must match ``heads``."""
-    if isinstance(budget, tuple):
-        if len(budget) != heads:
-            raise ValueError(f"{name}: {len(budget)} per-head budgets, but q has {heads} heads")
-        return torch.tensor(budget, dtype=torch.long, device=device)
-    return torch.full((heads,), budget, dtype=torch.long, device=device)
+    return per_head_tensor(name, budget, heads, torch.long, device)
 
 
 def budget_max(budget: Budget) -> int:

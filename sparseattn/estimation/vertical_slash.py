@@ -21,6 +21,21 @@ from sparseattn.estimation.vs_indices import FORMS, VerticalSlashIndices
 from sparseattn.estimation.vs_scores import column_sums, diagonal_sums, last_query_probs
 
 
+def check_line_settings(
+    last_q: object, sink_columns: object, local_diagonals: object, form: object, block_size: object, scale: object
+) -> None:
+    """The settings vertical-slash rules share besides their budgets, each checked by name."""
+    check_int("last_q", last_q, 1)
+    check_int("sink_columns", sink_columns, 0)
+    check_int("local_diagonals", local_diagonals, 0)
+    if check_int("block_size", block_size, 32) % 32:
+        raise ValueError(f"block_size: expected a multiple of 32, got {block_size}")
+    if form not in FORMS:
+        raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: expected None or a positive finite float, got {scale!r}")
+
+
 @dataclass(frozen=True)
 class VerticalSlash:
     """MInference's vertical-slash pattern (Jiang et al. 2024), dynamic: ``estimate(q, k)`` picks the lines.
@@ -60,18 +75,9 @@ class VerticalSlash:
         object.__setattr__(self, "vertical", check_budget("vertical", self.vertical))
         object.__setattr__(self, "slash", check_budget("slash", self.slash))
         budget_heads(self.vertical, self.slash)
-        check_int("last_q", self.last_q, 1)
-        check_int("sink_columns", self.sink_columns, 0)
-        check_int("local_diagonals", self.local_diagonals, 0)
-        check_int("block_size", self.block_size, 32)
-        if self.block_size % 32:
-            raise ValueError(f"block_size: expected a multiple of 32, got {self.block_size}")
-        if self.form not in FORMS:
-            raise ValueError(f"form: expected one of {FORMS}, got {self.form!r}")
-        if self.scale is not None and not (
-            isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0
-        ):
-            raise ValueError(f"scale: expected None or a positive finite float, got {self.scale!r}")
+        check_line_settings(
+            self.last_q, self.sink_columns, self.local_diagonals, self.form, self.block_size, self.scale
+        )
 
     @property
     def num_heads(self) -> int | None:
