@@ -58,15 +58,18 @@ class BackwardConfig:
 
 
 def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfig:
-    """Sub-tiles and dK/dV slices of at most 64 rows / columns (32 at head dim 256, where the operands are
-    twice as wide); 8 warps where a dQ program holds a 128-row accumulator. Not tuned on a GPU yet."""
-    sub = 32 if head_dim > 128 else 64
+    """32-row dK/dV steps and 32-column dQ steps, 8 warps, from the kernels compiled for sm_90 offline
+    (`triton.compile` to a cubin, registers and spills read with cuobjdump, as `resources.py` does for
+    the forward): at head dim 128 every shape tried spills some registers, and these spill least (dQ on
+    64 x 64 tiles least with 64-column steps). A dK/dV program takes 64 keys at head dims up to 64 and
+    32 above, where two 64 x 128 fp32 accumulators spilled. Not yet timed on a GPU."""
+    wide = head_dim > 64
     return BackwardConfig(
-        sub_m=min(layout.block_m, sub),
-        sub_n=min(layout.block_n, sub),
-        keys=min(layout.block_n, sub),
-        dq_warps=8 if layout.block_m >= 128 else 4,
-        dkdv_warps=4,
+        sub_m=32,
+        sub_n=64 if wide and layout.block_size == (64, 64) else 32,
+        keys=32 if wide else min(layout.block_n, 64),
+        dq_warps=8,
+        dkdv_warps=8,
     )
 
 
