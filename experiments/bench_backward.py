@@ -57,12 +57,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def portable(command: str) -> str:
-    """``command`` with the output folder written as ``$OUT`` when it came from that variable."""
-    out = os.environ.get("OUT")
-    return command.replace(out, "$OUT") if out else command
-
-
 def bench(fn, grads=()) -> float:
     from triton.testing import do_bench
 
@@ -124,7 +118,7 @@ def predicate(name: str, length: int, heads: int):
 def inputs(args, length: int, name: str):
     dtype = getattr(torch, args.dtype)
     if name == "vertical_slash":
-        from bench_dynamic import structured_qkv
+        from harness import structured_qkv
 
         q, k, v = structured_qkv(args.heads, args.kv_heads, length, args.head_dim, seed=length, dtype=dtype)
     else:
@@ -370,7 +364,7 @@ def render(data: dict, path: Path) -> None:
         "block mask from the plain predicate (`create_block_mask`, compiled), Flex `layout` is "
         "`layout.to_flex()`, the identical mask; `peak` is the peak memory of one forward + backward above the "
         "inputs, `io` the size of q, k, v, o and their gradients",
-        "- vertical_slash is estimated once from structured q/k (bench_dynamic.structured_qkv) and is a "
+        "- vertical_slash is estimated once from structured q/k (harness.structured_qkv) and is a "
         "constant for the gradient; its estimation is not timed here",
         "",
         "## Correctness (gradients vs fp64 autograd through the oracle, derived tolerance)",
@@ -452,6 +446,8 @@ def main() -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "backward_bench" + (f"_{args.tag}" if args.tag else "")
+    from harness import portable
+
     command = portable(" ".join(["python", "experiments/bench_backward.py", *sys.argv[1:]]))
     shape = {"heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "dtype": args.dtype}
     data: dict = {"env": environment(command), "shape": shape, "checks": {}, "dense": {}, "records": []}
