@@ -101,7 +101,7 @@ class MixedHeads:
         block = next(p.block_size for p in self.heads if isinstance(p, (VerticalSlash, BlockTopK)))  # one size
         is_vs = [isinstance(p, VerticalSlash) for p in self.heads]
         vs = concrete.get(VerticalSlash)
-        mine = torch.tensor(is_vs, device=device)
+        mine = torch.tensor(is_vs).to(device, non_blocking=True)  # a blocking copy would wait for the GPU
         tiles = torch.zeros(self.num_heads, -(-q_len // block), -(-kv_len // block), dtype=torch.bool, device=device)
         columns = torch.full((self.num_heads, 0), PAD, dtype=torch.long, device=device)
         if isinstance(vs, VerticalSlashIndices):

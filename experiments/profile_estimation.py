@@ -1,0 +1,168 @@
+"""Estimation + lowering cost of the dynamic rules against the dense layer they replace (issue 32, item 1).
+
+For each length, shape (query heads, kv heads, head dim: GQA 1 to 8, head dims 64 and 128) and rule, on
+structured q/k (`harness.structured_qkv`), bf16:
+
+- ``estimate_ms``: ``rule.estimate(q, k)``; ``lower_ms``: ``lower(estimate, n, n)``; ``both_ms``: the two
+  in one call; ``dense_ms``: cuDNN SDPA dense causal of the same layer (do_bench medians, same run);
+- ``graph_ms``: the same ``estimate + lower`` replayed from a ``torch.cuda.CUDAGraph`` (capture fails, and
+  the row says why, when the path synchronises with the host or copies from pageable memory);
+- ``kernels``, ``launches``, ``syncs``: device kernels, host launch calls and host synchronisations
+  (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, blocking ``cudaMemcpy``) in one ``estimate +
+  lower``, counted with torch.profiler;
+- ``share``: ``both_ms / dense_ms`` (the issue's target: at most 0.10) and the layout's density.
+
+Each configuration is appended to ``profile_estimation.jsonl`` as soon as it is measured and the Markdown
+table rewritten, so a run cut short keeps what it measured:
+
+    python experiments/profile_estimation.py --out $OUT              # about 3 minutes on one H100
+    python experiments/profile_estimation.py --lengths 8192 32768 --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+from harness import cudnn_dense, portable, run_line, structured_qkv
+from torch.profiler import ProfilerActivity, profile
+from triton.testing import do_bench
+
+from sparseattn.estimation import VerticalSlash, VerticalSlashMass
+from sparseattn.lowering import lower
+
+SHAPES = ((14, 2, 64), (16, 16, 64), (32, 8, 128), (32, 4, 128))  # (query heads, kv heads, head dim): GQA 7, 1, 4, 8
+RULES = {"vs_512_2048": VerticalSlash(512, 2048), "vs_mass_0.9": VerticalSlashMass(0.9)}
+SYNC_CALLS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaEventSynchronize"}
+
+
+def counts(step: Callable[[], object]) -> dict:
+    """Device kernels, launch calls and host synchronisations in one call of ``step``."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = prof.events()
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    launches = sum(1 for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    # The final torch.cuda.synchronize() above is ours: not counted.
+    syncs = sum(1 for e in events if e.name in SYNC_CALLS)
+    return {"kernels": kernels, "launches": launches, "syncs": max(0, syncs - 1)}
+
+
+def graph_ms(step: Callable[[], object]) -> tuple[float | None, str]:
+    """do_bench median of ``step`` replayed from a CUDA graph, or None and the reason capture failed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up on the side stream, as capture requires
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as error:
+        torch.cuda.synchronize()
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    return float(do_bench(graph.replay, return_mode="median")), ""
+
+
+def measure(n: int, heads: int, kv_heads: int, dim: int, name: str, rule) -> dict:
+    q, k, v = structured_qkv(heads, kv_heads, n, dim, seed=0)
+    estimate = rule.estimate(q, k)
+    layout = lower(estimate, n, n)
+
+    def both():
+        return lower(rule.estimate(q, k), n, n)
+
+    est_ms = float(do_bench(lambda: rule.estimate(q, k), return_mode="median"))
+    low_ms = float(do_bench(lambda: lower(estimate, n, n), return_mode="median"))
+    both_ms = float(do_bench(both, return_mode="median"))
+    dense_ms = float(do_bench(lambda: cudnn_dense(q, k, v), return_mode="median"))
+    replay_ms, graph_error = graph_ms(both)
+    kept = float(layout.to_dense().float().mean()) if n <= 32768 else None
+    return {
+        "length": n,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": dim,
+        "rule": name,
+        "estimate_ms": est_ms,
+        "lower_ms": low_ms,
+        "both_ms": both_ms,
+        "graph_ms": replay_ms,
+        "graph_error": graph_error,
+        "dense_ms": dense_ms,
+        "share": both_ms / dense_ms,
+        "graph_share": None if replay_ms is None else replay_ms / dense_ms,
+        "density": kept,
+        **counts(both),
+    }
+
+
+def write_md(out: Path, meta: dict, rows: list[dict]) -> None:
+    head = "| length | Hq/Hkv/D | rule | estimate ms | lower ms | both ms | graph ms | dense ms | share | graph share | kernels | launches | syncs | density |"
+    lines = [
+        "# Estimation + lowering against the dense layer (issue 32, item 1)",
+        "",
+        run_line(meta),
+        "Target: share (estimate + lower over cuDNN dense causal) at most 0.10. Density over the whole plane"
+        " (causal is 0.5; not computed past 32K).",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for r in rows:
+        graph = f"{r['graph_ms']:.3f}" if r["graph_ms"] is not None else "fails"
+        gshare = f"{r['graph_share']:.3f}" if r["graph_share"] is not None else "-"
+        density = f"{r['density']:.3f}" if r["density"] is not None else "-"
+        lines.append(
+            f"| {r['length']} | {r['heads']}/{r['kv_heads']}/{r['head_dim']} | {r['rule']} | {r['estimate_ms']:.3f}"
+            f" | {r['lower_ms']:.3f} | {r['both_ms']:.3f} | {graph} | {r['dense_ms']:.3f} | {r['share']:.3f}"
+            f" | {gshare} | {r['kernels']} | {r['launches']} | {r['syncs']} | {density} |"
+        )
+    errors = sorted({r["graph_error"] for r in rows if r["graph_error"]})
+    if errors:
+        lines += ["", "CUDA graph capture failed: " + "; ".join(errors)]
+    (out / "profile_estimation.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
+    parser.add_argument("--out", default=f"outputs/profile_estimation/{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "host": platform.node(),
+        "command": portable(
+            "python experiments/profile_estimation.py --lengths " + " ".join(map(str, args.lengths)) + f" --out {out}"
+        ),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    rows: list[dict] = []
+    for n in args.lengths:
+        for heads, kv_heads, dim in SHAPES:
+            for name, rule in RULES.items():
+                row = measure(n, heads, kv_heads, dim, name, rule)
+                rows.append(row)
+                with (out / "profile_estimation.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                write_md(out, meta, rows)
+                print(json.dumps(row), flush=True)
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
