@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sparseattn.attention import sparse_attention
 from sparseattn.kernels.attention.backward import triton_sparse_attention_backward
 from sparseattn.kernels.attention.config import preferred_block_size
 from sparseattn.kernels.attention.launch import triton_sparse_attention
@@ -90,3 +91,14 @@ def test_deterministic_on_the_gpu():
     first = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout)
     second = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+@pytest.mark.parametrize("impl", ["triton", "flex", "reference"])
+def test_sparse_attention_is_differentiable(impl):
+    """Through `sparse_attention`: the Triton autograd function, FlexAttention's own backward, the oracle."""
+    pattern = Triangle(sink=64, window=256, last=64)
+    q, k, v, dout = inputs(1, 8, 2, 2048, 2048, 128, torch.bfloat16)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    sparse_attention(*leaves, pattern, impl=impl).backward(dout)
+    mask = pattern.to_dense(2048, 2048).view(1, 1, 2048, 2048).cuda()
+    assert_grads_close_to_oracle((leaves[0].grad, leaves[1].grad, leaves[2].grad), q, k, v, mask, dout)
