@@ -113,7 +113,14 @@ def triton_sparse_attention(
     if q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
         # Triton's interpreter computes bfloat16 tl.dot wrongly (every output ~1e8): compute in float32.
         out, lse = triton_sparse_attention(
-            q.float(), k.float(), v.float(), layout, scale=scale, max_chunk=max_chunk, heavy_first=heavy_first, config=config
+            q.float(),
+            k.float(),
+            v.float(),
+            layout,
+            scale=scale,
+            max_chunk=max_chunk,
+            heavy_first=heavy_first,
+            config=config,
         )
         return out.to(torch.bfloat16), lse
     batch, heads, q_len, dim = q.shape
