@@ -122,7 +122,7 @@ def prefill_comparison() -> bool:
                     *settings,
                 ],
             )
-        records.append(run_ttft(cfg, progress=gpu))
+        records.append(run_ttft(cfg, progress=True))
     dense = records[0]["ttft_ms"]
     for r in records:
         print(
