@@ -30,12 +30,25 @@ def evaluate_sample(
 ) -> list[dict]:
     """Rows for dense and each schedule on one sample; ``attach(model, schedule)`` switches attention
     (``None`` means dense)."""
-    if DENSE in schedules:
+    return evaluate_systems(tokenizer, sample, model, {name: (model, s) for name, s in schedules.items()}, attach)
+
+
+def evaluate_systems(
+    tokenizer: Any,
+    sample: Sample,
+    dense_model: Any,
+    systems: Mapping[str, tuple[Any, LayerSchedule | None]],
+    attach: Callable[[torch.nn.Module, LayerSchedule | None], None],
+) -> list[dict]:
+    """Rows for dense (``dense_model`` with dense attention) and each system, a (model, schedule or None)
+    pair: models other than dense's (fine-tuned copies) are paired on the same sample, and their fidelity
+    is measured along ``dense_model``'s greedy answer too."""
+    if DENSE in systems:
         raise ValueError(f"schedules: the name {DENSE!r} is reserved for the dense baseline")
-    attach(model, None)
-    dense = answer(model, tokenizer, sample.prompt_ids, max_new_tokens=sample.max_new_tokens)
+    attach(dense_model, None)
+    dense = answer(dense_model, tokenizer, sample.prompt_ids, max_new_tokens=sample.max_new_tokens)
     rows = [_row(sample, DENSE, dense.text, None)]
-    for name, schedule in schedules.items():
+    for name, (model, schedule) in systems.items():
         attach(model, schedule)
         got = answer(model, tokenizer, sample.prompt_ids, max_new_tokens=sample.max_new_tokens, force=dense.tokens)
         rows.append(_row(sample, name, got.text, compare_logits(dense.forced_logits, got.forced_logits)))

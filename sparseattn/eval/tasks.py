@@ -146,12 +146,17 @@ class TaskGenerator:
     """Builds `Sample`s for one tokenizer; ``seed`` fixes every random choice.
 
     Sample ``i`` of a task at a length depends only on (seed, task, length, i), so adding samples or
-    tasks never changes existing ones. The essay haystack is tokenized once per generator.
+    tasks never changes existing ones. The essay haystack is tokenized once per generator. ``split``
+    draws haystacks from all essays (the default, the committed results) or from one held-out half
+    (`text_sources.essay_split`: ``"eval"``, when ``"train"`` text fine-tunes the model evaluated).
     """
 
-    def __init__(self, tokenizer: Any, seed: int = 0) -> None:
+    def __init__(self, tokenizer: Any, seed: int = 0, split: str = "all") -> None:
+        if split not in text_sources.ESSAY_SPLITS:
+            raise ValueError(f"split: expected one of {text_sources.ESSAY_SPLITS}, got {split!r}")
         self.tokenizer = tokenizer
         self.seed = seed
+        self.split = split
         self._essay_ids: list[int] | None = None
         self._paragraph_ids: dict[int, int] = {}
 
@@ -179,7 +184,7 @@ class TaskGenerator:
             per_repetition = len(self._encode(_FILLER))
             return (_FILLER * (budget // per_repetition + 1)).strip()
         if self._essay_ids is None:
-            self._essay_ids = self._encode(text_sources.essays())
+            self._essay_ids = self._encode(text_sources.essay_split(self.split))
         start = int(position * (len(self._essay_ids) - budget - 1))
         return self.tokenizer.decode(self._essay_ids[start : start + budget])
 

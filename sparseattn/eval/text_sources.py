@@ -47,6 +47,31 @@ def essays() -> str:
     return json.loads((data_dir() / "PaulGrahamEssays.json").read_text())["text"]
 
 
+# Held-out halves of the essays: the text cut at line breaks into ESSAY_PARTS contiguous parts of about equal
+# length, even parts "eval", odd parts "train". Interleaved rather than halved so that both halves span the
+# whole collection. The file concatenates the essays without separators, so a cut may fall inside an essay:
+# the halves share no text, though one essay may have a paragraph on each side of a cut.
+ESSAY_SPLITS = ("all", "eval", "train")
+ESSAY_PARTS = 16
+
+
+@lru_cache(maxsize=len(ESSAY_SPLITS))
+def essay_split(split: str) -> str:
+    """``"all"`` is `essays` itself; ``"eval"`` / ``"train"`` are the even / odd parts, joined in order."""
+    if split not in ESSAY_SPLITS:
+        raise ValueError(f"split: expected one of {ESSAY_SPLITS}, got {split!r}")
+    text = essays()
+    if split == "all":
+        return text
+    cuts = [0]
+    for i in range(1, ESSAY_PARTS):
+        line_end = text.find("\n", i * len(text) // ESSAY_PARTS)
+        cuts.append(len(text) if line_end < 0 else line_end + 1)
+    cuts.append(len(text))
+    first = 0 if split == "eval" else 1
+    return "".join(text[cuts[i] : cuts[i + 1]] for i in range(first, ESSAY_PARTS, 2))
+
+
 @dataclass(frozen=True)
 class QAItem:
     question: str
