@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -57,16 +58,15 @@ def protocol(cfg: DictConfig, out: Path) -> dict[str, torch.nn.Module]:
         torch.set_num_threads(int(cfg.threads))
     out.mkdir(parents=True, exist_ok=True)
     weights = Path(cfg.weights_dir) if cfg.weights_dir else out
-    from sparseattn.integrations.model_loading import gguf_tokenizer
-
-    tokenizer = gguf_tokenizer(cfg.tokenizer.gguf_path)
+    tokenizer = tokenizer_of(cfg.tokenizer.gguf_path)
     record_run(out / f"{cfg.name}_runs.json", cfg.threads)
     trained = {}
-    for run in cfg.runs:
-        if (weights / run / "config.json").exists():
-            print(f"{run}: a fine-tuned model is already in {weights / run}; not training again")
-            continue
-        trained[run] = finetune(cfg, run, tokenizer, out / f"{cfg.name}_loss.jsonl", weights / run)
+    todo = [run for run in cfg.runs if not (weights / run / "config.json").exists()]
+    for run in sorted(set(cfg.runs) - set(todo)):
+        print(f"{run}: a fine-tuned model is already in {weights / run}; not training again")
+    steps = windows(training_ids(tokenizer, cfg.train.split), cfg) if todo else []
+    for run in todo:
+        trained[run] = finetune(cfg, run, tokenizer, steps, out / f"{cfg.name}_loss.jsonl", weights / run)
     plot_losses(out / f"{cfg.name}_loss.jsonl", out / f"{cfg.name}_loss.png", cfg.name)
     if cfg.eval.enabled:
         evaluate(cfg, out, weights, tokenizer)
@@ -74,6 +74,14 @@ def protocol(cfg: DictConfig, out: Path) -> dict[str, torch.nn.Module]:
 
 
 # ----------------------------------------------------------------------------------------------- training
+@functools.lru_cache(maxsize=2)
+def tokenizer_of(gguf_path: str | None) -> Any:
+    """The GGUF's tokenizer, converted once per process (~13 s for SmolLM2's on the CPU)."""
+    from sparseattn.integrations.model_loading import gguf_tokenizer
+
+    return gguf_tokenizer(gguf_path)
+
+
 def training_ids(tokenizer: Any, split: str) -> torch.Tensor:
     from sparseattn.eval.text_sources import essay_split
 
@@ -100,7 +108,9 @@ def learning_rate(cfg: DictConfig, step: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def finetune(cfg: DictConfig, run: str, tokenizer: Any, log: Path, save_to: Path) -> torch.nn.Module:
+def finetune(
+    cfg: DictConfig, run: str, tokenizer: Any, steps: list[torch.Tensor], log: Path, save_to: Path
+) -> torch.nn.Module:
     from sparseattn.integrations import use_schedule
 
     schedule = instantiate(cfg[f"{run}_schedule"], _convert_="all")
@@ -121,11 +131,11 @@ def finetune(cfg: DictConfig, run: str, tokenizer: Any, log: Path, save_to: Path
     log.write_text("".join(f"{line}\n" for line in kept))
     start = time.perf_counter()
     with log.open("a") as sink:
-        for step, batch in enumerate(tqdm(windows(training_ids(tokenizer, cfg.train.split), cfg), desc=run)):
+        for step, window in enumerate(tqdm(steps, desc=run)):
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = batch.to(device)
+            batch = window.to(device)
             with autocast:
                 loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
@@ -222,11 +232,10 @@ def pooled(rows: list[dict]) -> list[dict]:
 def write_report(cfg: DictConfig, out: Path, rows: list[dict]) -> None:
     per_task = len(set(cfg.eval.tasks)) > 1
     everything = rows + (pooled(rows) if per_task else [])
-    stats = dict(resamples=int(cfg.eval.bootstrap_resamples), seed=int(cfg.eval.seed))
-    summary = report.summarize(everything, **stats)
-    recovery = [
-        s for s in report.summarize(everything, base="sparse_before", **stats) if s["system"] == "sparse_finetuned"
-    ]
+    resamples, seed = int(cfg.eval.bootstrap_resamples), int(cfg.eval.seed)
+    summary = report.summarize(everything, resamples=resamples, seed=seed)
+    against = report.summarize(everything, base="sparse_before", resamples=resamples, seed=seed)
+    recovery = [s for s in against if s["system"] == "sparse_finetuned"]
     losses = out / f"{cfg.name}_loss.jsonl"
     records = [json.loads(line) for line in losses.read_text().splitlines()] if losses.exists() else []
     loss_summary = {}
@@ -248,7 +257,7 @@ def write_report(cfg: DictConfig, out: Path, rows: list[dict]) -> None:
         "summary": summary,
         "recovery": recovery,
     }
-    (out / f"{cfg.name}.json").write_text(json.dumps(payload, indent=1, default=list))
+    (out / f"{cfg.name}.json").write_text(json.dumps(payload, indent=1))
     sparse = instantiate(cfg.sparse_schedule, _convert_="all").bind(cfg.num_layers).describe().replace("\n", "; ")
     t = cfg.train
     notes = (

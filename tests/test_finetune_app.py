@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("hydra")
-from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -116,3 +116,22 @@ def test_essay_halves_are_disjoint_and_the_default_haystack_unchanged():
     assert probe in everything and probe not in held_out
     with pytest.raises(ValueError, match="split"):
         text_sources.essay_split("test")
+
+
+def test_a_scheduled_model_trains_under_bf16_autocast():
+    # precision=bf16_autocast: q and k leave RoPE in fp32 while v is bf16; the attention must cast them alike.
+    from tiny_llama import TINY_LLAMA
+
+    from sparseattn.integrations import use_schedule
+    from sparseattn.integrations.model_loading import random_model
+    from sparseattn.patterns import Triangle
+    from sparseattn.schedule import LayerSchedule
+
+    model = random_model("llama", TINY_LLAMA, dtype="float32", device="cpu")
+    use_schedule(model, LayerSchedule(default=Triangle(sink=4, window=32, last=16)), impl="reference")
+    tokens = torch.randint(0, TINY_LLAMA["vocab_size"], (1, 128), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    grad = model.model.layers[0].self_attn.q_proj.weight.grad
+    assert torch.isfinite(loss) and grad is not None and grad.dtype == torch.float32 and bool(grad.abs().sum() > 0)

@@ -109,6 +109,11 @@ class ScheduledAttention:
     ) -> tuple[Tensor, None]:
         if dropout and module.training:
             raise ValueError("dropout: sparse prefill is for inference; set model.eval() or attention_dropout=0")
+        if torch.is_autocast_enabled(query.device.type):
+            # Under autocast q and k leave RoPE in fp32 (cos/sin carry the embeddings' dtype) while v leaves its
+            # projection in the autocast dtype; SDPA casts all three to that dtype, and so does this.
+            dtype = torch.get_autocast_dtype(query.device.type)
+            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         layer = int(cast(int, module.layer_idx))
         q_len, kv_len = query.shape[2], key.shape[2]
         dense_layer = self.causal_backend == "sdpa" and self.schedule.is_causal(layer)
