@@ -164,9 +164,10 @@ def run_accuracy(cfg: DictConfig, out: Path, models: Models, deadline: float | N
     rows_path = out / f"{cfg.name}.jsonl"
     done = done_keys(read_jsonl(rows_path))
     specs = schedule_specs(cfg, out)
-    if "trianglemix_gradient" not in specs:
+    if "trianglemix_gradient" not in specs and a.gradient_split:
         raise FileNotFoundError(
-            "accuracy: no gradients for trianglemix_gradient; add `selection` to parts or set selection.file"
+            "accuracy: no gradients for trianglemix_gradient; add `selection` to parts, set selection.file, "
+            "or evaluate without the gradient split (accuracy.gradient_split=false)"
         )
     schedules = {name: instantiate(spec, _convert_="all") for name, spec in specs.items()}
     switch = AttentionSwitch(cfg.backend, cfg.impl)
