@@ -150,8 +150,12 @@ _FLEX = None
 def flex():
     global _FLEX
     if _FLEX is None:
+        import torch._functorch.config as functorch_config
         from torch.nn.attention.flex_attention import flex_attention
 
+        # The backward-only timing replays one graph (retain_graph=True), which compiled backwards with
+        # donated buffers refuse; Flex's kernels are the same either way.
+        functorch_config.donated_buffer = False
         _FLEX = torch.compile(flex_attention, dynamic=False)
     return _FLEX
 

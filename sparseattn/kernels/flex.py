@@ -33,8 +33,9 @@ def flex_sparse_attention(
     block_mask = layout.to_flex() if isinstance(layout, BlockLayout) else layout
     bm, bn = block_mask.BLOCK_SIZE
     if kernel_options is None and q.is_cuda and min(bm, bn) < 128:
-        # Compiled Flex tiles must divide the block mask's blocks; its defaults are 128 wide.
-        kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn}
+        # Compiled Flex tiles must divide the block mask's blocks, in the forward (BLOCK_M, BLOCK_N) and in
+        # both backward loops (BLOCK_M1/N1 for dK/dV, BLOCK_M2/N2 for dQ); its defaults are 64 to 128 wide.
+        kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_M1": bm, "BLOCK_N1": bn, "BLOCK_M2": bm, "BLOCK_N2": bn}
     compiled = q.is_cuda if compiled is None else compiled
     fn = _compiled_flex() if compiled else flex_attention
     gqa = q.shape[1] != k.shape[1]
