@@ -86,6 +86,8 @@ def kernel_resources(
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, EVEN_KV=True, HAS_COLS=False,
         NUM_STAGES=config.num_stages, USE_TMA=config.tma, PACK=config.pack, FULL_RUNS=config.full_runs,
         Q_IN_REGISTERS=config.q_in_registers,
+        # Contiguous K/V, as every launch but `paged_sparse_attention`'s: the paged arguments stay unread.
+        BLOCK_TABLE=None, PAGE_SIZE=0, PAGED=False,
     )  # fmt: skip
     names = list(inspect.signature(_sparse_fwd_kernel.fn).parameters)
     source = ASTSource(
