@@ -24,7 +24,7 @@ from sparseattn.kernels.attention.config import (
 from sparseattn.kernels.attention.gluon_fwd import gluon_sparse_attention
 from sparseattn.kernels.attention.triton_fwd import _sparse_fwd_kernel
 from sparseattn.kernels.attention.triton_merge import merge_partials
-from sparseattn.kernels.planning.work_list import work_list
+from sparseattn.kernels.planning.work_list import WorkList, work_list
 from sparseattn.layout import BlockLayout
 
 
@@ -123,7 +123,7 @@ def triton_sparse_attention(
             config=config,
         )
         return out.to(torch.bfloat16), lse
-    batch, heads, q_len, dim = q.shape
+    batch, heads, _, dim = q.shape
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
@@ -165,68 +165,91 @@ def triton_sparse_attention(
         layout, batch, heads, max_chunk=max_chunk, heavy_first=heavy_first, pack=config.pack, runs=config.full_runs
     )
 
-    out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
-    unused = _placeholder(q.device)
-
-    def arg(t: Tensor | None) -> Tensor:
-        return unused if t is None or t.numel() == 0 else t.contiguous()
-
-    tile_lists = (arg(layout.full_kv_indices), arg(layout.kv_indices), arg(layout.kv_mask_ids), arg(layout.tile_masks))
     if config.warp_specialized:
+        out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
         outputs = (out, lse, out_part, lse_part)
-        gluon_sparse_attention(q, k, v, layout.block_n, work, tile_lists, outputs, scale * LOG2E, config)
+        gluon_sparse_attention(q, k, v, layout.block_n, work, tile_lists(layout), outputs, scale * LOG2E, config)
         merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
         return out, lse
+    kv_strides = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
+    return launch_forward(q, (k, v), (q_desc, k_desc, v_desc), kv_strides, k.shape[1], layout, work, config, scale)
 
-    has_cols = layout.col_num is not None
 
+def _arg(t: Tensor | None, device: torch.device) -> Tensor:
+    """A list for the kernel: contiguous, or the placeholder where it is absent or empty."""
+    return _placeholder(device) if t is None or t.numel() == 0 else t.contiguous()
+
+
+def tile_lists(layout: BlockLayout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The layout's FULL list, PARTIAL list, bitmap ids and bitmaps as the kernels take them."""
+    device = layout.device
+    full, partial, mask_ids, masks = (
+        _arg(t, device) for t in (layout.full_kv_indices, layout.kv_indices, layout.kv_mask_ids, layout.tile_masks)
+    )
+    return full, partial, mask_ids, masks
+
+
+def launch_forward(
+    q: Tensor,
+    kv: tuple[Tensor, Tensor],
+    descriptors: tuple[object, object, object],
+    kv_strides: tuple[int, int, int, int, int, int],
+    kv_heads: int,
+    layout: BlockLayout,
+    work: WorkList,
+    config: KernelConfig,
+    scale: float,
+    paged: dict[str, object] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the Triton forward kernel over a planned work list and merge the split rows: ``(out, lse)``.
+
+    ``kv`` are K and V as the kernel addresses them (contiguous ``[B, Hkv, kv_len, D]`` or cache pages),
+    ``descriptors`` the (q, k, v) tensor descriptors or, unread without TMA, any tensor; ``kv_strides``
+    the (batch, head, position) strides of K, then of V; ``paged`` the block-table arguments of a paged
+    cache (`paged_sparse_attention`), None for contiguous K/V.
+    """
+    heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
+    out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
     _sparse_fwd_kernel[(work.items.shape[0],)](
         q,
-        k,
-        v,
-        q_desc,
-        k_desc,
-        v_desc,
+        *kv,
+        *descriptors,
         out,
         lse,
         out_part,
         lse_part,
         work.items,
         work.items.stride(0),
-        *tile_lists,
-        arg(layout.col_num),
-        arg(layout.col_start),
-        arg(layout.col_indices),
+        *tile_lists(layout),
+        _arg(layout.col_num, q.device),
+        _arg(layout.col_start, q.device),
+        _arg(layout.col_indices, q.device),
         q.stride(0),
         q.stride(1),
         q.stride(2),
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        v.stride(0),
-        v.stride(1),
-        v.stride(2),
+        *kv_strides,
         out.stride(0),
         out.stride(1),
         out.stride(2),
         lse.stride(0),
         lse.stride(1),
         q_len,
-        k.shape[2],
-        heads // k.shape[1],
-        k.shape[1],
+        layout.kv_len,
+        heads // kv_heads,
+        kv_heads,
         scale * LOG2E,
         BLOCK_M=layout.block_m,
         BLOCK_N=layout.block_n,
         HEAD_DIM=dim,
-        EVEN_KV=k.shape[2] % layout.block_n == 0,
-        HAS_COLS=has_cols,
+        EVEN_KV=layout.kv_len % layout.block_n == 0,
+        HAS_COLS=layout.col_num is not None,
         NUM_STAGES=config.num_stages,
         USE_TMA=config.tma,
         PACK=config.pack,
         FULL_RUNS=config.full_runs,
         Q_IN_REGISTERS=config.q_in_registers,
         num_warps=config.num_warps,
+        **(paged or {}),
         **({"maxnreg": config.max_registers} if config.max_registers else {}),
     )
     merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)

@@ -26,15 +26,12 @@ import torch
 from torch import Tensor
 
 from sparseattn.kernels.attention.config import (
-    LOG2E,
     SUPPORTED_BLOCKS,
     SUPPORTED_HEAD_DIMS,
     KernelConfig,
     warp_specialized_unsupported,
 )
-from sparseattn.kernels.attention.launch import _new_outputs, _placeholder
-from sparseattn.kernels.attention.triton_fwd import _sparse_fwd_kernel
-from sparseattn.kernels.attention.triton_merge import merge_partials
+from sparseattn.kernels.attention.launch import launch_forward
 from sparseattn.kernels.planning.work_list import work_list
 from sparseattn.layout import BlockLayout
 
@@ -136,7 +133,7 @@ def paged_sparse_attention(
     ``q_in_registers`` and ``warp_specialized`` off (default `paged_config`).
     """
     _check(q, k_pages, v_pages, block_table, layout, check_pages)
-    batch, heads, q_len, dim = q.shape
+    batch, heads, _, dim = q.shape
     kv_heads = k_pages.shape[2]
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -157,69 +154,16 @@ def paged_sparse_attention(
             f"and a GQA group divisible by it (got {heads // kv_heads})"
         )
     work = work_list(layout, batch, heads, max_chunk=max_chunk, pack=config.pack, runs=config.full_runs)
-    out, lse, out_part, lse_part = _new_outputs(q, max(work.num_slots, 1), layout.block_m)
-    unused = _placeholder(q.device)
-
-    def arg(t: Tensor | None) -> Tensor:
-        return unused if t is None or t.numel() == 0 else t.contiguous()
-
-    _sparse_fwd_kernel[(work.items.shape[0],)](
-        q,
-        k_pages,
-        v_pages,
-        q,  # Q_DESC, K_DESC, V_DESC: unread without TMA
-        k_pages,
-        v_pages,
-        out,
-        lse,
-        out_part,
-        lse_part,
-        work.items,
-        work.items.stride(0),
-        arg(layout.full_kv_indices),
-        arg(layout.kv_indices),
-        arg(layout.kv_mask_ids),
-        arg(layout.tile_masks),
-        arg(layout.col_num),
-        arg(layout.col_start),
-        arg(layout.col_indices),
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        0,  # stride_kb, stride_vb: the batch is in the block table
-        k_pages.stride(2),
-        k_pages.stride(1),
-        0,
-        v_pages.stride(2),
-        v_pages.stride(1),
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
-        lse.stride(0),
-        lse.stride(1),
-        q_len,
-        layout.kv_len,
-        heads // kv_heads,
-        kv_heads,
-        scale * LOG2E,
-        BLOCK_M=layout.block_m,
-        BLOCK_N=layout.block_n,
-        HEAD_DIM=dim,
-        EVEN_KV=layout.kv_len % layout.block_n == 0,
-        HAS_COLS=layout.col_num is not None,
-        NUM_STAGES=config.num_stages,
-        USE_TMA=False,
-        PACK=config.pack,
-        FULL_RUNS=config.full_runs,
-        Q_IN_REGISTERS=False,
-        BLOCK_TABLE=block_table,
-        stride_tb=block_table.stride(0),
-        stride_kp=k_pages.stride(0),
-        stride_vp=v_pages.stride(0),
-        PAGE_SIZE=k_pages.shape[1],
-        PAGED=True,
-        num_warps=config.num_warps,
-        **({"maxnreg": config.max_registers} if config.max_registers else {}),
-    )
-    merge_partials(out, lse, out_part, lse_part, work.merges, layout.block_m)
-    return out, lse
+    # The batch is in the block table: K/V's batch strides are unread, their head and position strides
+    # are the pages' (dims 2 and 1); descriptors are unread without TMA.
+    kv_strides = (0, k_pages.stride(2), k_pages.stride(1), 0, v_pages.stride(2), v_pages.stride(1))
+    paged = {
+        "BLOCK_TABLE": block_table,
+        "stride_tb": block_table.stride(0),
+        "stride_kp": k_pages.stride(0),
+        "stride_vp": v_pages.stride(0),
+        "PAGE_SIZE": k_pages.shape[1],
+        "PAGED": True,
+    }
+    kv = (k_pages, v_pages)
+    return launch_forward(q, kv, (q, *kv), kv_strides, kv_heads, layout, work, config, scale, paged)
