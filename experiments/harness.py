@@ -219,11 +219,11 @@ def write_json(out: Path, stem: str, meta: dict, rows: list[dict]) -> None:
 def remasked(layout: BlockLayout, as_full: bool) -> BlockLayout:
     """The same tiles, all FULL (``as_full``) or all PARTIAL (FULL tiles on an all-ones bitmap)."""
     parts = []
-    for which in ("full_kv", "kv"):
-        b, h, qb, slot = layout.entries(which)
-        kv = getattr(layout, f"{which}_indices")[slot].long()
-        mask_id = layout.kv_mask_ids[slot].long() + 1 if which == "kv" else torch.zeros_like(kv)
-        parts.append((b, h, qb, kv, mask_id))
+    b, h, qb, slot = layout.full_entries()
+    kv = layout.full_kv_indices[slot].long()
+    parts.append((b, h, qb, kv, torch.zeros_like(kv)))
+    b, h, qb, slot = layout.partial_entries()
+    parts.append((b, h, qb, layout.kv_indices[slot].long(), layout.kv_mask_ids[slot].long() + 1))
     b, h, qb, kv, mask_id = (torch.cat(x) for x in zip(*parts, strict=True))
     ones = torch.full((1, layout.block_m, layout.block_n // 32), -1, dtype=torch.int32, device=layout.device)
     return BlockLayout.from_tiles(

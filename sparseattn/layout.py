@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparseattn.patterns.tiles import FULL, PARTIAL
+
 _WORD = 32
 
 
@@ -325,13 +327,25 @@ class BlockLayout:
         )
 
     # ------------------------------------------------------------------ meaning
-    def entries(self, which: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(batch, head, q_block, slot)`` of every stored entry of ``which`` ("full_kv", "kv" or "col").
+    def full_entries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(batch, head, q_block, slot)`` of every FULL tile; ``slot`` indexes ``full_kv_indices``.
 
-        ``slot`` indexes the flat ``*_indices`` tensor. Useful to scatter a layout into other forms.
+        Useful to scatter a layout into other forms (a tile grid, a dense mask, a transposed view).
         """
-        num = getattr(self, f"{which}_num_blocks" if which != "col" else "col_num")
-        start = getattr(self, f"{which}_start")
+        return self._entries(self.full_kv_num_blocks, self.full_kv_start)
+
+    def partial_entries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(batch, head, q_block, slot)`` of every PARTIAL tile; ``slot`` indexes ``kv_indices`` and
+        ``kv_mask_ids``."""
+        return self._entries(self.kv_num_blocks, self.kv_start)
+
+    def column_entries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(batch, head, q_block, slot)`` of every gathered column; ``slot`` indexes ``col_indices``."""
+        if self.col_num is None or self.col_start is None:
+            raise ValueError("column_entries: this layout has no gathered columns (col_num is None)")
+        return self._entries(self.col_num, self.col_start)
+
+    def _entries(self, num: Tensor, start: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         row = torch.repeat_interleave(torch.arange(num.numel(), device=self.device), num.reshape(-1).long())
         slot = (
             torch.arange(row.numel(), device=self.device)
@@ -342,15 +356,15 @@ class BlockLayout:
         return row // (h_dim * qb_dim), (row // qb_dim) % h_dim, row % qb_dim, slot
 
     def _tile_grid(self) -> tuple[Tensor, Tensor]:
-        """(class grid [B, H, QB, KB] with 0 empty / 1 partial / 2 full, mask-id grid or -1)."""
+        """(`TileClass` grid [B, H, QB, KB] as int8, mask-id grid or -1)."""
         b_dim, h_dim, qb_dim = self.full_kv_num_blocks.shape
         grid = torch.zeros(b_dim, h_dim, qb_dim, self.num_kv_blocks, dtype=torch.int8, device=self.device)
         mask_ids = torch.full(grid.shape, -1, dtype=torch.int64, device=self.device)
-        b, h, qb, slot = self.entries("full_kv")
-        grid[b, h, qb, self.full_kv_indices[slot].long()] = 2
-        b, h, qb, slot = self.entries("kv")
+        b, h, qb, slot = self.full_entries()
+        grid[b, h, qb, self.full_kv_indices[slot].long()] = FULL
+        b, h, qb, slot = self.partial_entries()
         kb = self.kv_indices[slot].long()
-        grid[b, h, qb, kb] = 1
+        grid[b, h, qb, kb] = PARTIAL
         mask_ids[b, h, qb, kb] = self.kv_mask_ids[slot].long()
         return grid, mask_ids
 
@@ -360,14 +374,14 @@ class BlockLayout:
         grid, mask_ids = self._tile_grid()
         b_dim, h_dim, qb_dim, kb_dim = grid.shape
         bits = unpack_bits(self.tile_masks, bn) if self.tile_masks.shape[0] else None
-        tiles = (grid == 2).view(b_dim, h_dim, qb_dim, kb_dim, 1, 1).expand(-1, -1, -1, -1, bm, bn).clone()
-        part = grid == 1
+        tiles = (grid == FULL).view(b_dim, h_dim, qb_dim, kb_dim, 1, 1).expand(-1, -1, -1, -1, bm, bn).clone()
+        part = grid == PARTIAL
         if bits is not None and part.any():
             tiles[part] = bits[mask_ids[part]]
         dense = tiles.permute(0, 1, 2, 4, 3, 5).reshape(b_dim, h_dim, qb_dim * bm, kb_dim * bn)
         dense = dense[:, :, : self.q_len, : self.kv_len].clone()
         if self.col_indices is not None:
-            b, h, qb, slot = self.entries("col")
+            b, h, qb, slot = self.column_entries()
             col = self.col_indices[slot].long()
             q = qb.unsqueeze(-1) * bm + torch.arange(bm, device=self.device)  # [n, bm]
             keep = (q < self.q_len) & (col.unsqueeze(-1) <= q + (self.kv_len - self.q_len))
@@ -389,10 +403,11 @@ class BlockLayout:
         b_dim, h_dim, _qb_dim, _kb_dim = grid.shape
         columns = torch.zeros(b_dim, h_dim, self.kv_len, dtype=torch.bool, device=self.device)
         if self.col_indices is not None:
-            b, h, qb, slot = self.entries("col")
+            b, h, qb, slot = self.column_entries()
             col = self.col_indices[slot].long()
             columns[b, h, col] = True
-            grid[b, h, qb, col // bn] = torch.maximum(grid[b, h, qb, col // bn], torch.ones_like(col, dtype=torch.int8))
+            # A tile holding gathered columns becomes at least PARTIAL: Flex must visit it.
+            grid[b, h, qb, col // bn] = grid[b, h, qb, col // bn].clamp(min=PARTIAL)
         offset, kv_len = self.kv_len - self.q_len, self.kv_len
         # mask_mod indexes the bitmaps unconditionally, so give it one (never selected) when there are none.
         tile_masks = (
@@ -401,7 +416,7 @@ class BlockLayout:
             else torch.zeros(1, bm, bn // _WORD, dtype=torch.int32, device=self.device)
         )
         # FlexAttention may apply mask_mod inside FULL blocks too (its eager path does), so they answer True.
-        mask_ids = torch.where(grid == 2, -2, mask_ids)
+        mask_ids = torch.where(grid == FULL, -2, mask_ids)
 
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             b, h = b.clamp(max=b_dim - 1), h.clamp(max=h_dim - 1)
@@ -416,8 +431,8 @@ class BlockLayout:
             order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True)
             return selected.sum(-1).to(torch.int32), order.to(torch.int32)
 
-        kv_num, kv_idx = as_flex(grid == 1)
-        full_num, full_idx = as_flex(grid == 2)
+        kv_num, kv_idx = as_flex(grid == PARTIAL)
+        full_num, full_idx = as_flex(grid == FULL)
         return BlockMask.from_kv_blocks(
             kv_num,
             kv_idx,
@@ -432,8 +447,10 @@ class BlockLayout:
         """Query-key pairs the kernel evaluates: whole tiles (tails clipped) plus gathered columns."""
         bm, bn = self.block_size
         total = 0
-        for which, indices in (("full_kv", self.full_kv_indices), ("kv", self.kv_indices)):
-            _, _, qb, slot = self.entries(which)
+        for (_, _, qb, slot), indices in (
+            (self.full_entries(), self.full_kv_indices),
+            (self.partial_entries(), self.kv_indices),
+        ):
             rows = (self.q_len - qb * bm).clamp(max=bm)
             cols = (self.kv_len - indices[slot].long() * bn).clamp(max=bn)
             total += int((rows * cols).sum())

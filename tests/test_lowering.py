@@ -42,7 +42,7 @@ def test_vertical_lines_are_gathered_not_tiled():
     gathered = int(layout.col_num.sum())
     assert gathered > 0
     # Nothing is counted twice: a gathered column never falls in a computed tile of its row.
-    b, h, qb, slot = layout.entries("col")
+    b, h, qb, slot = layout.column_entries()
     blocks = layout.col_indices[slot].long() // 64
     grid, _ = layout._tile_grid()
     assert not bool(grid[b, h, qb, blocks].any())

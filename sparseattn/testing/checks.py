@@ -104,13 +104,17 @@ def check_layout_invariants(layout: BlockLayout) -> None:
     """Rows ascending and unique, indices in range, FULL and PARTIAL disjoint, CSR offsets consistent."""
     kb_dim = layout.num_kv_blocks
     seen: dict[str, Tensor] = {}
-    for which, indices in (("full_kv", layout.full_kv_indices), ("kv", layout.kv_indices)):
+    lists = (
+        ("full_kv", layout.full_kv_indices, layout.full_entries),
+        ("kv", layout.kv_indices, layout.partial_entries),
+    )
+    for which, indices, entries in lists:
         num = getattr(layout, f"{which}_num_blocks").reshape(-1).long()
         start = getattr(layout, f"{which}_start").reshape(-1).long()
         assert bool((num >= 0).all() & (start >= 0).all()), f"{which}: negative counts or starts"
         assert bool((start + num <= indices.numel()).all()), f"{which}_start + count runs past {which}_indices"
         assert bool(((indices >= 0) & (indices < kb_dim)).all()), f"{which}_indices out of [0, {kb_dim})"
-        b, h, qb, slot = layout.entries(which)
+        b, h, qb, slot = entries()
         row = (b * layout.num_heads + h) * layout.num_q_blocks + qb
         key = row * kb_dim + indices[slot].long()
         assert bool((key[1:] > key[:-1]).all()), f"{which}_indices not strictly ascending within rows"
@@ -124,7 +128,7 @@ def check_layout_invariants(layout: BlockLayout) -> None:
         bits = unpack_bits(layout.tile_masks, layout.block_n)
         assert not bool((bits.sum((-1, -2)) == 0).any()), "a PARTIAL tile's bitmap is empty"
     if layout.col_indices is not None and layout.col_start is not None and layout.col_num is not None:
-        b, h, qb, slot = layout.entries("col")
+        b, h, qb, slot = layout.column_entries()
         assert bool((layout.col_start + layout.col_num <= layout.col_indices.numel()).all()), "col rows out of range"
         col = layout.col_indices[slot].long()
         assert bool(((col >= 0) & (col < layout.kv_len)).all()), "col_indices out of range"

@@ -80,14 +80,14 @@ def build_kv_major(layout: BlockLayout) -> KvMajor:
     """The kv-major view of ``layout`` (not memoised; `kv_major` is)."""
     lead = (layout.batch_size, layout.num_heads)
     qbs, kbs = layout.num_q_blocks, layout.num_kv_blocks
-    b, h, qb, slot = layout.entries("full_kv")
+    b, h, qb, slot = layout.full_entries()
     f_num, f_start, f_idx, _ = _transpose(kbs, qbs, lead, b, h, qb, layout.full_kv_indices[slot])
-    b, h, qb, slot = layout.entries("kv")
+    b, h, qb, slot = layout.partial_entries()
     p_num, p_start, p_idx, order = _transpose(kbs, qbs, lead, b, h, qb, layout.kv_indices[slot])
     p_mid = layout.kv_mask_ids[slot][order].to(torch.int32)
     dev = layout.device
     if layout.col_indices is not None:
-        b, h, qb, slot = layout.entries("col")
+        b, h, qb, slot = layout.column_entries()
         kb = layout.col_indices[slot].long() // layout.block_n
         # Entries come row by row with ascending columns, so one row's columns in one key block are
         # adjacent: a group starts wherever the (row, key block) pair changes.
