@@ -32,7 +32,7 @@ from sparseattn.testing.strategies import block_sizes, lengths, patterns
 MEMBERS = st.lists(patterns(max_leaves=4), min_size=1, max_size=3)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(members=MEMBERS, sizes=lengths(), block_size=block_sizes(), per_head=st.booleans())
 def test_triton_lowering_equals_the_torch_program_and_the_oracle(members, sizes, block_size, per_head):
     pattern = PerHead(tuple(members)) if per_head else members[0]
@@ -85,7 +85,7 @@ def test_tiles_kleene_logic_misclassifies_are_dropped_or_promoted(pattern):
     assert layouts_differ(layout, lower(pattern, 200, 256, block_size=(32, 32), by_segments=False)) is None
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(members=MEMBERS, sizes=lengths(), block_size=block_sizes())
 def test_kernels_answer_as_the_program_does(members, sizes, block_size):
     pattern = PerHead(tuple(members))
