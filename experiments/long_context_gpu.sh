@@ -2,7 +2,7 @@
 # experiments/long_context.py on one CUDA GPU, one stage per command, everything written to $OUT.
 #   bash experiments/long_context_gpu.sh STAGE [HYDRA OVERRIDES...]
 # STAGE: accuracy (gradient selection first if its file is absent, then paired accuracy) | structure | ttft.
-# Needs: /tmp/gpu/qwen.gguf (../shared/gpu/stage_qwen.sh's chunks), carry [".whl", ".gpu/text"] (stage.sh,
+# Needs: the GGUF at $SPARSEATTN_QWEN_GGUF (default /tmp/gpu/qwen.gguf, assembled from chunks carried in), carry [".whl", ".gpu/text"] (stage.sh,
 # scripts/stage_text.sh). A stage stops itself at BUDGET_S seconds (default 500, under the 600 s call
 # limit) and writes its report; the same command again resumes from the records in $OUT, which the
 # next call must carry back in (copy $OUT's files to OUT_SEED, e.g. carry ["results_seed"] and OUT_SEED=results_seed).

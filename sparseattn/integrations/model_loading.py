@@ -83,7 +83,7 @@ def smollm2_gguf() -> Path:
 
 
 QWEN_ENV = "SPARSEATTN_QWEN_GGUF"
-# Where scripts/fetch_qwen.sh (and ../shared/gpu/stage_qwen.sh) assemble the file in a checkout.
+# Where scripts/fetch_qwen.sh assembles the file in a checkout.
 QWEN_CHECKOUT_COPY = Path(__file__).resolve().parents[2] / ".gpu" / "qwen2.5-coder-0.5b-instruct.gguf"
 
 
