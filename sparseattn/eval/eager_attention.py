@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 _names = itertools.count()
 Observer = Callable[[int, Tensor, int], Tensor | None]
@@ -48,17 +49,27 @@ class ProbeAttention:
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
         size = query.shape[2]
         step = self.rows_per_chunk or size
-        outs = []
-        for start in range(0, size, step):
-            q = query[:, :, start : start + step]
+        layer = module.layer_idx
+
+        def rows_out(q: Tensor, start: int) -> Tensor:
             # Products in the model dtype (bf16 uses the CPU matrix units), softmax and probabilities in fp32.
             scores = (q @ k.transpose(-1, -2)).float() * scale
             rows = torch.arange(start, start + q.shape[2], device=q.device).view(-1, 1)
             scores = scores.masked_fill(torch.arange(size, device=q.device).view(1, -1) > rows, -math.inf)
             probs = torch.softmax(scores, dim=-1)
-            replaced = self.observe(module.layer_idx, probs, start)
+            replaced = self.observe(layer, probs, start)
             probs = probs if replaced is None else replaced
-            outs.append(probs.to(v.dtype) @ v)
+            return probs.to(v.dtype) @ v
+
+        outs = []
+        for start in range(0, size, step):
+            q = query[:, :, start : start + step]
+            if torch.is_grad_enabled() and self.rows_per_chunk:
+                # Under autograd each chunk keeps only its inputs and is recomputed in the backward:
+                # otherwise every chunk's fp32 probabilities stay alive at once (O(N^2) for the layer).
+                outs.append(checkpoint(rows_out, q, start, use_reentrant=False))
+            else:
+                outs.append(rows_out(q, start))
         return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
