@@ -138,7 +138,6 @@ class LayerSchedule:
         self.num_heads = num_heads
         self._patterns: tuple[LayerPattern, ...] | None = None
         self._layouts: LRU[tuple[object, ...], BlockLayout] = LRU(cache_size)
-        self.lowerings = 0  # static lowerings done (cache misses); tests and logs read it
         self.estimates = 0  # dynamic estimations done
         if num_layers is not None:
             self._patterns = self._resolve(num_layers, num_heads)
@@ -273,15 +272,17 @@ class LayerSchedule:
         if prompt_len == kv_len:  # the same semantics as no prompt_len: one cache entry
             prompt_len = None
         key = (_pattern_key(pattern), q_len, kv_len, block, str(q.device), heads, prompt_len)
-        misses = self._layouts.misses
-        layout = self._layouts.get(
+        return self._layouts.get(
             key,
             lambda: lower(
                 pattern, q_len, kv_len, block_size=block, num_heads=heads, device=q.device, prompt_len=prompt_len
             ),
         )
-        self.lowerings += self._layouts.misses - misses
-        return layout
+
+    @property
+    def lowerings(self) -> int:
+        """Static lowerings done: the layout cache's misses (tests and logs read it)."""
+        return self._layouts.misses
 
     def clear_cache(self) -> None:
         self._layouts.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +19,11 @@ def _rank(scores: list[float], forced: set[int], count: int) -> list[int]:
     return sorted(order[:count])
 
 
-def _budget(budget: int | tuple[int, ...], h: int) -> int:
+_PerHead = int | float | tuple[int, ...] | tuple[float, ...]
+
+
+def _budget(budget: _PerHead, h: int) -> Any:
+    """Head ``h``'s value of a setting given for all heads or as one value per head."""
     return budget[h] if isinstance(budget, tuple) else budget
 
 
@@ -95,7 +100,7 @@ def reference_vertical_slash_mass(
     kv_len = k.shape[2]
     verticals, slashes = [], []
     for h, (column, diagonal) in enumerate(_line_scores(q, k, last_q, scale)):
-        share = threshold[h] if isinstance(threshold, tuple) else threshold
+        share = _budget(threshold, h)
         v_cap = min(kv_len, max(_budget(max_vertical, h), sink_columns))
         s_cap = min(kv_len, max(_budget(max_slash, h), local_diagonals))
         verticals.append(_mass_rank(column, sink_columns, share, v_cap))

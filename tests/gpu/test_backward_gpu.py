@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_kernel_gpu import PATTERNS  # the forward GPU tests' named patterns, run backward here
 
 from sparseattn.attention import sparse_attention
 from sparseattn.kernels.attention.backward import triton_sparse_attention_backward
 from sparseattn.kernels.attention.config import preferred_block_size
 from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.lowering import lower
-from sparseattn.patterns import AShape, Causal, Columns, PerHead, Streaming, Triangle, Window
+from sparseattn.patterns import Causal, Columns, Triangle, Window
 from sparseattn.testing.gradients import assert_grads_close_to_oracle
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-PATTERNS = {
-    "causal": Causal(),
-    "streaming": Streaming(sink=128, window=1024),
-    "ashape": AShape(sink_blocks=1, local_blocks=8, block_size=128),
-    "triangle": Triangle(),
-    "mixture": PerHead((Causal(), Streaming(sink=128, window=1024), Triangle(), AShape()) * 2),
-}
 
 
 def inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype):
