@@ -9,4 +9,6 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -n 2 -q "$@"
+# worksteal: a worker that runs out of tests takes queued ones from the other, so one slow file
+# at the end of a queue does not leave a core idle.
+exec .venv/bin/python -m pytest -n 2 --dist worksteal -q "$@"

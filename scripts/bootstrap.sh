@@ -2,13 +2,18 @@
 # Creates .venv beside the repo (once) and installs sparseattn with its test and Hugging Face extras.
 # torch is pinned to a CPU build unless a CUDA-capable torch is already importable by python3;
 # an unpinned torch would pull a multi-GB CUDA build onto machines that cannot use it.
-# Prints one line per stage; pip runs quietly, without its version check or its location warnings.
+# Prints one line per stage; pip's own output (build warnings, location notices) goes to .venv/pip.log
+# and is shown only when pip fails.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
 stamp="$venv/.sparseattn-installed"
 pip() {
-  "$venv/bin/pip" -q --disable-pip-version-check "$@" 2> >(grep -v 'is ignored' >&2)
+  if ! "$venv/bin/pip" -q --disable-pip-version-check "$@" >>"$venv/pip.log" 2>&1; then
+    echo "set-up: pip install failed; the end of .venv/pip.log:" >&2
+    tail -n 40 "$venv/pip.log" >&2
+    return 1
+  fi
 }
 stage() { echo "set-up: $*"; }
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "${BASH_SOURCE[0]}" -nt "$stamp" ]; then
