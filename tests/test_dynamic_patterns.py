@@ -316,7 +316,7 @@ def test_triton_select_top_equals_torch_rule(data):
 
 
 @given(st.data())
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 def test_triton_block_topk_keep_equals_masked_torch_rule(data):
     """Causal rules fused into the selection (interpreter) == +-inf written into the grid, then the torch rule."""
     block = data.draw(st.sampled_from([32, 64]), "block")
