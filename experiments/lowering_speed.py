@@ -3,6 +3,7 @@ kernel's plan.
 
     python experiments/lowering_speed.py                      # CPU: writes experiments/results/lowering_cpu.{json,md}
     python experiments/lowering_speed.py --device cuda --out $OUT   # the kernel benchmark's patterns at 128K
+    python experiments/lowering_speed.py --minference              # writes experiments/results/lowering_minference_cpu.*
 
 On CUDA the patterns are those of ``bench_kernel.py`` (its per-head mixture included) at 131072 tokens
 on its tile shapes, and ``plan ms`` is the first call's work-list build for 32 query heads (heaviest
@@ -22,6 +23,7 @@ import torch
 from harness import LOWERING_VARIANTS, RESULTS, wall_median
 from tqdm import tqdm
 
+from sparseattn.estimation import VerticalSlashIndices
 from sparseattn.kernels.planning.work_list import work_list
 from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Documents, Pattern, PerHead, Streaming, Triangle
@@ -91,30 +93,91 @@ def cases(device: str) -> list[tuple[str, Pattern, int, tuple[int, int]]]:
     ]
 
 
+def minference_pattern(n: int, heads: int, vertical: int, slash: int) -> VerticalSlashIndices:
+    """MInference-like lines: random columns, the 64 local diagonals plus random ones (seeded)."""
+    gen = torch.Generator().manual_seed(0)
+    pick = lambda count, lo: (lo + torch.randperm(n - lo, generator=gen)[: count - 64]).tolist()
+    cols = [sorted(torch.randperm(n, generator=gen)[:vertical].tolist()) for _ in range(heads)]
+    diags = [sorted([*range(64), *pick(slash, 64)]) for _ in range(heads)]
+    return VerticalSlashIndices(torch.tensor(cols), torch.tensor(diags), form="minference", block_size=64)
+
+
+# (tokens, heads, verticals, slashes, time the tile-by-tile path too): MInference's default budgets. Tile by
+# tile took 9 s for one head at 2K (and had not finished one head at 8K after minutes), so it runs at 2K.
+MINFERENCE_CASES = [(2048, 1, 1000, 2000, True), (8192, 14, 1000, 6096, False), (32768, 14, 1000, 6096, False)]
+
+
+def measure_minference(repeats: int) -> list[dict]:
+    """``form="minference"`` from its runs against tile by tile (the latter where it finishes in minutes)."""
+    return [minference_row(*case, repeats) for case in tqdm(MINFERENCE_CASES, desc="minference form")]
+
+
+def minference_row(n: int, heads: int, vertical: int, slash: int, old: bool, repeats: int) -> dict:
+    pattern = minference_pattern(n, heads, vertical, slash)
+    runs_ms, _ = wall_median(lambda: pattern.minference_runs(n // 64), "cpu", repeats)
+    new_ms, layout = wall_median(lambda: lower(pattern, n, block_size=(64, 64)), "cpu", repeats)
+    tiles_ms = same = None
+    if old:
+        tiles_ms, oracle = wall_median(lambda: lower(pattern, n, block_size=(64, 64), by_segments=False), "cpu", 1)
+        same = bool(torch.equal(layout.to_dense(), oracle.to_dense()))
+    full, partial = layout.num_tiles()
+    return {
+        "tokens": n,
+        "heads": heads,
+        "verticals": vertical,
+        "slashes": slash,
+        "runs_ms": runs_ms,
+        "from_runs_ms": new_ms,
+        "tiles_ms": tiles_ms,
+        "same_mask": same,
+        "full_tiles": full,
+        "partial_tiles": partial,
+        "gathered_columns": int(layout.col_num.sum()) if layout.col_num is not None else 0,
+        "density": layout.density(),
+    }
+
+
+def minference_markdown(meta: dict, rows: list[dict]) -> list[str]:
+    lines = [
+        f'# Lowering `form="minference"` on {meta["device"]}\n\n`{meta["command"]}` — {meta["date"]}, torch '
+        f"{meta['torch']}, {meta['host_threads']} host threads, median of {meta['repeats']} (tile by tile: one run).\n",
+        "64x64 tiles, row block 64; random columns, the 64 local diagonals plus random ones. `from runs`: "
+        "`lower(pattern)` (`minference_layout`), `runs` its `minference_runs` share; `tile by tile`: "
+        "`lower(..., by_segments=False)`, the mask on every tile, only where it finishes in minutes; "
+        "`same mask`: both layouts' token masks equal.\n",
+        "| tokens | heads | verticals | slashes | runs ms | from runs ms | tile by tile ms | same mask | full tiles "
+        "| partial tiles | gathered columns | density |",
+        "|" + "---|" * 12,
+    ]
+    for r in rows:
+        old = "not run" if r["tiles_ms"] is None else f"{r['tiles_ms']:,.0f}"
+        same = "—" if r["same_mask"] is None else ("yes" if r["same_mask"] else "NO")
+        lines.append(
+            f"| {r['tokens']:,} | {r['heads']} | {r['verticals']} | {r['slashes']} | {r['runs_ms']:,.0f} | "
+            f"{r['from_runs_ms']:,.0f} | {old} | {same} | {r['full_tiles']:,} | {r['partial_tiles']:,} | "
+            f"{r['gathered_columns']:,} | {r['density']:.3f} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch host threads (0: torch's default)")
+    parser.add_argument("--minference", action="store_true", help="time form='minference' (CPU) instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.minference:
+        minference_main(args)
+        return
     # First-use costs (CUDA context, allocator, kernel compilation) out of the way.
     for _, options in LOWERING_VARIANTS[args.device]:
         lower(PerHead((Triangle(), Causal())), 4096, device=args.device, **options)
     rows = [measure(*case, args.device, args.repeats) for case in tqdm(cases(args.device), desc="lowering")]
-    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
-    meta = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": gpu or (platform.processor() or platform.machine()),
-        "torch": torch.__version__,
-        "host_threads": torch.get_num_threads(),
-        "repeats": args.repeats,
-        "command": " ".join(
-            ["python experiments/lowering_speed.py", *("$OUT" if a == str(args.out) else a for a in sys.argv[1:])]
-        ),
-    }
+    meta = run_meta(args)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"lowering_{args.device}"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -139,6 +202,40 @@ def main() -> None:
             f"{r['distinct_bitmaps']} | {r['layout_MiB']:.2f} |"
         )
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[1:]))
+
+
+def run_meta(args: argparse.Namespace) -> dict:
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": gpu or cpu_name(),
+        "torch": torch.__version__,
+        "host_threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "command": " ".join(
+            ["python experiments/lowering_speed.py", *("$OUT" if a == str(args.out) else a for a in sys.argv[1:])]
+        ),
+    }
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux says it, else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def minference_main(args: argparse.Namespace) -> None:
+    rows = measure_minference(args.repeats)
+    meta = run_meta(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "lowering_minference_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = minference_markdown(meta, rows)
+    (args.out / "lowering_minference_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[1:]))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparseattn.estimation.minference_layout import minference_layout
 from sparseattn.estimation.topk import PAD
 from sparseattn.layout import BlockLayout
 from sparseattn.lowering import lower
@@ -54,8 +55,8 @@ class VerticalSlashIndices(Pattern):
       ``k <= q_pos`` and (``k`` in a run, or ``k in Vh`` below the last run's end: the builder gathers
       verticals outside the runs and drops those past its last window). A block with no slash below
       ``E`` keeps nothing (MInference's builder reads past its slash list there; its forced local
-      diagonals make that impossible in practice). Lowered by evaluating the mask on every tile (exact,
-      host-scale; ``block`` is the fast form).
+      diagonals make that impossible in practice). Lowered exactly from the runs on any tiles
+      (`minference_layout`), with a few host synchronisations (``block`` is the form built without any).
 
     >>> lines = VerticalSlashIndices(torch.tensor([[0]]), torch.tensor([[0, 3]]), form="token", block_size=32)
     >>> print(lines.render(6))
@@ -118,12 +119,15 @@ class VerticalSlashIndices(Pattern):
         Returns ``starts``, ``ends`` (int64 ``[H, G, S]``: the runs ``[start, end)`` in key order, then
         padding with ``start = end = `PAD```) and ``last_end`` (``[H, G]``: the last run's end, 0 without
         one). The builder's walk over the slashes, one slash of every (head, row block) per step.
+        ``S = max(1, min(slashes, G + 1))``: runs are disjoint, at least ``B`` keys long, and end before
+        ``B * (g + 2)``, so row block ``g`` holds at most ``g + 2`` of them.
         """
         b = self.block_size
         heads, count = self.slash.shape
         dev = self.slash.device
         end_m = (torch.arange(num_row_blocks, device=dev) + 1).mul(b).view(1, -1)  # [1, G]
-        starts = torch.full((heads, num_row_blocks, count), PAD, dtype=torch.long, device=dev)
+        slots = max(1, min(count, num_row_blocks + 1))
+        starts = torch.full((heads, num_row_blocks, slots), PAD, dtype=torch.long, device=dev)
         ends = starts.clone()
         cur_start = torch.zeros(heads, num_row_blocks, dtype=torch.long, device=dev)
         cur_end = torch.zeros_like(cur_start)
@@ -143,7 +147,7 @@ class VerticalSlashIndices(Pattern):
             cur_start = torch.where(opens, e - b, cur_start)
             cur_end = torch.where(opens, e, torch.where(extends, cur_end + b, cur_end))
             active = active | opens
-        if count:  # every run holds a slash, so the open one has a slot: runs < count
+        if count:  # every run holds a slash, so the open one has a slot: runs < slots
             starts.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_start, PAD).unsqueeze(2))
             ends.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_end, PAD).unsqueeze(2))
         return starts, ends, torch.where(active, cur_end, 0)
@@ -180,7 +184,8 @@ class VerticalSlashIndices(Pattern):
 
     @property
     def native_block_size(self) -> tuple[int, int] | None:
-        """The block form is defined on square tiles of ``block_size``; the token form on any tiles."""
+        """The block form is defined on square tiles of ``block_size``; the token and minference forms on
+        any tiles (a minference row block may straddle tile rows: its rows are lowered piece by piece)."""
         return None if self.form != "block" else (self.block_size, self.block_size)
 
     def own_layout(
@@ -190,14 +195,21 @@ class VerticalSlashIndices(Pattern):
 
         ``form="block"`` builds the layout on the GPU without host synchronisation, on its own square
         tiles. ``form="token"`` goes through the analytic lowering of ``Causal() & (Columns | Diagonals)``
-        (host side, any tiles).
+        (host side, any tiles). ``form="minference"`` builds it from `minference_runs` with torch
+        operations where its data lives, on any tiles (`minference_layout`: tiles from prefix counts of
+        run keys, bitmaps only for PARTIAL tiles, verticals gathered where every row keeps them); it
+        synchronises with the host a few times, since its PARTIAL tiles and bitmaps depend on the data.
+        ``lower(..., by_segments=False)`` skips this and lowers the mask tile by tile (the oracle).
         """
         if device is not None and device != self.vertical.device:
             return self.to(device).own_layout(q_len, kv_len, block_size, None)
         if self.form == "token":
             return lower(self.expression(), q_len, kv_len, block_size=block_size, device=self.vertical.device)
         if self.form == "minference":
-            return None
+            runs = self.minference_runs(-(-kv_len // self.block_size))
+            return minference_layout(
+                runs, self.vertical, q_len=q_len, kv_len=kv_len, block_size=block_size, row_block=self.block_size
+            )
         keep = self.tile_grid(q_len, kv_len)
         return layout_from_tile_grid(keep, q_len=q_len, kv_len=kv_len, block=self.block_size, columns=self.vertical)
 

@@ -58,11 +58,12 @@ def lower(
     ``block_size`` (an int means a square tile) defaults to the pattern's `Pattern.native_block_size` (an
     estimate's tiles) or 64 x 64;
     a pattern defined on its own tiles refuses others. A pattern that builds its own layout
-    (`Pattern.own_layout`) is asked first.
+    (`Pattern.own_layout`) is asked first, unless ``by_segments=False``.
 
     The layout broadcasts over heads (head dimension 1) unless the pattern depends on the head, in
     which case it has one entry per head (``num_heads`` is checked against the pattern's own count).
-    ``by_segments=False`` forces the per-tile path (the oracle of the default one). ``intervals`` picks,
+    ``by_segments=False`` forces the per-tile path from the token truth (the oracle of the default one
+    and of a pattern's own layout, which it skips). ``intervals`` picks,
     for the segment path, between the compiled program (True) and the patterns' own methods (False);
     the default takes the program on GPUs only. It trades work for operations: a GPU pays host time
     per operation and little per element, while on the CPU the same lowerings ran slower through the
@@ -88,7 +89,11 @@ def lower(
     if bm < 1 or bn < 32 or bn % 32:
         raise ValueError(f"block_size: expected (block_m >= 1, block_n a positive multiple of 32), got {block_size}")
     pattern._resolve_heads(num_heads)
-    own = pattern.own_layout(q_len, kv_len, block_size, None if device is None else torch.device(device))
+    own = (
+        pattern.own_layout(q_len, kv_len, block_size, None if device is None else torch.device(device))
+        if by_segments
+        else None
+    )
     if own is not None:
         return own
     device = torch.device(device or "cpu")

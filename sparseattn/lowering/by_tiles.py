@@ -6,6 +6,8 @@ and ``classify``. It is also the oracle of the faster row-segment path (``by_seg
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -14,7 +16,7 @@ from sparseattn.lowering.gathered import gathered_columns
 from sparseattn.lowering.grouping import group_rows
 from sparseattn.patterns.base import Pattern
 from sparseattn.patterns.columns import Columns
-from sparseattn.patterns.tiles import EMPTY, FULL, MaskContext, Tiles, tile_bits
+from sparseattn.patterns.tiles import EMPTY, FULL, PARTIAL, MaskContext, Tiles, tile_bits
 
 _BITMAP_CHUNK = 2048
 
@@ -38,23 +40,33 @@ def partial_bitmaps(pattern: Pattern, tiles: Tiles) -> tuple[Tensor, Tensor, Ten
         extents = torch.stack([tiles.q_last - tiles.q_start, tiles.k_last - tiles.k_start], dim=1)
         keys = torch.cat([keys, extents], dim=1)
     by_key, first = group_rows(keys)
-    groups = first.numel()
     reps = tiles.select(first)
     rows = torch.arange(ctx.block_m, device=ctx.device)
     cols = torch.arange(ctx.block_n, device=ctx.device)
+    distinct, group_id, true_class = distinct_bitmaps(
+        first.numel(), lambda part: tile_bits(pattern, reps.select(part), rows, cols)
+    )
+    return distinct, group_id[by_key], true_class[by_key]
+
+
+def distinct_bitmaps(count: int, bits_of: Callable[[slice], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """(packed distinct PARTIAL bitmaps [T, bm, bn/32], each tile's bitmap id, each tile's true class) of
+    ``count`` tiles whose ``(bits, in-bounds bits)`` ``bits_of(slice)`` gives, a chunk at a time.
+
+    Tiles that turn out EMPTY or FULL keep id 0 (never read); equal contents share one bitmap.
+    """
     words, classes = [], []
-    for s in range(0, groups, _BITMAP_CHUNK):
-        bits, inside = tile_bits(pattern, reps.select(slice(s, s + _BITMAP_CHUNK)), rows, cols)
+    for s in range(0, count, _BITMAP_CHUNK):
+        bits, inside = bits_of(slice(s, s + _BITMAP_CHUNK))
         kept = bits.sum((-1, -2))
         classes.append((kept > 0).long() + (kept == inside.sum((-1, -2))))
         words.append(pack_bits(bits))
     packed, true_class = torch.cat(words), torch.cat(classes)
-    partial = true_class == 1
-    # Equal contents share one bitmap; groups that are not PARTIAL keep id 0 (never read).
+    partial = true_class == PARTIAL
     partial_packed = packed[partial]
     by_content, first_of_content = group_rows(partial_packed.flatten(1))
-    group_id = torch.zeros(groups, dtype=torch.long, device=ctx.device).masked_scatter_(partial, by_content)
-    return partial_packed[first_of_content], group_id[by_key], true_class[by_key]
+    group_id = torch.zeros(count, dtype=torch.long, device=packed.device).masked_scatter_(partial, by_content)
+    return partial_packed[first_of_content], group_id, true_class
 
 
 def lower_by_tiles(
