@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +147,8 @@ class TaskGenerator:
     """Builds `Sample`s for one tokenizer; ``seed`` fixes every random choice.
 
     Sample ``i`` of a task at a length depends only on (seed, task, length, i), so adding samples or
-    tasks never changes existing ones. The essay haystack is tokenized once per generator. ``split``
+    tasks never changes existing ones. The essay haystack is tokenized once per tokenizer and split, and
+    shared by every generator of that tokenizer in the process (seconds for the ~3M characters). ``split``
     draws haystacks from all essays (the default, the committed results) or from one held-out half
     (`text_sources.essay_split`: ``"eval"``, when ``"train"`` text fine-tunes the model evaluated).
     """
@@ -158,7 +160,7 @@ class TaskGenerator:
         self.seed = seed
         self.split = split
         self._essay_ids: list[int] | None = None
-        self._paragraph_ids: dict[int, int] = {}
+        self._paragraph_ids: list[int] | None = None
 
     def samples(self, task: str, length: int, count: int, start: int = 0) -> list[Sample]:
         return [self.sample(task, length, i) for i in range(start, start + count)]
@@ -184,7 +186,9 @@ class TaskGenerator:
             per_repetition = len(self._encode(_FILLER))
             return (_FILLER * (budget // per_repetition + 1)).strip()
         if self._essay_ids is None:
-            self._essay_ids = self._encode(text_sources.essay_split(self.split))
+            self._essay_ids = self._shared(
+                f"essays/{self.split}", lambda: self._encode(text_sources.essay_split(self.split))
+            )
         start = int(position * (len(self._essay_ids) - budget - 1))
         return self.tokenizer.decode(self._essay_ids[start : start + budget])
 
@@ -240,9 +244,23 @@ class TaskGenerator:
         return Sample("qa_squad", index, length, tuple(ids), spec.references, spec.metric, spec.max_new_tokens)
 
     def _paragraph_tokens(self, p: int) -> int:
-        if p not in self._paragraph_ids:
-            self._paragraph_ids[p] = len(self._encode(text_sources.squad()[0][p]))
+        if self._paragraph_ids is None:
+            # Every paragraph is measured for any QA sample: one batch call, the same ids as one call each.
+            self._paragraph_ids = self._shared(
+                "squad_paragraphs",
+                lambda: [len(ids) for ids in self._encode_batch(text_sources.squad()[0])],
+            )
         return self._paragraph_ids[p]
+
+    def _shared(self, key: str, compute: Callable[[], list[int]]) -> list[int]:
+        """``compute()`` once per tokenizer object and ``key`` in this process; never mutate the result."""
+        try:
+            per_tokenizer = _TOKENIZED.setdefault(self.tokenizer, {})
+        except TypeError:  # a tokenizer that is not hashable or weakly referable: no sharing
+            return compute()
+        if key not in per_tokenizer:
+            per_tokenizer[key] = compute()
+        return per_tokenizer[key]
 
     # ----------------------------------------------------------------- prompt
     def _prompt(self, spec: _Spec, context: str) -> list[int]:
@@ -254,6 +272,13 @@ class TaskGenerator:
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+# Token ids of the haystack sources, per tokenizer object (weakly: dropped with the tokenizer).
+_TOKENIZED: weakref.WeakKeyDictionary[Any, dict[str, list[int]]] = weakref.WeakKeyDictionary()
 
 
 def _needle_spec(task: str, rng: random.Random) -> _Spec:
