@@ -21,22 +21,28 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from sparseattn.integrations import LayerTimer, use_schedule
-from sparseattn.schedule import LayerSchedule
+# torch and the package load in the functions that run a job: a sweep's launching process (joblib's,
+# submitit's) imports this script but runs no job, and importing torch there cost seconds per sweep.
+if TYPE_CHECKING:
+    import torch
+
+    from sparseattn.schedule import LayerSchedule
 
 _loaded: dict[str, torch.nn.Module] = {}
 
 
 def load_model(model_cfg: DictConfig) -> torch.nn.Module:
     """The model of ``model_cfg.load``, reused while consecutive jobs ask for the same one."""
+    import torch
+
     key = OmegaConf.to_yaml(model_cfg.load)
     if key not in _loaded:
         _loaded.clear()  # one model at a time: an 8B model and the next one need not fit together
@@ -47,12 +53,16 @@ def load_model(model_cfg: DictConfig) -> torch.nn.Module:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def prefill(model: torch.nn.Module, ids: torch.Tensor, use_cache: bool) -> torch.Tensor:
     """Logits of the last position after one forward over ``ids`` (the KV cache is built and dropped)."""
+    import torch
+
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=use_cache, logits_to_keep=1)
     return out.logits
@@ -72,6 +82,10 @@ def resolve_device_defaults(cfg: DictConfig, device: torch.device) -> DictConfig
 
 def run_ttft(cfg: DictConfig, *, progress: bool = True) -> dict:
     """Measure one job of conf/ttft.yaml; returns the record written to ``ttft.json``."""
+    import torch
+
+    from sparseattn.integrations import LayerTimer, use_schedule
+
     if cfg.device_per_job and torch.cuda.is_available():
         gpu = HydraConfig.get().job.num % torch.cuda.device_count()
         cfg.model.load.device = f"cuda:{gpu}"
@@ -150,6 +164,7 @@ def attention_label(cfg: DictConfig, schedule: LayerSchedule) -> str:
 
 
 def environment(device: torch.device) -> dict:
+    import torch
     import transformers
     import triton
 
