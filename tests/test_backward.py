@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_kernel_triton import random_inputs, random_mask, with_columns
 
@@ -86,6 +86,9 @@ def test_backward_matches_oracle_on_random_layouts(data):
     dtype=st.sampled_from([torch.float16, torch.float32]),
     seed=st.integers(0, 999),
 )
+# Every query of head 1 attends to key 33 alone: dk there is 0 in the oracle and rounding in the kernel
+# (its Delta comes from the computed output), which the tolerance must allow from the cancelled terms.
+@example(Causal() & Columns(((), (33, 100), ())), (84, 84), (32, 32), 1, torch.float32, 0)
 def test_backward_of_lowered_patterns(pattern, lens, block, group, dtype, seed):
     """Random composed patterns, lowered as `sparse_attention` lowers them, against their token truth."""
     q_len, kv_len = lens
