@@ -6,11 +6,10 @@ local path (transformers dequantises them to ``dtype``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -131,75 +130,25 @@ def gguf_model(
 
     file = find_gguf(gguf_path)
     placement = {"device_map": device_map} if device_map else {}
-    with _gguf_read_once():
-        config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
-        if rope_scaling:
-            # transformers 5 keeps rope_theta inside rope_parameters; the scaling keys join it there.
-            config.rope_parameters = {**(config.rope_parameters or {}), **dict(rope_scaling)}
-            factor = float(rope_scaling.get("factor", 1.0))
-            original = int(rope_scaling.get("original_max_position_embeddings", config.max_position_embeddings))
-            config.max_position_embeddings = int(original * factor)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(file.parent),
-            gguf_file=file.name,
-            config=config,
-            dtype=resolve_dtype(dtype),
-            local_files_only=True,
-            attn_implementation="sdpa",
-            **placement,
-        )
+    config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
+    if rope_scaling:
+        # transformers 5 keeps rope_theta inside rope_parameters; the scaling keys join it there.
+        config.rope_parameters = {**(config.rope_parameters or {}), **dict(rope_scaling)}
+        factor = float(rope_scaling.get("factor", 1.0))
+        original = int(rope_scaling.get("original_max_position_embeddings", config.max_position_embeddings))
+        config.max_position_embeddings = int(original * factor)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(file.parent),
+        gguf_file=file.name,
+        config=config,
+        dtype=resolve_dtype(dtype),
+        local_files_only=True,
+        attn_implementation="sdpa",
+        **placement,
+    )
     if not device_map:
         model = model.to(resolve_device(device))
     return cast(torch.nn.Module, model.eval())
-
-
-@contextlib.contextmanager
-def _gguf_read_once() -> Iterator[None]:
-    """Within: each GGUF file parsed once (and faster), each tensor-name map built once.
-
-    transformers parses the whole file (SmolLM2's 49K-token vocabulary: seconds) for the config and again
-    for the weights, and rebuilds gguf's tensor-name map for every submodule (~400 times for a 30-layer
-    model). Both come from ``gguf`` at call time and are read only, so a memo in their place changes
-    nothing but the time.
-    """
-    try:
-        import gguf as module
-        import numpy as np
-    except ImportError:  # transformers reports the missing package itself
-        yield
-        return
-    gguf: Any = module
-    if getattr(gguf.GGUFReader, "_sparseattn_memo", False):  # already inside
-        yield
-        return
-    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    readers: dict[tuple[str, str], Any] = {}
-
-    class PlainReader(reader_class):  # type: ignore[misc, valid-type]
-        """The stock reader over a plain ndarray view of its read-only memory map: the same bytes, still
-        mapped, but slicing numpy's memmap subclass costs microseconds a slice, and parsing a 49K-token
-        vocabulary takes millions of slices (a third of the time without it)."""
-
-        @property
-        def data(self) -> Any:
-            return self._plain_data
-
-        @data.setter
-        def data(self, value: Any) -> None:
-            self._plain_data = value.view(np.ndarray) if isinstance(value, np.memmap) else value
-
-    def read(path: Any, mode: str = "r") -> Any:
-        key = (os.fspath(path), mode)
-        if key not in readers:
-            readers[key] = (PlainReader if mode == "r" else reader_class)(path, mode)
-        return readers[key]
-
-    read._sparseattn_memo = True  # type: ignore[attr-defined]
-    gguf.GGUFReader, gguf.get_tensor_name_map = read, functools.lru_cache(maxsize=None)(name_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
 
 
 def gguf_tokenizer(gguf_path: str | None = None) -> Any:
@@ -218,8 +167,7 @@ def _converted_tokenizer(file: Path, size: int, mtime_ns: int) -> Any:
     """``size`` and ``mtime_ns`` key the cache only: a replaced file is converted again."""
     from transformers import AutoTokenizer
 
-    with _gguf_read_once():
-        return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
 
 
 def load_pretrained(spec: Mapping[str, Any], threads: int | None = None) -> tuple[Any, Any]:
