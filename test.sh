@@ -9,6 +9,6 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-# worksteal: a worker that runs out of tests takes queued ones from the other, so one slow file
-# at the end of a queue does not leave a core idle.
-exec .venv/bin/python -m pytest -n 2 --dist worksteal -q "$@"
+# loadgroup: tests spread over both cores, except that those marked with one xdist_group share a
+# worker (the real-model tests load their weights once).
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q "$@"
