@@ -121,15 +121,14 @@ def minference_layout(
     row_block: int,
 ) -> BlockLayout:
     """The layout of the runs ``(starts, ends, last_end)`` of `VerticalSlashIndices.minference_runs` (for
-    every row block up to ``kv_len``) and the ``vertical`` [H, V] columns (ascending, `PAD` padded), on
-    ``block_size`` tiles: exactly the minference form's mask, every computed tile holding a kept pair.
+    the row blocks holding queries: from ``(kv_len - q_len) // row_block`` up to ``kv_len``) and the
+    ``vertical`` [H, V] columns (ascending, `PAD` padded), on ``block_size`` tiles: exactly the minference form's mask, every computed tile holding a kept pair.
 
     Synchronises with the host: how many tiles are PARTIAL, and their bitmaps, depend on the data.
     """
     bm, bn = block_size
     pieces = Pieces.of(q_len, kv_len, bm, row_block, vertical.device)
-    first_block = (kv_len - q_len) // row_block
-    starts, ends, last_end = (t[:, first_block:].contiguous() for t in runs)  # the row blocks holding queries
+    starts, ends, last_end = runs
     flat = FlatRuns.of(starts, ends, stride=kv_len + row_block * 2 + bn)
     computed, full = _run_tiles(starts, ends, flat, pieces, kv_len, bn)
     computed, gathered = _vertical_columns(starts, ends, last_end, vertical, pieces, computed, kv_len, bn)

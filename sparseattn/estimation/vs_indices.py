@@ -113,10 +113,11 @@ class VerticalSlashIndices(Pattern):
             lines = _count(_prefix(slashes), h, first[g] - k_hi[b], last[g] - k_lo[b]) > 0
         return (kv_idx <= q_pos) & (columns | lines)
 
-    def minference_runs(self, num_row_blocks: int) -> tuple[Tensor, Tensor, Tensor]:
-        """MInference's merged windows for each head and row block ``g`` (rows ``[B*g, B*g + B)``).
+    def minference_runs(self, num_row_blocks: int, first: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """MInference's merged windows for each head and row block ``g`` (rows ``[B*g, B*g + B)``) from
+        ``first`` (a chunk's first row block: those before it hold no query) up to ``num_row_blocks``.
 
-        Returns ``starts``, ``ends`` (int64 ``[H, G, S]``: the runs ``[start, end)`` in key order, then
+        Returns ``starts``, ``ends`` (int64 ``[H, G, S]``, ``G = num_row_blocks - first``: the runs ``[start, end)`` in key order, then
         padding with ``start = end = `PAD```) and ``last_end`` (``[H, G]``: the last run's end, 0 without
         one). The builder's walk over the slashes, one slash of every (head, row block) per step.
         ``S = max(1, min(slashes, G + 1))``: runs are disjoint, at least ``B`` keys long, and end before
@@ -125,13 +126,13 @@ class VerticalSlashIndices(Pattern):
         b = self.block_size
         heads, count = self.slash.shape
         dev = self.slash.device
-        end_m = (torch.arange(num_row_blocks, device=dev) + 1).mul(b).view(1, -1)  # [1, G]
+        end_m = (torch.arange(first, num_row_blocks, device=dev) + 1).mul(b).view(1, -1)  # [1, G]
         slots = max(1, min(count, num_row_blocks + 1))
-        starts = torch.full((heads, num_row_blocks, slots), PAD, dtype=torch.long, device=dev)
+        starts = torch.full((heads, end_m.shape[1], slots), PAD, dtype=torch.long, device=dev)
         ends = starts.clone()
-        cur_start = torch.zeros(heads, num_row_blocks, dtype=torch.long, device=dev)
+        cur_start = torch.zeros(heads, end_m.shape[1], dtype=torch.long, device=dev)
         cur_end = torch.zeros_like(cur_start)
-        active = torch.zeros(heads, num_row_blocks, dtype=torch.bool, device=dev)
+        active = torch.zeros_like(cur_start, dtype=torch.bool)
         runs = torch.zeros_like(cur_start)  # runs closed so far
         for i in range(count - 1, -1, -1):  # slashes from the largest d down: window ends ascending
             d = self.slash[:, i : i + 1]  # [H, 1]
@@ -206,7 +207,7 @@ class VerticalSlashIndices(Pattern):
         if self.form == "token":
             return lower(self.expression(), q_len, kv_len, block_size=block_size, device=self.vertical.device)
         if self.form == "minference":
-            runs = self.minference_runs(-(-kv_len // self.block_size))
+            runs = self.minference_runs(-(-kv_len // self.block_size), first=(kv_len - q_len) // self.block_size)
             return minference_layout(
                 runs, self.vertical, q_len=q_len, kv_len=kv_len, block_size=block_size, row_block=self.block_size
             )
