@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from harness import LOWERING_VARIANTS, RESULTS, wall_median
 from tqdm import tqdm
 
 from sparseattn.estimation import VerticalSlashIndices
+from sparseattn.eval.provenance import cpu_name
 from sparseattn.kernels.planning.work_list import work_list
 from sparseattn.lowering import lower
 from sparseattn.patterns import AShape, Causal, Documents, Pattern, PerHead, Streaming, Triangle
@@ -217,16 +217,6 @@ def run_meta(args: argparse.Namespace) -> dict:
             ["python experiments/lowering_speed.py", *("$OUT" if a == str(args.out) else a for a in sys.argv[1:])]
         ),
     }
-
-
-def cpu_name() -> str:
-    """The CPU's model name where Linux says it, else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def minference_main(args: argparse.Namespace) -> None:

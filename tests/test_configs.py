@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from experiment_apps import load_app
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -99,11 +100,7 @@ def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def report(sweep: Path, out: Path) -> None:
     """experiments/report.py's command line, in this process (it imports neither torch nor Hydra: nothing
     a fresh interpreter would check that this one does not)."""
-    spec = importlib.util.spec_from_file_location("report_app", ROOT / "experiments" / "report.py")
-    assert spec and spec.loader
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    app.main([str(sweep), "--out", str(out)])
+    load_app("report").main([str(sweep), "--out", str(out)])
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])

