@@ -108,3 +108,26 @@ def test_paired_rows_share_samples_and_carry_fidelity(model, prompt):
     assert done_keys(rows) == {("niah_single", 256, 0)}
     with pytest.raises(ValueError, match="schedules"):
         evaluate_sample(model, Tokens(), sample, {DENSE: schedules["same"]}, AttentionSwitch())
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time_and_leaves_the_caches_alone(model, prompt):
+    from sparseattn.eval.generation import forced, greedy, prefill
+
+    switch = AttentionSwitch()
+    schedules = [None, LayerSchedule.uniform(Causal() & Window(3)), LayerSchedule.uniform(Streaming(2, 8))]
+    prompts = []
+    for schedule in schedules:
+        switch(model, schedule)
+        prompts.append(prefill(model, prompt))
+    before = [p.cache.layers[0].keys.clone() for p in prompts]
+    switch(model, None)
+    alone = [greedy(model, Tokens(), [p], max_new_tokens=7)[0] for p in prompts]
+    together = greedy(model, Tokens(), prompts, max_new_tokens=7)
+    assert together == alone
+    assert len({tuple(t) for t in alone}) > 1  # the schedules answer differently: the rows did not mix
+    assert all(torch.equal(p.cache.layers[0].keys, b) for p, b in zip(prompts, before, strict=True))
+    assert all(p.cache.get_seq_length() == len(prompt) for p in prompts)
+    once, twice = forced(model, prompts[0], alone[0]), forced(model, prompts[0], alone[0])
+    assert torch.equal(once, twice) and once.shape[0] == len(alone[0]) + 1
+    with pytest.raises(ValueError, match="one length"):
+        greedy(model, Tokens(), [prompts[0], prefill(model, prompt[:-1])], max_new_tokens=2)

@@ -112,3 +112,18 @@ def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
     summary = json.loads((out / f"{name}.json").read_text())["summary"]
     assert {s["n"] for s in summary} == {2}
     assert len(json.loads((out / f"{name}_runs.json").read_text())) == 2
+
+
+def test_a_schedule_added_later_fills_in_only_its_own_rows(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    quick = ["parts=[accuracy]", "accuracy.gradient_split=false", "accuracy.samples=1"]
+    run(tmp_path, capsys, monkeypatch, *quick, "~schedules.minference")
+    rows = lines(out / "long_context_qwen05b.jsonl")
+    assert "minference" not in {r["system"] for r in rows}
+    text = run(tmp_path, capsys, monkeypatch, *quick)
+    again = lines(out / "long_context_qwen05b.jsonl")
+    assert again[: len(rows)] == rows
+    added = again[len(rows) :]
+    assert {r["system"] for r in added} == {"minference"}
+    assert sorted((r["task"], r["index"]) for r in added) == [("niah_single", 0), ("passkey", 0)]
+    assert "answered differently" not in text  # dense's rerun reproduces its recorded answers

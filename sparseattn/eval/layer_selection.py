@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from sparseattn.eval.eager_attention import ProbeAttention, use_probe
-from sparseattn.patterns import Causal, Triangle
+from sparseattn.patterns import Causal, MaskContext, Triangle
 
 METHODS = ("gradient", "deepest", "shallowest", "random")
 PAPER_TRIANGLE = Triangle()  # sink 8, window 512, last 128
@@ -57,18 +57,28 @@ class _MiddleGate:
         if not torch.is_grad_enabled():
             return None
         size = probs.shape[-1]
-        if self._middle is None or self._middle.shape[-1] != size:
-            self._middle = self.middle_pattern.to_dense(size).unsqueeze(0)  # [1, 1, N, N]
-        middle = self._middle[:, :, start : start + probs.shape[2]].to(probs.device)
+        if self._middle is None or self._middle.shape[-1] != size or self._middle.device != probs.device:
+            self._middle = self._middle_region(size, probs.device)
+        middle = self._middle[:, :, start : start + probs.shape[2]]
         gated = probs * (1 + self.gates[layer].to(probs.device).view(1, -1, 1, 1) * middle)
         gated.register_hook(lambda grad: self._record(layer, grad, middle))
         return gated
+
+    def _middle_region(self, size: int, device: torch.device) -> Tensor:
+        """bool [1, 1, N, N], built where the probabilities live: at 32K a CPU copy would cross the bus in
+        every chunk of every layer, forward and backward."""
+        ctx = MaskContext(size, size, device=device)
+        rows = torch.arange(size, device=device)
+        head = torch.zeros(1, 1, 1, dtype=torch.long, device=device)
+        return self.middle_pattern.mask(head, rows.view(1, -1, 1), rows.view(1, 1, -1), ctx).unsqueeze(0)
 
     def _record(self, layer: int, grad: Tensor, middle: Tensor) -> None:
         self.grad_abs[layer] += (grad.abs() * middle).sum(dim=(0, 2, 3)).double().cpu()
 
     def middle_entries(self, size: int) -> int:
-        return int(self.middle_pattern.to_dense(size).sum())
+        if self._middle is None or self._middle.shape[-1] != size:
+            self._middle = self._middle_region(size, torch.device("cpu"))
+        return int(self._middle.sum())
 
 
 def middle_gradients(

@@ -1,7 +1,8 @@
 """Paired evaluation: every schedule answers exactly the samples dense answers, one row per (sample, system).
 
-For each sample, dense runs first; its greedy answer is then fed to every schedule's cache (teacher
-forcing) so the same rows also carry decode-position fidelity against dense. Rows are plain dicts,
+For each sample, dense and every schedule prefill the prompt, their greedy answers are decoded together
+(one batch per model), and dense's answer is then fed to every schedule's cache (teacher forcing) so the
+same rows also carry decode-position fidelity against dense. Rows are plain dicts,
 written as JSON lines by the caller, so an interrupted run resumes and a report can be rebuilt.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from sparseattn.eval.fidelity import compare_logits
-from sparseattn.eval.generation import answer
+from sparseattn.eval.generation import Prefilled, forced, greedy, prefill
 from sparseattn.eval.scoring import score
 from sparseattn.eval.tasks import Sample
 from sparseattn.schedule import LayerSchedule
@@ -46,13 +47,40 @@ def evaluate_systems(
     if DENSE in systems:
         raise ValueError(f"schedules: the name {DENSE!r} is reserved for the dense baseline")
     attach(dense_model, None)
-    dense = answer(dense_model, tokenizer, sample.prompt_ids, max_new_tokens=sample.max_new_tokens)
-    rows = [_row(sample, DENSE, dense.text, None)]
+    prompts = {DENSE: prefill(dense_model, sample.prompt_ids)}
     for name, (model, schedule) in systems.items():
         attach(model, schedule)
-        got = answer(model, tokenizer, sample.prompt_ids, max_new_tokens=sample.max_new_tokens, force=dense.tokens)
-        rows.append(_row(sample, name, got.text, compare_logits(dense.forced_logits, got.forced_logits)))
+        prompts[name] = prefill(model, sample.prompt_ids)
+    models = {DENSE: dense_model, **{name: model for name, (model, _) in systems.items()}}
+    tokens = _decoded(tokenizer, sample, models, prompts, attach)
+    attach(dense_model, None)
+    dense_logits = forced(dense_model, prompts[DENSE], tokens[DENSE])
+    rows = [_row(sample, DENSE, tokenizer.decode(tokens[DENSE], skip_special_tokens=True), None)]
+    for name, (model, schedule) in systems.items():
+        attach(model, schedule)
+        logits = forced(model, prompts[name], tokens[DENSE])
+        text = tokenizer.decode(tokens[name], skip_special_tokens=True)
+        rows.append(_row(sample, name, text, compare_logits(dense_logits, logits)))
     return rows
+
+
+def _decoded(
+    tokenizer: Any,
+    sample: Sample,
+    models: Mapping[str, Any],
+    prompts: Mapping[str, Prefilled],
+    attach: Callable[[torch.nn.Module, LayerSchedule | None], None],
+) -> dict[str, list[int]]:
+    """Every system's greedy answer, the systems of one model decoded as one batch with dense attention
+    (decode steps attend densely under every schedule, so the batch changes no system's answer)."""
+    tokens: dict[str, list[int]] = {}
+    for model_id in dict.fromkeys(id(model) for model in models.values()):
+        names = [name for name, model in models.items() if id(model) == model_id]
+        attach(models[names[0]], None)
+        batch = [prompts[name] for name in names]
+        answers = greedy(models[names[0]], tokenizer, batch, max_new_tokens=sample.max_new_tokens)
+        tokens.update(zip(names, answers, strict=True))
+    return tokens
 
 
 def _row(sample: Sample, system: str, text: str, fidelity: Any) -> dict[str, Any]:
@@ -75,6 +103,14 @@ def _row(sample: Sample, system: str, text: str, fidelity: Any) -> dict[str, Any
             top1_mean=float(fidelity.top1.float().mean()),
         )
     return row
+
+
+def recorded_systems(rows: Iterable[dict]) -> dict[tuple, dict[str, dict]]:
+    """(task, length, index) -> {system: its row}: what a resumed run, or one with added schedules, has."""
+    out: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        out.setdefault((r["task"], r["length"], r["index"]), {})[r["system"]] = r
+    return out
 
 
 def done_keys(rows: Iterable[dict]) -> set[tuple]:
