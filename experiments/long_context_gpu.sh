@@ -21,7 +21,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export SPARSEATTN_QWEN_GGUF=${SPARSEATTN_QWEN_GGUF:-/tmp/gpu/qwen.gguf}
 export SPARSEATTN_TEXT_DIR=${SPARSEATTN_TEXT_DIR:-$PWD/.gpu/text}
-state=${STATE:-/tmp/long_context}
+export STATE=${STATE:-/tmp/long_context}
+state=$STATE
 if [ ! -d "$state" ]; then
   mkdir -p "$state" && cp "${SEED:-experiments/results/long_context}"/* "$state"/ 2>/dev/null
 fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import platform
 import shlex
 import sys
@@ -40,7 +41,7 @@ def provenance(threads: int | None = None) -> dict:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_name()}"
     return {
-        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        "command": _portable(" ".join(shlex.quote(a) for a in ["python", *sys.argv])),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device + (f", {threads} threads" if threads else ""),
         "versions": {
@@ -49,6 +50,16 @@ def provenance(threads: int | None = None) -> dict:
             "transformers": transformers.__version__,
         },
     }
+
+
+def _portable(command: str) -> str:
+    """The command with the output folders the GPU drivers set ($OUT, $STATE) written as those names: the
+    record says how it was run, not where."""
+    for name in ("STATE", "OUT"):
+        value = os.environ.get(name)
+        if value and len(value) > 1:
+            command = command.replace(value, f"${name}")
+    return command
 
 
 def record_run(path: Path, threads: int | None = None) -> None:
