@@ -450,7 +450,7 @@ def main() -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "backward_bench" + (f"_{args.tag}" if args.tag else "")
-    from harness import portable
+    from sparseattn.eval.provenance import portable
 
     command = portable(" ".join(["python", "experiments/bench_backward.py", *sys.argv[1:]]))
     shape = {"heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "dtype": args.dtype}

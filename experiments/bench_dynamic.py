@@ -26,7 +26,9 @@ import os
 import sys
 from pathlib import Path
 
-from harness import measure_dynamic, portable
+from harness import measure_dynamic
+
+from sparseattn.eval.provenance import portable
 
 
 def main() -> None:

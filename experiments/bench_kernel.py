@@ -29,11 +29,11 @@ from pathlib import Path
 
 import hydra
 import torch
-from harness import LAYOUT_PATH, flex_as_written, flex_attend, measure_dynamic, peer_module, portable
+from harness import LAYOUT_PATH, flex_as_written, flex_attend, measure_dynamic, peer_module
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
-from sparseattn.eval.provenance import output_dir
+from sparseattn.eval.provenance import output_dir, portable
 from sparseattn.lowering import lower
 from sparseattn.patterns import Pattern, PerHead, Streaming, Triangle
 

@@ -9,7 +9,7 @@
   kernels staged into ``.peers/`` by ``experiments/stage_peers.sh`` (`peer_module`).
 - Lowering: wall-time medians (`wall_median`) and the row-segment variants timed per device.
 - Layouts rebuilt with every tile FULL or every tile PARTIAL (`remasked`).
-- The record of a run: date, GPU, versions and the command line (`run_meta`, `portable`).
+- The record of a run: date, GPU, versions and the command line (`run_meta`; commands pass through `sparseattn.eval.provenance.portable`).
 
 The apps import it as ``from harness import ...`` (their folder is on ``sys.path``); the investigations
 run with ``PYTHONPATH=experiments``.
@@ -21,7 +21,6 @@ import datetime as dt
 import functools
 import importlib
 import json
-import os
 import platform
 import statistics
 import sys
@@ -197,12 +196,6 @@ def run_meta(script: str, out: Path) -> dict:
         "command": f"{prefix}python {path.relative_to(EXPERIMENTS.parent)} "
         + " ".join("$OUT" if a == str(out) else a for a in sys.argv[1:]),
     }
-
-
-def portable(command: str) -> str:
-    """``command`` with the output folder written as ``$OUT`` when it came from that variable."""
-    out = os.environ.get("OUT")
-    return command.replace(out, "$OUT") if out else command
 
 
 def run_line(meta: dict) -> str:

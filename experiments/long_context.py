@@ -186,7 +186,7 @@ def run_accuracy(cfg: DictConfig, out: Path, models: Models, deadline: float | N
         if not wanted <= recorded.get((t, n, i), {}).keys()
     ]
     changed = 0
-    with rows_path.open("a") as sink:
+    with rows_path.open("a") as sink, (out / f"{cfg.name}_timing.jsonl").open("a") as timing_sink:
         for (task, length, index), sample in tqdm(
             zip(todo, prefetched(generator, todo), strict=True), total=len(todo), desc="accuracy samples", unit="sample"
         ):
@@ -195,7 +195,11 @@ def run_accuracy(cfg: DictConfig, out: Path, models: Models, deadline: float | N
                 break
             have = recorded.get((task, length, index), {})
             missing = {name: s for name, s in schedules.items() if name not in have}
-            rows = evaluate_sample(models.model(length), models.tokenizer(), sample, missing, switch)
+            timings: dict[str, float] = {}
+            rows = evaluate_sample(models.model(length), models.tokenizer(), sample, missing, switch, timings)
+            timing = {"task": task, "length": length, "index": index, "seconds": timings}
+            timing_sink.write(json.dumps(timing) + "\n")
+            timing_sink.flush()
             if DENSE in have:
                 # The recorded dense row stays the baseline; its rerun only supplies the tokens to force.
                 changed += rows[0]["prediction"] != have[DENSE]["prediction"]
@@ -472,7 +476,7 @@ def write_report(cfg: DictConfig, out: Path) -> None:
     if control:
         text += f"\n## Negative control: `{cfg.control.system}` paired against `{cfg.control.against}`\n\n"
         text += report.markdown_table(control)
-    text += structure_table(structure) + ttft_table(ttft)
+    text += structure_table(structure) + ttft_table(ttft) + cost_table(read_jsonl(out / f"{cfg.name}_timing.jsonl"))
     (out / f"{cfg.name}.md").write_text(text)
     if summary:
         plot_lengths(summary, out / f"{cfg.name}.png", f"{cfg.name}: accuracy against length")
@@ -513,6 +517,24 @@ def structure_table(records: list[dict]) -> str:
         "lowering in every layer. Records without the kernel column (—) predate it.\n"
     )
     return head + "\n".join(lines) + "\n\nTotals over layers:\n\n" + "\n".join(totals) + "\n" + note
+
+
+def cost_table(records: list[dict]) -> str:
+    """Mean seconds per evaluated sample and phase, per length: where the accuracy part's time goes."""
+    if not records:
+        return ""
+    phases = sorted({phase for r in records for phase in r["seconds"]})
+    lines = [
+        "\n## What an accuracy sample costs (mean wall seconds per sample; systems evaluated on it vary)\n",
+        "| len | samples | " + " | ".join(phases) + " | total |",
+        "|---|---|" + "---|" * (len(phases) + 1),
+    ]
+    for length in sorted({r["length"] for r in records}):
+        rs = [r["seconds"] for r in records if r["length"] == length]
+        means = [sum(r.get(p, 0.0) for r in rs) / len(rs) for p in phases]
+        cells = " | ".join(f"{m:.3f}" for m in means)
+        lines.append(f"| {length} | {len(rs)} | {cells} | {sum(means):.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _ms(record: dict, key: str) -> str:

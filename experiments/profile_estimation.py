@@ -30,11 +30,12 @@ from pathlib import Path
 
 import torch
 import triton
-from harness import cudnn_dense, portable, run_line, structured_qkv
+from harness import cudnn_dense, run_line, structured_qkv
 from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
 from sparseattn.estimation import VerticalSlash, VerticalSlashMass
+from sparseattn.eval.provenance import portable
 from sparseattn.lowering import lower
 
 SHAPES = ((14, 2, 64), (16, 16, 64), (32, 8, 128), (32, 4, 128))  # (query heads, kv heads, head dim): GQA 7, 1, 4, 8

@@ -1,4 +1,5 @@
-"""Layer selection on a tiny random Llama: the gradient statistic is right and ranks an inert layer first."""
+"""Layer selection on a tiny random Llama: the gradient statistic equals its oracle, is right, and ranks an inert
+layer first."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from tiny_llama import TINY_LLAMA
 from sparseattn import Triangle
 from sparseattn.eval.eager_attention import ProbeAttention, use_probe
 from sparseattn.eval.layer_selection import middle_gradients, schedule_config, select_layers
+from sparseattn.eval.layer_selection_reference import middle_gradients_reference
 from sparseattn.integrations import random_model
 
 TINY = {**TINY_LLAMA, "num_hidden_layers": 4}
@@ -32,15 +34,27 @@ def test_probe_attention_reproduces_the_model():
     torch.testing.assert_close(model(ids).logits, expected, atol=2e-5, rtol=1e-5)
 
 
-def test_checkpointing_does_not_change_the_statistics():
+@pytest.mark.parametrize("implementation", [middle_gradients, middle_gradients_reference])
+def test_checkpointing_does_not_change_the_statistics(implementation):
     ids, targets = prompts()
-    plain = middle_gradients(tiny(), ids, targets, triangle=TRI, checkpointing=False)
-    checkpointed = middle_gradients(tiny(), ids, targets, triangle=TRI, checkpointing=True, rows_per_chunk=16)
+    plain = implementation(tiny(), ids, targets, triangle=TRI, checkpointing=False)
+    checkpointed = implementation(tiny(), ids, targets, triangle=TRI, checkpointing=True, rows_per_chunk=16)
     torch.testing.assert_close(checkpointed.grad_abs, plain.grad_abs, atol=1e-9, rtol=1e-5)
     torch.testing.assert_close(checkpointed.attribution, plain.attribution, atol=1e-9, rtol=1e-5)
     assert plain.grad_abs.shape == (2, 4, 4) and bool((plain.grad_abs[:, :3] > 0).all())
     # The last layer's middle rows feed only positions whose outputs the loss never reads: exactly zero.
     assert bool((plain.grad_abs[:, 3] == 0).all())
+
+
+@pytest.mark.parametrize("rows_per_chunk", [None, 7])
+def test_statistics_from_the_output_gradient_equal_the_gated_probabilities(rows_per_chunk):
+    ids, targets = prompts(2, length=45)
+    model = random_model("llama", {**TINY, "num_key_value_heads": 2}, dtype="float32", device="cpu", seed=4)
+    fast = middle_gradients(model, ids, targets, triangle=TRI, rows_per_chunk=rows_per_chunk)
+    oracle = middle_gradients_reference(model, ids, targets, triangle=TRI, checkpointing=False)
+    torch.testing.assert_close(fast.grad_abs, oracle.grad_abs, atol=1e-8, rtol=1e-4)
+    torch.testing.assert_close(fast.attribution, oracle.attribution, atol=1e-8, rtol=1e-4)
+    assert bool((fast.grad_abs[:, :3] > 0).all())
 
 
 def test_attribution_is_the_derivative_of_the_loss_when_scaling_the_middle():

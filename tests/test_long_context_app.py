@@ -68,7 +68,17 @@ def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
     name = "long_context_qwen05b"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{name}{s}"
-        for s in (".jsonl", ".json", ".md", ".png", "_runs.json", "_gradients.json", "_structure.jsonl", "_ttft.jsonl")
+        for s in (
+            ".jsonl",
+            ".json",
+            ".md",
+            ".png",
+            "_runs.json",
+            "_gradients.json",
+            "_structure.jsonl",
+            "_ttft.jsonl",
+            "_timing.jsonl",
+        )
     )
     systems = {
         "dense",
@@ -96,6 +106,11 @@ def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
     )
     assert all(r["logits_finite"] for r in ttft)
     assert "Negative control" in text and "Attention structure" in text and "TTFT" in text
+    timing = lines(out / f"{name}_timing.jsonl")
+    assert (
+        len(timing) == 2 and {"prefill_dense", "prefill_minference", "decode", "forced"} <= timing[0]["seconds"].keys()
+    )
+    assert "What an accuracy sample costs" in text
 
     # Resume and extend: one more sample per cell; nothing already recorded is redone or lost.
     gradients = (out / f"{name}_gradients.json").read_text()

@@ -11,12 +11,17 @@ Per layer and head, for each sample, with ``G = dL/dA`` on the middle region ``M
 - ``attribution``: ``sum(A * G)`` over ``M`` = dL/dg for attention ``A * (1 + g * M)`` at ``g = 0``:
   the first-order change of the loss if the middle were scaled (dropping it is ``g = -1``).
 
-Both come from one backward pass per sample through `ProbeAttention` (eager attention), with
-gradient checkpointing so that only one layer's ``[heads, N, N]`` probabilities live at a time.
+Both come from one ordinary backward pass per sample: with ``O = A V``, ``G = dO V^T``, so the fused
+attention's output gradient is all that is kept, and the ``[heads, N, N]`` quantities are formed in row
+chunks afterwards, without autograd (`middle_gradients`). `layer_selection_reference` computes the
+same figures literally, through gated eager probabilities, as the tests' oracle.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,11 +31,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from sparseattn.eval.eager_attention import ProbeAttention, use_probe
 from sparseattn.patterns import Causal, MaskContext, Triangle
 
 METHODS = ("gradient", "deepest", "shallowest", "random")
 PAPER_TRIANGLE = Triangle()  # sink 8, window 512, last 128
+_names = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -44,41 +49,74 @@ class LayerScores:
         return self.grad_abs.mean(dim=(0, 2))
 
 
-class _MiddleGate:
-    """The observer for `ProbeAttention`: gates the middle region and records the gradient there."""
+class _OutputGradients:
+    """Attention through transformers' SDPA that keeps, per layer, q, k, v and the scale from the forward
+    and the gradient of the attention output from the backward: everything the statistics need."""
 
-    def __init__(self, triangle: Triangle, num_layers: int, num_heads: int) -> None:
-        self.middle_pattern = Causal() & ~triangle
-        self.gates = torch.zeros(num_layers, num_heads, requires_grad=True)
-        self.grad_abs = torch.zeros(num_layers, num_heads, dtype=torch.float64)
-        self._middle: Tensor | None = None
+    def __init__(self) -> None:
+        self.name = f"sparseattn_output_gradients_{next(_names)}"
+        self.inputs: dict[int, tuple[Tensor, Tensor, Tensor, float]] = {}
+        self.grads: dict[int, Tensor] = {}
 
-    def observe(self, layer: int, probs: Tensor, start: int) -> Tensor | None:
-        if not torch.is_grad_enabled():
-            return None
-        size = probs.shape[-1]
-        if self._middle is None or self._middle.shape[-1] != size or self._middle.device != probs.device:
-            self._middle = self._middle_region(size, probs.device)
-        middle = self._middle[:, :, start : start + probs.shape[2]]
-        gated = probs * (1 + self.gates[layer].to(probs.device).view(1, -1, 1, 1) * middle)
-        gated.register_hook(lambda grad: self._record(layer, grad, middle))
-        return gated
+    def __call__(
+        self,
+        module: Any,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Any]:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    def _middle_region(self, size: int, device: torch.device) -> Tensor:
-        """bool [1, 1, N, N], built where the probabilities live: at 32K a CPU copy would cross the bus in
-        every chunk of every layer, forward and backward."""
-        ctx = MaskContext(size, size, device=device)
-        rows = torch.arange(size, device=device)
-        head = torch.zeros(1, 1, 1, dtype=torch.long, device=device)
-        return self.middle_pattern.mask(head, rows.view(1, -1, 1), rows.view(1, 1, -1), ctx).unsqueeze(0)
+        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        if out.requires_grad:
+            # Under gradient checkpointing the layer runs again in the backward with equal tensors;
+            # storing (never accumulating) makes the second call harmless.
+            layer = int(module.layer_idx)
+            scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+            self.inputs[layer] = (query.detach(), key.detach(), value.detach(), scale)
+            out.register_hook(functools.partial(self._keep, layer))
+        return out, weights
 
-    def _record(self, layer: int, grad: Tensor, middle: Tensor) -> None:
-        self.grad_abs[layer] += (grad.abs() * middle).sum(dim=(0, 2, 3)).double().cpu()
+    def _keep(self, layer: int, grad: Tensor) -> None:
+        self.grads[layer] = grad.detach().transpose(1, 2)  # [B, N, H, D] -> [B, H, N, D]
 
-    def middle_entries(self, size: int) -> int:
-        if self._middle is None or self._middle.shape[-1] != size:
-            self._middle = self._middle_region(size, torch.device("cpu"))
-        return int(self._middle.sum())
+
+def middle_region(pattern: Any, size: int, start: int, stop: int, device: torch.device) -> Tensor:
+    """bool ``[1, stop - start, size]``: ``pattern`` on query rows ``start:stop`` of a ``size``-token prompt."""
+    ctx = MaskContext(size, size, device=device)
+    rows = torch.arange(start, stop, device=device).view(1, -1, 1)
+    cols = torch.arange(size, device=device).view(1, 1, -1)
+    return pattern.mask(torch.zeros(1, 1, 1, dtype=torch.long, device=device), rows, cols, ctx)
+
+
+def _layer_statistics(
+    middle_pattern: Any, q: Tensor, k: Tensor, v: Tensor, d_out: Tensor, scale: float, rows_per_chunk: int | None
+) -> tuple[Tensor, Tensor, int]:
+    """Sums over the middle region of ``|G|`` and ``A * G`` per head, and the region's size, for one
+    layer of one sample (q, d_out ``[1, H, N, D]``; k, v ``[1, H_kv, N, D]``)."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1).float()
+    v = v.repeat_interleave(groups, dim=1).float()
+    size = q.shape[2]
+    step = rows_per_chunk or size
+    cols = torch.arange(size, device=q.device)
+    grad_abs = torch.zeros(q.shape[1], dtype=torch.float64, device=q.device)
+    attribution = torch.zeros_like(grad_abs)
+    entries = 0
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        middle = middle_region(middle_pattern, size, start, stop, q.device).unsqueeze(0).float()  # [1, 1, r, N]
+        scores = (q[:, :, start:stop].float() @ k.transpose(-1, -2)) * scale  # [1, H, r, N]
+        future = cols.view(1, -1) > torch.arange(start, stop, device=q.device).view(-1, 1)
+        probs = torch.softmax(scores.masked_fill(future, -math.inf), dim=-1)
+        grad = d_out[:, :, start:stop].float() @ v.transpose(-1, -2)  # dL/dA, [1, H, r, N]
+        grad_abs += (grad.abs() * middle).sum(dim=(0, 2, 3)).double()
+        attribution += (probs * grad * middle).sum(dim=(0, 2, 3)).double()
+        entries += int(middle.sum())
+    return grad_abs, attribution, entries
 
 
 def middle_gradients(
@@ -90,32 +128,53 @@ def middle_gradients(
     checkpointing: bool = True,
     rows_per_chunk: int | None = None,
 ) -> LayerScores:
-    """Per-sample, per-layer, per-head middle-region gradients of ``-log p(target | prompt)``."""
+    """Per-sample, per-layer, per-head middle-region gradients of ``-log p(target | prompt)``.
+
+    With ``O = A V``, ``dL/dA = dO V^T``: one ordinary backward pass (fused SDPA, no probabilities kept)
+    gives every layer's ``dO``, and the statistics are then read off in row chunks of ``rows_per_chunk``
+    queries without autograd. `layer_selection_reference.middle_gradients_reference` computes the same
+    figures literally (gated eager probabilities) and is the oracle in the tests.
+    """
     if len(prompts) != len(targets) or not prompts:
         raise ValueError(
             f"targets: expected one target per prompt (and at least one), got {len(targets)} for {len(prompts)}"
         )
-    config = model.config
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    layers = model.config.num_hidden_layers
+    middle_pattern = Causal() & ~triangle
     saved = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
-        p.requires_grad_(False)  # only the gates need gradients; parameter grads would double the memory
+        p.requires_grad_(False)  # the graph starts at the embeddings: no parameter gradients are kept
     previous = model.config._attn_implementation
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()  # transformers checkpoints only in training mode; Llama has no dropout by default
+        model.train()  # transformers checkpoints only in training mode; these models have no dropout at rest
     grad_abs, attribution = [], []
     try:
         for prompt, target in tqdm(list(zip(prompts, targets, strict=True)), desc="layer gradients", unit="sample"):
-            gate = _MiddleGate(triangle, layers, heads)
-            use_probe(model, ProbeAttention(gate.observe, rows_per_chunk))
+            capture = _OutputGradients()
+            AttentionInterface.register(capture.name, capture)
+            AttentionMaskInterface.register(capture.name, sdpa_mask)
+            model.set_attn_implementation(capture.name)
             device = next(model.parameters()).device
-            logits = model(torch.tensor([list(prompt)], device=device), logits_to_keep=1).logits[0, -1].float()
-            loss = -torch.log_softmax(logits, dim=-1)[target]
-            loss.backward()
-            grad_abs.append((gate.grad_abs / gate.middle_entries(len(prompt))).float())
-            assert gate.gates.grad is not None  # the gates are leaves that require grad
-            attribution.append(gate.gates.grad.detach().clone())
+            ids = torch.tensor([list(prompt)], device=device)
+            embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            logits = model(inputs_embeds=embeds, logits_to_keep=1).logits[0, -1].float()
+            (-torch.log_softmax(logits, dim=-1)[target]).backward()
+            per_layer = []
+            for layer in range(layers):
+                if layer not in capture.grads:
+                    raise RuntimeError(f"layer {layer}: its attention output received no gradient")
+                q, k, v, scale = capture.inputs[layer]
+                per_layer.append(
+                    _layer_statistics(middle_pattern, q, k, v, capture.grads[layer], scale, rows_per_chunk)
+                )
+            entries = per_layer[0][2]
+            grad_abs.append(torch.stack([g for g, _, _ in per_layer]).float().cpu() / max(entries, 1))
+            attribution.append(torch.stack([a for _, a, _ in per_layer]).float().cpu())
+            del capture
     finally:
         if checkpointing:
             model.gradient_checkpointing_disable()

@@ -8,6 +8,7 @@ written as JSON lines by the caller, so an interrupted run resumes and a report 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -28,10 +29,12 @@ def evaluate_sample(
     sample: Sample,
     schedules: Mapping[str, LayerSchedule],
     attach: Callable[[torch.nn.Module, LayerSchedule | None], None],
+    timings: dict[str, float] | None = None,
 ) -> list[dict]:
     """Rows for dense and each schedule on one sample; ``attach(model, schedule)`` switches attention
     (``None`` means dense)."""
-    return evaluate_systems(tokenizer, sample, model, {name: (model, s) for name, s in schedules.items()}, attach)
+    systems = {name: (model, s) for name, s in schedules.items()}
+    return evaluate_systems(tokenizer, sample, model, systems, attach, timings)
 
 
 def evaluate_systems(
@@ -40,19 +43,25 @@ def evaluate_systems(
     dense_model: Any,
     systems: Mapping[str, tuple[Any, LayerSchedule | None]],
     attach: Callable[[torch.nn.Module, LayerSchedule | None], None],
+    timings: dict[str, float] | None = None,
 ) -> list[dict]:
     """Rows for dense (``dense_model`` with dense attention) and each system, a (model, schedule or None)
     pair: models other than dense's (fine-tuned copies) are paired on the same sample, and their fidelity
-    is measured along ``dense_model``'s greedy answer too."""
+    is measured along ``dense_model``'s greedy answer too. ``timings``, when given, receives the seconds
+    spent in each phase (``prefill_<system>``, ``decode``, ``forced``), added to what it holds."""
     if DENSE in systems:
         raise ValueError(f"schedules: the name {DENSE!r} is reserved for the dense baseline")
+    clock = _Clock(timings, dense_model)
     attach(dense_model, None)
     prompts = {DENSE: prefill(dense_model, sample.prompt_ids)}
+    clock.lap(f"prefill_{DENSE}")
     for name, (model, schedule) in systems.items():
         attach(model, schedule)
         prompts[name] = prefill(model, sample.prompt_ids)
+        clock.lap(f"prefill_{name}")
     models = {DENSE: dense_model, **{name: model for name, (model, _) in systems.items()}}
     tokens = _decoded(tokenizer, sample, models, prompts, attach)
+    clock.lap("decode")
     attach(dense_model, None)
     dense_logits = forced(dense_model, prompts[DENSE], tokens[DENSE])
     rows = [_row(sample, DENSE, tokenizer.decode(tokens[DENSE], skip_special_tokens=True), None)]
@@ -61,7 +70,26 @@ def evaluate_systems(
         logits = forced(model, prompts[name], tokens[DENSE])
         text = tokenizer.decode(tokens[name], skip_special_tokens=True)
         rows.append(_row(sample, name, text, compare_logits(dense_logits, logits)))
+    clock.lap("forced")
     return rows
+
+
+class _Clock:
+    """Wall seconds per phase into ``into`` (nothing when it is None), the GPU's queue drained at each lap."""
+
+    def __init__(self, into: dict[str, float] | None, model: Any) -> None:
+        self.into = into
+        self.cuda = into is not None and next(model.parameters()).is_cuda
+        self.start = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.into is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.into[phase] = self.into.get(phase, 0.0) + now - self.start
+        self.start = now
 
 
 def _decoded(

@@ -41,7 +41,7 @@ def provenance(threads: int | None = None) -> dict:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_name()}"
     return {
-        "command": _portable(" ".join(shlex.quote(a) for a in ["python", *sys.argv])),
+        "command": portable(" ".join(shlex.quote(a) for a in ["python", *sys.argv])),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device + (f", {threads} threads" if threads else ""),
         "versions": {
@@ -52,9 +52,9 @@ def provenance(threads: int | None = None) -> dict:
     }
 
 
-def _portable(command: str) -> str:
-    """The command with the output folders the GPU drivers set ($OUT, $STATE) written as those names: the
-    record says how it was run, not where."""
+def portable(command: str) -> str:
+    """``command`` with the folders the GPU drivers pass in ``$OUT`` and ``$STATE`` written as those names:
+    a record says how a result was made, not where."""
     for name in ("STATE", "OUT"):
         value = os.environ.get(name)
         if value and len(value) > 1:
