@@ -57,6 +57,13 @@ def test_statistics_from_the_output_gradient_equal_the_gated_probabilities(rows_
     assert bool((fast.grad_abs[:, :3] > 0).all())
 
 
+@pytest.mark.parametrize("implementation", [middle_gradients, middle_gradients_reference])
+def test_a_prompt_the_triangle_covers_whole_is_refused(implementation):
+    ids, targets = prompts(1, length=12)  # sink 2 + window 6 + last 4: every pair is kept
+    with pytest.raises(ValueError, match="no middle region"):
+        implementation(tiny(), ids, targets, triangle=TRI, checkpointing=False)
+
+
 def test_attribution_is_the_derivative_of_the_loss_when_scaling_the_middle():
     ids, targets = prompts(1)
     model = tiny()

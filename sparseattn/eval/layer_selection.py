@@ -84,6 +84,16 @@ class _OutputGradients:
         self.grads[layer] = grad.detach().transpose(1, 2)  # [B, N, H, D] -> [B, H, N, D]
 
 
+def require_middle(entries: int, size: int, triangle: Triangle) -> int:
+    """``entries``, the middle region's size, when there is one: the mean gradient over nothing is undefined."""
+    if entries == 0:
+        raise ValueError(
+            f"prompts: a {size}-token prompt leaves {triangle!r} no middle region to score "
+            f"(the triangle keeps every pair); use prompts longer than sink + window + last tokens"
+        )
+    return entries
+
+
 def middle_region(pattern: Any, size: int, start: int, stop: int, device: torch.device) -> Tensor:
     """bool ``[1, stop - start, size]``: ``pattern`` on query rows ``start:stop`` of a ``size``-token prompt."""
     ctx = MaskContext(size, size, device=device)
@@ -171,8 +181,8 @@ def middle_gradients(
                 per_layer.append(
                     _layer_statistics(middle_pattern, q, k, v, capture.grads[layer], scale, rows_per_chunk)
                 )
-            entries = per_layer[0][2]
-            grad_abs.append(torch.stack([g for g, _, _ in per_layer]).float().cpu() / max(entries, 1))
+            entries = require_middle(per_layer[0][2], len(prompt), triangle)
+            grad_abs.append(torch.stack([g for g, _, _ in per_layer]).float().cpu() / entries)
             attribution.append(torch.stack([a for _, a, _ in per_layer]).float().cpu())
             del capture
     finally:

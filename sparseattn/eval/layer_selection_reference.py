@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from sparseattn.eval.eager_attention import ProbeAttention, use_probe
-from sparseattn.eval.layer_selection import PAPER_TRIANGLE, LayerScores, middle_region
+from sparseattn.eval.layer_selection import PAPER_TRIANGLE, LayerScores, middle_region, require_middle
 from sparseattn.patterns import Causal, Triangle
 
 
@@ -88,7 +88,8 @@ def middle_gradients_reference(
             logits = model(torch.tensor([list(prompt)], device=device), logits_to_keep=1).logits[0, -1].float()
             loss = -torch.log_softmax(logits, dim=-1)[target]
             loss.backward()
-            grad_abs.append((gate.grad_abs / gate.middle_entries(len(prompt))).float())
+            entries = require_middle(gate.middle_entries(len(prompt)), len(prompt), triangle)
+            grad_abs.append((gate.grad_abs / entries).float())
             assert gate.gates.grad is not None  # the gates are leaves that require grad
             attribution.append(gate.gates.grad.detach().clone())
     finally:
