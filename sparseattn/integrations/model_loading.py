@@ -125,12 +125,27 @@ def gguf_model(
 
     ``rope_scaling`` (e.g. ``{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}``)
     is merged into the config's RoPE parameters before the weights load: Qwen2.5's recipe past 32K.
+    The converted weights are cached on disk (`converted_weights`): the first load of a file in a dtype
+    dequantises the GGUF, later ones read the cache.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from sparseattn.integrations.converted_weights import converted_folder, is_complete, save_converted
+
     file = find_gguf(gguf_path)
+    torch_dtype = resolve_dtype(dtype)
+    cache = converted_folder(file, torch_dtype)
+    cached = is_complete(cache)
+    source: dict[str, Any] = (
+        {"pretrained_model_name_or_path": str(cache)}
+        if cached
+        else {
+            "pretrained_model_name_or_path": str(file.parent),
+            "gguf_file": file.name,
+        }
+    )
     placement = {"device_map": device_map} if device_map else {}
-    config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
+    config = AutoConfig.from_pretrained(**source, local_files_only=True)
     if rope_scaling:
         # transformers 5 keeps rope_theta inside rope_parameters; the scaling keys join it there.
         config.rope_parameters = {**(config.rope_parameters or {}), **dict(rope_scaling)}
@@ -138,14 +153,16 @@ def gguf_model(
         original = int(rope_scaling.get("original_max_position_embeddings", config.max_position_embeddings))
         config.max_position_embeddings = int(original * factor)
     model: Any = AutoModelForCausalLM.from_pretrained(
-        str(file.parent),
-        gguf_file=file.name,
+        **source,
         config=config,
-        dtype=resolve_dtype(dtype),
+        dtype=torch_dtype,
         local_files_only=True,
         attn_implementation="sdpa",
         **placement,
     )
+    if cache is not None and not cached and not rope_scaling and not device_map:
+        save_converted(model, cache)  # the file's own config: a scaled RoPE would be saved into it
+    model.name_or_path = str(file)
     if not device_map:
         model = model.to(resolve_device(device))
     return cast(torch.nn.Module, model.eval())

@@ -1,0 +1,56 @@
+"""The converted-weights cache: keyed by file, dtype and transformers version; saved whole or not at all."""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from tiny_llama import TINY_LLAMA
+
+from sparseattn.integrations import random_model
+from sparseattn.integrations.converted_weights import CACHE_ENV, converted_folder, is_complete, save_converted
+
+
+@pytest.fixture
+def gguf_file(tmp_path):
+    file = tmp_path / "model.gguf"
+    file.write_bytes(b"GGUF" + bytes(60))
+    return file
+
+
+def test_the_key_follows_the_file_and_the_dtype(gguf_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    first = converted_folder(gguf_file, torch.float32)
+    assert first is not None and first.parent == tmp_path / "cache" / "gguf"
+    assert converted_folder(gguf_file, torch.float32) == first
+    assert converted_folder(gguf_file, torch.bfloat16) != first
+    stat = gguf_file.stat()
+    os.utime(gguf_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a replaced file is converted again
+    assert converted_folder(gguf_file, torch.float32) != first
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert converted_folder(gguf_file, torch.float32) is None
+
+
+def test_a_saved_entry_loads_the_same_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = random_model("llama", TINY_LLAMA, dtype="float32", device="cpu", seed=1)
+    folder = tmp_path / "entry"
+    assert not is_complete(folder)
+    save_converted(model, folder)
+    assert is_complete(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # nothing left of the staging folder
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    ids = torch.randint(0, TINY_LLAMA["vocab_size"], (1, 24), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    save_converted(model, folder)  # a second writer finds the entry there and keeps it
+    assert is_complete(folder) and [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_an_unwritable_cache_warns_and_loads_on(tmp_path):
+    model = random_model("llama", TINY_LLAMA, dtype="float32", device="cpu", seed=1)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match=CACHE_ENV):
+        save_converted(model, blocker / "entry")
