@@ -6,11 +6,12 @@
 # samples / layers / jobs when the box is spent and writes its report.
 # accuracy first runs the gradient layer selection when its gradients are absent, capped at SELECTION_S
 # seconds (default 200); past that cap the accuracy runs without the gradient split (its report says so).
-# Records live in $STATE (default /tmp/long_context), which a warm machine keeps between calls, and are
-# copied to $OUT at the end; a state that does not exist yet starts from $SEED (default: the committed
-# records, experiments/results/long_context), so every call resumes where the last one stopped.
-# Needs: the GGUF at $SPARSEATTN_QWEN_GGUF (default /tmp/gpu/qwen.gguf, assembled from chunks carried in,
-# ../shared/gpu/stage_qwen.sh), carry [".whl", ".gpu/text"] (stage.sh, scripts/stage_text.sh).
+# Records live in $STATE (default /tmp/long_context), which a warm machine keeps between calls, and come
+# back in $OUT as long_context_state.tgz (unpack it into experiments/results/long_context) with the report;
+# a state that does not exist yet starts from $SEED (default: the committed records,
+# experiments/results/long_context), so every call resumes where the last one stopped.
+# Needs: the GGUF at $SPARSEATTN_QWEN_GGUF (default /tmp/gpu/qwen.gguf, assembled from chunks carried in),
+# carry [".whl", ".gpu/text"] (Hydra's wheels; scripts/stage_text.sh).
 set -uo pipefail
 stages=${1:?a comma list of accuracy, structure, ttft}; shift
 : "${OUT:?set OUT to the output folder}"
@@ -26,7 +27,8 @@ state=$STATE
 if [ ! -d "$state" ]; then
   mkdir -p "$state" && cp "${SEED:-experiments/results/long_context}"/* "$state"/ 2>/dev/null
 fi
-trap 'cp "$state"/* "$OUT"/' EXIT
+# The device returns at most 8 files: the records travel as one archive beside the readable report.
+trap 'tar czf "$OUT/long_context_state.tgz" -C "$state" . && cp "$state"/*.md "$OUT"/' EXIT
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))
 left() { echo $(( deadline - $(date +%s) )); }
 lc() { python3 experiments/long_context.py out_dir="$state" model.load.device=cuda threads=8 "$@" 2>&1 | tail -c 4000; }
