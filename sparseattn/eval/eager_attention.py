@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -73,7 +73,16 @@ class ProbeAttention:
         return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
-def use_probe(model: Any, probe: ProbeAttention) -> None:
+class NamedAttention(Protocol):
+    """An attention function for transformers' ``AttentionInterface``, with the name it registers under."""
+
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def use_probe(model: Any, probe: NamedAttention) -> None:
+    """Register ``probe`` (with transformers' SDPA mask builder) under its name and switch ``model`` to it."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 

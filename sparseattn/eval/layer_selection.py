@@ -23,7 +23,8 @@ import functools
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from sparseattn.eval.eager_attention import use_probe
 from sparseattn.patterns import Causal, MaskContext, Triangle
 
 METHODS = ("gradient", "deepest", "shallowest", "random")
@@ -102,31 +104,70 @@ def middle_region(pattern: Any, size: int, start: int, stop: int, device: torch.
     return pattern.mask(torch.zeros(1, 1, 1, dtype=torch.long, device=device), rows, cols, ctx)
 
 
+def _middle_chunks(middle_pattern: Any, size: int, rows_per_chunk: int | None, device: torch.device) -> list:
+    """``(start, stop, region)`` per row chunk, ``region`` bool ``[1, 1, stop - start, size]``: built once per
+    prompt and shared by every layer."""
+    step = rows_per_chunk or size
+    return [
+        (
+            start,
+            min(size, start + step),
+            middle_region(middle_pattern, size, start, min(size, start + step), device)[None],
+        )
+        for start in range(0, size, step)
+    ]
+
+
 def _layer_statistics(
-    middle_pattern: Any, q: Tensor, k: Tensor, v: Tensor, d_out: Tensor, scale: float, rows_per_chunk: int | None
-) -> tuple[Tensor, Tensor, int]:
-    """Sums over the middle region of ``|G|`` and ``A * G`` per head, and the region's size, for one
-    layer of one sample (q, d_out ``[1, H, N, D]``; k, v ``[1, H_kv, N, D]``)."""
+    chunks: list, q: Tensor, k: Tensor, v: Tensor, d_out: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Sums over the middle region of ``|G|`` and ``A * G`` per head for one layer of one sample
+    (q, d_out ``[1, H, N, D]``; k, v ``[1, H_kv, N, D]``)."""
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1).float()
     v = v.repeat_interleave(groups, dim=1).float()
-    size = q.shape[2]
-    step = rows_per_chunk or size
-    cols = torch.arange(size, device=q.device)
+    cols = torch.arange(q.shape[2], device=q.device)
     grad_abs = torch.zeros(q.shape[1], dtype=torch.float64, device=q.device)
     attribution = torch.zeros_like(grad_abs)
-    entries = 0
-    for start in range(0, size, step):
-        stop = min(size, start + step)
-        middle = middle_region(middle_pattern, size, start, stop, q.device).unsqueeze(0).float()  # [1, 1, r, N]
+    for start, stop, region in chunks:
+        middle = region.float()  # [1, 1, r, N]
         scores = (q[:, :, start:stop].float() @ k.transpose(-1, -2)) * scale  # [1, H, r, N]
         future = cols.view(1, -1) > torch.arange(start, stop, device=q.device).view(-1, 1)
         probs = torch.softmax(scores.masked_fill(future, -math.inf), dim=-1)
         grad = d_out[:, :, start:stop].float() @ v.transpose(-1, -2)  # dL/dA, [1, H, r, N]
         grad_abs += (grad.abs() * middle).sum(dim=(0, 2, 3)).double()
         attribution += (probs * grad * middle).sum(dim=(0, 2, 3)).double()
-        entries += int(middle.sum())
-    return grad_abs, attribution, entries
+    return grad_abs, attribution
+
+
+def check_targets(prompts: Sequence[Sequence[int]], targets: Sequence[int]) -> None:
+    if len(prompts) != len(targets) or not prompts:
+        raise ValueError(
+            f"targets: expected one target per prompt (and at least one), got {len(targets)} for {len(prompts)}"
+        )
+
+
+@contextmanager
+def gradient_pass(model: Any, checkpointing: bool) -> Iterator[None]:
+    """``model`` set up for backward passes to its inputs, then put back: parameters frozen (their
+    gradients would double the memory and nothing reads them), gradient checkpointing on request, the
+    attention implementation restored."""
+    saved = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    previous = model.config._attn_implementation
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # transformers checkpoints only in training mode; these models have no dropout at rest
+    try:
+        yield
+    finally:
+        if checkpointing:
+            model.gradient_checkpointing_disable()
+        model.eval()
+        model.set_attn_implementation(previous)
+        for p, flag in zip(model.parameters(), saved, strict=True):
+            p.requires_grad_(flag)
 
 
 def middle_gradients(
@@ -145,53 +186,30 @@ def middle_gradients(
     queries without autograd. `layer_selection_reference.middle_gradients_reference` computes the same
     figures literally (gated eager probabilities) and is the oracle in the tests.
     """
-    if len(prompts) != len(targets) or not prompts:
-        raise ValueError(
-            f"targets: expected one target per prompt (and at least one), got {len(targets)} for {len(prompts)}"
-        )
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    layers = model.config.num_hidden_layers
+    check_targets(prompts, targets)
     middle_pattern = Causal() & ~triangle
-    saved = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)  # the graph starts at the embeddings: no parameter gradients are kept
-    previous = model.config._attn_implementation
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()  # transformers checkpoints only in training mode; these models have no dropout at rest
     grad_abs, attribution = [], []
-    try:
+    with gradient_pass(model, checkpointing):
         for prompt, target in tqdm(list(zip(prompts, targets, strict=True)), desc="layer gradients", unit="sample"):
             capture = _OutputGradients()
-            AttentionInterface.register(capture.name, capture)
-            AttentionMaskInterface.register(capture.name, sdpa_mask)
-            model.set_attn_implementation(capture.name)
+            use_probe(model, capture)
             device = next(model.parameters()).device
             ids = torch.tensor([list(prompt)], device=device)
+            # The graph starts at the embeddings, the parameters being frozen.
             embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
             logits = model(inputs_embeds=embeds, logits_to_keep=1).logits[0, -1].float()
             (-torch.log_softmax(logits, dim=-1)[target]).backward()
+            chunks = _middle_chunks(middle_pattern, len(prompt), rows_per_chunk, device)
+            entries = require_middle(sum(int(region.sum()) for _, _, region in chunks), len(prompt), triangle)
             per_layer = []
-            for layer in range(layers):
+            for layer in range(model.config.num_hidden_layers):
                 if layer not in capture.grads:
                     raise RuntimeError(f"layer {layer}: its attention output received no gradient")
                 q, k, v, scale = capture.inputs[layer]
-                per_layer.append(
-                    _layer_statistics(middle_pattern, q, k, v, capture.grads[layer], scale, rows_per_chunk)
-                )
-            entries = require_middle(per_layer[0][2], len(prompt), triangle)
-            grad_abs.append(torch.stack([g for g, _, _ in per_layer]).float().cpu() / entries)
-            attribution.append(torch.stack([a for _, a, _ in per_layer]).float().cpu())
-            del capture
-    finally:
-        if checkpointing:
-            model.gradient_checkpointing_disable()
-        model.eval()
-        model.set_attn_implementation(previous)
-        for p, flag in zip(model.parameters(), saved, strict=True):
-            p.requires_grad_(flag)
+                per_layer.append(_layer_statistics(chunks, q, k, v, capture.grads[layer], scale))
+            grad_abs.append(torch.stack([g for g, _ in per_layer]).float().cpu() / entries)
+            attribution.append(torch.stack([a for _, a in per_layer]).float().cpu())
+            del capture, chunks
     return LayerScores(torch.stack(grad_abs), torch.stack(attribution))
 
 

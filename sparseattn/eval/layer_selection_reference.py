@@ -18,7 +18,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from sparseattn.eval.eager_attention import ProbeAttention, use_probe
-from sparseattn.eval.layer_selection import PAPER_TRIANGLE, LayerScores, middle_region, require_middle
+from sparseattn.eval.layer_selection import (
+    PAPER_TRIANGLE,
+    LayerScores,
+    check_targets,
+    gradient_pass,
+    middle_region,
+    require_middle,
+)
 from sparseattn.patterns import Causal, Triangle
 
 
@@ -66,21 +73,10 @@ def middle_gradients_reference(
     rows_per_chunk: int | None = None,
 ) -> LayerScores:
     """`middle_gradients` the slow, obvious way: one backward through the gated probabilities themselves."""
-    if len(prompts) != len(targets) or not prompts:
-        raise ValueError(
-            f"targets: expected one target per prompt (and at least one), got {len(targets)} for {len(prompts)}"
-        )
-    config = model.config
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
-    saved = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)  # only the gates need gradients; parameter grads would double the memory
-    previous = model.config._attn_implementation
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()  # transformers checkpoints only in training mode; Llama has no dropout by default
+    check_targets(prompts, targets)
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
     grad_abs, attribution = [], []
-    try:
+    with gradient_pass(model, checkpointing):  # only the gates need gradients
         for prompt, target in tqdm(list(zip(prompts, targets, strict=True)), desc="layer gradients", unit="sample"):
             gate = _MiddleGate(triangle, layers, heads)
             use_probe(model, ProbeAttention(gate.observe, rows_per_chunk))
@@ -92,11 +88,4 @@ def middle_gradients_reference(
             grad_abs.append((gate.grad_abs / entries).float())
             assert gate.gates.grad is not None  # the gates are leaves that require grad
             attribution.append(gate.gates.grad.detach().clone())
-    finally:
-        if checkpointing:
-            model.gradient_checkpointing_disable()
-        model.eval()
-        model.set_attn_implementation(previous)
-        for p, flag in zip(model.parameters(), saved, strict=True):
-            p.requires_grad_(flag)
     return LayerScores(torch.stack(grad_abs), torch.stack(attribution))
