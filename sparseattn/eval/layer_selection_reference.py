@@ -4,7 +4,7 @@ Each layer's attention runs eagerly (`ProbeAttention`), its probabilities ``A`` 
 ``A * (1 + g * M)`` on the middle region ``M``, and one backward pass per sample reads ``dL/dA`` on ``M``
 from a hook and ``dL/dg`` from the gates. Gradient checkpointing (per layer, and per row chunk inside
 the probe) keeps one chunk of one layer's fp32 probabilities alive at a time; the cost is still the
-eager ``[heads, N, N]`` softmax and its backward in every layer, tens of seconds per 32K-token sample
+eager ``[heads, N, N]`` softmax and its backward in every layer, too slow for 32K-token samples
 on an H100, which is why `middle_gradients` computes the same figures from ``dO`` instead.
 """
 
