@@ -1,0 +1,207 @@
+"""Sweep the backward kernels' launch knobs (`BackwardConfig`), with cuDNN's backward timed in the same run.
+
+    python experiments/tune_backward.py --out $OUT --length 32768 --budget-s 240   # on a CUDA machine
+
+Two passes, because the dQ and the dK/dV kernels are independent launches: first the dK/dV knobs (keys per
+program, query rows per step, warps, stages) with dQ at its default, then the dQ knobs (key columns per
+step, warps, stages) with dK/dV at the first pass's best. Each configuration is first checked against fp64
+autograd through the oracle at ``--check-len`` tokens with the derived tolerance (a miscompiled
+configuration must not win), then its backward alone (the forward's output and lse given) is timed with
+``triton.testing.do_bench`` (median). Rows are appended to ``backward_tuning.jsonl`` as they finish, so a
+run cut by its time box keeps what it measured; ``backward_tuning.md`` is written at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+import triton
+from harness import run_line, run_meta
+from tqdm import tqdm
+
+from sparseattn.kernels.attention.backward import (
+    BackwardConfig,
+    default_backward_config,
+    triton_sparse_attention_backward,
+)
+from sparseattn.kernels.attention.config import default_block_size
+from sparseattn.kernels.attention.launch import triton_sparse_attention
+from sparseattn.lowering import lower
+from sparseattn.patterns import Causal, Pattern, Triangle
+from sparseattn.testing.gradients import grad_oracle_and_tolerance
+
+PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle(sink=8, window=512, last=128)}
+# Most promising first (a flash-style dK/dV program holds 128 keys), since the time box may cut the sweep.
+DKDV_KNOBS = {"keys": (128, 64), "sub_m": (32, 64, 16), "dkdv_warps": (8, 4), "dkdv_stages": (2, 3)}
+DQ_KNOBS = {"sub_n": (32, 64), "dq_warps": (4, 8), "dq_stages": (2, 3)}
+
+
+def qkv(args, n: int):
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    shape = (1, args.heads, n, args.head_dim)
+    kv_shape = (1, args.kv_heads, n, args.head_dim)
+    q = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(kv_shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(kv_shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    return q, k, v, torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+
+def layout_for(pattern: Pattern, n: int, args):
+    block = default_block_size(
+        "triton", args.head_dim, torch.bfloat16, pattern, n, n, group=args.heads // args.kv_heads, device="cuda"
+    )
+    return lower(pattern, n, block_size=block, device="cuda")
+
+
+def grad_error(pattern: Pattern, config: BackwardConfig, args) -> tuple[bool, list[float]]:
+    """Whether ``config``'s gradients at ``args.check_len`` are within the oracle's derived tolerance."""
+    q, k, v, dout = qkv(args, args.check_len)
+    layout = layout_for(pattern, args.check_len, args)
+    oracle = grad_oracle_and_tolerance(q, k, v, layout.to_dense(), dout)
+    out, lse = triton_sparse_attention(q, k, v, layout)
+    grads = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout, config=config)
+    errs = [float((g.double() - e).abs().max()) for g, e in zip(grads, oracle.grads, strict=True)]
+    ok = all(e <= t for e, t in zip(errs, oracle.atol, strict=True))
+    return ok, errs
+
+
+def cudnn_backward_ms(q, k, v, dout) -> float:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        out = sdpa(*leaves, is_causal=True, enable_gqa=True)
+        return float(
+            triton.testing.do_bench(
+                lambda: out.backward(dout, retain_graph=True), grad_to_none=leaves, return_mode="median"
+            )
+        )
+
+
+def sweep(name: str, pattern: Pattern, args, out: Path, budget_s: float, meta: dict) -> list[dict]:
+    """Both passes for one pattern; the dK/dV pass may use two thirds of ``budget_s``, the dQ pass the rest."""
+    start = time.monotonic()
+    n = args.length
+    q, k, v, dout = qkv(args, n)
+    layout = layout_for(pattern, n, args)
+    fwd_out, lse = triton_sparse_attention(q, k, v, layout)
+    pairs = layout.computed_pairs()
+    cudnn = cudnn_backward_ms(q, k, v, dout) if name == "causal" else None
+    default = default_backward_config(layout, args.head_dim)
+    rows: list[dict] = []
+
+    def measure(config: BackwardConfig, stage: str) -> dict:
+        row = {"pattern": name, "tokens": n, "block": list(layout.block_size), "pass": stage}
+        row.update(dataclasses.asdict(config))
+        row["is_default"] = config == default
+        try:
+            row["grad_ok"], row["grad_err"] = grad_error(pattern, config, args)
+            if row["grad_ok"]:
+                row["ms"] = float(
+                    triton.testing.do_bench(
+                        lambda: triton_sparse_attention_backward(dout, q, k, v, fwd_out, lse, layout, config=config),
+                        return_mode="median",
+                    )
+                )
+                if cudnn is not None:
+                    row["vs_cudnn"] = cudnn / row["ms"]
+        except Exception as exc:  # a configuration that does not compile (shared memory) is recorded, not fatal
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+        row["cudnn_bwd_ms"] = cudnn
+        row["pairs"] = pairs
+        with (out / "backward_tuning.jsonl").open("a") as fh:
+            fh.write(json.dumps({**row, "command": meta["command"], "date": meta["date"], "gpu": meta["gpu"]}) + "\n")
+        rows.append(row)
+        return row
+
+    def best(candidates: list[dict]) -> dict | None:
+        timed = [r for r in candidates if "ms" in r]
+        return min(timed, key=lambda r: r["ms"]) if timed else None
+
+    first = [
+        dataclasses.replace(default, **dict(zip(DKDV_KNOBS, values, strict=True)))
+        for values in itertools.product(*DKDV_KNOBS.values())
+    ]
+    first = [c for c in first if layout.block_n % c.keys == 0 and layout.block_m % c.sub_m == 0]
+    done = [measure(default, "default")]
+    for config in tqdm(first, desc=f"{name} dK/dV"):
+        if time.monotonic() > start + budget_s * 2 / 3:
+            break
+        if config != default:
+            done.append(measure(config, "dkdv"))
+    top = best(done)
+    base = default if top is None else BackwardConfig(**{f.name: top[f.name] for f in dataclasses.fields(default)})
+    second = [
+        dataclasses.replace(base, **dict(zip(DQ_KNOBS, values, strict=True)))
+        for values in itertools.product(*DQ_KNOBS.values())
+    ]
+    for config in tqdm([c for c in second if layout.block_n % c.sub_n == 0], desc=f"{name} dQ"):
+        if time.monotonic() > start + budget_s:
+            break
+        if config != base:
+            measure(config, "dq")
+    return rows
+
+
+def render(meta: dict, rows: list[dict], path: Path) -> None:
+    knobs = [f.name for f in dataclasses.fields(BackwardConfig)]
+    lines = [
+        "# Backward kernel tuning",
+        "",
+        f"- {run_line(meta)}",
+        f"- shape: B=1, {meta['heads']} query heads, {meta['kv_heads']} kv heads, head dim {meta['head_dim']}, "
+        "bf16; backward alone (forward's output and lse given), do_bench median ms; each configuration "
+        f"checked against fp64 autograd through the oracle at {meta['check_len']} tokens first",
+        "- pass `dkdv` varies the dK/dV knobs with dQ at the default; pass `dq` varies the dQ knobs with "
+        "dK/dV at the best of the first pass",
+        "",
+        "| pattern | tokens | tiles | pass | " + " | ".join(knobs) + " | grad ok | ms | vs cuDNN bwd |",
+        "|---|---|---|---|" + "---|" * len(knobs) + "---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["pattern"], r.get("ms", float("inf")))):
+        ms = f"{r['ms']:.3f}" if "ms" in r else r.get("error", "—")
+        ratio = f"{r['vs_cudnn']:.2f}x" if r.get("vs_cudnn") else "—"
+        tag = r["pass"] + (" (the default)" if r["is_default"] and r["pass"] != "default" else "")
+        lines.append(
+            f"| {r['pattern']} | {r['tokens']} | {r['block'][0]}x{r['block'][1]} | {tag} | "
+            + " | ".join(str(r[k]) for k in knobs)
+            + f" | {'yes' if r.get('grad_ok') else 'no'} | {ms} | {ratio} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("outputs/tune_backward"))
+    parser.add_argument("--length", type=int, default=32768)
+    parser.add_argument("--check-len", type=int, default=1024)
+    parser.add_argument("--patterns", nargs="+", default=["causal"], choices=sorted(PATTERNS))
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="time box of the whole sweep, in seconds")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("the sweep times the kernels on a CUDA GPU; none is visible")
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {**run_meta(__file__, args.out), **{k: getattr(args, k) for k in ("heads", "kv_heads", "head_dim")}}
+    meta["check_len"] = args.check_len
+    rows = []
+    for name in args.patterns:
+        rows += sweep(name, PATTERNS[name], args, args.out, args.budget_s / len(args.patterns), meta)
+        render(meta, rows, args.out / "backward_tuning.md")
+    (args.out / "backward_tuning.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    for r in sorted(rows, key=lambda r: r.get("ms", float("inf")))[:8]:
+        print(r["pattern"], r["pass"], {k: r[k] for k in ("keys", "sub_m", "sub_n", "dkdv_warps", "dq_warps")},
+              r.get("ms"), r.get("vs_cudnn"))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
