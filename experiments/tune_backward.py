@@ -59,10 +59,11 @@ def layout_for(pattern: Pattern, n: int, args):
     return lower(pattern, n, block_size=block, device="cuda")
 
 
-def grad_error(pattern: Pattern, config: BackwardConfig, args) -> tuple[bool, list[float]]:
-    """Whether ``config``'s gradients at ``args.check_len`` are within the oracle's derived tolerance."""
+def grad_error(pattern: Pattern, block: tuple[int, int], config: BackwardConfig, args) -> tuple[bool, list[float]]:
+    """Whether ``config``'s gradients at ``args.check_len`` on ``block`` tiles (the timed layout's, so that
+    the same kernels are checked) are within the oracle's derived tolerance."""
     q, k, v, dout = qkv(args, args.check_len)
-    layout = layout_for(pattern, args.check_len, args)
+    layout = lower(pattern, args.check_len, block_size=block, device="cuda")
     oracle = grad_oracle_and_tolerance(q, k, v, layout.to_dense(), dout)
     out, lse = triton_sparse_attention(q, k, v, layout)
     grads = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout, config=config)
@@ -102,7 +103,7 @@ def sweep(name: str, pattern: Pattern, args, out: Path, budget_s: float, meta: d
         row.update(dataclasses.asdict(config))
         row["is_default"] = config == default
         try:
-            row["grad_ok"], row["grad_err"] = grad_error(pattern, config, args)
+            row["grad_ok"], row["grad_err"] = grad_error(pattern, layout.block_size, config, args)
             if row["grad_ok"]:
                 row["ms"] = float(
                     triton.testing.do_bench(

@@ -90,6 +90,10 @@ def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
         "trianglemix_minference",
         "streaming_all",
     }
+    if json.loads((out / f"{name}.json").read_text())["gradient_layers"] == [1]:
+        # The selection chose the paper split (triangle from layer 1): one schedule, evaluated once.
+        systems.remove("trianglemix_gradient")
+        assert "trianglemix_gradient is the same schedule as trianglemix_paper" in text
     rows = lines(out / f"{name}.jsonl")
     assert {r["system"] for r in rows} == systems
     assert len(rows) == 2 * len(systems)  # 2 tasks x 1 length x 1 sample
@@ -144,3 +148,23 @@ def test_a_schedule_added_later_fills_in_only_its_own_rows(tmp_path, capsys, mon
     assert {r["system"] for r in added} == {"minference"}
     assert sorted((r["task"], r["index"]) for r in added) == [("niah_single", 0), ("passkey", 0)]
     assert "answered differently" not in text  # dense's rerun reproduces its recorded answers
+
+
+def test_a_schedule_under_two_names_is_reported_as_a_repeatability_check(monkeypatch):
+    """Two recorded evaluations of one schedule: paired against each other, with the answers that differ."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    app = load_app("long_context")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("long_context", overrides=["bootstrap_resamples=200"])
+    specs = {"a": cfg.schedules.trianglemix_paper, "b": cfg.schedules.minference, "c": cfg.schedules.trianglemix_paper}
+    assert app.same_schedules(cfg, specs) == {"c": "a"}
+    rows = [
+        {"task": "t", "length": 8, "index": i, "system": system, "prediction": text, "score": float(ok), "correct": ok}
+        | {"kl_first": 0.0, "kl_mean": 0.0, "top1_first": 1.0, "top1_mean": 1.0}
+        for i, (first, second) in enumerate([("x", "x"), ("x", "y"), ("y", "y")])
+        for system, text in (("a", first), ("c", second), ("dense", first))
+        for ok in [text == "x"]
+    ]
+    text = app.repeatability(cfg, rows, {"c": "a"})
+    assert "same 3 samples" in text and "differ on 1 (33.3%)" in text
+    assert "| t | 8 | c | a | 3 | 66.7 | 33.3 |" in text

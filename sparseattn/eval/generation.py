@@ -52,7 +52,8 @@ def greedy(model: Any, tokenizer: Any, prompts: Sequence[Prefilled], *, max_new_
 
     Decoding is launch-bound at these model sizes: a step of several rows costs about one of a single row,
     so a paired evaluation decodes all its systems at once. Rows that stop early keep being fed their own
-    argmax; their outputs are ignored and, each row attending only to its own cache, change nothing else.
+    argmax; their outputs are ignored and, each row attending only to its own cache, change no other row's
+    arithmetic, though the batch's size may change the rounding of every row's products.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")

@@ -100,7 +100,9 @@ def _decoded(
     attach: Callable[[torch.nn.Module, LayerSchedule | None], None],
 ) -> dict[str, list[int]]:
     """Every system's greedy answer, the systems of one model decoded as one batch with dense attention
-    (decode steps attend densely under every schedule, so the batch changes no system's answer)."""
+    (decode steps attend densely under every schedule). Rows do not see each other, but the batch's size
+    changes how bf16 products round, so a near-tied token can flip: two runs of one schedule in batches of
+    different sizes differ on a few percent of answers (the long-context report's repeatability section)."""
     tokens: dict[str, list[int]] = {}
     for model_id in dict.fromkeys(id(model) for model in models.values()):
         names = [name for name, model in models.items() if id(model) == model_id]
