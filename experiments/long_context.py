@@ -523,10 +523,11 @@ def repeatability(cfg: DictConfig, rows: list[dict], same: dict[str, str]) -> st
         text += (
             f"\n## Repeatability: `{name}` is the same schedule as `{other}`\n\n"
             f"Both were evaluated on the same {len(both)} samples, in different runs: their greedy answers differ on "
-            f"{differ} ({100 * differ / len(both):.1f}%). The prefill is the same kernel on the same tokens; "
-            "the runs decoded in batches of different sizes (one row per system evaluated together), whose "
-            "bf16 matrix products round differently, so near-tied tokens can flip and the answers diverge from "
-            "there. A Δ of this size between two schedules is within the evaluation's own noise.\n\n"
+            f"{differ} ({100 * differ / len(both):.1f}%). The prefill is the same kernel on the same tokens; what "
+            "differed is the decode batch (one row per system evaluated together, so its size changed between "
+            "runs), and bf16 products of different batch shapes may round differently: a near-tied token flips "
+            "and the answer diverges from there. A Δ of this size between two schedules is within the "
+            "evaluation's own noise.\n\n"
         )
         text += report.markdown_table(paired)
     return text
