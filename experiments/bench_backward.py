@@ -50,7 +50,7 @@ SHAPES = {
     "ashape": AShape(sink_blocks=1, local_blocks=32, block_size=128),
 }
 PATTERN_NAMES = ("causal", "triangle", "streaming", "ashape", "mixture", "vertical_slash")
-FLEX_FALLBACK = {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2, "num_warps": 4}
+FLEX_FALLBACK = {"num_stages": 2, "num_warps": 4} | {f"BLOCK_{a}": 64 for a in ("M", "N", "M1", "N1", "M2", "N2")}
 
 
 def log(msg: str) -> None:
@@ -170,7 +170,10 @@ def flex_call(block_mask, options):
 def flex_options(block_mask, q, k, v, dout):
     """Flex's default tiles, or the fallback when they fail to compile for this mask (shared memory)."""
     bm, bn = block_mask.BLOCK_SIZE
-    options = None if min(bm, bn) >= 128 else {"BLOCK_M": bm, "BLOCK_N": bn}
+    # Flex's tiles must divide the mask's blocks in the forward and in both backward loops (BLOCK_M1/N1
+    # for dK/dV, BLOCK_M2/N2 for dQ), whose defaults are 64 to 128 wide.
+    tiles = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_M1": bm, "BLOCK_N1": bn, "BLOCK_M2": bm, "BLOCK_N2": bn}
+    options = None if min(bm, bn) >= 128 else tiles
     for attempt in (options, FLEX_FALLBACK):
         try:
             leaves = [t.detach().requires_grad_() for t in (q, k, v)]

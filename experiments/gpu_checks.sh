@@ -16,7 +16,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu_checks.log"
 # The tests compile many kernels (CPU-bound); four workers share the one GPU.
 workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4" || echo "")
-timeout "${TESTS_S:-240}" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider $workers -rfEs 2>&1 \
+# One line per failure, without captured logs: a failure's reason must survive the tail below.
+timeout "${TESTS_S:-240}" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider $workers -rfEs --tb=line \
+  --show-capture=no 2>&1 \
   | tail -n 40 | tee -a "$OUT/gpu_checks.log"
 timeout "${BENCH_S:-200}" python3 experiments/bench_kernel.py out_dir="$OUT" 'lengths=[8192,32768,131072]' \
   'long_lengths=[]' dynamic_length=0 2>&1 | tail -n 30 | tee -a "$OUT/gpu_checks.log"
