@@ -2,11 +2,11 @@
 
     python experiments/tune_backward.py --out $OUT --length 32768 --budget-s 240   # on a CUDA machine
 
-Two passes, because the dQ and the dK/dV kernels are independent launches: first the dK/dV knobs (keys per
-program, query rows per step, warps, stages) with dQ at its default, then the dQ knobs (key columns per
-step, warps, stages) with dK/dV at the first pass's best. Each configuration is first checked against fp64
-autograd through the oracle at ``--check-len`` tokens with the derived tolerance (a miscompiled
-configuration must not win), then its backward alone (the forward's output and lse given) is timed with
+Passes, each around the best configuration before it: the dK/dV kernel's flags (key-major scores; dQ summed
+by atomics inside it instead of by its own kernel), then its knobs (keys per program, query rows per step,
+warps, stages), then the dQ kernel's (key columns per step, warps, stages; skipped when dQ is atomic).
+Each configuration is first checked against fp64 autograd through the oracle at ``--check-len`` tokens
+with the derived tolerance (a miscompiled configuration must not win), then its backward alone (the forward's output and lse given) is timed with
 ``triton.testing.do_bench`` (median). Rows are appended to ``backward_tuning.jsonl`` as they finish, so a
 run cut by its time box keeps what it measured; ``backward_tuning.md`` is written at the end.
 """
@@ -37,9 +37,18 @@ from sparseattn.patterns import Causal, Pattern, Triangle
 from sparseattn.testing.gradients import grad_oracle_and_tolerance
 
 PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle(sink=8, window=512, last=128)}
-# Most promising first (a flash-style dK/dV program holds 128 keys), since the time box may cut the sweep.
-DKDV_KNOBS = {"keys": (128, 64), "sub_m": (32, 64, 16), "dkdv_warps": (8, 4), "dkdv_stages": (2, 3)}
-DQ_KNOBS = {"sub_n": (32, 64), "dq_warps": (4, 8), "dq_stages": (2, 3)}
+# Passes in order, most promising values first (the time box may cut a pass): the dK/dV kernel's flags
+# (key-major scores; dQ summed by atomics inside it, no dQ kernel), then its tiles, warps and stages, then
+# the dQ kernel's.
+PASSES = [
+    ("flags", {"key_major": (True, False), "dq_atomic": (True, False)}),
+    ("dkdv", {"keys": (128, 64), "sub_m": (32, 64, 16), "dkdv_warps": (8, 4), "dkdv_stages": (2, 3)}),
+    ("dq", {"sub_n": (32, 64), "dq_warps": (4, 8), "dq_stages": (2, 3)}),
+]
+
+
+def fits(config: BackwardConfig, block: tuple[int, int]) -> bool:
+    return block[1] % config.keys == 0 and block[0] % config.sub_m == 0 and block[1] % config.sub_n == 0
 
 
 def qkv(args, n: int):
@@ -87,7 +96,7 @@ def cudnn_backward_ms(q, k, v, dout) -> float:
 
 
 def sweep(name: str, pattern: Pattern, args, out: Path, budget_s: float, meta: dict) -> list[dict]:
-    """Both passes for one pattern; the dK/dV pass may use two thirds of ``budget_s``, the dQ pass the rest."""
+    """Every pass for one pattern, inside ``budget_s`` seconds."""
     start = time.monotonic()
     n = args.length
     q, k, v, dout = qkv(args, n)
@@ -126,28 +135,24 @@ def sweep(name: str, pattern: Pattern, args, out: Path, budget_s: float, meta: d
         timed = [r for r in candidates if "ms" in r]
         return min(timed, key=lambda r: r["ms"]) if timed else None
 
-    first = [
-        dataclasses.replace(default, **dict(zip(DKDV_KNOBS, values, strict=True)))
-        for values in itertools.product(*DKDV_KNOBS.values())
-    ]
-    first = [c for c in first if layout.block_n % c.keys == 0 and layout.block_m % c.sub_m == 0]
     done = [measure(default, "default")]
-    for config in tqdm(first, desc=f"{name} dK/dV"):
-        if time.monotonic() > start + budget_s * 2 / 3:
-            break
-        if config != default:
-            done.append(measure(config, "dkdv"))
-    top = best(done)
-    base = default if top is None else BackwardConfig(**{f.name: top[f.name] for f in dataclasses.fields(default)})
-    second = [
-        dataclasses.replace(base, **dict(zip(DQ_KNOBS, values, strict=True)))
-        for values in itertools.product(*DQ_KNOBS.values())
-    ]
-    for config in tqdm([c for c in second if layout.block_n % c.sub_n == 0], desc=f"{name} dQ"):
-        if time.monotonic() > start + budget_s:
-            break
-        if config != base:
-            measure(config, "dq")
+    base = default
+    # Each pass varies its knobs around the best configuration so far; the time box cuts the last passes.
+    for stage, knobs in PASSES:
+        if stage == "dq" and base.dq_atomic:
+            continue  # no dQ kernel to tune: dQ is summed inside the dK/dV kernel
+        candidates = [
+            dataclasses.replace(base, **dict(zip(knobs, values, strict=True)))
+            for values in itertools.product(*knobs.values())
+        ]
+        candidates = [c for c in candidates if c != base and fits(c, layout.block_size)]
+        for config in tqdm(candidates, desc=f"{name} {stage}"):
+            if time.monotonic() > start + budget_s:
+                break
+            done.append(measure(config, stage))
+        top = best(done)
+        if top is not None:
+            base = BackwardConfig(**{f.name: top[f.name] for f in dataclasses.fields(default)})
     return rows
 
 
@@ -160,8 +165,8 @@ def render(meta: dict, rows: list[dict], path: Path) -> None:
         f"- shape: B=1, {meta['heads']} query heads, {meta['kv_heads']} kv heads, head dim {meta['head_dim']}, "
         "bf16; backward alone (forward's output and lse given), do_bench median ms; each configuration "
         f"checked against fp64 autograd through the oracle at {meta['check_len']} tokens first",
-        "- pass `dkdv` varies the dK/dV knobs with dQ at the default; pass `dq` varies the dQ knobs with "
-        "dK/dV at the best of the first pass",
+        "- passes in order, each around the best configuration before it: `flags` (key-major dK/dV scores, "
+        "dQ by atomics inside the dK/dV kernel), `dkdv` (its tiles, warps, stages), `dq` (the dQ kernel's)",
         "",
         "| pattern | tokens | tiles | pass | " + " | ".join(knobs) + " | grad ok | ms | vs cuDNN bwd |",
         "|---|---|---|---|" + "---|" * len(knobs) + "---|---|---|",

@@ -32,6 +32,13 @@ class BackwardConfig:
     in registers at once; ``keys``: key columns per dK/dV program (a multiple of 32 dividing ``block_n``:
     a wider key block is split over programs, each holding dK and dV of its slice only). Warps and
     software-pipelining stages per kernel.
+
+    ``key_major``: the dK/dV kernel forms its scores as ``K Q^T`` ([keys, rows]), so that P^T and dS^T
+    feed the dV and dK products without transposing a register tile. ``dq_atomic``: dQ is accumulated
+    inside the dK/dV kernel (fp32 atomic adds into a zeroed buffer) instead of by its own kernel, which
+    saves the dQ kernel's recomputation of the scores and dP (two of its three products) at the price of
+    determinism: the adds land in any order, so dQ may differ in its last bits between runs (dK and dV
+    stay deterministic).
     """
 
     sub_m: int = 64
@@ -41,6 +48,8 @@ class BackwardConfig:
     dq_stages: int = 2
     dkdv_warps: int = 4
     dkdv_stages: int = 2
+    key_major: bool = False
+    dq_atomic: bool = False
 
     def __post_init__(self) -> None:
         if self.sub_m not in (16, 32, 64, 128):
@@ -55,6 +64,9 @@ class BackwardConfig:
         for name in ("dq_stages", "dkdv_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
+        for name in ("key_major", "dq_atomic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 
 
 def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfig:
@@ -100,8 +112,9 @@ def triton_sparse_attention_backward(
     ``q`` [B, Hq, q_len, D], ``k, v`` [B, Hkv, kv_len, D] (GQA when Hkv divides Hq), ``out`` and ``dout``
     [B, Hq, q_len, D] (the forward's output and its gradient), ``lse`` [B, Hq, q_len] (the forward's
     natural-log row sums, ``-inf`` on rows with nothing to attend). Returns ``(dq, dk, dv)`` in the inputs'
-    dtype and shapes; rows and keys the layout never pairs get exact zeros. Deterministic: dK and dV of a
-    kv head are summed over its query heads in a fixed order, no atomics.
+    dtype and shapes; rows and keys the layout never pairs get exact zeros. Deterministic unless
+    ``config.dq_atomic``: dK and dV of a kv head are summed over its query heads in a fixed order, no
+    atomics.
     """
     _check(q, k, v, layout)
     batch, heads, q_len, dim = q.shape
@@ -147,26 +160,31 @@ def triton_sparse_attention_backward(
     even_kv = k.shape[2] % layout.block_n == 0
     lead_b, lead_h = layout.batch_size, layout.num_heads
     qkv_strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
-    _bwd_dq_kernel[(orders.dq.numel(),)](
-        q, k, v, dout, lse, delta, dq, orders.dq,
-        layout.full_kv_num_blocks, layout.full_kv_start, arg(layout.full_kv_indices),
-        layout.kv_num_blocks, layout.kv_start, arg(layout.kv_indices), arg(layout.kv_mask_ids),
-        arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
-        *qkv_strides, *dq.stride()[:3], lse.stride(0), lse.stride(1),
-        q_len, k.shape[2], heads, heads // kv_heads, lead_b, lead_h, layout.num_q_blocks, scale * LOG2E, scale,
-        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
-        HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, num_warps=config.dq_warps,
-    )  # fmt: skip
+    # With dq_atomic the dK/dV kernel adds each row's share into a zeroed fp32 buffer and dq is its copy.
+    dq_sink = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if config.dq_atomic else dq
+    if not config.dq_atomic:
+        _bwd_dq_kernel[(orders.dq.numel(),)](
+            q, k, v, dout, lse, delta, dq, orders.dq,
+            layout.full_kv_num_blocks, layout.full_kv_start, arg(layout.full_kv_indices),
+            layout.kv_num_blocks, layout.kv_start, arg(layout.kv_indices), arg(layout.kv_mask_ids),
+            arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
+            *qkv_strides, *dq.stride()[:3], lse.stride(0), lse.stride(1),
+            q_len, k.shape[2], heads, heads // kv_heads, lead_b, lead_h, layout.num_q_blocks, scale * LOG2E, scale,
+            BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
+            HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, num_warps=config.dq_warps,
+        )  # fmt: skip
     _bwd_dkdv_kernel[(orders.dkdv.numel() * (layout.block_n // config.keys),)](
-        q, k, v, dout, lse, delta, dk, dv, orders.dkdv,
+        q, k, v, dout, lse, delta, dk, dv, dq_sink, orders.dkdv,
         view.full_q_num, view.full_q_start, arg(view.full_q_indices),
         view.part_q_num, view.part_q_start, arg(view.part_q_indices), arg(view.part_mask_ids),
         arg(layout.tile_masks), view.col_q_num, view.col_q_start, arg(view.col_q_indices), arg(view.col_slot),
         arg(view.col_count), arg(layout.col_indices),
-        *qkv_strides, *dk.stride()[:3], *dv.stride()[:3], lse.stride(0), lse.stride(1),
+        *qkv_strides, *dk.stride()[:3], *dv.stride()[:3], lse.stride(0), lse.stride(1), *dq_sink.stride()[:3],
         q_len, k.shape[2], kv_heads, heads // kv_heads, lead_b, lead_h, layout.num_kv_blocks, scale * LOG2E, scale,
         BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, KEYS=config.keys, HEAD_DIM=dim,
-        EVEN_KV=even_kv,
-        HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, num_warps=config.dkdv_warps,
+        EVEN_KV=even_kv, HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, KEY_MAJOR=config.key_major,
+        DQ_ATOMIC=config.dq_atomic, num_warps=config.dkdv_warps,
     )  # fmt: skip
+    if config.dq_atomic:
+        dq.copy_(dq_sink)
     return dq, dk, dv

@@ -17,7 +17,10 @@ Three kernels:
    gathered columns inside it (``planning/kv_major.py``), ``SUB_M`` query rows at a time. dK and dV of a
    kv head are so summed over its query heads in one program, in a fixed order: deterministic, no
    atomics. Gathered columns reach dK/dV the same way: a (query block, key block) pair whose row gathers
-   columns in the key block is one more tile, masked to those columns (and ``k <= q_pos``).
+   columns in the key block is one more tile, masked to those columns (and ``k <= q_pos``). Two launch
+   flags (`BackwardConfig`): ``KEY_MAJOR`` forms the scores key-major, ``K Q^T``, so P^T and dS^T need
+   no register transposition; ``DQ_ATOMIC`` adds each step's dQ share into an fp32 buffer with atomics,
+   and kernel 2 is not launched.
 
 P is recomputed as ``exp2(scale * log2(e) * (q . k) - lse * log2(e))``. A row with nothing to attend has
 ``lse = -inf``; it is replaced by ``+inf`` so that its P is exactly 0 (never ``exp2(-inf + inf)`` = NaN),
@@ -117,16 +120,49 @@ def _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, MASKED: tl.constexpr)
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, MASKED: tl.constexpr):
-    """dk, dv [C, HEAD_DIM] += dS^T Q, P^T dO over query rows q, do [R, HEAD_DIM]; ``keep`` [R, C]."""
-    qk = tl.dot(q, tl.trans(k))  # [R, C]
-    p = tl.math.exp2(qk * qk_scale - lse2[:, None])  # [R, C]
-    if MASKED:
-        p = tl.where(keep, p, 0.0)
-    dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)  # [C, HEAD_DIM]
-    dp = tl.dot(do, tl.trans(v))  # [R, C]
-    ds = p * (dp - delta[:, None])  # [R, C]
-    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)  # [C, HEAD_DIM]
+def _bitmap_bits_key_major(TILE_MASKS, mask_id, tile_rows, cols, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
+    """Bits of bitmap ``mask_id`` at tile rows ``tile_rows`` [R] and tile columns ``cols`` [C], key-major:
+    [C, R] bool (each word is gathered once per column it holds; partial tiles only)."""
+    words = tl.load(
+        TILE_MASKS + mask_id.to(tl.int64) * (BLOCK_M * WORDS) + tile_rows[None, :] * WORDS + (cols // 32)[:, None]
+    )  # [C, R]
+    return ((words >> (cols % 32)[:, None]) & 1) != 0  # [C, R]
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, row_ok, sm_scale,
+               MASKED: tl.constexpr, KEY_MAJOR: tl.constexpr, DQ_ATOMIC: tl.constexpr):  # fmt: skip
+    """dk, dv [C, HEAD_DIM] += dS^T Q, P^T dO over query rows q, do [R, HEAD_DIM]; ``keep`` is [R, C], or
+    [C, R] when KEY_MAJOR. With DQ_ATOMIC, the rows' dQ share, scale * dS K, is added at ``dq_ptrs``.
+
+    KEY_MAJOR forms the scores as K Q^T: P^T and dS^T then come out of their products in the layout the
+    dV and dK products take as their first operand, where the query-major form transposes two register
+    tiles per step (through shared memory on the GPU); its dQ share needs one transposition instead.
+    """
+    if KEY_MAJOR:
+        qk = tl.dot(k, tl.trans(q))  # [C, R]
+        p = tl.math.exp2(qk * qk_scale - lse2[None, :])  # [C, R]
+        if MASKED:
+            p = tl.where(keep, p, 0.0)
+        dv = tl.dot(p.to(do.dtype), do, dv)  # [C, HEAD_DIM]
+        dp = tl.dot(v, tl.trans(do))  # [C, R]
+        ds = p * (dp - delta[None, :])  # [C, R]
+        dk = tl.dot(ds.to(q.dtype), q, dk)  # [C, HEAD_DIM]
+        if DQ_ATOMIC:
+            dq = tl.dot(tl.trans(ds.to(k.dtype)), k)  # [R, HEAD_DIM]
+            tl.atomic_add(dq_ptrs, dq * sm_scale, mask=row_ok[:, None], sem="relaxed")
+    else:
+        qk = tl.dot(q, tl.trans(k))  # [R, C]
+        p = tl.math.exp2(qk * qk_scale - lse2[:, None])  # [R, C]
+        if MASKED:
+            p = tl.where(keep, p, 0.0)
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)  # [C, HEAD_DIM]
+        dp = tl.dot(do, tl.trans(v))  # [R, C]
+        ds = p * (dp - delta[:, None])  # [R, C]
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)  # [C, HEAD_DIM]
+        if DQ_ATOMIC:
+            dq = tl.dot(ds.to(k.dtype), k)  # [R, HEAD_DIM]
+            tl.atomic_add(dq_ptrs, dq * sm_scale, mask=row_ok[:, None], sem="relaxed")
     return dk, dv
 
 
@@ -207,15 +243,16 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, ORDER,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ, ORDER,
     FQ_NUM, FQ_START, FQ_IDX, PQ_NUM, PQ_START, PQ_IDX, PQ_MID, TILE_MASKS,
     CQ_NUM, CQ_START, CQ_IDX, CQ_SLOT, CQ_COUNT, COL_IDX,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
-    stride_lb, stride_lh,
+    stride_lb, stride_lh, stride_dqb, stride_dqh, stride_dqs,
     q_len, kv_len, kv_heads, group, lead_b, lead_h, num_kv_blocks, qk_scale, sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, KEY_MAJOR: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr,
 ):  # fmt: skip
     WORDS: tl.constexpr = BLOCK_N // 32
     PARTS: tl.constexpr = BLOCK_N // KEYS  # programs per key block, KEYS keys each
@@ -231,6 +268,10 @@ def _bwd_dkdv_kernel(
     shifts = offs_n % 32  # [KEYS]
     keys = kb * BLOCK_N + part * KEYS + offs_n  # [KEYS]
     in_k = keys < kv_len
+    if KEY_MAJOR:
+        keep_keys = in_k[:, None]  # [KEYS, 1]
+    else:
+        keep_keys = in_k[None, :]  # [1, KEYS]
     k, v = _load_key_rows(
         K + b * stride_kb + kv_head * stride_kh, V + b * stride_vb + kv_head * stride_vh, keys, offs_d, stride_ks,
         stride_vs, kv_len, not EVEN_KV,
@@ -246,6 +287,7 @@ def _bwd_dkdv_kernel(
         do_base = DO + b * stride_dob + h * stride_doh
         lse_base = LSE + b * stride_lb + h * stride_lh
         delta_base = DELTA + b * stride_lb + h * stride_lh
+        dq_base = DQ + b * stride_dqb + h * stride_dqh  # read only with DQ_ATOMIC
 
         n_full = tl.load(FQ_NUM + vrow)
         full_col = FQ_IDX + tl.load(FQ_START + vrow)
@@ -257,7 +299,11 @@ def _bwd_dkdv_kernel(
                     q, do, lse2, delta = _load_query_rows(
                         q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
                     )
-                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, in_k[None, :], qk_scale, not EVEN_KV)
+                    dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
+                    dk, dv = _dkdv_step(
+                        dk, dv, k, v, q, do, lse2, delta, keep_keys, qk_scale, dq_ptrs, rows < q_len, sm_scale,
+                        not EVEN_KV, KEY_MAJOR, DQ_ATOMIC,
+                    )  # fmt: skip
 
         n_part = tl.load(PQ_NUM + vrow)
         part_start = tl.load(PQ_START + vrow)
@@ -267,21 +313,23 @@ def _bwd_dkdv_kernel(
                 mask_id = tl.load(PQ_MID + part_start + j)
                 for s in tl.static_range(BLOCK_M // SUB_M):
                     rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
-                    keep = _bitmap_bits(
-                        TILE_MASKS,
-                        mask_id,
-                        s * SUB_M + offs_sm,
-                        part * (KEYS // 32),
-                        shifts,
-                        BLOCK_M,
-                        WORDS,
-                        SUB_M,
-                        KEYS,
-                    )  # [SUB_M, KEYS]
+                    if KEY_MAJOR:
+                        keep = _bitmap_bits_key_major(
+                            TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * KEYS + offs_n, BLOCK_M, WORDS
+                        )  # [KEYS, SUB_M]
+                    else:
+                        keep = _bitmap_bits(
+                            TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * (KEYS // 32), shifts, BLOCK_M, WORDS,
+                            SUB_M, KEYS,
+                        )  # fmt: skip  # [SUB_M, KEYS]
                     q, do, lse2, delta = _load_query_rows(
                         q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
                     )
-                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, True)
+                    dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
+                    dk, dv = _dkdv_step(
+                        dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, rows < q_len, sm_scale, True,
+                        KEY_MAJOR, DQ_ATOMIC,
+                    )  # fmt: skip
 
         if HAS_COLS:
             # Query blocks whose rows gather columns inside this key block: the columns (at most
@@ -298,11 +346,18 @@ def _bwd_dkdv_kernel(
                 for s in tl.static_range(BLOCK_M // SUB_M):
                     rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
                     q_pos = rows + (kv_len - q_len)  # [SUB_M]
-                    keep = hit[None, :] & (keys[None, :] <= q_pos[:, None])  # [SUB_M, KEYS]
+                    if KEY_MAJOR:
+                        keep = hit[:, None] & (keys[:, None] <= q_pos[None, :])  # [KEYS, SUB_M]
+                    else:
+                        keep = hit[None, :] & (keys[None, :] <= q_pos[:, None])  # [SUB_M, KEYS]
                     q, do, lse2, delta = _load_query_rows(
                         q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
                     )
-                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, True)
+                    dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
+                    dk, dv = _dkdv_step(
+                        dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, rows < q_len, sm_scale, True,
+                        KEY_MAJOR, DQ_ATOMIC,
+                    )  # fmt: skip
 
     dk_ptrs = DK + b * stride_dkb + kv_head * stride_dkh + keys[:, None] * stride_dks + offs_d[None, :]
     dv_ptrs = DV + b * stride_dvb + kv_head * stride_dvh + keys[:, None] * stride_dvs + offs_d[None, :]
