@@ -11,6 +11,11 @@ Parts (``parts=[...]``), each appending to its own file under ``out_dir`` as it 
 - ``structure``: per layer, on captured post-RoPE q/k/v of a real prompt, the estimated vertical-slash
   layout's density, the share of dense attention mass that triangle / vertical-slash / the combination
   keep (on sampled query rows), and attention times (``<name>_structure.jsonl``).
+- ``dynamic``: per layer, on captured q/k/v of a real prompt, each of ``dynamic.rules`` alone: its estimated
+  layout's density, the dense attention mass it keeps, its output's error against dense, and the times of
+  its estimate + lowering, of its attention and of both, beside cuDNN dense and the triangle's kernel
+  (``<name>_dynamic.jsonl``). With ``dynamic.as_schedules``, each rule is also a schedule (every layer)
+  for the accuracy and TTFT parts.
 - ``ttft``: experiments/ttft.py's measurement per (length, schedule) on random tokens (``<name>_ttft.jsonl``).
 
 Past the model's 32K the RoPE is Qwen2.5's YaRN (``yarn`` below): extrapolation, labelled so in every record.
@@ -24,7 +29,6 @@ The report (``<name>.md``, ``<name>.json``, ``<name>.png``) is rebuilt from the 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -35,13 +39,23 @@ from typing import Any
 import hydra
 import torch
 from hydra.utils import instantiate
+from long_context_report import cost_table, dynamic_table, plot_lengths, structure_table, ttft_table
 from omegaconf import DictConfig, OmegaConf
+from real_attention import (
+    block_of,
+    capture_qkv,
+    dense_attention,
+    mass_kept_rows,
+    rule_on_layer,
+    scheduled_attention,
+    timed,
+)
 from tqdm import tqdm
 
 from sparseattn.eval import report
 from sparseattn.eval.provenance import load_runs, markdown_header, provenance, record_run
 
-PARTS = ("selection", "accuracy", "structure", "ttft")
+PARTS = ("selection", "accuracy", "structure", "dynamic", "ttft")
 
 
 @hydra.main(config_path="../conf", config_name="long_context", version_base="1.3")
@@ -104,6 +118,9 @@ def is_yarn(cfg: DictConfig, length: int) -> bool:
 def schedule_specs(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Hydra specs of the schedules under test; the gradient split only once its gradients exist."""
     specs = dict(cfg.schedules.items())
+    if cfg.dynamic.as_schedules:
+        for name, rule in cfg.dynamic.rules.items():
+            specs[name] = OmegaConf.create({"_target_": "sparseattn.schedule.LayerSchedule", "default": rule})
     layers = gradient_layers(cfg, out)
     if layers is not None:
         from sparseattn.eval.layer_selection import schedule_config
@@ -264,31 +281,6 @@ def run_structure(cfg: DictConfig, out: Path, models: Models, deadline: float | 
         del captured
 
 
-@torch.no_grad()
-def capture_qkv(model: Any, prompt_ids: Any) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Post-RoPE ``(q, k, v)`` of every layer from one dense prefill (the model's own SDPA attention)."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def capture(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
-        captured[int(module.layer_idx)] = (query.detach(), key.detach(), value.detach())
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-    previous = model.config._attn_implementation
-    AttentionInterface.register("sparseattn_capture", capture)
-    AttentionMaskInterface.register("sparseattn_capture", sdpa_mask)
-    model.set_attn_implementation("sparseattn_capture")
-    try:
-        device = next(model.parameters()).device
-        model(torch.tensor([list(prompt_ids)], device=device), use_cache=False, logits_to_keep=1)
-    finally:
-        model.set_attn_implementation(previous)
-    return [captured[i] for i in range(len(captured))]
-
-
 def layer_structure(cfg: DictConfig, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
     """Density, attention mass kept on sampled rows, and attention times of one layer's real q/k/v."""
     from sparseattn.attention import sparse_attention
@@ -328,76 +320,54 @@ def layer_structure(cfg: DictConfig, layer: int, q: torch.Tensor, k: torch.Tenso
     }
 
 
-def block_of(impl: str, q: torch.Tensor, k: torch.Tensor) -> Any:
-    import functools
-
-    from sparseattn.attention import default_block_size
-
-    return functools.partial(
-        default_block_size, impl, q.shape[-1], q.dtype, group=q.shape[1] // k.shape[1], device=q.device
-    )
-
-
-def scheduled_attention(impl: str, schedule: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """What a sparse layer costs in a prefill: its layout (lowered or estimated anew) and the kernel."""
+# ----------------------------------------------------------------- dynamic rules
+def run_dynamic(cfg: DictConfig, out: Path, models: Models, deadline: float | None) -> None:
     from sparseattn.attention import sparse_attention
+    from sparseattn.eval.tasks import TaskGenerator
+    from sparseattn.patterns import Triangle
+    from sparseattn.schedule import LayerSchedule
 
-    schedule.clear_cache()
-    layout = schedule.layout(0, q, k, block_of(impl, q, k))
-    return sparse_attention(q, k, v, layout, impl=impl)
-
-
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The dense baseline as the integration runs it: SDPA on repeated K/V, cuDNN on CUDA."""
-    from contextlib import nullcontext
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if q.is_cuda else nullcontext():
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
-def timed(fn: Any, repeats: int) -> float:
-    """Median milliseconds of ``fn`` after one untimed call (compilation, cuDNN plans)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-@torch.no_grad()
-def mass_kept_rows(q: torch.Tensor, k: torch.Tensor, patterns: dict, rows: int) -> dict[str, float]:
-    """Mean over heads and ``rows`` evenly spaced query rows of the dense softmax mass each pattern keeps.
-
-    Evenly spaced rows estimate the all-rows mean that sparseattn.eval.attention_profile computes, at a
-    cost that stays small at 128K (all rows would be 14 x 128K x 128K probabilities per layer).
-    """
-    from sparseattn.patterns import MaskContext
-
-    heads, size = q.shape[1], q.shape[2]
-    picked = torch.linspace(0, size - 1, min(rows, size), device=q.device).round().long().unique()
-    groups = heads // k.shape[1]
-    kk = k[0].repeat_interleave(groups, dim=0).float()  # [H, N, D]
-    scores = torch.einsum("hqd,hkd->hqk", q[0, :, picked].float(), kk) * q.shape[-1] ** -0.5
-    keys = torch.arange(size, device=q.device)
-    scores.masked_fill_(keys.view(1, 1, -1) > picked.view(1, -1, 1), float("-inf"))
-    probs = scores.softmax(dim=-1)
-    ctx = MaskContext(size, size, heads)
-    h = torch.arange(heads, device=q.device).view(-1, 1, 1)
-    out = {}
-    for name, pattern in patterns.items():
-        mask = pattern.mask(h, picked.view(1, -1, 1), keys.view(1, 1, -1), ctx)
-        out[name] = float((probs * mask).sum(dim=-1).mean())
-    return out
+    dy = cfg.dynamic
+    path = out / f"{cfg.name}_dynamic.jsonl"
+    done: dict[tuple[int, int], set[str]] = {}
+    for r in read_jsonl(path):
+        done.setdefault((r["length"], r["layer"]), set()).update(r["rules"])
+    rules = {name: instantiate(spec, _convert_="all") for name, spec in dy.rules.items()}
+    for length in dy.lengths:
+        todo = [layer for layer in range(cfg.num_layers) if not rules.keys() <= done.get((length, layer), set())]
+        if not todo or past(deadline):
+            continue
+        model = models.model(length)
+        sample = TaskGenerator(models.tokenizer(), seed=dy.seed).sample(dy.task, length, 0)
+        captured = capture_qkv(model, sample.prompt_ids)
+        with path.open("a") as sink:
+            for layer in tqdm(todo, desc=f"dynamic rules {length}", unit="layer"):
+                if past(deadline):
+                    break
+                q, k, v = captured[layer]
+                dense = dense_attention(q, k, v)
+                triangle = LayerSchedule.uniform(Triangle(**cfg.triangle)).bind(1, q.shape[1])
+                triangle_layout = triangle.layout(0, q, k, block_of(cfg.impl, q, k))
+                record = {
+                    "length": length,
+                    "layer": layer,
+                    "num_tokens": sample.num_tokens,
+                    "yarn": is_yarn(cfg, length),
+                    "ms_dense": timed(lambda q=q, k=k, v=v: dense_attention(q, k, v), dy.repeats),
+                    # A prefill lowers the triangle once for all its layers: each costs its kernel.
+                    "ms_triangle_kernel": timed(
+                        lambda q=q, k=k, v=v, t=triangle_layout: sparse_attention(q, k, v, t, impl=cfg.impl),
+                        dy.repeats,
+                    ),
+                    "rules": {
+                        name: rule_on_layer(cfg.impl, rule, q, k, v, dense, dy.rows, dy.repeats)
+                        for name, rule in rules.items()
+                        if name not in done.get((length, layer), set())
+                    },
+                }
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+        del captured
 
 
 # ----------------------------------------------------------------- TTFT
@@ -452,6 +422,7 @@ def write_report(cfg: DictConfig, out: Path) -> None:
     rows = read_jsonl(out / f"{cfg.name}.jsonl")
     structure = read_jsonl(out / f"{cfg.name}_structure.jsonl")
     ttft = read_jsonl(out / f"{cfg.name}_ttft.jsonl")
+    dynamic = read_jsonl(out / f"{cfg.name}_dynamic.jsonl")
     summary = report.summarize(rows, resamples=cfg.bootstrap_resamples, seed=cfg.accuracy.seed)
     control = [
         s
@@ -476,6 +447,7 @@ def write_report(cfg: DictConfig, out: Path) -> None:
         "summary": summary,
         "negative_control": control,
         "structure": structure,
+        "dynamic": dynamic,
         "ttft": [{k: v for k, v in r.items() if k != "layers"} for r in ttft],
     }
     (out / f"{cfg.name}.json").write_text(json.dumps(payload, indent=1))
@@ -495,7 +467,8 @@ def write_report(cfg: DictConfig, out: Path) -> None:
         text += f"\n## Negative control: `{cfg.control.system}` paired against `{cfg.control.against}`\n\n"
         text += report.markdown_table(control)
     text += repeatability(cfg, rows, same_schedules(cfg, specs))
-    text += structure_table(structure) + ttft_table(ttft) + cost_table(read_jsonl(out / f"{cfg.name}_timing.jsonl"))
+    text += structure_table(structure) + dynamic_table(dynamic, cfg.model.trianglemix_from)
+    text += ttft_table(ttft) + cost_table(read_jsonl(out / f"{cfg.name}_timing.jsonl"))
     (out / f"{cfg.name}.md").write_text(text)
     if summary:
         plot_lengths(summary, out / f"{cfg.name}.png", f"{cfg.name}: accuracy against length")
@@ -531,115 +504,6 @@ def repeatability(cfg: DictConfig, rows: list[dict], same: dict[str, str]) -> st
         )
         text += report.markdown_table(paired)
     return text
-
-
-def structure_table(records: list[dict]) -> str:
-    if not records:
-        return ""
-    head = (
-        "\n## Attention structure per layer (real q/k/v of one prompt; mass kept on evenly spaced query rows)\n\n"
-        "| len | yarn | layer | VS density | mass kept: triangle | VS | combined (layer's) | ms dense (cuDNN) | "
-        "ms triangle (incl. lowering) | ms triangle kernel | ms VS (incl. estimate) | ms VS estimate+lowering | "
-        "ms combined |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = [
-        f"| {r['length']} | {r['yarn']} | {r['layer']} | {r['vs_density']:.3f} | {r['kept_triangle']:.3f} | "
-        f"{r['kept_vertical_slash']:.3f} | {r['kept_combined']:.3f} ({r['combined_layer']}) | {r['ms_dense']:.2f} | "
-        f"{r['ms_triangle']:.2f} | {_ms(r, 'triangle_kernel')} | {r['ms_vertical_slash']:.2f} | {r['ms_vertical_slash_estimate']:.2f} | "
-        f"{r['ms_combined']:.2f} |"
-        for r in sorted(records, key=lambda r: (r["length"], r["layer"]))
-    ]
-    totals = []
-    for length in sorted({r["length"] for r in records}):
-        rs = [r for r in records if r["length"] == length]
-        sums = {key: sum(r[f"ms_{key}"] for r in rs) for key in ("dense", "triangle", "vertical_slash", "combined")}
-        est = sum(r["ms_vertical_slash_estimate"] for r in rs)
-        totals.append(
-            f"- {length} tokens ({len(rs)} layers): dense {sums['dense']:.1f} ms, triangle {sums['triangle']:.1f} ms, "
-            f"VS {sums['vertical_slash']:.1f} ms (estimate+lowering {est:.1f} ms = "
-            f"{100 * est / sums['vertical_slash']:.1f}%), combined {sums['combined']:.1f} ms "
-            f"({100 * (1 - sums['combined'] / sums['vertical_slash']):+.1f}% faster than VS alone)"
-        )
-    note = (
-        "\nA prefill lowers the triangle once for all its triangle layers (the schedule's memo), so each layer "
-        "after the first costs the kernel alone; the per-layer triangle and combined figures above pay the "
-        "lowering in every layer. Records without the kernel column (—) predate it.\n"
-    )
-    return head + "\n".join(lines) + "\n\nTotals over layers:\n\n" + "\n".join(totals) + "\n" + note
-
-
-def cost_table(records: list[dict]) -> str:
-    """Mean seconds per evaluated sample and phase, per length: where the accuracy part's time goes."""
-    if not records:
-        return ""
-    phases = sorted({phase for r in records for phase in r["seconds"]})
-    lines = [
-        "\n## What an accuracy sample costs (mean wall seconds per sample; systems evaluated on it vary)\n",
-        "| len | samples | " + " | ".join(phases) + " | total |",
-        "|---|---|" + "---|" * (len(phases) + 1),
-    ]
-    for length in sorted({r["length"] for r in records}):
-        rs = [r["seconds"] for r in records if r["length"] == length]
-        means = [sum(r.get(p, 0.0) for r in rs) / len(rs) for p in phases]
-        cells = " | ".join(f"{m:.3f}" for m in means)
-        lines.append(f"| {length} | {len(rs)} | {cells} | {sum(means):.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _ms(record: dict, key: str) -> str:
-    value = record.get(f"ms_{key}")
-    return "—" if value is None else f"{value:.2f}"
-
-
-def ttft_table(records: list[dict]) -> str:
-    if not records:
-        return ""
-    head = "\n## TTFT (random tokens, median of repeats)\n\n| len | yarn | schedule | TTFT ms | attention ms | device |\n|---|---|---|---|---|---|\n"
-    lines = [
-        f"| {r['length']} | {r['yarn']} | {r['label']} | {r['ttft_ms']:.1f} | {r['attention_ms']:.1f} | {r['device']} |"
-        for r in sorted(records, key=lambda r: (r["length"], r["label"]))
-    ]
-    return head + "\n".join(lines) + "\n"
-
-
-def plot_lengths(summary: list[dict], path: Path, title: str) -> None:
-    """One panel per task: score against length per schedule, dense dashed; whiskers the CI of Δ vs dense."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({s["task"] for s in summary})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        entries = [s for s in summary if s["task"] == task]
-        lengths = sorted({s["length"] for s in entries})
-        base = {s["length"]: s["base_score"] for s in entries}
-        ax.plot(lengths, [100 * base[n] for n in lengths], "k--", marker="s", label="dense")
-        for j, system in enumerate(sorted({s["system"] for s in entries})):
-            got = sorted((s["length"], s) for s in entries if s["system"] == system)
-            ax.errorbar(
-                [n * (1 + 0.02 * j) for n, _ in got],
-                [100 * s["score"] for _, s in got],
-                yerr=[
-                    [100 * (s["diff"] - s["diff_low"]) for _, s in got],
-                    [100 * (s["diff_high"] - s["diff"]) for _, s in got],
-                ],
-                marker="o",
-                capsize=3,
-                label=system,
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [str(n) for n in lengths])
-        ax.set_title(f"{task} (n={min(s['n'] for s in entries)})", fontsize=9)
-        ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel("RULER score (%)")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title + " — whiskers: 95% paired-bootstrap CI of (schedule − dense)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # experiments/long_context.py on one CUDA GPU, inside one device call.
 #   bash experiments/long_context_gpu.sh STAGES [HYDRA OVERRIDES...]
-# STAGES: a comma list of accuracy | structure | ttft, run in the order given, each its own process, all
+# STAGES: a comma list of accuracy | structure | dynamic | ttft, run in the order given, each its own process, all
 # inside one time box of BUDGET_S seconds (default 540, under the 600 s call limit); a stage stops between
 # samples / layers / jobs when the box is spent and writes its report.
 # accuracy first runs the gradient layer selection when its gradients are absent, capped at SELECTION_S
@@ -13,7 +13,7 @@
 # Needs: the GGUF at $SPARSEATTN_QWEN_GGUF (default /tmp/gpu/qwen.gguf, assembled from chunks carried in),
 # carry [".whl", ".gpu/text"] (Hydra's wheels; scripts/stage_text.sh).
 set -uo pipefail
-stages=${1:?a comma list of accuracy, structure, ttft}; shift
+stages=${1:?a comma list of accuracy, structure, dynamic, ttft}; shift
 : "${OUT:?set OUT to the output folder}"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -44,7 +44,7 @@ for stage in ${stages//,/ }; do
       fi
       split=false; compgen -G "$state/*_gradients.json" > /dev/null && split=true
       lc 'parts=[accuracy]' accuracy.gradient_split=$split budget_s="$(left)" "$@" ;;
-    structure|ttft) lc "parts=[$stage]" budget_s="$(left)" "$@" ;;
-    *) echo "stage: expected accuracy, structure or ttft, got $stage" >&2; exit 2 ;;
+    structure|dynamic|ttft) lc "parts=[$stage]" budget_s="$(left)" "$@" ;;
+    *) echo "stage: expected accuracy, structure, dynamic or ttft, got $stage" >&2; exit 2 ;;
   esac
 done

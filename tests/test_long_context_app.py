@@ -36,6 +36,9 @@ TINY_QWEN2 = [
     "structure.lengths=[384,640]",
     "structure.rows=64",
     "structure.repeats=1",
+    "dynamic.lengths=[384,640]",
+    "dynamic.rows=64",
+    "dynamic.repeats=1",
     "ttft.lengths=[384,640]",
     "ttft.repeats=1",
     "ttft.sdpa_backend=null",
@@ -78,6 +81,7 @@ def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
             "_runs.json",
             "_gradients.json",
             "_structure.jsonl",
+            "_dynamic.jsonl",
             "_ttft.jsonl",
             "_timing.jsonl",
         )
@@ -106,6 +110,16 @@ def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
         # The combination keeps exactly what that layer's own pattern keeps.
         assert r["kept_combined"] == r[f"kept_{r['combined_layer']}"]
         assert r["combined_layer"] == ("triangle" if r["layer"] >= 1 else "vertical_slash")
+    dynamic = lines(out / f"{name}_dynamic.jsonl")
+    assert sorted((r["length"], r["layer"]) for r in dynamic) == [(384, 0), (384, 1), (640, 0), (640, 1)]
+    for r in dynamic:
+        assert r["yarn"] == (r["length"] == 640) and r["ms_dense"] > 0 and r["ms_triangle_kernel"] > 0
+        assert set(r["rules"]) == {"vs_512_2048", "vs_mass_90", "block_mass_90"}
+        for m in r["rules"].values():
+            assert 0 < m["density"] <= 1 and 0 < m["kept"] <= 1 + 1e-5
+            assert 0 <= m["error"] < 1 and 0 <= m["error_last"] < 1
+            assert min(m["ms_estimate"], m["ms_attention"], m["ms_total"]) > 0
+    assert "Dynamic rules per layer" in text
     ttft = lines(out / f"{name}_ttft.jsonl")
     assert sorted((r["length"], r["label"]) for r in ttft) == sorted(
         (n, s) for n in (384, 640) for s in ("dense", "trianglemix_paper", "minference", "trianglemix_minference")
@@ -129,6 +143,7 @@ def test_every_part_then_a_resumed_extension(tmp_path, capsys, monkeypatch):
     assert len(again) == 2 * len(rows)
     assert (out / f"{name}_gradients.json").read_text() == gradients
     assert lines(out / f"{name}_structure.jsonl") == structure
+    assert lines(out / f"{name}_dynamic.jsonl") == dynamic
     assert len(lines(out / f"{name}_ttft.jsonl")) == len(ttft)
     summary = json.loads((out / f"{name}.json").read_text())["summary"]
     assert {s["n"] for s in summary} == {2}
@@ -158,6 +173,9 @@ def test_a_schedule_under_two_names_is_reported_as_a_repeatability_check(monkeyp
         cfg = compose("long_context", overrides=["bootstrap_resamples=200"])
     specs = {"a": cfg.schedules.trianglemix_paper, "b": cfg.schedules.minference, "c": cfg.schedules.trianglemix_paper}
     assert app.same_schedules(cfg, specs) == {"c": "a"}
+    cfg.dynamic.as_schedules = True
+    ruled = app.schedule_specs(cfg, Path("no gradients here"))
+    assert set(cfg.dynamic.rules) <= set(ruled) and set(cfg.schedules) <= set(ruled)
     rows = [
         {"task": "t", "length": 8, "index": i, "system": system, "prediction": text, "score": float(ok), "correct": ok}
         | {"kl_first": 0.0, "kl_mean": 0.0, "top1_first": 1.0, "top1_mean": 1.0}
