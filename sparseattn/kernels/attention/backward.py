@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.attention.config import LOG2E
 from sparseattn.kernels.attention.launch import _check, _placeholder
@@ -38,7 +39,9 @@ class BackwardConfig:
     inside the dK/dV kernel (fp32 atomic adds into a zeroed buffer) instead of by its own kernel, which
     saves the dQ kernel's recomputation of the scores and dP (two of its three products) at the price of
     determinism: the adds land in any order, so dQ may differ in its last bits between runs (dK and dV
-    stay deterministic).
+    stay deterministic). ``tma``: the rows each step walks (Q and dO in the dK/dV kernel, K and V of FULL and
+    PARTIAL tiles in the dQ kernel) come through tensor descriptors (Hopper's TMA engine) instead of
+    pointer arithmetic; the inputs are then made contiguous.
     """
 
     sub_m: int = 64
@@ -50,6 +53,7 @@ class BackwardConfig:
     dkdv_stages: int = 2
     key_major: bool = False
     dq_atomic: bool = False
+    tma: bool = False
 
     def __post_init__(self) -> None:
         if self.sub_m not in (16, 32, 64, 128):
@@ -64,7 +68,7 @@ class BackwardConfig:
         for name in ("dq_stages", "dkdv_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
-        for name in ("key_major", "dq_atomic"):
+        for name in ("key_major", "dq_atomic", "tma"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 
@@ -138,6 +142,21 @@ def triton_sparse_attention_backward(
     # Row strides are free, but each row's head_dim must be contiguous (autograd may hand an expanded dout).
     q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, dout))
     dout = dout.to(q.dtype)
+    if config.tma:
+        # Descriptors view [B, H, S, D] as [B * H * S, D]: contiguous rows and a 16-byte aligned base.
+        q, k, v, dout = (
+            t.contiguous() if t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
+            for t in (q, k, v, dout)
+        )
+        for name, t in (("q", q), ("k", k)):
+            if t.numel() // dim >= 2**31:
+                raise ValueError(
+                    f"{name}: {tuple(t.shape)} has over 2**31 rows, beyond a tensor descriptor; use tma=False"
+                )
+        q_desc, do_desc = (TensorDescriptor.from_tensor(t.view(-1, dim), [config.sub_m, dim]) for t in (q, dout))
+        k_desc, v_desc = (TensorDescriptor.from_tensor(t.view(-1, dim), [config.sub_n, dim]) for t in (k, v))
+    else:
+        q_desc, do_desc, k_desc, v_desc = q, dout, k, v  # unread: the pointer path is compiled
     lse = lse.to(torch.float32).contiguous()
 
     view = kv_major(layout)
@@ -164,17 +183,17 @@ def triton_sparse_attention_backward(
     dq_sink = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if config.dq_atomic else dq
     if not config.dq_atomic:
         _bwd_dq_kernel[(orders.dq.numel(),)](
-            q, k, v, dout, lse, delta, dq, orders.dq,
+            q, k, v, dout, lse, delta, dq, orders.dq, k_desc, v_desc,
             layout.full_kv_num_blocks, layout.full_kv_start, arg(layout.full_kv_indices),
             layout.kv_num_blocks, layout.kv_start, arg(layout.kv_indices), arg(layout.kv_mask_ids),
             arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
             *qkv_strides, *dq.stride()[:3], lse.stride(0), lse.stride(1),
             q_len, k.shape[2], heads, heads // kv_heads, lead_b, lead_h, layout.num_q_blocks, scale * LOG2E, scale,
             BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
-            HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, num_warps=config.dq_warps,
+            HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, USE_TMA=config.tma, num_warps=config.dq_warps,
         )  # fmt: skip
     _bwd_dkdv_kernel[(orders.dkdv.numel() * (layout.block_n // config.keys),)](
-        q, k, v, dout, lse, delta, dk, dv, dq_sink, orders.dkdv,
+        q, k, v, dout, lse, delta, dk, dv, dq_sink, orders.dkdv, q_desc, do_desc,
         view.full_q_num, view.full_q_start, arg(view.full_q_indices),
         view.part_q_num, view.part_q_start, arg(view.part_q_indices), arg(view.part_mask_ids),
         arg(layout.tile_masks), view.col_q_num, view.col_q_start, arg(view.col_q_indices), arg(view.col_slot),
@@ -183,7 +202,7 @@ def triton_sparse_attention_backward(
         q_len, k.shape[2], kv_heads, heads // kv_heads, lead_b, lead_h, layout.num_kv_blocks, scale * LOG2E, scale,
         BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, KEYS=config.keys, HEAD_DIM=dim,
         EVEN_KV=even_kv, HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, KEY_MAJOR=config.key_major,
-        DQ_ATOMIC=config.dq_atomic, num_warps=config.dkdv_warps,
+        DQ_ATOMIC=config.dq_atomic, USE_TMA=config.tma, num_warps=config.dkdv_warps,
     )  # fmt: skip
     if config.dq_atomic:
         dq.copy_(dq_sink)

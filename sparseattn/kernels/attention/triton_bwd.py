@@ -91,6 +91,40 @@ def _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, B
 
 
 @triton.jit
+def _query_rows(q_base, do_base, Q_DESC, DO_DESC, desc_row, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos,
+                q_len, USE_TMA: tl.constexpr):  # fmt: skip
+    """`_load_query_rows`, with Q and dO through tensor descriptors when USE_TMA: ``desc_row`` is the row of
+    ``rows[0]`` in their [B * Hq * q_len, HEAD_DIM] views, where rows past q_len belong to the next head
+    (or lie past the end and read as zeros): they are zeroed here, so no value of another head reaches a
+    product."""
+    if USE_TMA:
+        in_q = rows < q_len
+        q = tl.where(in_q[:, None], Q_DESC.load([desc_row, 0]), 0.0)  # [R, HEAD_DIM]
+        do = tl.where(in_q[:, None], DO_DESC.load([desc_row, 0]), 0.0)  # [R, HEAD_DIM]
+        lse = tl.load(lse_base + rows, mask=in_q, other=float("-inf"))  # [R]
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E_BWD)
+        delta = tl.load(delta_base + rows, mask=in_q, other=0.0)  # [R]
+        return q, do, lse2, delta
+    return _load_query_rows(q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len)
+
+
+@triton.jit
+def _key_rows(k_base, v_base, K_DESC, V_DESC, desc_row, keys, offs_d, stride_ks, stride_vs, kv_len,
+              BOUNDED: tl.constexpr, USE_TMA: tl.constexpr):  # fmt: skip
+    """`_load_key_rows` for consecutive keys, through tensor descriptors when USE_TMA (``desc_row``: the
+    row of ``keys[0]`` in the [B * Hkv * kv_len, HEAD_DIM] views; keys past kv_len zeroed when BOUNDED)."""
+    if USE_TMA:
+        k = K_DESC.load([desc_row, 0])  # [C, HEAD_DIM]
+        v = V_DESC.load([desc_row, 0])  # [C, HEAD_DIM]
+        if BOUNDED:
+            inside = keys[:, None] < kv_len
+            k = tl.where(inside, k, 0.0)
+            v = tl.where(inside, v, 0.0)
+        return k, v
+    return _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED)
+
+
+@triton.jit
 def _bitmap_bits(TILE_MASKS, mask_id, tile_rows, word0, shifts, BLOCK_M: tl.constexpr, WORDS: tl.constexpr,
                  R: tl.constexpr, C: tl.constexpr):  # fmt: skip
     """Bits of bitmap ``mask_id`` for tile rows ``tile_rows`` [R] and the C columns from word ``word0``:
@@ -168,14 +202,14 @@ def _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, row_ok
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, ORDER,
+    Q, K, V, DO, LSE, DELTA, DQ, ORDER, K_DESC, V_DESC,
     FULL_NUM, FULL_START, FULL_IDX, PART_NUM, PART_START, PART_IDX, PART_MID, TILE_MASKS,
     COL_NUM, COL_START, COL_IDX,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs, stride_lb, stride_lh,
     q_len, kv_len, heads, group, lead_b, lead_h, num_q_blocks, qk_scale, sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
     WORDS: tl.constexpr = BLOCK_N // 32
     row = tl.load(ORDER + tl.program_id(0)).to(tl.int64)  # flat (batch, head, query block)
@@ -196,6 +230,7 @@ def _bwd_dq_kernel(
     )  # fmt: skip
     k_base = K + b * stride_kb + kv_head * stride_kh
     v_base = V + b * stride_vb + kv_head * stride_vh
+    kv_row0 = (b * (heads // group) + kv_head) * kv_len  # the kv head's first row in the descriptors' views
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
     # FULL tiles: no mask beyond the bounds of a ragged last key block. Loops are skipped when empty:
@@ -207,7 +242,10 @@ def _bwd_dq_kernel(
             start = tl.load(full_row + i).to(tl.int64) * BLOCK_N
             for s in tl.static_range(BLOCK_N // SUB_N):
                 keys = start + s * SUB_N + offs_sn  # [SUB_N]
-                k, v = _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, not EVEN_KV)
+                k, v = _key_rows(
+                    k_base, v_base, K_DESC, V_DESC, (kv_row0 + start + s * SUB_N).to(tl.int32), keys, offs_d,
+                    stride_ks, stride_vs, kv_len, not EVEN_KV, USE_TMA,
+                )  # fmt: skip
                 dq = _dq_step(dq, q, do, lse2, delta, k, v, keys[None, :] < kv_len, qk_scale, not EVEN_KV)
 
     # PARTIAL tiles: the tile's bitmap (its bits past kv_len or q_len are zero).
@@ -220,7 +258,10 @@ def _bwd_dq_kernel(
             for s in tl.static_range(BLOCK_N // SUB_N):
                 keys = start + s * SUB_N + offs_sn  # [SUB_N]
                 keep = _bitmap_bits(TILE_MASKS, mask_id, rm, s * (SUB_N // 32), shifts, BLOCK_M, WORDS, BLOCK_M, SUB_N)
-                k, v = _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, not EVEN_KV)
+                k, v = _key_rows(
+                    k_base, v_base, K_DESC, V_DESC, (kv_row0 + start + s * SUB_N).to(tl.int32), keys, offs_d,
+                    stride_ks, stride_vs, kv_len, not EVEN_KV, USE_TMA,
+                )  # fmt: skip
                 dq = _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, True)
 
     # Gathered columns, SUB_N at a time; the constexpr test compiles them out of layouts without any.
@@ -243,7 +284,7 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, DQ, ORDER,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ, ORDER, Q_DESC, DO_DESC,
     FQ_NUM, FQ_START, FQ_IDX, PQ_NUM, PQ_START, PQ_IDX, PQ_MID, TILE_MASKS,
     CQ_NUM, CQ_START, CQ_IDX, CQ_SLOT, CQ_COUNT, COL_IDX,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
@@ -252,7 +293,7 @@ def _bwd_dkdv_kernel(
     q_len, kv_len, kv_heads, group, lead_b, lead_h, num_kv_blocks, qk_scale, sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr, HEAD_DIM: tl.constexpr,
     EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, KEY_MAJOR: tl.constexpr,
-    DQ_ATOMIC: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
     WORDS: tl.constexpr = BLOCK_N // 32
     PARTS: tl.constexpr = BLOCK_N // KEYS  # programs per key block, KEYS keys each
@@ -288,6 +329,7 @@ def _bwd_dkdv_kernel(
         lse_base = LSE + b * stride_lb + h * stride_lh
         delta_base = DELTA + b * stride_lb + h * stride_lh
         dq_base = DQ + b * stride_dqb + h * stride_dqh  # read only with DQ_ATOMIC
+        q_row0 = (b * kv_heads * group + h) * q_len  # the head's first row in the descriptors' views
 
         n_full = tl.load(FQ_NUM + vrow)
         full_col = FQ_IDX + tl.load(FQ_START + vrow)
@@ -296,9 +338,10 @@ def _bwd_dkdv_kernel(
                 qb = tl.load(full_col + i).to(tl.int64)
                 for s in tl.static_range(BLOCK_M // SUB_M):
                     rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
-                    q, do, lse2, delta = _load_query_rows(
-                        q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
-                    )
+                    q, do, lse2, delta = _query_rows(
+                        q_base, do_base, Q_DESC, DO_DESC, (q_row0 + qb * BLOCK_M + s * SUB_M).to(tl.int32),
+                        lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len, USE_TMA,
+                    )  # fmt: skip
                     dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
                     dk, dv = _dkdv_step(
                         dk, dv, k, v, q, do, lse2, delta, keep_keys, qk_scale, dq_ptrs, rows < q_len, sm_scale,
@@ -322,9 +365,10 @@ def _bwd_dkdv_kernel(
                             TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * (KEYS // 32), shifts, BLOCK_M, WORDS,
                             SUB_M, KEYS,
                         )  # fmt: skip  # [SUB_M, KEYS]
-                    q, do, lse2, delta = _load_query_rows(
-                        q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
-                    )
+                    q, do, lse2, delta = _query_rows(
+                        q_base, do_base, Q_DESC, DO_DESC, (q_row0 + qb * BLOCK_M + s * SUB_M).to(tl.int32),
+                        lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len, USE_TMA,
+                    )  # fmt: skip
                     dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
                     dk, dv = _dkdv_step(
                         dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, rows < q_len, sm_scale, True,
@@ -350,9 +394,10 @@ def _bwd_dkdv_kernel(
                         keep = hit[:, None] & (keys[:, None] <= q_pos[None, :])  # [KEYS, SUB_M]
                     else:
                         keep = hit[None, :] & (keys[None, :] <= q_pos[:, None])  # [SUB_M, KEYS]
-                    q, do, lse2, delta = _load_query_rows(
-                        q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len
-                    )
+                    q, do, lse2, delta = _query_rows(
+                        q_base, do_base, Q_DESC, DO_DESC, (q_row0 + qb * BLOCK_M + s * SUB_M).to(tl.int32),
+                        lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len, USE_TMA,
+                    )  # fmt: skip
                     dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
                     dk, dv = _dkdv_step(
                         dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, rows < q_len, sm_scale, True,
