@@ -7,12 +7,14 @@ precision (`sparseattn.testing.gradients`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from test_kernel_gpu import PATTERNS  # the forward GPU tests' named patterns, run backward here
 
 from sparseattn.attention import sparse_attention
-from sparseattn.kernels.attention.backward import triton_sparse_attention_backward
+from sparseattn.kernels.attention.backward import default_backward_config, triton_sparse_attention_backward
 from sparseattn.kernels.attention.config import preferred_block_size
 from sparseattn.kernels.attention.launch import triton_sparse_attention
 from sparseattn.lowering import lower
@@ -34,12 +36,13 @@ def inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype):
     return q, k, v, dout
 
 
-def run(pattern, batch, heads, kv_heads, q_len, kv_len, dim, dtype, block=None):
+def run(pattern, batch, heads, kv_heads, q_len, kv_len, dim, dtype, block=None, flags=None):
     q, k, v, dout = inputs(batch, heads, kv_heads, q_len, kv_len, dim, dtype)
     block = block or preferred_block_size(dim, dtype)
     layout = lower(pattern, q_len, kv_len, block_size=block, num_heads=pattern.num_heads, device="cuda")
     out, lse = triton_sparse_attention(q, k, v, layout)
-    grads = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout)
+    config = replace(default_backward_config(layout, dim), **flags) if flags else None
+    grads = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout, config=config)
     mask = pattern.to_dense(q_len, kv_len, num_heads=pattern.num_heads).unsqueeze(0).cuda()
     assert_grads_close_to_oracle(grads, q, k, v, mask, dout)
 
@@ -59,6 +62,17 @@ def test_triangle_tile_shapes_and_head_dims(block, dim):
 @pytest.mark.parametrize("name", ["causal", "triangle"])
 def test_8k_gqa4(name):
     run(PATTERNS[name], 1, 4, 1, 8192, 8192, 128, torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{"key_major": True}, {"dq_atomic": True}, {"tma": True}, {"key_major": True, "dq_atomic": True, "tma": True}],
+    ids="+".join,
+)
+@pytest.mark.parametrize("name", ["causal", "triangle"])
+def test_backward_flags_compile_and_match(name, flags):
+    """Each `BackwardConfig` flag on the default tiles and knobs, compiled for this GPU, ragged lengths."""
+    run(PATTERNS[name], 1, 8, 2, 4000, 4000, 128, torch.bfloat16, flags=flags)
 
 
 def test_chunked_prefill_ragged_batch2():
