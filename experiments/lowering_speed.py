@@ -4,6 +4,7 @@ kernel's plan.
     python experiments/lowering_speed.py                      # CPU: writes experiments/results/lowering_cpu.{json,md}
     python experiments/lowering_speed.py --device cuda --out $OUT   # the kernel benchmark's patterns at 128K
     python experiments/lowering_speed.py --minference              # writes experiments/results/lowering_minference_cpu.*
+    python experiments/lowering_speed.py --minference --device cuda --out $OUT   # the Triton walk of the runs
 
 On CUDA the patterns are those of ``bench_kernel.py`` (its per-head mixture included) at 131072 tokens
 on its tile shapes, and ``plan ms`` is the first call's work-list build for 32 query heads (heaviest
@@ -23,6 +24,7 @@ from harness import LOWERING_VARIANTS, RESULTS, wall_median
 from tqdm import tqdm
 
 from sparseattn.estimation import VerticalSlashIndices
+from sparseattn.estimation.vs_indices import torch_minference_runs
 from sparseattn.eval.provenance import cpu_name
 from sparseattn.kernels.planning.work_list import work_list
 from sparseattn.lowering import lower
@@ -107,18 +109,26 @@ def minference_pattern(n: int, heads: int, vertical: int, slash: int) -> Vertica
 MINFERENCE_CASES = [(2048, 1, 1000, 2000, True), (8192, 14, 1000, 6096, False), (32768, 14, 1000, 6096, False)]
 
 
-def measure_minference(repeats: int) -> list[dict]:
+def measure_minference(repeats: int, device: str) -> list[dict]:
     """``form="minference"`` from its runs against tile by tile (the latter where it finishes in minutes)."""
-    return [minference_row(*case, repeats) for case in tqdm(MINFERENCE_CASES, desc="minference form")]
+    return [minference_row(*case, repeats, device) for case in tqdm(MINFERENCE_CASES, desc="minference form")]
 
 
-def minference_row(n: int, heads: int, vertical: int, slash: int, old: bool, repeats: int) -> dict:
-    pattern = minference_pattern(n, heads, vertical, slash)
-    runs_ms, _ = wall_median(lambda: pattern.minference_runs(n // 64), "cpu", repeats)
-    new_ms, layout = wall_median(lambda: lower(pattern, n, block_size=(64, 64)), "cpu", repeats)
+def minference_row(n: int, heads: int, vertical: int, slash: int, old: bool, repeats: int, device: str) -> dict:
+    pattern = minference_pattern(n, heads, vertical, slash).to(device)
+    pattern.minference_runs(n // 64)  # compiles the Triton walk on CUDA
+    runs_ms, runs = wall_median(lambda: pattern.minference_runs(n // 64), device, repeats)
+    # On CUDA the runs come from the Triton walk: its torch oracle beside it (one run, ~15 launches a slash).
+    torch_runs_ms = same_runs = None
+    if device == "cuda":
+        torch_runs_ms, want = wall_median(lambda: torch_minference_runs(pattern.slash, 64, n // 64), device, 1)
+        same_runs = all(torch.equal(a, b) for a, b in zip(runs, want, strict=True))
+    new_ms, layout = wall_median(lambda: lower(pattern, n, block_size=(64, 64), device=device), device, repeats)
     tiles_ms = same = None
     if old:
-        tiles_ms, oracle = wall_median(lambda: lower(pattern, n, block_size=(64, 64), by_segments=False), "cpu", 1)
+        tiles_ms, oracle = wall_median(
+            lambda: lower(pattern, n, block_size=(64, 64), by_segments=False, device=device), device, 1
+        )
         same = bool(torch.equal(layout.to_dense(), oracle.to_dense()))
     full, partial = layout.num_tiles()
     return {
@@ -127,6 +137,8 @@ def minference_row(n: int, heads: int, vertical: int, slash: int, old: bool, rep
         "verticals": vertical,
         "slashes": slash,
         "runs_ms": runs_ms,
+        "torch_runs_ms": torch_runs_ms,
+        "same_runs": same_runs,
         "from_runs_ms": new_ms,
         "tiles_ms": tiles_ms,
         "same_mask": same,
@@ -144,17 +156,22 @@ def minference_markdown(meta: dict, rows: list[dict]) -> list[str]:
         "64x64 tiles, row block 64; random columns, the 64 local diagonals plus random ones. `from runs`: "
         "`lower(pattern)` (`minference_layout`), `runs` its `minference_runs` share; `tile by tile`: "
         "`lower(..., by_segments=False)`, the mask on every tile, only where it finishes in minutes; "
-        "`same mask`: both layouts' token masks equal.\n",
-        "| tokens | heads | verticals | slashes | runs ms | from runs ms | tile by tile ms | same mask | full tiles "
-        "| partial tiles | gathered columns | density |",
-        "|" + "---|" * 12,
+        "`same mask`: both layouts' token masks equal. On CUDA `runs` is the Triton walk "
+        "(`triton_minference_runs`), `torch runs` its oracle (`torch_minference_runs`, one run), `same runs` "
+        "the two equal.\n",
+        "| tokens | heads | verticals | slashes | runs ms | torch runs ms | same runs | from runs ms | tile by tile ms "
+        "| same mask | full tiles | partial tiles | gathered columns | density |",
+        "|" + "---|" * 14,
     ]
     for r in rows:
         old = "not run" if r["tiles_ms"] is None else f"{r['tiles_ms']:,.0f}"
         same = "—" if r["same_mask"] is None else ("yes" if r["same_mask"] else "NO")
+        torch_runs = "—" if r.get("torch_runs_ms") is None else f"{r['torch_runs_ms']:,.1f}"
+        same_runs = "—" if r.get("same_runs") is None else ("yes" if r["same_runs"] else "NO")
         lines.append(
-            f"| {r['tokens']:,} | {r['heads']} | {r['verticals']} | {r['slashes']} | {r['runs_ms']:,.0f} | "
-            f"{r['from_runs_ms']:,.0f} | {old} | {same} | {r['full_tiles']:,} | {r['partial_tiles']:,} | "
+            f"| {r['tokens']:,} | {r['heads']} | {r['verticals']} | {r['slashes']} | {r['runs_ms']:,.2f} | "
+            f"{torch_runs} | {same_runs} | "
+            f"{r['from_runs_ms']:,.1f} | {old} | {same} | {r['full_tiles']:,} | {r['partial_tiles']:,} | "
             f"{r['gathered_columns']:,} | {r['density']:.3f} |"
         )
     return lines
@@ -166,7 +183,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch host threads (0: torch's default)")
-    parser.add_argument("--minference", action="store_true", help="time form='minference' (CPU) instead")
+    parser.add_argument("--minference", action="store_true", help="time form='minference' instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,12 +237,13 @@ def run_meta(args: argparse.Namespace) -> dict:
 
 
 def minference_main(args: argparse.Namespace) -> None:
-    rows = measure_minference(args.repeats)
+    rows = measure_minference(args.repeats, args.device)
     meta = run_meta(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lowering_minference_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    stem = f"lowering_minference_{args.device}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = minference_markdown(meta, rows)
-    (args.out / "lowering_minference_cpu.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[1:]))
 
 

@@ -32,6 +32,44 @@ def _count(prefix: Tensor, head: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return (prefix[head, hi_c] - prefix[head, lo_c]).clamp(min=0)
 
 
+def torch_minference_runs(
+    slash: Tensor, block: int, num_row_blocks: int, first: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`VerticalSlashIndices.minference_runs` as MInference's index builder walks it: one slash of every
+    (head, row block) per step, largest diagonal first, so window ends ascend; a step opens a run when the
+    window ends more than one block past the open run's end, else extends the run by a block when it
+    ends past it. The oracle of `triton_minference_runs`, and the CPU path."""
+    b = block
+    heads, count = slash.shape
+    dev = slash.device
+    end_m = (torch.arange(first, num_row_blocks, device=dev) + 1).mul(b).view(1, -1)  # [1, G]
+    slots = max(1, min(count, num_row_blocks + 1))
+    starts = torch.full((heads, end_m.shape[1], slots), PAD, dtype=torch.long, device=dev)
+    ends = starts.clone()
+    cur_start = torch.zeros(heads, end_m.shape[1], dtype=torch.long, device=dev)
+    cur_end = torch.zeros_like(cur_start)
+    active = torch.zeros_like(cur_start, dtype=torch.bool)
+    runs = torch.zeros_like(cur_start)  # runs closed so far
+    for i in range(count - 1, -1, -1):  # slashes from the largest d down: window ends ascending
+        d = slash[:, i : i + 1]  # [H, 1]
+        valid = (d != PAD) & (d < end_m)
+        e = torch.clamp(end_m - d, min=b)
+        opens = valid & (~active | (e > cur_end + b))
+        extends = valid & active & ~opens & (e > cur_end)
+        close = opens & active
+        # Slot `runs` is still padding until its run closes, so writing padding there is harmless.
+        starts.scatter_(2, runs.unsqueeze(2), torch.where(close, cur_start, PAD).unsqueeze(2))
+        ends.scatter_(2, runs.unsqueeze(2), torch.where(close, cur_end, PAD).unsqueeze(2))
+        runs = runs + close.long()
+        cur_start = torch.where(opens, e - b, cur_start)
+        cur_end = torch.where(opens, e, torch.where(extends, cur_end + b, cur_end))
+        active = active | opens
+    if count:  # every run holds a slash, so the open one has a slot: runs < slots
+        starts.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_start, PAD).unsqueeze(2))
+        ends.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_end, PAD).unsqueeze(2))
+    return starts, ends, torch.where(active, cur_end, 0)
+
+
 @dataclass(frozen=True, eq=False)
 class VerticalSlashIndices(Pattern):
     """Estimated vertical and slash lines, per head, and the token mask they stand for.
@@ -117,41 +155,18 @@ class VerticalSlashIndices(Pattern):
         """MInference's merged windows for each head and row block ``g`` (rows ``[B*g, B*g + B)``) from
         ``first`` (a chunk's first row block: those before it hold no query) up to ``num_row_blocks``.
 
-        Returns ``starts``, ``ends`` (int64 ``[H, G, S]``, ``G = num_row_blocks - first``: the runs ``[start, end)`` in key order, then
-        padding with ``start = end = `PAD```) and ``last_end`` (``[H, G]``: the last run's end, 0 without
-        one). The builder's walk over the slashes, one slash of every (head, row block) per step.
-        ``S = max(1, min(slashes, G + 1))``: runs are disjoint, at least ``B`` keys long, and end before
-        ``B * (g + 2)``, so row block ``g`` holds at most ``g + 2`` of them.
+        Returns ``starts``, ``ends`` (int64 ``[H, G, S]``, ``G = num_row_blocks - first``: the runs
+        ``[start, end)`` in key order, then padding with ``start = end = `PAD```) and ``last_end``
+        (``[H, G]``: the last run's end, 0 without one). ``S = max(1, min(slashes, G + 1))``: runs are
+        disjoint, at least ``B`` keys long, and end before ``B * (g + 2)``, so row block ``g`` holds at
+        most ``g + 2`` of them. On CUDA a Triton kernel walks the slashes (`triton_minference_runs`);
+        elsewhere `torch_minference_runs`, its oracle.
         """
-        b = self.block_size
-        heads, count = self.slash.shape
-        dev = self.slash.device
-        end_m = (torch.arange(first, num_row_blocks, device=dev) + 1).mul(b).view(1, -1)  # [1, G]
-        slots = max(1, min(count, num_row_blocks + 1))
-        starts = torch.full((heads, end_m.shape[1], slots), PAD, dtype=torch.long, device=dev)
-        ends = starts.clone()
-        cur_start = torch.zeros(heads, end_m.shape[1], dtype=torch.long, device=dev)
-        cur_end = torch.zeros_like(cur_start)
-        active = torch.zeros_like(cur_start, dtype=torch.bool)
-        runs = torch.zeros_like(cur_start)  # runs closed so far
-        for i in range(count - 1, -1, -1):  # slashes from the largest d down: window ends ascending
-            d = self.slash[:, i : i + 1]  # [H, 1]
-            valid = (d != PAD) & (d < end_m)
-            e = torch.clamp(end_m - d, min=b)
-            opens = valid & (~active | (e > cur_end + b))
-            extends = valid & active & ~opens & (e > cur_end)
-            close = opens & active
-            # Slot `runs` is still padding until its run closes, so writing padding there is harmless.
-            starts.scatter_(2, runs.unsqueeze(2), torch.where(close, cur_start, PAD).unsqueeze(2))
-            ends.scatter_(2, runs.unsqueeze(2), torch.where(close, cur_end, PAD).unsqueeze(2))
-            runs = runs + close.long()
-            cur_start = torch.where(opens, e - b, cur_start)
-            cur_end = torch.where(opens, e, torch.where(extends, cur_end + b, cur_end))
-            active = active | opens
-        if count:  # every run holds a slash, so the open one has a slot: runs < slots
-            starts.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_start, PAD).unsqueeze(2))
-            ends.scatter_(2, runs.unsqueeze(2), torch.where(active, cur_end, PAD).unsqueeze(2))
-        return starts, ends, torch.where(active, cur_end, 0)
+        if self.slash.is_cuda:
+            from sparseattn.kernels.estimation.triton_minference_runs import triton_minference_runs
+
+            return triton_minference_runs(self.slash, self.block_size, num_row_blocks, first)
+        return torch_minference_runs(self.slash, self.block_size, num_row_blocks, first)
 
     def _minference_keep(self, h: Tensor, q_pos: Tensor, kv_idx: Tensor, columns: Tensor) -> Tensor:
         """In a run of the query's row block, or a vertical below its last run's end (causality aside)."""
