@@ -1,8 +1,8 @@
 """MInference's merged slash windows per (head, row block), walked on the GPU by one program per head and
 ``BLOCK_G`` row blocks.
 
-Same contract as the torch oracle `VerticalSlashIndices.minference_runs`, which takes one step of a dozen
-small device operations per slash (6096 slashes: ~70,000 launches per layer). The walk is sequential in
+Same contract as the torch oracle `torch_minference_runs`, which takes one step of a few dozen small
+device operations per slash (MInference's configs keep up to 6096 slashes per head). The walk is sequential in
 the slashes (largest diagonal first, so window ends ascend) but independent across row blocks, so a
 program keeps the open run of each of its row blocks in registers and walks its head's slashes once,
 ``UNROLL`` loads in flight at a time; a run is written to its row block's next slot when the next
