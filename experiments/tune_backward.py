@@ -3,9 +3,9 @@
     python experiments/tune_backward.py --out $OUT --length 32768 --budget-s 240   # on a CUDA machine
 
 Passes, each around the best configuration before it: the flags (key-major dK/dV scores; dQ summed by
-atomics inside the dK/dV kernel instead of by its own kernel; TMA loads), then the dK/dV kernel's knobs
-(keys per program, query rows per step, warps, stages), then the dQ kernel's (key columns per step,
-warps, stages; skipped when dQ is atomic). Each configuration is first checked against fp64 autograd
+atomics inside the dK/dV kernel instead of by its own kernel; TMA loads), the split of long dK/dV programs
+(``max_chunk``), then the dK/dV kernel's knobs (keys per program, query rows per step, warps, stages),
+then the dQ kernel's (key columns per step, warps, stages; skipped when dQ is atomic). Each configuration is first checked against fp64 autograd
 through the oracle at ``--check-len`` tokens with the derived tolerance (a miscompiled configuration
 must not win), then its backward alone (the forward's output and lse given) is timed with
 ``triton.testing.do_bench`` (median). Rows are appended to ``backward_tuning.jsonl`` as they finish, so a
@@ -40,9 +40,11 @@ from sparseattn.testing.gradients import grad_oracle_and_tolerance
 PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle(sink=8, window=512, last=128)}
 # Passes in order, most promising values first (the time box may cut a pass): the flags (key-major dK/dV
 # scores; dQ summed by atomics inside the dK/dV kernel, no dQ kernel; rows through tensor descriptors),
+# the split of long dK/dV programs (never, or past a fixed tile count, against the default's own rule),
 # then the dK/dV kernel's tiles, warps and stages, then the dQ kernel's.
 PASSES = [
     ("flags", {"key_major": (True, False), "dq_atomic": (True, False), "tma": (True, False)}),
+    ("split", {"max_chunk": (0, 64, 256)}),
     ("dkdv", {"keys": (128, 64), "sub_m": (32, 64, 16), "dkdv_warps": (8, 4), "dkdv_stages": (2, 3)}),
     ("dq", {"sub_n": (32, 64), "dq_warps": (4, 8), "dq_stages": (2, 3)}),
 ]
@@ -167,8 +169,8 @@ def render(meta: dict, rows: list[dict], path: Path) -> None:
         "bf16; backward alone (forward's output and lse given), do_bench median ms; each configuration "
         f"checked against fp64 autograd through the oracle at {meta['check_len']} tokens first",
         "- passes in order, each around the best configuration before it: `flags` (key-major dK/dV scores, "
-        "dQ by atomics inside the dK/dV kernel, TMA loads), `dkdv` (its tiles, warps, stages), `dq` (the dQ "
-        "kernel's)",
+        "dQ by atomics inside the dK/dV kernel, TMA loads), `split` (long dK/dV programs split past `max_chunk` "
+        "tiles; 0 never), `dkdv` (its tiles, warps, stages), `dq` (the dQ kernel's)",
         "",
         "| pattern | tokens | tiles | pass | " + " | ".join(knobs) + " | grad ok | ms | vs cuDNN bwd |",
         "|---|---|---|---|" + "---|" * len(knobs) + "---|---|---|",

@@ -17,10 +17,11 @@ from test_kernel_triton import random_inputs, random_mask, with_columns
 from sparseattn.kernels.attention import backward, launch
 from sparseattn.kernels.attention.backward import BackwardConfig, triton_sparse_attention_backward
 from sparseattn.kernels.attention.launch import triton_sparse_attention
-from sparseattn.kernels.planning.kv_major import backward_orders, build_kv_major, kv_major
+from sparseattn.kernels.planning.dkdv_work import build_dkdv_work, dkdv_work
+from sparseattn.kernels.planning.kv_major import build_kv_major, dq_order, kv_major
 from sparseattn.layout import BlockLayout
 from sparseattn.lowering import lower
-from sparseattn.patterns import Causal, Columns, Triangle, Window
+from sparseattn.patterns import Causal, Columns, PerHead, Triangle, Window
 from sparseattn.testing.gradients import assert_grads_close_to_oracle
 from sparseattn.testing.strategies import lengths, patterns, per_head_patterns
 
@@ -48,7 +49,10 @@ def sub_tiles(draw, block: tuple[int, int]) -> BackwardConfig:
     key_major = draw(st.booleans(), "key-major dK/dV scores")
     dq_atomic = draw(st.booleans(), "dQ by atomics in the dK/dV kernel")
     tma = draw(st.booleans(), "rows through tensor descriptors")
-    return BackwardConfig(sub_m=sub_m, sub_n=sub_n, keys=keys, key_major=key_major, dq_atomic=dq_atomic, tma=tma)
+    max_chunk = draw(st.sampled_from([None, 0, 1, 2]), "dK/dV programs split past this many tiles")
+    return BackwardConfig(
+        sub_m=sub_m, sub_n=sub_n, keys=keys, key_major=key_major, dq_atomic=dq_atomic, tma=tma, max_chunk=max_chunk
+    )
 
 
 @SETTINGS
@@ -200,16 +204,82 @@ def test_kv_major_view_is_the_transposed_layout(data):
     assert kv_major(layout) is kv_major(layout)  # memoised on the layout
 
 
-def test_backward_orders_put_heavy_programs_first():
-    """A triangle's first key block (the sink, read by every query block) and its last query blocks
-    (the dense last rows) lead their kernels' launch orders; every program appears once."""
+def test_dq_order_puts_heavy_rows_first():
+    """A triangle's last query blocks (its dense last rows) lead the dQ kernel's order; every row once."""
     layout = lower(Triangle(sink=8, window=64, last=64), 512, 512, block_size=(32, 32))
-    orders = backward_orders(layout, 2, 4, 2)
-    kbs, qbs = layout.num_kv_blocks, layout.num_q_blocks
-    assert sorted(orders.dkdv.tolist()) == list(range(2 * 2 * kbs))
-    assert sorted(orders.dq.tolist()) == list(range(2 * 4 * qbs))
-    assert int(orders.dkdv[0]) % kbs == 0
-    assert int(orders.dq[0]) % qbs >= qbs - 2
+    order = dq_order(layout, 2, 4)
+    qbs = layout.num_q_blocks
+    assert sorted(order.tolist()) == list(range(2 * 4 * qbs))
+    assert int(order[0]) % qbs >= qbs - 2
+
+
+@pytest.mark.parametrize("max_chunk", [None, 0, 1, 3])
+@pytest.mark.parametrize("lead_heads", [1, 4])
+def test_dkdv_work_covers_every_tile_once(max_chunk, lead_heads):
+    """Every (program, query head, FULL slot) is in exactly one item, and each (program, head)'s PARTIAL
+    tiles and columns in exactly one (its first slice); items run heaviest first; a split program's slots
+    are its items' and are merged once, and the sink key block's program is split first."""
+    pattern = Triangle(sink=8, window=64, last=64)
+    if lead_heads > 1:
+        pattern = PerHead((pattern, Causal(), pattern, Triangle(sink=4, window=32, last=32)))
+    layout = lower(pattern, 512, 512, block_size=(32, 32), num_heads=pattern.num_heads)
+    batch, heads, kv_heads = 2, 4, 2
+    group, kbs = heads // kv_heads, layout.num_kv_blocks
+    work = build_dkdv_work(layout, batch, heads, kv_heads, max_chunk)
+    view = kv_major(layout)
+    covered: dict[tuple[int, int], list[int]] = {}
+    rest: dict[tuple[int, int], int] = {}
+    costs = []
+    slots = {}
+    for prog, g_lo, g_hi, f_lo, f_hi, slot in work.items.tolist():
+        b, kv_head, kb = prog // kbs // kv_heads, prog // kbs % kv_heads, prog % kbs
+        cost = 0
+        for g in range(g_lo, g_hi):
+            h = kv_head * group + g
+            lead = (b % layout.batch_size, h % layout.num_heads, kb)
+            n_full = int(view.full_q_num[lead])
+            taken = list(range(f_lo, min(f_hi, n_full)))
+            covered.setdefault((prog, g), []).extend(taken)
+            cost += len(taken)
+            if f_lo == 0:
+                rest[(prog, g)] = rest.get((prog, g), 0) + 1
+                cost += int(view.part_q_num[lead]) + int(view.col_q_num[lead])
+        costs.append(cost)
+        if slot >= 0:
+            slots.setdefault(prog, []).append(slot)
+    for prog in range(batch * kv_heads * kbs):
+        b, kv_head, kb = prog // kbs // kv_heads, prog // kbs % kv_heads, prog % kbs
+        for g in range(group):
+            lead = (b % layout.batch_size, (kv_head * group + g) % layout.num_heads, kb)
+            assert sorted(covered[(prog, g)]) == list(range(int(view.full_q_num[lead])))
+            assert rest[(prog, g)] == 1
+    assert costs == sorted(costs, reverse=True)
+    merged = {m[0]: list(range(m[1], m[1] + m[2])) for m in work.merges.tolist()}
+    assert merged == {p: sorted(s) for p, s in slots.items()} and len(merged) == work.merges.shape[0]
+    assert sum(len(s) for s in slots.values()) == work.num_slots
+    if max_chunk == 0:
+        assert work.num_slots == 0
+    if work.max_chunk:  # whatever splits, the sink key block (read by every query block) is among it
+        assert any(m[0] % kbs == 0 for m in work.merges.tolist())
+    assert dkdv_work(layout, batch, heads, kv_heads, max_chunk) is dkdv_work(layout, batch, heads, kv_heads, max_chunk)
+
+
+@pytest.mark.parametrize("max_chunk", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_split_dkdv_programs_match_the_oracle(max_chunk, dtype):
+    """Split dK/dV programs (per query head, FULL slices, merged in slot order) on a triangle with gathered
+    columns, GQA 2:1, batch 2, ragged lengths; and the same bits twice."""
+    pattern = Triangle(sink=8, window=40, last=24) | (Causal() & Columns((3, 50, 51, 130)))
+    layout = lower(pattern, 150, 190, block_size=(32, 32))
+    q, k, v = random_inputs(2, 4, 2, 150, 190, 32, dtype, 11)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(11)).to(dtype)
+    config = BackwardConfig(sub_m=16, sub_n=32, keys=32, max_chunk=max_chunk)
+    assert build_dkdv_work(layout, 2, 4, 2, max_chunk).num_slots > 0
+    grads = gradients(q, k, v, layout, dout, config=config)
+    mask = pattern.to_dense(150, 190).view(1, 1, 150, 190)
+    assert_grads_close_to_oracle(grads, q, k, v, mask, dout)
+    again = gradients(q, k, v, layout, dout, config=config)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again, strict=True))
 
 
 def test_rejects_mismatched_gradient_shapes():

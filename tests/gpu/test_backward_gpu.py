@@ -66,7 +66,13 @@ def test_8k_gqa4(name):
 
 @pytest.mark.parametrize(
     "flags",
-    [{"key_major": True}, {"dq_atomic": True}, {"tma": True}, {"key_major": True, "dq_atomic": True, "tma": True}],
+    [
+        {"key_major": True},
+        {"dq_atomic": True},
+        {"tma": True},
+        {"max_chunk": 2},
+        {"key_major": True, "dq_atomic": True, "tma": True, "max_chunk": 3},
+    ],
     ids="+".join,
 )
 @pytest.mark.parametrize("name", ["causal", "triangle"])

@@ -1,5 +1,6 @@
-"""`triton_sparse_attention_backward`: validates, plans (the layout's kv-major view and both launch
-orders, memoised on the layout) and launches the backward kernels of `triton_bwd.py`.
+"""`triton_sparse_attention_backward`: validates, plans (the layout's kv-major view, the dQ kernel's launch
+order and the dK/dV kernel's work list, memoised on the layout) and launches the backward kernels of
+`triton_bwd.py`.
 
 `BackwardConfig` holds the launch knobs, apart from the kernel bodies as `KernelConfig` is for the
 forward.
@@ -16,8 +17,14 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from sparseattn.kernels.attention.config import LOG2E
 from sparseattn.kernels.attention.launch import _check, _placeholder
-from sparseattn.kernels.attention.triton_bwd import _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel
-from sparseattn.kernels.planning.kv_major import backward_orders, kv_major
+from sparseattn.kernels.attention.triton_bwd import (
+    _bwd_delta_kernel,
+    _bwd_dkdv_kernel,
+    _bwd_dkdv_merge_kernel,
+    _bwd_dq_kernel,
+)
+from sparseattn.kernels.planning.dkdv_work import dkdv_work
+from sparseattn.kernels.planning.kv_major import dq_order, kv_major
 from sparseattn.layout import BlockLayout
 
 _DELTA_ROWS = 64
@@ -41,7 +48,9 @@ class BackwardConfig:
     determinism: the adds land in any order, so dQ may differ in its last bits between runs (dK and dV
     stay deterministic). ``tma``: the rows each step walks (Q and dO in the dK/dV kernel, K and V of FULL and
     PARTIAL tiles in the dQ kernel) come through tensor descriptors (Hopper's TMA engine) instead of
-    pointer arithmetic; the inputs are then made contiguous.
+    pointer arithmetic; the inputs are then made contiguous. ``max_chunk``: dK/dV programs longer than this
+    many tiles are split by query head and FULL-list slices, summed by a merge kernel
+    (`planning/dkdv_work.py`; None: only when programs are unequal, 0: never).
     """
 
     sub_m: int = 64
@@ -54,6 +63,7 @@ class BackwardConfig:
     key_major: bool = False
     dq_atomic: bool = False
     tma: bool = False
+    max_chunk: int | None = None
 
     def __post_init__(self) -> None:
         if self.sub_m not in (16, 32, 64, 128):
@@ -68,6 +78,8 @@ class BackwardConfig:
         for name in ("dq_stages", "dkdv_stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
+        if self.max_chunk is not None and (not isinstance(self.max_chunk, int) or self.max_chunk < 0):
+            raise ValueError(f"max_chunk: expected None, 0 or a positive number of tiles, got {self.max_chunk!r}")
         for name in ("key_major", "dq_atomic", "tma"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
@@ -160,7 +172,8 @@ def triton_sparse_attention_backward(
     lse = lse.to(torch.float32).contiguous()
 
     view = kv_major(layout)
-    orders = backward_orders(layout, batch, heads, kv_heads)
+    rows = dq_order(layout, batch, heads)
+    work = dkdv_work(layout, batch, heads, kv_heads, config.max_chunk)
     dq, dk, dv, delta = _new_grads(q, k, v)
     unused = _placeholder(q.device)
 
@@ -182,8 +195,8 @@ def triton_sparse_attention_backward(
     # With dq_atomic the dK/dV kernel adds each row's share into a zeroed fp32 buffer and dq is its copy.
     dq_sink = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if config.dq_atomic else dq
     if not config.dq_atomic:
-        _bwd_dq_kernel[(orders.dq.numel(),)](
-            q, k, v, dout, lse, delta, dq, orders.dq, k_desc, v_desc,
+        _bwd_dq_kernel[(rows.numel(),)](
+            q, k, v, dout, lse, delta, dq, rows, k_desc, v_desc,
             layout.full_kv_num_blocks, layout.full_kv_start, arg(layout.full_kv_indices),
             layout.kv_num_blocks, layout.kv_start, arg(layout.kv_indices), arg(layout.kv_mask_ids),
             arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
@@ -192,8 +205,15 @@ def triton_sparse_attention_backward(
             BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
             HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, USE_TMA=config.tma, num_warps=config.dq_warps,
         )  # fmt: skip
-    _bwd_dkdv_kernel[(orders.dkdv.numel() * (layout.block_n // config.keys),)](
-        q, k, v, dout, lse, delta, dk, dv, dq_sink, orders.dkdv, q_desc, do_desc,
+    parts = layout.block_n // config.keys
+    # Split programs' fp32 shares, [slots, block_n, dim] each for dK and dV.
+    dk_part, dv_part = (
+        (torch.empty(work.num_slots, layout.block_n, dim, dtype=torch.float32, device=q.device) for _ in range(2))
+        if work.num_slots
+        else (unused, unused)
+    )
+    _bwd_dkdv_kernel[(work.items.shape[0] * parts,)](
+        q, k, v, dout, lse, delta, dk, dv, dq_sink, work.items, dk_part, dv_part, q_desc, do_desc,
         view.full_q_num, view.full_q_start, arg(view.full_q_indices),
         view.part_q_num, view.part_q_start, arg(view.part_q_indices), arg(view.part_mask_ids),
         arg(layout.tile_masks), view.col_q_num, view.col_q_start, arg(view.col_q_indices), arg(view.col_slot),
@@ -204,6 +224,13 @@ def triton_sparse_attention_backward(
         EVEN_KV=even_kv, HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, KEY_MAJOR=config.key_major,
         DQ_ATOMIC=config.dq_atomic, USE_TMA=config.tma, num_warps=config.dkdv_warps,
     )  # fmt: skip
+    if work.merges.shape[0]:
+        _bwd_dkdv_merge_kernel[(work.merges.shape[0], parts)](
+            dk, dv, dk_part, dv_part, work.merges,
+            *dk.stride()[:3], *dv.stride()[:3],
+            k.shape[2], kv_heads, layout.num_kv_blocks, scale,
+            BLOCK_N=layout.block_n, KEYS=config.keys, HEAD_DIM=dim,
+        )  # fmt: skip
     if config.dq_atomic:
         dq.copy_(dq_sink)
     return dq, dk, dv

@@ -11,11 +11,14 @@ Three kernels:
 2. `_bwd_dq_kernel`: one program per (batch, query head, query block), query-major like the forward: the
    row's FULL tiles unmasked, PARTIAL tiles through their bitmaps, then its gathered key columns (K/V rows
    gathered by position, kept where ``k <= q_pos``). The key tiles are walked ``SUB_N`` columns at a time.
-3. `_bwd_dkdv_kernel`: one program per (batch, kv head, key block) (or per ``KEYS``-wide slice of it, so
-   that a 128-wide key block at head dim 128 does not hold two 128 x 128 fp32 accumulators), kv-major: for each query head of the
-   kv head's GQA group in turn, the query blocks that hold the key block as FULL, PARTIAL, or through
-   gathered columns inside it (``planning/kv_major.py``), ``SUB_M`` query rows at a time. dK and dV of a
-   kv head are so summed over its query heads in one program, in a fixed order: deterministic, no
+3. `_bwd_dkdv_kernel`: one program per work item (``planning/dkdv_work.py``) and ``KEYS``-wide slice of
+   its key block (so that a 128-wide key block at head dim 128 need not hold two 128 x 128 fp32
+   accumulators), kv-major: for each query head of the item in turn, the query blocks that hold the key
+   block as FULL, PARTIAL, or through gathered columns inside it (``planning/kv_major.py``), ``SUB_M``
+   query rows at a time. An item is a whole (batch, kv head, key block): dK and dV summed over the GQA
+   group in one program, in a fixed order, and written; or, for a program too long to leave whole (a
+   sink key block read by every query block), one query head and a slice of its FULL list, whose fp32
+   share goes to a scratch slot that `_bwd_dkdv_merge_kernel` sums in slot order. Deterministic, no
    atomics. Gathered columns reach dK/dV the same way: a (query block, key block) pair whose row gathers
    columns in the key block is one more tile, masked to those columns (and ``k <= q_pos``). Two launch
    flags (`BackwardConfig`): ``KEY_MAJOR`` forms the scores key-major, ``K Q^T``, so P^T and dS^T need
@@ -284,7 +287,7 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, DQ, ORDER, Q_DESC, DO_DESC,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ, WORK, DK_PART, DV_PART, Q_DESC, DO_DESC,
     FQ_NUM, FQ_START, FQ_IDX, PQ_NUM, PQ_START, PQ_IDX, PQ_MID, TILE_MASKS,
     CQ_NUM, CQ_START, CQ_IDX, CQ_SLOT, CQ_COUNT, COL_IDX,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
@@ -297,7 +300,13 @@ def _bwd_dkdv_kernel(
 ):  # fmt: skip
     WORDS: tl.constexpr = BLOCK_N // 32
     PARTS: tl.constexpr = BLOCK_N // KEYS  # programs per key block, KEYS keys each
-    prog = tl.load(ORDER + tl.program_id(0) // PARTS).to(tl.int64)  # flat (batch, kv head, key block)
+    item = WORK + (tl.program_id(0) // PARTS).to(tl.int64) * 6  # see planning/dkdv_work.py
+    prog = tl.load(item).to(tl.int64)  # flat (batch, kv head, key block)
+    g_lo = tl.load(item + 1)
+    g_hi = tl.load(item + 2)
+    f_lo = tl.load(item + 3)  # the item's slice of each head's FULL list; the first slice takes the rest
+    f_hi = tl.load(item + 4)
+    out_slot = tl.load(item + 5).to(tl.int64)  # -1: the whole program, dK/dV written here; else a scratch slot
     part = tl.program_id(0) % PARTS
     kb = prog % num_kv_blocks
     b = prog // num_kv_blocks // kv_heads
@@ -320,8 +329,8 @@ def _bwd_dkdv_kernel(
     dk = tl.zeros([KEYS, HEAD_DIM], tl.float32)
     dv = tl.zeros([KEYS, HEAD_DIM], tl.float32)
 
-    # The kv head's query heads one after another, in a fixed order: their sum is deterministic.
-    for g in range(group):
+    # The item's query heads one after another, in a fixed order: their sum is deterministic.
+    for g in range(g_lo, g_hi):
         h = kv_head * group + g
         vrow = ((b % lead_b) * lead_h + h % lead_h) * num_kv_blocks + kb  # kv-major row it broadcasts from
         q_base = Q + b * stride_qb + h * stride_qh
@@ -331,10 +340,10 @@ def _bwd_dkdv_kernel(
         dq_base = DQ + b * stride_dqb + h * stride_dqh  # read only with DQ_ATOMIC
         q_row0 = (b * kv_heads * group + h) * q_len  # the head's first row in the descriptors' views
 
-        n_full = tl.load(FQ_NUM + vrow)
+        n_full = tl.minimum(tl.load(FQ_NUM + vrow), f_hi)
         full_col = FQ_IDX + tl.load(FQ_START + vrow)
-        if n_full > 0:
-            for i in tl.range(0, n_full, num_stages=NUM_STAGES):
+        if n_full > f_lo:
+            for i in tl.range(f_lo, n_full, num_stages=NUM_STAGES):
                 qb = tl.load(full_col + i).to(tl.int64)
                 for s in tl.static_range(BLOCK_M // SUB_M):
                     rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
@@ -348,7 +357,7 @@ def _bwd_dkdv_kernel(
                         not EVEN_KV, KEY_MAJOR, DQ_ATOMIC,
                     )  # fmt: skip
 
-        n_part = tl.load(PQ_NUM + vrow)
+        n_part = tl.where(f_lo == 0, tl.load(PQ_NUM + vrow), 0)  # PARTIAL tiles and columns: first slice
         part_start = tl.load(PQ_START + vrow)
         if n_part > 0:
             for j in tl.range(0, n_part, num_stages=NUM_STAGES):
@@ -378,7 +387,7 @@ def _bwd_dkdv_kernel(
         if HAS_COLS:
             # Query blocks whose rows gather columns inside this key block: the columns (at most
             # BLOCK_N, distinct) become a key mask, and each row keeps them where k <= q_pos.
-            n_groups = tl.load(CQ_NUM + vrow)
+            n_groups = tl.where(f_lo == 0, tl.load(CQ_NUM + vrow), 0)
             col_start = tl.load(CQ_START + vrow)
             for c in range(n_groups):
                 qb = tl.load(CQ_IDX + col_start + c).to(tl.int64)
@@ -404,6 +413,45 @@ def _bwd_dkdv_kernel(
                         KEY_MAJOR, DQ_ATOMIC,
                     )  # fmt: skip
 
+    if out_slot < 0:
+        dk_ptrs = DK + b * stride_dkb + kv_head * stride_dkh + keys[:, None] * stride_dks + offs_d[None, :]
+        dv_ptrs = DV + b * stride_dvb + kv_head * stride_dvh + keys[:, None] * stride_dvs + offs_d[None, :]
+        tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_k[:, None])
+        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=in_k[:, None])
+    else:
+        # A split program's share, in fp32 at its slot ([slots, BLOCK_N, HEAD_DIM]); _bwd_dkdv_merge_kernel sums.
+        offs = out_slot * (BLOCK_N * HEAD_DIM) + (part * KEYS + offs_n)[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(DK_PART + offs, dk)
+        tl.store(DV_PART + offs, dv)
+
+
+@triton.jit
+def _bwd_dkdv_merge_kernel(
+    DK, DV, DK_PART, DV_PART, MERGES,
+    stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
+    kv_len, kv_heads, num_kv_blocks, sm_scale,
+    BLOCK_N: tl.constexpr, KEYS: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """dK, dV of a split program: its slots' fp32 shares summed in slot order (deterministic); grid
+    (split programs, BLOCK_N // KEYS)."""
+    row = MERGES + tl.program_id(0).to(tl.int64) * 3
+    prog = tl.load(row).to(tl.int64)
+    first = tl.load(row + 1).to(tl.int64)
+    count = tl.load(row + 2)
+    kb = prog % num_kv_blocks
+    b = prog // num_kv_blocks // kv_heads
+    kv_head = prog // num_kv_blocks % kv_heads
+    offs_n = tl.program_id(1) * KEYS + tl.arange(0, KEYS)  # [KEYS] within the key block
+    offs_d = tl.arange(0, HEAD_DIM)  # [HEAD_DIM]
+    tile = offs_n[:, None] * HEAD_DIM + offs_d[None, :]  # [KEYS, HEAD_DIM]
+    dk = tl.zeros([KEYS, HEAD_DIM], tl.float32)
+    dv = tl.zeros([KEYS, HEAD_DIM], tl.float32)
+    for i in range(count):
+        base = (first + i) * (BLOCK_N * HEAD_DIM)
+        dk += tl.load(DK_PART + base + tile)
+        dv += tl.load(DV_PART + base + tile)
+    keys = kb * BLOCK_N + offs_n  # [KEYS]
+    in_k = keys < kv_len
     dk_ptrs = DK + b * stride_dkb + kv_head * stride_dkh + keys[:, None] * stride_dks + offs_d[None, :]
     dv_ptrs = DV + b * stride_dvb + kv_head * stride_dvh + keys[:, None] * stride_dvs + offs_d[None, :]
     tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_k[:, None])

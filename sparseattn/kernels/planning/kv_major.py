@@ -15,8 +15,9 @@ ascending index list), like the layout itself. It is built with torch ops on the
 sort of the layout's entries per list: O(tiles log tiles), never a query-blocks x key-blocks grid.
 The layout's own ``entries`` costs one host sync per list (the total entry count).
 
-`backward_orders` gives the launch orders of both backward kernels, heaviest programs first, so the
-long ones (a triangle's sink key block, its last query rows) start early and the short ones fill in.
+`dq_order` gives the launch order of the dQ kernel, heaviest rows first, so the long ones (a
+triangle's last query rows) start early and the short ones fill in; the dK/dV kernel's work list, which
+also splits its longest programs, is `dkdv_work.py`'s.
 """
 
 from __future__ import annotations
@@ -113,39 +114,18 @@ def kv_major(layout: BlockLayout) -> KvMajor:
     return attached(layout, "kv_major", lambda: build_kv_major(layout))
 
 
-@dataclass(frozen=True)
-class BackwardOrders:
-    """Launch orders of the backward kernels for one (batch, query heads, kv heads) call.
-
-    ``dq`` [B * Hq * QB] int32: flat (batch, head, query block) rows, most tiles (and gathered column
-    chunks) first. ``dkdv`` [B * Hkv * KB] int32: flat (batch, kv head, key block) programs, most tiles
-    summed over the kv head's query heads first. Ties keep flat order, so neighbouring programs share
-    K/V (dq) or Q/dO (dK/dV) through L2.
-    """
-
-    dq: Tensor
-    dkdv: Tensor
-
-
-def build_backward_orders(layout: BlockLayout, batch: int, heads: int, kv_heads: int) -> BackwardOrders:
-    """`BackwardOrders` for ``batch`` x ``heads`` query heads over ``kv_heads`` kv heads (not memoised)."""
+def build_dq_order(layout: BlockLayout, batch: int, heads: int) -> Tensor:
+    """[B * Hq * QB] int32: the dQ kernel's flat (batch, head, query block) rows, most tiles (and gathered
+    column chunks) first; ties keep flat order, so neighbouring programs share K/V through L2 (not
+    memoised; `dq_order` is)."""
     qbs = layout.num_q_blocks
     row_cost = layout.full_kv_num_blocks.long() + layout.kv_num_blocks.long()
     if layout.col_num is not None:
         row_cost = row_cost + -(-layout.col_num.long() // layout.block_n)
     dq_cost = row_cost.expand(batch, heads, qbs).reshape(-1)
-    group = heads // kv_heads
-    per_head = kv_major(layout).tiles_per_key_block().expand(batch, heads, -1)
-    dkdv_cost = per_head.reshape(batch, kv_heads, group, -1).sum(2).reshape(-1)
-    dq_order = torch.argsort(dq_cost, descending=True, stable=True)
-    dkdv_order = torch.argsort(dkdv_cost, descending=True, stable=True)
-    return BackwardOrders(dq_order.to(torch.int32), dkdv_order.to(torch.int32))
+    return torch.argsort(dq_cost, descending=True, stable=True).to(torch.int32)
 
 
-def backward_orders(layout: BlockLayout, batch: int, heads: int, kv_heads: int) -> BackwardOrders:
-    """`build_backward_orders`, memoised on the layout per (batch, heads, kv_heads)."""
-    return attached(
-        layout,
-        ("backward_orders", batch, heads, kv_heads),
-        lambda: build_backward_orders(layout, batch, heads, kv_heads),
-    )
+def dq_order(layout: BlockLayout, batch: int, heads: int) -> Tensor:
+    """`build_dq_order`, memoised on the layout per (batch, heads)."""
+    return attached(layout, ("dq_order", batch, heads), lambda: build_dq_order(layout, batch, heads))
