@@ -98,6 +98,8 @@ def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfi
         keys=layout.block_n if wide else min(layout.block_n, 64),
         dq_warps=8,
         dkdv_warps=8,
+        # The flags and the split of long dK/dV programs stay off until timed on a GPU (tune_backward.py).
+        max_chunk=0,
     )
 
 
