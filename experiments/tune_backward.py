@@ -78,6 +78,8 @@ def grad_error(pattern: Pattern, block: tuple[int, int], config: BackwardConfig,
     layout = lower(pattern, args.check_len, block_size=block, device="cuda")
     oracle = grad_oracle_and_tolerance(q, k, v, layout.to_dense(), dout)
     out, lse = triton_sparse_attention(q, k, v, layout)
+    if config.max_chunk != 0:  # programs of the short check prompt are split only when forced to be
+        config = dataclasses.replace(config, max_chunk=1)
     grads = triton_sparse_attention_backward(dout, q, k, v, out, lse, layout, config=config)
     errs = [float((g.double() - e).abs().max()) for g, e in zip(grads, oracle.grads, strict=True)]
     ok = all(e <= t for e, t in zip(errs, oracle.atol, strict=True))
