@@ -36,7 +36,7 @@ def slash_sets(draw):
 @settings(max_examples=60, deadline=None)
 def test_triton_runs_equal_the_torch_walk(case):
     slash, block, num_row_blocks, first = case
-    got = triton_minference_runs(slash, block, num_row_blocks, first)
+    got = triton_minference_runs(slash, block, num_row_blocks, first, pad=PAD)
     want = torch_minference_runs(slash, block, num_row_blocks, first)
     for name, a, b in zip(("starts", "ends", "last_end"), got, want, strict=True):
         assert torch.equal(a, b), f"{name} differ:\n{a}\n{b}"
@@ -46,11 +46,11 @@ def test_more_row_blocks_than_one_program_holds():
     """Row blocks spread over several programs, with local diagonals that merge into one run per block."""
     num_row_blocks = BLOCK_G + 37
     slash = torch.cat([torch.arange(0, 100), torch.arange(500, 9000, 131)]).view(1, -1)
-    got = triton_minference_runs(slash, 64, num_row_blocks, 5)
+    got = triton_minference_runs(slash, 64, num_row_blocks, 5, pad=PAD)
     want = torch_minference_runs(slash, 64, num_row_blocks, 5)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
 def test_rejects_slashes_that_are_not_int64_rows():
     with pytest.raises(ValueError, match="slash"):
-        triton_minference_runs(torch.zeros(2, 3, dtype=torch.int32), 64, 4)
+        triton_minference_runs(torch.zeros(2, 3, dtype=torch.int32), 64, 4, pad=PAD)

@@ -165,7 +165,7 @@ class VerticalSlashIndices(Pattern):
         if self.slash.is_cuda:
             from sparseattn.kernels.estimation.triton_minference_runs import triton_minference_runs
 
-            return triton_minference_runs(self.slash, self.block_size, num_row_blocks, first)
+            return triton_minference_runs(self.slash, self.block_size, num_row_blocks, first, pad=PAD)
         return torch_minference_runs(self.slash, self.block_size, num_row_blocks, first)
 
     def _minference_keep(self, h: Tensor, q_pos: Tensor, kv_idx: Tensor, columns: Tensor) -> Tensor:

@@ -16,8 +16,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparseattn.estimation.topk import PAD
-
 BLOCK_G = 128  # row blocks per program
 UNROLL = 8  # slash loads issued before the first of them is used
 
@@ -60,17 +58,18 @@ def _minference_runs_kernel(
 
 
 def triton_minference_runs(
-    slash: Tensor, block: int, num_row_blocks: int, first: int = 0
+    slash: Tensor, block: int, num_row_blocks: int, first: int = 0, *, pad: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`VerticalSlashIndices.minference_runs` of the slash diagonals ``slash`` (int64 ``[H, count]``,
-    ascending, `PAD` after a head's last) on row blocks of ``block`` queries, ``first`` to
-    ``num_row_blocks``: ``(starts, ends, last_end)`` as there, on ``slash``'s device, no host sync."""
+    ascending, ``pad`` after a head's last: the estimation layer's index padding, which also pads the
+    returned runs) on row blocks of ``block`` queries, ``first`` to ``num_row_blocks``: ``(starts, ends,
+    last_end)`` as there, on ``slash``'s device, no host sync."""
     if slash.dtype != torch.int64 or slash.dim() != 2:
         raise ValueError(f"slash: expected an int64 [H, count] tensor, got {slash.dtype} {tuple(slash.shape)}")
     heads, count = slash.shape
     num_g = max(0, num_row_blocks - first)
     slots = max(1, min(count, num_row_blocks + 1))
-    starts = torch.full((heads, num_g, slots), PAD, dtype=torch.long, device=slash.device)
+    starts = torch.full((heads, num_g, slots), pad, dtype=torch.long, device=slash.device)
     ends = starts.clone()
     last_end = torch.zeros(heads, num_g, dtype=torch.long, device=slash.device)
     if heads and num_g:
@@ -79,6 +78,6 @@ def triton_minference_runs(
             slash, starts, ends, last_end,
             slash.stride(0), starts.stride(0), starts.stride(1), last_end.stride(0),
             count, num_g, first,
-            PAD_VALUE=PAD, B=block, BLOCK_G=BLOCK_G, UNROLL=UNROLL,
+            PAD_VALUE=pad, B=block, BLOCK_G=BLOCK_G, UNROLL=UNROLL,
         )  # fmt: skip
     return starts, ends, last_end
