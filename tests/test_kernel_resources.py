@@ -89,3 +89,51 @@ def test_warp_specialized_kernel_compiles_for_hopper_without_spills():
         # tile loop; even lengths spill nothing.
         even_kv = case[1]
         assert stack == 0 if even_kv else stack <= 16, (case, stack)
+
+
+BACKWARD_CHILD = """
+import dataclasses, json
+from sparseattn.kernels.attention.backward import default_backward_config
+from sparseattn.kernels.attention.resources import backward_resources
+from sparseattn.lowering import lower
+from sparseattn.patterns import Causal, Columns, Triangle
+cases = json.loads(input())
+found = []
+for pattern, dim, flags in cases:
+    pattern = {"triangle": Triangle(), "columns": Causal() & Columns((5, 300, 301, 900))}[pattern]
+    layout = lower(pattern, 1000, 1000, block_size=(128, 128) if dim == 128 else (64, 64))
+    config = dataclasses.replace(default_backward_config(layout, dim), **flags)
+    found.append({name: r.shared_bytes for name, r in backward_resources(layout, dim, config).items()})
+print(json.dumps(found))
+"""
+
+# The backward's default and each of its flags alone, ragged length (1000) and gathered columns included.
+BACKWARD_CASES = [
+    ["triangle", 128, {}],
+    ["columns", 128, {"key_major": True}],
+    ["triangle", 128, {"dq_atomic": True}],
+    ["columns", 128, {"tma": True}],
+    ["triangle", 128, {"max_chunk": 2}],
+    ["columns", 64, {}],
+]
+
+
+def test_backward_kernels_compile_for_hopper():
+    """Every backward kernel, as `triton_sparse_attention_backward` would launch it for these layouts, builds
+    for sm_90 on this Triton (the interpreter cannot tell) and fits one program's shared memory."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    child = subprocess.run(
+        [sys.executable, "-c", BACKWARD_CHILD],
+        input=json.dumps(BACKWARD_CASES),
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    for case, kernels in zip(BACKWARD_CASES, json.loads(child.stdout), strict=True):
+        want = {"_bwd_delta_kernel", "_bwd_dkdv_kernel"} | (
+            {"_bwd_dkdv_merge_kernel"} if "max_chunk" in case[2] else set()
+        )
+        want |= set() if case[2].get("dq_atomic") else {"_bwd_dq_kernel"}
+        assert set(kernels) == want, case
+        assert max(kernels.values()) <= HOPPER_SHARED_PER_PROGRAM, (case, kernels)

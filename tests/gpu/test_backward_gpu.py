@@ -71,7 +71,8 @@ def test_8k_gqa4(name):
         {"dq_atomic": True},
         {"tma": True},
         {"max_chunk": 2},
-        {"key_major": True, "dq_atomic": True, "tma": True, "max_chunk": 3},
+        # With TMA as well, the default stages need 247 KiB of shared memory (resources.backward_resources).
+        {"key_major": True, "dq_atomic": True, "max_chunk": 3},
     ],
     ids="+".join,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,6 +29,9 @@ from sparseattn.kernels.planning.kv_major import dq_order, kv_major
 from sparseattn.layout import BlockLayout
 
 _DELTA_ROWS = 64
+# Key rows per merge program: compiled for sm_90 (`resources.backward_resources`), 128 rows at head dim 128
+# spilled 5 KB per thread; 32 rows (every block_n is a multiple) hold both sums in registers.
+_MERGE_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,52 @@ def triton_sparse_attention_backward(
     atomics.
     """
     _check(q, k, v, layout)
+    plan = backward_launches(dout, q, k, v, out, lse, layout, scale=scale, config=config)
+    for launch in plan.launches:
+        launch.kernel[launch.grid](*launch.args, **launch.options)
+    if plan.dq_sink is not plan.dq:
+        plan.dq.copy_(plan.dq_sink)
+    return plan.dq, plan.dk, plan.dv
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: ``kernel[grid](*args, **options)`` (options: its constexprs and ``num_warps``)."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    """The gradient buffers and the launches that fill them, in order; with ``dq_atomic`` dQ is summed into
+    ``dq_sink`` (fp32), which is then copied into ``dq``."""
+
+    dq: Tensor
+    dk: Tensor
+    dv: Tensor
+    dq_sink: Tensor
+    launches: tuple[Launch, ...]
+
+
+def backward_launches(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    layout: BlockLayout,
+    *,
+    scale: float | None = None,
+    config: BackwardConfig | None = None,
+) -> BackwardPlan:
+    """What `triton_sparse_attention_backward` launches, planned but not run: the arguments of every
+    kernel, so that they can also be compiled for a GPU on a machine without one
+    (`resources.backward_resources`). The caller has checked q, k, v and the layout (`_check`: devices,
+    shapes, dtypes, tiles); the gradient's shapes and the config are checked here."""
     batch, heads, q_len, dim = q.shape
     kv_heads = k.shape[1]
     for name, t in (("out", out), ("dout", dout)):
@@ -182,13 +232,19 @@ def triton_sparse_attention_backward(
     def arg(t: Tensor | None) -> Tensor:
         return unused if t is None or t.numel() == 0 else t.contiguous()
 
-    _bwd_delta_kernel[(-(-q_len // _DELTA_ROWS), batch * heads)](
-        out, dout, delta,
-        out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
-        delta.stride(0), delta.stride(1),
-        heads, q_len,
-        BLOCK=_DELTA_ROWS, HEAD_DIM=dim,
-    )  # fmt: skip
+    launches = [
+        Launch(
+            _bwd_delta_kernel,
+            (-(-q_len // _DELTA_ROWS), batch * heads),
+            (
+                out, dout, delta,
+                out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
+                delta.stride(0), delta.stride(1),
+                heads, q_len,
+            ),
+            dict(BLOCK=_DELTA_ROWS, HEAD_DIM=dim),
+        )
+    ]  # fmt: skip
 
     has_cols = layout.col_num is not None
     even_kv = k.shape[2] % layout.block_n == 0
@@ -197,16 +253,23 @@ def triton_sparse_attention_backward(
     # With dq_atomic the dK/dV kernel adds each row's share into a zeroed fp32 buffer and dq is its copy.
     dq_sink = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if config.dq_atomic else dq
     if not config.dq_atomic:
-        _bwd_dq_kernel[(rows.numel(),)](
-            q, k, v, dout, lse, delta, dq, rows, k_desc, v_desc,
-            layout.full_kv_num_blocks, layout.full_kv_start, arg(layout.full_kv_indices),
-            layout.kv_num_blocks, layout.kv_start, arg(layout.kv_indices), arg(layout.kv_mask_ids),
-            arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
-            *qkv_strides, *dq.stride()[:3], lse.stride(0), lse.stride(1),
-            q_len, k.shape[2], heads, heads // kv_heads, lead_b, lead_h, layout.num_q_blocks, scale * LOG2E, scale,
-            BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
-            HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, USE_TMA=config.tma, num_warps=config.dq_warps,
-        )  # fmt: skip
+        launches.append(Launch(
+            _bwd_dq_kernel,
+            (rows.numel(),),
+            (
+                q, k, v, dout, lse, delta, dq, rows, k_desc, v_desc,
+                layout.full_kv_num_blocks, layout.full_kv_start, arg(layout.full_kv_indices),
+                layout.kv_num_blocks, layout.kv_start, arg(layout.kv_indices), arg(layout.kv_mask_ids),
+                arg(layout.tile_masks), arg(layout.col_num), arg(layout.col_start), arg(layout.col_indices),
+                *qkv_strides, *dq.stride()[:3], lse.stride(0), lse.stride(1),
+                q_len, k.shape[2], heads, heads // kv_heads, lead_b, lead_h, layout.num_q_blocks, scale * LOG2E,
+                scale,
+            ),
+            dict(
+                BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
+                HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, USE_TMA=config.tma, num_warps=config.dq_warps,
+            ),
+        ))  # fmt: skip
     parts = layout.block_n // config.keys
     # Split programs' fp32 shares, [slots, block_n, dim] each for dK and dV.
     dk_part, dv_part = (
@@ -214,25 +277,34 @@ def triton_sparse_attention_backward(
         if work.num_slots
         else (unused, unused)
     )
-    _bwd_dkdv_kernel[(work.items.shape[0] * parts,)](
-        q, k, v, dout, lse, delta, dk, dv, dq_sink, work.items, dk_part, dv_part, q_desc, do_desc,
-        view.full_q_num, view.full_q_start, arg(view.full_q_indices),
-        view.part_q_num, view.part_q_start, arg(view.part_q_indices), arg(view.part_mask_ids),
-        arg(layout.tile_masks), view.col_q_num, view.col_q_start, arg(view.col_q_indices), arg(view.col_slot),
-        arg(view.col_count), arg(layout.col_indices),
-        *qkv_strides, *dk.stride()[:3], *dv.stride()[:3], lse.stride(0), lse.stride(1), *dq_sink.stride()[:3],
-        q_len, k.shape[2], kv_heads, heads // kv_heads, lead_b, lead_h, layout.num_kv_blocks, scale * LOG2E, scale,
-        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, KEYS=config.keys, HEAD_DIM=dim,
-        EVEN_KV=even_kv, HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, KEY_MAJOR=config.key_major,
-        DQ_ATOMIC=config.dq_atomic, USE_TMA=config.tma, num_warps=config.dkdv_warps,
-    )  # fmt: skip
+    launches.append(Launch(
+        _bwd_dkdv_kernel,
+        (work.items.shape[0] * parts,),
+        (
+            q, k, v, dout, lse, delta, dk, dv, dq_sink, work.items, dk_part, dv_part, q_desc, do_desc,
+            view.full_q_num, view.full_q_start, arg(view.full_q_indices),
+            view.part_q_num, view.part_q_start, arg(view.part_q_indices), arg(view.part_mask_ids),
+            arg(layout.tile_masks), view.col_q_num, view.col_q_start, arg(view.col_q_indices), arg(view.col_slot),
+            arg(view.col_count), arg(layout.col_indices),
+            *qkv_strides, *dk.stride()[:3], *dv.stride()[:3], lse.stride(0), lse.stride(1), *dq_sink.stride()[:3],
+            q_len, k.shape[2], kv_heads, heads // kv_heads, lead_b, lead_h, layout.num_kv_blocks, scale * LOG2E,
+            scale,
+        ),
+        dict(
+            BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, KEYS=config.keys, HEAD_DIM=dim,
+            EVEN_KV=even_kv, HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, KEY_MAJOR=config.key_major,
+            DQ_ATOMIC=config.dq_atomic, USE_TMA=config.tma, num_warps=config.dkdv_warps,
+        ),
+    ))  # fmt: skip
     if work.merges.shape[0]:
-        _bwd_dkdv_merge_kernel[(work.merges.shape[0], parts)](
-            dk, dv, dk_part, dv_part, work.merges,
-            *dk.stride()[:3], *dv.stride()[:3],
-            k.shape[2], kv_heads, layout.num_kv_blocks, scale,
-            BLOCK_N=layout.block_n, KEYS=config.keys, HEAD_DIM=dim,
-        )  # fmt: skip
-    if config.dq_atomic:
-        dq.copy_(dq_sink)
-    return dq, dk, dv
+        launches.append(Launch(
+            _bwd_dkdv_merge_kernel,
+            (work.merges.shape[0], layout.block_n // _MERGE_ROWS),
+            (
+                dk, dv, dk_part, dv_part, work.merges,
+                *dk.stride()[:3], *dv.stride()[:3],
+                k.shape[2], kv_heads, layout.num_kv_blocks, scale,
+            ),
+            dict(BLOCK_N=layout.block_n, KEYS=_MERGE_ROWS, HEAD_DIM=dim, num_warps=4),
+        ))  # fmt: skip
+    return BackwardPlan(dq, dk, dv, dq_sink, tuple(launches))

@@ -1,4 +1,5 @@
-"""Resources of the forward kernel compiled for a GPU architecture, on any machine (no GPU needed).
+"""Resources of the forward and backward kernels compiled for a GPU architecture, on any machine (no GPU
+needed).
 
 Triton compiles to a cubin without a device, and the cuobjdump that ships with Triton reads its
 resource usage. Shared memory decides how many programs a multiprocessor holds, and with it the
@@ -24,9 +25,11 @@ from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.runtime.jit import mangle_type
 
+from sparseattn.kernels.attention.backward import BackwardConfig, backward_launches
 from sparseattn.kernels.attention.config import KernelConfig
 from sparseattn.kernels.attention.gluon_fwd import HALF_ROWS, MAX_REGISTERS, _descriptor, _gluon_fwd_kernel
 from sparseattn.kernels.attention.triton_fwd import _sparse_fwd_kernel
+from sparseattn.layout import BlockLayout
 
 # Hopper (sm_90): shared memory per multiprocessor, the most one program may take, and 32-bit registers
 # per multiprocessor.
@@ -151,3 +154,36 @@ def _resources(compiled: triton.compiler.CompiledKernel) -> KernelResources:
     if found is None:
         raise RuntimeError(f"cuobjdump gave no resource line: {usage.stdout}")
     return KernelResources(int(found[1]), int(found[2]), int(compiled.metadata.shared))
+
+
+def backward_resources(
+    layout: BlockLayout,
+    head_dim: int,
+    config: BackwardConfig,
+    *,
+    heads: int = 4,
+    kv_heads: int = 2,
+    capability: int = 90,
+) -> dict[str, KernelResources]:
+    """Compile every kernel the backward launches for ``layout`` (bf16 inputs of ``heads`` query and
+    ``kv_heads`` kv heads at the layout's lengths, ``config``) for compute capability ``capability``, and
+    read each one's resources: the launches are planned on the CPU exactly as on the GPU
+    (`backward_launches`), so a configuration that would not compile fails here first."""
+    q_len, kv_len = layout.q_len, layout.kv_len
+    q = torch.zeros(1, heads, q_len, head_dim, dtype=torch.bfloat16)
+    k = torch.zeros(1, kv_heads, kv_len, head_dim, dtype=torch.bfloat16)
+    lse = torch.zeros(1, heads, q_len)
+    plan = backward_launches(q, q, k, k, q, lse, layout.to("cpu"), config=config)
+    found = {}
+    for launch in plan.launches:
+        names = list(inspect.signature(launch.kernel.fn).parameters)
+        constexprs = {k: v for k, v in launch.options.items() if k in names}
+        signature = {name: mangle_type(value) for name, value in zip(names, launch.args, strict=False)}
+        signature.update(dict.fromkeys(constexprs, "constexpr"))
+        source = ASTSource(
+            fn=launch.kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}
+        )
+        options = {k: v for k, v in launch.options.items() if k not in names}
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+        found[launch.kernel.fn.__name__] = _resources(compiled)
+    return found

@@ -108,7 +108,8 @@ def _query_rows(q_base, do_base, Q_DESC, DO_DESC, desc_row, lse_base, delta_base
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E_BWD)
         delta = tl.load(delta_base + rows, mask=in_q, other=0.0)  # [R]
         return q, do, lse2, delta
-    return _load_query_rows(q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len)
+    else:
+        return _load_query_rows(q_base, do_base, lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len)
 
 
 @triton.jit
@@ -124,7 +125,8 @@ def _key_rows(k_base, v_base, K_DESC, V_DESC, desc_row, keys, offs_d, stride_ks,
             k = tl.where(inside, k, 0.0)
             v = tl.where(inside, v, 0.0)
         return k, v
-    return _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED)
+    else:
+        return _load_key_rows(k_base, v_base, keys, offs_d, stride_ks, stride_vs, kv_len, BOUNDED)
 
 
 @triton.jit
@@ -433,7 +435,8 @@ def _bwd_dkdv_merge_kernel(
     BLOCK_N: tl.constexpr, KEYS: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """dK, dV of a split program: its slots' fp32 shares summed in slot order (deterministic); grid
-    (split programs, BLOCK_N // KEYS)."""
+    (split programs, BLOCK_N // KEYS), ``KEYS`` rows of the key block per program (32: two fp32
+    [KEYS, HEAD_DIM] sums stay in registers at head dim 128)."""
     row = MERGES + tl.program_id(0).to(tl.int64) * 3
     prog = tl.load(row).to(tl.int64)
     first = tl.load(row + 1).to(tl.int64)

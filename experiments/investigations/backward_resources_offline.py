@@ -1,0 +1,84 @@
+"""Registers, spill stack and shared memory of the backward's dK/dV kernel per launch configuration,
+compiled for Hopper (sm_90) without a GPU, as `triton_sparse_attention_backward` would launch it.
+
+    PYTHONPATH=experiments python experiments/investigations/backward_resources_offline.py --out experiments/results
+
+Head dim 128, bf16, 128 x 128 tiles, a dK/dV program holding the whole 128-key block (the default since
+it measured 2.3x faster than 32-key programs on an H100): its two fp32 [128, 128] accumulators alone
+take 128 registers per thread at 8 warps, so every configuration spills; this table says which spill
+least and which leave room for two programs per multiprocessor, to choose what the GPU sweep
+(`experiments/tune_backward.py`) times first. The Triton version here may differ from the GPU machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import triton
+from tqdm import tqdm
+
+from sparseattn.kernels.attention.backward import default_backward_config
+from sparseattn.kernels.attention.resources import HOPPER_SHARED_PER_SM, backward_resources
+from sparseattn.lowering import lower
+from sparseattn.patterns import Causal
+
+# key-major scores, query rows per step, warps, pipeline stages
+GRID = list(itertools.product((False, True), (16, 32), (8, 16), (1, 2)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    args = parser.parse_args()
+    layout = lower(Causal(), 1024, 1024, block_size=(128, 128))
+    base = default_backward_config(layout, 128)
+    rows = []
+    for key_major, sub_m, warps, stages in tqdm(GRID, desc="dK/dV configurations"):
+        config = dataclasses.replace(base, key_major=key_major, sub_m=sub_m, dkdv_warps=warps, dkdv_stages=stages)
+        r = backward_resources(layout, 128, config)["_bwd_dkdv_kernel"]
+        rows.append(
+            dict(
+                key_major=key_major, sub_m=sub_m, warps=warps, stages=stages,
+                registers=r.registers, spill_bytes=r.stack_bytes, shared_bytes=r.shared_bytes,
+                programs_per_sm=r.programs_per_sm(),
+            )
+        )  # fmt: skip
+    command = "PYTHONPATH=experiments python experiments/investigations/backward_resources_offline.py " + " ".join(
+        "$OUT" if a == str(args.out) else a for a in sys.argv[1:]
+    )
+    meta = {
+        "command": command,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "triton": triton.__version__,
+        "target": "sm_90 (compiled offline, no GPU)",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "backward_resources_offline.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "# Backward dK/dV kernel resources on sm_90, compiled offline",
+        "",
+        f"`{command}` — {meta['date']}, triton {meta['triton']}, {meta['target']}.",
+        "",
+        "Head dim 128, bf16, 128 x 128 tiles, 128 keys per program, the default's other knobs; `programs/SM` "
+        f"by shared memory alone ({HOPPER_SHARED_PER_SM // 1024} KiB per multiprocessor).",
+        "",
+        "| key-major | rows per step | warps | stages | registers | spill bytes | shared KiB | programs/SM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["spill_bytes"], r["shared_bytes"])):
+        lines.append(
+            f"| {r['key_major']} | {r['sub_m']} | {r['warps']} | {r['stages']} | {r['registers']} | "
+            f"{r['spill_bytes']} | {r['shared_bytes'] / 1024:.0f} | {r['programs_per_sm']} |"
+        )
+    (args.out / "backward_resources_offline.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[-len(rows) - 2 :]))
+
+
+if __name__ == "__main__":
+    main()
