@@ -130,19 +130,19 @@ def schedule_specs(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return specs
 
 
-def same_schedules(cfg: DictConfig, specs: dict[str, Any]) -> dict[str, str]:
-    """``{later: earlier}`` for schedules that are one schedule under two names (the gradient selection may
-    choose the paper split's layers): the later one is evaluated no further, and what was recorded for it
-    serves as a repeatability check."""
-    seen: dict[str, str] = {}
-    same: dict[str, str] = {}
-    for name, spec in specs.items():
-        text = instantiate(spec, _convert_="all").bind(cfg.num_layers).describe()
-        if text in seen:
-            same[name] = seen[text]
-        else:
-            seen[text] = name
-    return same
+def same_schedules(described: dict[str, str]) -> dict[str, str]:
+    """``{later: earlier}`` for schedules that are one schedule under two names, from each name's
+    description (the gradient selection may choose the paper split's layers): the later one is evaluated
+    no further, and what was recorded for it serves as a repeatability check."""
+    first: dict[str, str] = {}
+    for name, text in described.items():
+        first.setdefault(text, name)
+    return {name: first[text] for name, text in described.items() if first[text] != name}
+
+
+def describe(cfg: DictConfig, schedule: Any) -> str:
+    """A schedule's layers as one line, the same for equal schedules."""
+    return schedule.bind(cfg.num_layers).describe().replace("\n", "; ")
 
 
 def gradient_layers(cfg: DictConfig, out: Path) -> list[int] | None:
@@ -204,10 +204,11 @@ def run_accuracy(cfg: DictConfig, out: Path, models: Models, deadline: float | N
             "accuracy: no gradients for trianglemix_gradient; add `selection` to parts, set selection.file, "
             "or evaluate without the gradient split (accuracy.gradient_split=false)"
         )
-    same = same_schedules(cfg, specs)
+    schedules = {name: instantiate(spec, _convert_="all") for name, spec in specs.items()}
+    same = same_schedules({name: describe(cfg, schedule) for name, schedule in schedules.items()})
     for name, other in same.items():
         print(f"accuracy: {name} is the same schedule as {other}; its cells are {other}'s from here on", flush=True)
-    schedules = {name: instantiate(spec, _convert_="all") for name, spec in specs.items() if name not in same}
+        del schedules[name]
     switch = AttentionSwitch(cfg.backend, cfg.impl)
     generator = TaskGenerator(models.tokenizer(), seed=a.seed)
     wanted = {DENSE, *schedules}
@@ -434,10 +435,7 @@ def write_report(cfg: DictConfig, out: Path) -> None:
     runs = load_runs(out / f"{cfg.name}_runs.json")
     layers = gradient_layers(cfg, out)
     specs = schedule_specs(cfg, out)
-    described = {
-        name: instantiate(spec, _convert_="all").bind(cfg.num_layers).describe().replace("\n", "; ")
-        for name, spec in specs.items()
-    }
+    described = {name: describe(cfg, instantiate(spec, _convert_="all")) for name, spec in specs.items()}
     payload = {
         "runs": runs,
         "rendered": provenance(),
@@ -466,7 +464,7 @@ def write_report(cfg: DictConfig, out: Path) -> None:
     if control:
         text += f"\n## Negative control: `{cfg.control.system}` paired against `{cfg.control.against}`\n\n"
         text += report.markdown_table(control)
-    text += repeatability(cfg, rows, same_schedules(cfg, specs))
+    text += repeatability(cfg, rows, same_schedules(described))
     text += structure_table(structure) + dynamic_table(dynamic, cfg.model.trianglemix_from)
     text += ttft_table(ttft) + cost_table(read_jsonl(out / f"{cfg.name}_timing.jsonl"))
     (out / f"{cfg.name}.md").write_text(text)

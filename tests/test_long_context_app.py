@@ -10,6 +10,7 @@ from experiment_apps import load_app
 pytest.importorskip("transformers")
 pytest.importorskip("hydra")
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,8 @@ def test_a_schedule_under_two_names_is_reported_as_a_repeatability_check(monkeyp
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("long_context", overrides=["bootstrap_resamples=200"])
     specs = {"a": cfg.schedules.trianglemix_paper, "b": cfg.schedules.minference, "c": cfg.schedules.trianglemix_paper}
-    assert app.same_schedules(cfg, specs) == {"c": "a"}
+    described = {name: app.describe(cfg, instantiate(spec, _convert_="all")) for name, spec in specs.items()}
+    assert app.same_schedules(described) == {"c": "a"}
     cfg.dynamic.as_schedules = True
     ruled = app.schedule_specs(cfg, Path("no gradients here"))
     assert set(cfg.dynamic.rules) <= set(ruled) and set(cfg.schedules) <= set(ruled)

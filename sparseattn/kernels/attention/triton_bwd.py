@@ -206,6 +206,24 @@ def _dkdv_step(dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, row_ok
 
 
 @triton.jit
+def _dkdv_rows(dk, dv, k, v, keep, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base, delta_base, dq_base,
+               offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M: tl.constexpr,
+               SUB_M: tl.constexpr, MASKED: tl.constexpr, KEY_MAJOR: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+               USE_TMA: tl.constexpr):  # fmt: skip
+    """`_dkdv_step` over rows ``s * SUB_M`` to ``(s + 1) * SUB_M`` of query block ``qb``: their Q, dO, lse
+    and Delta loaded (through the descriptors when USE_TMA, ``q_row0`` the head's first row there)."""
+    rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
+    q, do, lse2, delta = _query_rows(
+        q_base, do_base, Q_DESC, DO_DESC, (q_row0 + qb * BLOCK_M + s * SUB_M).to(tl.int32), lse_base, delta_base,
+        rows, offs_d, stride_qs, stride_dos, q_len, USE_TMA,
+    )  # fmt: skip
+    dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
+    return _dkdv_step(
+        dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, rows < q_len, sm_scale, MASKED, KEY_MAJOR, DQ_ATOMIC
+    )
+
+
+@triton.jit
 def _bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, ORDER, K_DESC, V_DESC,
     FULL_NUM, FULL_START, FULL_IDX, PART_NUM, PART_START, PART_IDX, PART_MID, TILE_MASKS,
@@ -348,15 +366,10 @@ def _bwd_dkdv_kernel(
             for i in tl.range(f_lo, n_full, num_stages=NUM_STAGES):
                 qb = tl.load(full_col + i).to(tl.int64)
                 for s in tl.static_range(BLOCK_M // SUB_M):
-                    rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
-                    q, do, lse2, delta = _query_rows(
-                        q_base, do_base, Q_DESC, DO_DESC, (q_row0 + qb * BLOCK_M + s * SUB_M).to(tl.int32),
-                        lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len, USE_TMA,
-                    )  # fmt: skip
-                    dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
-                    dk, dv = _dkdv_step(
-                        dk, dv, k, v, q, do, lse2, delta, keep_keys, qk_scale, dq_ptrs, rows < q_len, sm_scale,
-                        not EVEN_KV, KEY_MAJOR, DQ_ATOMIC,
+                    dk, dv = _dkdv_rows(
+                        dk, dv, k, v, keep_keys, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base, delta_base,
+                        dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M,
+                        SUB_M, not EVEN_KV, KEY_MAJOR, DQ_ATOMIC, USE_TMA,
                     )  # fmt: skip
 
         n_part = tl.where(f_lo == 0, tl.load(PQ_NUM + vrow), 0)  # PARTIAL tiles and columns: first slice
@@ -366,7 +379,6 @@ def _bwd_dkdv_kernel(
                 qb = tl.load(PQ_IDX + part_start + j).to(tl.int64)
                 mask_id = tl.load(PQ_MID + part_start + j)
                 for s in tl.static_range(BLOCK_M // SUB_M):
-                    rows = qb * BLOCK_M + s * SUB_M + offs_sm  # [SUB_M]
                     if KEY_MAJOR:
                         keep = _bitmap_bits_key_major(
                             TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * KEYS + offs_n, BLOCK_M, WORDS
@@ -376,14 +388,10 @@ def _bwd_dkdv_kernel(
                             TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * (KEYS // 32), shifts, BLOCK_M, WORDS,
                             SUB_M, KEYS,
                         )  # fmt: skip  # [SUB_M, KEYS]
-                    q, do, lse2, delta = _query_rows(
-                        q_base, do_base, Q_DESC, DO_DESC, (q_row0 + qb * BLOCK_M + s * SUB_M).to(tl.int32),
-                        lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len, USE_TMA,
-                    )  # fmt: skip
-                    dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
-                    dk, dv = _dkdv_step(
-                        dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, rows < q_len, sm_scale, True,
-                        KEY_MAJOR, DQ_ATOMIC,
+                    dk, dv = _dkdv_rows(
+                        dk, dv, k, v, keep, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base, delta_base,
+                        dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M,
+                        SUB_M, True, KEY_MAJOR, DQ_ATOMIC, USE_TMA,
                     )  # fmt: skip
 
         if HAS_COLS:
@@ -405,14 +413,10 @@ def _bwd_dkdv_kernel(
                         keep = hit[:, None] & (keys[:, None] <= q_pos[None, :])  # [KEYS, SUB_M]
                     else:
                         keep = hit[None, :] & (keys[None, :] <= q_pos[:, None])  # [SUB_M, KEYS]
-                    q, do, lse2, delta = _query_rows(
-                        q_base, do_base, Q_DESC, DO_DESC, (q_row0 + qb * BLOCK_M + s * SUB_M).to(tl.int32),
-                        lse_base, delta_base, rows, offs_d, stride_qs, stride_dos, q_len, USE_TMA,
-                    )  # fmt: skip
-                    dq_ptrs = dq_base + rows[:, None] * stride_dqs + offs_d[None, :]  # [SUB_M, HEAD_DIM]
-                    dk, dv = _dkdv_step(
-                        dk, dv, k, v, q, do, lse2, delta, keep, qk_scale, dq_ptrs, rows < q_len, sm_scale, True,
-                        KEY_MAJOR, DQ_ATOMIC,
+                    dk, dv = _dkdv_rows(
+                        dk, dv, k, v, keep, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base, delta_base,
+                        dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M,
+                        SUB_M, True, KEY_MAJOR, DQ_ATOMIC, USE_TMA,
                     )  # fmt: skip
 
     if out_slot < 0:
