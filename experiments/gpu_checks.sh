@@ -3,7 +3,9 @@
 # (with FlexAttention as written and the authors' kernels when .peers/ is staged), the paged-KV and the
 # backward benchmarks, each capped in time so that the call ends inside the device's 10-minute limit and
 # returns what finished. Everything lands in $OUT (at most 8 files).
-#   OUT=<folder> bash experiments/gpu_checks.sh
+#   OUT=<folder> [TESTS_S=240 BENCH_S=200 PAGED_S=45 BACKWARD_S=90] bash experiments/gpu_checks.sh
+# A step's cap of 0 skips it (timeout(1) would read 0 as "no limit"). The backward benchmark's lengths and
+# patterns come from BACKWARD_LENGTHS (default "32768 131072") and BACKWARD_PATTERNS (default "causal triangle").
 # Carry [".whl", ".peers"]: Hydra, pytest-xdist and the MInference kernels (experiments/stage_peers.sh).
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
@@ -16,13 +18,19 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu_checks.log"
 # The tests compile many kernels (CPU-bound); four workers share the one GPU.
 workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4" || echo "")
+# step CAP_SECONDS LINES COMMAND...: run COMMAND within CAP_SECONDS, keep its last LINES lines in the log.
+step() {
+  local cap=$1 lines=$2; shift 2
+  [ "$cap" -gt 0 ] || { echo "skipped (cap 0): $*" | tee -a "$OUT/gpu_checks.log"; return; }
+  timeout "$cap" "$@" 2>&1 | tail -n "$lines" | tee -a "$OUT/gpu_checks.log"
+}
 # One line per failure, without captured logs: a failure's reason must survive the tail below.
-timeout "${TESTS_S:-240}" python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider $workers -rfEs --tb=line \
-  --show-capture=no 2>&1 \
-  | tail -n 40 | tee -a "$OUT/gpu_checks.log"
-timeout "${BENCH_S:-200}" python3 experiments/bench_kernel.py out_dir="$OUT" 'lengths=[8192,32768,131072]' \
-  'long_lengths=[]' dynamic_length=0 2>&1 | tail -n 30 | tee -a "$OUT/gpu_checks.log"
-timeout "${PAGED_S:-45}" python3 experiments/bench_paged_kv.py --out "$OUT" --lengths 32768 2>&1 | tail -n 12 \
-  | tee -a "$OUT/gpu_checks.log"
-timeout "${BACKWARD_S:-90}" python3 experiments/bench_backward.py --out "$OUT" --lengths 32768 131072 \
-  --patterns causal triangle --check-len 2048 2>&1 | tail -n 16 | tee -a "$OUT/gpu_checks.log"
+# shellcheck disable=SC2086  # $workers is empty or two words
+step "${TESTS_S:-240}" 40 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider $workers -rfEs --tb=line \
+  --show-capture=no
+step "${BENCH_S:-200}" 30 python3 experiments/bench_kernel.py out_dir="$OUT" 'lengths=[8192,32768,131072]' \
+  'long_lengths=[]' dynamic_length=0
+step "${PAGED_S:-45}" 12 python3 experiments/bench_paged_kv.py --out "$OUT" --lengths 32768
+# shellcheck disable=SC2086  # word lists by design
+step "${BACKWARD_S:-90}" 24 python3 experiments/bench_backward.py --out "$OUT" --lengths ${BACKWARD_LENGTHS:-32768 131072} \
+  --patterns ${BACKWARD_PATTERNS:-causal triangle} --check-len 2048
