@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -35,8 +36,12 @@ def block_means(x: Tensor, block: int) -> Tensor:
     return sums / rows.view(1, -1, 1)
 
 
+@lru_cache(maxsize=32)
 def reachable_blocks(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(reachable [QB, KB]: some pair is causal, forced [QB, KB]: key block 0 or one holding the block's own positions)."""
+    """(reachable [QB, KB]: some pair is causal, forced [QB, KB]: key block 0 or one holding the block's own positions).
+
+    Memoised per shape and device like `tile_bounds`; shared tensors, never modified in place.
+    """
     first, last, k_lo, k_hi = tile_bounds(q_len, kv_len, block, device)
     reach = k_lo.view(1, -1) <= last.view(-1, 1)
     own = reach & (k_hi.view(1, -1) >= first.view(-1, 1))

@@ -181,8 +181,13 @@ def torch_column_lists(
     return c_num, c_start, c_idx
 
 
+@lru_cache(maxsize=64)
 def tile_bounds(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(first, last) in-bounds query position of each query block and (first, last) key of each key block."""
+    """(first, last) in-bounds query position of each query block and (first, last) key of each key block.
+
+    Memoised per shape and device, since every dynamic lowering asks for them several times and each ask
+    costs a dozen small kernel launches; the tensors are shared, so callers never modify them in place.
+    """
     qb = torch.arange(-(-q_len // block), device=device)
     kb = torch.arange(-(-kv_len // block), device=device)
     offset = kv_len - q_len
