@@ -21,7 +21,7 @@ from sparseattn.estimation.budgets import (
 from sparseattn.estimation.tile_estimate import TileEstimate
 from sparseattn.estimation.topk import select_top
 from sparseattn.layout import BlockLayout
-from sparseattn.lowering.tile_grid import causal_bitmaps, layout_from_lists, layout_from_tile_grid, tile_bounds
+from sparseattn.lowering.tile_grid import causal_bitmaps_on, layout_from_lists, layout_from_tile_grid, tile_bounds
 
 
 def block_means(x: Tensor, block: int) -> Tensor:
@@ -104,7 +104,7 @@ class BlockTopK:
 
             q_pool, k_pool = triton_block_means(q[0], self.block_size), triton_block_means(k[0], self.block_size)
             raw = triton_pooled_scores(q_pool, k_pool, q_len=q_len, kv_len=kv_len, block=self.block_size)
-            kind_ids = causal_bitmaps(self.block_size, q_len, kv_len)[1]
+            kind_ids = causal_bitmaps_on(self.block_size, q_len, kv_len, q.device)[1]
             keep, lists = triton_block_topk(
                 raw, counts, q_len, kv_len, self.block_size, row_bound=k_max + 3, kind_ids=kind_ids
             )

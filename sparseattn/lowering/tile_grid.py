@@ -51,6 +51,15 @@ def causal_bitmaps(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]
     return distinct.reshape(-1, block, block // 32), kind_ids
 
 
+@lru_cache(maxsize=64)
+def causal_bitmaps_on(block: int, q_len: int, kv_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """`causal_bitmaps` copied to ``device`` once per shape (bitmaps, int32 kind ids): a copy per lowering
+    would cost two host-to-device transfers from pageable memory, and rule out capturing the lowering in
+    a CUDA graph. Shared tensors, never modified in place."""
+    masks, kind_ids = causal_bitmaps(block, q_len, kv_len)
+    return masks.to(device), kind_ids.to(device=device, dtype=torch.int32)
+
+
 def _csr(select: Tensor, bound: int, *values: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
     """(counts [1, H, QB] int32, starts [1, H, QB] int64, then one flat [bound] int32 list per ``values``)
     of ``select [H, QB, X]``.
@@ -88,7 +97,7 @@ def layout_from_tile_grid(
     """
     heads, qb_dim, kb_dim = keep.shape
     device = keep.device
-    kind_ids = causal_bitmaps(block, q_len, kv_len)[1].to(device, non_blocking=True)
+    kind_ids = causal_bitmaps_on(block, q_len, kv_len, device)[1]
     bound = heads * qb_dim * (kb_dim if max_tiles_per_row is None else min(kb_dim, max_tiles_per_row))
     if keep.is_cuda:
         from sparseattn.kernels.lowering.triton_tile_lists import triton_column_lists, triton_tile_lists
@@ -109,7 +118,7 @@ def layout_from_lists(
 ) -> BlockLayout:
     """The device-built `BlockLayout` of FULL/PARTIAL lists (counts, starts, indices[, bitmap ids]) and
     optional gathered-column lists, whose partial tiles use `causal_bitmaps`'s bitmaps."""
-    tile_masks, _ = causal_bitmaps(block, q_len, kv_len)
+    tile_masks, _ = causal_bitmaps_on(block, q_len, kv_len, lists[0].device)
     f_num, f_start, f_idx, p_num, p_start, p_idx, p_mid = lists
     c_num, c_start, c_idx = (None, None, None) if cols is None else cols
     return BlockLayout(
@@ -124,7 +133,7 @@ def layout_from_lists(
         kv_start=p_start,
         kv_indices=p_idx,
         kv_mask_ids=p_mid,
-        tile_masks=tile_masks.to(f_num.device, non_blocking=True),
+        tile_masks=tile_masks,
         col_num=c_num,
         col_start=c_start,
         col_indices=c_idx,
