@@ -9,7 +9,10 @@ structured q/k (`harness.structured_qkv`), bf16:
   the row says why, when the path synchronises with the host or copies from pageable memory);
 - ``kernels``, ``launches``, ``syncs``: device kernels, host launch calls and host synchronisations
   (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, blocking ``cudaMemcpy``) in one ``estimate +
-  lower``, counted with torch.profiler;
+  lower``, counted with torch.profiler, with the kernels' summed device time (``device_ms``) and the five
+  costliest kernels;
+- ``host_ms``: the median time the host takes to issue one ``estimate + lower``; where it is close to
+  ``both_ms`` and ``device_ms`` is far below, launches are the cost, and a CUDA graph or fusion pays;
 - ``share``: ``both_ms / dense_ms`` (the issue's target: at most 0.10) and the layout's density.
 
 Each configuration is appended to ``profile_estimation.jsonl`` as soon as it is measured and the Markdown
@@ -17,6 +20,7 @@ table rewritten, so a run cut short keeps what it measured:
 
     python experiments/profile_estimation.py --out $OUT              # about 3 minutes on one H100
     python experiments/profile_estimation.py --lengths 8192 32768 --out $OUT
+    python experiments/profile_estimation.py --lengths 32768 --shapes 14/2/64 --out $OUT   # the Qwen layer
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,17 +50,40 @@ SYNC_CALLS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "c
 
 
 def counts(step: Callable[[], object]) -> dict:
-    """Device kernels, launch calls and host synchronisations in one call of ``step``."""
+    """Device kernels, launch calls and host synchronisations in one call of ``step``, the kernels' summed
+    device time and the five costliest kernels (name: microseconds), so a slow row shows where it goes."""
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
     events = prof.events()
-    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     launches = sum(1 for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
     # The final torch.cuda.synchronize() above is ours: not counted.
     syncs = sum(1 for e in events if e.name in SYNC_CALLS)
-    return {"kernels": kernels, "launches": launches, "syncs": max(0, syncs - 1)}
+    by_name: dict[str, float] = {}
+    for e in device:
+        by_name[e.name[:60]] = by_name.get(e.name[:60], 0.0) + e.device_time
+    top = dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:5])
+    return {
+        "kernels": len(device),
+        "launches": launches,
+        "syncs": max(0, syncs - 1),
+        "device_ms": sum(by_name.values()) / 1e3,
+        "top_kernels_us": {name: round(us, 1) for name, us in top.items()},
+    }
+
+
+def host_ms(step: Callable[[], object], repeats: int = 20) -> float:
+    """Median time the host takes to issue ``step`` (no synchronisation inside): when it reaches the
+    call's device-side time, the path is bound by launches rather than by the GPU's work."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(statistics.median(times))
 
 
 def graph_ms(step: Callable[[], object]) -> tuple[float | None, str]:
@@ -103,12 +132,16 @@ def measure(n: int, heads: int, kv_heads: int, dim: int, name: str, rule) -> dic
         "share": both_ms / dense_ms,
         "graph_share": None if replay_ms is None else replay_ms / dense_ms,
         "density": kept,
+        "host_ms": host_ms(both),
         **counts(both),
     }
 
 
 def write_md(out: Path, meta: dict, rows: list[dict]) -> None:
-    head = "| length | Hq/Hkv/D | rule | estimate ms | lower ms | both ms | graph ms | dense ms | share | graph share | kernels | launches | syncs | density |"
+    head = (
+        "| length | Hq/Hkv/D | rule | estimate ms | lower ms | both ms | host ms | kernels' device ms | graph ms"
+        " | dense ms | share | graph share | kernels | launches | syncs | density |"
+    )
     lines = [
         "# Estimation + lowering against the dense layer (issue 32, item 1)",
         "",
@@ -125,9 +158,16 @@ def write_md(out: Path, meta: dict, rows: list[dict]) -> None:
         density = f"{r['density']:.3f}" if r["density"] is not None else "-"
         lines.append(
             f"| {r['length']} | {r['heads']}/{r['kv_heads']}/{r['head_dim']} | {r['rule']} | {r['estimate_ms']:.3f}"
-            f" | {r['lower_ms']:.3f} | {r['both_ms']:.3f} | {graph} | {r['dense_ms']:.3f} | {r['share']:.3f}"
+            f" | {r['lower_ms']:.3f} | {r['both_ms']:.3f} | {r['host_ms']:.3f} | {r['device_ms']:.3f} | {graph}"
+            f" | {r['dense_ms']:.3f} | {r['share']:.3f}"
             f" | {gshare} | {r['kernels']} | {r['launches']} | {r['syncs']} | {density} |"
         )
+    lines += ["", "Costliest kernels of one estimate + lower (microseconds):", ""]
+    lines += [
+        f"- {r['length']} {r['heads']}/{r['kv_heads']}/{r['head_dim']} {r['rule']}: "
+        + ", ".join(f"{name} {us}" for name, us in r["top_kernels_us"].items())
+        for r in rows
+    ]
     errors = sorted({r["graph_error"] for r in rows if r["graph_error"]})
     if errors:
         lines += ["", "CUDA graph capture failed: " + "; ".join(errors)]
@@ -137,6 +177,10 @@ def write_md(out: Path, meta: dict, rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
+    parser.add_argument(
+        "--shapes", nargs="+", default=[f"{h}/{kv}/{d}" for h, kv, d in SHAPES], help="query heads/kv heads/head dim"
+    )
+    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     parser.add_argument("--out", default=f"outputs/profile_estimation/{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}")
     args = parser.parse_args()
     out = Path(args.out)
@@ -148,15 +192,22 @@ def main() -> None:
         "triton": triton.__version__,
         "host": platform.node(),
         "command": portable(
-            "python experiments/profile_estimation.py --lengths " + " ".join(map(str, args.lengths)) + f" --out {out}"
+            "python experiments/profile_estimation.py --lengths "
+            + " ".join(map(str, args.lengths))
+            + " --shapes "
+            + " ".join(args.shapes)
+            + " --rules "
+            + " ".join(args.rules)
+            + f" --out {out}"
         ),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     rows: list[dict] = []
     for n in args.lengths:
-        for heads, kv_heads, dim in SHAPES:
-            for name, rule in RULES.items():
-                row = measure(n, heads, kv_heads, dim, name, rule)
+        for shape in args.shapes:
+            heads, kv_heads, dim = (int(x) for x in shape.split("/"))
+            for name in args.rules:
+                row = measure(n, heads, kv_heads, dim, name, RULES[name])
                 rows.append(row)
                 with (out / "profile_estimation.jsonl").open("a") as f:
                     f.write(json.dumps(row) + "\n")
