@@ -4,8 +4,10 @@ One run: correctness checks first (fast estimator == slow reference, Triton/Flex
 oracle, no host synchronisation from estimate to attention output), then timings (``triton.testing.do_bench`` medians):
 estimate + lower, the shared Triton kernel on the layout, FlexAttention compiled on the identical layout
 (Flex as written, on the pattern's own ``to_mask_mod()``, is "n/a (layout path)": an estimated pattern has no
-analytic predicate), and dense cuDNN SDPA. MInference's vertical-slash kernel is reported absent where its
-CUDA extension (``minference.cuda``) is not built, as here. Writes ``dynamic_bench.json`` and ``.md`` to
+analytic predicate), and dense cuDNN SDPA. MInference's vertical-slash kernel runs where ``.peers/`` is staged
+(``experiments/stage_peers.sh``): checked against ours on the identical mask (``form="minference"``), then
+timed beside it; its CUDA index builder is not built here, so its arrays come from
+``experiments/minference_indexes.py`` (timed apart). Writes ``dynamic_bench.json`` and ``.md`` to
 ``--out`` (default: a fresh folder, outputs/bench_dynamic/<time>; ``--out experiments/results`` updates the
 committed results).
 

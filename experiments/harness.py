@@ -17,6 +17,7 @@ run with ``PYTHONPATH=experiments``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import importlib
@@ -341,6 +342,43 @@ def structured_qkv(heads, kv_heads, length, dim, seed=0, device="cuda", dtype=to
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
+def authors_vertical_slash(module: ModuleType, vs: VerticalSlash, q, k, v, *, check, timed, checks: dict) -> None:
+    """MInference's vertical-slash kernel (``module._triton_mixed_sparse_attention``) on ``vs``'s lines,
+    checked against ours on the identical mask (``form="minference"``), then both timed, and the index
+    arrays apart (ours standing in for MInference's CUDA builder)."""
+    from minference_indexes import convert_vertical_slash_indexes
+
+    n, dim, group = q.shape[2], q.shape[3], q.shape[1] // k.shape[1]
+    lines = dataclasses.replace(vs, form="minference").estimate(q, k)
+    if bool((lines.vertical >= n).any()) or bool((lines.slash >= n).any()):
+        raise ValueError("vs: MInference's kernel takes equal budgets for every head (no padded lines)")
+    layout = lower(lines, n, n)
+    # MInference's kernel reads one K/V head per query head: its own forward repeats a GQA model's kv heads.
+    k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    seqlens = torch.tensor([n], dtype=torch.int32, device=q.device)
+    v_idx, s_idx = lines.vertical.int()[None], lines.slash.flip(-1).int()[None]  # ascending, descending
+
+    def arrays():
+        return convert_vertical_slash_indexes(seqlens, v_idx, s_idx, n, 64, 64)
+
+    built = arrays()
+
+    def authors():
+        return module._triton_mixed_sparse_attention(q, k_rep, v_rep, seqlens, *built, dim**-0.5, 64, 64)
+
+    def equals_ours():
+        ours, _ = triton_sparse_attention(q, k, v, layout)
+        err = (authors().float() - ours.float()).abs().max().item()
+        # Two bf16 kernels over the same pairs differ by their accumulation order only.
+        assert err < 2e-2, f"max |MInference - ours| = {err:.3g} on the identical mask"
+
+    check("authors_vertical_slash_equals_ours", equals_ours)
+    if checks["authors_vertical_slash_equals_ours"] == "pass":
+        timed("vertical_slash_authors_index_arrays", arrays)
+        timed("vertical_slash_authors_kernel", authors)
+        timed("vertical_slash_minference_form_triton", lambda: triton_sparse_attention(q, k, v, layout))
+
+
 def measure_dynamic(length: int, out: Path, *, skip_flex: bool, command: str) -> dict:
     """Run the checks and timings at ``length`` tokens, write ``dynamic_bench.json`` and ``.md`` to ``out``."""
     heads, kv_heads, dim, n = 32, 8, 128, length
@@ -476,9 +514,16 @@ def measure_dynamic(length: int, out: Path, *, skip_flex: bool, command: str) ->
         del layout, concrete
         torch.cuda.empty_cache()
 
-    # The authors' vertical-slash kernel: MInference's Triton kernel, whose index builder is CUDA C++.
+    # The authors' vertical-slash kernel: MInference's Triton kernel on MInference's index arrays.
     module, why = peer_module("minference.ops.pit_sparse_flash_attention_v2")
-    result["authors"]["vertical_slash"] = why if module is None else f"{why}: imports, not timed by this benchmark"
+    result["authors"]["vertical_slash"] = why
+    if module is not None:
+        result["authors"]["vertical_slash"] += (
+            "; its CUDA index builder is not built here: the arrays come from experiments/minference_indexes.py"
+            " (vertical_slash_authors_index_arrays), its kernel is vertical_slash_authors_kernel, beside ours on"
+            " the identical mask (vertical_slash_minference_form_triton)"
+        )
+        authors_vertical_slash(module, vs, q, k, v, check=check, timed=timed, checks=result["checks"])
     print(f"vertical_slash authors' kernel: {result['authors']['vertical_slash']}", flush=True)
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
