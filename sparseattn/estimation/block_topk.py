@@ -36,7 +36,7 @@ def block_means(x: Tensor, block: int) -> Tensor:
     return sums / rows.view(1, -1, 1)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)  # [QB, KB] grids: 4 MiB each at 128K; a forward's layers share one length
 def reachable_blocks(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(reachable [QB, KB]: some pair is causal, forced [QB, KB]: key block 0 or one holding the block's own positions).
 
