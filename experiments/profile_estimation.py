@@ -29,14 +29,12 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import triton
-from harness import cudnn_dense, run_line, structured_qkv
+from harness import cudnn_dense, enqueue_us, run_line, structured_qkv
 from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
@@ -72,18 +70,6 @@ def counts(step: Callable[[], object]) -> dict:
         "device_ms": sum(by_name.values()) / 1e3,
         "top_kernels_us": {name: round(us, 1) for name, us in top.items()},
     }
-
-
-def host_ms(step: Callable[[], object], repeats: int = 20) -> float:
-    """Median time the host takes to issue ``step`` (no synchronisation inside): when it reaches the
-    call's device-side time, the path is bound by launches rather than by the GPU's work."""
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(statistics.median(times))
 
 
 def graph_ms(step: Callable[[], object]) -> tuple[float | None, str]:
@@ -132,7 +118,7 @@ def measure(n: int, heads: int, kv_heads: int, dim: int, name: str, rule) -> dic
         "share": both_ms / dense_ms,
         "graph_share": None if replay_ms is None else replay_ms / dense_ms,
         "density": kept,
-        "host_ms": host_ms(both),
+        "host_ms": enqueue_us(both, calls=40, batch=1) / 1e3,
         **counts(both),
     }
 

@@ -186,19 +186,17 @@ class VerticalSlashIndices(Pattern):
         On CUDA one Triton launch decides every tile (`triton_slash_tiles`); elsewhere `torch_tile_grid`,
         its oracle.
         """
-        prefix = _prefix(index_table(self.slash, kv_len))
-        if prefix.is_cuda:
+        if self.slash.is_cuda:
             from sparseattn.kernels.estimation.triton_slash_tiles import triton_slash_tiles
 
-            return triton_slash_tiles(prefix, q_len, kv_len, self.block_size)
-        return self.torch_tile_grid(q_len, kv_len, prefix)
+            return triton_slash_tiles(_prefix(index_table(self.slash, kv_len)), q_len, kv_len, self.block_size)
+        return self.torch_tile_grid(q_len, kv_len)
 
-    def torch_tile_grid(self, q_len: int, kv_len: int, prefix: Tensor | None = None) -> Tensor:
-        """`tile_grid` with torch operations (about thirty launches on a GPU): the oracle of
-        `triton_slash_tiles`, and the CPU path. ``prefix`` is `_prefix` of the slash table, if at hand."""
+    def torch_tile_grid(self, q_len: int, kv_len: int) -> Tensor:
+        """`tile_grid` with torch operations (about sixty at 32K, estimation_ops_cpu.md; each a launch on a
+        GPU): the oracle of `triton_slash_tiles`, and the CPU path."""
         first, last, k_lo, k_hi = tile_bounds(q_len, kv_len, self.block_size, self.slash.device)
-        if prefix is None:
-            prefix = _prefix(index_table(self.slash, kv_len))
+        prefix = _prefix(index_table(self.slash, kv_len))
         head = torch.arange(self.num_heads, device=prefix.device).view(-1, 1)
         qb_dim, kb_dim, b = first.numel(), k_lo.numel(), self.block_size
         # Away from the short last blocks a tile's diagonal span depends on j = qb - kb only: decide each

@@ -1,7 +1,7 @@
 """The tiles some slash crosses (vertical-slash ``form="block"``), decided on the GPU in one launch.
 
-Same contract as the torch oracle `VerticalSlashIndices.tile_grid`, which spends about thirty small
-device operations on it (each a launch the host must issue: on a real model's layer the estimation and
+Same contract as the torch oracle `VerticalSlashIndices.torch_tile_grid`, which spends about sixty small
+torch operations on it (each a launch the host must issue: on a real model's layer the estimation and
 lowering cost more in launches than in arithmetic). Tile ``(qb, kb)`` of head ``h`` spans the diagonals
 ``d = q_pos - k`` from ``first(qb) - last_key(kb)`` to ``last(qb) - first_key(kb)``; it is kept when the
 head's prefix counts of slashes differ across that range. One program takes ``BLOCK_Q`` query blocks of
