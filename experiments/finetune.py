@@ -115,11 +115,6 @@ def finetune(
 
     schedule = instantiate(cfg[f"{run}_schedule"], _convert_="all")
     model: Any = instantiate(cfg.model.load)
-    # A GGUF load dequantises every tensor, yet transformers keeps its GGUF quantizer on the model, which
-    # then refuses .float() and save_pretrained: the weights are plain, so the marker goes.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.config.__dict__.pop("quantization_config", None)
     model.float()  # fp32 master weights whatever the config loads; autocast gives the bf16 compute
     device = next(model.parameters()).device
     use_schedule(model, schedule, impl=cfg.impl)

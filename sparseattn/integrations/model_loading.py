@@ -160,12 +160,25 @@ def gguf_model(
         attn_implementation="sdpa",
         **placement,
     )
+    if not cached:
+        unmark_gguf(model)
     if cache is not None and not cached and not rope_scaling and not device_map:
         save_converted(model, cache)  # the file's own config: a scaled RoPE would be saved into it
     model.name_or_path = str(file)
     if not device_map:
         model = model.to(resolve_device(device))
     return cast(torch.nn.Module, model.eval())
+
+
+def unmark_gguf(model: Any) -> None:
+    """Drop the quantisation mark transformers leaves on a model loaded from a GGUF file.
+
+    Every tensor of such a model is already dequantised, yet the mark makes ``.float()`` and
+    ``save_pretrained`` refuse it; without it, a first load behaves as a load from the converted cache.
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.__dict__.pop("quantization_config", None)
 
 
 def gguf_tokenizer(gguf_path: str | None = None) -> Any:
