@@ -130,8 +130,9 @@ def inputs(args, length: int, name: str):
     return q, k, v, dout
 
 
-def layout_of(args, name: str, length: int, q, k):
-    """The layout `sparse_attention` would run for the pattern (vertical-slash: estimated from q, k once)."""
+def layout_of(args, name: str, length: int, q, k, tiles_of: int | None = None):
+    """The layout `sparse_attention` would run for the pattern (vertical-slash: estimated from q, k once), on
+    the tiles it would choose at ``tiles_of`` tokens (default: ``length``)."""
     if name == "vertical_slash":
         from sparseattn.estimation import VerticalSlash
 
@@ -139,7 +140,14 @@ def layout_of(args, name: str, length: int, q, k):
         return lower(concrete, length, length, device="cuda"), None
     pattern = mixture(args.heads) if name == "mixture" else SHAPES[name]
     block = default_block_size(
-        "triton", args.head_dim, q.dtype, pattern, length, length, group=args.heads // args.kv_heads, device="cuda"
+        "triton",
+        args.head_dim,
+        q.dtype,
+        pattern,
+        tiles_of or length,
+        tiles_of or length,
+        group=args.heads // args.kv_heads,
+        device="cuda",
     )
     return lower(pattern, length, length, block_size=block, num_heads=pattern.num_heads, device="cuda"), pattern
 
@@ -193,7 +201,9 @@ def check_gradients(args, name: str) -> dict:
 
     n = args.check_len
     q, k, v, dout = inputs(args, n, name)
-    layout, _ = layout_of(args, name, n, q, k)
+    # The tiles the timed lengths run on: at check_len alone the default would be 32 x 32, which neither
+    # the timed kernels use nor Flex's backward compiles for.
+    layout, _ = layout_of(args, name, n, q, k, tiles_of=max(args.lengths))
     mask = layout.to_dense()
     oracle = grad_oracle_and_tolerance(q, k, v, mask, dout)
     out, lse = triton_sparse_attention(q, k, v, layout)
