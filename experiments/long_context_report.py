@@ -150,7 +150,9 @@ def plot_lengths(summary: list[dict], path: Path, title: str) -> None:
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
-        ax.set_title(f"{task} (n={min(s['n'] for s in entries)})", fontsize=9)
+        counts = sorted({s["n"] for s in entries})
+        shown = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        ax.set_title(f"{task} (n={shown} paired samples)", fontsize=9)
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel("RULER score (%)")
     axes[0][0].legend(fontsize=7)
