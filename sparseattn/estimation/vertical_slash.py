@@ -18,7 +18,7 @@ from sparseattn.estimation.budgets import (
 )
 from sparseattn.estimation.topk import top_indices
 from sparseattn.estimation.vs_indices import FORMS, VerticalSlashIndices
-from sparseattn.estimation.vs_scores import column_sums, diagonal_sums, last_query_probs
+from sparseattn.estimation.vs_scores import line_sums
 
 
 def check_line_settings(
@@ -87,9 +87,9 @@ class VerticalSlash:
         """The concrete per-head pattern for ``q [1, Hq, q_len, D]`` and ``k [1, Hkv, kv_len, D]``."""
         check_qk(q, k)
         heads, kv_len = q.shape[1], k.shape[2]
-        probs = last_query_probs(q, k, self.last_q, self.scale)
-        verticals = self._pick("vertical", column_sums(probs), self.vertical, self.sink_columns, heads, kv_len)
-        slashes = self._pick("slash", diagonal_sums(probs), self.slash, self.local_diagonals, heads, kv_len)
+        columns, diagonals = line_sums(q, k, self.last_q, self.scale)
+        verticals = self._pick("vertical", columns, self.vertical, self.sink_columns, heads, kv_len)
+        slashes = self._pick("slash", diagonals, self.slash, self.local_diagonals, heads, kv_len)
         return VerticalSlashIndices(verticals, slashes, form=self.form, block_size=self.block_size)
 
     @staticmethod

@@ -23,7 +23,7 @@ from sparseattn.estimation.budgets import (
 from sparseattn.estimation.topk import top_indices
 from sparseattn.estimation.vertical_slash import check_line_settings
 from sparseattn.estimation.vs_indices import VerticalSlashIndices
-from sparseattn.estimation.vs_scores import column_sums, diagonal_sums, last_query_probs
+from sparseattn.estimation.vs_scores import line_sums
 
 
 def mass_counts(scores: Tensor, forced: int, threshold: Tensor, cap: Tensor, k_max: int) -> Tensor:
@@ -113,11 +113,11 @@ class VerticalSlashMass:
         check_qk(q, k)
         heads, kv_len = q.shape[1], k.shape[2]
         threshold = per_head_tensor("threshold", self.threshold, heads, torch.float32, q.device)
-        probs = last_query_probs(q, k, self.last_q, self.scale)
+        columns, diagonals = line_sums(q, k, self.last_q, self.scale)
         lines = []
         for name, scores, cap, forced in (
-            ("max_vertical", column_sums(probs), self.max_vertical, self.sink_columns),
-            ("max_slash", diagonal_sums(probs), self.max_slash, self.local_diagonals),
+            ("max_vertical", columns, self.max_vertical, self.sink_columns),
+            ("max_slash", diagonals, self.max_slash, self.local_diagonals),
         ):
             k_max = min(max(budget_max(cap), forced), kv_len)
             caps = budget_tensor(name, cap, heads, q.device).clamp(min=forced).clamp(max=kv_len)

@@ -1,7 +1,7 @@
 """MInference's vertical-slash statistics of the last queries, on whatever device q and k live on.
 
-One batched matmul (a Triton kernel on CUDA), one fp32 softmax and two reductions; no host
-synchronisation, no loop over heads.
+One batched matmul (a Triton kernel on CUDA), one fp32 softmax and two reductions (on CUDA one Triton
+launch from the logits); no host synchronisation, no loop over heads.
 """
 
 from __future__ import annotations
@@ -13,6 +13,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def line_sums(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> tuple[Tensor, Tensor]:
+    """``(columns, diagonals)``, fp32 ``[Hq, kv_len]``: `column_sums` and `diagonal_sums` of
+    `last_query_probs`, the statistics vertical-slash selects its lines from.
+
+    On CUDA the probabilities are never written: one Triton launch forms both sums from the logits and
+    their rows' log-sum-exp (`triton_line_sums`); elsewhere the torch path, which is its oracle.
+    """
+    if q.is_cuda:
+        from sparseattn.kernels.estimation.triton_line_sums import triton_line_sums
+
+        logits = _logits(q, k, last_q, scale)
+        return triton_line_sums(logits, torch.logsumexp(logits, dim=-1))
+    probs = last_query_probs(q, k, last_q, scale)
+    return column_sums(probs), diagonal_sums(probs)
+
+
 def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> Tensor:
     """fp32 softmax of the last ``n = min(last_q, q_len)`` query rows over all keys: ``[Hq, n, kv_len]``.
 
@@ -20,15 +36,17 @@ def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> 
     Query head ``h`` reads kv head ``h // (Hq // Hkv)`` (GQA without repeating K). On CUDA the logits come
     from a Triton kernel that reads q and k in their own dtype (no fp32 copy of k); elsewhere from torch.
     """
+    return torch.softmax(_logits(q, k, last_q, scale), dim=-1)
+
+
+def _logits(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> Tensor:
     n = min(last_q, q.shape[2])
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if q.is_cuda:
         from sparseattn.kernels.estimation.triton_vs_logits import triton_last_query_logits
 
-        logits = triton_last_query_logits(q, k, n, scale)
-    else:
-        logits = last_query_logits(q, k, n, scale)
-    return torch.softmax(logits, dim=-1)
+        return triton_last_query_logits(q, k, n, scale)
+    return last_query_logits(q, k, n, scale)
 
 
 def last_query_logits(q: Tensor, k: Tensor, n: int, scale: float) -> Tensor:

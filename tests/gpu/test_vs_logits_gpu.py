@@ -1,4 +1,5 @@
-"""The last-query logits kernel at real sizes on the GPU equals the fp32 torch logits (bf16, fp16, fp32).
+"""The last-query logits kernel at real sizes on the GPU equals the fp32 torch logits (bf16, fp16, fp32), and the
+line sums the fused kernel forms from them equal the CPU's.
 
 The oracle is `last_query_logits` on CPU copies: the fp32 torch path, out of reach of TF32 settings.
 """
@@ -10,7 +11,7 @@ import math
 import pytest
 import torch
 
-from sparseattn.estimation.vs_scores import last_query_logits, last_query_probs
+from sparseattn.estimation.vs_scores import last_query_logits, last_query_probs, line_sums
 from sparseattn.kernels.estimation.triton_vs_logits import triton_last_query_logits
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -63,3 +64,16 @@ def test_probs_on_cuda_match_probs_on_cpu():
     atol = dot_atol(q, k, 1.0 / math.sqrt(128))
     assert torch.equal(gpu == 0, cpu == 0)
     assert torch.allclose(gpu, cpu, rtol=2.5 * atol + 1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("heads,kv_heads,n,dim", [(14, 2, 32768, 64), (32, 8, 8192, 128)])
+def test_line_sums_on_cuda_match_the_cpu_sums(heads, kv_heads, n, dim):
+    """The fused kernel's column and diagonal sums against the torch path on the CPU, at real shapes."""
+    q, k = _qk(heads, kv_heads, n, n, dim, torch.bfloat16, seed=2)
+    columns, diagonals = (t.cpu() for t in line_sums(q, k, 64, None))
+    want_columns, want_diagonals = line_sums(q.cpu(), k.cpu(), 64, None)
+    # Each sum adds 64 probabilities, each within a factor exp(2 * dot_atol) of the CPU's.
+    rtol = 2.5 * dot_atol(q, k, 1.0 / math.sqrt(dim)) + 1e-5
+    assert torch.allclose(columns, want_columns, rtol=rtol, atol=1e-7)
+    assert torch.allclose(diagonals, want_diagonals, rtol=rtol, atol=1e-7)
+    assert torch.allclose(columns.sum(-1), torch.full((heads,), 64.0), rtol=1e-4)
