@@ -28,14 +28,26 @@ def sampled_rows(q_len: int, block: int, samples: int, device: torch.device) -> 
 def sampled_block_shares(q: Tensor, k: Tensor, block: int, samples: int) -> Tensor:
     """``[Hq, QB, KB]`` fp32: mean over each query block's sampled rows of the softmax mass per key block.
 
-    Rows go in chunks of query blocks (at most `CHUNK_ELEMENTS` probabilities at a time); the chunks are
-    fixed by the shapes, so nothing waits for the device. GQA reads kv head ``h // (Hq // Hkv)``.
+    On CUDA one Triton launch (`triton_sampled_shares`) that never writes the probabilities; elsewhere
+    torch, its oracle, in chunks of query blocks (at most `CHUNK_ELEMENTS` probabilities at a time; the
+    chunks are fixed by the shapes, so nothing waits for the device). GQA reads kv head ``h // (Hq // Hkv)``.
     """
+    rows = sampled_rows(q.shape[2], block, samples, q.device)  # [QB, s]
+    if q.is_cuda:
+        from sparseattn.kernels.estimation.triton_sampled_shares import triton_sampled_shares
+
+        return triton_sampled_shares(q, k, rows, block)
+    return torch_sampled_shares(q, k, rows, block)
+
+
+def torch_sampled_shares(q: Tensor, k: Tensor, rows: Tensor, block: int) -> Tensor:
+    """`sampled_block_shares` in torch operations, for the sampled query indices ``rows [QB, s]``: the CPU
+    path and the oracle of `triton_sampled_shares`."""
     heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
+    samples = rows.shape[1]
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group, scale = heads // kv_heads, 1.0 / math.sqrt(dim)
     qb_dim, kb_dim = -(-q_len // block), -(-kv_len // block)
-    rows = sampled_rows(q_len, block, samples, q.device)  # [QB, s]
     keys = k[0].float().transpose(-1, -2)  # [Hkv, D, kv_len]
     key_idx = torch.arange(kv_len, device=q.device)
     per_chunk = max(1, CHUNK_ELEMENTS // (heads * samples * kv_len))
