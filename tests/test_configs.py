@@ -180,3 +180,12 @@ def test_slurm_launcher_config_asks_for_one_gpu_per_job(tmp_path):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.mem_gb, launcher.timeout_min) == (1, 1, 64, 60)
+
+
+def test_the_qwen_finetune_config_keeps_the_protocol_and_swaps_the_model():
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        base = compose("finetune")
+        qwen = compose("finetune_qwen05b")
+    assert qwen.model.name == "qwen25_coder_05b" and qwen.tokenizer.gguf_path == "qwen"
+    assert (qwen.num_layers, qwen.train.length, list(qwen.eval.lengths)) == (24, 8192, [8192, 16384])
+    assert qwen.sparse_schedule == base.sparse_schedule and qwen.train.steps == base.train.steps
