@@ -464,12 +464,13 @@ def write_report(cfg: DictConfig, out: Path) -> None:
     if control:
         text += f"\n## Negative control: `{cfg.control.system}` paired against `{cfg.control.against}`\n\n"
         text += report.markdown_table(control)
-    text += repeatability(cfg, rows, same_schedules(described))
+    same = same_schedules(described)
+    text += repeatability(cfg, rows, same)
     text += structure_table(structure) + dynamic_table(dynamic, cfg.model.trianglemix_from)
     text += ttft_table(ttft) + cost_table(read_jsonl(out / f"{cfg.name}_timing.jsonl"))
     (out / f"{cfg.name}.md").write_text(text)
     # A schedule recorded under a second name is one line in the plot, the name evaluated to the end.
-    plotted = [s for s in summary if s["system"] not in same_schedules(described)]
+    plotted = [s for s in summary if s["system"] not in same]
     if plotted:
         plot_lengths(plotted, out / f"{cfg.name}.png", f"{cfg.name}: accuracy against length")
     print(text)

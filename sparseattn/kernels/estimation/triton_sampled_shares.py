@@ -26,6 +26,20 @@ ROWS = 64  # sampled rows per program (G query blocks x S samples)
 
 
 @triton.jit
+def _seen_scores(
+    q, k_base, start, offs_n, offs_d, d_ok, stride_ks, kv_len, valid, q_pos, scale, INPUT_PRECISION: tl.constexpr
+):
+    """[G*S, BLOCK] scaled scores of the rows against keys ``start + offs_n``, ``-inf`` where a row does not
+    see the key (causal, or a padding row)."""
+    keys = start + offs_n
+    k = tl.load(
+        k_base + keys[:, None] * stride_ks + offs_d[None, :], mask=(keys < kv_len)[:, None] & d_ok[None, :], other=0.0
+    )  # [BLOCK, HEAD_DIM]
+    scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale
+    return tl.where(valid[:, None] & (keys[None, :] <= q_pos[:, None]), scores, float("-inf"))
+
+
+@triton.jit
 def _sampled_shares_kernel(
     Q, K, ROW_IDX, OUT,
     stride_qh, stride_qs, stride_kh, stride_ks, stride_oh, stride_og,
@@ -55,15 +69,9 @@ def _sampled_shares_kernel(
     m = tl.full([G * S], -1.0e30, tl.float32)  # finite, so that rows with nothing yet give exp(-inf) = 0
     total = tl.zeros([G * S], dtype=tl.float32)
     for start in range(0, hi, BLOCK):
-        keys = start + offs_n
-        k = tl.load(
-            k_base + keys[:, None] * stride_ks + offs_d[None, :],
-            mask=(keys < kv_len)[:, None] & d_ok[None, :],
-            other=0.0,
+        scores = _seen_scores(
+            q, k_base, start, offs_n, offs_d, d_ok, stride_ks, kv_len, valid, q_pos, scale, INPUT_PRECISION
         )
-        scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale  # [G*S, BLOCK]
-        seen = valid[:, None] & (keys[None, :] <= q_pos[:, None])
-        scores = tl.where(seen, scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         total = total * tl.exp(m - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
         m = m_new
@@ -72,15 +80,10 @@ def _sampled_shares_kernel(
     out_rows = OUT + h * stride_oh + (g0 + tl.arange(0, G)).to(tl.int64) * stride_og  # [G]
     out_ok = (g0 + tl.arange(0, G)) < q_blocks
     for start in range(0, hi, BLOCK):
-        keys = start + offs_n
-        k = tl.load(
-            k_base + keys[:, None] * stride_ks + offs_d[None, :],
-            mask=(keys < kv_len)[:, None] & d_ok[None, :],
-            other=0.0,
+        scores = _seen_scores(
+            q, k_base, start, offs_n, offs_d, d_ok, stride_ks, kv_len, valid, q_pos, scale, INPUT_PRECISION
         )
-        scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale  # [G*S, BLOCK]
-        seen = valid[:, None] & (keys[None, :] <= q_pos[:, None])
-        probs = tl.exp(tl.where(seen, scores, float("-inf")) - lse[:, None])  # exact zeros where unseen
+        probs = tl.exp(scores - lse[:, None])  # [G*S, BLOCK] exact zeros where unseen
         per_block = tl.sum(tl.reshape(tl.sum(probs, axis=1), (G, S)), axis=1)  # [G] mass of this key block
         tl.store(out_rows + start // BLOCK, per_block / samples, mask=out_ok)
 
