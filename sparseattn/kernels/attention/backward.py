@@ -94,7 +94,12 @@ def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfi
     step, dQ takes 64 key columns per step, 8 warps each. Measured on an H100 at 32K causal
     (`experiments/tune_backward.py`, `experiments/results/backward_tuning.md`): 82.8 ms against 188.1 ms
     with the 32-key programs chosen before from register counts alone; 4 warps or 64-row steps were slower
-    by 1.3x to 2.7x. Head dims up to 64 keep 64-key programs and 32-column steps, not yet timed."""
+    by 1.3x to 2.7x. Head dims up to 64 keep 64-key programs and 32-column steps, not yet timed.
+
+    Long dK/dV programs are split by the planner's rule (``max_chunk=None``): on the same H100,
+    `Triangle()`'s backward at 128K went from 42.3 to 22.8 ms (its sink key block's program no longer
+    outlasts the rest), causal at 32K stayed at 84.1 ms (it is never unequal enough to split); the flags
+    (key-major, dQ by atomics, TMA) each lost 9-76% and stay off (`experiments/results/backward_tuning_*.md`)."""
     wide = head_dim > 64
     return BackwardConfig(
         sub_m=32,
@@ -102,8 +107,7 @@ def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfi
         keys=layout.block_n if wide else min(layout.block_n, 64),
         dq_warps=8,
         dkdv_warps=8,
-        # The flags and the split of long dK/dV programs stay off until timed on a GPU (tune_backward.py).
-        max_chunk=0,
+        max_chunk=None,
     )
 
 
