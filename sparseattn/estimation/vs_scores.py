@@ -17,14 +17,10 @@ def line_sums(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> tuple[T
     """``(columns, diagonals)``, fp32 ``[Hq, kv_len]``: `column_sums` and `diagonal_sums` of
     `last_query_probs`, the statistics vertical-slash selects its lines from.
 
-    On CUDA the probabilities are never written: one Triton launch forms both sums from the logits and
-    their rows' log-sum-exp (`triton_line_sums`); elsewhere the torch path, which is its oracle.
+    Torch operations on every device: a fused Triton kernel that formed both sums from the logits and
+    their log-sum-exp without writing the probabilities was 8-15% slower on an H100 at 32K and 128K
+    (`experiments/results/fused_estimation.md`) and was removed.
     """
-    if q.is_cuda:
-        from sparseattn.kernels.estimation.triton_line_sums import triton_line_sums
-
-        logits = _logits(q, k, last_q, scale)
-        return triton_line_sums(logits, torch.logsumexp(logits, dim=-1))
     probs = last_query_probs(q, k, last_q, scale)
     return column_sums(probs), diagonal_sums(probs)
 
