@@ -28,8 +28,6 @@ def flex_sparse_attention(
     eager path is the portable one. Returns ``(out, lse)`` like every backend; rows with nothing to
     attend give 0 and ``-inf``.
     """
-    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
-
     block_mask = layout.to_flex() if isinstance(layout, BlockLayout) else layout
     bm, bn = block_mask.BLOCK_SIZE
     if kernel_options is None and q.is_cuda and min(bm, bn) < 128:
@@ -37,23 +35,44 @@ def flex_sparse_attention(
         # both backward loops (BLOCK_M1/N1 for dK/dV, BLOCK_M2/N2 for dQ); its defaults are 64 to 128 wide.
         kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_M1": bm, "BLOCK_N1": bn, "BLOCK_M2": bm, "BLOCK_N2": bn}
     compiled = q.is_cuda if compiled is None else compiled
-    fn = _compiled_flex() if compiled else flex_attention
-    gqa = q.shape[1] != k.shape[1]
+    fn = _compiled_flex() if compiled else _flex_with_constant_lse
     with warnings.catch_warnings():
         # Eager Flex (the portable CPU path, chosen on purpose) warns that it is unfused.
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out, aux = fn(
-            q,
-            k,
-            v,
-            block_mask=block_mask,
-            scale=scale,
-            enable_gqa=gqa,
-            return_aux=AuxRequest(lse=True),
-            kernel_options=kernel_options,
-        )
+        out, lse = fn(q, k, v, block_mask, scale, q.shape[1] != k.shape[1], kernel_options)
     # Flex leaves fully masked rows at lse = -inf already; its output there is 0.
-    return out, aux.lse.float()
+    return out, lse.float()
+
+
+def _flex_with_constant_lse(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    block_mask: Any,
+    scale: float | None,
+    gqa: bool,
+    kernel_options: Any,
+) -> tuple[Tensor, Tensor]:
+    """FlexAttention's output and its lse detached inside the (compiled) graph: the lse is a constant for
+    the gradient, as in every backend. Left attached, the compiled backward carries an lse-gradient term
+    whose kernel needed 238,080 bytes of shared memory at head dim 128 on an H100 (limit 232,448) and did
+    not compile (tests/gpu/test_backward_gpu.py), while the same 128 x 128 layout without the lse output
+    compiled (experiments/bench_backward.py's gradient check)."""
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+    out, aux = flex_attention(
+        q,
+        k,
+        v,
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=gqa,
+        return_aux=AuxRequest(lse=True),
+        kernel_options=kernel_options,
+    )
+    if aux.lse is None:
+        raise RuntimeError("flex_attention returned no lse although AuxRequest(lse=True) asked for it")
+    return out, aux.lse.detach()
 
 
 _COMPILED: Any = None
@@ -62,7 +81,5 @@ _COMPILED: Any = None
 def _compiled_flex() -> Any:
     global _COMPILED
     if _COMPILED is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _COMPILED = torch.compile(flex_attention, dynamic=False)
+        _COMPILED = torch.compile(_flex_with_constant_lse, dynamic=False)
     return _COMPILED

@@ -67,14 +67,16 @@ def test_8k_gqa4(name):
 @pytest.mark.parametrize(
     "flags",
     [
-        {"key_major": True},
+        # Key-major at the default two dK/dV stages needs 257 KiB of shared memory under Triton 3.6 on an
+        # H100 (297 KiB with dQ by atomics; the limit is 227 KiB), so it is checked at one stage, which
+        # roughly halves the staged tiles (backward_resources_offline.md: 145 -> 80 KiB under Triton 3.7).
+        {"key_major": True, "dkdv_stages": 1},
         {"dq_atomic": True},
         {"tma": True},
         {"max_chunk": 2},
-        # With TMA as well, the default stages need 247 KiB of shared memory (resources.backward_resources).
-        {"key_major": True, "dq_atomic": True, "max_chunk": 3},
+        {"key_major": True, "dq_atomic": True, "max_chunk": 3, "dkdv_stages": 1},
     ],
-    ids="+".join,
+    ids=lambda flags: "+".join(f"{k}={v}" if not isinstance(v, bool) else k for k, v in flags.items()),
 )
 @pytest.mark.parametrize("name", ["causal", "triangle"])
 def test_backward_flags_compile_and_match(name, flags):
