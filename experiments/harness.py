@@ -272,13 +272,15 @@ LAYOUT_PATH = "n/a (layout path)"
 
 @functools.cache
 def _compiled_flex_api() -> tuple[Callable, Callable]:
-    """``torch.compile(create_block_mask)`` and ``torch.compile(flex_attention)``, once per process.
+    """``create_block_mask(..., _compile=True)`` and ``torch.compile(flex_attention)``, once per process.
 
-    Both compiled with ``dynamic=False`` as PyTorch's examples do; create_block_mask compiled as PyTorch
-    advises for long sequences (eager, it materialises the whole q x kv mask: 128 GiB of int64 at 128K)."""
+    flex_attention compiled with ``dynamic=False`` as PyTorch's examples do; create_block_mask through its
+    own ``_compile=True``, as PyTorch advises for long sequences: eager, it materialises the whole q x kv
+    mask, and wrapped in ``torch.compile`` it still did for a per-head mask_mod (512 GiB asked for the
+    32-head mixture at 128K on an H100), which ``_compile=True`` builds (experiments/bench_backward.py)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    return torch.compile(create_block_mask, dynamic=False), torch.compile(flex_attention, dynamic=False)
+    return functools.partial(create_block_mask, _compile=True), torch.compile(flex_attention, dynamic=False)
 
 
 def flex_as_written(pattern: Pattern, q_len: int, kv_len: int, batch: int, device: str = "cuda") -> Callable:
