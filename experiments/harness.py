@@ -369,10 +369,19 @@ def authors_vertical_slash(module: ModuleType, vs: VerticalSlash, q, k, v, *, ch
         return module._triton_mixed_sparse_attention(q, k_rep, v_rep, seqlens, *built, dim**-0.5, 64, 64)
 
     def equals_ours():
-        ours, _ = triton_sparse_attention(q, k, v, layout)
-        err = (authors().float() - ours.float()).abs().max().item()
-        # Two bf16 kernels over the same pairs differ by their accumulation order only.
-        assert err < 2e-2, f"max |MInference - ours| = {err:.3g} on the identical mask"
+        # MInference's kernel rounds q * scale * log2(e) to q's dtype before its dot products; on these
+        # inputs that rounding alone moves a bf16 output by up to 0.036 at 4K (fp32 oracle, dense causal),
+        # beyond any accumulation-order tolerance (investigations/authors_q_rounding.py). So ours is given the same rounded q, with the scale
+        # that turns its base-2 logits back into natural ones: then the two kernels compute the same
+        # pairs from the same operands and differ by their accumulation order only.
+        log2e = 1.44269504
+        rounded = (q * (dim**-0.5 * log2e)).to(q.dtype)
+        ours, _ = triton_sparse_attention(rounded, k, v, layout, scale=1.0 / log2e)
+        theirs = authors().float()
+        err = (theirs - ours.float()).abs().max().item()
+        raw = (theirs - triton_sparse_attention(q, k, v, layout)[0].float()).abs().max().item()
+        checks["authors_vertical_slash_max_diff_unrounded_q"] = f"{raw:.3g}"
+        assert err < 2e-2, f"max |MInference - ours| = {err:.3g} on the identical mask and the same rounded q"
 
     check("authors_vertical_slash_equals_ours", equals_ours)
     if checks["authors_vertical_slash_equals_ours"] == "pass":
