@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One GPU call that checks and measures a commit: the whole GPU test suite, then the kernel benchmark
-# (with FlexAttention as written and the authors' kernels when .peers/ is staged), the paged-KV and the
-# backward benchmarks, each capped in time so that the call ends inside the device's 10-minute limit and
-# returns what finished. Everything lands in $OUT (at most 8 files).
-#   OUT=<folder> [TESTS_S=240 BENCH_S=200 PAGED_S=45 BACKWARD_S=90] bash experiments/gpu_checks.sh
-# A step's cap of 0 skips it (timeout(1) would read 0 as "no limit"). The backward benchmark's lengths and
-# patterns come from BACKWARD_LENGTHS (default "32768 131072") and BACKWARD_PATTERNS (default "causal triangle").
+# (with FlexAttention as written and the authors' kernels when .peers/ is staged), the paged-KV, the
+# backward and the dynamic benchmarks, each capped in time so that the call ends inside the device's
+# 10-minute limit and returns what finished. Everything lands in $OUT (11 files when every step runs).
+#   OUT=<folder> [TESTS_S=240 BENCH_S=200 PAGED_S=45 BACKWARD_S=90 DYNAMIC_S=0] bash experiments/gpu_checks.sh
+# A step's cap of 0 skips it (timeout(1) would read 0 as "no limit"). The kernel benchmark's lengths come
+# from BENCH_LENGTHS (default "8192,32768,131072"); the backward benchmark's lengths and patterns from
+# BACKWARD_LENGTHS (default "32768 131072") and BACKWARD_PATTERNS (default "causal triangle"); the dynamic
+# benchmark (with MInference's vertical-slash kernel when .peers/ is staged) runs at 128K.
 # Carry [".whl", ".peers"]: Hydra, pytest-xdist and the MInference kernels (experiments/stage_peers.sh).
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
@@ -28,9 +30,10 @@ step() {
 # shellcheck disable=SC2086  # $workers is empty or two words
 step "${TESTS_S:-240}" 40 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider $workers -rfEs --tb=line \
   --show-capture=no
-step "${BENCH_S:-200}" 30 python3 experiments/bench_kernel.py out_dir="$OUT" 'lengths=[8192,32768,131072]' \
+step "${BENCH_S:-200}" 30 python3 experiments/bench_kernel.py out_dir="$OUT" "lengths=[${BENCH_LENGTHS:-8192,32768,131072}]" \
   'long_lengths=[]' dynamic_length=0
 step "${PAGED_S:-45}" 12 python3 experiments/bench_paged_kv.py --out "$OUT" --lengths 32768
 # shellcheck disable=SC2086  # word lists by design
 step "${BACKWARD_S:-90}" 24 python3 experiments/bench_backward.py --out "$OUT" --lengths ${BACKWARD_LENGTHS:-32768 131072} \
   --patterns ${BACKWARD_PATTERNS:-causal triangle} --check-len 2048
+step "${DYNAMIC_S:-0}" 30 python3 experiments/bench_dynamic.py --out "$OUT"
