@@ -40,11 +40,11 @@ from sparseattn.testing.gradients import grad_oracle_and_tolerance
 PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle(sink=8, window=512, last=128)}
 # Passes in order, most promising values first (the time box may cut a pass): the flags (key-major dK/dV
 # scores; dQ summed by atomics inside the dK/dV kernel, no dQ kernel; rows through tensor descriptors),
-# the split of long dK/dV programs (the planner's own rule, or past a fixed tile count, against never),
+# the split of long dK/dV programs (the planner's own rule, the default, or never, or past a fixed tile count),
 # then the dK/dV kernel's tiles, warps and stages, then the dQ kernel's.
 PASSES = [
     ("flags", {"key_major": (True, False), "dq_atomic": (True, False), "tma": (True, False)}),
-    ("split", {"max_chunk": (None, 64, 256)}),
+    ("split", {"max_chunk": (None, 0, 64, 256)}),
     # Offline sm_90 compiles (backward_resources_offline.md): 16-row steps at one stage spill least.
     ("dkdv", {"keys": (128, 64), "sub_m": (16, 32, 64), "dkdv_warps": (8, 4), "dkdv_stages": (1, 2)}),
     ("dq", {"sub_n": (32, 64), "dq_warps": (4, 8), "dq_stages": (2, 3)}),
@@ -173,7 +173,7 @@ def render(meta: dict, rows: list[dict], path: Path) -> None:
         f"checked against fp64 autograd through the oracle at {meta['check_len']} tokens first",
         "- passes in order, each around the best configuration before it: `flags` (key-major dK/dV scores, "
         "dQ by atomics inside the dK/dV kernel, TMA loads), `split` (long dK/dV programs split past `max_chunk` "
-        "tiles; None: the planner's rule), `dkdv` (its tiles, warps, stages), `dq` (the dQ kernel's)",
+        "tiles; None: the planner's rule, 0: never), `dkdv` (its tiles, warps, stages), `dq` (the dQ kernel's)",
         "",
         "| pattern | tokens | tiles | pass | " + " | ".join(knobs) + " | grad ok | ms | vs cuDNN bwd |",
         "|---|---|---|---|" + "---|" * len(knobs) + "---|---|---|",
