@@ -90,3 +90,35 @@ def test_minference_kernel_on_these_arrays_equals_the_oracle(monkeypatch):
     scores = (q[0].float() @ k[0].float().transpose(-1, -2) * d**-0.5).masked_fill(~keep, -math.inf)
     expected = torch.softmax(scores, -1) @ v[0].float()
     assert (out[0].float() - expected).abs().max().item() < 2e-2
+
+
+@pytest.mark.skipif(
+    not (PEERS / "minference" / "cuda.py").exists(),
+    reason="MInference's kernels not staged (experiments/stage_peers.sh)",
+)
+def test_the_benchmarks_authors_check_passes_on_structured_inputs(monkeypatch):
+    """The dynamic benchmark's equality check of MInference's vertical-slash kernel against ours
+    (`harness.authors_vertical_slash`, ours given the authors' rounded q) on the structured q/k it runs on,
+    with the estimate's own lines; fp16 under the interpreter, bf16 on CUDA."""
+    monkeypatch.syspath_prepend(str(PEERS))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    from harness import authors_vertical_slash, peer_module, structured_qkv
+
+    from sparseattn.estimation import VerticalSlash
+
+    module, where = peer_module("minference.ops.pit_sparse_flash_attention_v2")
+    assert module is not None, where
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    q, k, v = structured_qkv(4, 2, 1024, 64, device=device, dtype=dtype)
+    checks: dict[str, str] = {}
+
+    def check(name, fn):
+        fn()
+        checks[name] = "pass"
+
+    authors_vertical_slash(
+        module, VerticalSlash(64, 128), q, k, v, check=check, timed=lambda *args: None, checks=checks
+    )
+    assert checks["authors_vertical_slash_equals_ours"] == "pass"
+    assert "authors_vertical_slash_max_diff_unrounded_q" in checks  # the raw difference is reported beside it
