@@ -6,11 +6,12 @@ MInference vertical-slash, estimated once from structured q/k and then a constan
 
 1. correctness first, at ``--check-len`` tokens: our dq, dk, dv against fp64 autograd through the oracle,
    within the tolerance derived from bf16 autograd (`sparseattn.testing.gradients`); FlexAttention's
-   gradients on the identical layout are checked the same way;
+   gradients, as written and on the identical layout, are checked the same way;
 2. timings (``triton.testing.do_bench`` medians, gradients reset between calls): backward alone and
    forward + backward, ours on the pattern's layout (tiles as `sparse_attention` picks them), cuDNN SDPA
    and the SDPA flash backend on dense causal attention, FlexAttention compiled with `create_block_mask`
-   on the plain predicate (as its users write the mask; build timed apart) and on the identical layout
+   on the pattern's own `to_mask_mod()` (as its users write the mask, `harness.flex_as_written`; build
+   timed apart) and on the identical layout
    (``layout.to_flex()``);
 3. peak memory of one forward + backward per case (``torch.cuda.max_memory_allocated`` above what the
    inputs already hold), beside the size of q, k, v, o and their gradients.
@@ -37,6 +38,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from harness import flex_as_written, structured_qkv
 
 from sparseattn.attention import default_block_size
 from sparseattn.lowering import lower
@@ -82,44 +84,9 @@ def mixture(heads: int):
     return PerHead(tuple(members[h % len(members)] for h in range(heads)))
 
 
-def predicate(name: str, length: int, heads: int):
-    """The mask as a FlexAttention user writes it: a plain predicate on (b, h, q_idx, kv_idx)."""
-    tri, st, ash = SHAPES["triangle"], SHAPES["streaming"], SHAPES["ashape"]
-
-    def causal(b, h, q, kv):
-        return kv <= q
-
-    def triangle(b, h, q, kv):
-        return (kv <= q) & ((kv < tri.sink) | (q - kv < tri.window) | (q >= length - tri.last))
-
-    def streaming(b, h, q, kv):
-        return (kv <= q) & ((kv < st.sink) | (q - kv < st.window))
-
-    def ashape(b, h, q, kv):
-        d = q // ash.block_size - kv // ash.block_size
-        return (kv <= q) & ((kv < ash.sink_blocks * ash.block_size) | (d < ash.local_blocks))
-
-    if name != "mixture":
-        return {"causal": causal, "triangle": triangle, "streaming": streaming, "ashape": ashape}[name]
-
-    def mixed(b, h, q, kv):
-        kind = h % 4
-        return torch.where(
-            kind == 0,
-            causal(b, h, q, kv),
-            torch.where(
-                kind == 1, streaming(b, h, q, kv), torch.where(kind == 2, ashape(b, h, q, kv), triangle(b, h, q, kv))
-            ),
-        )
-
-    return mixed
-
-
 def inputs(args, length: int, name: str):
     dtype = getattr(torch, args.dtype)
     if name == "vertical_slash":
-        from harness import structured_qkv
-
         q, k, v = structured_qkv(args.heads, args.kv_heads, length, args.head_dim, seed=length, dtype=dtype)
     else:
         gen = torch.Generator(device="cuda").manual_seed(length)
@@ -194,7 +161,8 @@ def flex_options(block_mask, q, k, v, dout):
 
 
 def check_gradients(args, name: str) -> dict:
-    """Ours and Flex (identical layout) against fp64 autograd through the oracle at ``args.check_len``."""
+    """Ours, Flex on the identical layout and Flex as written against fp64 autograd through the oracle at
+    ``args.check_len``."""
     from sparseattn.kernels.attention.backward import triton_sparse_attention_backward
     from sparseattn.kernels.attention.launch import triton_sparse_attention
     from sparseattn.testing.gradients import grad_oracle_and_tolerance
@@ -203,7 +171,7 @@ def check_gradients(args, name: str) -> dict:
     q, k, v, dout = inputs(args, n, name)
     # The tiles the timed lengths run on: at check_len alone the default would be 32 x 32, which neither
     # the timed kernels use nor Flex's backward compiles for.
-    layout, _ = layout_of(args, name, n, q, k, tiles_of=max(args.lengths))
+    layout, pattern = layout_of(args, name, n, q, k, tiles_of=max(args.lengths))
     mask = layout.to_dense()
     oracle = grad_oracle_and_tolerance(q, k, v, mask, dout)
     out, lse = triton_sparse_attention(q, k, v, layout)
@@ -220,14 +188,18 @@ def check_gradients(args, name: str) -> dict:
     verdict("ours", ours)
     rec["grad_atol"] = list(oracle.atol)
     del ours
-    try:
-        block_mask = layout.to_flex()
-        options = flex_options(block_mask, q, k, v, dout)
-        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        flex_call(block_mask, options)(*leaves).backward(dout)
-        verdict("flex", [t.grad for t in leaves])
-    except Exception as exc:
-        rec["flex_check_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    builds = {"flex": layout.to_flex}
+    if pattern is not None:
+        builds["flex_predicate"] = flex_as_written(pattern, n, n, 1)
+    for tag, build in builds.items():
+        try:
+            block_mask = build()
+            options = flex_options(block_mask, q, k, v, dout)
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            flex_call(block_mask, options)(*leaves).backward(dout)
+            verdict(tag, [t.grad for t in leaves])
+        except Exception as exc:
+            rec[f"{tag}_check_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     torch.cuda.empty_cache()
     return rec
 
@@ -296,11 +268,9 @@ def dense_baselines(args, length: int) -> dict:
 
 
 def run_case(args, name: str, length: int, dense: dict) -> dict:
-    from torch.nn.attention.flex_attention import create_block_mask
-
     q, k, v, dout = inputs(args, length, name)
     rec: dict = {"pattern": name, "length": length}
-    layout, _ = layout_of(args, name, length, q, k)
+    layout, pattern = layout_of(args, name, length, q, k)
     rec["block"] = list(layout.block_size)
     entries = layout.batch_size * layout.num_heads
     pairs = layout.computed_pairs() * args.heads // entries
@@ -315,18 +285,13 @@ def run_case(args, name: str, length: int, dense: dict) -> dict:
             rec[f"bwd_vs_{base}_dense"] = dense[f"{base}_bwd_ms"] / rec["ours_bwd_ms"]
             rec[f"fwd_bwd_vs_{base}_dense"] = dense[f"{base}_fwd_bwd_ms"] / rec["ours_fwd_bwd_ms"]
     if length <= args.flex_max_len and not args.skip_flex:
-        masks = [("flex_layout", None)]
-        if name != "vertical_slash":  # an estimate has no plain predicate: only the identical layout
-            masks.insert(0, ("flex_predicate", predicate(name, length, args.heads)))
-        for tag, mask_mod in masks:
+        masks = [("flex_layout", layout.to_flex)]
+        if pattern is not None:  # an estimate has no analytic predicate: only the identical layout
+            masks.insert(0, ("flex_predicate", flex_as_written(pattern, length, length, 1)))
+        for tag, build in masks:
             try:
-                if mask_mod is None:
-                    start = time.perf_counter()
-                    block_mask = layout.to_flex()
-                else:
-                    heads = args.heads if name == "mixture" else None
-                    start = time.perf_counter()
-                    block_mask = create_block_mask(mask_mod, None, heads, length, length, device="cuda", _compile=True)
+                start = time.perf_counter()
+                block_mask = build()
                 torch.cuda.synchronize()
                 rec[f"{tag}_mask_ms"] = (time.perf_counter() - start) * 1e3
                 options = flex_options(block_mask, q, k, v, dout)
@@ -378,7 +343,8 @@ def render(data: dict, path: Path) -> None:
         f"{shape['dtype']}; times are do_bench medians in ms (gradients reset between calls)",
         "- `bwd` is the backward alone (the forward's output and lse given), `fwd+bwd` both; speedups are the "
         "baseline's time over ours, same run; dense baselines run causal attention; Flex `pred` builds its "
-        "block mask from the plain predicate (`create_block_mask`, compiled), Flex `layout` is "
+        "block mask as its users write it (`create_block_mask(pattern.to_mask_mod(L, L), ..., _compile=True)`, "
+        "`harness.flex_as_written`, default tiles), Flex `layout` is "
         "`layout.to_flex()`, the identical mask; `peak` is the peak memory of one forward + backward above the "
         "inputs, `io` the size of q, k, v, o and their gradients",
         "- vertical_slash is estimated once from structured q/k (harness.structured_qkv) and is a "
@@ -386,15 +352,19 @@ def render(data: dict, path: Path) -> None:
         "",
         "## Correctness (gradients vs fp64 autograd through the oracle, derived tolerance)",
         "",
-        "| pattern | length | ours ok | ours max err dq/dk/dv | tolerance | Flex (layout) ok |",
-        "|---|---|---|---|---|---|",
+        "| pattern | length | ours ok | ours max err dq/dk/dv | tolerance | Flex (layout) ok | Flex (as written) ok |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, c in data["checks"].items():
         errs = "/".join(f"{e:.1e}" for e in c.get("ours_grad_err", []))
         tol = "/".join(f"{e:.1e}" for e in c.get("grad_atol", []))
-        flex_ok = {True: "yes", False: "NO"}.get(c.get("flex_grad_ok"), c.get("flex_check_error", "—"))
+        flex_ok, written_ok = (
+            {True: "yes", False: "NO"}.get(c.get(f"{tag}_grad_ok"), c.get(f"{tag}_check_error", "—"))
+            for tag in ("flex", "flex_predicate")
+        )
         lines.append(
-            f"| {name} | {c['check_len']} | {'yes' if c['ours_grad_ok'] else 'NO'} | {errs} | {tol} | {flex_ok} |"
+            f"| {name} | {c['check_len']} | {'yes' if c['ours_grad_ok'] else 'NO'} | {errs} | {tol} | {flex_ok} "
+            f"| {written_ok} |"
         )
     lines += [
         "",
