@@ -93,10 +93,19 @@ def kernel_resources(
         BLOCK_TABLE=None, PAGE_SIZE=0, PAGED=False,
     )  # fmt: skip
     names = list(inspect.signature(_sparse_fwd_kernel.fn).parameters)
+    signature = _signature(head_dim, constexprs)
+    # What a launch on contiguous q, k, v marks as 16-divisible (`_launch_specialisation`): every pointer,
+    # every stride of those tensors and of the work list, and kv_len when it is a whole number of tiles.
+    divisible = [
+        i
+        for i, name in enumerate(names)
+        if signature[name].startswith("*") or name.startswith("stride_") or (name == "kv_len" and block_n % 16 == 0)
+    ]
     source = ASTSource(
         fn=_sparse_fwd_kernel,
-        signature=_signature(head_dim, constexprs),
+        signature=signature,
         constexprs={(names.index(k),): v for k, v in constexprs.items()},
+        attrs={(i,): [["tt.divisibility", 16]] for i in divisible},
     )
     options: dict[str, object] = {"num_warps": config.num_warps}
     if config.max_registers:
