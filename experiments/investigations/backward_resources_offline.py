@@ -7,8 +7,9 @@ Head dim 128, bf16, 128 x 128 tiles, a dK/dV program holding the whole 128-key b
 it measured 2.3x faster than 32-key programs on an H100) or half of it: two fp32 [128, 128] accumulators
 alone take 128 registers per thread at 8 warps. This table says which configurations spill least and
 which leave room for two programs per multiprocessor, to choose what the GPU sweep
-(`experiments/tune_backward.py`) times first. The Triton version here may differ from the GPU machine's
-(key-major at two stages: 145 KiB of shared memory here under Triton 3.7, 257 KiB on an H100 under 3.6).
+(`experiments/tune_backward.py`) times first. The kernels are compiled with the specialisation a launch
+applies (`resources._launch_specialisation`): key-major at two stages takes 263,168 bytes here under
+Triton 3.7, exactly what an H100 asked for under Triton 3.6.
 """
 
 from __future__ import annotations
