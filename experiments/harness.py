@@ -370,10 +370,10 @@ def authors_vertical_slash(module: ModuleType, vs: VerticalSlash, q, k, v, *, ch
 
     def equals_ours():
         # MInference's kernel rounds q * scale * log2(e) to q's dtype before its dot products; on these
-        # inputs that rounding alone moves a bf16 output by up to 0.036 at 4K (fp32 oracle, dense causal),
-        # beyond any accumulation-order tolerance (investigations/authors_q_rounding.py). So ours is given the same rounded q, with the scale
-        # that turns its base-2 logits back into natural ones: then the two kernels compute the same
-        # pairs from the same operands and differ by their accumulation order only.
+        # inputs that rounding alone moves a bf16 output by up to 0.036 at 4K (fp32 oracle, dense causal;
+        # investigations/authors_q_rounding.py), beyond any accumulation-order tolerance. So ours is given
+        # the same rounded q, with the scale that turns its base-2 logits back into natural ones: then the
+        # two kernels compute the same pairs from the same operands and differ by accumulation order only.
         log2e = 1.44269504
         rounded = (q * (dim**-0.5 * log2e)).to(q.dtype)
         ours, _ = triton_sparse_attention(rounded, k, v, layout, scale=1.0 / log2e)

@@ -123,19 +123,24 @@ BACKWARD_CASES = [
 ]
 
 
-def test_backward_kernels_compile_for_hopper():
-    """Every backward kernel, as `triton_sparse_attention_backward` would launch it for these layouts, builds
-    for sm_90 on this Triton (the interpreter cannot tell) and fits one program's shared memory."""
+def compile_backward(cases: list) -> list[dict]:
+    """`BACKWARD_CHILD` on ``cases``, in a process where Triton compiles instead of interpreting."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     child = subprocess.run(
         [sys.executable, "-c", BACKWARD_CHILD],
-        input=json.dumps(BACKWARD_CASES),
+        input=json.dumps(cases),
         env=env,
         check=True,
         capture_output=True,
         text=True,
     )
-    for case, built in zip(BACKWARD_CASES, json.loads(child.stdout), strict=True):
+    return json.loads(child.stdout)
+
+
+def test_backward_kernels_compile_for_hopper():
+    """Every backward kernel, as `triton_sparse_attention_backward` would launch it for these layouts, builds
+    for sm_90 on this Triton (the interpreter cannot tell) and fits one program's shared memory."""
+    for case, built in zip(BACKWARD_CASES, compile_backward(BACKWARD_CASES), strict=True):
         kernels = built["kernels"]
         # The default splits long dK/dV programs by the planner's rule; a forced max_chunk always splits here.
         assert built["splits"] or "max_chunk" not in case[2], case
@@ -150,15 +155,5 @@ def test_offline_compiles_are_specialised_like_a_launch():
     did not launch. An offline compile must see the same kernel: Triton's launcher marks 16-divisible
     pointers and strides, which lets the q and dO loads become asynchronous copies into shared memory;
     compiled without those marks the kernel took 145 KiB and looked as if it fit."""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    case = [["triangle", 128, {"key_major": True}]]
-    child = subprocess.run(
-        [sys.executable, "-c", BACKWARD_CHILD],
-        input=json.dumps(case),
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    shared = json.loads(child.stdout)[0]["kernels"]["_bwd_dkdv_kernel"]
+    shared = compile_backward([["triangle", 128, {"key_major": True}]])[0]["kernels"]["_bwd_dkdv_kernel"]
     assert shared > HOPPER_SHARED_PER_PROGRAM, shared

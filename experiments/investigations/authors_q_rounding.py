@@ -14,22 +14,16 @@ query head. Writes ``authors_q_rounding.md`` and prints it.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
 from harness import structured_qkv
 from tqdm import tqdm
 
+from sparseattn.kernels.reference import reference_attention
+from sparseattn.patterns import Causal
+
 LOG2E = 1.44269504
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """fp32 causal attention of one head: q, k, v ``[n, D]``."""
-    n, dim = q.shape
-    scores = (q @ k.T) * dim**-0.5
-    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
-    return torch.softmax(scores, dim=-1) @ v
 
 
 def main() -> None:
@@ -42,11 +36,13 @@ def main() -> None:
     q, k, v = structured_qkv(heads, kv_heads, args.length, dim, device="cpu")
     c = dim**-0.5 * LOG2E
     rounded = (q.float() * c).to(q.dtype).float() / c
+    causal = Causal().to_dense(args.length)[None]  # [1, n, n]
     rows = []
     for h in tqdm(range(0, heads, args.head_step), desc="heads"):
-        kh, vh = k[0, h // (heads // kv_heads)].float(), v[0, h // (heads // kv_heads)].float()
-        exact = causal_attention(q[0, h].float(), kh, vh)
-        moved = causal_attention(rounded[0, h], kh, vh)
+        kv = slice(h // (heads // kv_heads), h // (heads // kv_heads) + 1)
+        kh, vh = k[:, kv].float(), v[:, kv].float()
+        exact, _ = reference_attention(q[:, h : h + 1].float(), kh, vh, causal)
+        moved, _ = reference_attention(rounded[:, h : h + 1], kh, vh, causal)
         rows.append((h, float((exact - moved).abs().max())))
     lines = [
         "# MInference's rounding of the scaled queries, alone",

@@ -1,7 +1,7 @@
 """MInference's vertical-slash statistics of the last queries, on whatever device q and k live on.
 
-One batched matmul (a Triton kernel on CUDA), one fp32 softmax and two reductions (on CUDA one Triton
-launch from the logits); no host synchronisation, no loop over heads.
+One batched matmul (a Triton kernel on CUDA), one fp32 softmax and two reductions; no host
+synchronisation, no loop over heads.
 """
 
 from __future__ import annotations
@@ -32,17 +32,15 @@ def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> 
     Query head ``h`` reads kv head ``h // (Hq // Hkv)`` (GQA without repeating K). On CUDA the logits come
     from a Triton kernel that reads q and k in their own dtype (no fp32 copy of k); elsewhere from torch.
     """
-    return torch.softmax(_logits(q, k, last_q, scale), dim=-1)
-
-
-def _logits(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> Tensor:
     n = min(last_q, q.shape[2])
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if q.is_cuda:
         from sparseattn.kernels.estimation.triton_vs_logits import triton_last_query_logits
 
-        return triton_last_query_logits(q, k, n, scale)
-    return last_query_logits(q, k, n, scale)
+        logits = triton_last_query_logits(q, k, n, scale)
+    else:
+        logits = last_query_logits(q, k, n, scale)
+    return torch.softmax(logits, dim=-1)
 
 
 def last_query_logits(q: Tensor, k: Tensor, n: int, scale: float) -> Tensor:
