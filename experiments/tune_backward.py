@@ -45,8 +45,8 @@ PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle(sink=8,
 PASSES = [
     ("flags", {"key_major": (True, False), "dq_atomic": (True, False), "tma": (True, False)}),
     ("split", {"max_chunk": (None, 0, 64, 256)}),
-    # Offline sm_90 compiles (backward_resources_offline.md): 64-key programs at one stage spill 56 to 104
-    # bytes against the default's 648 and leave room for 3 or 4 programs per SM, so they go first.
+    # Offline sm_90 compiles (backward_resources_offline.md): query-major 64-key programs at one stage spill
+    # 56 to 104 bytes against the default's 648 and leave room for 3 or 4 programs per SM, so they go first.
     ("dkdv", {"keys": (64, 128), "sub_m": (16, 32, 64), "dkdv_warps": (8, 4), "dkdv_stages": (1, 2)}),
     ("dq", {"sub_n": (32, 64), "dq_warps": (4, 8), "dq_stages": (2, 3)}),
 ]

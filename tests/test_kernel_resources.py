@@ -120,6 +120,8 @@ BACKWARD_CASES = [
     ["columns", 128, {"tma": True}],
     ["triangle", 128, {"max_chunk": 2}],
     ["columns", 64, {}],
+    # tests/gpu/test_backward_gpu.py's combined flags, as it runs them
+    ["triangle", 128, {"key_major": True, "dq_atomic": True, "max_chunk": 3, "dkdv_stages": 1}],
 ]
 
 
