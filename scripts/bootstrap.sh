@@ -16,7 +16,18 @@ pip() {
   fi
 }
 stage() { echo "set-up: $*"; }
+# The CPU venv takes 2.3 GB and the converted SmolLM2 weights another 0.8 GB; a full disk otherwise
+# surfaces as an OSError deep inside pip's log.
+need_free_gb() {
+  local free_kb
+  free_kb=$(df -Pk "$1" | awk 'NR == 2 {print $4}')
+  if [ "$free_kb" -lt $(($2 * 1024 * 1024)) ]; then
+    echo "set-up: $1 has $((free_kb / 1024)) MB free; the set-up needs about $2 GB (.venv and the weights cache)" >&2
+    exit 1
+  fi
+}
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "${BASH_SOURCE[0]}" -nt "$stamp" ]; then
+  [ -d "$venv" ] || need_free_gb "$root" 4
   if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     # A GPU machine with its own CUDA torch: reuse its packages instead of reinstalling torch.
     stage "creating $venv on the system's CUDA torch"

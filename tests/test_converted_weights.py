@@ -1,6 +1,6 @@
-"""The converted-weights cache: keyed by file, dtype and transformers version; saved whole or not at all."""
+"""The converted-weights cache: keyed by content, dtype and transformers version; saved whole or not at all."""
 
-import os
+import shutil
 
 import pytest
 import torch
@@ -19,17 +19,33 @@ def gguf_file(tmp_path):
     return file
 
 
-def test_the_key_follows_the_file_and_the_dtype(gguf_file, tmp_path, monkeypatch):
+def test_the_key_follows_the_content_and_the_dtype(gguf_file, tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     first = converted_folder(gguf_file, torch.float32)
     assert first is not None and first.parent == tmp_path / "cache" / "gguf"
     assert converted_folder(gguf_file, torch.float32) == first
     assert converted_folder(gguf_file, torch.bfloat16) != first
-    stat = gguf_file.stat()
-    os.utime(gguf_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a replaced file is converted again
-    assert converted_folder(gguf_file, torch.float32) != first
+    elsewhere = tmp_path / "another_clone" / gguf_file.name
+    elsewhere.parent.mkdir()
+    shutil.copy(gguf_file, elsewhere)  # a fresh copy: another path and mtime, the same weights
+    assert converted_folder(elsewhere, torch.float32) == first
+    elsewhere.write_bytes(b"GGUF" + bytes(59) + b"\x01")  # a replaced file is converted again
+    assert converted_folder(elsewhere, torch.float32) != first
     monkeypatch.setenv(CACHE_ENV, "off")
     assert converted_folder(gguf_file, torch.float32) is None
+
+
+def test_saving_replaces_other_transformers_versions(gguf_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    model = random_model("llama", TINY_LLAMA, dtype="float32", device="cpu", seed=1)
+    folder = converted_folder(gguf_file, torch.float32)
+    other_dtype = converted_folder(gguf_file, torch.bfloat16)
+    assert folder is not None and other_dtype is not None
+    older = folder.with_name(folder.name.rsplit("-tf", 1)[0] + "-tf4.0.0")
+    for kept_or_not in (older, other_dtype):
+        kept_or_not.mkdir(parents=True)
+    save_converted(model, folder)
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, other_dtype.name])
 
 
 def test_a_saved_entry_loads_the_same_model(tmp_path):
