@@ -1,7 +1,8 @@
 """MInference's vertical-slash statistics of the last queries, on whatever device q and k live on.
 
-One batched matmul (a Triton kernel on CUDA), one fp32 softmax and two reductions; no host
-synchronisation, no loop over heads.
+On CUDA three Triton launches that never write the last rows' probabilities (`triton_line_sums`); elsewhere,
+and as their oracle, one batched matmul, one fp32 softmax and two reductions. No host synchronisation, no
+loop over heads.
 """
 
 from __future__ import annotations
@@ -17,12 +18,23 @@ def line_sums(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> tuple[T
     """``(columns, diagonals)``, fp32 ``[Hq, kv_len]``: `column_sums` and `diagonal_sums` of
     `last_query_probs`, the statistics vertical-slash selects its lines from.
 
-    Torch operations on every device: a fused Triton kernel that formed both sums from the logits and
-    their log-sum-exp without writing the probabilities was 8-15% slower on an H100 at 32K and 128K
-    (`experiments/results/fused_estimation.md`) and was removed.
+    On CUDA `triton_line_sums` recomputes the logits from q and k instead of writing them, their softmax
+    and a padded copy (three fp32 ``[Hq, n, kv_len]`` tensors, 1 GiB each at 128K with 32 query heads).
+    An earlier kernel that fused only the sums, reading the written logits, was 8-15% slower than these
+    torch operations on an H100 (`experiments/results/fused_estimation.md`).
     """
+    n = min(last_q, q.shape[2])
+    if q.is_cuda:
+        from sparseattn.kernels.estimation.triton_line_sums import triton_line_sums
+
+        return triton_line_sums(q, k, n, default_scale(q) if scale is None else scale)
     probs = last_query_probs(q, k, last_q, scale)
     return column_sums(probs), diagonal_sums(probs)
+
+
+def default_scale(q: Tensor) -> float:
+    """The attention's own scale, ``1 / sqrt(head_dim)``."""
+    return 1.0 / math.sqrt(q.shape[-1])
 
 
 def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> Tensor:
@@ -33,7 +45,7 @@ def last_query_probs(q: Tensor, k: Tensor, last_q: int, scale: float | None) -> 
     from a Triton kernel that reads q and k in their own dtype (no fp32 copy of k); elsewhere from torch.
     """
     n = min(last_q, q.shape[2])
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = default_scale(q) if scale is None else scale
     if q.is_cuda:
         from sparseattn.kernels.estimation.triton_vs_logits import triton_last_query_logits
 

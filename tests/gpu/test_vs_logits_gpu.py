@@ -1,5 +1,5 @@
 """The last-query logits kernel at real sizes on the GPU equals the fp32 torch logits (bf16, fp16, fp32), and the
-line sums the fused kernel forms from them equal the CPU's.
+line sums of the CUDA path (`triton_line_sums`, which never writes the logits) equal the CPU's.
 
 The oracle is `last_query_logits` on CPU copies: the fp32 torch path, out of reach of TF32 settings.
 """
@@ -66,14 +66,24 @@ def test_probs_on_cuda_match_probs_on_cpu():
     assert torch.allclose(gpu, cpu, rtol=2.5 * atol + 1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("heads,kv_heads,n,dim", [(14, 2, 32768, 64), (32, 8, 8192, 128)])
-def test_line_sums_on_cuda_match_the_cpu_sums(heads, kv_heads, n, dim):
-    """The fused kernel's column and diagonal sums against the torch path on the CPU, at real shapes."""
-    q, k = _qk(heads, kv_heads, n, n, dim, torch.bfloat16, seed=2)
-    columns, diagonals = (t.cpu() for t in line_sums(q, k, 64, None))
-    want_columns, want_diagonals = line_sums(q.cpu(), k.cpu(), 64, None)
-    # Each sum adds 64 probabilities, each within a factor exp(2 * dot_atol) of the CPU's.
+@pytest.mark.parametrize(
+    "heads, kv_heads, q_len, kv_len, dim, dtype, last_q",
+    [
+        (14, 2, 32768, 32768, 64, torch.bfloat16, 64),  # Qwen2.5-0.5B's layer
+        (32, 8, 8192, 8192, 128, torch.bfloat16, 64),  # Llama-8B heads
+        (8, 2, 3000, 8003, 256, torch.float16, 100),  # chunked prefill, ragged, two row tiles, the widest head
+        (4, 4, 20, 777, 64, torch.float32, 64),  # q_len < last_q, fp32 (IEEE products)
+    ],
+)
+def test_line_sums_on_cuda_match_the_cpu_sums(heads, kv_heads, q_len, kv_len, dim, dtype, last_q):
+    """`triton_line_sums` (the CUDA path) against the torch path on the CPU, at real shapes."""
+    q, k = _qk(heads, kv_heads, q_len, kv_len, dim, dtype, seed=2)
+    columns, diagonals = (t.cpu() for t in line_sums(q, k, last_q, None))
+    want_columns, want_diagonals = line_sums(q.cpu(), k.cpu(), last_q, None)
+    # Each sum adds at most last_q probabilities, each within a factor exp(2 * dot_atol) of the CPU's.
     rtol = 2.5 * dot_atol(q, k, 1.0 / math.sqrt(dim)) + 1e-5
     assert torch.allclose(columns, want_columns, rtol=rtol, atol=1e-7)
     assert torch.allclose(diagonals, want_diagonals, rtol=rtol, atol=1e-7)
-    assert torch.allclose(columns.sum(-1), torch.full((heads,), 64.0), rtol=1e-4)
+    n = float(min(last_q, q_len))
+    assert torch.allclose(columns.sum(-1), torch.full((heads,), n), rtol=1e-4)
+    assert torch.allclose(diagonals.sum(-1), torch.full((heads,), n), rtol=1e-4)

@@ -110,7 +110,7 @@ def kernel_resources(
     options: dict[str, object] = {"num_warps": config.num_warps}
     if config.max_registers:
         options["maxnreg"] = config.max_registers
-    return _resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options))
+    return compiled_resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options))
 
 
 def warp_specialized_resources(
@@ -146,10 +146,10 @@ def warp_specialized_resources(
             signature[name] = "i32"
     source = GluonASTSource(_gluon_fwd_kernel, signature, constexprs=constexprs)
     options = {"num_warps": 4, "maxnreg": MAX_REGISTERS}
-    return _resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options))
+    return compiled_resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options))
 
 
-def _resources(compiled: triton.compiler.CompiledKernel) -> KernelResources:
+def compiled_resources(compiled: triton.compiler.CompiledKernel) -> KernelResources:
     """Registers and stack from the cubin (the cuobjdump that ships with Triton), shared memory from
     the compiler's metadata."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -196,7 +196,7 @@ def backward_resources(
         )
         options = {k: v for k, v in launch.options.items() if k not in names}
         compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
-        found[launch.kernel.fn.__name__] = _resources(compiled)
+        found[launch.kernel.fn.__name__] = compiled_resources(compiled)
     return found
 
 

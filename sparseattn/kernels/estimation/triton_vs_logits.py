@@ -84,7 +84,8 @@ def _last_query_logits_kernel(
         tl.store(out_ptrs, logits, mask=in_rows[:, None] & in_kv[None, :])
 
 
-def _check(q: Tensor, k: Tensor, n: int, scale: float) -> None:
+def check_last_query_inputs(q: Tensor, k: Tensor, n: int, scale: float) -> None:
+    """The inputs the last-query kernels accept, each rejected by name."""
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, Tensor):
@@ -127,7 +128,7 @@ def triton_last_query_logits(q: Tensor, k: Tensor, n: int, scale: float) -> Tens
     Query head ``h`` reads kv head ``h // (Hq // Hkv)``; k is neither repeated nor copied to fp32.
     No host synchronisation.
     """
-    _check(q, k, n, scale)
+    check_last_query_inputs(q, k, n, scale)
     heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
     kv_heads, kv_len = k.shape[1], k.shape[2]
     if q.stride(-1) != 1:
