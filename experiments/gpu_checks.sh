@@ -7,7 +7,9 @@
 # A step's cap of 0 skips it (timeout(1) would read 0 as "no limit"). The kernel benchmark's lengths come
 # from BENCH_LENGTHS (default "8192,32768,131072"); the backward benchmark's lengths and patterns from
 # BACKWARD_LENGTHS (default "32768 131072") and BACKWARD_PATTERNS (default "causal triangle"); the dynamic
-# benchmark (with MInference's vertical-slash kernel when .peers/ is staged) runs at 128K.
+# benchmark (with MInference's vertical-slash kernel when .peers/ is staged) runs at 128K. ESTIMATION_S (default
+# 0) caps each of two estimation steps at 8K, 32K and 128K: the line-sums kernel against the torch path it
+# replaced, then estimate + lowering against the dense layer (profile_estimation.py).
 # Carry [".whl", ".peers"]: Hydra, pytest-xdist and the MInference kernels (experiments/stage_peers.sh).
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
@@ -37,3 +39,6 @@ step "${PAGED_S:-45}" 12 python3 experiments/bench_paged_kv.py --out "$OUT" --le
 step "${BACKWARD_S:-90}" 24 python3 experiments/bench_backward.py --out "$OUT" --lengths ${BACKWARD_LENGTHS:-32768 131072} \
   --patterns ${BACKWARD_PATTERNS:-causal triangle} --check-len 2048
 step "${DYNAMIC_S:-0}" 30 python3 experiments/bench_dynamic.py --out "$OUT"
+step "${ESTIMATION_S:-0}" 20 env PYTHONPATH="experiments:${PYTHONPATH:-$PWD}" python3 \
+  experiments/investigations/fused_estimation.py --stages line_sums --lengths 8192 32768 131072 --name line_sums --out "$OUT"
+step "${ESTIMATION_S:-0}" 20 python3 experiments/profile_estimation.py --lengths 8192 32768 131072 --out "$OUT"
