@@ -22,7 +22,7 @@ from sparseattn.estimation import (
     to_yaml,
 )
 from sparseattn.estimation.block_topk import reachable_blocks
-from sparseattn.estimation.topk import PAD, select_top
+from sparseattn.estimation.topk import PAD, select_top, top_indices
 from sparseattn.kernels.estimation.triton_topk import triton_block_topk, triton_block_topk_keep, triton_select_top
 from sparseattn.lowering import lower
 from sparseattn.lowering.tile_grid import causal_bitmaps, torch_tile_lists
@@ -94,6 +94,26 @@ def test_select_top_is_score_then_index(scores, data):
     got = torch.nonzero(select_top(torch.tensor([scores], dtype=torch.float32), torch.tensor([k]), k)[0]).view(-1)
     want = sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
     assert got.tolist() == want
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from([0.0, -0.0, 0.5, 1.0, -1.0, 2.5, -3.0, 1e-30, -1e-30, float("inf")]), min_size=6, max_size=6
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.data(),
+)
+@settings(max_examples=80, deadline=None)
+def test_top_indices_are_score_then_index_ascending_and_padded(rows, data):
+    k_max = data.draw(st.integers(1, 6))
+    k = data.draw(st.lists(st.integers(1, k_max), min_size=len(rows), max_size=len(rows)))
+    got = top_indices(torch.tensor(rows, dtype=torch.float32), torch.tensor(k), k_max)
+    for row, budget, indices in zip(rows, k, got.tolist(), strict=True):
+        best = sorted(sorted(range(len(row)), key=lambda i: (-row[i], i))[:budget])
+        assert indices == best + [PAD] * (k_max - budget)
 
 
 # ---------------------------------------------------------------- lowering properties
