@@ -10,6 +10,11 @@ which leave room for two programs per multiprocessor, to choose what the GPU swe
 (`experiments/tune_backward.py`) times first. The kernels are compiled with the specialisation a launch
 applies (`resources._launch_specialisation`): key-major at two stages takes 263,168 bytes here under
 Triton 3.7, exactly what an H100 asked for under Triton 3.6.
+
+The last two columns say how the kernel's products run: on Hopper's warp-group MMA (wgmma), or on the
+warp-level mma.sync that Triton keeps for a product with fewer than 64 rows in M. Query-major steps of 16
+or 32 rows put the scores and dP products (two of the four) on mma.sync; key-major scores are
+``[keys, rows]``, so all four products have M = keys and run on wgmma.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from sparseattn.lowering import lower
 from sparseattn.patterns import Causal
 
 # keys per program, key-major scores, query rows per step, warps, pipeline stages
-GRID = list(itertools.product((128, 64), (False, True), (16, 32), (8, 16), (1, 2)))
+GRID = list(itertools.product((128, 64), (False, True), (16, 32, 64), (8, 16), (1, 2)))
 
 
 def main() -> None:
@@ -50,7 +55,7 @@ def main() -> None:
             dict(
                 keys=keys, key_major=key_major, sub_m=sub_m, warps=warps, stages=stages,
                 registers=r.registers, spill_bytes=r.stack_bytes, shared_bytes=r.shared_bytes,
-                programs_per_sm=r.programs_per_sm(),
+                programs_per_sm=r.programs_per_sm(), wgmma_dots=r.wgmma_dots, mma_sync_dots=r.mma_sync_dots,
             )
         )  # fmt: skip
     command = "PYTHONPATH=experiments python experiments/investigations/backward_resources_offline.py " + " ".join(
@@ -72,13 +77,15 @@ def main() -> None:
         "Head dim 128, bf16, 128 x 128 tiles, the default's other knobs; `programs/SM` "
         f"by shared memory alone ({HOPPER_SHARED_PER_SM // 1024} KiB per multiprocessor).",
         "",
-        "| keys | key-major | rows per step | warps | stages | registers | spill bytes | shared KiB | programs/SM |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| keys | key-major | rows per step | warps | stages | registers | spill bytes | shared KiB | programs/SM "
+        "| wgmma products | mma.sync products |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["spill_bytes"], r["shared_bytes"])):
         lines.append(
             f"| {r['keys']} | {r['key_major']} | {r['sub_m']} | {r['warps']} | {r['stages']} | {r['registers']} | "
-            f"{r['spill_bytes']} | {r['shared_bytes'] / 1024:.0f} | {r['programs_per_sm']} |"
+            f"{r['spill_bytes']} | {r['shared_bytes'] / 1024:.0f} | {r['programs_per_sm']} | {r['wgmma_dots']} | "
+            f"{r['mma_sync_dots']} |"
         )
     (args.out / "backward_resources_offline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-len(rows) - 2 :]))

@@ -40,11 +40,17 @@ HOPPER_REGISTERS_PER_SM = 64 * 1024
 
 @dataclass(frozen=True)
 class KernelResources:
-    """Per-thread registers and local-memory stack (spills), and shared memory per program, in bytes."""
+    """Per-thread registers and local-memory stack (spills), and shared memory per program, in bytes; and
+    how the compiled kernel's matrix products run: ``wgmma_dots`` on Hopper's warp-group MMA, and
+    ``mma_sync_dots`` on the warp-level ``mma.sync`` of earlier GPUs, which Triton keeps for a product
+    whose M is below one warp group's 64 rows (about half the throughput). Counted in the TritonGPU IR,
+    after unrolling: products in the source, not executions."""
 
     registers: int
     stack_bytes: int
     shared_bytes: int
+    wgmma_dots: int
+    mma_sync_dots: int
 
     def programs_per_sm(self, shared_per_sm: int = HOPPER_SHARED_PER_SM) -> int:
         """Programs one multiprocessor holds by shared memory alone."""
@@ -162,7 +168,18 @@ def compiled_resources(compiled: triton.compiler.CompiledKernel) -> KernelResour
     found = re.search(r"REG:(\d+)\s+STACK:(\d+)", usage.stdout)
     if found is None:
         raise RuntimeError(f"cuobjdump gave no resource line: {usage.stdout}")
-    return KernelResources(int(found[1]), int(found[2]), int(compiled.metadata.shared))
+    wgmma, mma_sync = _dot_kinds(compiled.asm["ttgir"])
+    return KernelResources(int(found[1]), int(found[2]), int(compiled.metadata.shared), wgmma, mma_sync)
+
+
+def _dot_kinds(ttgir: str) -> tuple[int, int]:
+    """(warp-group products, mma.sync products) of a TritonGPU module: the first are its
+    ``ttng.warp_group_dot`` ops, the second the ``tt.dot`` ops left with an ``nvidia_mma`` result
+    encoding of version 2."""
+    versions = dict(re.findall(r"^#(\w+) = #ttg\.nvidia_mma<\{versionMajor = (\d+)", ttgir, re.MULTILINE))
+    wgmma = len(re.findall(r"= ttng\.warp_group_dot ", ttgir))
+    results = re.findall(r"= tt\.dot .*-> tensor<[^,>]*, #(\w+)>", ttgir)
+    return wgmma, sum(versions.get(alias) == "2" for alias in results)
 
 
 def backward_resources(
