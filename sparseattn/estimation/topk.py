@@ -28,23 +28,33 @@ def select_top(scores: Tensor, k: Tensor, k_max: int) -> Tensor:
 
 
 def top_indices(scores: Tensor, k: Tensor, k_max: int) -> Tensor:
-    """Indices of `select_top` ascending, ``[..., k_max]``, padded with `PAD` where a row keeps fewer.
+    """Indices of `select_top` ascending, ``[..., k_max]``, padded with `PAD` where a row keeps fewer:
+    the first ``k`` of `ranked_indices`. ``1 <= k <= k_max <= scores.shape[-1]``."""
+    return first_ascending(ranked_indices(scores, k_max), k)
+
+
+def ranked_indices(scores: Tensor, k_max: int) -> Tensor:
+    """``[..., k_max]``: the indices of each row's ``k_max`` best entries, best first (higher score, then
+    lower index), so that the first ``k`` of them are `select_top`'s ``k``.
 
     One ``topk`` over the row, of a key that orders exactly as the rule: the score's fp32 bits made
-    monotone (``order``) in the high 32 bits, ``length - 1 - index`` in the low ones, so equal scores rank
-    the lower index first. `select_top` and a second ``topk`` over every index gave the same result in
+    monotone (`order`) in the high 32 bits, ``length - 1 - index`` in the low ones, so equal scores rank
+    the lower index first. `select_top` and a second ``topk`` over every index gave the same selection in
     more passes over ``[H, kv_len]`` (a cumulative sum among them, 86 us of an estimate at 32K on an H100,
-    `experiments/results/profile_estimation.md`); the final sort is over ``k_max`` entries only.
-    ``scores``: float32, or a 16-bit float (widened exactly); ``1 <= k <= k_max <= scores.shape[-1]``.
+    `experiments/results/profile_estimation.md`). ``scores``: float32, or a 16-bit float (widened exactly).
     """
     if scores.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"scores: expected float32, float16 or bfloat16, got {scores.dtype}")
     length = scores.shape[-1]
     index = torch.arange(length, device=scores.device)
     top = torch.topk((order(scores) << 32) | (length - 1 - index), k_max, dim=-1, sorted=True).values
-    chosen = (length - 1) - (top & 0xFFFFFFFF)  # [..., k_max], best first
-    kept = torch.arange(k_max, device=scores.device) < k.expand(scores.shape[:-1]).unsqueeze(-1)
-    return torch.where(kept, chosen, PAD).sort(-1).values
+    return (length - 1) - (top & 0xFFFFFFFF)
+
+
+def first_ascending(ranked: Tensor, k: Tensor) -> Tensor:
+    """The first ``k[...]`` entries of each row of ``ranked`` ``[..., k_max]``, ascending, padded with `PAD`."""
+    kept = torch.arange(ranked.shape[-1], device=ranked.device) < k.expand(ranked.shape[:-1]).unsqueeze(-1)
+    return torch.where(kept, ranked, PAD).sort(-1).values
 
 
 def order(scores: Tensor) -> Tensor:

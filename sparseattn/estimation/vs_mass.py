@@ -20,28 +20,27 @@ from sparseattn.estimation.budgets import (
     check_threshold,
     per_head_tensor,
 )
-from sparseattn.estimation.topk import top_indices
+from sparseattn.estimation.topk import first_ascending, ranked_indices
 from sparseattn.estimation.vertical_slash import check_line_settings
 from sparseattn.estimation.vs_indices import VerticalSlashIndices
 from sparseattn.estimation.vs_scores import line_sums
 
 
-def mass_counts(scores: Tensor, forced: int, threshold: Tensor, cap: Tensor, k_max: int) -> Tensor:
-    """``[H]`` line counts of the cumulative-mass rule; ``scores [H, L]`` become the selection keys in place.
+def mass_lines(scores: Tensor, forced: int, threshold: Tensor, cap: Tensor, k_max: int) -> Tensor:
+    """``[H, k_max]`` lines of the cumulative-mass rule over ``scores [H, L]`` (modified in place),
+    ascending, padded with `PAD`.
 
-    Lines are ranked forced first (the first ``forced``), then by decreasing score; a line is kept while
-    the share of the lines ranked before it is below ``threshold[h]``, so the count is the fewest lines
-    whose share reaches it, at least ``forced`` and at most ``cap[h] <= k_max``. The count depends on
-    the ranked values only, not on how ties are ordered, so one ``topk`` of ``k_max`` values decides it.
-    Forced entries of ``scores`` are set to ``+inf`` for `top_indices`, which then picks the lines.
+    Lines are ranked forced first (the first ``forced``), then by decreasing score, ties to the lower
+    index; a line is kept while the share of the lines ranked before it is below ``threshold[h]``, so the
+    count is the fewest lines whose share reaches it, at least ``forced`` and at most ``cap[h] <= k_max``.
+    One ranking (`ranked_indices`, forced entries set to ``+inf``) gives both the count and the lines.
     """
     shares = scores / scores.sum(-1, keepdim=True)
-    forced = min(forced, scores.shape[-1])
-    scores[:, :forced] = math.inf
-    ranked = shares.gather(-1, torch.topk(scores, k_max, dim=-1, sorted=True).indices)
-    taken = F.pad(torch.cumsum(ranked, -1)[:, :-1], (1, 0))  # share of the lines ranked before each
+    scores[:, : min(forced, scores.shape[-1])] = math.inf
+    ranked = ranked_indices(scores, k_max)
+    taken = F.pad(torch.cumsum(shares.gather(-1, ranked), -1)[:, :-1], (1, 0))  # share ranked before each
     count = (taken < threshold.view(-1, 1)).sum(-1)
-    return torch.minimum(count.clamp(min=forced), cap)
+    return first_ascending(ranked, torch.minimum(count.clamp(min=forced), cap))
 
 
 @dataclass(frozen=True)
@@ -121,6 +120,5 @@ class VerticalSlashMass:
         ):
             k_max = min(max(budget_max(cap), forced), kv_len)
             caps = budget_tensor(name, cap, heads, q.device).clamp(min=forced).clamp(max=kv_len)
-            counts = mass_counts(scores, forced, threshold, caps, k_max)
-            lines.append(top_indices(scores, counts, k_max))
+            lines.append(mass_lines(scores, forced, threshold, caps, k_max))
         return VerticalSlashIndices(lines[0], lines[1], form=self.form, block_size=self.block_size)
