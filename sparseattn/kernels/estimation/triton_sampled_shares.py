@@ -48,7 +48,9 @@ def _sampled_shares_kernel(
     INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0).to(tl.int64)
-    g0 = tl.program_id(1).to(tl.int64) * G
+    # The last query blocks reach the most keys: they start first, so the short programs fill the tail
+    # (longest-first order, as the attention kernels' work lists).
+    g0 = (tl.num_programs(1) - 1 - tl.program_id(1)).to(tl.int64) * G
     i = tl.arange(0, G * S).to(tl.int64)  # [G*S] row slot: query block g0 + i // S, sample i % S
     g = g0 + i // S
     j = i % S
