@@ -27,15 +27,20 @@ need_free_gb() {
   fi
 }
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "${BASH_SOURCE[0]}" -nt "$stamp" ]; then
-  [ -d "$venv" ] || need_free_gb "$root" 4
+  if [ -d "$venv" ]; then
+    action="updating"  # pyproject.toml or this script changed since the last set-up
+  else
+    action="creating"
+    need_free_gb "$root" 4
+  fi
   if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     # A GPU machine with its own CUDA torch: reuse its packages instead of reinstalling torch.
-    stage "creating $venv on the system's CUDA torch"
+    stage "$action $venv on the system's CUDA torch"
     python3 -m venv --system-site-packages "$venv"
     stage "installing sparseattn with its test and Hugging Face extras"
     pip install -e "$root[test,hf]"
   else
-    stage "creating $venv (CPU: torch and triton from the package index, about 2 minutes the first time)"
+    stage "$action $venv (CPU: torch and triton from the package index, about 2 minutes the first time)"
     python3 -m venv "$venv"
     pip install --upgrade pip
     stage "installing torch 2.13.0 (CPU build) and triton 3.7.1"
