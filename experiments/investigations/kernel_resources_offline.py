@@ -56,11 +56,12 @@ def main() -> None:
         f"`{command}` — {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, triton {triton.__version__}.",
         "Head dim 128, bf16, TMA loads, no gathered columns, no register cap. `stack`: bytes of local memory",
         "per thread (register spills); programs per multiprocessor by shared memory "
-        f"({HOPPER_SHARED_PER_SM // 1024} KiB each) and by registers (64K each).",
+        f"({HOPPER_SHARED_PER_SM // 1024} KiB each) and by registers (64K each); products on Hopper's "
+        "warp-group MMA (wgmma) and on the warp-level mma.sync, counted in the compiled IR.",
         "",
         "| block | warps | stages | heads/program | FULL runs | Q in registers | registers | stack B | shared KiB "
-        "| programs/SM by shared memory | by registers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| programs/SM by shared memory | by registers | wgmma products | mma.sync products |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for block_m, block_n, warps, stages, pack, runs, q_regs in CONFIGS:
         config = KernelConfig(
@@ -71,7 +72,7 @@ def main() -> None:
         lines.append(
             f"| {block_m}x{block_n} | {warps} | {stages} | {pack} | {'yes' if runs else 'no'} | "
             f"{'yes' if q_regs else 'no'} | {r.registers} | {r.stack_bytes} | {r.shared_bytes / 1024:.0f} | "
-            f"{r.programs_per_sm()} | {by_registers} |"
+            f"{r.programs_per_sm()} | {by_registers} | {r.wgmma_dots} | {r.mma_sync_dots} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_resources_offline.md").write_text("\n".join(lines) + "\n")
