@@ -2,7 +2,8 @@
 
     python experiments/tune_backward.py --out $OUT --length 32768 --budget-s 240   # on a CUDA machine
 
-Passes, each around the best configuration before it: key-major dK/dV at one stage (all four products on
+Passes, each around the best configuration before it: the dK/dV tiles and row steps walked as one loop
+(which lets key-major fit two and three stages), then key-major dK/dV's tile shapes (all four products on
 Hopper's warp-group MMA, where the default's query-major steps keep two on mma.sync); the flags (key-major dK/dV scores; dQ summed by
 atomics inside the dK/dV kernel instead of by its own kernel; TMA loads), the split of long dK/dV programs
 (``max_chunk``), then the dK/dV kernel's knobs (keys per program, query rows per step, warps, stages),
@@ -46,8 +47,11 @@ PATTERNS: dict[str, Pattern] = {"causal": Causal(), "triangle": Triangle(sink=8,
 PASSES = [
     # The default's query-major steps of 32 rows run the scores and dP products on mma.sync, key-major
     # ones run all four on wgmma (backward_resources_offline.md); key-major was timed only with TMA at two
-    # stages (slower), since without TMA two stages do not fit: one stage, without TMA, is tried first.
-    ("key_major", {"key_major": (True,), "dkdv_stages": (1,), "sub_m": (32, 64), "keys": (128, 64)}),
+    # stages (slower), since its unrolled row steps do not fit two stages without TMA. Walked as one loop
+    # (flat_steps) it fits at two and three stages without spilling, offline: tried first, then key-major's
+    # tile shapes around the best.
+    ("loop", {"flat_steps": (True,), "key_major": (True, False), "dkdv_stages": (2, 3)}),
+    ("key_major", {"key_major": (True,), "dkdv_stages": (1, 2), "sub_m": (32, 64), "keys": (128, 64)}),
     ("flags", {"key_major": (True, False), "dq_atomic": (True, False), "tma": (True, False)}),
     ("split", {"max_chunk": (None, 0, 64, 256)}),
     # Offline sm_90 compiles (backward_resources_offline.md): query-major 64-key programs at one stage spill

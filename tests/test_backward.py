@@ -49,9 +49,17 @@ def sub_tiles(draw, block: tuple[int, int]) -> BackwardConfig:
     key_major = draw(st.booleans(), "key-major dK/dV scores")
     dq_atomic = draw(st.booleans(), "dQ by atomics in the dK/dV kernel")
     tma = draw(st.booleans(), "rows through tensor descriptors")
+    flat_steps = draw(st.booleans(), "dK/dV tiles and row steps walked as one loop")
     max_chunk = draw(st.sampled_from([None, 0, 1, 2]), "dK/dV programs split past this many tiles")
     return BackwardConfig(
-        sub_m=sub_m, sub_n=sub_n, keys=keys, key_major=key_major, dq_atomic=dq_atomic, tma=tma, max_chunk=max_chunk
+        sub_m=sub_m,
+        sub_n=sub_n,
+        keys=keys,
+        key_major=key_major,
+        dq_atomic=dq_atomic,
+        tma=tma,
+        flat_steps=flat_steps,
+        max_chunk=max_chunk,
     )
 
 
@@ -108,14 +116,21 @@ def test_backward_of_lowered_patterns(pattern, lens, block, group, dtype, seed):
     assert_grads_close_to_oracle(gradients(q, k, v, layout, dout), q, k, v, mask, dout)
 
 
-# (key_major, dq_atomic, tma): the dK/dV kernel's score orientation, where dQ is summed, and whether the
-# walked rows come through tensor descriptors.
-FLAGS = [(False, False, False), (True, False, False), (False, True, False), (False, False, True), (True, True, True)]
+# (key_major, dq_atomic, tma, flat_steps): the dK/dV kernel's score orientation, where dQ is summed, whether the
+# walked rows come through tensor descriptors, and whether tiles and row steps are one loop.
+FLAGS = [
+    (False, False, False, False),
+    (True, False, False, False),
+    (False, True, False, False),
+    (False, False, True, False),
+    (False, False, False, True),
+    (True, True, True, True),
+]
 
 
-@pytest.mark.parametrize("key_major,dq_atomic,tma", FLAGS)
+@pytest.mark.parametrize("key_major,dq_atomic,tma,flat_steps", FLAGS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_gathered_columns_from_lowering(dtype, key_major, dq_atomic, tma):
+def test_gathered_columns_from_lowering(dtype, key_major, dq_atomic, tma, flat_steps):
     """A window with vertical lines lowers the lines outside the window's tiles to gathered columns; their
     keys get gradient from every query block that gathers them (chunked prefill, GQA 2:1, batch 2)."""
     pattern = Causal() & (Window(20) | Columns((3, 40, 41, 100, 170)))
@@ -124,30 +139,37 @@ def test_gathered_columns_from_lowering(dtype, key_major, dq_atomic, tma):
     q, k, v = random_inputs(2, 2, 1, 150, 200, 32, dtype, 5)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
     mask = pattern.to_dense(150, 200).view(1, 1, 150, 200)
-    config = BackwardConfig(sub_m=32, sub_n=32, keys=32, key_major=key_major, dq_atomic=dq_atomic, tma=tma)
+    config = BackwardConfig(
+        sub_m=32, sub_n=32, keys=32, key_major=key_major, dq_atomic=dq_atomic, tma=tma, flat_steps=flat_steps
+    )
     assert_grads_close_to_oracle(gradients(q, k, v, layout, dout, config=config), q, k, v, mask, dout)
 
 
-@pytest.mark.parametrize("key_major,dq_atomic,tma", FLAGS)
-def test_wide_tiles_head_dim_128_sub_tiled(key_major, dq_atomic, tma):
+@pytest.mark.parametrize("key_major,dq_atomic,tma,flat_steps", FLAGS)
+def test_wide_tiles_head_dim_128_sub_tiled(key_major, dq_atomic, tma, flat_steps):
     """128 x 128 tiles at head dim 128, walked 64 rows (dK/dV) and 64 columns (dQ) at a time, each key
-    block split over two dK/dV programs; a triangle with a ragged end."""
-    pattern = Triangle(sink=8, window=100, last=40)
+    block split over two dK/dV programs; a triangle with a ragged end, whose 200-key window makes the tile
+    of rows 256-299 by keys 128-255 FULL (every walk of the dK/dV kernel runs)."""
+    pattern = Triangle(sink=8, window=200, last=40)
     layout = lower(pattern, 300, 300, block_size=(128, 128))
     q, k, v = random_inputs(1, 2, 1, 300, 300, 128, torch.float16, 2)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).to(torch.float16)
-    config = BackwardConfig(sub_m=64, sub_n=64, keys=64, key_major=key_major, dq_atomic=dq_atomic, tma=tma)
+    config = BackwardConfig(
+        sub_m=64, sub_n=64, keys=64, key_major=key_major, dq_atomic=dq_atomic, tma=tma, flat_steps=flat_steps
+    )
     mask = pattern.to_dense(300, 300).view(1, 1, 300, 300)
     assert_grads_close_to_oracle(gradients(q, k, v, layout, dout, config=config), q, k, v, mask, dout)
 
 
-@pytest.mark.parametrize("key_major,dq_atomic,tma", FLAGS)
-def test_empty_layout_and_unattended_keys_give_zero_gradients(key_major, dq_atomic, tma):
+@pytest.mark.parametrize("key_major,dq_atomic,tma,flat_steps", FLAGS)
+def test_empty_layout_and_unattended_keys_give_zero_gradients(key_major, dq_atomic, tma, flat_steps):
     """No pair at all: lse is -inf on every row, and every gradient must be exactly 0, never NaN."""
     layout = BlockLayout.from_dense(torch.zeros(1, 1, 64, 96, dtype=torch.bool), (32, 32))
     q, k, v = random_inputs(1, 2, 1, 64, 96, 32, torch.float32, 1)
     dout = torch.randn_like(q)
-    config = BackwardConfig(sub_m=32, sub_n=32, keys=32, key_major=key_major, dq_atomic=dq_atomic, tma=tma)
+    config = BackwardConfig(
+        sub_m=32, sub_n=32, keys=32, key_major=key_major, dq_atomic=dq_atomic, tma=tma, flat_steps=flat_steps
+    )
     for g in gradients(q, k, v, layout, dout, config=config):
         assert torch.equal(g, torch.zeros_like(g))
 

@@ -112,13 +112,18 @@ print(json.dumps(found))
 """
 
 # The backward's default and each of its flags alone, ragged length (1000) and gathered columns included.
-# Key-major at one dK/dV stage: at two it needs more shared memory than a program may take (below).
+# Key-major with unrolled row steps at one dK/dV stage: at two it needs more shared memory than a program
+# may take (below).
 BACKWARD_CASES = [
     ["triangle", 128, {}],
     ["columns", 128, {"key_major": True, "dkdv_stages": 1}],
     ["triangle", 128, {"dq_atomic": True}],
     ["columns", 128, {"tma": True}],
     ["triangle", 128, {"max_chunk": 2}],
+    ["columns", 128, {"flat_steps": True}],
+    # Walked as one loop, key-major fits at two stages (112 KiB offline): one set of stage buffers for
+    # Q and dO instead of one per unrolled row step.
+    ["triangle", 128, {"key_major": True, "flat_steps": True}],
     ["columns", 64, {}],
     # tests/gpu/test_backward_gpu.py's combined flags, as it runs them
     ["triangle", 128, {"key_major": True, "dq_atomic": True, "max_chunk": 3, "dkdv_stages": 1}],

@@ -11,10 +11,13 @@ which leave room for two programs per multiprocessor, to choose what the GPU swe
 applies (`resources._launch_specialisation`): key-major at two stages takes 263,168 bytes here under
 Triton 3.7, exactly what an H100 asked for under Triton 3.6.
 
-The last two columns say how the kernel's products run: on Hopper's warp-group MMA (wgmma), or on the
-warp-level mma.sync that Triton keeps for a product with fewer than 64 rows in M. Query-major steps of 16
-or 32 rows put the scores and dP products (two of the four) on mma.sync; key-major scores are
-``[keys, rows]``, so all four products have M = keys and run on wgmma.
+`one loop`: the tiles and their row steps walked as one pipelined loop (`BackwardConfig.flat_steps`), one
+set of stage buffers for Q and dO instead of one per unrolled row step. The last two columns say how the
+kernel's products run (counted in the IR, so a loop's body counts once where unrolled steps count each):
+on Hopper's warp-group MMA (wgmma), or on the warp-level mma.sync that Triton keeps for a product with
+fewer than 64 rows in M. Query-major steps of 16 or 32 rows put the scores and dP products (two of the
+four) on mma.sync; key-major scores are ``[keys, rows]``, so all four products have M = keys and run on
+wgmma.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ from sparseattn.kernels.attention.resources import HOPPER_SHARED_PER_SM, backwar
 from sparseattn.lowering import lower
 from sparseattn.patterns import Causal
 
-# keys per program, key-major scores, query rows per step, warps, pipeline stages
-GRID = list(itertools.product((128, 64), (False, True), (16, 32, 64), (8, 16), (1, 2)))
+# keys per program, key-major scores, query rows per step, warps, pipeline stages, one loop over (tile, step)
+GRID = [
+    *itertools.product((128, 64), (False, True), (16, 32, 64), (8, 16), (1, 2), (False,)),
+    *itertools.product((128, 64), (False, True), (32, 64), (8,), (2, 3), (True,)),
+]
 
 
 def main() -> None:
@@ -46,14 +52,14 @@ def main() -> None:
     layout = lower(Causal(), 1024, 1024, block_size=(128, 128))
     base = default_backward_config(layout, 128)
     rows = []
-    for keys, key_major, sub_m, warps, stages in tqdm(GRID, desc="dK/dV configurations"):
+    for keys, key_major, sub_m, warps, stages, flat in tqdm(GRID, desc="dK/dV configurations"):
         config = dataclasses.replace(
-            base, keys=keys, key_major=key_major, sub_m=sub_m, dkdv_warps=warps, dkdv_stages=stages
+            base, keys=keys, key_major=key_major, sub_m=sub_m, dkdv_warps=warps, dkdv_stages=stages, flat_steps=flat
         )
         r = backward_resources(layout, 128, config)["_bwd_dkdv_kernel"]
         rows.append(
             dict(
-                keys=keys, key_major=key_major, sub_m=sub_m, warps=warps, stages=stages,
+                keys=keys, key_major=key_major, sub_m=sub_m, warps=warps, stages=stages, flat_steps=flat,
                 registers=r.registers, spill_bytes=r.stack_bytes, shared_bytes=r.shared_bytes,
                 programs_per_sm=r.programs_per_sm(), wgmma_dots=r.wgmma_dots, mma_sync_dots=r.mma_sync_dots,
             )
@@ -77,13 +83,14 @@ def main() -> None:
         "Head dim 128, bf16, 128 x 128 tiles, the default's other knobs; `programs/SM` "
         f"by shared memory alone ({HOPPER_SHARED_PER_SM // 1024} KiB per multiprocessor).",
         "",
-        "| keys | key-major | rows per step | warps | stages | registers | spill bytes | shared KiB | programs/SM "
-        "| wgmma products | mma.sync products |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| keys | key-major | rows per step | one loop | warps | stages | registers | spill bytes | shared KiB "
+        "| programs/SM | wgmma products | mma.sync products |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["spill_bytes"], r["shared_bytes"])):
         lines.append(
-            f"| {r['keys']} | {r['key_major']} | {r['sub_m']} | {r['warps']} | {r['stages']} | {r['registers']} | "
+            f"| {r['keys']} | {r['key_major']} | {r['sub_m']} | {r['flat_steps']} | {r['warps']} | {r['stages']} | "
+            f"{r['registers']} | "
             f"{r['spill_bytes']} | {r['shared_bytes'] / 1024:.0f} | {r['programs_per_sm']} | {r['wgmma_dots']} | "
             f"{r['mma_sync_dots']} |"
         )

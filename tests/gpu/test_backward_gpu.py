@@ -75,6 +75,9 @@ def test_8k_gqa4(name):
         {"tma": True},
         {"max_chunk": 2},
         {"key_major": True, "dq_atomic": True, "max_chunk": 3, "dkdv_stages": 1},
+        # One loop over (tile, row step): key-major fits at the default two stages.
+        {"flat_steps": True},
+        {"key_major": True, "flat_steps": True},
     ],
     ids=lambda flags: "+".join(f"{k}={v}" if not isinstance(v, bool) else k for k, v in flags.items()),
 )

@@ -52,7 +52,12 @@ class BackwardConfig:
     determinism: the adds land in any order, so dQ may differ in its last bits between runs (dK and dV
     stay deterministic). ``tma``: the rows each step walks (Q and dO in the dK/dV kernel, K and V of FULL and
     PARTIAL tiles in the dQ kernel) come through tensor descriptors (Hopper's TMA engine) instead of
-    pointer arithmetic; the inputs are then made contiguous. ``max_chunk``: dK/dV programs longer than this
+    pointer arithmetic; the inputs are then made contiguous. ``flat_steps``: the dK/dV kernel walks its
+    FULL and PARTIAL tiles as one pipelined loop over (tile, row step) instead of a loop over tiles with
+    the ``block_m // sub_m`` row steps unrolled inside, where every unrolled step's Q and dO get their own
+    stage buffers: shared memory for those loads drops by that factor (key-major at two stages needs
+    257 KiB unrolled, `backward_resources_offline.md`), and the pipeline's prefetch distance becomes one
+    row step instead of one tile. ``max_chunk``: dK/dV programs longer than this
     many tiles are split by query head and FULL-list slices, summed by a merge kernel
     (`planning/dkdv_work.py`; None: only when programs are unequal, 0: never).
     """
@@ -67,6 +72,7 @@ class BackwardConfig:
     key_major: bool = False
     dq_atomic: bool = False
     tma: bool = False
+    flat_steps: bool = False
     max_chunk: int | None = None
 
     def __post_init__(self) -> None:
@@ -84,7 +90,7 @@ class BackwardConfig:
                 raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
         if self.max_chunk is not None and (not isinstance(self.max_chunk, int) or self.max_chunk < 0):
             raise ValueError(f"max_chunk: expected None, 0 or a positive number of tiles, got {self.max_chunk!r}")
-        for name in ("key_major", "dq_atomic", "tma"):
+        for name in ("key_major", "dq_atomic", "tma", "flat_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 
@@ -297,7 +303,7 @@ def backward_launches(
         dict(
             BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_M=config.sub_m, KEYS=config.keys, HEAD_DIM=dim,
             EVEN_KV=even_kv, HAS_COLS=has_cols, NUM_STAGES=config.dkdv_stages, KEY_MAJOR=config.key_major,
-            DQ_ATOMIC=config.dq_atomic, USE_TMA=config.tma, num_warps=config.dkdv_warps,
+            DQ_ATOMIC=config.dq_atomic, USE_TMA=config.tma, FLAT_STEPS=config.flat_steps, num_warps=config.dkdv_warps,
         ),
     ))  # fmt: skip
     if work.merges.shape[0]:

@@ -224,6 +224,29 @@ def _dkdv_rows(dk, dv, k, v, keep, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_ro
 
 
 @triton.jit
+def _dkdv_partial_rows(dk, dv, k, v, TILE_MASKS, mask_id, qb, s, part, offs_n, shifts, q_base, do_base, Q_DESC, DO_DESC,
+                       q_row0, lse_base, delta_base, dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len,
+                       qk_scale, sm_scale, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr,
+                       WORDS: tl.constexpr, KEY_MAJOR: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+                       USE_TMA: tl.constexpr):  # fmt: skip
+    """`_dkdv_rows` over row step ``s`` of a PARTIAL tile, kept where bitmap ``mask_id`` says: the program's
+    ``KEYS`` columns of the tile (slice ``part`` of its key block)."""
+    if KEY_MAJOR:
+        keep = _bitmap_bits_key_major(
+            TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * KEYS + offs_n, BLOCK_M, WORDS
+        )  # [KEYS, SUB_M]
+    else:
+        keep = _bitmap_bits(
+            TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * (KEYS // 32), shifts, BLOCK_M, WORDS, SUB_M, KEYS
+        )  # [SUB_M, KEYS]
+    return _dkdv_rows(
+        dk, dv, k, v, keep, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base, delta_base, dq_base, offs_sm,
+        offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M, SUB_M, True, KEY_MAJOR,
+        DQ_ATOMIC, USE_TMA,
+    )  # fmt: skip
+
+
+@triton.jit
 def _bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, ORDER, K_DESC, V_DESC,
     FULL_NUM, FULL_START, FULL_IDX, PART_NUM, PART_START, PART_IDX, PART_MID, TILE_MASKS,
@@ -316,10 +339,11 @@ def _bwd_dkdv_kernel(
     q_len, kv_len, kv_heads, group, lead_b, lead_h, num_kv_blocks, qk_scale, sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_M: tl.constexpr, KEYS: tl.constexpr, HEAD_DIM: tl.constexpr,
     EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, KEY_MAJOR: tl.constexpr,
-    DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr, FLAT_STEPS: tl.constexpr,
 ):  # fmt: skip
     WORDS: tl.constexpr = BLOCK_N // 32
     PARTS: tl.constexpr = BLOCK_N // KEYS  # programs per key block, KEYS keys each
+    STEPS: tl.constexpr = BLOCK_M // SUB_M  # row steps per query tile
     item = WORK + (tl.program_id(0) // PARTS).to(tl.int64) * 6  # see planning/dkdv_work.py
     prog = tl.load(item).to(tl.int64)  # flat (batch, kv head, key block)
     g_lo = tl.load(item + 1)
@@ -363,36 +387,50 @@ def _bwd_dkdv_kernel(
         n_full = tl.minimum(tl.load(FQ_NUM + vrow), f_hi)
         full_col = FQ_IDX + tl.load(FQ_START + vrow)
         if n_full > f_lo:
-            for i in tl.range(f_lo, n_full, num_stages=NUM_STAGES):
-                qb = tl.load(full_col + i).to(tl.int64)
-                for s in tl.static_range(BLOCK_M // SUB_M):
+            if FLAT_STEPS:
+                # One pipelined loop over (tile, row step): each load has one set of stage buffers, where
+                # the unrolled steps below give every step's Q and dO their own (STEPS times the shared memory).
+                for it in tl.range(f_lo * STEPS, n_full * STEPS, num_stages=NUM_STAGES):
+                    qb = tl.load(full_col + it // STEPS).to(tl.int64)
                     dk, dv = _dkdv_rows(
-                        dk, dv, k, v, keep_keys, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base, delta_base,
-                        dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M,
-                        SUB_M, not EVEN_KV, KEY_MAJOR, DQ_ATOMIC, USE_TMA,
+                        dk, dv, k, v, keep_keys, qb, it % STEPS, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base,
+                        delta_base, dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale,
+                        sm_scale, BLOCK_M, SUB_M, not EVEN_KV, KEY_MAJOR, DQ_ATOMIC, USE_TMA,
                     )  # fmt: skip
+            else:
+                for i in tl.range(f_lo, n_full, num_stages=NUM_STAGES):
+                    qb = tl.load(full_col + i).to(tl.int64)
+                    for s in tl.static_range(STEPS):
+                        dk, dv = _dkdv_rows(
+                            dk, dv, k, v, keep_keys, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base,
+                            delta_base, dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale,
+                            sm_scale, BLOCK_M, SUB_M, not EVEN_KV, KEY_MAJOR, DQ_ATOMIC, USE_TMA,
+                        )  # fmt: skip
 
         n_part = tl.where(f_lo == 0, tl.load(PQ_NUM + vrow), 0)  # PARTIAL tiles and columns: first slice
         part_start = tl.load(PQ_START + vrow)
         if n_part > 0:
-            for j in tl.range(0, n_part, num_stages=NUM_STAGES):
-                qb = tl.load(PQ_IDX + part_start + j).to(tl.int64)
-                mask_id = tl.load(PQ_MID + part_start + j)
-                for s in tl.static_range(BLOCK_M // SUB_M):
-                    if KEY_MAJOR:
-                        keep = _bitmap_bits_key_major(
-                            TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * KEYS + offs_n, BLOCK_M, WORDS
-                        )  # [KEYS, SUB_M]
-                    else:
-                        keep = _bitmap_bits(
-                            TILE_MASKS, mask_id, s * SUB_M + offs_sm, part * (KEYS // 32), shifts, BLOCK_M, WORDS,
-                            SUB_M, KEYS,
-                        )  # fmt: skip  # [SUB_M, KEYS]
-                    dk, dv = _dkdv_rows(
-                        dk, dv, k, v, keep, qb, s, q_base, do_base, Q_DESC, DO_DESC, q_row0, lse_base, delta_base,
-                        dq_base, offs_sm, offs_d, stride_qs, stride_dos, stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M,
-                        SUB_M, True, KEY_MAJOR, DQ_ATOMIC, USE_TMA,
+            if FLAT_STEPS:
+                for it in tl.range(0, n_part * STEPS, num_stages=NUM_STAGES):
+                    qb = tl.load(PQ_IDX + part_start + it // STEPS).to(tl.int64)
+                    mask_id = tl.load(PQ_MID + part_start + it // STEPS)
+                    dk, dv = _dkdv_partial_rows(
+                        dk, dv, k, v, TILE_MASKS, mask_id, qb, it % STEPS, part, offs_n, shifts, q_base, do_base, Q_DESC,
+                        DO_DESC, q_row0, lse_base, delta_base, dq_base, offs_sm, offs_d, stride_qs, stride_dos,
+                        stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M, SUB_M, KEYS, WORDS, KEY_MAJOR, DQ_ATOMIC,
+                        USE_TMA,
                     )  # fmt: skip
+            else:
+                for j in tl.range(0, n_part, num_stages=NUM_STAGES):
+                    qb = tl.load(PQ_IDX + part_start + j).to(tl.int64)
+                    mask_id = tl.load(PQ_MID + part_start + j)
+                    for s in tl.static_range(STEPS):
+                        dk, dv = _dkdv_partial_rows(
+                            dk, dv, k, v, TILE_MASKS, mask_id, qb, s, part, offs_n, shifts, q_base, do_base, Q_DESC,
+                            DO_DESC, q_row0, lse_base, delta_base, dq_base, offs_sm, offs_d, stride_qs, stride_dos,
+                            stride_dqs, q_len, qk_scale, sm_scale, BLOCK_M, SUB_M, KEYS, WORDS, KEY_MAJOR, DQ_ATOMIC,
+                            USE_TMA,
+                        )  # fmt: skip
 
         if HAS_COLS:
             # Query blocks whose rows gather columns inside this key block: the columns (at most
