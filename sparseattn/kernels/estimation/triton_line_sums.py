@@ -98,9 +98,11 @@ def _row_lse_kernel(M_PART, L_PART, LSE2, total, chunks, BLOCK: tl.constexpr):
     ok = idx < total
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
-    for c in range(chunks):
-        m_c = tl.load(M_PART + c * total + idx, mask=ok, other=float("-inf"))
-        l_c = tl.load(L_PART + c * total + idx, mask=ok, other=0.0)
+    offs = idx  # [BLOCK] int64 offsets of the rows in the current chunk
+    for _ in range(chunks):
+        m_c = tl.load(M_PART + offs, mask=ok, other=float("-inf"))
+        l_c = tl.load(L_PART + offs, mask=ok, other=0.0)
+        offs += total
         m_new = tl.maximum(m_i, m_c)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.math.exp2(m_i - m_safe) + l_c * tl.math.exp2(m_c - m_safe)
