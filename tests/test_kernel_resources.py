@@ -20,6 +20,7 @@ from sparseattn.kernels.attention.resources import (
     HOPPER_REGISTERS_PER_SM,
     HOPPER_SHARED_PER_PROGRAM,
     HOPPER_SHARED_PER_SM,
+    dot_kinds,
 )
 from sparseattn.lowering import lower
 from sparseattn.patterns import Causal, PerHead, Triangle, Window
@@ -104,10 +105,12 @@ for pattern, dim, flags in cases:
     pattern = {"triangle": Triangle(), "columns": Causal() & Columns((5, 300, 301, 900))}[pattern]
     layout = lower(pattern, 1000, 1000, block_size=(128, 128) if dim == 128 else (64, 64))
     config = dataclasses.replace(default_backward_config(layout, dim), **flags)
-    kernels = {name: r.shared_bytes for name, r in backward_resources(layout, dim, config).items()}
+    resources = backward_resources(layout, dim, config)
+    kernels = {name: r.shared_bytes for name, r in resources.items()}
+    mma_sync = {name: r.mma_sync_dots for name, r in resources.items()}
     # backward_resources plans 4 query / 2 kv heads; the merge kernel runs where that plan splits.
     splits = bool(build_dkdv_work(layout, 1, 4, 2, config.max_chunk).merges.shape[0])
-    found.append({"kernels": kernels, "splits": splits})
+    found.append({"kernels": kernels, "splits": splits, "mma_sync": mma_sync})
 print(json.dumps(found))
 """
 
@@ -155,6 +158,22 @@ def test_backward_kernels_compile_for_hopper():
         want |= set() if case[2].get("dq_atomic") else {"_bwd_dq_kernel"}
         assert set(kernels) == want, case
         assert max(kernels.values()) <= HOPPER_SHARED_PER_PROGRAM, (case, kernels)
+        if case[2].get("key_major"):  # scores [keys, rows]: every product has M = keys, on wgmma
+            assert built["mma_sync"]["_bwd_dkdv_kernel"] == 0, case
+
+
+def test_dot_kinds_read_the_mma_version_of_each_product():
+    ttgir = "\n".join(
+        [
+            "#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0, warpsPerCTA = [1, 8]}>",
+            "#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2]}>",
+            "  %a = tt.dot %q, %k, %c : tensor<32x128xbf16, #x> * tensor<128x64xbf16, #y> -> tensor<32x64xf32, #mma>",
+            "  %b = tt.dot %q, %k, %c : tensor<64x128xbf16, #x> * tensor<128x64xbf16, #y> -> tensor<64x64xf32, #mma>",
+            "  %c = ttng.warp_group_dot %p, %v, %d : !ttg.memdesc<128x32xbf16> * !ttg.memdesc<32x128xbf16> -> tensor",
+            "  %d = tt.dot %q, %k, %c : tensor<64x16xf32, #x> * tensor<16x64xf32, #y> -> tensor<64x64xf32, #blocked>",
+        ]
+    )
+    assert dot_kinds(ttgir) == (1, 2)  # the blocked-layout product is neither
 
 
 def test_offline_compiles_are_specialised_like_a_launch():

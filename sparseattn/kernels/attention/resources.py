@@ -168,11 +168,11 @@ def compiled_resources(compiled: triton.compiler.CompiledKernel) -> KernelResour
     found = re.search(r"REG:(\d+)\s+STACK:(\d+)", usage.stdout)
     if found is None:
         raise RuntimeError(f"cuobjdump gave no resource line: {usage.stdout}")
-    wgmma, mma_sync = _dot_kinds(compiled.asm["ttgir"])
+    wgmma, mma_sync = dot_kinds(compiled.asm["ttgir"])
     return KernelResources(int(found[1]), int(found[2]), int(compiled.metadata.shared), wgmma, mma_sync)
 
 
-def _dot_kinds(ttgir: str) -> tuple[int, int]:
+def dot_kinds(ttgir: str) -> tuple[int, int]:
     """(warp-group products, mma.sync products) of a TritonGPU module: the first are its
     ``ttng.warp_group_dot`` ops, the second the ``tt.dot`` ops left with an ``nvidia_mma`` result
     encoding of version 2."""
