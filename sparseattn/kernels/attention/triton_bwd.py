@@ -20,10 +20,11 @@ Three kernels:
    sink key block read by every query block), one query head and a slice of its FULL list, whose fp32
    share goes to a scratch slot that `_bwd_dkdv_merge_kernel` sums in slot order. Deterministic, no
    atomics. Gathered columns reach dK/dV the same way: a (query block, key block) pair whose row gathers
-   columns in the key block is one more tile, masked to those columns (and ``k <= q_pos``). Two launch
+   columns in the key block is one more tile, masked to those columns (and ``k <= q_pos``). Three launch
    flags (`BackwardConfig`): ``KEY_MAJOR`` forms the scores key-major, ``K Q^T``, so P^T and dS^T need
    no register transposition; ``DQ_ATOMIC`` adds each step's dQ share into an fp32 buffer with atomics,
-   and kernel 2 is not launched.
+   and kernel 2 is not launched; ``FLAT_STEPS`` walks the FULL and PARTIAL tiles as one pipelined loop
+   over (tile, row step) instead of unrolling the row steps inside a loop over tiles.
 
 P is recomputed as ``exp2(scale * log2(e) * (q . k) - lse * log2(e))``. A row with nothing to attend has
 ``lse = -inf``; it is replaced by ``+inf`` so that its P is exactly 0 (never ``exp2(-inf + inf)`` = NaN),
