@@ -111,7 +111,7 @@ def test_rejects_bad_inputs(over, name, words):
 
 CHILD = """
 import json
-from sparseattn.kernels.estimation.resources import line_sums_resources
+from sparseattn.kernels.attention.resources import line_sums_resources
 found = {d: line_sums_resources(d) for d in (64, 128, 256)}
 print(json.dumps({d: {k: [r.stack_bytes, r.shared_bytes] for k, r in rs.items()} for d, rs in found.items()}))
 """

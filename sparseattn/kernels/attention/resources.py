@@ -1,5 +1,5 @@
-"""Resources of the forward and backward kernels compiled for a GPU architecture, on any machine (no GPU
-needed).
+"""Resources of the forward and backward kernels (and of vertical-slash's line sums) compiled for a GPU
+architecture, on any machine (no GPU needed).
 
 Triton compiles to a cubin without a device, and the cuobjdump that ships with Triton reads its
 resource usage. Shared memory decides how many programs a multiprocessor holds, and with it the
@@ -29,6 +29,7 @@ from sparseattn.kernels.attention.backward import BackwardConfig, backward_launc
 from sparseattn.kernels.attention.config import KernelConfig
 from sparseattn.kernels.attention.gluon_fwd import HALF_ROWS, MAX_REGISTERS, _descriptor, _gluon_fwd_kernel
 from sparseattn.kernels.attention.triton_fwd import _sparse_fwd_kernel
+from sparseattn.kernels.estimation import triton_line_sums as line_sums
 from sparseattn.layout import BlockLayout
 
 # Hopper (sm_90): shared memory per multiprocessor, the most one program may take, and 32-bit registers
@@ -243,3 +244,50 @@ def _launch_specialisation(
         if isinstance(key, str) and key:
             attrs[(index,)] = BaseBackend.parse_attr(key)
     return signature, attrs
+
+
+def _compile_line_sums(
+    kernel: triton.JITFunction, constexprs: dict[str, object], launch: dict, capability: int
+) -> KernelResources:
+    """A line-sums kernel with the specialisation its launch gets written out: bf16 q and k, fp32 scratch
+    and outputs, every pointer and stride 16-divisible."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    signature = {}
+    for name in names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in ("Q", "K"):
+            signature[name] = "*bf16"
+        elif name.isupper():
+            signature[name] = "*fp32"
+        elif name == "qk_scale2":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    divisible = [i for i, name in enumerate(names) if signature[name].startswith("*") or name.startswith("stride_")]
+    source = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={(names.index(k),): v for k, v in constexprs.items()},
+        attrs={(i,): [["tt.divisibility", 16]] for i in divisible},
+    )
+    return compiled_resources(triton.compile(source, target=GPUTarget("cuda", capability, 32), options=launch))
+
+
+def line_sums_resources(head_dim: int, *, rows: int = 64, capability: int = 90) -> dict[str, KernelResources]:
+    """The two heavy line-sums kernels as `triton_line_sums` launches them for bf16 inputs of ``head_dim``
+    and ``rows`` (64: ``last_q`` 64 and a GQA group's rows), compiled for ``capability``."""
+    return {
+        "_row_stats_kernel": _compile_line_sums(
+            line_sums._row_stats_kernel,
+            dict(BLOCK_M=rows, BLOCK_N=line_sums.STATS_BLOCK_N, HEAD_DIM=head_dim, IEEE=False),
+            line_sums.STATS_LAUNCH,
+            capability,
+        ),
+        "_line_sums_kernel": _compile_line_sums(
+            line_sums._line_sums_kernel,
+            dict(ROWS=rows, BLOCK=line_sums.BLOCK, HEAD_DIM=head_dim, IEEE=False),
+            line_sums.SUMS_LAUNCH,
+            capability,
+        ),
+    }
