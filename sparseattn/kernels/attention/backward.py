@@ -55,7 +55,7 @@ class BackwardConfig:
     pointer arithmetic; the inputs are then made contiguous. ``flat_steps``: the dK/dV kernel walks its
     FULL and PARTIAL tiles as one pipelined loop over (tile, row step) instead of a loop over tiles with
     the ``block_m // sub_m`` row steps unrolled inside, where every unrolled step's Q and dO get their own
-    stage buffers: shared memory for those loads drops by that factor (key-major at two stages needs
+    stage buffers (the dQ kernel likewise over (tile, column step), for K and V): shared memory for those loads drops by that factor (key-major at two stages needs
     257 KiB unrolled, `backward_resources_offline.md`), and the pipeline's prefetch distance becomes one
     row step instead of one tile. ``max_chunk``: dK/dV programs longer than this
     many tiles are split by query head and FULL-list slices, summed by a merge kernel
@@ -277,7 +277,8 @@ def backward_launches(
             ),
             dict(
                 BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, SUB_N=config.sub_n, HEAD_DIM=dim, EVEN_KV=even_kv,
-                HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, USE_TMA=config.tma, num_warps=config.dq_warps,
+                HAS_COLS=has_cols, NUM_STAGES=config.dq_stages, USE_TMA=config.tma, FLAT_STEPS=config.flat_steps,
+                num_warps=config.dq_warps,
             ),
         ))  # fmt: skip
     parts = layout.block_n // config.keys

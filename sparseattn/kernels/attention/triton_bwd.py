@@ -24,7 +24,8 @@ Three kernels:
    flags (`BackwardConfig`): ``KEY_MAJOR`` forms the scores key-major, ``K Q^T``, so P^T and dS^T need
    no register transposition; ``DQ_ATOMIC`` adds each step's dQ share into an fp32 buffer with atomics,
    and kernel 2 is not launched; ``FLAT_STEPS`` walks the FULL and PARTIAL tiles as one pipelined loop
-   over (tile, row step) instead of unrolling the row steps inside a loop over tiles.
+   over (tile, row step) instead of unrolling the row steps inside a loop over tiles (kernel 2 likewise
+   over (tile, column step)).
 
 P is recomputed as ``exp2(scale * log2(e) * (q . k) - lse * log2(e))``. A row with nothing to attend has
 ``lse = -inf``; it is replaced by ``+inf`` so that its P is exactly 0 (never ``exp2(-inf + inf)`` = NaN),
@@ -160,6 +161,25 @@ def _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, MASKED: tl.constexpr)
 
 
 @triton.jit
+def _dq_columns(dq, q, do, lse2, delta, k_base, v_base, K_DESC, V_DESC, kv_row0, first, offs_sn, offs_d, stride_ks,
+                stride_vs, kv_len, qk_scale, TILE_MASKS, mask_id, rm, word0, shifts, BLOCK_M: tl.constexpr,
+                SUB_N: tl.constexpr, WORDS: tl.constexpr, EVEN_KV: tl.constexpr, PARTIAL: tl.constexpr,
+                USE_TMA: tl.constexpr):  # fmt: skip
+    """`_dq_step` over the ``SUB_N`` consecutive keys from ``first``: kept where bitmap ``mask_id`` says
+    (its columns from word ``word0``) for a PARTIAL tile, else all of them (those before kv_len)."""
+    keys = first + offs_sn  # [SUB_N]
+    k, v = _key_rows(
+        k_base, v_base, K_DESC, V_DESC, (kv_row0 + first).to(tl.int32), keys, offs_d, stride_ks, stride_vs, kv_len,
+        not EVEN_KV, USE_TMA,
+    )  # fmt: skip
+    if PARTIAL:
+        keep = _bitmap_bits(TILE_MASKS, mask_id, rm, word0, shifts, BLOCK_M, WORDS, BLOCK_M, SUB_N)
+        return _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, True)
+    else:
+        return _dq_step(dq, q, do, lse2, delta, k, v, keys[None, :] < kv_len, qk_scale, not EVEN_KV)
+
+
+@triton.jit
 def _bitmap_bits_key_major(TILE_MASKS, mask_id, tile_rows, cols, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
     """Bits of bitmap ``mask_id`` at tile rows ``tile_rows`` [R] and tile columns ``cols`` [C], key-major:
     [C, R] bool (each word is gathered once per column it holds; partial tiles only)."""
@@ -257,8 +277,10 @@ def _bwd_dq_kernel(
     q_len, kv_len, heads, group, lead_b, lead_h, num_q_blocks, qk_scale, sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUB_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     EVEN_KV: tl.constexpr, HAS_COLS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_TMA: tl.constexpr,
+    FLAT_STEPS: tl.constexpr,
 ):  # fmt: skip
     WORDS: tl.constexpr = BLOCK_N // 32
+    STEPS: tl.constexpr = BLOCK_N // SUB_N  # column steps per key tile
     row = tl.load(ORDER + tl.program_id(0)).to(tl.int64)  # flat (batch, head, query block)
     qb = row % num_q_blocks
     b = row // num_q_blocks // heads
@@ -285,31 +307,48 @@ def _bwd_dq_kernel(
     n_full = tl.load(FULL_NUM + lrow)
     full_row = FULL_IDX + tl.load(FULL_START + lrow)
     if n_full > 0:
-        for i in tl.range(0, n_full, num_stages=NUM_STAGES):
-            start = tl.load(full_row + i).to(tl.int64) * BLOCK_N
-            for s in tl.static_range(BLOCK_N // SUB_N):
-                keys = start + s * SUB_N + offs_sn  # [SUB_N]
-                k, v = _key_rows(
-                    k_base, v_base, K_DESC, V_DESC, (kv_row0 + start + s * SUB_N).to(tl.int32), keys, offs_d,
-                    stride_ks, stride_vs, kv_len, not EVEN_KV, USE_TMA,
+        if FLAT_STEPS:  # one loop over (tile, column step), as the dK/dV kernel's FLAT_STEPS
+            for it in tl.range(0, n_full * STEPS, num_stages=NUM_STAGES):
+                first = tl.load(full_row + it // STEPS).to(tl.int64) * BLOCK_N + (it % STEPS) * SUB_N
+                dq = _dq_columns(
+                    dq, q, do, lse2, delta, k_base, v_base, K_DESC, V_DESC, kv_row0, first, offs_sn, offs_d, stride_ks,
+                    stride_vs, kv_len, qk_scale, TILE_MASKS, 0, rm, 0, shifts, BLOCK_M, SUB_N, WORDS, EVEN_KV, False,
+                    USE_TMA,
                 )  # fmt: skip
-                dq = _dq_step(dq, q, do, lse2, delta, k, v, keys[None, :] < kv_len, qk_scale, not EVEN_KV)
+        else:
+            for i in tl.range(0, n_full, num_stages=NUM_STAGES):
+                start = tl.load(full_row + i).to(tl.int64) * BLOCK_N
+                for s in tl.static_range(STEPS):
+                    dq = _dq_columns(
+                        dq, q, do, lse2, delta, k_base, v_base, K_DESC, V_DESC, kv_row0, start + s * SUB_N, offs_sn,
+                        offs_d, stride_ks, stride_vs, kv_len, qk_scale, TILE_MASKS, 0, rm, 0, shifts, BLOCK_M, SUB_N,
+                        WORDS, EVEN_KV, False, USE_TMA,
+                    )  # fmt: skip
 
     # PARTIAL tiles: the tile's bitmap (its bits past kv_len or q_len are zero).
     n_part = tl.load(PART_NUM + lrow)
     part_start = tl.load(PART_START + lrow)
     if n_part > 0:
-        for j in tl.range(0, n_part, num_stages=NUM_STAGES):
-            start = tl.load(PART_IDX + part_start + j).to(tl.int64) * BLOCK_N
-            mask_id = tl.load(PART_MID + part_start + j)
-            for s in tl.static_range(BLOCK_N // SUB_N):
-                keys = start + s * SUB_N + offs_sn  # [SUB_N]
-                keep = _bitmap_bits(TILE_MASKS, mask_id, rm, s * (SUB_N // 32), shifts, BLOCK_M, WORDS, BLOCK_M, SUB_N)
-                k, v = _key_rows(
-                    k_base, v_base, K_DESC, V_DESC, (kv_row0 + start + s * SUB_N).to(tl.int32), keys, offs_d,
-                    stride_ks, stride_vs, kv_len, not EVEN_KV, USE_TMA,
+        if FLAT_STEPS:
+            for it in tl.range(0, n_part * STEPS, num_stages=NUM_STAGES):
+                s = it % STEPS
+                first = tl.load(PART_IDX + part_start + it // STEPS).to(tl.int64) * BLOCK_N + s * SUB_N
+                mask_id = tl.load(PART_MID + part_start + it // STEPS)
+                dq = _dq_columns(
+                    dq, q, do, lse2, delta, k_base, v_base, K_DESC, V_DESC, kv_row0, first, offs_sn, offs_d, stride_ks,
+                    stride_vs, kv_len, qk_scale, TILE_MASKS, mask_id, rm, s * (SUB_N // 32), shifts, BLOCK_M, SUB_N,
+                    WORDS, EVEN_KV, True, USE_TMA,
                 )  # fmt: skip
-                dq = _dq_step(dq, q, do, lse2, delta, k, v, keep, qk_scale, True)
+        else:
+            for j in tl.range(0, n_part, num_stages=NUM_STAGES):
+                start = tl.load(PART_IDX + part_start + j).to(tl.int64) * BLOCK_N
+                mask_id = tl.load(PART_MID + part_start + j)
+                for s in tl.static_range(STEPS):
+                    dq = _dq_columns(
+                        dq, q, do, lse2, delta, k_base, v_base, K_DESC, V_DESC, kv_row0, start + s * SUB_N, offs_sn,
+                        offs_d, stride_ks, stride_vs, kv_len, qk_scale, TILE_MASKS, mask_id, rm, s * (SUB_N // 32),
+                        shifts, BLOCK_M, SUB_N, WORDS, EVEN_KV, True, USE_TMA,
+                    )  # fmt: skip
 
     # Gathered columns, SUB_N at a time; the constexpr test compiles them out of layouts without any.
     if HAS_COLS:
