@@ -54,12 +54,12 @@ def dot_atol(q: torch.Tensor, k: torch.Tensor, scale: float) -> float:
 
 
 @st.composite
-def cases(draw):
+def cases(draw, heads_choices=(1, 2, 4), kv_heads_choices=(1, 2, 4)):
     kv_len = draw(st.integers(1, 300))
     q_len = draw(st.one_of(st.just(kv_len), st.integers(1, kv_len)))
     last_q = draw(st.sampled_from([1, 5, 16, 64, 100]))
-    heads = draw(st.sampled_from([1, 2, 4]))
-    kv_heads = draw(st.sampled_from([h for h in (1, 2, 4) if heads % h == 0]))
+    heads = draw(st.sampled_from(heads_choices))
+    kv_heads = draw(st.sampled_from([h for h in kv_heads_choices if heads % h == 0]))
     dim = draw(st.sampled_from([16, 32, 64]))
     dtype = draw(st.sampled_from([torch.float32, torch.float16]))
     layout = draw(st.sampled_from(["contiguous", "bshd", "dsh"]))
@@ -68,14 +68,20 @@ def cases(draw):
     return kv_len, q_len, last_q, heads, kv_heads, dim, dtype, layout, scale, seed
 
 
-@SETTINGS
-@given(cases())
-def test_kernel_equals_torch_logits(case):
+def case_inputs(case) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """``(q, k, n, scale)`` of a drawn case, ``n`` the last rows the kernels read."""
     kv_len, q_len, last_q, heads, kv_heads, dim, dtype, layout, scale, seed = case
     gen = torch.Generator().manual_seed(seed)
     q = _random(gen, heads, q_len, dim, dtype, layout)
     k = _random(gen, kv_heads, kv_len, dim, dtype, layout)
-    n = min(last_q, q_len)
+    return q, k, min(last_q, q_len), scale
+
+
+@SETTINGS
+@given(cases())
+def test_kernel_equals_torch_logits(case):
+    q, k, n, scale = case_inputs(case)
+    heads, kv_len = q.shape[1], k.shape[2]
 
     out = triton_last_query_logits(q, k, n, scale)
     ref = last_query_logits(q, k, n, scale)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparseattn.kernels.estimation.triton_vs_logits import check_last_query_inputs
+from sparseattn.kernels.estimation.triton_vs_logits import last_query_inputs
 
 LOG2E = 1.4426950408889634
 BLOCK = 64  # key columns and diagonals per `_line_sums_kernel` program
@@ -179,13 +179,9 @@ def triton_line_sums(q: Tensor, k: Tensor, n: int, scale: float) -> tuple[Tensor
     Query head ``h`` reads kv head ``h // (Hq // Hkv)``; k is neither repeated nor copied. Three launches,
     no host synchronisation, memory ``O(Hq * n * chunks + Hq * kv_len)``.
     """
-    check_last_query_inputs(q, k, n, scale)
+    q, k = last_query_inputs(q, k, n, scale)
     heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
     kv_heads, kv_len = k.shape[1], k.shape[2]
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
     group = heads // kv_heads
     qk_scale2 = float(scale) * LOG2E
     ieee = q.dtype == torch.float32

@@ -84,7 +84,14 @@ def _last_query_logits_kernel(
         tl.store(out_ptrs, logits, mask=in_rows[:, None] & in_kv[None, :])
 
 
-def check_last_query_inputs(q: Tensor, k: Tensor, n: int, scale: float) -> None:
+def last_query_inputs(q: Tensor, k: Tensor, n: int, scale: float) -> tuple[Tensor, Tensor]:
+    """``(q, k)`` as the last-query kernels read them (unit last stride, copied only where it is not),
+    after `_check`."""
+    _check(q, k, n, scale)
+    return (q if q.stride(-1) == 1 else q.contiguous()), (k if k.stride(-1) == 1 else k.contiguous())
+
+
+def _check(q: Tensor, k: Tensor, n: int, scale: float) -> None:
     """The inputs the last-query kernels accept, each rejected by name."""
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     for name, t in (("q", q), ("k", k)):
@@ -128,13 +135,9 @@ def triton_last_query_logits(q: Tensor, k: Tensor, n: int, scale: float) -> Tens
     Query head ``h`` reads kv head ``h // (Hq // Hkv)``; k is neither repeated nor copied to fp32.
     No host synchronisation.
     """
-    check_last_query_inputs(q, k, n, scale)
+    q, k = last_query_inputs(q, k, n, scale)
     heads, q_len, dim = q.shape[1], q.shape[2], q.shape[3]
     kv_heads, kv_len = k.shape[1], k.shape[2]
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
     group = heads // kv_heads
     out = _new_output(heads, n, kv_len, q.device)
     # 128 keys give 512-byte fp32 output rows per store; wider K rows (D=256 in 16 bits, D>=128 in fp32)
