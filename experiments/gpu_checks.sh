@@ -9,7 +9,9 @@
 # BACKWARD_LENGTHS (default "32768 131072") and BACKWARD_PATTERNS (default "causal triangle"); the dynamic
 # benchmark (with MInference's vertical-slash kernel when .peers/ is staged) runs at 128K. ESTIMATION_S (default
 # 0) caps each of two estimation steps at 8K, 32K and 128K: the line-sums kernel against the torch path it
-# replaced, then estimate + lowering against the dense layer (profile_estimation.py).
+# replaced, then estimate + lowering against the dense layer (profile_estimation.py). TUNE_S (default 0) caps
+# tune_backward.py on causal attention at 32K (its first passes: the one-loop and key-major dK/dV shapes).
+# TEST_PATHS (default tests/gpu) narrows the test step to some files when a call has little time.
 # Carry [".whl", ".peers"]: Hydra, pytest-xdist and the MInference kernels (experiments/stage_peers.sh).
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
@@ -29,8 +31,8 @@ step() {
   timeout "$cap" "$@" 2>&1 | tail -n "$lines" | tee -a "$OUT/gpu_checks.log"
 }
 # One line per failure, without captured logs: a failure's reason must survive the tail below.
-# shellcheck disable=SC2086  # $workers is empty or two words
-step "${TESTS_S:-240}" 40 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider $workers -rfEs --tb=line \
+# shellcheck disable=SC2086  # $workers is empty or two words, TEST_PATHS a word list
+step "${TESTS_S:-240}" 40 python3 -m pytest -m gpu ${TEST_PATHS:-tests/gpu} -q -p no:cacheprovider $workers -rfEs --tb=line \
   --show-capture=no
 step "${BENCH_S:-200}" 30 python3 experiments/bench_kernel.py out_dir="$OUT" "lengths=[${BENCH_LENGTHS:-8192,32768,131072}]" \
   'long_lengths=[]' dynamic_length=0
@@ -42,3 +44,5 @@ step "${DYNAMIC_S:-0}" 30 python3 experiments/bench_dynamic.py --out "$OUT"
 step "${ESTIMATION_S:-0}" 20 env PYTHONPATH="experiments:${PYTHONPATH:-$PWD}" python3 \
   experiments/investigations/fused_estimation.py --stages line_sums --lengths 8192 32768 131072 --name line_sums --out "$OUT"
 step "${ESTIMATION_S:-0}" 20 python3 experiments/profile_estimation.py --lengths 8192 32768 131072 --out "$OUT"
+step "${TUNE_S:-0}" 30 python3 experiments/tune_backward.py --out "$OUT" --length 32768 --patterns causal \
+  --budget-s "$(( ${TUNE_S:-0} - 20 ))"
