@@ -32,6 +32,7 @@ LAYERS = (
 # Inside the kernels layer, concerns stack the same way: planning and the lowering and estimation
 # kernels know nothing of the attention launches.
 KERNEL_LAYERS = (
+    "sparseattn.kernels.interpreter",
     "sparseattn.kernels.reference",
     "sparseattn.kernels.planning",
     "sparseattn.kernels.lowering",

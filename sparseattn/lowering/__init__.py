@@ -19,11 +19,11 @@ segment path on the same program the Triton path's.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 
+from sparseattn.kernels.interpreter import check_kernel_device
 from sparseattn.layout import BlockLayout, block_shape
 from sparseattn.lowering.by_segments import lower_by_segments
 from sparseattn.lowering.by_tiles import lower_by_tiles
@@ -99,11 +99,8 @@ def lower(
     device = torch.device(device or "cpu")
     intervals = device.type != "cpu" if intervals is None else intervals
     triton = device.type == "cuda" if triton is None else triton
-    if triton and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            f"triton: the lowering kernels need a CUDA device, got {device} "
-            "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)"
-        )
+    if triton:
+        check_kernel_device("triton", device, needs="the lowering kernels need a CUDA device")
     options = (gather_columns, by_segments, intervals, triton, prompt_len)
     heads = pattern.num_heads
     if isinstance(pattern, PerHead) and all(p.num_heads is None for p in pattern.patterns):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 from torch import Tensor
@@ -24,18 +23,14 @@ from sparseattn.kernels.attention.config import (
 from sparseattn.kernels.attention.gluon_fwd import gluon_sparse_attention
 from sparseattn.kernels.attention.triton_fwd import _sparse_fwd_kernel
 from sparseattn.kernels.attention.triton_merge import merge_partials
+from sparseattn.kernels.interpreter import check_kernel_device, interpreting
 from sparseattn.kernels.planning.work_list import WorkList, work_list
 from sparseattn.layout import BlockLayout
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, layout: BlockLayout) -> None:
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.device.type != "cuda" and not interpreting:
-            raise ValueError(
-                f"{name}: the Triton kernel needs CUDA tensors, got device {t.device} "
-                "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)"
-            )
+        check_kernel_device(name, t.device)
         if t.dim() != 4:
             raise ValueError(f"{name}: expected [B, H, S, D], got shape {tuple(t.shape)}")
         if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -110,7 +105,7 @@ def triton_sparse_attention(
     (``TRITON_INTERPRET=1``) bfloat16 inputs are computed in float32 and the output returned in bfloat16.
     """
     _check(q, k, v, layout)
-    if q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+    if q.dtype == torch.bfloat16 and interpreting():
         # Triton's interpreter computes bfloat16 tl.dot wrongly (every output ~1e8): compute in float32.
         out, lse = triton_sparse_attention(
             q.float(),

@@ -20,7 +20,6 @@ always): batches of prompts of different lengths (varlen) are the next piece, `d
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
@@ -32,6 +31,7 @@ from sparseattn.kernels.attention.config import (
     warp_specialized_unsupported,
 )
 from sparseattn.kernels.attention.launch import launch_forward
+from sparseattn.kernels.interpreter import check_kernel_device
 from sparseattn.kernels.planning.work_list import work_list
 from sparseattn.layout import BlockLayout
 
@@ -47,15 +47,10 @@ def paged_config(layout: BlockLayout, head_dim: int) -> KernelConfig:
 def _check(
     q: Tensor, k_pages: Tensor, v_pages: Tensor, block_table: Tensor, layout: BlockLayout, check_pages: bool
 ) -> None:
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     for name, t in (("q", q), ("k_pages", k_pages), ("v_pages", v_pages), ("block_table", block_table)):
         if not isinstance(t, Tensor):
             raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cuda" and not interpreting:
-            raise ValueError(
-                f"{name}: the Triton kernel needs CUDA tensors, got device {t.device} "
-                "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)"
-            )
+        check_kernel_device(name, t.device)
         if t.device != q.device:
             raise ValueError(f"{name}: expected the device of q ({q.device}), got {t.device}")
     if q.dim() != 4 or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):

@@ -20,12 +20,13 @@ the traffic (``Hq * n * kv_len`` fp32, 1 GiB at 128K), so the tiles are shaped f
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from sparseattn.kernels.interpreter import check_kernel_device
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
@@ -93,15 +94,10 @@ def last_query_inputs(q: Tensor, k: Tensor, n: int, scale: float) -> tuple[Tenso
 
 def _check(q: Tensor, k: Tensor, n: int, scale: float) -> None:
     """The inputs the last-query kernels accept, each rejected by name."""
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, Tensor):
             raise ValueError(f"{name}: expected a tensor [1, H, S, D], got {type(t).__name__}")
-        if t.device.type != "cuda" and not interpreting:
-            raise ValueError(
-                f"{name}: the Triton kernel needs CUDA tensors, got device {t.device} "
-                "(set TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests)"
-            )
+        check_kernel_device(name, t.device)
         if t.dim() != 4 or t.shape[0] != 1:
             raise ValueError(f"{name}: expected [1, H, S, D], got shape {tuple(t.shape)}")
         if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
