@@ -10,7 +10,6 @@ import re
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
-import numpy as np
 import torch
 
 
@@ -40,6 +39,7 @@ def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
     Before 3.7 the interpreter turns a loop bound (a one-element array) into a Python int with ``int()``,
     which numpy refuses from 2.4 on: every kernel with a runtime loop bound then fails with "only
     0-dimensional arrays can be converted to Python scalars". Compiled kernels on a GPU are unaffected.
+    `experiments/investigations/interpreter_loop_bound.py` runs such a loop with the installed pair.
     """
     if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
         return (
@@ -54,10 +54,9 @@ def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
 def installed_interpreter_problem() -> str | None:
     """`interpreter_problem` for the installed Triton and numpy (read once per process)."""
     try:
-        triton_version = version("triton")
-    except PackageNotFoundError:
-        return "Triton's interpreter: triton is not installed (pip install triton)"
-    return interpreter_problem(triton_version, np.__version__)
+        return interpreter_problem(version("triton"), version("numpy"))
+    except PackageNotFoundError as missing:
+        return f"Triton's interpreter: {missing.name} is not installed (pip install {missing.name})"
 
 
 def _release(text: str) -> tuple[int, ...]:
