@@ -164,8 +164,10 @@ def sparse_attention(
     if impl == "reference":
         out, lse = _reference(q, k, v, layout.to_dense(), scale)
     elif impl == "flex":
-        from sparseattn.kernels.flex import flex_sparse_attention
+        from sparseattn.kernels.flex import flex_sparse_attention, flex_sparse_attention_output
 
+        if not return_lse:
+            return flex_sparse_attention_output(q, k, v, layout, scale=scale)
         out, lse = flex_sparse_attention(q, k, v, layout, scale=scale)
     else:
         from sparseattn.kernels.attention.autograd import triton_attention

@@ -104,6 +104,8 @@ def test_create_block_mask_accepts_mask_mod(pattern, lens, block):
         Streaming(sink=4, window=30),
         AShape(sink_blocks=1, local_blocks=2, block_size=16),
         PerHead((Causal(), Window(9), Causal() & LastQueries(5), Causal() & BlockBand(2, 16))),
+        # Repeated members, as the benchmarks' mixture cycles 4 kinds over 32 heads: one predicate per kind.
+        PerHead(tuple([Causal(), Streaming(sink=4, window=30), Triangle(8, 24, 16)] * 3)),
         Causal() & Documents((13, 40, 41)),
         Causal() & (Columns(((0, 5), (3,))) | Diagonals(((0, 1), (0, 17)))),
         ~Sink(7) & Causal(),

@@ -26,22 +26,66 @@ def flex_sparse_attention(
     ``kernel_options`` go to FlexAttention; by default they match its tiles to a layout with blocks
     smaller than 128. ``compiled`` defaults to True on CUDA (FlexAttention's fast path) and False on the CPU, where the
     eager path is the portable one. Returns ``(out, lse)`` like every backend; rows with nothing to
-    attend give 0 and ``-inf``.
+    attend give 0 and ``-inf``. The lse is a constant for the gradient; a caller that differentiates and
+    needs no lse calls `flex_sparse_attention_output` instead (see `_flex_with_constant_lse` for why).
     """
-    block_mask = layout.to_flex() if isinstance(layout, BlockLayout) else layout
-    bm, bn = block_mask.BLOCK_SIZE
-    if kernel_options is None and q.is_cuda and min(bm, bn) < 128:
-        # Compiled Flex tiles must divide the block mask's blocks, in the forward (BLOCK_M, BLOCK_N) and in
-        # both backward loops (BLOCK_M1/N1 for dK/dV, BLOCK_M2/N2 for dQ); its defaults are 64 to 128 wide.
-        kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_M1": bm, "BLOCK_N1": bn, "BLOCK_M2": bm, "BLOCK_N2": bn}
+    block_mask, kernel_options = _block_mask_and_tiles(q, layout, kernel_options)
     compiled = q.is_cuda if compiled is None else compiled
-    fn = _compiled_flex() if compiled else _flex_with_constant_lse
+    fn = _compiled(_flex_with_constant_lse) if compiled else _flex_with_constant_lse
     with warnings.catch_warnings():
         # Eager Flex (the portable CPU path, chosen on purpose) warns that it is unfused.
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out, lse = fn(q, k, v, block_mask, scale, q.shape[1] != k.shape[1], kernel_options)
     # Flex leaves fully masked rows at lse = -inf already; its output there is 0.
     return out, lse.float()
+
+
+def flex_sparse_attention_output(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: BlockLayout | Any,
+    *,
+    scale: float | None = None,
+    compiled: bool | None = None,
+    kernel_options: dict[str, Any] | None = None,
+) -> Tensor:
+    """`flex_sparse_attention`'s output alone, the call a FlexAttention user who trains writes: without the
+    lse output its compiled backward is Flex's plain one, which fits an H100 at head dim 128."""
+    block_mask, kernel_options = _block_mask_and_tiles(q, layout, kernel_options)
+    compiled = q.is_cuda if compiled is None else compiled
+    fn = _compiled(_flex_output) if compiled else _flex_output
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return fn(q, k, v, block_mask, scale, q.shape[1] != k.shape[1], kernel_options)
+
+
+def _block_mask_and_tiles(
+    q: Tensor, layout: BlockLayout | Any, kernel_options: dict[str, Any] | None
+) -> tuple[Any, dict[str, Any] | None]:
+    block_mask = layout.to_flex() if isinstance(layout, BlockLayout) else layout
+    bm, bn = block_mask.BLOCK_SIZE
+    if kernel_options is None and q.is_cuda and min(bm, bn) < 128:
+        # Compiled Flex tiles must divide the block mask's blocks, in the forward (BLOCK_M, BLOCK_N) and in
+        # both backward loops (BLOCK_M1/N1 for dK/dV, BLOCK_M2/N2 for dQ); its defaults are 64 to 128 wide.
+        kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_M1": bm, "BLOCK_N1": bn, "BLOCK_M2": bm, "BLOCK_N2": bn}
+    return block_mask, kernel_options
+
+
+def _flex_output(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    block_mask: Any,
+    scale: float | None,
+    gqa: bool,
+    kernel_options: Any,
+) -> Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    out = flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=kernel_options)
+    assert isinstance(out, Tensor)
+    return out
 
 
 def _flex_with_constant_lse(
@@ -54,10 +98,10 @@ def _flex_with_constant_lse(
     kernel_options: Any,
 ) -> tuple[Tensor, Tensor]:
     """FlexAttention's output and its lse detached inside the (compiled) graph: the lse is a constant for
-    the gradient, as in every backend. Left attached, the compiled backward carries an lse-gradient term
-    whose kernel needed 238,080 bytes of shared memory at head dim 128 on an H100 (limit 232,448) and did
-    not compile (tests/gpu/test_backward_gpu.py), while the same 128 x 128 layout without the lse output
-    compiled (experiments/bench_backward.py's gradient check)."""
+    the gradient, as in every backend. Asked for the lse at all, even detached, the compiled backward
+    (torch 2.11) is a variant whose kernel needed 238,080 bytes of shared memory at head dim 128 and GQA
+    on an H100 (limit 232,448) and did not compile (tests/gpu/test_backward_gpu.py); the same layout
+    without the lse output compiles (`flex_sparse_attention_output`)."""
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     out, aux = flex_attention(
@@ -75,11 +119,11 @@ def _flex_with_constant_lse(
     return out, aux.lse.detach()
 
 
-_COMPILED: Any = None
+_COMPILED: dict[Any, Any] = {}
 
 
-def _compiled_flex() -> Any:
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_flex_with_constant_lse, dynamic=False)
-    return _COMPILED
+def _compiled(fn: Any) -> Any:
+    """``torch.compile(fn, dynamic=False)``, once per process and function."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]

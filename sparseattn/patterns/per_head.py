@@ -54,13 +54,25 @@ class PerHead(Pattern):
         return out
 
     def mask_mod(self, ctx: MaskContext) -> MaskMod:
-        """Head ``h`` takes member ``h``'s predicate: a chain of ``torch.where(h == i, ...)``."""
-        mods = [p.mask_mod(ctx) for p in self.patterns]
+        """Each distinct member's predicate once, picked by a head -> member table: ``kind = table[h]``,
+        then a chain of ``torch.where(kind == j, ...)`` over the distinct members. A FlexAttention user
+        writes a mixture of a few kinds this way; one ``where`` per head instead made compiled
+        ``create_block_mask`` materialise the whole mask (32 heads of 4 kinds at 128K asked for 512 GiB,
+        `experiments/results/kernel_bench_128k_h100.md`), since inductor stores a pointwise expression
+        with that many operations instead of fusing it into the block reduction."""
+        # Members are told apart by repr (it round-trips), which also holds for members that do not hash.
+        first = {repr(p): p for p in reversed(self.patterns)}
+        names = list(dict.fromkeys(repr(p) for p in self.patterns))
+        mods = [first[n].mask_mod(ctx) for n in names]
+        table = torch.tensor([names.index(repr(p)) for p in self.patterns], dtype=torch.int64)
 
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             out = mods[-1](b, h, q_idx, kv_idx)
-            for i in range(len(mods) - 2, -1, -1):
-                out = torch.where(h == i, mods[i](b, h, q_idx, kv_idx), out)
+            if len(mods) == 1:
+                return out
+            kind = table.to(q_idx.device)[h]
+            for j in range(len(mods) - 2, -1, -1):
+                out = torch.where(kind == j, mods[j](b, h, q_idx, kv_idx), out)
             return out
 
         return mask_mod

@@ -96,23 +96,27 @@ class BackwardConfig:
 
 
 def default_backward_config(layout: BlockLayout, head_dim: int) -> BackwardConfig:
-    """At head dim 128: a dK/dV program holds a whole key block (128 keys) and takes 32 query rows per
-    step, dQ takes 64 key columns per step, 8 warps each. Measured on an H100 at 32K causal
-    (`experiments/tune_backward.py`, `experiments/results/backward_tuning.md`): 82.8 ms against 188.1 ms
-    with the 32-key programs chosen before from register counts alone; 4 warps or 64-row steps were slower
-    by 1.3x to 2.7x. Head dims up to 64 keep 64-key programs and 32-column steps, not yet timed.
+    """At head dim 128: a dK/dV program holds a whole key block (128 keys), forms its scores key-major and
+    walks its tiles as one loop of 64-row steps (``key_major``, ``flat_steps``, ``sub_m=64``); dQ takes 64
+    key columns per step; 8 warps each. Measured on an H100 at 32K causal, backward alone
+    (`experiments/tune_backward.py`, `experiments/results/backward_tuning_h100_flat.md`): 64.8 ms against
+    83.9 ms for the query-major unrolled 32-row steps chosen before, in the same run. Adding dQ by atomics
+    inside the dK/dV kernel (``dq_atomic``) gave 61.4 ms, 5% more, at the price of a dQ that differs in its
+    last bits between runs: it stays opt-in, so that the default backward is deterministic. TMA loads lost
+    (98.1 ms). Head dims up to 64 keep 64-key programs, 32-row steps and 32-column steps, not yet timed.
 
-    Long dK/dV programs are split by the planner's rule (``max_chunk=None``): on the same H100,
-    `Triangle()`'s backward at 128K went from 42.3 to 22.8 ms (its sink key block's program no longer
-    outlasts the rest), causal at 32K stayed at 84.1 ms (it is never unequal enough to split); the flags
-    (key-major, dQ by atomics, TMA) each lost 9-76% and stay off (`experiments/results/backward_tuning_*.md`)."""
+    Long dK/dV programs are split by the planner's rule (``max_chunk=None``): `Triangle()`'s backward at
+    128K went from 42.3 to 22.8 ms on an H100 (its sink key block's program no longer outlasts the rest);
+    causal at 32K is never unequal enough to split (never splitting, ``max_chunk=0``, measured the same)."""
     wide = head_dim > 64
     return BackwardConfig(
-        sub_m=32,
+        sub_m=64 if wide and layout.block_m % 64 == 0 else 32,
         sub_n=64 if wide and layout.block_n % 64 == 0 else 32,
         keys=layout.block_n if wide else min(layout.block_n, 64),
         dq_warps=8,
         dkdv_warps=8,
+        key_major=wide,
+        flat_steps=wide,
         max_chunk=None,
     )
 
