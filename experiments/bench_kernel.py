@@ -47,6 +47,9 @@ def build_patterns(cfg: DictConfig) -> dict:
     if cfg.mixture:
         members = [pats[name] for name in cfg.mixture]
         pats["mixture"] = PerHead(tuple(members[h % len(members)] for h in range(cfg.heads)))
+    unknown = sorted(set(cfg.get("only") or ()) - set(pats))
+    if unknown:
+        raise ValueError(f"only: expected names from {sorted(pats)}, got {unknown}")
     return pats
 
 
@@ -561,7 +564,7 @@ def main(cfg: DictConfig) -> None:
             data["dense"][str(length)] = dense
             log(f"L={length}: cuDNN {dense['cudnn_ms']:.3f} ms, flash {dense['flash_ms']:.3f} ms")
         for name, pattern in pats.items():
-            if name == "causal" and length not in cfg.lengths:
+            if (name == "causal" and length not in cfg.lengths) or (cfg.only and name not in cfg.only):
                 continue
             try:
                 rec = run_pattern(cfg, name, pattern, length, q, k, v, dense, config)

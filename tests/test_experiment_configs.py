@@ -61,3 +61,14 @@ def test_bench_tiles_follow_the_blocks_override(monkeypatch):
     pats = build_patterns(cfg)
     assert tile_shape(cfg, "triangle", pats["triangle"], 32768, torch.bfloat16) == (64, 32)
     assert tile_shape(cfg, "causal", pats["causal"], 32768, torch.bfloat16) == (128, 128)
+
+
+def test_bench_only_names_known_patterns(monkeypatch):
+    """`bench_kernel.py only=[...]` accepts the pattern names and mixture, and names what it expected."""
+    monkeypatch.syspath_prepend(str(CONF.parent / "experiments"))
+    from bench_kernel import build_patterns
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        assert "mixture" in build_patterns(compose("bench_kernel", overrides=["only=[mixture]"]))
+        with pytest.raises(ValueError, match="only: expected names from"):
+            build_patterns(compose("bench_kernel", overrides=["only=[mixtur]"]))
