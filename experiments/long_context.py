@@ -333,7 +333,14 @@ def run_dynamic(cfg: DictConfig, out: Path, models: Models, deadline: float | No
     done: dict[tuple[int, int], set[str]] = {}
     for r in read_jsonl(path):
         done.setdefault((r["length"], r["layer"]), set()).update(r["rules"])
-    rules = {name: instantiate(spec, _convert_="all") for name, spec in dy.rules.items()}
+    # Each rule as the schedule estimates it, and those in captured_rules again replayed from CUDA graphs
+    # (`LayerSchedule(capture_estimates=True)`) under the name "<rule>_captured".
+    patterns = {name: instantiate(spec, _convert_="all") for name, spec in dy.rules.items()}
+    unknown = sorted(set(dy.get("captured_rules") or ()) - set(patterns))
+    if unknown:
+        raise ValueError(f"dynamic.captured_rules: expected names from dynamic.rules {sorted(patterns)}, got {unknown}")
+    rules = {name: (rule, False) for name, rule in patterns.items()}
+    rules |= {f"{name}_captured": (patterns[name], True) for name in dy.get("captured_rules") or ()}
     for length in dy.lengths:
         todo = [layer for layer in range(cfg.num_layers) if not rules.keys() <= done.get((length, layer), set())]
         if not todo or past(deadline):
@@ -361,8 +368,8 @@ def run_dynamic(cfg: DictConfig, out: Path, models: Models, deadline: float | No
                         dy.repeats,
                     ),
                     "rules": {
-                        name: rule_on_layer(cfg.impl, rule, q, k, v, dense, dy.rows, dy.repeats)
-                        for name, rule in rules.items()
+                        name: rule_on_layer(cfg.impl, rule, q, k, v, dense, dy.rows, dy.repeats, capture=capture)
+                        for name, (rule, capture) in rules.items()
                         if name not in done.get((length, layer), set())
                     },
                 }

@@ -7,6 +7,9 @@ structured q/k (`harness.structured_qkv`), bf16:
   in one call; ``dense_ms``: cuDNN SDPA dense causal of the same layer (do_bench medians, same run);
 - ``graph_ms``: the same ``estimate + lower`` replayed from a ``torch.cuda.CUDAGraph`` (capture fails, and
   the row says why, when the path synchronises with the host or copies from pageable memory);
+- ``captured_ms``: the library's replay, `CapturedEstimates.layout` (copies q and k into the graph's
+  buffers, replays), after a check that its layout's tile counts equal the direct path's
+  (``captured_error`` says what failed otherwise);
 - ``kernels``, ``launches``, ``syncs``: device kernels, host launch calls and host synchronisations
   (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, blocking ``cudaMemcpy``) in one ``estimate +
   lower``, counted with torch.profiler, with the kernels' summed device time (``device_ms``) and the five
@@ -38,7 +41,7 @@ from harness import cudnn_dense, enqueue_us, run_line, structured_qkv
 from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
-from sparseattn.estimation import VerticalSlash, VerticalSlashMass
+from sparseattn.estimation import CapturedEstimates, VerticalSlash, VerticalSlashMass
 from sparseattn.eval.provenance import portable
 from sparseattn.lowering import lower
 
@@ -89,6 +92,22 @@ def graph_ms(step: Callable[[], object]) -> tuple[float | None, str]:
     return float(do_bench(graph.replay, return_mode="median")), ""
 
 
+def captured_ms(rule, q: torch.Tensor, k: torch.Tensor, layout) -> tuple[float | None, str]:
+    """do_bench median of `CapturedEstimates.layout` on ``q, k``, or None and why (capture failed, or its
+    layout's tile counts differ from ``layout``'s)."""
+    engine = CapturedEstimates()
+    try:
+        got = engine.layout(rule, q, k)
+    except RuntimeError as error:
+        torch.cuda.synchronize()
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    for field in ("full_kv_num_blocks", "kv_num_blocks", "col_num"):
+        mine, theirs = getattr(got, field), getattr(layout, field)
+        if (mine is None) != (theirs is None) or (mine is not None and not torch.equal(mine, theirs)):
+            return None, f"captured layout differs from the direct one in {field}"
+    return float(do_bench(lambda: engine.layout(rule, q, k), return_mode="median")), ""
+
+
 def measure(n: int, heads: int, kv_heads: int, dim: int, name: str, rule) -> dict:
     q, k, v = structured_qkv(heads, kv_heads, n, dim, seed=0)
     estimate = rule.estimate(q, k)
@@ -102,6 +121,7 @@ def measure(n: int, heads: int, kv_heads: int, dim: int, name: str, rule) -> dic
     both_ms = float(do_bench(both, return_mode="median"))
     dense_ms = float(do_bench(lambda: cudnn_dense(q, k, v), return_mode="median"))
     replay_ms, graph_error = graph_ms(both)
+    library_ms, captured_error = captured_ms(rule, q, k, layout)
     kept = float(layout.to_dense().float().mean()) if n <= 8192 else None
     return {
         "length": n,
@@ -114,6 +134,9 @@ def measure(n: int, heads: int, kv_heads: int, dim: int, name: str, rule) -> dic
         "both_ms": both_ms,
         "graph_ms": replay_ms,
         "graph_error": graph_error,
+        "captured_ms": library_ms,
+        "captured_error": captured_error,
+        "captured_share": None if library_ms is None else library_ms / dense_ms,
         "dense_ms": dense_ms,
         "share": both_ms / dense_ms,
         "graph_share": None if replay_ms is None else replay_ms / dense_ms,
@@ -126,7 +149,7 @@ def measure(n: int, heads: int, kv_heads: int, dim: int, name: str, rule) -> dic
 def write_md(out: Path, meta: dict, rows: list[dict]) -> None:
     head = (
         "| length | Hq/Hkv/D | rule | estimate ms | lower ms | both ms | host ms | kernels' device ms | graph ms"
-        " | dense ms | share | graph share | kernels | launches | syncs | density |"
+        " | captured ms | dense ms | share | graph share | captured share | kernels | launches | syncs | density |"
     )
     lines = [
         "# Estimation + lowering against the dense layer (issue 32, item 1)",
@@ -142,11 +165,14 @@ def write_md(out: Path, meta: dict, rows: list[dict]) -> None:
         graph = f"{r['graph_ms']:.3f}" if r["graph_ms"] is not None else "fails"
         gshare = f"{r['graph_share']:.3f}" if r["graph_share"] is not None else "-"
         density = f"{r['density']:.3f}" if r["density"] is not None else "-"
+        # Rows measured before the library's capture existed have no captured_* keys.
+        lib = f"{r['captured_ms']:.3f}" if r.get("captured_ms") is not None else "fails" if "captured_ms" in r else "-"
+        lshare = f"{r['captured_share']:.3f}" if r.get("captured_share") is not None else "-"
         lines.append(
             f"| {r['length']} | {r['heads']}/{r['kv_heads']}/{r['head_dim']} | {r['rule']} | {r['estimate_ms']:.3f}"
             f" | {r['lower_ms']:.3f} | {r['both_ms']:.3f} | {r['host_ms']:.3f} | {r['device_ms']:.3f} | {graph}"
-            f" | {r['dense_ms']:.3f} | {r['share']:.3f}"
-            f" | {gshare} | {r['kernels']} | {r['launches']} | {r['syncs']} | {density} |"
+            f" | {lib} | {r['dense_ms']:.3f} | {r['share']:.3f}"
+            f" | {gshare} | {lshare} | {r['kernels']} | {r['launches']} | {r['syncs']} | {density} |"
         )
     lines += ["", "Costliest kernels of one estimate + lower (microseconds):", ""]
     lines += [
@@ -157,6 +183,9 @@ def write_md(out: Path, meta: dict, rows: list[dict]) -> None:
     errors = sorted({r["graph_error"] for r in rows if r["graph_error"]})
     if errors:
         lines += ["", "CUDA graph capture failed: " + "; ".join(errors)]
+    errors = sorted({r["captured_error"] for r in rows if r.get("captured_error")})
+    if errors:
+        lines += ["", "CapturedEstimates failed: " + "; ".join(errors)]
     (out / "profile_estimation.md").write_text("\n".join(lines) + "\n")
 
 

@@ -126,14 +126,17 @@ def rule_on_layer(
     dense: torch.Tensor,
     rows: int,
     repeats: int,
+    *,
+    capture: bool = False,
 ) -> dict[str, float]:
     """One dynamic rule alone on one layer: the estimated layout's density, the dense attention mass it
     keeps on ``rows`` sampled query rows, its output error against ``dense``, and median times of estimate +
-    lower, of the attention on that layout, and of the two together (what a prefill pays per layer)."""
+    lower, of the attention on that layout, and of the two together (what a prefill pays per layer).
+    ``capture`` replays the estimate + lower from a CUDA graph (`LayerSchedule(capture_estimates=True)`)."""
     from sparseattn.attention import sparse_attention
     from sparseattn.schedule import LayerSchedule
 
-    schedule = LayerSchedule.uniform(rule).bind(1, q.shape[1])
+    schedule = LayerSchedule(default=rule, capture_estimates=capture).bind(1, q.shape[1])
     layout = schedule.layout(0, q, k, block_of(impl, q, k))
     out = sparse_attention(q, k, v, layout, impl=impl)
     error, error_last = output_error(out, dense, min(64, q.shape[2]))

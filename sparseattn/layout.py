@@ -22,13 +22,13 @@ column ``32 * w + b`` of the tile. Bits outside the sequence (tail tiles) are ze
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sparseattn.memo import shared_cache
 from sparseattn.patterns.tiles import FULL, PARTIAL
 
 _WORD = 32
@@ -53,7 +53,7 @@ def pack_bits(bits: Tensor) -> Tensor:
     return (bits.reshape(t, m, n // _WORD, _WORD) * _bit_weights(bits.device)).sum(-1).to(torch.int32)
 
 
-@functools.lru_cache(maxsize=8)
+@shared_cache(maxsize=8)
 def _bit_weights(device: torch.device) -> Tensor:
     """Bit 31 weighs -2**31, so each word's sum already is its two's-complement int32 value."""
     return torch.tensor([1 << b for b in range(_WORD - 1)] + [-(1 << 31)], dtype=torch.int64, device=device)

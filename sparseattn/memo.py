@@ -8,21 +8,62 @@ Two shapes of reuse occur in the package, and each has one tool here:
 - `LRU`: a bounded map from hashable values to results that are costly to rebuild (layouts lowered
   from a pattern at given lengths). Bounded because the keys (prompt lengths) are unbounded.
 
-Pure functions of a few immutable values (device properties, constant bit tables) use
-``functools.cache`` directly: there is nothing to invalidate and nothing to bound.
+Pure functions of a few immutable values (device properties) use ``functools.cache`` directly: there
+is nothing to invalidate and nothing to bound. Device tensors shared by shape (tile bounds, causal
+bitmaps) come from `shared_cache`, a bounded cache whose values a `keeping` block collects: a CUDA graph
+captured inside one reads those tensors on every replay, so it must hold them past their eviction.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 _Value = TypeVar("_Value")
 _Key = TypeVar("_Key", bound=Hashable)
+_Params = ParamSpec("_Params")
 
 _ATTACHED: weakref.WeakKeyDictionary[Any, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+_KEEPER: ContextVar[list[Any] | None] = ContextVar("sparseattn_keeper", default=None)
+
+
+@contextmanager
+def keeping() -> Iterator[list[Any]]:
+    """Collect every value that `shared_cache` functions and `attached` return inside the block, computed
+    or found, into the list it yields; the caller holds the list as long as it needs those values alive."""
+    kept: list[Any] = []
+    token = _KEEPER.set(kept)
+    try:
+        yield kept
+    finally:
+        _KEEPER.reset(token)
+
+
+def _keep(value: _Value) -> _Value:
+    kept = _KEEPER.get()
+    if kept is not None:
+        kept.append(value)
+    return value
+
+
+def shared_cache(maxsize: int) -> Callable[[Callable[_Params, _Value]], Callable[_Params, _Value]]:
+    """``functools.lru_cache(maxsize)`` whose results an active `keeping` block also collects."""
+
+    def decorate(fn: Callable[_Params, _Value]) -> Callable[_Params, _Value]:
+        cached: Callable[..., _Value] = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: _Params.args, **kwargs: _Params.kwargs) -> _Value:
+            return _keep(cached(*args, **kwargs))
+
+        return wrapper
+
+    return decorate
 
 
 def attached(owner: object, key: Hashable, compute: Callable[[], _Value]) -> _Value:
@@ -38,11 +79,11 @@ def attached(owner: object, key: Hashable, compute: Callable[[], _Value]) -> _Va
     try:
         if key in entries:
             found: _Value = entries[key]
-            return found
+            return _keep(found)
     except TypeError:
-        return compute()
+        return _keep(compute())
     entries[key] = result = compute()
-    return result
+    return _keep(result)
 
 
 class LRU(Generic[_Key, _Value]):
@@ -76,7 +117,7 @@ class LRU(Generic[_Key, _Value]):
 def peek(owner: object, key: Hashable) -> Any | None:
     """What `attached` holds for ``owner`` under ``key``, or None when nothing was computed yet."""
     entries = _ATTACHED.get(owner)
-    return None if entries is None else entries.get(key)
+    return None if entries is None else _keep(entries.get(key))
 
 
 def seed(owner: object, key: Hashable, value: object) -> None:

@@ -27,8 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
+import torch
 from torch import Tensor
 
+from sparseattn.estimation.captured import CapturedEstimates
 from sparseattn.layout import BlockLayout, block_shape
 from sparseattn.lowering import lower
 from sparseattn.memo import LRU
@@ -116,6 +118,10 @@ class LayerSchedule:
     Construct from rules (and an optional ``default``); give ``num_layers`` (and ``num_heads``, the query
     heads) here or later through `bind`, which returns a bound copy. Only a bound schedule answers
     `pattern` and `layout`.
+
+    ``capture_estimates=True`` replays dynamic layers' estimate and lowering from CUDA graphs
+    (`sparseattn.estimation.captured`): on CUDA inputs that do not require grad, once per (pattern,
+    shapes); a returned layout is then valid until the next dynamic layer of the same shapes.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class LayerSchedule:
         num_layers: int | None = None,
         num_heads: int | None = None,
         cache_size: int = 64,
+        capture_estimates: bool = False,
     ) -> None:
         self.rules = tuple(_as_rule(r, i) for i, r in enumerate(rules))
         if default is not None and not isinstance(default, Pattern) and not is_dynamic(default):
@@ -138,6 +145,10 @@ class LayerSchedule:
         self.num_heads = num_heads
         self._patterns: tuple[LayerPattern, ...] | None = None
         self._layouts: LRU[tuple[object, ...], BlockLayout] = LRU(cache_size)
+        if not isinstance(capture_estimates, bool):
+            raise ValueError(f"capture_estimates: expected a bool, got {capture_estimates!r}")
+        self.capture_estimates = capture_estimates
+        self._captured = CapturedEstimates() if capture_estimates else None
         self.estimates = 0  # dynamic estimations done
         if num_layers is not None:
             self._patterns = self._resolve(num_layers, num_heads)
@@ -170,7 +181,12 @@ class LayerSchedule:
     def bind(self, num_layers: int, num_heads: int | None = None) -> LayerSchedule:
         """A copy validated for a model with ``num_layers`` layers and ``num_heads`` query heads."""
         return LayerSchedule(
-            self.rules, default=self.default, num_layers=num_layers, num_heads=num_heads, cache_size=self.cache_size
+            self.rules,
+            default=self.default,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            cache_size=self.cache_size,
+            capture_estimates=self.capture_estimates,
         )
 
     def _resolve(self, num_layers: int, num_heads: int | None) -> tuple[LayerPattern, ...]:
@@ -264,6 +280,9 @@ class LayerSchedule:
             if q.shape[0] != 1:
                 raise ValueError(f"q: dynamic patterns are estimated per sequence; expected batch 1, got {q.shape[0]}")
             self.estimates += 1
+            grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+            if self._captured is not None and q.is_cuda and not grad:
+                return self._captured.layout(pattern, q, k, num_heads=heads, prompt_len=prompt_len)
             # An estimate is lowered on its own tiles: a block-rounded vertical-slash is defined on them.
             estimate = pattern.estimate(q, k)
             return lower(estimate, q_len, kv_len, num_heads=heads, device=q.device, prompt_len=prompt_len)

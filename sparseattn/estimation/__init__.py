@@ -8,6 +8,7 @@ hot path runs the estimation kernels) and below the schedule.
 
 from sparseattn.estimation.block_mass import BlockMass
 from sparseattn.estimation.block_topk import BlockTopK, BlockTopKTiles
+from sparseattn.estimation.captured import CapturedEstimates
 from sparseattn.estimation.head_tiles import HeadTiles
 from sparseattn.estimation.minference_config import from_minference_json, load_yaml, to_yaml
 from sparseattn.estimation.mixed_heads import MixedHeads
@@ -19,6 +20,7 @@ __all__ = [
     "BlockMass",
     "BlockTopK",
     "BlockTopKTiles",
+    "CapturedEstimates",
     "HeadTiles",
     "MixedHeads",
     "VerticalSlash",

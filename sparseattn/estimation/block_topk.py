@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -22,6 +21,7 @@ from sparseattn.estimation.tile_estimate import TileEstimate
 from sparseattn.estimation.topk import select_top
 from sparseattn.layout import BlockLayout
 from sparseattn.lowering.tile_grid import causal_bitmaps_on, layout_from_lists, layout_from_tile_grid, tile_bounds
+from sparseattn.memo import shared_cache
 
 
 def block_means(x: Tensor, block: int) -> Tensor:
@@ -36,7 +36,7 @@ def block_means(x: Tensor, block: int) -> Tensor:
     return sums / rows.view(1, -1, 1)
 
 
-@lru_cache(maxsize=8)  # [QB, KB] grids: 4 MiB each at 128K; a forward's layers share one length
+@shared_cache(maxsize=8)  # [QB, KB] grids: 4 MiB each at 128K; a forward's layers share one length
 def reachable_blocks(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(reachable [QB, KB]: some pair is causal, forced [QB, KB]: key block 0 or one holding the block's own positions).
 

@@ -10,16 +10,16 @@ lexicographic stable sorts, so the result is always exact.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
+
+from sparseattn.memo import shared_cache
 
 # Fixed odd 64-bit multipliers: the hash is a weighted sum modulo 2**64 (int64 arithmetic wraps).
 _SEED = 0x5EED
 
 
-@functools.lru_cache(maxsize=32)
+@shared_cache(maxsize=32)
 def _weights(width: int, device: torch.device) -> Tensor:
     gen = torch.Generator().manual_seed(_SEED)
     return (torch.randint(-(2**62), 2**62, (width,), generator=gen, dtype=torch.int64) * 2 + 1).to(device)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.layout import BlockLayout, pack_bits
+from sparseattn.memo import shared_cache
 
 
 @lru_cache(maxsize=64)
@@ -51,7 +52,7 @@ def causal_bitmaps(block: int, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]
     return distinct.reshape(-1, block, block // 32), kind_ids
 
 
-@lru_cache(maxsize=64)
+@shared_cache(maxsize=64)
 def causal_bitmaps_on(block: int, q_len: int, kv_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """`causal_bitmaps` copied to ``device`` once per shape (bitmaps, int32 kind ids): a copy per lowering
     would cost two host-to-device transfers from pageable memory, and rule out capturing the lowering in
@@ -190,7 +191,7 @@ def torch_column_lists(
     return c_num, c_start, c_idx
 
 
-@lru_cache(maxsize=64)
+@shared_cache(maxsize=64)
 def tile_bounds(q_len: int, kv_len: int, block: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(first, last) in-bounds query position of each query block and (first, last) key of each key block.
 
