@@ -71,7 +71,19 @@ class CapturedEstimates:
                 )
         if k.device != q.device:
             raise ValueError(f"k: expected the device of q ({q.device}), got {k.device}")
-        key = (repr(pattern), tuple(q.shape), q.dtype, tuple(k.shape), k.dtype, str(q.device), num_heads, prompt_len)
+        # Buffers made under inference mode refuse writes outside it: one capture per mode.
+        mode = torch.is_inference_mode_enabled()
+        key = (
+            repr(pattern),
+            tuple(q.shape),
+            q.dtype,
+            tuple(k.shape),
+            k.dtype,
+            str(q.device),
+            num_heads,
+            prompt_len,
+            mode,
+        )
         capture = self._captures.get(key, lambda: _capture(pattern, q, k, num_heads, prompt_len))
         capture.q.copy_(q)
         capture.k.copy_(k)

@@ -44,6 +44,15 @@ def test_schedule_with_captured_estimates_attends_as_without():
         torch.testing.assert_close(replayed, plain, rtol=0, atol=0)
 
 
+def test_inference_mode_gets_its_own_capture():
+    captured, pattern = CapturedEstimates(), VerticalSlash(64, 256)
+    q, k, _ = _qkv(4, 2, 2048, seed=9)
+    with torch.inference_mode():
+        first = captured.layout(pattern, q, k).to_dense()
+    second = captured.layout(pattern, q, k).to_dense()
+    assert torch.equal(first, second) and captured.captures == 2
+
+
 def test_inputs_that_require_grad_are_refused():
     q, k, _ = _qkv(4, 2, 1024, seed=7)
     with pytest.raises(ValueError, match="q: requires grad"):
