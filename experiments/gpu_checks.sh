@@ -11,7 +11,8 @@
 # 0) caps each of two estimation steps at 8K, 32K and 128K: the line-sums kernel against the torch path it
 # replaced, then estimate + lowering against the dense layer (profile_estimation.py). TUNE_S (default 0) caps
 # tune_backward.py on causal attention at 32K (its first passes: the one-loop and key-major dK/dV shapes).
-# TEST_PATHS (default tests/gpu) narrows the test step to some files when a call has little time.
+# TEST_PATHS (default tests/gpu) narrows the test step to some files when a call has little time;
+# BENCH_ONLY (a comma list of bench_kernel's pattern names, default all) narrows the kernel benchmark.
 # Carry [".whl", ".peers"]: Hydra, pytest-xdist and the MInference kernels (experiments/stage_peers.sh).
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
@@ -35,7 +36,7 @@ step() {
 step "${TESTS_S:-240}" 40 python3 -m pytest -m gpu ${TEST_PATHS:-tests/gpu} -q -p no:cacheprovider $workers -rfEs --tb=line \
   --show-capture=no
 step "${BENCH_S:-200}" 30 python3 experiments/bench_kernel.py out_dir="$OUT" "lengths=[${BENCH_LENGTHS:-8192,32768,131072}]" \
-  'long_lengths=[]' dynamic_length=0
+  'long_lengths=[]' dynamic_length=0 "only=[${BENCH_ONLY:-}]"
 step "${PAGED_S:-45}" 12 python3 experiments/bench_paged_kv.py --out "$OUT" --lengths 32768
 # shellcheck disable=SC2086  # word lists by design
 step "${BACKWARD_S:-90}" 24 python3 experiments/bench_backward.py --out "$OUT" --lengths ${BACKWARD_LENGTHS:-32768 131072} \
