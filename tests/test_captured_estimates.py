@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sparseattn.estimation import CapturedEstimates, VerticalSlash
+from sparseattn.estimation.budgets import per_head_tensor
 from sparseattn.lowering.tile_grid import tile_bounds
 from sparseattn.memo import attached, keeping, shared_cache
 from sparseattn.patterns import Causal
@@ -40,6 +41,17 @@ def test_tile_bounds_are_collected():
     with keeping() as kept:
         bounds = tile_bounds(100, 100, 32, torch.device("cpu"))
     assert len(kept) == 1 and kept[0] is bounds
+
+
+def test_per_head_budgets_are_one_shared_copy_and_collected():
+    """A tuple budget is copied to the device once (a copy per estimate could not be captured)."""
+    with keeping() as kept:
+        first = per_head_tensor("vertical", (3, 5, 7), 3, torch.long, torch.device("cpu"))
+    again = per_head_tensor("vertical", (3, 5, 7), 3, torch.long, torch.device("cpu"))
+    assert again is first and first.tolist() == [3, 5, 7]
+    assert len(kept) == 1 and kept[0] is first
+    # A single value is filled afresh: inside a capture that fill is one more kernel of the graph.
+    assert per_head_tensor("vertical", 4, 3, torch.long, torch.device("cpu")).tolist() == [4, 4, 4]
 
 
 def test_refuses_cpu_tensors_and_static_patterns():

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sparseattn.memo import shared_cache
+
 Budget = int | tuple[int, ...]
 Threshold = float | tuple[float, ...]
 
@@ -72,14 +74,24 @@ def per_head_tensor(
 ) -> Tensor:
     """``[heads]`` tensor of a per-head parameter given once or per head, built without a host sync.
 
-    A single value is filled on the device; a tuple is built on the host and copied without blocking
-    (a blocking copy to a GPU would wait for every kernel queued before it).
+    A single value is filled on the device; a tuple is copied to the device once per (values, device) and
+    shared (`per_head_values`): never modify the result in place.
     """
     if isinstance(value, tuple):
         if len(value) != heads:
             raise ValueError(f"{name}: {len(value)} per-head values, but q has {heads} heads")
-        return torch.tensor(value, dtype=dtype).to(device, non_blocking=True)
+        return per_head_values(value, dtype, torch.device(device))
     return torch.full((heads,), value, dtype=dtype, device=device)
+
+
+@shared_cache(maxsize=64)
+def per_head_values(
+    values: tuple[bool, ...] | tuple[int, ...] | tuple[float, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``values`` on ``device``, copied once. A copy per estimate came from pageable host memory, which a
+    CUDA graph cannot capture (`estimation/captured.py`), and cost a transfer per layer; non-blocking, since
+    a blocking copy to a GPU would wait for every kernel queued before it."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def budget_tensor(name: str, budget: Budget, heads: int, device: torch.device) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from sparseattn.estimation.block_topk import BlockTopK, BlockTopKTiles
-from sparseattn.estimation.budgets import check_qk, scalar_budget
+from sparseattn.estimation.budgets import check_qk, per_head_values, scalar_budget
 from sparseattn.estimation.head_tiles import HeadTiles
 from sparseattn.estimation.topk import PAD
 from sparseattn.estimation.vertical_slash import VerticalSlash
@@ -99,9 +99,9 @@ class MixedHeads:
     def _head_tiles(self, concrete: dict[type, Pattern], q_len: int, kv_len: int, device: torch.device) -> HeadTiles:
         """Each head's rows taken from the joint estimate of its kind (the other kind's rows are dropped)."""
         block = next(p.block_size for p in self.heads if isinstance(p, (VerticalSlash, BlockTopK)))  # one size
-        is_vs = [isinstance(p, VerticalSlash) for p in self.heads]
+        is_vs = tuple(isinstance(p, VerticalSlash) for p in self.heads)
         vs = concrete.get(VerticalSlash)
-        mine = torch.tensor(is_vs).to(device, non_blocking=True)  # a blocking copy would wait for the GPU
+        mine = per_head_values(is_vs, torch.bool, torch.device(device))
         tiles = torch.zeros(self.num_heads, -(-q_len // block), -(-kv_len // block), dtype=torch.bool, device=device)
         columns = torch.full((self.num_heads, 0), PAD, dtype=torch.long, device=device)
         if isinstance(vs, VerticalSlashIndices):

@@ -13,7 +13,13 @@ from sparseattn.schedule import LayerSchedule
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-PATTERNS = [VerticalSlash(64, 256), VerticalSlashMass(0.9), BlockTopK(8)]
+# Per-head budgets included: their device copies come from a shared cache, which the capture holds.
+PATTERNS = [
+    VerticalSlash(64, 256),
+    VerticalSlash((64, 32, 128, 64), (256, 128, 64, 256)),
+    VerticalSlashMass(0.9),
+    BlockTopK(8),
+]
 
 
 def _qkv(heads, kv_heads, length, seed, dim=64, dtype=torch.bfloat16):
