@@ -83,9 +83,7 @@ def _flex_output(
 ) -> Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
-    out = flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=kernel_options)
-    assert isinstance(out, Tensor)
-    return out
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=kernel_options)
 
 
 def _flex_with_constant_lse(
