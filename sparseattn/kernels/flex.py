@@ -29,13 +29,7 @@ def flex_sparse_attention(
     attend give 0 and ``-inf``. The lse is a constant for the gradient; a caller that differentiates and
     needs no lse calls `flex_sparse_attention_output` instead (see `_flex_with_constant_lse` for why).
     """
-    block_mask, kernel_options = _block_mask_and_tiles(q, layout, kernel_options)
-    compiled = q.is_cuda if compiled is None else compiled
-    fn = _compiled(_flex_with_constant_lse) if compiled else _flex_with_constant_lse
-    with warnings.catch_warnings():
-        # Eager Flex (the portable CPU path, chosen on purpose) warns that it is unfused.
-        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out, lse = fn(q, k, v, block_mask, scale, q.shape[1] != k.shape[1], kernel_options)
+    out, lse = _run(_flex_with_constant_lse, q, k, v, layout, scale, compiled, kernel_options)
     # Flex leaves fully masked rows at lse = -inf already; its output there is 0.
     return out, lse.float()
 
@@ -52,24 +46,32 @@ def flex_sparse_attention_output(
 ) -> Tensor:
     """`flex_sparse_attention`'s output alone, the call a FlexAttention user who trains writes: without the
     lse output its compiled backward is Flex's plain one, which fits an H100 at head dim 128."""
-    block_mask, kernel_options = _block_mask_and_tiles(q, layout, kernel_options)
-    compiled = q.is_cuda if compiled is None else compiled
-    fn = _compiled(_flex_output) if compiled else _flex_output
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        return fn(q, k, v, block_mask, scale, q.shape[1] != k.shape[1], kernel_options)
+    return _run(_flex_output, q, k, v, layout, scale, compiled, kernel_options)
 
 
-def _block_mask_and_tiles(
-    q: Tensor, layout: BlockLayout | Any, kernel_options: dict[str, Any] | None
-) -> tuple[Any, dict[str, Any] | None]:
+def _run(
+    fn: Any,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: BlockLayout | Any,
+    scale: float | None,
+    compiled: bool | None,
+    kernel_options: dict[str, Any] | None,
+) -> Any:
+    """``fn`` (`_flex_output` or `_flex_with_constant_lse`) on the layout's block mask, compiled unless asked
+    otherwise on CUDA, with kernel options that default to the layout's tiles when they are below 128."""
     block_mask = layout.to_flex() if isinstance(layout, BlockLayout) else layout
     bm, bn = block_mask.BLOCK_SIZE
     if kernel_options is None and q.is_cuda and min(bm, bn) < 128:
         # Compiled Flex tiles must divide the block mask's blocks, in the forward (BLOCK_M, BLOCK_N) and in
         # both backward loops (BLOCK_M1/N1 for dK/dV, BLOCK_M2/N2 for dQ); its defaults are 64 to 128 wide.
         kernel_options = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_M1": bm, "BLOCK_N1": bn, "BLOCK_M2": bm, "BLOCK_N2": bn}
-    return block_mask, kernel_options
+    run = _compiled(fn) if (q.is_cuda if compiled is None else compiled) else fn
+    with warnings.catch_warnings():
+        # Eager Flex (the portable CPU path, chosen on purpose) warns that it is unfused.
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return run(q, k, v, block_mask, scale, q.shape[1] != k.shape[1], kernel_options)
 
 
 def _flex_output(

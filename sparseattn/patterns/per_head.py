@@ -62,10 +62,10 @@ class PerHead(Pattern):
         with that many operations instead of fusing it into the block reduction (at 8K on the CPU: 2.5 GB
         against 0.5 GB, `experiments/investigations/per_head_mask_mod_memory.py`)."""
         # Members are told apart by repr (it round-trips), which also holds for members that do not hash.
-        first = {repr(p): p for p in reversed(self.patterns)}
-        names = list(dict.fromkeys(repr(p) for p in self.patterns))
-        mods = [first[n].mask_mod(ctx) for n in names]
-        table = torch.tensor([names.index(repr(p)) for p in self.patterns], dtype=torch.int64)
+        reprs = [repr(p) for p in self.patterns]
+        names = list(dict.fromkeys(reprs))
+        mods = [self.patterns[reprs.index(n)].mask_mod(ctx) for n in names]
+        table = torch.tensor([names.index(r) for r in reprs], dtype=torch.int64)
 
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             out = mods[-1](b, h, q_idx, kv_idx)
